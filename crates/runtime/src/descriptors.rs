@@ -1,0 +1,47 @@
+//! Lookups in the embedded descriptor set (`mesh_contracts::FILE_DESCRIPTOR_SET`).
+
+use std::sync::OnceLock;
+
+use prost::Message;
+use prost_types::FileDescriptorSet;
+
+fn descriptor_set() -> &'static FileDescriptorSet {
+    static SET: OnceLock<FileDescriptorSet> = OnceLock::new();
+    SET.get_or_init(|| {
+        FileDescriptorSet::decode(mesh_contracts::FILE_DESCRIPTOR_SET)
+            .expect("the descriptor set embedded by build.rs decodes")
+    })
+}
+
+/// The request paths (`/product.v1.ProductService/GetProduct`) of every method of the fully
+/// qualified `service`; empty when the contracts have no such service.
+pub fn method_paths(service: &str) -> Vec<String> {
+    let mut paths = Vec::new();
+    for file in &descriptor_set().file {
+        let package = file.package();
+        for svc in &file.service {
+            let full = if package.is_empty() {
+                svc.name().to_string()
+            } else {
+                format!("{package}.{}", svc.name())
+            };
+            if full == service {
+                paths.extend(svc.method.iter().map(|m| format!("/{full}/{}", m.name())));
+            }
+        }
+    }
+    paths
+}
+
+/// Every fully qualified service name in the contracts.
+pub fn service_names() -> Vec<String> {
+    descriptor_set()
+        .file
+        .iter()
+        .flat_map(|f| {
+            f.service
+                .iter()
+                .map(move |s| format!("{}.{}", f.package(), s.name()))
+        })
+        .collect()
+}

@@ -1,0 +1,36 @@
+//! The shared runtime of every mesh service, written once and used by all of them.
+//!
+//! - [`config`]: flags and `MESH_*` variables, validated at start with one error naming every bad
+//!   setting;
+//! - [`telemetry`] and [`json_log`]: `tracing` logs (JSON with trace ids) and OTLP export;
+//! - [`server`]: a service's gRPC port with health, reflection, [`observe`]ability and graceful
+//!   shutdown; [`admin`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`client`]: channels to peers that propagate trace context and deadlines;
+//! - [`module`]: the module-table row and build context a service crate provides and receives;
+//! - [`not_built`]: the honest `UNIMPLEMENTED` answer of a service whose logic is not built yet.
+
+pub mod admin;
+pub mod call_context;
+pub mod client;
+pub mod config;
+pub mod descriptors;
+pub mod grpc_timeout;
+pub mod json_log;
+pub mod metrics;
+pub mod module;
+pub mod not_built;
+pub mod observe;
+pub mod readiness;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod trace_context;
+
+pub use call_context::CallContext;
+pub use config::{MeshConfig, RuntimeArgs, ServiceSpec};
+pub use metrics::{Metrics, RpcMetrics};
+pub use module::{BuildError, ClientError, Module, ServiceContext, ServiceRoutes};
+pub use not_built::NotBuilt;
+pub use readiness::Readiness;
+pub use server::GrpcServer;
+pub use trace_context::TraceContext;

@@ -1,0 +1,191 @@
+//! What a service crate gives the `mesh` binary: a [`Module`] row of the module table, and, when
+//! built, its [`ServiceRoutes`] from a [`ServiceContext`].
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use http::Uri;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+
+use crate::client::{self, ClientOptions, MeshChannel};
+use crate::config::MeshConfig;
+use crate::metrics::Metrics;
+
+/// Why a service could not be built.
+pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Builds a service's routes from its context.
+pub type Constructor = fn(ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, BuildError>>;
+
+/// One row of the module table: everything the binary (and the Helm chart, which mirrors the
+/// table) needs to know about a service.
+#[derive(Clone, Copy)]
+pub struct Module {
+    /// The target name, e.g. `order` (`mesh serve order`).
+    pub name: &'static str,
+    /// Its gRPC port unless `MESH_<NAME>_PORT` says otherwise.
+    pub default_port: u16,
+    /// The services it calls over gRPC; [`ServiceContext::channel`] refuses any other, so the
+    /// table (and the NetworkPolicies rendered from it) cannot drift from the code.
+    pub dependencies: &'static [&'static str],
+    /// Builds its routes.
+    pub constructor: Constructor,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module")
+            .field("name", &self.name)
+            .field("default_port", &self.default_port)
+            .field("dependencies", &self.dependencies)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A call to a peer that the module table does not allow, or cannot address.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The service asked for a peer it does not declare as a dependency.
+    #[error(
+        "service `{caller}` asked for a channel to `{peer}`, which is not among its declared dependencies {declared:?}; add it to the module table"
+    )]
+    Undeclared {
+        /// The calling service.
+        caller: &'static str,
+        /// The peer it asked for.
+        peer: String,
+        /// What the table declares.
+        declared: &'static [&'static str],
+    },
+    /// No address is known for the peer.
+    #[error("no address is known for service `{0}`; set MESH_<SERVICE>_ADDR")]
+    NoAddress(String),
+}
+
+/// What a service is built with: its configuration, how to reach its peers, the metrics registry
+/// and the process's shutdown token.
+#[derive(Clone, Debug)]
+pub struct ServiceContext {
+    name: &'static str,
+    dependencies: &'static [&'static str],
+    config: Arc<MeshConfig>,
+    peers: Arc<BTreeMap<&'static str, Uri>>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+impl ServiceContext {
+    /// A context for `module`, with `peers` the address of every service by name.
+    pub fn new(
+        module: &Module,
+        config: Arc<MeshConfig>,
+        peers: Arc<BTreeMap<&'static str, Uri>>,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            name: module.name,
+            dependencies: module.dependencies,
+            config,
+            peers,
+            metrics,
+            shutdown,
+        }
+    }
+
+    /// The service's module name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The process configuration.
+    pub fn config(&self) -> &MeshConfig {
+        &self.config
+    }
+
+    /// The process metrics registry, for the service's own metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Cancelled when the process begins shutting down; background tasks stop on it.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Largest gRPC message the service's servers should accept and send.
+    pub fn max_message_bytes(&self) -> usize {
+        self.config.max_message_bytes
+    }
+
+    /// A lazily connecting channel to `peer`, which must be a declared dependency.
+    pub fn channel(&self, peer: &str) -> Result<MeshChannel, ClientError> {
+        if !self.dependencies.contains(&peer) {
+            return Err(ClientError::Undeclared {
+                caller: self.name,
+                peer: peer.to_string(),
+                declared: self.dependencies,
+            });
+        }
+        let uri = self
+            .peers
+            .get(peer)
+            .cloned()
+            .ok_or_else(|| ClientError::NoAddress(peer.to_string()))?;
+        Ok(client::connect(
+            uri,
+            ClientOptions {
+                default_deadline: self.config.default_deadline,
+                ..ClientOptions::default()
+            },
+        ))
+    }
+}
+
+/// The gRPC services one mesh service serves on its port, with their names for health checks
+/// and reflection.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceRoutes {
+    routes: Routes,
+    names: Vec<&'static str>,
+}
+
+impl ServiceRoutes {
+    /// No services yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a generated tonic server (or a wrapper that keeps its name).
+    pub fn add<S>(mut self, svc: S) -> Self
+    where
+        S: tower_service::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes = self.routes.add_service(svc);
+        self
+    }
+
+    /// The fully qualified names of the services added.
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+
+    /// Splits into tonic routes and names.
+    pub(crate) fn into_parts(self) -> (Routes, Vec<&'static str>) {
+        (self.routes, self.names)
+    }
+}

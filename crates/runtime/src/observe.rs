@@ -1,0 +1,290 @@
+//! The server-side tower layer every gRPC port runs behind: for each call it
+//! - reads the caller's W3C `traceparent` (or starts a trace) and opens an `rpc` span carrying
+//!   `trace_id` and `span_id` (exported over OTLP when that is on);
+//! - reads `grpc-timeout` and, with the trace, makes it the handler's [`CallContext`];
+//! - records the RED metrics ([`RpcMetrics`]) when the response ends, by its `grpc-status`
+//!   (trailers-only errors are read from the headers, others from the trailers).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http_body::{Body, Frame, SizeHint};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::instrument::Instrumented;
+use tracing::{Instrument as _, Span, field};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::call_context::CallContext;
+use crate::grpc_timeout::{self, GRPC_TIMEOUT};
+use crate::metrics::{MethodLabels, RpcMetrics, code_name};
+use crate::trace_context::{TRACEPARENT, TraceContext};
+
+/// Adds [`Observe`] to a server stack.
+#[derive(Clone, Debug)]
+pub struct ObserveLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    metrics: RpcMetrics,
+    /// Request paths that get their own metric labels; any other path is labelled `unknown`, so
+    /// a client cannot grow the metric series without bound.
+    known_paths: HashSet<String>,
+}
+
+impl ObserveLayer {
+    /// Observes calls into `metrics`, labelling the methods in `known_paths` by name.
+    pub fn new(metrics: RpcMetrics, known_paths: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                metrics,
+                known_paths: known_paths.into_iter().collect(),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`ObserveLayer`] produces.
+#[derive(Clone, Debug)]
+pub struct Observe<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Observe<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+{
+    type Response = http::Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ObservedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let start = Instant::now();
+        let path = req.uri().path();
+        let labels = if self.shared.known_paths.contains(path) {
+            let (service, method) = path[1..].split_once('/').unwrap_or((path, ""));
+            MethodLabels {
+                grpc_service: service.to_string(),
+                grpc_method: method.to_string(),
+            }
+        } else {
+            MethodLabels {
+                grpc_service: "unknown".into(),
+                grpc_method: "unknown".into(),
+            }
+        };
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let parent = header(TRACEPARENT).and_then(TraceContext::parse);
+        let deadline = header(GRPC_TIMEOUT)
+            .and_then(grpc_timeout::parse)
+            .map(|d| tokio::time::Instant::now() + d);
+        let mut trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
+
+        let span = tracing::info_span!(
+            "rpc",
+            rpc.path = %path,
+            trace_id = field::Empty,
+            span_id = field::Empty,
+            parent_span_id = field::Empty,
+            otel.name = %path,
+            otel.kind = "server",
+            rpc.grpc.status_code = field::Empty,
+        );
+        adopt_otel_ids(&span, parent, &mut trace);
+        span.record("trace_id", trace.trace_id_hex());
+        span.record("span_id", trace.span_id_hex());
+        if let Some(parent) = parent {
+            span.record("parent_span_id", parent.span_id_hex());
+        }
+
+        self.shared.metrics.start(&labels);
+        let call = Call {
+            shared: self.shared.clone(),
+            labels,
+            start,
+            span: span.clone(),
+            done: false,
+        };
+        let context = CallContext { trace, deadline };
+        ObservedFuture {
+            inner: context.scope(self.inner.call(req)).instrument(span),
+            call: Some(call),
+        }
+    }
+}
+
+/// When OpenTelemetry export is on, makes the exported span a child of the caller's and uses the
+/// exported span's ids in logs and propagation, so both tell one story. A no-op otherwise.
+fn adopt_otel_ids(span: &Span, parent: Option<TraceContext>, trace: &mut TraceContext) {
+    if let Some(parent) = parent {
+        let remote = SpanContext::new(
+            TraceId::from_bytes(parent.trace_id),
+            SpanId::from_bytes(parent.span_id),
+            TraceFlags::new(parent.flags),
+            true,
+            TraceState::default(),
+        );
+        if span
+            .set_parent(opentelemetry::Context::new().with_remote_span_context(remote))
+            .is_err()
+        {
+            return;
+        }
+    }
+    let cx = span.context();
+    let otel = cx.span().span_context().clone();
+    if otel.is_valid() {
+        trace.trace_id = otel.trace_id().to_bytes();
+        trace.span_id = otel.span_id().to_bytes();
+    }
+}
+
+/// One call being observed; records its metrics exactly once, when it ends or is dropped.
+struct Call {
+    shared: Arc<Shared>,
+    labels: MethodLabels,
+    start: Instant,
+    span: Span,
+    done: bool,
+}
+
+impl Call {
+    fn finish(&mut self, code: tonic::Code) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let elapsed = self.start.elapsed();
+        self.shared
+            .metrics
+            .finish(&self.labels, code, elapsed.as_secs_f64());
+        self.span.record("rpc.grpc.status_code", code as i32);
+        let micros = elapsed.as_micros() as u64;
+        let code = code_name(code);
+        match code {
+            "UNKNOWN" | "INTERNAL" | "DATA_LOSS" => {
+                tracing::warn!(parent: &self.span, code, micros, "rpc failed")
+            }
+            _ => tracing::debug!(parent: &self.span, code, micros, "rpc finished"),
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // The response (or its body) was dropped before a status was seen: the caller went away.
+        self.finish(tonic::Code::Cancelled);
+    }
+}
+
+fn status_of(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
+pin_project! {
+    /// The response future of [`Observe`].
+    pub struct ObservedFuture<F> {
+        #[pin]
+        inner: Instrumented<TaskLocalFuture<CallContext, F>>,
+        call: Option<Call>,
+    }
+}
+
+impl<F, B, E> Future for ObservedFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<ObservedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let mut call = this.call.take();
+        Poll::Ready(match result {
+            Ok(response) => {
+                if let (Some(code), Some(c)) = (status_of(response.headers()), call.as_mut()) {
+                    // Trailers-only response: the status is already known.
+                    c.finish(code);
+                }
+                Ok(response.map(|inner| ObservedBody { inner, call }))
+            }
+            Err(e) => {
+                if let Some(c) = call.as_mut() {
+                    c.finish(tonic::Code::Internal);
+                }
+                Err(e)
+            }
+        })
+    }
+}
+
+pin_project! {
+    /// A response body that records the call's status when its trailers go by.
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+    }
+}
+
+impl<B: Body> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(call) = this.call.as_mut() {
+            match &frame {
+                Some(Ok(f)) => {
+                    if let Some(code) = f.trailers_ref().and_then(status_of) {
+                        call.finish(code);
+                    }
+                }
+                Some(Err(_)) => call.finish(tonic::Code::Internal),
+                None => call.finish(tonic::Code::Unknown),
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,177 @@
+//! The gRPC server of one mesh service: its routes plus `grpc.health.v1`, server reflection (v1
+//! and v1alpha, since grpcurl 1.8 asks v1alpha), the [`ObserveLayer`] (traces, call context,
+//! metrics), and graceful shutdown.
+//!
+//! Shutdown: when the `shutdown` future resolves, health turns `NOT_SERVING` (and `/readyz` 503),
+//! the listener closes, in-flight calls run to completion, and [`GrpcServer::run`] returns. If they
+//! take longer than the grace period, they are dropped and `run` returns anyway.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::metrics::RpcMetrics;
+use crate::module::ServiceRoutes;
+use crate::observe::ObserveLayer;
+use crate::readiness::Readiness;
+
+/// Service names of the protocol services every port serves besides its own.
+const HEALTH: &str = "grpc.health.v1.Health";
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
+
+/// Why a gRPC server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not be built from the descriptor sets.
+    #[error("building server reflection for {server}: {source}")]
+    Reflection {
+        /// The server being started.
+        server: String,
+        /// The cause.
+        source: tonic_reflection::server::Error,
+    },
+    /// The transport failed.
+    #[error("gRPC server {server}: {source}")]
+    Transport {
+        /// The server.
+        server: String,
+        /// The cause.
+        source: tonic::transport::Error,
+    },
+}
+
+/// One gRPC port of the process.
+#[derive(Debug)]
+pub struct GrpcServer {
+    name: String,
+    routes: ServiceRoutes,
+    metrics: RpcMetrics,
+    readiness: Readiness,
+    grace: Duration,
+}
+
+impl GrpcServer {
+    /// A server named `name` (the module name, for logs and `/readyz`) serving `routes`.
+    pub fn new(name: impl Into<String>, routes: ServiceRoutes, metrics: RpcMetrics) -> Self {
+        Self {
+            name: name.into(),
+            routes,
+            metrics,
+            readiness: Readiness::new(),
+            grace: Duration::from_secs(25),
+        }
+    }
+
+    /// Reports this server's state into `readiness` (shared with the admin server).
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// How long in-flight calls may run after shutdown begins.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains (see the module docs).
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let Self {
+            name,
+            routes,
+            metrics,
+            readiness,
+            grace,
+        } = self;
+        let (routes, names) = routes.into_parts();
+
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for service in names.iter().copied().chain([""]) {
+            reporter
+                .set_service_status(service, ServingStatus::Serving)
+                .await;
+        }
+        let reflection = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(mesh_contracts::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            for service in names
+                .iter()
+                .copied()
+                .chain([HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA])
+            {
+                builder = builder.with_service_name(service);
+            }
+            builder
+        };
+        let reflection_err = |source| ServeError::Reflection {
+            server: name.clone(),
+            source,
+        };
+        let reflection_v1 = reflection().build_v1().map_err(reflection_err)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
+        let routes = routes
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+
+        let known_paths = names
+            .iter()
+            .flat_map(|s| crate::descriptors::method_paths(s))
+            .chain([
+                format!("/{HEALTH}/Check"),
+                format!("/{HEALTH}/Watch"),
+                format!("/{REFLECTION_V1}/ServerReflectionInfo"),
+                format!("/{REFLECTION_V1ALPHA}/ServerReflectionInfo"),
+            ]);
+
+        let draining = Arc::new(Notify::new());
+        let signal = {
+            let draining = draining.clone();
+            let readiness = readiness.clone();
+            let name = name.clone();
+            let names = names.clone();
+            async move {
+                shutdown.await;
+                readiness.set(&name, false);
+                for service in names.iter().copied().chain([""]) {
+                    reporter
+                        .set_service_status(service, ServingStatus::NotServing)
+                        .await;
+                }
+                tracing::info!(server = %name, "draining in-flight calls");
+                draining.notify_one();
+            }
+        };
+
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        readiness.set(&name, true);
+        let serve = tonic::transport::Server::builder()
+            .layer(ObserveLayer::new(metrics, known_paths))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, signal);
+        tokio::pin!(serve);
+        let deadline = async {
+            draining.notified().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = &mut serve => result.map_err(|source| ServeError::Transport { server: name.clone(), source })?,
+            () = deadline => {
+                tracing::warn!(server = %name, grace = ?grace, "grace period over; dropping calls still in flight");
+            }
+        }
+        tracing::info!(server = %name, "stopped");
+        Ok(())
+    }
+}
