@@ -113,7 +113,10 @@ fn render(node: &Node, depth: usize, out: &mut String) {
         } else {
             name.clone()
         };
-        let _ = writeln!(out, "{indent}#[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]");
+        let _ = writeln!(
+            out,
+            "{indent}#[allow(missing_docs, clippy::all, clippy::pedantic, unreachable_pub)]"
+        );
         let _ = writeln!(out, "{indent}pub mod {ident} {{");
         render(child, depth + 1, out);
         let _ = writeln!(out, "{indent}}}");
@@ -123,10 +126,42 @@ fn render(node: &Node, depth: usize, out: &mut String) {
 fn is_keyword(name: &str) -> bool {
     matches!(
         name,
-        "as" | "async" | "await" | "break" | "const" | "continue" | "crate" | "dyn" | "else"
-            | "enum" | "extern" | "false" | "fn" | "for" | "if" | "impl" | "in" | "let" | "loop"
-            | "match" | "mod" | "move" | "mut" | "pub" | "ref" | "return" | "self" | "static"
-            | "struct" | "super" | "trait" | "true" | "type" | "unsafe" | "use" | "where"
-            | "while" | "yield"
+        "as" | "async"
+            | "await"
+            | "break"
+            | "const"
+            | "continue"
+            | "crate"
+            | "dyn"
+            | "else"
+            | "enum"
+            | "extern"
+            | "false"
+            | "fn"
+            | "for"
+            | "if"
+            | "impl"
+            | "in"
+            | "let"
+            | "loop"
+            | "match"
+            | "mod"
+            | "move"
+            | "mut"
+            | "pub"
+            | "ref"
+            | "return"
+            | "self"
+            | "static"
+            | "struct"
+            | "super"
+            | "trait"
+            | "true"
+            | "type"
+            | "unsafe"
+            | "use"
+            | "where"
+            | "while"
+            | "yield"
     )
 }

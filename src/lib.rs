@@ -9,4 +9,5 @@ include!(concat!(env!("OUT_DIR"), "/packages.rs"));
 /// The encoded `google.protobuf.FileDescriptorSet` of every file under `proto/` (imports
 /// included), with extension options such as `google.api.http` kept. Server reflection, the REST
 /// edge and OpenAPI generation read this one source of truth.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));

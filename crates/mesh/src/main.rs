@@ -1,1 +1,93 @@
-fn main(){}
+//! `mesh`: one binary, many targets. `mesh serve all` runs every service of the mesh in one
+//! process (each on its own gRPC port, calling each other over real gRPC on loopback);
+//! `mesh serve order` runs one, as each Kubernetes Deployment does.
+
+mod modules;
+mod serve;
+mod targets;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mesh_runtime::RuntimeArgs;
+
+const ENV_HELP: &str = "\
+Per-service settings (environment only; SERVICE is the target in upper snake case, e.g. IOT_GATEWAY):
+  MESH_<SERVICE>_PORT   gRPC port the service listens on (default: the module table's port; 0 = any)
+  MESH_<SERVICE>_ADDR   URL other services use to reach it, e.g. http://inventory.mesh.svc.cluster.local:50054
+                        (default: this host and the service's port)";
+
+/// The Retail ERP service mesh: every service of the mesh in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "mesh", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve one or more services: `all`, one target, or a comma-separated list.
+    #[command(after_help = ENV_HELP)]
+    Serve {
+        /// `all`, or targets separated by commas.
+        #[arg(value_name = "TARGETS", long_help = format!("`all`, or targets separated by commas, from: {}", serve::target_names()))]
+        targets: String,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Print the module table: each target, its default gRPC port and the services it calls.
+    Modules {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { targets, runtime } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(serve::run(&targets, &runtime))),
+        Command::Modules { json } => {
+            print_modules(json);
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_modules(json: bool) {
+    if json {
+        let rows: Vec<_> = modules::MODULES
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "name": m.name,
+                    "port": m.default_port,
+                    "dependencies": m.dependencies,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        println!("{:<13} {:>5}  calls", "target", "port");
+        for m in modules::MODULES {
+            println!(
+                "{:<13} {:>5}  {}",
+                m.name,
+                m.default_port,
+                m.dependencies.join(", ")
+            );
+        }
+    }
+}

@@ -102,7 +102,10 @@ where
             (Some(d), None) | (None, Some(d)) => d,
             (None, None) => now + self.default_deadline,
         };
-        let Some(remaining) = deadline.checked_duration_since(now).filter(|d| !d.is_zero()) else {
+        let Some(remaining) = deadline
+            .checked_duration_since(now)
+            .filter(|d| !d.is_zero())
+        else {
             let status = tonic::Status::deadline_exceeded(format!(
                 "{}: the caller's deadline had already passed before this call was sent",
                 req.uri().path()

@@ -263,7 +263,16 @@ impl MeshConfig {
             endpoints.insert(spec.name, ServiceEndpoint { port, addr });
         }
 
-        match (host, admin_port, filter, format, grace, max_message, deadline, otlp) {
+        match (
+            host,
+            admin_port,
+            filter,
+            format,
+            grace,
+            max_message,
+            deadline,
+            otlp,
+        ) {
             (Ok(host), Ok(admin_port), Ok(_), Ok(format), Ok(grace), Ok(max), Ok(dl), Ok(otlp))
                 if problems.is_empty() =>
             {
@@ -354,7 +363,10 @@ mod tests {
             &[],
             &[
                 ("MESH_IOT_GATEWAY_PORT", "6001"),
-                ("MESH_PRODUCT_ADDR", "http://product.mesh.svc.cluster.local:50053"),
+                (
+                    "MESH_PRODUCT_ADDR",
+                    "http://product.mesh.svc.cluster.local:50053",
+                ),
             ],
         )
         .expect("valid");
@@ -368,7 +380,14 @@ mod tests {
     #[test]
     fn every_bad_setting_is_named_in_one_error() {
         let err = parse(
-            &["--admin-port", "http", "--log-format", "xml", "--shutdown-grace", "soon"],
+            &[
+                "--admin-port",
+                "http",
+                "--log-format",
+                "xml",
+                "--shutdown-grace",
+                "soon",
+            ],
             &[
                 ("MESH_PRODUCT_PORT", "70000"),
                 ("MESH_IOT_GATEWAY_ADDR", "gateway:50061"),
@@ -391,12 +410,15 @@ mod tests {
 
     #[test]
     fn zero_deadline_and_bad_host_are_rejected() {
-        let err = parse(&["--default-deadline", "0s", "--host", "localhost"], &[])
-            .expect_err("invalid");
+        let err =
+            parse(&["--default-deadline", "0s", "--host", "localhost"], &[]).expect_err("invalid");
         let settings: Vec<_> = err.problems.iter().map(|p| p.setting.as_str()).collect();
         assert_eq!(
             settings,
-            ["--host / MESH_HOST", "--default-deadline / MESH_DEFAULT_DEADLINE"]
+            [
+                "--host / MESH_HOST",
+                "--default-deadline / MESH_DEFAULT_DEADLINE"
+            ]
         );
     }
 }

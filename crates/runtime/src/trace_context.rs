@@ -146,7 +146,10 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-zzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
-            assert!(TraceContext::parse(bad).is_none(), "{bad:?} should be rejected");
+            assert!(
+                TraceContext::parse(bad).is_none(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

@@ -1,0 +1,106 @@
+//! The module table: every target the binary can serve, with its default gRPC port, the services
+//! it calls, and its constructor. `mesh serve` and `mesh modules` read it; the Helm chart's
+//! `services:` values mirror it (a test compares the two).
+
+use mesh_runtime::Module;
+
+/// Every service, in start order (dependencies first is not required: clients connect lazily).
+pub(crate) const MODULES: &[Module] = &[
+    Module {
+        name: "auth",
+        default_port: 50051,
+        dependencies: &[],
+        constructor: mesh_auth::build,
+    },
+    Module {
+        name: "user",
+        default_port: 50052,
+        dependencies: &["auth"],
+        constructor: mesh_user::build,
+    },
+    Module {
+        name: "product",
+        default_port: 50053,
+        dependencies: &["auth"],
+        constructor: mesh_product::build,
+    },
+    Module {
+        name: "inventory",
+        default_port: 50054,
+        dependencies: &["auth"],
+        constructor: mesh_inventory::build,
+    },
+    Module {
+        name: "order",
+        default_port: 50055,
+        dependencies: &["auth", "product", "inventory", "campaign"],
+        constructor: mesh_order::build,
+    },
+    Module {
+        name: "payment",
+        default_port: 50056,
+        dependencies: &["auth"],
+        constructor: mesh_payment::build,
+    },
+    Module {
+        name: "shop",
+        default_port: 50057,
+        dependencies: &["auth"],
+        constructor: mesh_shop::build,
+    },
+    Module {
+        name: "notification",
+        default_port: 50058,
+        dependencies: &["auth", "user"],
+        constructor: mesh_notification::build,
+    },
+    Module {
+        name: "campaign",
+        default_port: 50059,
+        dependencies: &["auth", "product"],
+        constructor: mesh_campaign::build,
+    },
+    Module {
+        name: "report",
+        default_port: 50060,
+        dependencies: &["auth"],
+        constructor: mesh_report::build,
+    },
+    Module {
+        name: "iot-gateway",
+        default_port: 50061,
+        dependencies: &["auth", "shop"],
+        constructor: mesh_iot_gateway::build,
+    },
+    Module {
+        name: "vm",
+        default_port: 50062,
+        dependencies: &["auth", "shop", "iot-gateway", "inventory", "payment"],
+        constructor: mesh_vm::build,
+    },
+];
+
+/// The module named `name`.
+pub(crate) fn find(name: &str) -> Option<&'static Module> {
+    MODULES.iter().find(|m| m.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_and_ports_are_unique_and_dependencies_exist() {
+        let names: HashSet<_> = MODULES.iter().map(|m| m.name).collect();
+        let ports: HashSet<_> = MODULES.iter().map(|m| m.default_port).collect();
+        assert_eq!(names.len(), MODULES.len());
+        assert_eq!(ports.len(), MODULES.len());
+        for m in MODULES {
+            for dep in m.dependencies {
+                assert!(names.contains(dep), "{} depends on unknown {dep}", m.name);
+                assert_ne!(*dep, m.name, "{} depends on itself", m.name);
+            }
+        }
+    }
+}

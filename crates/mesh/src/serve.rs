@@ -1,0 +1,207 @@
+//! `mesh serve <TARGETS>`: binds every target's gRPC port and the admin port, builds the services,
+//! prints one `ready` line per listener, and serves until SIGTERM/SIGINT, then drains.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use http::Uri;
+use mesh_runtime::config::{ConfigError, env_prefix};
+use mesh_runtime::{
+    GrpcServer, MeshConfig, Metrics, Module, Readiness, RpcMetrics, RuntimeArgs, ServiceContext,
+    ServiceSpec,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::modules::MODULES;
+use crate::targets;
+
+/// Runs the targets named by `targets` with the settings in `args`.
+pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Result<()> {
+    let specs: Vec<ServiceSpec> = MODULES
+        .iter()
+        .map(|m| ServiceSpec {
+            name: m.name,
+            default_port: m.default_port,
+        })
+        .collect();
+    let config = MeshConfig::from_args(args, &specs, |k| std::env::var(k).ok());
+    let targets = targets::parse(targets_spec);
+    let (config, targets) = match (config, targets) {
+        (Ok(c), Ok(t)) => (c, t),
+        (config, targets) => {
+            let mut problems = targets.err().into_iter().collect::<Vec<_>>();
+            if let Err(e) = config {
+                problems.extend(e.problems);
+            }
+            return Err(ConfigError { problems }.into());
+        }
+    };
+    let config = Arc::new(config);
+    let process_name = if targets.len() == MODULES.len() {
+        "mesh".to_string()
+    } else {
+        targets.iter().map(|m| m.name).collect::<Vec<_>>().join(",")
+    };
+    let _telemetry = mesh_runtime::telemetry::init(&config, &process_name)?;
+
+    // Bind everything first, so a taken port fails before anything starts, and so port 0
+    // (any free port, for tests) is known before peers' addresses are computed.
+    let mut listeners = Vec::new();
+    for module in &targets {
+        let port = config.services[module.name].port;
+        let addr = SocketAddr::new(config.host, port);
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "binding {}'s gRPC port {addr} (set by {}_PORT)",
+                module.name,
+                env_prefix(module.name)
+            )
+        })?;
+        listeners.push((*module, listener));
+    }
+    let admin_addr = SocketAddr::new(config.host, config.admin_port);
+    let admin_listener = TcpListener::bind(admin_addr).await.with_context(|| {
+        format!("binding the admin port {admin_addr} (--admin-port / MESH_ADMIN_PORT)")
+    })?;
+
+    let bound: BTreeMap<&str, u16> = listeners
+        .iter()
+        .map(|(m, l)| Ok((m.name, l.local_addr()?.port())))
+        .collect::<std::io::Result<_>>()?;
+    let peers = Arc::new(peer_addresses(&config, &bound)?);
+
+    let metrics = Metrics::new();
+    let rpc_metrics = RpcMetrics::register(&metrics);
+    let readiness = Readiness::new();
+    let shutdown = CancellationToken::new();
+
+    let mut servers = Vec::new();
+    for (module, listener) in listeners {
+        let ctx = ServiceContext::new(
+            module,
+            config.clone(),
+            peers.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let routes = (module.constructor)(ctx)
+            .await
+            .map_err(|e| anyhow::anyhow!("building the {} service: {e}", module.name))?;
+        readiness.set(module.name, false);
+        servers.push((module, listener, routes));
+    }
+
+    let mut tasks = JoinSet::new();
+    let mut lines = Vec::new();
+    for (module, listener, routes) in servers {
+        lines.push(format!(
+            "ready  {:<13} grpc://{}",
+            module.name,
+            listener.local_addr()?
+        ));
+        let server = GrpcServer::new(module.name, routes, rpc_metrics.clone())
+            .readiness(readiness.clone())
+            .grace(config.shutdown_grace);
+        let stop = shutdown.clone().cancelled_owned();
+        tasks.spawn(async move {
+            server
+                .run(listener, stop)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    lines.push(format!(
+        "ready  {:<13} http://{}  (/metrics /healthz /readyz)",
+        "admin",
+        admin_listener.local_addr()?
+    ));
+    {
+        let (metrics, readiness) = (metrics.clone(), readiness.clone());
+        let stop = shutdown.clone().cancelled_owned();
+        tasks.spawn(async move {
+            mesh_runtime::admin::run(admin_listener, metrics, readiness, stop)
+                .await
+                .context("admin server")
+        });
+    }
+    for line in &lines {
+        println!("{line}");
+    }
+    tracing::info!(targets = %process_name, "mesh is serving");
+
+    let mut failure = None;
+    tokio::select! {
+        () = mesh_runtime::shutdown::signal() => {}
+        Some(joined) = tasks.join_next() => {
+            failure = Some(match joined {
+                Ok(Ok(())) => anyhow::anyhow!("a server stopped on its own"),
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::anyhow!("a server task panicked: {e}"),
+            });
+        }
+    }
+    shutdown.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "server stopped with an error");
+                failure.get_or_insert(e);
+            }
+            Err(e) => {
+                failure.get_or_insert(anyhow::anyhow!("a server task panicked: {e}"));
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("all servers stopped");
+            Ok(())
+        }
+    }
+}
+
+/// The address every service is reached at: its `MESH_<SERVICE>_ADDR` when set; otherwise this
+/// host at the port it is bound to here, or its configured port when another process runs it.
+fn peer_addresses(
+    config: &MeshConfig,
+    bound: &BTreeMap<&str, u16>,
+) -> anyhow::Result<BTreeMap<&'static str, Uri>> {
+    let host = match config.host {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let mut peers = BTreeMap::new();
+    for (name, endpoint) in &config.services {
+        let uri = match &endpoint.addr {
+            Some(addr) => addr.clone(),
+            None => {
+                let port = bound.get(name).copied().unwrap_or(endpoint.port);
+                if port == 0 {
+                    bail!(
+                        "{name} is not served by this process and has port 0; set {}_ADDR",
+                        env_prefix(name)
+                    );
+                }
+                format!("http://{}", SocketAddr::new(host, port)).parse()?
+            }
+        };
+        peers.insert(*name, uri);
+    }
+    Ok(peers)
+}
+
+/// The module names, for `--help`.
+pub(crate) fn target_names() -> String {
+    MODULES
+        .iter()
+        .map(|m: &Module| m.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
