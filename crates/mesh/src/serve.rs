@@ -47,6 +47,7 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
         targets.iter().map(|m| m.name).collect::<Vec<_>>().join(",")
     };
     let _telemetry = mesh_runtime::telemetry::init(&config, &process_name)?;
+    let stop_signal = mesh_runtime::shutdown::signal().context("listening for SIGTERM/SIGINT")?;
 
     // Bind everything first, so a taken port fails before anything starts, and so port 0
     // (any free port, for tests) is known before peers' addresses are computed.
@@ -135,7 +136,7 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
 
     let mut failure = None;
     tokio::select! {
-        () = mesh_runtime::shutdown::signal() => {}
+        () = stop_signal => {}
         Some(joined) = tasks.join_next() => {
             failure = Some(match joined {
                 Ok(Ok(())) => anyhow::anyhow!("a server stopped on its own"),
