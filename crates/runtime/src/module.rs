@@ -148,10 +148,16 @@ impl ServiceContext {
 
 /// The gRPC services one mesh service serves on its port, with their names for health checks
 /// and reflection.
+///
+/// A service that also answers plain HTTP on its port (the edge: REST over HTTP/1.1 and h2c,
+/// and gRPC it proxies) adds a [`fallback`](Self::fallback) router: every request no gRPC route
+/// owns goes there, and the port then accepts HTTP/1.1 as well as HTTP/2.
 #[derive(Debug, Clone, Default)]
 pub struct ServiceRoutes {
     routes: Routes,
     names: Vec<&'static str>,
+    fallback: Option<axum::Router>,
+    descriptor_set: Option<Arc<[u8]>>,
 }
 
 impl ServiceRoutes {
@@ -179,6 +185,27 @@ impl ServiceRoutes {
         self
     }
 
+    /// Advertises `name` in health checks and reflection without a route of its own: a service
+    /// whose calls the [`fallback`](Self::fallback) answers (the edge's proxied services).
+    pub fn advertise(mut self, name: &'static str) -> Self {
+        self.names.push(name);
+        self
+    }
+
+    /// Sends every request no gRPC route owns to `router` (instead of `UNIMPLEMENTED`), and
+    /// makes the port accept HTTP/1.1 too. Health, reflection and the observe layer still apply.
+    pub fn fallback(mut self, router: axum::Router) -> Self {
+        self.fallback = Some(router);
+        self
+    }
+
+    /// Serves reflection from this encoded `FileDescriptorSet` instead of the embedded
+    /// contracts (the edge's set: the contracts plus any extra sets it loaded).
+    pub fn reflection_descriptor_set(mut self, encoded: impl Into<Arc<[u8]>>) -> Self {
+        self.descriptor_set = Some(encoded.into());
+        self
+    }
+
     /// The fully qualified names of the services added.
     pub fn names(&self) -> &[&'static str] {
         &self.names
@@ -187,5 +214,10 @@ impl ServiceRoutes {
     /// Splits into tonic routes and names.
     pub(crate) fn into_parts(self) -> (Routes, Vec<&'static str>) {
         (self.routes, self.names)
+    }
+
+    /// Takes the HTTP fallback and the reflection descriptor set out, if set.
+    pub(crate) fn take_extras(&mut self) -> (Option<axum::Router>, Option<Arc<[u8]>>) {
+        (self.fallback.take(), self.descriptor_set.take())
     }
 }

@@ -141,7 +141,7 @@ where
 
 /// When OpenTelemetry export is on, makes the exported span a child of the caller's and uses the
 /// exported span's ids in logs and propagation, so both tell one story. A no-op otherwise.
-fn adopt_otel_ids(span: &Span, parent: Option<TraceContext>, trace: &mut TraceContext) {
+pub(crate) fn adopt_otel_ids(span: &Span, parent: Option<TraceContext>, trace: &mut TraceContext) {
     if let Some(parent) = parent {
         let remote = SpanContext::new(
             TraceId::from_bytes(parent.trace_id),
@@ -210,6 +210,31 @@ fn status_of(headers: &http::HeaderMap) -> Option<tonic::Code> {
         .map(tonic::Code::from_i32)
 }
 
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC code a plain HTTP response stands for, for the RED metrics of REST calls.
+fn code_of_http(status: http::StatusCode) -> tonic::Code {
+    use tonic::Code;
+    match status.as_u16() {
+        100..=399 => Code::Ok,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        409 => Code::Aborted,
+        413 | 429 => Code::ResourceExhausted,
+        499 => Code::Cancelled,
+        400..=499 => Code::InvalidArgument,
+        501 => Code::Unimplemented,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        _ => Code::Internal,
+    }
+}
+
 pin_project! {
     /// The response future of [`Observe`].
     pub struct ObservedFuture<F> {
@@ -234,6 +259,9 @@ where
                 if let (Some(code), Some(c)) = (status_of(response.headers()), call.as_mut()) {
                     // Trailers-only response: the status is already known.
                     c.finish(code);
+                } else if let (false, Some(c)) = (is_grpc(response.headers()), call.as_mut()) {
+                    // A plain HTTP response (the edge's REST side): no trailers will come.
+                    c.finish(code_of_http(response.status()));
                 }
                 Ok(response.map(|inner| ObservedBody { inner, call }))
             }

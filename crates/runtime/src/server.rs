@@ -93,6 +93,8 @@ impl GrpcServer {
             readiness,
             grace,
         } = self;
+        let mut routes = routes;
+        let (fallback, descriptor_set) = routes.take_extras();
         let (routes, names) = routes.into_parts();
 
         let (reporter, health) = tonic_health::server::health_reporter();
@@ -103,7 +105,11 @@ impl GrpcServer {
         }
         let reflection = || {
             let mut builder = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(mesh_contracts::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    descriptor_set
+                        .as_deref()
+                        .unwrap_or(mesh_contracts::FILE_DESCRIPTOR_SET),
+                )
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
             for service in names
                 .iter()
@@ -124,6 +130,14 @@ impl GrpcServer {
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
+        // A port with an HTTP fallback (the edge) answers plain HTTP/1.1 as well as HTTP/2.
+        let accept_http1 = fallback.is_some();
+        let routes = match fallback {
+            Some(fallback) => {
+                tonic::service::Routes::from(routes.into_axum_router().fallback_service(fallback))
+            }
+            None => routes,
+        };
 
         let known_paths = names
             .iter()
@@ -157,6 +171,7 @@ impl GrpcServer {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         readiness.set(&name, true);
         let serve = tonic::transport::Server::builder()
+            .accept_http1(accept_http1)
             .layer(ObserveLayer::new(metrics, known_paths))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal);

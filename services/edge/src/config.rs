@@ -1,0 +1,225 @@
+//! The edge's own settings, from `MESH_EDGE_*` environment variables, validated at start with
+//! one error naming every bad setting (the runtime's [`ConfigError`]).
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `MESH_EDGE_LEGACY_URL` | unset | strangler-fig upstream (`http://host:port`) for paths no rule owns; unset: 404 |
+//! | `MESH_EDGE_MAX_BODY_BYTES` | `1048576` | largest REST request body |
+//! | `MESH_EDGE_CORS_ORIGINS` | unset (CORS off) | allowed origins, comma-separated, or `*` |
+//! | `MESH_EDGE_RATE_LIMIT` | `off` | per-client token bucket: `RATE/s` or `RATE/s,burst=N` (also `/m`) |
+//! | `MESH_EDGE_DESCRIPTOR_SETS` | unset | extra encoded descriptor sets (`buf build -o`), comma-separated paths |
+//! | `MESH_EDGE_UPSTREAMS` | unset | `pkg.Service=http://host:port`, comma-separated: upstream per extra (or overridden) service |
+
+use std::path::PathBuf;
+
+use http::Uri;
+use mesh_runtime::config::{ConfigError, Problem};
+
+/// A token-bucket rate limit per client.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Bucket size (the largest burst).
+    pub burst: u32,
+}
+
+/// The validated edge settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeConfig {
+    /// Where paths no rule owns go.
+    pub legacy_url: Option<Uri>,
+    /// Largest REST body, in bytes.
+    pub max_body_bytes: usize,
+    /// CORS origins (`*` for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Per-client limit; `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// Extra descriptor sets to load.
+    pub descriptor_sets: Vec<PathBuf>,
+    /// Upstreams by service, overriding the module table's.
+    pub upstreams: Vec<(String, Uri)>,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            legacy_url: None,
+            max_body_bytes: 1 << 20,
+            cors_origins: Vec::new(),
+            rate_limit: None,
+            descriptor_sets: Vec::new(),
+            upstreams: Vec::new(),
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Reads and validates the settings through `env` (the process environment in production).
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let mut config = Self::default();
+        let mut problem = |setting: &str, value: &str, reason: String| {
+            problems.push(Problem {
+                setting: setting.into(),
+                value: value.into(),
+                reason,
+            });
+        };
+        if let Some(raw) = env("MESH_EDGE_LEGACY_URL").filter(|s| !s.trim().is_empty()) {
+            match parse_http_url(&raw) {
+                Ok(uri) => config.legacy_url = Some(uri),
+                Err(e) => problem("MESH_EDGE_LEGACY_URL", &raw, e),
+            }
+        }
+        if let Some(raw) = env("MESH_EDGE_MAX_BODY_BYTES") {
+            match raw.trim().parse::<usize>() {
+                Ok(n) if n >= 1 => config.max_body_bytes = n,
+                _ => problem(
+                    "MESH_EDGE_MAX_BODY_BYTES",
+                    &raw,
+                    "expected a whole number of bytes, at least 1".into(),
+                ),
+            }
+        }
+        if let Some(raw) = env("MESH_EDGE_CORS_ORIGINS") {
+            config.cors_origins = split(&raw).map(str::to_string).collect();
+            if let Some(bad) = config
+                .cors_origins
+                .iter()
+                .find(|o| *o != "*" && !(o.starts_with("http://") || o.starts_with("https://")))
+            {
+                problem(
+                    "MESH_EDGE_CORS_ORIGINS",
+                    &raw,
+                    format!("origin {bad:?} must be `*` or start with http:// or https://"),
+                );
+            }
+        }
+        if let Some(raw) = env("MESH_EDGE_RATE_LIMIT") {
+            match parse_rate_limit(&raw) {
+                Ok(limit) => config.rate_limit = limit,
+                Err(e) => problem("MESH_EDGE_RATE_LIMIT", &raw, e),
+            }
+        }
+        if let Some(raw) = env("MESH_EDGE_DESCRIPTOR_SETS") {
+            for path in split(&raw) {
+                let path = PathBuf::from(path);
+                if !path.is_file() {
+                    problem(
+                        "MESH_EDGE_DESCRIPTOR_SETS",
+                        &raw,
+                        format!("{} is not a readable file", path.display()),
+                    );
+                }
+                config.descriptor_sets.push(path);
+            }
+        }
+        if let Some(raw) = env("MESH_EDGE_UPSTREAMS") {
+            for item in split(&raw) {
+                match item.split_once('=') {
+                    Some((service, url)) if service.contains('.') => match parse_http_url(url) {
+                        Ok(uri) => config.upstreams.push((service.trim().to_string(), uri)),
+                        Err(e) => problem("MESH_EDGE_UPSTREAMS", &raw, format!("{item}: {e}")),
+                    },
+                    _ => problem(
+                        "MESH_EDGE_UPSTREAMS",
+                        &raw,
+                        format!("{item:?}: expected pkg.Service=http://host:port"),
+                    ),
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+fn split(raw: &str) -> impl Iterator<Item = &str> {
+    raw.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn parse_http_url(raw: &str) -> Result<Uri, String> {
+    let uri: Uri = raw
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); expected http://host:port"))?;
+    if uri.scheme_str() != Some("http") && uri.scheme_str() != Some("https") || uri.host().is_none()
+    {
+        return Err("expected an http:// or https:// URL with a host".into());
+    }
+    Ok(uri)
+}
+
+/// `off`, `100/s`, `100/s,burst=200`, `600/m`.
+pub fn parse_rate_limit(raw: &str) -> Result<Option<RateLimit>, String> {
+    let raw = raw.trim();
+    if raw.is_empty() || raw == "off" {
+        return Ok(None);
+    }
+    let expected = "expected `off`, `RATE/s` or `RATE/s,burst=N` (or `/m`), e.g. `50/s,burst=100`";
+    let (rate, burst) = match raw.split_once(',') {
+        Some((rate, burst)) => (rate.trim(), Some(burst.trim())),
+        None => (raw, None),
+    };
+    let (n, unit) = rate.split_once('/').ok_or(expected)?;
+    let n: f64 = n.trim().parse().map_err(|_| expected)?;
+    let per_second = match unit.trim() {
+        "s" => n,
+        "m" => n / 60.0,
+        _ => return Err(expected.into()),
+    };
+    if !(per_second > 0.0 && per_second.is_finite()) {
+        return Err("the rate must be above zero".into());
+    }
+    let burst = match burst {
+        Some(b) => b
+            .strip_prefix("burst=")
+            .and_then(|b| b.parse::<u32>().ok())
+            .filter(|b| *b >= 1)
+            .ok_or(expected)?,
+        None => (per_second.ceil() as u32).max(1),
+    };
+    Ok(Some(RateLimit { per_second, burst }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_and_names_bad_settings() {
+        let env = |k: &str| match k {
+            "MESH_EDGE_LEGACY_URL" => Some("ftp://x".to_string()),
+            "MESH_EDGE_RATE_LIMIT" => Some("fast".to_string()),
+            "MESH_EDGE_UPSTREAMS" => Some("nodot=http://a:1".to_string()),
+            _ => None,
+        };
+        let err = EdgeConfig::from_env(env).unwrap_err().to_string();
+        for s in [
+            "MESH_EDGE_LEGACY_URL",
+            "MESH_EDGE_RATE_LIMIT",
+            "MESH_EDGE_UPSTREAMS",
+        ] {
+            assert!(err.contains(s), "{err}");
+        }
+        let ok = EdgeConfig::from_env(|k| match k {
+            "MESH_EDGE_RATE_LIMIT" => Some("10/s,burst=3".into()),
+            "MESH_EDGE_UPSTREAMS" => Some("x.v1.X=http://127.0.0.1:9".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            ok.rate_limit,
+            Some(RateLimit {
+                per_second: 10.0,
+                burst: 3
+            })
+        );
+        assert_eq!(ok.upstreams.len(), 1);
+        assert_eq!(parse_rate_limit("off").unwrap(), None);
+    }
+}

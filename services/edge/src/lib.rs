@@ -1,0 +1,413 @@
+//! The edge: the public entry point of the mesh, on one port (8080 by default).
+//!
+//! - REST/JSON: every RPC with a `google.api.http` rule in the descriptor set is a route
+//!   ([`routes`]); the request becomes a protobuf message ([`transcode`]), goes to the owning
+//!   service over gRPC ([`upstream`], [`codec`]), and the answer or the error comes back as JSON
+//!   ([`status_map`], [`error`]).
+//! - gRPC: health and reflection are answered by the edge itself (from the descriptor set, so
+//!   `grpcurl <edge> list` shows every public service); every other call is proxied, streaming
+//!   included, to the owning service ([`grpc_proxy`]).
+//! - Paths no rule owns go to the legacy upstream when one is configured ([`legacy`]).
+//! - Per-client rate limits ([`rate_limit`]), request ids, CORS and a body size limit apply to
+//!   REST; settings come from [`config`].
+//!
+//! No code here is specific to one service: the routes, messages and upstreams all come from the
+//! descriptor set (ours, embedded, plus any extra sets) and the configuration.
+
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod grpc_proxy;
+pub mod http_rule;
+pub mod legacy;
+pub mod openapi;
+pub mod path_template;
+pub mod rate_limit;
+pub mod routes;
+pub mod status_map;
+pub mod transcode;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use futures::future::BoxFuture;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use mesh_runtime::client::{ClientOptions, connect};
+use mesh_runtime::{BuildError, ServiceContext, ServiceRoutes};
+use prost_reflect::DescriptorPool;
+
+use crate::config::EdgeConfig;
+use crate::error::{EdgeError, json_bytes_response};
+use crate::legacy::Legacy;
+use crate::rate_limit::RateLimiter;
+use crate::routes::{Lookup, RouteTable};
+use crate::upstream::{Upstream, Upstreams};
+
+/// The request id header, set on every request (kept from the client when valid) and response.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Why the edge cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A descriptor set does not decode or clashes with the contracts.
+    #[error("descriptor set {source_name}: {reason}")]
+    DescriptorSet {
+        /// Which set (`embedded` or a path).
+        source_name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The edge settings are invalid.
+    #[error(transparent)]
+    Config(#[from] mesh_runtime::config::ConfigError),
+    /// The `google.api.http` rules are invalid.
+    #[error(transparent)]
+    Routes(#[from] routes::RoutesError),
+    /// A service with REST rules has no upstream.
+    #[error(
+        "service {0} has google.api.http rules but no upstream; add `{0}=http://host:port` to MESH_EDGE_UPSTREAMS"
+    )]
+    NoUpstream(String),
+}
+
+/// Loads the embedded contracts plus the encoded descriptor sets in `extra`; files already
+/// loaded (e.g. `google/api/http.proto` in a `buf build` image) are skipped.
+pub fn load_pool(extra: &[(String, Vec<u8>)]) -> Result<DescriptorPool, SetupError> {
+    let mut pool = DescriptorPool::decode(mesh_contracts::FILE_DESCRIPTOR_SET).map_err(|e| {
+        SetupError::DescriptorSet {
+            source_name: "embedded".into(),
+            reason: e.to_string(),
+        }
+    })?;
+    for (name, bytes) in extra {
+        let err = |reason: String| SetupError::DescriptorSet {
+            source_name: name.clone(),
+            reason,
+        };
+        let set = DescriptorPool::decode(bytes.as_slice()).map_err(|e| err(e.to_string()))?;
+        for file in set.files() {
+            if pool.get_file_by_name(file.name()).is_some() {
+                continue;
+            }
+            pool.decode_file_descriptor_proto(file.encode_to_vec().as_slice())
+                .map_err(|e| err(format!("{}: {e}", file.name())))?;
+        }
+    }
+    Ok(pool)
+}
+
+/// Everything a request needs: routes, upstreams, the descriptor pool and the settings.
+#[derive(Debug)]
+pub struct Edge {
+    routes: RouteTable,
+    upstreams: Upstreams,
+    pool: DescriptorPool,
+    config: EdgeConfig,
+    legacy: Option<Legacy>,
+    limiter: Option<RateLimiter>,
+    max_message_bytes: usize,
+    openapi: Vec<u8>,
+}
+
+impl Edge {
+    /// Builds the edge over `pool`, with `upstreams` for the services it fronts.
+    pub fn new(
+        pool: DescriptorPool,
+        config: EdgeConfig,
+        upstreams: Upstreams,
+        max_message_bytes: usize,
+    ) -> Result<Self, SetupError> {
+        let routes = RouteTable::build(&pool, |s| upstreams.get(s).is_some())?;
+        let extension = pool.get_extension_by_name(http_rule::HTTP_EXTENSION);
+        for service in pool.services() {
+            if upstreams.get(service.full_name()).is_none()
+                && service.methods().any(|m| {
+                    http_rule::bindings(&m, extension.as_ref()).is_ok_and(|b| !b.is_empty())
+                })
+            {
+                return Err(SetupError::NoUpstream(service.full_name().to_string()));
+            }
+        }
+        let openapi = serde_json::to_vec_pretty(&openapi::document(&routes)).unwrap_or_default();
+        Ok(Self {
+            legacy: config.legacy_url.clone().map(Legacy::new),
+            limiter: config.rate_limit.map(RateLimiter::new),
+            routes,
+            upstreams,
+            pool,
+            config,
+            max_message_bytes,
+            openapi,
+        })
+    }
+
+    /// The route table.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    /// The OpenAPI document, as served at `/openapi.json`.
+    pub fn openapi_json(&self) -> &[u8] {
+        &self.openapi
+    }
+
+    /// The edge as the routes of a runtime server: health and reflection for every fronted
+    /// service, and everything else handled by the edge.
+    pub fn service_routes(self: Arc<Self>) -> ServiceRoutes {
+        let mut routes = ServiceRoutes::new();
+        for service in self.upstreams.services() {
+            // Leaked once at start: the server wants `'static` names, and there are a handful.
+            routes = routes.advertise(Box::leak(service.to_string().into_boxed_str()));
+        }
+        routes
+            .reflection_descriptor_set(self.pool.encode_to_vec())
+            .fallback(self.router())
+    }
+
+    /// The HTTP side of the edge as an axum router (one fallback handler).
+    pub fn router(self: Arc<Self>) -> axum::Router {
+        axum::Router::new().fallback(handle).with_state(self)
+    }
+
+    async fn rest(
+        &self,
+        req: Request<Body>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Response, EdgeError> {
+        let method = req.method().clone();
+        if method == Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+            && !self.config.cors_origins.is_empty()
+        {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            let h = response.headers_mut();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("authorization, content-type, x-request-id, grpc-timeout"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+            return Ok(response);
+        }
+        if let Some(limiter) = &self.limiter {
+            let client = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+            limiter
+                .check(&client)
+                .map_err(|retry_after_secs| EdgeError::RateLimited { retry_after_secs })?;
+        }
+        let path = req.uri().path().to_string();
+        if method == Method::GET && path == "/openapi.json" {
+            return Ok(json_bytes_response(StatusCode::OK, self.openapi.clone()));
+        }
+        let (route, bindings) = match self.routes.lookup(&method, &path) {
+            Lookup::Found(route, bindings) => (route.clone(), bindings),
+            Lookup::MethodNotAllowed(allowed) => {
+                return Err(EdgeError::MethodNotAllowed {
+                    method,
+                    path,
+                    allowed,
+                });
+            }
+            Lookup::NotFound => {
+                return match &self.legacy {
+                    Some(legacy) => legacy.forward(req).await,
+                    None => Err(EdgeError::NotFound { method, path }),
+                };
+            }
+        };
+        let (parts, body) = req.into_parts();
+        let body = self.read_body(&parts.headers, body).await?;
+        let message = transcode::request_message(&route, &bindings, parts.uri.query(), &body)?;
+        let upstream = self
+            .upstreams
+            .get(route.service())
+            .ok_or_else(|| EdgeError::Internal(format!("no upstream for {}", route.service())))?;
+        let response = upstream::unary(
+            upstream,
+            route.service(),
+            route.grpc_path.clone(),
+            message,
+            route.rpc.output(),
+            &parts.headers,
+            self.max_message_bytes,
+        )
+        .await
+        .map_err(|e| match e {
+            EdgeError::Upstream { status, .. } => EdgeError::Upstream {
+                details: status_map::details_json(&status, &self.pool),
+                status,
+            },
+            other => other,
+        })?;
+        let json = transcode::response_json(&route, &response)?;
+        Ok(json_bytes_response(StatusCode::OK, json))
+    }
+
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, EdgeError> {
+        let limit = self.config.max_body_bytes;
+        if let Some(len) = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            && len > limit
+        {
+            return Err(EdgeError::PayloadTooLarge { limit });
+        }
+        if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+            let essence = ct.split(';').next().unwrap_or_default().trim();
+            if !(essence == "application/json" || essence.ends_with("+json") || essence.is_empty())
+            {
+                return Err(EdgeError::UnsupportedMediaType(essence.to_string()));
+            }
+        }
+        axum::body::to_bytes(body, limit).await.map_err(|e| {
+            let text = format!("{e}");
+            let mut source = std::error::Error::source(&e);
+            let mut too_large = text.contains("length limit");
+            while let Some(s) = source {
+                too_large |= s.to_string().contains("length limit");
+                source = s.source();
+            }
+            if too_large {
+                EdgeError::PayloadTooLarge { limit }
+            } else {
+                EdgeError::BadRequest(format!("reading the request body: {text}"))
+            }
+        })
+    }
+
+    fn cors(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+        let Some(origin) = origin else { return };
+        let allowed = self
+            .config
+            .cors_origins
+            .iter()
+            .any(|o| o == "*" || o.as_bytes() == origin.as_bytes());
+        if allowed {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            headers.insert(header::VARY, HeaderValue::from_static("origin"));
+            headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("x-request-id, retry-after, grpc-status, grpc-message"),
+            );
+        }
+    }
+}
+
+/// Whether `headers` carry a gRPC call (not gRPC-Web, which is not supported yet).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v == b"application/grpc" || v.starts_with(b"application/grpc+")
+    })
+}
+
+/// A client's request id if it is sane (visible ASCII, at most 128 bytes), else a new one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(REQUEST_ID)
+        && !v.is_empty()
+        && v.len() <= 128
+        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return v.clone();
+    }
+    let id: u128 = rand::random();
+    HeaderValue::from_str(&format!("{id:032x}")).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+async fn handle(State(edge): State<Arc<Edge>>, mut req: Request<Body>) -> Response {
+    let id = request_id(req.headers());
+    req.headers_mut().insert(REQUEST_ID, id.clone());
+    let peer = req
+        .extensions()
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|i| i.remote_addr());
+    let mut response = if is_grpc(req.headers()) {
+        grpc_proxy::proxy(&edge.upstreams, req).await
+    } else {
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let mut response = edge
+            .rest(req, peer)
+            .await
+            .unwrap_or_else(EdgeError::into_response);
+        edge.cors(origin.as_ref(), response.headers_mut());
+        response
+    };
+    response.headers_mut().insert(REQUEST_ID, id);
+    response
+}
+
+/// Builds the edge from the process context: the module table's constructor for `edge`.
+///
+/// Settings come from `MESH_EDGE_*` ([`config`]); our services' upstreams from the context
+/// (`MESH_<SERVICE>_ADDR`), others' from `MESH_EDGE_UPSTREAMS`.
+pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, BuildError>> {
+    Box::pin(async move {
+        let config = EdgeConfig::from_env(|k| std::env::var(k).ok())?;
+        let edge = from_context(&ctx, config)?;
+        Ok(Arc::new(edge).service_routes())
+    })
+}
+
+/// The edge for `ctx` with `config`.
+pub fn from_context(ctx: &ServiceContext, config: EdgeConfig) -> Result<Edge, BuildError> {
+    let mut extra = Vec::new();
+    for path in &config.descriptor_sets {
+        let bytes = std::fs::read(path).map_err(|e| SetupError::DescriptorSet {
+            source_name: path.display().to_string(),
+            reason: format!("reading it (MESH_EDGE_DESCRIPTOR_SETS): {e}"),
+        })?;
+        extra.push((path.display().to_string(), bytes));
+    }
+    let pool = load_pool(&extra)?;
+    let modules: Vec<&str> = ctx
+        .config()
+        .services
+        .keys()
+        .copied()
+        .filter(|m| *m != ctx.name())
+        .collect();
+    let mut upstreams = Upstreams::new();
+    for (service, module) in Upstreams::owned_services(&pool, &modules) {
+        // `audit.v1.AuditService` is served by every service, so no one module owns it.
+        if service.starts_with("audit.") {
+            continue;
+        }
+        let channel = ctx.channel(&module)?;
+        upstreams.insert(
+            service,
+            Upstream {
+                name: module,
+                channel,
+            },
+        );
+    }
+    let options = ClientOptions {
+        default_deadline: ctx.config().default_deadline,
+        ..ClientOptions::default()
+    };
+    for (service, uri) in &config.upstreams {
+        upstreams.insert(
+            service.clone(),
+            Upstream {
+                name: uri.to_string(),
+                channel: connect(uri.clone(), options),
+            },
+        );
+    }
+    Ok(Edge::new(pool, config, upstreams, ctx.max_message_bytes())?)
+}

@@ -1,0 +1,335 @@
+//! REST request -> protobuf request message, and protobuf response -> JSON, with the proto3 JSON
+//! mapping of prost-reflect (well-known types, int64 as strings, enums by name, unknown fields
+//! rejected).
+//!
+//! The request is assembled as one JSON object: the body (at the root for `body: "*"`, under
+//! the body field otherwise), then the path variables and the query parameters, each converted
+//! from text to the JSON form of its field (`"true"` -> `true` for a bool, a wrapper's inner
+//! value, ...). The object is then decoded once, so every error names the field at fault.
+
+use prost_reflect::{
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
+};
+use serde_json::{Map, Value};
+
+use crate::error::EdgeError;
+use crate::path_template::{Binding, decode};
+use crate::routes::{BodySpec, Route, is_scalar_like};
+
+/// Builds the request message of `route` from the path `bindings`, the raw `query` string and
+/// the raw `body`.
+pub fn request_message(
+    route: &Route,
+    bindings: &[Binding],
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<DynamicMessage, EdgeError> {
+    let input = route.rpc.input();
+    let mut root = Map::new();
+    match &route.body {
+        BodySpec::All => {
+            if let Some(value) = parse_body(body)? {
+                match value {
+                    Value::Object(map) => root = map,
+                    other => {
+                        return Err(EdgeError::BadRequest(format!(
+                            "request body must be a JSON object ({}), not {}",
+                            input.full_name(),
+                            json_kind(&other)
+                        )));
+                    }
+                }
+            }
+        }
+        BodySpec::Field(field) => {
+            if let Some(value) = parse_body(body)? {
+                root.insert(field.json_name().to_string(), value);
+            }
+        }
+        BodySpec::None => {
+            if !body.iter().all(u8::is_ascii_whitespace) {
+                return Err(EdgeError::BadRequest(format!(
+                    "{} {} takes no request body",
+                    route.method, route.template
+                )));
+            }
+        }
+    }
+
+    for binding in bindings {
+        let chain = &route.path_fields[binding.variable];
+        let name = route.template.variables[binding.variable].name();
+        let value = text_value(
+            chain.last().expect("path chains are never empty"),
+            &binding.value,
+        )
+        .map_err(|e| EdgeError::BadRequest(format!("path variable {name:?}: {e}")))?;
+        set(&mut root, chain, value, false)
+            .map_err(|e| EdgeError::BadRequest(format!("path variable {name:?}: {e}")))?;
+    }
+
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        let mut seen = std::collections::HashSet::new();
+        for (key, raw) in query_pairs(query) {
+            if key.is_empty() {
+                continue;
+            }
+            if matches!(route.body, BodySpec::All) {
+                return Err(EdgeError::BadRequest(format!(
+                    "query parameter {key:?}: this route takes every field from the body (body: \"*\"), so it accepts no query parameters"
+                )));
+            }
+            let chain = query_chain(&input, &key)
+                .map_err(|e| EdgeError::BadRequest(format!("query parameter {key:?}: {e}")))?;
+            if let BodySpec::Field(f) = &route.body
+                && chain[0] == *f
+            {
+                return Err(EdgeError::BadRequest(format!(
+                    "query parameter {key:?}: field {:?} comes from the request body",
+                    f.name()
+                )));
+            }
+            if route
+                .path_fields
+                .iter()
+                .any(|p| p.len() <= chain.len() && chain[..p.len()] == p[..])
+            {
+                return Err(EdgeError::BadRequest(format!(
+                    "query parameter {key:?}: that field is bound by the path"
+                )));
+            }
+            let last = chain.last().expect("query chains are never empty");
+            if !last.is_list() && !seen.insert(key.clone()) {
+                return Err(EdgeError::BadRequest(format!(
+                    "query parameter {key:?} is given more than once, but its field is not repeated"
+                )));
+            }
+            let value = text_value(last, &raw)
+                .map_err(|e| EdgeError::BadRequest(format!("query parameter {key:?}: {e}")))?;
+            set(&mut root, &chain, value, last.is_list())
+                .map_err(|e| EdgeError::BadRequest(format!("query parameter {key:?}: {e}")))?;
+        }
+    }
+
+    decode_json(&input, Value::Object(root))
+}
+
+/// Decodes a JSON value into a message of type `desc`; errors name the field path.
+pub fn decode_json(desc: &MessageDescriptor, value: Value) -> Result<DynamicMessage, EdgeError> {
+    let options = DeserializeOptions::new().deny_unknown_fields(true);
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(value, &mut track);
+    DynamicMessage::deserialize_with_options(desc.clone(), de, &options).map_err(|e| {
+        let path = track.path().to_string();
+        if path.is_empty() || path == "." {
+            EdgeError::BadRequest(format!("invalid {}: {e}", desc.full_name()))
+        } else {
+            EdgeError::BadRequest(format!(
+                "invalid field {path:?} of {}: {e}",
+                desc.full_name()
+            ))
+        }
+    })
+}
+
+/// The JSON of a response: the whole message, or its `response_body` field.
+pub fn response_json(route: &Route, message: &DynamicMessage) -> Result<Vec<u8>, EdgeError> {
+    let options = SerializeOptions::new();
+    let mut out = Vec::with_capacity(256);
+    let mut ser = serde_json::Serializer::new(&mut out);
+    let result = match &route.response_body {
+        None => message.serialize_with_options(&mut ser, &options),
+        Some(field)
+            if !field.is_list() && !field.is_map() && matches!(field.kind(), Kind::Message(_)) =>
+        {
+            match message.get_field(field).as_message() {
+                Some(inner) => inner.serialize_with_options(&mut ser, &options),
+                None => {
+                    return Err(EdgeError::Internal(
+                        "response_body field is not a message".into(),
+                    ));
+                }
+            }
+        }
+        Some(field) => {
+            let whole = serde_json::to_value(message.clone())
+                .map_err(|e| EdgeError::Internal(format!("encoding the response: {e}")))?;
+            let part = whole
+                .get(field.json_name())
+                .cloned()
+                .unwrap_or(if field.is_list() {
+                    Value::Array(Vec::new())
+                } else if field.is_map() {
+                    Value::Object(Map::new())
+                } else {
+                    Value::Null
+                });
+            return serde_json::to_vec(&part)
+                .map_err(|e| EdgeError::Internal(format!("encoding the response: {e}")));
+        }
+    };
+    result.map_err(|e| EdgeError::Internal(format!("encoding the response: {e}")))?;
+    Ok(out)
+}
+
+fn parse_body(body: &[u8]) -> Result<Option<Value>, EdgeError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    if std::str::from_utf8(body).is_err() {
+        return Err(EdgeError::BadRequest(
+            "request body is not valid UTF-8".into(),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| EdgeError::BadRequest(format!("request body is not valid JSON: {e}")))
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `a=1&b=x+y` -> `[("a", "1"), ("b", "x y")]`, percent-decoded.
+fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(&k.replace('+', " ")), decode(&v.replace('+', " ")))
+    })
+}
+
+/// Resolves a dotted query key (proto or JSON field names) to a chain of fields.
+fn query_chain(message: &MessageDescriptor, key: &str) -> Result<Vec<FieldDescriptor>, String> {
+    let mut chain = Vec::new();
+    let mut current = message.clone();
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, name) in parts.iter().enumerate() {
+        let field = current
+            .get_field_by_name(name)
+            .or_else(|| current.get_field_by_json_name(name))
+            .ok_or_else(|| format!("{} has no field {name:?}", current.full_name()))?;
+        let last = i + 1 == parts.len();
+        if field.is_map() {
+            return Err(format!(
+                "map field {name:?} cannot be set from a query parameter"
+            ));
+        }
+        match field.kind() {
+            Kind::Message(m) if !last => {
+                if field.is_list() {
+                    return Err(format!(
+                        "repeated message field {name:?} cannot be set from a query parameter"
+                    ));
+                }
+                current = m;
+            }
+            Kind::Message(m) if !is_scalar_like(&m) => {
+                return Err(format!(
+                    "field {name:?} is a message ({}); name one of its fields, e.g. {key}.<field>",
+                    m.full_name()
+                ));
+            }
+            _ if !last => return Err(format!("field {name:?} has no fields")),
+            _ => {}
+        }
+        chain.push(field);
+    }
+    Ok(chain)
+}
+
+/// The JSON form of the text `raw` for one value of `field`.
+fn text_value(field: &FieldDescriptor, raw: &str) -> Result<Value, String> {
+    scalar_value(&field.kind(), raw)
+}
+
+fn scalar_value(kind: &Kind, raw: &str) -> Result<Value, String> {
+    Ok(match kind {
+        Kind::Bool => match raw {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => return Err(format!("expected true or false, got {raw:?}")),
+        },
+        Kind::Enum(_) => match raw.parse::<i64>() {
+            Ok(n) => Value::from(n),
+            Err(_) => Value::String(raw.to_string()),
+        },
+        Kind::Message(m) => match m.full_name() {
+            "google.protobuf.BoolValue" => scalar_value(&Kind::Bool, raw)?,
+            "google.protobuf.DoubleValue" | "google.protobuf.FloatValue" => number_text(raw),
+            "google.protobuf.Int32Value" | "google.protobuf.UInt32Value" => number_text(raw),
+            _ => Value::String(raw.to_string()),
+        },
+        Kind::Double | Kind::Float => number_text(raw),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32 => {
+            number_text(raw)
+        }
+        _ => Value::String(raw.to_string()),
+    })
+}
+
+/// A number if `raw` is one, else the text itself (so the decoder names the bad value).
+fn number_text(raw: &str) -> Value {
+    if let Ok(n) = raw.parse::<i64>() {
+        return Value::from(n);
+    }
+    match raw.parse::<f64>() {
+        Ok(f) if f.is_finite() => serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or_else(|| Value::String(raw.to_string())),
+        _ => Value::String(raw.to_string()),
+    }
+}
+
+/// Sets `value` at the field chain in `root`, creating objects on the way; a repeated last field
+/// collects values into an array when `append`.
+fn set(
+    root: &mut Map<String, Value>,
+    chain: &[FieldDescriptor],
+    value: Value,
+    append: bool,
+) -> Result<(), String> {
+    let mut map = root;
+    for (i, field) in chain.iter().enumerate() {
+        let key = field.json_name().to_string();
+        // Accept a body that used the proto name: move it under the JSON name.
+        if field.name() != key
+            && let Some(v) = map.remove(field.name())
+        {
+            map.insert(key.clone(), v);
+        }
+        if i + 1 == chain.len() {
+            if append {
+                match map.entry(key).or_insert_with(|| Value::Array(Vec::new())) {
+                    Value::Array(items) => items.push(value),
+                    _ => return Err(format!("field {:?} is already set", field.name())),
+                }
+            } else {
+                // Path variables and query parameters win over the body.
+                map.insert(key, value);
+            }
+            return Ok(());
+        }
+        let next = map.entry(key).or_insert_with(|| Value::Object(Map::new()));
+        if next.is_null() {
+            *next = Value::Object(Map::new());
+        }
+        map = match next {
+            Value::Object(m) => m,
+            other => {
+                return Err(format!(
+                    "field {:?} must be an object, not {}",
+                    field.name(),
+                    json_kind(other)
+                ));
+            }
+        };
+    }
+    Ok(())
+}
