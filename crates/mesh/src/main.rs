@@ -2,6 +2,7 @@
 //! process (each on its own gRPC port, calling each other over real gRPC on loopback);
 //! `mesh serve order` runs one, as each Kubernetes Deployment does.
 
+mod migrate;
 mod modules;
 mod serve;
 mod targets;
@@ -15,7 +16,8 @@ const ENV_HELP: &str = "\
 Per-service settings (environment only; SERVICE is the target in upper snake case, e.g. IOT_GATEWAY):
   MESH_<SERVICE>_PORT   gRPC port the service listens on (default: the module table's port; 0 = any)
   MESH_<SERVICE>_ADDR   URL other services use to reach it, e.g. http://inventory.mesh.svc.cluster.local:50054
-                        (default: this host and the service's port)";
+                        (default: this host and the service's port)
+  MESH_<SERVICE>_DATABASE_URL  Postgres URL of that service's own database (overrides --database-url)";
 
 /// The Retail ERP service mesh: every service of the mesh in one binary.
 #[derive(Debug, Parser)]
@@ -36,6 +38,16 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Apply the database migrations of `all` or the listed targets, then exit (the Helm chart's
+    /// migration Job). `mesh serve` applies them at start too.
+    #[command(after_help = ENV_HELP)]
+    Migrate {
+        /// `all`, or targets separated by commas.
+        #[arg(value_name = "TARGETS")]
+        targets: String,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
     /// Print the module table: each target, its default gRPC port and the services it calls.
     Modules {
         /// Print JSON instead of a table.
@@ -52,6 +64,11 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(serve::run(&targets, &runtime))),
+        Command::Migrate { targets, runtime } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(migrate::run(&targets, &runtime))),
         Command::Modules { json } => {
             print_modules(json);
             Ok(())

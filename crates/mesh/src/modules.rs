@@ -2,7 +2,7 @@
 //! it calls, and its constructor. `mesh serve` and `mesh modules` read it; the Helm chart's
 //! `services:` values mirror it (a test compares the two).
 
-use mesh_runtime::Module;
+use mesh_runtime::{Migrations, Module};
 
 /// Every service, in start order (dependencies first is not required: clients connect lazily).
 pub(crate) const MODULES: &[Module] = &[
@@ -11,72 +11,84 @@ pub(crate) const MODULES: &[Module] = &[
         default_port: 50051,
         dependencies: &[],
         constructor: mesh_auth::build,
+        migrations: Migrations::NONE,
     },
     Module {
         name: "user",
         default_port: 50052,
         dependencies: &["auth"],
         constructor: mesh_user::build,
+        migrations: Migrations::NONE,
     },
     Module {
         name: "product",
         default_port: 50053,
         dependencies: &["auth"],
         constructor: mesh_product::build,
+        migrations: Migrations::NONE,
     },
     Module {
         name: "inventory",
         default_port: 50054,
         dependencies: &["auth"],
         constructor: mesh_inventory::build,
+        migrations: Migrations::NONE,
     },
     Module {
         name: "order",
         default_port: 50055,
         dependencies: &["auth", "product", "inventory", "campaign"],
         constructor: mesh_order::build,
+        migrations: Migrations::NONE,
     },
     Module {
         name: "payment",
         default_port: 50056,
         dependencies: &["auth"],
         constructor: mesh_payment::build,
+        migrations: Migrations::NONE,
     },
     Module {
         name: "shop",
         default_port: 50057,
         dependencies: &["auth"],
         constructor: mesh_shop::build,
+        migrations: Migrations::NONE,
     },
     Module {
         name: "notification",
         default_port: 50058,
         dependencies: &["auth", "user"],
         constructor: mesh_notification::build,
+        migrations: Migrations::NONE,
     },
     Module {
         name: "campaign",
         default_port: 50059,
         dependencies: &["auth", "product"],
         constructor: mesh_campaign::build,
+        migrations: Migrations::NONE,
     },
     Module {
         name: "report",
         default_port: 50060,
         dependencies: &["auth"],
         constructor: mesh_report::build,
+        migrations: Migrations::NONE,
     },
     Module {
         name: "iot-gateway",
         default_port: 50061,
         dependencies: &["auth", "shop"],
         constructor: mesh_iot_gateway::build,
+        migrations: Migrations::NONE,
     },
     Module {
         name: "vm",
         default_port: 50062,
         dependencies: &["auth", "shop", "iot-gateway", "inventory", "payment"],
         constructor: mesh_vm::build,
+        migrations: Migrations::NONE,
     },
 ];
 

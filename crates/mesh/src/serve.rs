@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use http::Uri;
+use mesh_runtime::audit::AuditApi;
 use mesh_runtime::config::{ConfigError, env_prefix};
+use mesh_runtime::relay::{Relay, RelayOptions};
 use mesh_runtime::{
     GrpcServer, MeshConfig, Metrics, Module, Readiness, RpcMetrics, RuntimeArgs, ServiceContext,
     ServiceSpec,
@@ -80,18 +82,34 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
     let readiness = Readiness::new();
     let shutdown = CancellationToken::new();
 
+    // One bus per process; each service its own database, migrated, its outbox relayed.
+    let bus = crate::migrate::bus(&config)?;
+    let mut background = Vec::new();
     let mut servers = Vec::new();
     for (module, listener) in listeners {
+        let db = crate::migrate::open_and_migrate(&config, module).await?;
         let ctx = ServiceContext::new(
             module,
             config.clone(),
             peers.clone(),
             metrics.clone(),
             shutdown.clone(),
-        );
+        )
+        .with_data(db.clone(), bus.clone());
         let routes = (module.constructor)(ctx)
             .await
             .map_err(|e| anyhow::anyhow!("building the {} service: {e}", module.name))?;
+        // Every service answers for its audit trail, from its own outbox.
+        let routes = routes.add(AuditApi::new(db.clone()).server(config.max_message_bytes));
+        let relay = Relay::new(
+            db,
+            bus.clone(),
+            RelayOptions {
+                retention: config.events.outbox_retention,
+                ..RelayOptions::default()
+            },
+        );
+        background.push(tokio::spawn(relay.run(shutdown.clone())));
         readiness.set(module.name, false);
         servers.push((module, listener, routes));
     }
@@ -146,6 +164,9 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
         }
     }
     shutdown.cancel();
+    for task in background {
+        let _ = task.await;
+    }
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok(Ok(())) => {}

@@ -7,10 +7,13 @@
 //! table: `MESH_<SERVICE>_PORT` (the service's gRPC port) and `MESH_<SERVICE>_ADDR` (the URL other
 //! services use to reach it, e.g. `http://inventory.mesh.svc.cluster.local:50054`), with
 //! `<SERVICE>` the service name in upper snake case (`iot-gateway` -> `IOT_GATEWAY`).
+//! `MESH_<SERVICE>_DATABASE_URL` gives one service its own Postgres database, overriding
+//! `--database-url` for it.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Uri;
@@ -49,6 +52,42 @@ pub struct RuntimeArgs {
     /// OTLP/gRPC endpoint for trace export (e.g. `http://otel-collector:4317`); off when unset.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+
+    /// Folder of the embedded SQLite databases (`<data-dir>/<service>.db`), used by every service
+    /// without a Postgres URL.
+    #[arg(long, env = "MESH_DATA_DIR", default_value = "./data")]
+    pub data_dir: String,
+
+    /// Postgres URL shared by every service, each in its own schema (the service name with `-`
+    /// as `_`); `MESH_<SERVICE>_DATABASE_URL` overrides it per service. Unset: SQLite files.
+    #[arg(long, env = "MESH_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Redis URL of the event bus (Redis Streams), e.g. `redis://redis:6379`. Unset: the
+    /// in-process bus, which only connects services running in this process.
+    #[arg(long, env = "MESH_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Deliveries of one event to a consumer before it goes to the dead-letter stream.
+    #[arg(long, env = "MESH_EVENT_MAX_DELIVERIES", default_value = "5")]
+    pub event_max_deliveries: String,
+
+    /// First retry delay of a failed event handler; doubles per retry (capped at 30s), e.g. `200ms`.
+    #[arg(long, env = "MESH_EVENT_RETRY_BACKOFF", default_value = "200ms")]
+    pub event_retry_backoff: String,
+
+    /// How long an event may stay unacknowledged by a consumer before another consumer of the
+    /// same service reclaims it (the first is presumed dead), e.g. `30s`.
+    #[arg(long, env = "MESH_EVENT_CLAIM_IDLE", default_value = "30s")]
+    pub event_claim_idle: String,
+
+    /// How long events stay in the bus's streams before trimming, e.g. `7d`.
+    #[arg(long, env = "MESH_EVENT_RETENTION", default_value = "7d")]
+    pub event_retention: String,
+
+    /// How long published outbox rows are kept for the audit trail, e.g. `90d`, or `forever`.
+    #[arg(long, env = "MESH_OUTBOX_RETENTION", default_value = "forever")]
+    pub outbox_retention: String,
 }
 
 /// A service the process knows about: its name and default gRPC port, from the module table.
@@ -87,6 +126,60 @@ pub struct ServiceEndpoint {
     pub addr: Option<Uri>,
 }
 
+/// Where one service keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    /// An embedded SQLite file.
+    Sqlite {
+        /// The database file, `<data-dir>/<service>.db`.
+        path: PathBuf,
+    },
+    /// A Postgres database, the service's tables in their own schema.
+    Postgres {
+        /// The connection URL.
+        url: String,
+        /// The schema: the service name with `-` as `_`.
+        schema: String,
+    },
+}
+
+impl DatabaseTarget {
+    /// The Postgres schema of `service`: its name with `-` as `_` (`iot-gateway` -> `iot_gateway`).
+    pub fn schema_name(service: &str) -> String {
+        service.replace('-', "_")
+    }
+}
+
+/// Settings of the event bus and of event delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventConfig {
+    /// Redis URL of the Redis Streams bus; `None` selects the in-process bus.
+    pub redis_url: Option<String>,
+    /// Deliveries before an event is dead-lettered (at least 1).
+    pub max_deliveries: u32,
+    /// First retry delay after a handler failure; doubles per retry.
+    pub retry_backoff: Duration,
+    /// Idle time after which another consumer reclaims an unacknowledged event.
+    pub claim_idle: Duration,
+    /// How long events stay in the streams.
+    pub retention: Duration,
+    /// How long published outbox rows are kept; `None` keeps them forever.
+    pub outbox_retention: Option<Duration>,
+}
+
+impl Default for EventConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            max_deliveries: 5,
+            retry_backoff: Duration::from_millis(200),
+            claim_idle: Duration::from_secs(30),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            outbox_retention: None,
+        }
+    }
+}
+
 /// The validated configuration of one `mesh` process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshConfig {
@@ -106,6 +199,10 @@ pub struct MeshConfig {
     pub otlp_endpoint: Option<Uri>,
     /// Every service of the module table, by name.
     pub services: BTreeMap<&'static str, ServiceEndpoint>,
+    /// Where each service of the module table keeps its data, by name.
+    pub databases: BTreeMap<&'static str, DatabaseTarget>,
+    /// The event bus and delivery settings.
+    pub events: EventConfig,
 }
 
 /// One setting that failed validation.
@@ -239,6 +336,124 @@ impl MeshConfig {
             otlp.as_ref().err().cloned(),
         );
 
+        let database_url = args
+            .database_url
+            .as_deref()
+            .map(parse_postgres_url)
+            .transpose();
+        check(
+            "--database-url / MESH_DATABASE_URL",
+            args.database_url.as_deref().unwrap_or_default(),
+            database_url.as_ref().err().cloned(),
+        );
+        check(
+            "--data-dir / MESH_DATA_DIR",
+            &args.data_dir,
+            args.data_dir
+                .trim()
+                .is_empty()
+                .then(|| "expected a folder path, e.g. ./data".to_string()),
+        );
+        let redis_url = args.redis_url.as_deref().map(parse_redis_url).transpose();
+        check(
+            "--redis-url / MESH_REDIS_URL",
+            args.redis_url.as_deref().unwrap_or_default(),
+            redis_url.as_ref().err().cloned(),
+        );
+        let max_deliveries = args
+            .event_max_deliveries
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| "expected a whole number from 1 to 1000".to_string());
+        check(
+            "--event-max-deliveries / MESH_EVENT_MAX_DELIVERIES",
+            &args.event_max_deliveries,
+            max_deliveries.as_ref().err().cloned(),
+        );
+        let nonzero = |raw: &str| {
+            parse_duration(raw).and_then(|d| {
+                if d.is_zero() {
+                    Err("must be longer than zero".to_string())
+                } else {
+                    Ok(d)
+                }
+            })
+        };
+        let retry_backoff = nonzero(&args.event_retry_backoff);
+        check(
+            "--event-retry-backoff / MESH_EVENT_RETRY_BACKOFF",
+            &args.event_retry_backoff,
+            retry_backoff.as_ref().err().cloned(),
+        );
+        let claim_idle = nonzero(&args.event_claim_idle);
+        check(
+            "--event-claim-idle / MESH_EVENT_CLAIM_IDLE",
+            &args.event_claim_idle,
+            claim_idle.as_ref().err().cloned(),
+        );
+        let retention = nonzero(&args.event_retention);
+        check(
+            "--event-retention / MESH_EVENT_RETENTION",
+            &args.event_retention,
+            retention.as_ref().err().cloned(),
+        );
+        let outbox_retention = match args.outbox_retention.trim() {
+            "forever" => Ok(None),
+            raw => nonzero(raw)
+                .map(Some)
+                .map_err(|e| format!("{e}; or `forever`")),
+        };
+        check(
+            "--outbox-retention / MESH_OUTBOX_RETENTION",
+            &args.outbox_retention,
+            outbox_retention.as_ref().err().cloned(),
+        );
+
+        let mut databases = BTreeMap::new();
+        for spec in services {
+            let var = format!("{}_DATABASE_URL", env_prefix(spec.name));
+            let url = match env(&var) {
+                Some(raw) => {
+                    let url = parse_postgres_url(&raw);
+                    check(&var, &raw, url.as_ref().err().cloned());
+                    url.ok()
+                }
+                None => database_url.as_ref().ok().cloned().flatten(),
+            };
+            let target = match url {
+                Some(url) => DatabaseTarget::Postgres {
+                    url,
+                    schema: DatabaseTarget::schema_name(spec.name),
+                },
+                None => DatabaseTarget::Sqlite {
+                    path: PathBuf::from(args.data_dir.trim()).join(format!("{}.db", spec.name)),
+                },
+            };
+            databases.insert(spec.name, target);
+        }
+        let events = match (
+            redis_url,
+            max_deliveries,
+            retry_backoff,
+            claim_idle,
+            retention,
+            outbox_retention,
+        ) {
+            (Ok(redis_url), Ok(max), Ok(backoff), Ok(claim), Ok(retention), Ok(outbox)) => {
+                Some(EventConfig {
+                    redis_url,
+                    max_deliveries: max,
+                    retry_backoff: backoff,
+                    claim_idle: claim,
+                    retention,
+                    outbox_retention: outbox,
+                })
+            }
+            _ => None,
+        };
+
         let mut endpoints = BTreeMap::new();
         for spec in services {
             let prefix = env_prefix(spec.name);
@@ -274,7 +489,7 @@ impl MeshConfig {
             otlp,
         ) {
             (Ok(host), Ok(admin_port), Ok(_), Ok(format), Ok(grace), Ok(max), Ok(dl), Ok(otlp))
-                if problems.is_empty() =>
+                if problems.is_empty() && events.is_some() =>
             {
                 Ok(Self {
                     host,
@@ -288,6 +503,8 @@ impl MeshConfig {
                     default_deadline: dl,
                     otlp_endpoint: otlp,
                     services: endpoints,
+                    databases,
+                    events: events.unwrap_or_default(),
                 })
             }
             _ => Err(ConfigError { problems }),
@@ -304,6 +521,24 @@ fn parse_port(raw: &str) -> Result<u16, String> {
 fn parse_duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw.trim())
         .map_err(|e| format!("expected a duration such as `500ms`, `25s` or `1m` ({e})"))
+}
+
+fn parse_postgres_url(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    match raw.split_once("://") {
+        Some(("postgres" | "postgresql", rest)) if !rest.is_empty() => Ok(raw.to_string()),
+        _ => Err(
+            "expected a Postgres URL such as postgres://user:password@host:5432/mesh".to_string(),
+        ),
+    }
+}
+
+fn parse_redis_url(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    match raw.split_once("://") {
+        Some(("redis" | "rediss", rest)) if !rest.is_empty() => Ok(raw.to_string()),
+        _ => Err("expected a Redis URL such as redis://host:6379".to_string()),
+    }
 }
 
 fn parse_url(raw: &str) -> Result<Uri, String> {
@@ -406,6 +641,90 @@ mod tests {
         }
         assert_eq!(err.problems.len(), 5, "{text}");
         assert!(text.starts_with("invalid configuration (5 problems)"));
+    }
+
+    #[test]
+    fn data_defaults_to_sqlite_files_and_the_in_process_bus() {
+        let config = parse(&["--data-dir", "/tmp/d"], &[]).expect("valid");
+        assert_eq!(
+            config.databases["iot-gateway"],
+            DatabaseTarget::Sqlite {
+                path: PathBuf::from("/tmp/d/iot-gateway.db")
+            }
+        );
+        assert_eq!(config.events.redis_url, None);
+        assert_eq!(config.events.max_deliveries, 5);
+        assert_eq!(config.events.outbox_retention, None);
+    }
+
+    #[test]
+    fn shared_postgres_url_gives_a_schema_per_service_and_per_service_urls_override() {
+        let config = parse(
+            &[
+                "--database-url",
+                "postgres://mesh@db/mesh",
+                "--redis-url",
+                "redis://r:6379",
+                "--event-max-deliveries",
+                "3",
+                "--outbox-retention",
+                "90d",
+            ],
+            &[("MESH_PRODUCT_DATABASE_URL", "postgresql://p@other/catalog")],
+        )
+        .expect("valid");
+        assert_eq!(
+            config.databases["iot-gateway"],
+            DatabaseTarget::Postgres {
+                url: "postgres://mesh@db/mesh".into(),
+                schema: "iot_gateway".into()
+            }
+        );
+        assert_eq!(
+            config.databases["product"],
+            DatabaseTarget::Postgres {
+                url: "postgresql://p@other/catalog".into(),
+                schema: "product".into()
+            }
+        );
+        assert_eq!(config.events.redis_url.as_deref(), Some("redis://r:6379"));
+        assert_eq!(config.events.max_deliveries, 3);
+        assert_eq!(
+            config.events.outbox_retention,
+            Some(Duration::from_secs(90 * 24 * 3600))
+        );
+    }
+
+    #[test]
+    fn bad_data_and_event_settings_are_named() {
+        let err = parse(
+            &[
+                "--database-url",
+                "mysql://x",
+                "--redis-url",
+                "localhost:6379",
+                "--event-max-deliveries",
+                "0",
+                "--event-claim-idle",
+                "0s",
+                "--outbox-retention",
+                "never",
+            ],
+            &[("MESH_IOT_GATEWAY_DATABASE_URL", "sqlite://x.db")],
+        )
+        .expect_err("invalid");
+        let settings: Vec<_> = err.problems.iter().map(|p| p.setting.as_str()).collect();
+        assert_eq!(
+            settings,
+            [
+                "--database-url / MESH_DATABASE_URL",
+                "--redis-url / MESH_REDIS_URL",
+                "--event-max-deliveries / MESH_EVENT_MAX_DELIVERIES",
+                "--event-claim-idle / MESH_EVENT_CLAIM_IDLE",
+                "--outbox-retention / MESH_OUTBOX_RETENTION",
+                "MESH_IOT_GATEWAY_DATABASE_URL",
+            ]
+        );
     }
 
     #[test]

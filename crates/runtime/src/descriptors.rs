@@ -45,3 +45,15 @@ pub fn service_names() -> Vec<String> {
         })
         .collect()
 }
+
+/// Whether the contracts define the fully qualified message `name`, e.g. `events.v1.OrderCreated`.
+pub fn message_exists(name: &str) -> bool {
+    let Some((package, message)) = name.rsplit_once('.') else {
+        return false;
+    };
+    descriptor_set()
+        .file
+        .iter()
+        .filter(|f| f.package() == package)
+        .any(|f| f.message_type.iter().any(|m| m.name() == message))
+}

@@ -7,12 +7,18 @@
 //!   shutdown; [`admin`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`client`]: channels to peers that propagate trace context and deadlines;
 //! - [`module`]: the module-table row and build context a service crate provides and receives;
-//! - [`not_built`]: the honest `UNIMPLEMENTED` answer of a service whose logic is not built yet.
+//! - [`not_built`]: the honest `UNIMPLEMENTED` answer of a service whose logic is not built yet;
+//! - data and events (see `docs/events.md`): [`storage`] (a database per service, migrations),
+//!   [`outbox`] (state change and event in one transaction), [`relay`] (outbox to bus), [`bus`]
+//!   (Redis Streams or in-process), [`consumer`] (idempotent handlers), [`audit`] (the trail).
 
 pub mod admin;
+pub mod audit;
+pub mod bus;
 pub mod call_context;
 pub mod client;
 pub mod config;
+pub mod consumer;
 pub mod descriptors;
 pub mod grpc_timeout;
 pub mod json_log;
@@ -20,17 +26,21 @@ pub mod metrics;
 pub mod module;
 pub mod not_built;
 pub mod observe;
+pub mod outbox;
 pub mod readiness;
+pub mod relay;
 pub mod server;
 pub mod shutdown;
+pub mod storage;
 pub mod telemetry;
 pub mod trace_context;
 
 pub use call_context::CallContext;
 pub use config::{MeshConfig, RuntimeArgs, ServiceSpec};
 pub use metrics::{Metrics, RpcMetrics};
-pub use module::{BuildError, ClientError, Module, ServiceContext, ServiceRoutes};
+pub use module::{BuildError, ClientError, Module, NoData, ServiceContext, ServiceRoutes};
 pub use not_built::NotBuilt;
 pub use readiness::Readiness;
 pub use server::GrpcServer;
+pub use storage::{Database, DatabaseError, Migrations};
 pub use trace_context::TraceContext;

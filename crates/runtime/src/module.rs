@@ -11,9 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
+use crate::bus::EventBus;
 use crate::client::{self, ClientOptions, MeshChannel};
 use crate::config::MeshConfig;
+use crate::consumer::{Consumer, ConsumerOptions};
 use crate::metrics::Metrics;
+use crate::storage::{Database, Migrations};
 
 /// Why a service could not be built.
 pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,6 +37,9 @@ pub struct Module {
     pub dependencies: &'static [&'static str],
     /// Builds its routes.
     pub constructor: Constructor,
+    /// Its own tables ([`Migrations::NONE`] when it has none): applied, after the runtime's
+    /// outbox tables, before the constructor runs and by `mesh migrate`.
+    pub migrations: Migrations,
 }
 
 impl std::fmt::Debug for Module {
@@ -66,8 +72,15 @@ pub enum ClientError {
     NoAddress(String),
 }
 
-/// What a service is built with: its configuration, how to reach its peers, the metrics registry
-/// and the process's shutdown token.
+/// The service was built without a database or bus (a context made by hand, e.g. in a test).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "service `{0}` has no database and event bus in its context; the binary gives every service one (ServiceContext::with_data)"
+)]
+pub struct NoData(pub &'static str);
+
+/// What a service is built with: its configuration, how to reach its peers, the metrics registry,
+/// the process's shutdown token, and its database and the event bus.
 #[derive(Clone, Debug)]
 pub struct ServiceContext {
     name: &'static str,
@@ -76,6 +89,7 @@ pub struct ServiceContext {
     peers: Arc<BTreeMap<&'static str, Uri>>,
     metrics: Metrics,
     shutdown: CancellationToken,
+    data: Option<(Database, Arc<dyn EventBus>)>,
 }
 
 impl ServiceContext {
@@ -94,7 +108,43 @@ impl ServiceContext {
             peers,
             metrics,
             shutdown,
+            data: None,
         }
+    }
+
+    /// Gives the service its (migrated) database and the process's event bus.
+    pub fn with_data(mut self, database: Database, bus: Arc<dyn EventBus>) -> Self {
+        self.data = Some((database, bus));
+        self
+    }
+
+    /// The service's database: its schema (Postgres) or file (SQLite), migrated. Write state
+    /// changes and their events in one [`Database::begin`] transaction.
+    pub fn database(&self) -> Result<&Database, NoData> {
+        self.data.as_ref().map(|d| &d.0).ok_or(NoData(self.name))
+    }
+
+    /// The process's event bus.
+    pub fn bus(&self) -> Result<&Arc<dyn EventBus>, NoData> {
+        self.data.as_ref().map(|d| &d.1).ok_or(NoData(self.name))
+    }
+
+    /// A consumer group named after the service, with the configured delivery settings; add
+    /// handlers with [`Consumer::on`], then [`ServiceContext::start_consumer`].
+    pub fn consumer(&self) -> Result<Consumer, NoData> {
+        let (db, bus) = self.data.clone().ok_or(NoData(self.name))?;
+        let events = &self.config.events;
+        Ok(Consumer::new(db, bus, self.name).options(ConsumerOptions {
+            max_deliveries: events.max_deliveries,
+            retry_backoff: events.retry_backoff,
+            max_backoff: (events.claim_idle / 2).min(std::time::Duration::from_secs(30)),
+            ..ConsumerOptions::default()
+        }))
+    }
+
+    /// Runs `consumer` in the background until the process shuts down.
+    pub fn start_consumer(&self, consumer: Consumer) {
+        tokio::spawn(consumer.run(self.shutdown.clone()));
     }
 
     /// The service's module name.

@@ -1,0 +1,116 @@
+//! The audit trail: `audit.v1.AuditService` on every service's port, listing the events the
+//! service emitted for one aggregate from its outbox table (which keeps sent rows; see
+//! `--outbox-retention`).
+
+use mesh_contracts::audit::v1::audit_service_server::{AuditService, AuditServiceServer};
+use mesh_contracts::audit::v1::{ListEventsRequest, ListEventsResponse};
+use mesh_contracts::events::v1::Envelope;
+use prost::Message as _;
+use sqlx::Row as _;
+use tonic::{Request, Response, Status};
+
+use crate::storage::{Database, DatabaseError};
+
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1000;
+
+/// `audit.v1.AuditService` over one service's outbox.
+#[derive(Debug, Clone)]
+pub struct AuditApi {
+    db: Database,
+}
+
+impl AuditApi {
+    /// The audit service of the service owning `db`.
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// The generated tonic server, ready for [`crate::ServiceRoutes::add`].
+    pub fn server(self, max_message_bytes: usize) -> AuditServiceServer<Self> {
+        AuditServiceServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
+    }
+
+    /// Lists the events of `request` (the RPC's logic, callable without gRPC).
+    pub async fn list(&self, request: &ListEventsRequest) -> Result<ListEventsResponse, Status> {
+        if request.subject.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "subject is required: the aggregate id, e.g. an order id",
+            ));
+        }
+        let page = match request.page_size {
+            0 => DEFAULT_PAGE,
+            n if n < 0 => {
+                return Err(Status::invalid_argument("page_size must not be negative"));
+            }
+            n => i64::from(n).min(MAX_PAGE),
+        };
+        let after: i64 = if request.page_token.is_empty() {
+            0
+        } else {
+            request
+                .page_token
+                .parse()
+                .ok()
+                .filter(|n: &i64| *n >= 0)
+                .ok_or_else(|| {
+                    Status::invalid_argument("page_token is not a token this service issued")
+                })?
+        };
+        let since_us = request.start_time.as_ref().map_or(i64::MIN, |t| {
+            t.seconds.saturating_mul(1_000_000) + i64::from(t.nanos / 1000)
+        });
+        let rows = sqlx::query(
+            "SELECT sequence, event_type, envelope FROM mesh_outbox \
+             WHERE subject = $1 AND sequence > $2 AND occurred_at_us >= $3 \
+             ORDER BY sequence LIMIT $4",
+        )
+        .bind(&request.subject)
+        .bind(after)
+        .bind(since_us)
+        .bind(page + 1)
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(DatabaseError::from)?;
+        let mut events = Vec::new();
+        let mut last = after;
+        let mut more = false;
+        for (i, row) in rows.iter().enumerate() {
+            if i64::try_from(i).unwrap_or(i64::MAX) >= page {
+                more = true;
+                break;
+            }
+            let sequence: i64 = row.try_get("sequence").map_err(DatabaseError::from)?;
+            last = sequence;
+            let event_type: String = row.try_get("event_type").map_err(DatabaseError::from)?;
+            if !request.types.is_empty() && !request.types.contains(&event_type) {
+                continue;
+            }
+            let bytes: Vec<u8> = row.try_get("envelope").map_err(DatabaseError::from)?;
+            let envelope = Envelope::decode(bytes.as_slice()).map_err(|e| {
+                Status::data_loss(format!("outbox row {sequence} does not decode: {e}"))
+            })?;
+            events.push(envelope);
+        }
+        Ok(ListEventsResponse {
+            events,
+            next_page_token: if more {
+                last.to_string()
+            } else {
+                String::new()
+            },
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn list_events(
+        &self,
+        request: Request<ListEventsRequest>,
+    ) -> Result<Response<ListEventsResponse>, Status> {
+        self.list(request.get_ref()).await.map(Response::new)
+    }
+}

@@ -1,0 +1,511 @@
+//! The Redis Streams bus: one stream per domain (`<ns>events:<domain>`), a consumer group per
+//! consuming service, `XACK` after the handler's transaction commits, `XAUTOCLAIM` of entries left
+//! pending by dead consumers, retries by `XCLAIM` after a backoff, and a dead-letter stream per
+//! group (`<ns>dead:<group>`) holding the entry, the reason and the delivery count. Every `XADD`
+//! trims its stream by age (`MINID ~`, the retention).
+//!
+//! Durability: an event is safe once `XADD` returned, as far as Redis keeps it. Redis must run
+//! with `appendonly yes` (and `appendfsync always` for no loss at all on a crash) so that streams
+//! and consumer groups survive a restart; the relay marks outbox rows sent only after `XADD`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Value};
+use tokio::time::Instant;
+
+use super::{
+    BusError, DeadLetter, Delivery, DeliveryOptions, EventBus, OutgoingEvent, Subscription,
+};
+
+/// The Redis Streams bus. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisBus {
+    client: Client,
+    conn: ConnectionManager,
+    namespace: String,
+    options: DeliveryOptions,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("namespace", &self.namespace)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBus {
+    /// A bus on the Redis at `url`, its keys prefixed with `namespace` (e.g. `mesh:`). Connects
+    /// lazily and reconnects on its own: a Redis that is down makes publishes fail (the relay
+    /// retries) rather than this call.
+    pub fn connect(
+        url: &str,
+        namespace: impl Into<String>,
+        options: DeliveryOptions,
+    ) -> Result<Self, BusError> {
+        let client = Client::open(url)?;
+        let conn = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            config(Duration::from_secs(2)),
+        )?;
+        Ok(Self {
+            client,
+            conn,
+            namespace: namespace.into(),
+            options,
+        })
+    }
+
+    fn stream_key(&self, domain: &str) -> String {
+        format!("{}events:{domain}", self.namespace)
+    }
+
+    fn dead_key(&self, group: &str) -> String {
+        format!("{}dead:{group}", self.namespace)
+    }
+
+    fn min_id(&self) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let cutoff = now.saturating_sub(self.options.retention);
+        cutoff.as_millis().to_string()
+    }
+}
+
+fn config(response_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1))
+}
+
+impl EventBus for RedisBus {
+    fn publish<'a>(&'a self, events: &'a [OutgoingEvent]) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            if events.is_empty() {
+                return Ok(());
+            }
+            let min_id = self.min_id();
+            let mut pipe = redis::pipe();
+            for event in events {
+                pipe.cmd("XADD")
+                    .arg(self.stream_key(&event.domain))
+                    .arg("MINID")
+                    .arg("~")
+                    .arg(&min_id)
+                    .arg("*")
+                    .arg("e")
+                    .arg(event.payload.as_ref());
+            }
+            let mut conn = self.conn.clone();
+            let ids: Vec<Value> = pipe.query_async(&mut conn).await?;
+            if ids.len() != events.len() {
+                return Err(BusError::Reply {
+                    command: "XADD",
+                    detail: format!("{} replies to {} entries", ids.len(), events.len()),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        group: &'a str,
+        consumer: &'a str,
+        domains: &'a [String],
+    ) -> BoxFuture<'a, Result<Box<dyn Subscription>, BusError>> {
+        Box::pin(async move {
+            // Its own connection: XREADGROUP BLOCK would hold up other commands on a shared one.
+            let conn = ConnectionManager::new_lazy_with_config(
+                self.client.clone(),
+                config(Duration::from_secs(5)),
+            )?;
+            let sub = RedisSubscription {
+                bus: self.clone(),
+                conn,
+                group: group.to_string(),
+                consumer: consumer.to_string(),
+                domains: domains.to_vec(),
+                retries: Vec::new(),
+                last_claim: None,
+            };
+            sub.create_groups().await?;
+            Ok(Box::new(sub) as Box<dyn Subscription>)
+        })
+    }
+
+    fn dead_letters<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, BusError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let reply: Value = redis::cmd("XRANGE")
+                .arg(self.dead_key(group))
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn)
+                .await?;
+            Ok(entries(&reply)
+                .into_iter()
+                .map(|(_, fields)| {
+                    let text = |k: &str| {
+                        String::from_utf8_lossy(field(&fields, k).unwrap_or_default()).into_owned()
+                    };
+                    DeadLetter {
+                        domain: text("domain"),
+                        entry_id: text("entry"),
+                        group: text("group"),
+                        reason: text("reason"),
+                        deliveries: text("deliveries").parse().unwrap_or(0),
+                        payload: Bytes::copy_from_slice(field(&fields, "e").unwrap_or_default()),
+                    }
+                })
+                .collect())
+        })
+    }
+}
+
+/// One consumer of a Redis consumer group.
+pub struct RedisSubscription {
+    bus: RedisBus,
+    conn: ConnectionManager,
+    group: String,
+    consumer: String,
+    domains: Vec<String>,
+    /// Retries due later: (when, domain, entry id, attempt so far).
+    retries: Vec<(Instant, String, String, u32)>,
+    last_claim: Option<Instant>,
+}
+
+impl std::fmt::Debug for RedisSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSubscription")
+            .field("group", &self.group)
+            .field("consumer", &self.consumer)
+            .field("domains", &self.domains)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSubscription {
+    /// Creates the group on every stream (from its start), tolerating groups that exist.
+    async fn create_groups(&self) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        for domain in &self.domains {
+            let created: Result<Value, _> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(self.bus.stream_key(domain))
+                .arg(&self.group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match created {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn due_retries(&mut self, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut keep = Vec::new();
+        for (due, domain, id, attempt) in std::mem::take(&mut self.retries) {
+            if due > now || out.len() >= max {
+                keep.push((due, domain, id, attempt));
+                continue;
+            }
+            let reply: Value = redis::cmd("XCLAIM")
+                .arg(self.bus.stream_key(&domain))
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(&id)
+                .query_async(&mut self.conn)
+                .await?;
+            for (entry_id, fields) in entries(&reply) {
+                out.push(Delivery {
+                    domain: domain.clone(),
+                    entry_id,
+                    payload: Bytes::copy_from_slice(field(&fields, "e").unwrap_or_default()),
+                    attempt: attempt + 1,
+                });
+            }
+        }
+        self.retries = keep;
+        Ok(out)
+    }
+
+    async fn reclaim(&mut self, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let claim_idle = self.bus.options.claim_idle;
+        let interval = (claim_idle / 4).max(Duration::from_millis(50));
+        if self.last_claim.is_some_and(|t| t.elapsed() < interval) {
+            return Ok(Vec::new());
+        }
+        self.last_claim = Some(Instant::now());
+        let mut out = Vec::new();
+        for domain in self.domains.clone() {
+            if out.len() >= max {
+                break;
+            }
+            let key = self.bus.stream_key(&domain);
+            let reply: Value = redis::cmd("XAUTOCLAIM")
+                .arg(&key)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(u64::try_from(claim_idle.as_millis()).unwrap_or(u64::MAX))
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(max - out.len())
+                .query_async(&mut self.conn)
+                .await?;
+            let Value::Array(parts) = reply else {
+                continue;
+            };
+            let Some(claimed) = parts.get(1) else {
+                continue;
+            };
+            for (entry_id, fields) in entries(claimed) {
+                // The delivery count, which XAUTOCLAIM just raised, says which attempt this is.
+                let pending: Value = redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(&self.group)
+                    .arg(&entry_id)
+                    .arg(&entry_id)
+                    .arg(1)
+                    .query_async(&mut self.conn)
+                    .await?;
+                let attempt = match &pending {
+                    Value::Array(rows) => match rows.first() {
+                        Some(Value::Array(row)) => row.get(3).and_then(int).unwrap_or(2),
+                        _ => 2,
+                    },
+                    _ => 2,
+                };
+                out.push(Delivery {
+                    domain: domain.clone(),
+                    entry_id,
+                    payload: Bytes::copy_from_slice(field(&fields, "e").unwrap_or_default()),
+                    attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_new(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(max)
+            .arg("BLOCK")
+            .arg(u64::try_from(wait.as_millis()).unwrap_or(1000).max(1))
+            .arg("STREAMS");
+        for domain in &self.domains {
+            cmd.arg(self.bus.stream_key(domain));
+        }
+        for _ in &self.domains {
+            cmd.arg(">");
+        }
+        let reply: Value = match cmd.query_async(&mut self.conn).await {
+            Ok(v) => v,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // Redis lost the streams (restarted without persistence): join again.
+                tracing::warn!(group = %self.group, "consumer group missing on redis; re-creating it");
+                self.create_groups().await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        let Value::Array(streams) = reply else {
+            return Ok(out);
+        };
+        for stream in streams {
+            let Value::Array(parts) = stream else {
+                continue;
+            };
+            let (Some(key), Some(items)) = (parts.first(), parts.get(1)) else {
+                continue;
+            };
+            let key = text(key).unwrap_or_default();
+            let prefix = self.bus.stream_key("");
+            let domain = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
+            for (entry_id, fields) in entries(items) {
+                out.push(Delivery {
+                    domain: domain.clone(),
+                    entry_id,
+                    payload: Bytes::copy_from_slice(field(&fields, "e").unwrap_or_default()),
+                    attempt: 1,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Subscription for RedisSubscription {
+    fn next_batch(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, BusError>> {
+        Box::pin(async move {
+            let max = max.max(1);
+            let mut out = self.due_retries(max).await?;
+            if out.len() < max {
+                let reclaimed = self.reclaim(max - out.len()).await?;
+                out.extend(reclaimed);
+            }
+            if out.len() < max {
+                // Do not block past the next due retry or reclaim pass.
+                let mut wait = if out.is_empty() { wait } else { Duration::ZERO };
+                if let Some(next) = self.retries.iter().map(|r| r.0).min() {
+                    wait = wait.min(next.saturating_duration_since(Instant::now()));
+                }
+                wait = wait.min(self.bus.options.claim_idle / 4);
+                if wait.is_zero() && !out.is_empty() {
+                    return Ok(out);
+                }
+                let new = self.read_new(max - out.len(), wait).await?;
+                out.extend(new);
+            }
+            Ok(out)
+        })
+    }
+
+    fn ack<'a>(&'a mut self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let _: Value = redis::cmd("XACK")
+                .arg(self.bus.stream_key(&delivery.domain))
+                .arg(&self.group)
+                .arg(&delivery.entry_id)
+                .query_async(&mut self.conn)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn retry<'a>(
+        &'a mut self,
+        delivery: &'a Delivery,
+        after: Duration,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            // Keep the retry below the claim time, or another consumer would take it meanwhile.
+            let after = after.min(self.bus.options.claim_idle / 2);
+            self.retries.push((
+                Instant::now() + after,
+                delivery.domain.clone(),
+                delivery.entry_id.clone(),
+                delivery.attempt,
+            ));
+            Ok(())
+        })
+    }
+
+    fn dead_letter<'a>(
+        &'a mut self,
+        delivery: &'a Delivery,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let min_id = self.bus.min_id();
+            let _: Value = redis::pipe()
+                .atomic()
+                .cmd("XADD")
+                .arg(self.bus.dead_key(&self.group))
+                .arg("MINID")
+                .arg("~")
+                .arg(&min_id)
+                .arg("*")
+                .arg("domain")
+                .arg(&delivery.domain)
+                .arg("entry")
+                .arg(&delivery.entry_id)
+                .arg("group")
+                .arg(&self.group)
+                .arg("reason")
+                .arg(reason)
+                .arg("deliveries")
+                .arg(delivery.attempt)
+                .arg("e")
+                .arg(delivery.payload.as_ref())
+                .cmd("XACK")
+                .arg(self.bus.stream_key(&delivery.domain))
+                .arg(&self.group)
+                .arg(&delivery.entry_id)
+                .query_async(&mut self.conn)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+/// Stream entries `[[id, [field, value, ...]], ...]` as (id, fields); skips deleted entries.
+fn entries(reply: &Value) -> Vec<(String, Vec<(String, Vec<u8>)>)> {
+    let Value::Array(items) = reply else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(pair) = item else {
+                return None;
+            };
+            let id = text(pair.first()?)?;
+            let fields = match pair.get(1) {
+                Some(Value::Array(kv)) => kv
+                    .chunks(2)
+                    .filter_map(|c| Some((text(c.first()?)?, bytes(c.get(1)?)?)))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Some((id, fields))
+        })
+        .collect()
+}
+
+fn field<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => text(other)?.parse().ok(),
+    }
+}

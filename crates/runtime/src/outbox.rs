@@ -1,0 +1,199 @@
+//! The transactional outbox: a service writes its state change and the [`Envelope`] of the event
+//! it causes in one transaction ([`Tx`]), so either both happen or neither does. The relay
+//! ([`crate::relay`]) publishes committed rows to the bus afterwards.
+
+use std::ops::{Deref, DerefMut};
+
+use mesh_contracts::events::v1::Envelope;
+use prost::Message as _;
+use sqlx::{Any, AnyConnection, Row as _, Transaction};
+
+use crate::call_context::CallContext;
+use crate::storage::{Database, DatabaseError, now_micros};
+
+/// Number of relay partitions (rows of `mesh_outbox_partitions` on Postgres).
+pub const PARTITIONS: u64 = 16;
+
+/// A domain event to emit: its type, the aggregate it is about and its payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// `<aggregate>.<past-tense verb>`, e.g. `order.created`; the part before the first `.` is
+    /// the event's domain (its stream on the bus).
+    pub event_type: String,
+    /// The aggregate id (`Envelope.subject`).
+    pub subject: String,
+    /// The payload, e.g. `type.googleapis.com/events.v1.OrderCreated`.
+    pub payload: prost_types::Any,
+    /// Business correlation id; inherited from the event being handled when empty.
+    pub correlation_id: String,
+}
+
+impl Event {
+    /// An event whose payload is `message`, a message of the `events.v1` package named
+    /// `message_name` (e.g. `OrderCreated`).
+    pub fn new(
+        event_type: impl Into<String>,
+        subject: impl Into<String>,
+        message_name: &str,
+        message: &impl prost::Message,
+    ) -> Self {
+        Self {
+            event_type: event_type.into(),
+            subject: subject.into(),
+            payload: prost_types::Any {
+                type_url: format!("type.googleapis.com/events.v1.{message_name}"),
+                value: message.encode_to_vec(),
+            },
+            correlation_id: String::new(),
+        }
+    }
+
+    /// Sets the correlation id shared by every event of one business flow.
+    pub fn correlation(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = id.into();
+        self
+    }
+}
+
+/// The domain of an event type: the part before the first `.` (`order.created` -> `order`).
+pub fn domain_of(event_type: &str) -> &str {
+    event_type.split('.').next().unwrap_or(event_type)
+}
+
+/// The relay partition of a subject (FNV-1a, stable across processes and versions).
+pub(crate) fn partition_of(subject: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in subject.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::try_from(hash % PARTITIONS).unwrap_or(0)
+}
+
+/// The event being handled, when a transaction runs inside a consumer: events emitted in it are
+/// caused by it and share its correlation id.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cause {
+    pub(crate) event_id: String,
+    pub(crate) correlation_id: String,
+}
+
+/// A database transaction that can also emit events. Dereferences to the connection, so
+/// `sqlx::query(..).execute(&mut *tx)` runs in it. Dropped without [`Tx::commit`], it rolls back
+/// (and its events are never published).
+#[derive(Debug)]
+pub struct Tx {
+    inner: Transaction<'static, Any>,
+    db: Database,
+    emitted: usize,
+    pub(crate) cause: Option<Cause>,
+}
+
+impl Tx {
+    pub(crate) fn new(inner: Transaction<'static, Any>, db: Database) -> Self {
+        Self {
+            inner,
+            db,
+            emitted: 0,
+            cause: None,
+        }
+    }
+
+    /// The database this transaction runs on (for [`Database::backend`]).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Writes `event` to the outbox in this transaction and returns its envelope. Its
+    /// `sequence` is the next of its subject; `traceparent` is the current call's (or the
+    /// handled event's) trace position, so consumers continue the trace.
+    pub async fn emit(&mut self, event: Event) -> Result<Envelope, DatabaseError> {
+        let next: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(sequence), 0) + 1 AS next FROM mesh_outbox WHERE subject = $1",
+        )
+        .bind(&event.subject)
+        .fetch_one(&mut *self.inner)
+        .await?
+        .try_get("next")?;
+        let micros = now_micros();
+        let cause = self.cause.clone().unwrap_or_default();
+        let envelope = Envelope {
+            id: uuid::Uuid::now_v7().to_string(),
+            r#type: event.event_type,
+            source: self.db.service().to_string(),
+            subject: event.subject,
+            time: Some(prost_types::Timestamp {
+                seconds: micros.div_euclid(1_000_000),
+                nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+            }),
+            traceparent: CallContext::current()
+                .map(|c| c.trace.to_string())
+                .unwrap_or_default(),
+            payload: Some(event.payload),
+            tracestate: String::new(),
+            sequence: next,
+            correlation_id: if event.correlation_id.is_empty() {
+                cause.correlation_id
+            } else {
+                event.correlation_id
+            },
+            causation_id: cause.event_id,
+        };
+        sqlx::query(
+            "INSERT INTO mesh_outbox (event_id, event_type, subject, sequence, part, occurred_at_us, envelope) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&envelope.id)
+        .bind(&envelope.r#type)
+        .bind(&envelope.subject)
+        .bind(next)
+        .bind(partition_of(&envelope.subject))
+        .bind(micros)
+        .bind(envelope.encode_to_vec())
+        .execute(&mut *self.inner)
+        .await?;
+        self.emitted += 1;
+        Ok(envelope)
+    }
+
+    /// Commits the state change and its events together, then wakes the relay.
+    pub async fn commit(self) -> Result<(), DatabaseError> {
+        self.inner.commit().await?;
+        if self.emitted > 0 {
+            self.db.signal_outbox();
+        }
+        Ok(())
+    }
+
+    /// Rolls back: neither the state change nor its events happen.
+    pub async fn rollback(self) -> Result<(), DatabaseError> {
+        self.inner.rollback().await?;
+        Ok(())
+    }
+}
+
+impl Deref for Tx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.inner
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_and_partitions_are_stable() {
+        assert_eq!(domain_of("order.created"), "order");
+        assert_eq!(domain_of("inventory.reservation_expired"), "inventory");
+        assert_eq!(partition_of("order-1"), partition_of("order-1"));
+        assert!((0..16).contains(&partition_of("anything")));
+    }
+}
