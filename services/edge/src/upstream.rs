@@ -109,8 +109,22 @@ pub async fn unary(
             request.metadata_mut().insert(key, value);
         }
     }
+    let deadline = mesh_runtime::CallContext::current().and_then(|c| c.deadline);
     match grpc.unary(request, path, DynamicCodec::new(output)).await {
         Ok(response) => Ok(response.into_inner()),
+        Err(status)
+            if status.code() == tonic::Code::Cancelled
+                && deadline.is_some_and(|d| tokio::time::Instant::now() >= d) =>
+        {
+            // tonic servers answer CANCELLED when the caller's grpc-timeout fires; to the
+            // caller that is its deadline passing.
+            Err(EdgeError::Upstream {
+                status: tonic::Status::deadline_exceeded(format!(
+                    "{service} did not answer within the request's deadline (grpc-timeout)"
+                )),
+                details: Vec::new(),
+            })
+        }
         Err(status) if status.code() == tonic::Code::Unavailable && status.source().is_some() => {
             // A transport failure (connection refused, reset), not an answer from the service.
             let mut detail = status.message().to_string();
