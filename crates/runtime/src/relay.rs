@@ -83,9 +83,12 @@ impl Relay {
         match self.db.backend() {
             Backend::Postgres { .. } => {
                 let mut tx = self.db.pool().begin().await?;
+                // Partitions with work that no other relay holds; up to half of them, so a
+                // second replica finds work too.
                 let parts: Vec<i64> = sqlx::query(
-                    "SELECT part FROM mesh_outbox_partitions ORDER BY random() LIMIT 8 \
-                     FOR UPDATE SKIP LOCKED",
+                    "SELECT p.part FROM mesh_outbox_partitions p WHERE EXISTS \
+                     (SELECT 1 FROM mesh_outbox o WHERE o.part = p.part AND o.sent_at_us IS NULL) \
+                     ORDER BY random() LIMIT 8 FOR UPDATE OF p SKIP LOCKED",
                 )
                 .fetch_all(&mut *tx)
                 .await?

@@ -1,0 +1,680 @@
+//! Data and events end to end, on every backend available: SQLite + in-process bus always;
+//! Postgres when `MESH_TEST_DATABASE_URL` is set; Redis Streams when `MESH_TEST_REDIS_URL` is
+//! set (`.ci/run` sets both). Each test uses its own schema, file and stream names, so tests run
+//! in parallel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use mesh_contracts::audit::v1::ListEventsRequest;
+use mesh_contracts::events::v1::{Envelope, ProductDeleted};
+use mesh_runtime::audit::AuditApi;
+use mesh_runtime::bus::memory::MemoryBus;
+use mesh_runtime::bus::redis::RedisBus;
+use mesh_runtime::bus::{BusError, DeliveryOptions, EventBus, OutgoingEvent};
+use mesh_runtime::config::DatabaseTarget;
+use mesh_runtime::consumer::{Consumer, ConsumerOptions, EventHandler, HandlerError, Outcome};
+use mesh_runtime::outbox::{Event, Tx};
+use mesh_runtime::relay::{Relay, RelayOptions};
+use mesh_runtime::{CallContext, Database, Migrations, TraceContext};
+use prost::Message as _;
+use sqlx::Row as _;
+use tokio_util::sync::CancellationToken;
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+fn sqlite_target() -> DatabaseTarget {
+    DatabaseTarget::Sqlite {
+        path: std::env::temp_dir()
+            .join(unique("mesh-test"))
+            .join("svc.db"),
+    }
+}
+
+fn postgres_target(test: &str) -> Option<DatabaseTarget> {
+    match std::env::var("MESH_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(DatabaseTarget::Postgres {
+            url,
+            schema: unique("t"),
+        }),
+        _ => {
+            eprintln!(
+                "SKIPPED: {test} on Postgres: set MESH_TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/postgres)"
+            );
+            None
+        }
+    }
+}
+
+fn redis_url(test: &str) -> Option<String> {
+    match std::env::var("MESH_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!(
+                "SKIPPED: {test} on Redis Streams: set MESH_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379)"
+            );
+            None
+        }
+    }
+}
+
+/// Every (database, bus) combination available here, named for messages.
+fn combinations(
+    test: &str,
+    options: DeliveryOptions,
+) -> Vec<(String, DatabaseTarget, Arc<dyn EventBus>)> {
+    let mut out: Vec<(String, DatabaseTarget, Arc<dyn EventBus>)> = vec![(
+        "sqlite+memory".into(),
+        sqlite_target(),
+        Arc::new(MemoryBus::new(options)),
+    )];
+    let pg = postgres_target(test);
+    let redis = redis_url(test);
+    if let Some(pg) = &pg {
+        out.push((
+            "postgres+memory".into(),
+            pg.clone(),
+            Arc::new(MemoryBus::new(options)),
+        ));
+    }
+    if let Some(url) = &redis {
+        let bus = RedisBus::connect(url, format!("{}:", unique("test")), options).unwrap();
+        let target = match &pg {
+            Some(DatabaseTarget::Postgres { url, .. }) => DatabaseTarget::Postgres {
+                url: url.clone(),
+                schema: unique("t"),
+            },
+            _ => sqlite_target(),
+        };
+        let name = if pg.is_some() {
+            "postgres+redis"
+        } else {
+            "sqlite+redis"
+        };
+        out.push((name.into(), target, Arc::new(bus)));
+    }
+    out
+}
+
+async fn open(target: &DatabaseTarget) -> Database {
+    let db = Database::connect("svc", target).await.expect("connect");
+    db.migrate(&Migrations::NONE).await.expect("migrate");
+    sqlx::query(
+        "CREATE TABLE effects (event_id TEXT NOT NULL, subject TEXT NOT NULL, seq BIGINT NOT NULL, trace TEXT NOT NULL)",
+    )
+    .execute(db.pool())
+    .await
+    .expect("effects table");
+    db
+}
+
+fn event(subject: &str) -> Event {
+    Event::new(
+        "product.deleted",
+        subject,
+        "ProductDeleted",
+        &ProductDeleted {
+            product_id: subject.into(),
+            sku: "SKU".into(),
+        },
+    )
+}
+
+/// Emits `n` events for each of `subjects`, one transaction per event.
+async fn produce(db: &Database, subjects: &[String], n: usize) {
+    for _ in 0..n {
+        for s in subjects {
+            let mut tx = db.begin().await.unwrap();
+            tx.emit(event(s)).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+}
+
+/// Records each event's effect, checks per-subject order, and fails on demand.
+#[derive(Clone, Default)]
+struct Recorder {
+    last: Arc<Mutex<HashMap<String, i64>>>,
+    out_of_order: Arc<Mutex<u32>>,
+    fail_always: bool,
+}
+
+impl EventHandler for Recorder {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            if self.fail_always {
+                return Err(HandlerError::retry("the handler always fails"));
+            }
+            {
+                let mut last = self.last.lock().unwrap();
+                let prev = last
+                    .insert(event.subject.clone(), event.sequence)
+                    .unwrap_or(0);
+                if event.sequence <= prev {
+                    *self.out_of_order.lock().unwrap() += 1;
+                }
+            }
+            let trace = CallContext::current()
+                .map(|c| c.trace.trace_id_hex())
+                .unwrap_or_default();
+            sqlx::query(
+                "INSERT INTO effects (event_id, subject, seq, trace) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&event.id)
+            .bind(&event.subject)
+            .bind(event.sequence)
+            .bind(trace)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+async fn effect_counts(db: &Database) -> (i64, i64) {
+    let row = sqlx::query("SELECT COUNT(*) AS n, COUNT(DISTINCT event_id) AS d FROM effects")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    (row.try_get("n").unwrap(), row.try_get("d").unwrap())
+}
+
+async fn wait_for_effects(db: &Database, want: i64, within: Duration, what: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let (n, distinct) = effect_counts(db).await;
+        assert_eq!(n, distinct, "{what}: an event had two effects");
+        if distinct >= want {
+            assert_eq!(distinct, want, "{what}: more effects than events");
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{what}: {distinct} of {want} effects after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn fast() -> ConsumerOptions {
+    ConsumerOptions {
+        max_deliveries: 3,
+        retry_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        batch: 64,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_to_bus_to_consumer_round_trip_keeps_order_trace_and_audit() {
+    for (name, target, bus) in combinations("round trip", DeliveryOptions::default()) {
+        let db = open(&target).await;
+        let stop = CancellationToken::new();
+        // Two relays at once: on Postgres they split the partitions with SKIP LOCKED.
+        for _ in 0..2 {
+            tokio::spawn(
+                Relay::new(db.clone(), bus.clone(), RelayOptions::default()).run(stop.clone()),
+            );
+        }
+        let recorder = Recorder::default();
+        let consumer = Consumer::new(db.clone(), bus.clone(), unique("g"))
+            .on("product.deleted", recorder.clone())
+            .options(fast());
+        tokio::spawn(consumer.run(stop.clone()));
+
+        let subjects: Vec<String> = (0..5).map(|i| format!("p-{i}")).collect();
+        let trace = TraceContext::new_root();
+        CallContext {
+            trace,
+            deadline: None,
+        }
+        .scope(produce(&db, &subjects, 20))
+        .await;
+        wait_for_effects(&db, 100, Duration::from_secs(30), &name).await;
+        assert_eq!(
+            *recorder.out_of_order.lock().unwrap(),
+            0,
+            "{name}: order per subject"
+        );
+
+        // One saga, one trace: the consumer's span continues the producer's trace.
+        let traces: Vec<String> = sqlx::query("SELECT DISTINCT trace FROM effects")
+            .fetch_all(db.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get("trace").unwrap())
+            .collect();
+        assert_eq!(traces, [trace.trace_id_hex()], "{name}");
+
+        // The audit trail: every event of one aggregate, in sequence, paged.
+        let audit = AuditApi::new(db.clone());
+        let mut request = ListEventsRequest {
+            subject: "p-3".into(),
+            page_size: 15,
+            ..Default::default()
+        };
+        let first = audit.list(&request).await.unwrap();
+        assert_eq!(first.events.len(), 15, "{name}");
+        request.page_token = first.next_page_token.clone();
+        let second = audit.list(&request).await.unwrap();
+        assert_eq!(second.events.len(), 5, "{name}");
+        assert!(second.next_page_token.is_empty());
+        let seqs: Vec<i64> = first
+            .events
+            .iter()
+            .chain(&second.events)
+            .map(|e| e.sequence)
+            .collect();
+        assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "{name}");
+        assert!(
+            first
+                .events
+                .iter()
+                .all(|e| e.source == "svc" && e.r#type == "product.deleted")
+        );
+        let bad = audit.list(&ListEventsRequest::default()).await.unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        stop.cancel();
+        eprintln!("ok: round trip on {name}");
+    }
+}
+
+/// A bus that stores only the first `n` events of the next batch and then fails, as a relay
+/// killed mid-batch would leave things: some events published, none marked sent.
+#[derive(Debug)]
+struct DiesMidBatch {
+    inner: Arc<dyn EventBus>,
+    armed: Mutex<Option<usize>>,
+}
+
+impl EventBus for DiesMidBatch {
+    fn publish<'a>(&'a self, events: &'a [OutgoingEvent]) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let armed = self.armed.lock().unwrap().take();
+            match armed {
+                Some(n) => {
+                    self.inner.publish(&events[..n.min(events.len())]).await?;
+                    Err(BusError::Reply {
+                        command: "XADD",
+                        detail: "relay killed mid-batch".into(),
+                    })
+                }
+                None => self.inner.publish(events).await,
+            }
+        })
+    }
+    fn subscribe<'a>(
+        &'a self,
+        group: &'a str,
+        consumer: &'a str,
+        domains: &'a [String],
+    ) -> BoxFuture<'a, Result<Box<dyn mesh_runtime::bus::Subscription>, BusError>> {
+        self.inner.subscribe(group, consumer, domains)
+    }
+    fn dead_letters<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<mesh_runtime::bus::DeadLetter>, BusError>> {
+        self.inner.dead_letters(group)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_killed_mid_batch_and_restarted_delivers_everything_with_effects_once() {
+    for (name, target, bus) in combinations("relay killed mid-batch", DeliveryOptions::default()) {
+        let db = open(&target).await;
+        let subjects: Vec<String> = (0..4).map(|i| format!("k-{i}")).collect();
+        produce(&db, &subjects, 10).await;
+        let dying = Arc::new(DiesMidBatch {
+            inner: bus.clone(),
+            armed: Mutex::new(Some(17)),
+        });
+        let relay = Relay::new(db.clone(), dying.clone(), RelayOptions::default());
+        assert!(
+            relay.relay_once().await.is_err(),
+            "{name}: the first relay dies mid-batch"
+        );
+        // A new relay (the restarted process) publishes everything not marked sent.
+        let restarted = Relay::new(db.clone(), bus.clone(), RelayOptions::default());
+        while restarted.relay_once().await.unwrap() > 0 {}
+        let unsent: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM mesh_outbox WHERE sent_at_us IS NULL")
+                .fetch_one(db.pool())
+                .await
+                .unwrap()
+                .try_get("n")
+                .unwrap();
+        assert_eq!(unsent, 0, "{name}");
+
+        let stop = CancellationToken::new();
+        let consumer = Consumer::new(db.clone(), bus.clone(), unique("g"))
+            .on("product.deleted", Recorder::default())
+            .options(fast());
+        tokio::spawn(consumer.run(stop.clone()));
+        wait_for_effects(&db, 40, Duration::from_secs(30), &name).await;
+        stop.cancel();
+        eprintln!("ok: relay killed mid-batch on {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_crash_before_ack_is_redelivered_to_another_consumer_with_one_effect() {
+    let options = DeliveryOptions {
+        claim_idle: Duration::from_millis(300),
+        ..DeliveryOptions::default()
+    };
+    for (name, target, bus) in combinations("consumer crash before ack", options) {
+        let db = open(&target).await;
+        produce(&db, &["c-1".to_string()], 3).await;
+        let relay = Relay::new(db.clone(), bus.clone(), RelayOptions::default());
+        while relay.relay_once().await.unwrap() > 0 {}
+
+        let consumer = Consumer::new(db.clone(), bus.clone(), unique("g"))
+            .on("product.deleted", Recorder::default())
+            .options(fast());
+        let mut first = consumer.subscribe("first").await.unwrap();
+        let got = first.next_batch(10, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(got.len(), 3, "{name}");
+        for d in &got {
+            assert_eq!(consumer.handle(d).await, Outcome::Handled, "{name}");
+        }
+        drop(first); // crashed after committing the effects, before acknowledging
+
+        let mut second = consumer.subscribe("second").await.unwrap();
+        let mut redelivered = Vec::new();
+        let start = std::time::Instant::now();
+        while redelivered.len() < 3 && start.elapsed() < Duration::from_secs(10) {
+            redelivered.extend(
+                second
+                    .next_batch(10, Duration::from_millis(200))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            redelivered.len(),
+            3,
+            "{name}: reclaimed by the second consumer"
+        );
+        for d in &redelivered {
+            assert!(d.attempt >= 2, "{name}: attempt {}", d.attempt);
+            let outcome = consumer.handle(d).await;
+            assert_eq!(outcome, Outcome::Duplicate, "{name}");
+            consumer.settle(second.as_mut(), d, outcome).await.unwrap();
+        }
+        assert_eq!(effect_counts(&db).await, (3, 3), "{name}: one effect each");
+        assert!(
+            second
+                .next_batch(10, Duration::from_millis(700))
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: acknowledged events are not delivered again"
+        );
+        eprintln!("ok: consumer crash before ack on {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_malformed_and_unknown_events_are_dead_lettered_and_the_consumer_keeps_going() {
+    for (name, target, bus) in combinations("poison event", DeliveryOptions::default()) {
+        let db = open(&target).await;
+        let group = unique("g");
+        let stop = CancellationToken::new();
+        let consumer = Consumer::new(db.clone(), bus.clone(), group.clone())
+            .on("product.deleted", Recorder::default())
+            .on(
+                "product.created",
+                Recorder {
+                    fail_always: true,
+                    ..Recorder::default()
+                },
+            )
+            .options(fast());
+        // Join before anything is published, so nothing is missed on either bus.
+        drop(consumer.subscribe("warm-up").await.unwrap());
+        tokio::spawn(consumer.run(stop.clone()));
+
+        let unknown = Envelope {
+            id: "u-1".into(),
+            r#type: "product.teleported".into(),
+            payload: Some(prost_types::Any {
+                type_url: "type.googleapis.com/events.v1.Teleported".into(),
+                value: vec![],
+            }),
+            ..Default::default()
+        };
+        bus.publish(&[
+            OutgoingEvent {
+                domain: "product".into(),
+                event_id: "x".into(),
+                payload: Bytes::from_static(b"\xff\xff not protobuf"),
+            },
+            OutgoingEvent {
+                domain: "product".into(),
+                event_id: "u".into(),
+                payload: Bytes::from(unknown.encode_to_vec()),
+            },
+        ])
+        .await
+        .unwrap();
+        let mut tx = db.begin().await.unwrap();
+        tx.emit(Event::new(
+            "product.created",
+            "poison",
+            "ProductDeleted",
+            &ProductDeleted::default(),
+        ))
+        .await
+        .unwrap();
+        tx.emit(event("after-poison")).await.unwrap();
+        tx.commit().await.unwrap();
+        let relay = Relay::new(db.clone(), bus.clone(), RelayOptions::default());
+        while relay.relay_once().await.unwrap() > 0 {}
+
+        wait_for_effects(&db, 1, Duration::from_secs(20), &name).await;
+        let start = std::time::Instant::now();
+        let dead = loop {
+            let dead = bus.dead_letters(&group).await.unwrap();
+            if dead.len() >= 3 || start.elapsed() > Duration::from_secs(20) {
+                break dead;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+        assert_eq!(dead.len(), 3, "{name}: {reasons:?}");
+        assert!(
+            reasons.iter().any(|r| r.starts_with("malformed envelope")),
+            "{name}: {reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("unknown event type `product.teleported`")),
+            "{name}: {reasons:?}"
+        );
+        let poison = dead
+            .iter()
+            .find(|d| d.reason.contains("failed 3 times"))
+            .expect("poison");
+        assert_eq!(poison.deliveries, 3, "{name}");
+        assert!(poison.reason.contains("the handler always fails"));
+        assert_eq!(
+            effect_counts(&db).await,
+            (1, 1),
+            "{name}: the poison had no effect"
+        );
+        stop.cancel();
+        eprintln!("ok: poison on {name}");
+    }
+}
+
+#[tokio::test]
+async fn a_database_that_is_down_answers_unavailable() {
+    let db = open(&sqlite_target()).await;
+    db.close().await;
+    let status = AuditApi::new(db)
+        .list(&ListEventsRequest {
+            subject: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("database is unavailable"));
+
+    if let Some(DatabaseTarget::Postgres { url, .. }) = postgres_target("database down") {
+        let (head, _) = url.rsplit_once('@').unwrap_or(("postgres://postgres", ""));
+        let down = DatabaseTarget::Postgres {
+            url: format!("{head}@127.0.0.1:1/postgres"),
+            schema: "x".into(),
+        };
+        let err = Database::connect("svc", &down).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+    }
+}
+
+/// A redis-server of this test's own, on a free port, with an append-only file fsynced on every
+/// write: killed with SIGKILL and restarted, it keeps every stream entry it acknowledged.
+struct OwnRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let dir = std::env::temp_dir().join(unique("mesh-redis"));
+        std::fs::create_dir_all(&dir).ok()?;
+        let mut r = Self {
+            port,
+            dir,
+            child: None,
+        };
+        r.spawn().ok()?;
+        Some(r)
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(std::io::Error::other("redis-server did not start"))
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_during_ten_thousand_events_loses_none() {
+    if redis_url("redis restart").is_none() {
+        return;
+    }
+    let Some(mut redis) = OwnRedis::start() else {
+        eprintln!("SKIPPED: redis restart: cannot start a redis-server of its own");
+        return;
+    };
+    let target = postgres_target("redis restart").unwrap_or_else(sqlite_target);
+    let db = open(&target).await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let options = DeliveryOptions {
+        claim_idle: Duration::from_secs(2),
+        ..DeliveryOptions::default()
+    };
+    let bus: Arc<dyn EventBus> = Arc::new(RedisBus::connect(&url, "mesh:", options).unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(
+        Relay::new(
+            db.clone(),
+            bus.clone(),
+            RelayOptions {
+                poll: Duration::from_millis(50),
+                ..RelayOptions::default()
+            },
+        )
+        .run(stop.clone()),
+    );
+    let consumer = Consumer::new(db.clone(), bus.clone(), "restart")
+        .on("product.deleted", Recorder::default())
+        .options(fast());
+    tokio::spawn(consumer.run(stop.clone()));
+
+    const TOTAL: usize = 10_000;
+    let producer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            for batch in 0..(TOTAL / 50) {
+                let mut tx = db.begin().await.unwrap();
+                for i in 0..50 {
+                    tx.emit(event(&format!("r-{}", (batch * 50 + i) % 97)))
+                        .await
+                        .unwrap();
+                }
+                tx.commit().await.unwrap();
+                if batch % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        })
+    };
+    // Wait until the stream is flowing, then kill Redis and bring it back.
+    let start = std::time::Instant::now();
+    while effect_counts(&db).await.1 < 1000 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "events never flowed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.spawn().expect("redis restarts");
+    producer.await.unwrap();
+    wait_for_effects(&db, TOTAL as i64, Duration::from_secs(120), "redis restart").await;
+    stop.cancel();
+}
