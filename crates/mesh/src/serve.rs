@@ -100,7 +100,7 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
             .await
             .map_err(|e| anyhow::anyhow!("building the {} service: {e}", module.name))?;
         // Every service answers for its audit trail, from its own outbox.
-        let routes = routes.add(AuditApi::new(db.clone()).server(config.max_message_bytes));
+        let routes = routes.add_service(AuditApi::new(db.clone()).server(config.max_message_bytes));
         let relay = Relay::new(
             db,
             bus.clone(),

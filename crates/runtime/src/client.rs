@@ -1,7 +1,10 @@
 //! Clients for calling other mesh services over gRPC.
 //!
 //! [`connect`] gives a lazily connecting channel wrapped in [`Propagate`], which every generated
-//! client accepts (`InventoryServiceClient::new(channel)`). `Propagate` makes each outgoing call
+//! client accepts (`InventoryServiceClient::new(channel)`). A peer addressed by IP gets one
+//! connection; a peer addressed by DNS name (a headless Kubernetes Service) is balanced across
+//! every address the name resolves to, re-resolved periodically ([`crate::balance`]).
+//! `Propagate` makes each outgoing call
 //! - carry the current call's trace (`traceparent`, the serving span as parent), and
 //! - carry a deadline: the earliest of the one set on the request, the one inherited from the call
 //!   being served, and the configured default; a call whose deadline has already passed fails
@@ -10,26 +13,32 @@
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::{Either, Ready, ready};
+use futures::future::{BoxFuture, Either, Ready, ready};
 use http::{HeaderValue, Uri};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tower_service::Service;
 
+use crate::balance::{BalanceOptions, Balanced};
 use crate::call_context::CallContext;
+use crate::dns::DnsResolver;
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
 use crate::trace_context::TRACEPARENT;
 
 /// The channel type service code holds for calling a peer.
-pub type MeshChannel = Propagate<Channel>;
+pub type MeshChannel = Propagate<PeerChannel>;
 
 /// Settings of an outgoing channel.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Deadline of a call that has none of its own and inherits none.
     pub default_deadline: Duration,
     /// Time allowed to open a TCP connection.
     pub connect_timeout: Duration,
+    /// Re-resolution and ejection settings for peers addressed by DNS name.
+    pub balance: BalanceOptions,
+    /// The resolver for DNS names; `None` uses the system configuration.
+    pub resolver: Option<DnsResolver>,
 }
 
 impl Default for ClientOptions {
@@ -37,21 +46,102 @@ impl Default for ClientOptions {
         Self {
             default_deadline: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
+            balance: BalanceOptions::default(),
+            resolver: None,
         }
     }
 }
 
 /// A channel to `uri` that connects on first use (so services can start in any order) and
-/// reconnects after failures.
+/// reconnects after failures. Must be called inside a tokio runtime.
 pub fn connect(uri: Uri, options: ClientOptions) -> MeshChannel {
-    let channel = Endpoint::from(uri)
-        .connect_timeout(options.connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+    let host = uri.host().unwrap_or_default().to_string();
+    let is_ip = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok();
+    let balanced = if is_ip {
+        None
+    } else {
+        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        });
+        let resolver = match options.resolver.clone() {
+            Some(r) => Ok(r),
+            None => DnsResolver::system(options.balance.refresh),
+        };
+        match resolver {
+            Ok(resolver) => {
+                let balance = BalanceOptions {
+                    connect_timeout: options.connect_timeout,
+                    ..options.balance
+                };
+                Some(Balanced::dns(uri.clone(), &host, port, resolver, balance))
+            }
+            Err(e) => {
+                tracing::warn!(peer = %uri, error = %e, "no DNS resolver; connecting without client-side balancing");
+                None
+            }
+        }
+    };
+    let channel = match balanced {
+        Some(balanced) => PeerChannel::Balanced(balanced),
+        None => PeerChannel::Direct(
+            Endpoint::from(uri)
+                .connect_timeout(options.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true)
+                .connect_lazy(),
+        ),
+    };
     Propagate::new(channel, options.default_deadline)
+}
+
+/// One connection to a peer addressed by IP, or a balanced pool for a peer addressed by name.
+#[derive(Debug, Clone)]
+pub enum PeerChannel {
+    /// A single (reconnecting) connection.
+    Direct(Channel),
+    /// Every address of a DNS name.
+    Balanced(Balanced),
+}
+
+impl PeerChannel {
+    /// The addresses in rotation of a balanced channel; empty for a direct one (its single
+    /// address is resolved inside the connection).
+    pub fn addresses(&self) -> Vec<std::net::SocketAddr> {
+        match self {
+            Self::Direct(_) => Vec::new(),
+            Self::Balanced(b) => b.addresses(),
+        }
+    }
+}
+
+impl Service<http::Request<tonic::body::Body>> for PeerChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = Either<
+        tonic::transport::channel::ResponseFuture,
+        BoxFuture<'static, Result<Self::Response, Self::Error>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            Self::Direct(c) => c.poll_ready(cx),
+            Self::Balanced(b) => b.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        match self {
+            Self::Direct(c) => Either::Left(c.call(req)),
+            Self::Balanced(b) => Either::Right(b.call(req)),
+        }
+    }
 }
 
 /// Adds trace context and a bounded deadline to every outgoing request.

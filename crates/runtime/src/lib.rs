@@ -14,12 +14,14 @@
 
 pub mod admin;
 pub mod audit;
+pub mod balance;
 pub mod bus;
 pub mod call_context;
 pub mod client;
 pub mod config;
 pub mod consumer;
 pub mod descriptors;
+pub mod dns;
 pub mod grpc_timeout;
 pub mod json_log;
 pub mod metrics;

@@ -217,7 +217,7 @@ impl ServiceRoutes {
     }
 
     /// Adds a generated tonic server (or a wrapper that keeps its name).
-    pub fn add<S>(mut self, svc: S) -> Self
+    pub fn add_service<S>(mut self, svc: S) -> Self
     where
         S: tower_service::Service<
                 http::Request<tonic::body::Body>,

@@ -52,7 +52,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let path = req.uri().path().to_string();
-        let known = self.known.iter().any(|p| *p == path);
+        let known = self.known.contains(&path);
         let note = self.note;
         let fut = self.inner.call(req);
         Box::pin(async move {

@@ -129,7 +129,7 @@ impl ProductService for Unbuilt {}
 #[tokio::test]
 async fn a_service_not_built_yet_says_so_and_metrics_count_it() {
     let (_stop, stopped) = oneshot::channel::<()>();
-    let routes = ServiceRoutes::new().add(NotBuilt::new(
+    let routes = ServiceRoutes::new().add_service(NotBuilt::new(
         ProductServiceServer::new(Unbuilt),
         "the identity and catalog issue",
     ));

@@ -130,7 +130,7 @@ async fn traceparent_and_deadline_flow_through_logs_and_downstream_calls() {
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let b = common::start(
         "inventory",
-        ServiceRoutes::new().add(InventoryServiceServer::new(Inventory { seen: seen_tx })),
+        ServiceRoutes::new().add_service(InventoryServiceServer::new(Inventory { seen: seen_tx })),
         Duration::from_secs(5),
         async {
             let _ = stopped_b.await;
@@ -140,7 +140,7 @@ async fn traceparent_and_deadline_flow_through_logs_and_downstream_calls() {
     let (_stop_a, stopped_a) = oneshot::channel::<()>();
     let a = common::start(
         "product",
-        ServiceRoutes::new().add(ProductServiceServer::new(Products {
+        ServiceRoutes::new().add_service(ProductServiceServer::new(Products {
             inventory: connect(
                 format!("http://{}", b.addr).parse().unwrap(),
                 ClientOptions::default(),

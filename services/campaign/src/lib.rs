@@ -23,6 +23,7 @@ pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, Bu
         let server = CampaignServiceServer::new(CampaignApi)
             .max_decoding_message_size(ctx.max_message_bytes())
             .max_encoding_message_size(ctx.max_message_bytes());
-        Ok(ServiceRoutes::new().add(NotBuilt::new(server, "a later issue (none is filed yet)")))
+        Ok(ServiceRoutes::new()
+            .add_service(NotBuilt::new(server, "a later issue (none is filed yet)")))
     })
 }

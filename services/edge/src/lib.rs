@@ -405,7 +405,7 @@ pub fn from_context(ctx: &ServiceContext, config: EdgeConfig) -> Result<Edge, Bu
             service.clone(),
             Upstream {
                 name: uri.to_string(),
-                channel: connect(uri.clone(), options),
+                channel: connect(uri.clone(), options.clone()),
             },
         );
     }

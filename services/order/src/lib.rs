@@ -21,6 +21,6 @@ pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, Bu
         let server = OrderServiceServer::new(OrderApi)
             .max_decoding_message_size(ctx.max_message_bytes())
             .max_encoding_message_size(ctx.max_message_bytes());
-        Ok(ServiceRoutes::new().add(NotBuilt::new(server, "the order saga issue")))
+        Ok(ServiceRoutes::new().add_service(NotBuilt::new(server, "the order saga issue")))
     })
 }

@@ -21,6 +21,7 @@ pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, Bu
         let server = ProductServiceServer::new(ProductApi)
             .max_decoding_message_size(ctx.max_message_bytes())
             .max_encoding_message_size(ctx.max_message_bytes());
-        Ok(ServiceRoutes::new().add(NotBuilt::new(server, "the identity and catalog issue")))
+        Ok(ServiceRoutes::new()
+            .add_service(NotBuilt::new(server, "the identity and catalog issue")))
     })
 }

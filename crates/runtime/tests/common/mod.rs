@@ -115,5 +115,5 @@ pub async fn start(
 
 /// Routes holding one `TestProducts`.
 pub fn product_routes(products: TestProducts) -> ServiceRoutes {
-    ServiceRoutes::new().add(ProductServiceServer::new(products))
+    ServiceRoutes::new().add_service(ProductServiceServer::new(products))
 }

@@ -252,7 +252,7 @@ pub async fn start_edge(config: EdgeConfig, upstream: SocketAddr) -> EdgeHandle 
             service,
             Upstream {
                 name: format!("test upstream {upstream}"),
-                channel: connect(uri.clone(), options),
+                channel: connect(uri.clone(), options.clone()),
             },
         );
     }
