@@ -48,6 +48,12 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Write the OpenAPI 3 document of the edge's REST routes (from the embedded contracts).
+    Openapi {
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
     /// Print the module table: each target, its default gRPC port and the services it calls.
     Modules {
         /// Print JSON instead of a table.
@@ -69,6 +75,16 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(migrate::run(&targets, &runtime))),
+        Command::Openapi { out } => mesh_edge::openapi::contracts_document()
+            .map_err(anyhow::Error::from)
+            .and_then(|doc| match out {
+                Some(path) => std::fs::write(&path, doc)
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display())),
+                None => {
+                    println!("{doc}");
+                    Ok(())
+                }
+            }),
         Command::Modules { json } => {
             print_modules(json);
             Ok(())

@@ -90,6 +90,27 @@ pub(crate) const MODULES: &[Module] = &[
         constructor: mesh_vm::build,
         migrations: Migrations::NONE,
     },
+    Module {
+        name: "edge",
+        default_port: 8080,
+        // The public entry point: REST and gRPC for every service.
+        dependencies: &[
+            "auth",
+            "user",
+            "product",
+            "inventory",
+            "order",
+            "payment",
+            "shop",
+            "notification",
+            "campaign",
+            "report",
+            "iot-gateway",
+            "vm",
+        ],
+        constructor: mesh_edge::build,
+        migrations: Migrations::NONE,
+    },
 ];
 
 /// The module named `name`.

@@ -396,7 +396,7 @@ pub fn from_context(ctx: &ServiceContext, config: EdgeConfig) -> Result<Edge, Bu
             },
         );
     }
-    let options = ClientOptions {
+    let options = || ClientOptions {
         default_deadline: ctx.config().default_deadline,
         ..ClientOptions::default()
     };
@@ -405,7 +405,7 @@ pub fn from_context(ctx: &ServiceContext, config: EdgeConfig) -> Result<Edge, Bu
             service.clone(),
             Upstream {
                 name: uri.to_string(),
-                channel: connect(uri.clone(), options.clone()),
+                channel: connect(uri.clone(), options()),
             },
         );
     }

@@ -11,6 +11,13 @@ use serde_json::{Map, Value, json};
 use crate::path_template::Segment;
 use crate::routes::{BodySpec, Route, RouteTable};
 
+/// The document of every route of the embedded contracts, as pretty JSON (`mesh openapi`).
+pub fn contracts_document() -> Result<String, crate::SetupError> {
+    let pool = crate::load_pool(&[])?;
+    let routes = RouteTable::build(&pool, |_| true)?;
+    Ok(serde_json::to_string_pretty(&document(&routes)).unwrap_or_default())
+}
+
 /// The document for `routes`.
 pub fn document(routes: &RouteTable) -> Value {
     let mut schemas = BTreeMap::new();

@@ -223,7 +223,7 @@ impl Drop for EdgeHandle {
 pub async fn start_edge(config: EdgeConfig, upstream: SocketAddr) -> EdgeHandle {
     let pool = load_pool(&[("spec".into(), spec_descriptor_set())]).unwrap();
     let uri: http::Uri = format!("http://{upstream}").parse().unwrap();
-    let options = ClientOptions {
+    let options = || ClientOptions {
         default_deadline: std::time::Duration::from_secs(2),
         ..ClientOptions::default()
     };
@@ -252,7 +252,7 @@ pub async fn start_edge(config: EdgeConfig, upstream: SocketAddr) -> EdgeHandle 
             service,
             Upstream {
                 name: format!("test upstream {upstream}"),
-                channel: connect(uri.clone(), options.clone()),
+                channel: connect(uri.clone(), options()),
             },
         );
     }
