@@ -1,6 +1,8 @@
 //! Client-side load balancing across every address of a peer, as Kubernetes headless Services
-//! need: the peer's DNS name is re-resolved every `refresh`, new addresses join the rotation,
-//! vanished ones leave it, and an address whose connection fails is ejected for a while
+//! need. The addresses come from a source: the peer's DNS name re-resolved every `refresh`
+//! ([`Balanced::dns`]), or its EndpointSlices watched through the Kubernetes API
+//! ([`Balanced::endpoint_slices`], see [`crate::endpoint_slices`]). New addresses join the
+//! rotation, vanished ones leave it, and an address whose connection fails is ejected for a while
 //! (exponential backoff, like Envoy's outlier detection) so the next calls go elsewhere.
 //!
 //! Picks round-robin among the addresses not ejected. A call that fails to reach its address
@@ -88,23 +90,56 @@ impl Balanced {
         resolver: DnsResolver,
         options: BalanceOptions,
     ) -> Self {
-        let (resolved, _) = watch::channel(false);
-        let pool = Arc::new(Pool {
-            authority: format!("{host}:{port}"),
-            origin,
-            options,
-            members: RwLock::new(Vec::new()),
-            next: AtomicUsize::new(0),
-            resolved,
-            last_error: Mutex::new(None),
-        });
+        let balanced = Self::empty(origin, format!("{host}:{port}"), options);
         tokio::spawn(refresh(
-            Arc::downgrade(&pool),
+            balanced.source(),
             host.to_string(),
             port,
             resolver,
+            options.refresh,
         ));
-        Self { pool }
+        balanced
+    }
+
+    /// Balances over the ready endpoints of the Kubernetes Service `service` in `namespace`,
+    /// watched through the API server with `client`; `port` is used for slices that name none.
+    /// Must be called inside a tokio runtime.
+    pub fn endpoint_slices(
+        origin: Uri,
+        client: kube::Client,
+        service: &str,
+        namespace: &str,
+        port: u16,
+        options: BalanceOptions,
+    ) -> Self {
+        let balanced = Self::empty(origin, format!("{service}.{namespace}:{port}"), options);
+        tokio::spawn(crate::endpoint_slices::watch(
+            balanced.source(),
+            client,
+            service.to_string(),
+            namespace.to_string(),
+            port,
+        ));
+        balanced
+    }
+
+    fn empty(origin: Uri, authority: String, options: BalanceOptions) -> Self {
+        let (resolved, _) = watch::channel(false);
+        Self {
+            pool: Arc::new(Pool {
+                authority,
+                origin,
+                options,
+                members: RwLock::new(Vec::new()),
+                next: AtomicUsize::new(0),
+                resolved,
+                last_error: Mutex::new(None),
+            }),
+        }
+    }
+
+    fn source(&self) -> Source {
+        Source(Arc::downgrade(&self.pool))
     }
 
     /// The addresses in rotation now (ejected ones included), sorted.
@@ -121,28 +156,50 @@ fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     lock.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Re-resolves until the pool is dropped. Logs once per change of state, not per attempt.
-async fn refresh(pool: Weak<Pool>, host: String, port: u16, resolver: DnsResolver) {
-    loop {
-        let result = resolver.resolve(&host, port).await;
-        let Some(pool) = pool.upgrade() else { return };
-        match result {
-            Ok(addrs) => {
-                *lock(&pool.last_error) = None;
-                pool.replace(addrs);
-            }
-            Err(e) => {
-                let message = e.to_string();
-                let mut last = lock(&pool.last_error);
-                if last.as_deref() != Some(message.as_str()) {
-                    tracing::warn!(peer = %pool.authority, error = %message, "peer name does not resolve; keeping the last known addresses");
-                    *last = Some(message);
-                }
-            }
+/// What feeds a pool its addresses. Holds the pool weakly: when every clone of the [`Balanced`]
+/// is dropped, the source's task sees it and stops.
+#[derive(Debug, Clone)]
+pub(crate) struct Source(Weak<Pool>);
+
+impl Source {
+    /// Whether anyone still uses the pool.
+    pub(crate) fn alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+
+    /// Makes `addrs` the rotation (sorted and deduplicated here).
+    pub(crate) fn set(&self, mut addrs: Vec<SocketAddr>) {
+        if let Some(pool) = self.0.upgrade() {
+            addrs.sort();
+            addrs.dedup();
+            *lock(&pool.last_error) = None;
+            pool.replace(addrs);
+            pool.resolved.send_replace(true);
         }
-        pool.resolved.send_replace(true);
-        let every = pool.options.refresh;
-        drop(pool);
+    }
+
+    /// Reports a failure of the source; logged once per distinct error, and the last known
+    /// addresses stay in rotation.
+    pub(crate) fn failed(&self, error: &str) {
+        if let Some(pool) = self.0.upgrade() {
+            let mut last = lock(&pool.last_error);
+            if last.as_deref() != Some(error) {
+                tracing::warn!(peer = %pool.authority, error, "peer discovery failed; keeping the last known addresses");
+                *last = Some(error.to_string());
+            }
+            drop(last);
+            pool.resolved.send_replace(true);
+        }
+    }
+}
+
+/// Re-resolves `host` every `every` until the pool is dropped.
+async fn refresh(source: Source, host: String, port: u16, resolver: DnsResolver, every: Duration) {
+    while source.alive() {
+        match resolver.resolve(&host, port).await {
+            Ok(addrs) => source.set(addrs),
+            Err(e) => source.failed(&e.to_string()),
+        }
         tokio::time::sleep(every).await;
     }
 }

@@ -22,6 +22,7 @@ pub mod config;
 pub mod consumer;
 pub mod descriptors;
 pub mod dns;
+pub mod endpoint_slices;
 pub mod grpc_timeout;
 pub mod json_log;
 pub mod metrics;
