@@ -110,6 +110,9 @@ pub struct ConsumerOptions {
     pub max_backoff: Duration,
     /// Deliveries fetched at once.
     pub batch: usize,
+    /// Subjects handled at once within a batch (events of one subject always one at a time,
+    /// in order).
+    pub concurrency: usize,
 }
 
 impl Default for ConsumerOptions {
@@ -119,6 +122,7 @@ impl Default for ConsumerOptions {
             retry_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
             batch: 64,
+            concurrency: 8,
         }
     }
 }
@@ -205,8 +209,7 @@ impl Consumer {
                 let batch = s
                     .next_batch(self.options.batch, Duration::from_secs(1))
                     .await?;
-                for delivery in batch {
-                    let outcome = self.handle(&delivery).await;
+                for (delivery, outcome) in self.handle_batch(batch).await {
                     self.settle(s.as_mut(), &delivery, outcome).await?;
                 }
                 Ok::<_, BusError>(())
@@ -256,6 +259,35 @@ impl Consumer {
                 sub.dead_letter(delivery, &reason).await
             }
         }
+    }
+
+    /// Handles a batch: events of one subject in order, different subjects concurrently (up to
+    /// `concurrency`). Returns each delivery with its outcome, in the batch's order per subject.
+    pub async fn handle_batch(&self, batch: Vec<Delivery>) -> Vec<(Delivery, Outcome)> {
+        use futures::StreamExt as _;
+        let mut chains: Vec<(String, Vec<Delivery>)> = Vec::new();
+        for delivery in batch {
+            // Undecodable payloads get a chain of their own (and a dead letter in `handle`).
+            let subject = Envelope::decode(delivery.payload.clone())
+                .map_or_else(|_| format!("\0{}", delivery.entry_id), |e| e.subject);
+            match chains.iter_mut().find(|(s, _)| *s == subject) {
+                Some((_, chain)) => chain.push(delivery),
+                None => chains.push((subject, vec![delivery])),
+            }
+        }
+        futures::stream::iter(chains)
+            .map(|(_, chain)| async move {
+                let mut out = Vec::with_capacity(chain.len());
+                for delivery in chain {
+                    let outcome = self.handle(&delivery).await;
+                    out.push((delivery, outcome));
+                }
+                out
+            })
+            .buffer_unordered(self.options.concurrency.max(1))
+            .flat_map(futures::stream::iter)
+            .collect()
+            .await
     }
 
     /// Handles one delivery and says what to do with it at the bus (it does not touch the bus).

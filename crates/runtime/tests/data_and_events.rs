@@ -211,6 +211,7 @@ fn fast() -> ConsumerOptions {
         retry_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
         batch: 64,
+        concurrency: 4,
     }
 }
 

@@ -1,0 +1,244 @@
+//! Publish-to-handle latency and throughput of the event path: outbox write (one transaction
+//! per event) -> relay -> bus -> idempotent consumer (one transaction per event, with an effect
+//! row). Runs SQLite + in-process bus always, and Postgres + Redis Streams when
+//! `MESH_BENCH_DATABASE_URL` and `MESH_BENCH_REDIS_URL` (or the `MESH_TEST_*` twins) are set.
+//!
+//! `cargo bench -p mesh-runtime --bench events` (`MESH_BENCH_RATE`, `MESH_BENCH_SECONDS` change
+//! the offered load and duration). Latency is from the producer's emit (the envelope time, just
+//! before its commit) to the start of the handler, on one clock (one process).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use mesh_contracts::events::v1::{Envelope, ProductDeleted};
+use mesh_runtime::bus::memory::MemoryBus;
+use mesh_runtime::bus::redis::RedisBus;
+use mesh_runtime::bus::{DeliveryOptions, EventBus};
+use mesh_runtime::config::DatabaseTarget;
+use mesh_runtime::consumer::{Consumer, ConsumerOptions, EventHandler, HandlerError};
+use mesh_runtime::outbox::{Event, Tx};
+use mesh_runtime::relay::{Relay, RelayOptions};
+use mesh_runtime::{Database, Migrations};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Default)]
+struct Stats {
+    latencies_us: Arc<Mutex<Vec<u64>>>,
+}
+
+impl EventHandler for Stats {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            let t = event.time.clone().unwrap_or_default();
+            let sent = Duration::new(t.seconds as u64, t.nanos as u32);
+            self.latencies_us
+                .lock()
+                .unwrap()
+                .push(now.saturating_sub(sent).as_micros() as u64);
+            sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
+                .bind(&event.id)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(format!("MESH_BENCH_{name}"))
+        .or_else(|_| std::env::var(format!("MESH_TEST_{name}")))
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+struct Report {
+    offered: f64,
+    produced: f64,
+    handled: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+async fn run(
+    target: &DatabaseTarget,
+    bus: Arc<dyn EventBus>,
+    rate: Option<u64>,
+    seconds: u64,
+) -> Report {
+    let db = Database::connect("bench", target).await.expect("connect");
+    db.migrate(&Migrations::NONE).await.expect("migrate");
+    sqlx::query("CREATE TABLE effects (event_id TEXT NOT NULL)")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let relay_options = RelayOptions {
+        batch: 512,
+        ..RelayOptions::default()
+    };
+    tokio::spawn(Relay::new(db.clone(), bus.clone(), relay_options).run(stop.clone()));
+    let stats = Stats::default();
+    let consumer = Consumer::new(db.clone(), bus.clone(), "bench")
+        .on("product.deleted", stats.clone())
+        .options(ConsumerOptions {
+            batch: 256,
+            concurrency: 8,
+            ..ConsumerOptions::default()
+        });
+    drop(consumer.subscribe("warm-up").await.unwrap());
+    tokio::spawn(consumer.run(stop.clone()));
+
+    let producers = 16u64;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut tick = rate.map(|r| {
+                let mut i =
+                    tokio::time::interval(Duration::from_secs_f64(producers as f64 / r as f64));
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                i
+            });
+            while start.elapsed() < Duration::from_secs(seconds) {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let subject = format!("p-{p}-{}", n % 64);
+                let mut tx = db.begin().await.unwrap();
+                tx.emit(Event::new(
+                    "product.deleted",
+                    subject.clone(),
+                    "ProductDeleted",
+                    &ProductDeleted {
+                        product_id: subject,
+                        sku: "SKU-1".into(),
+                    },
+                ))
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut produced = 0;
+    for t in tasks {
+        produced += t.await.unwrap();
+    }
+    let produce_secs = start.elapsed().as_secs_f64();
+    loop {
+        let handled = stats.latencies_us.lock().unwrap().len() as u64;
+        if handled >= produced || start.elapsed() > Duration::from_secs(seconds + 60) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let all_secs = start.elapsed().as_secs_f64();
+    stop.cancel();
+    let mut lat = stats.latencies_us.lock().unwrap().clone();
+    let handled = lat.len() as f64;
+    // Skip the first second (connections warming up).
+    let skip = (lat.len() as f64 / seconds as f64) as usize;
+    lat.drain(..skip.min(lat.len()));
+    lat.sort_unstable();
+    db.close().await;
+    Report {
+        offered: rate.map_or(f64::NAN, |r| r as f64),
+        produced: produced as f64 / produce_secs,
+        handled: handled / all_secs,
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        max: percentile(&lat, 1.0),
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rate: u64 = env("RATE").and_then(|r| r.parse().ok()).unwrap_or(5000);
+    let seconds: u64 = env("SECONDS").and_then(|r| r.parse().ok()).unwrap_or(10);
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    println!(
+        "| path | offered/s | produced/s | handled/s | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|"
+    );
+    let mut scenarios: Vec<(String, Box<dyn Fn() -> (DatabaseTarget, Arc<dyn EventBus>)>)> =
+        Vec::new();
+    {
+        let id = id.clone();
+        scenarios.push((
+            "SQLite outbox + in-process bus".into(),
+            Box::new(move || {
+                let path = std::env::temp_dir()
+                    .join(format!("mesh-bench-{id}-{}", uuid::Uuid::now_v7().simple()))
+                    .join("bench.db");
+                (
+                    DatabaseTarget::Sqlite { path },
+                    Arc::new(MemoryBus::new(DeliveryOptions::default())) as Arc<dyn EventBus>,
+                )
+            }),
+        ));
+    }
+    match (env("DATABASE_URL"), env("REDIS_URL")) {
+        (Some(pg), Some(redis)) => scenarios.push((
+            "Postgres outbox + Redis Streams".into(),
+            Box::new(move || {
+                let n = uuid::Uuid::now_v7().simple().to_string();
+                (
+                    DatabaseTarget::Postgres {
+                        url: pg.clone(),
+                        schema: format!("bench_{n}"),
+                    },
+                    Arc::new(
+                        RedisBus::connect(
+                            &redis,
+                            format!("bench:{n}:"),
+                            DeliveryOptions::default(),
+                        )
+                        .unwrap(),
+                    ) as Arc<dyn EventBus>,
+                )
+            }),
+        )),
+        _ => eprintln!(
+            "SKIPPED: Postgres + Redis: set MESH_BENCH_DATABASE_URL and MESH_BENCH_REDIS_URL (or MESH_TEST_*)"
+        ),
+    }
+    for (name, make) in &scenarios {
+        for offered in [Some(rate), None] {
+            let _runtime = rt.enter();
+            let (target, bus) = make();
+            let r = rt.block_on(run(&target, bus, offered, seconds));
+            let offered = if r.offered.is_nan() {
+                "max".to_string()
+            } else {
+                format!("{:.0}", r.offered)
+            };
+            println!(
+                "| {name} | {offered} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                r.produced, r.handled, r.p50, r.p99, r.max
+            );
+        }
+    }
+}
