@@ -53,6 +53,15 @@ pub struct RuntimeArgs {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// How peers addressed by DNS name are found: `dns` (re-resolve the name, e.g. a headless
+    /// Service) or `endpoints` (watch the Service's EndpointSlices through the Kubernetes API).
+    #[arg(long, env = "MESH_DISCOVERY", default_value = "dns")]
+    pub discovery: String,
+
+    /// How often peers' DNS names are resolved again (with `--discovery dns`), e.g. `5s`.
+    #[arg(long, env = "MESH_DNS_REFRESH", default_value = "5s")]
+    pub dns_refresh: String,
+
     /// Folder of the embedded SQLite databases (`<data-dir>/<service>.db`), used by every service
     /// without a Postgres URL.
     #[arg(long, env = "MESH_DATA_DIR", default_value = "./data")]
@@ -197,12 +206,42 @@ pub struct MeshConfig {
     pub default_deadline: Duration,
     /// OTLP endpoint, when trace export is on.
     pub otlp_endpoint: Option<Uri>,
+    /// How peers are found.
+    pub discovery: DiscoveryConfig,
     /// Every service of the module table, by name.
     pub services: BTreeMap<&'static str, ServiceEndpoint>,
     /// Where each service of the module table keeps its data, by name.
     pub databases: BTreeMap<&'static str, DatabaseTarget>,
     /// The event bus and delivery settings.
     pub events: EventConfig,
+}
+
+/// Where the addresses of a peer addressed by DNS name come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiscoveryMode {
+    /// Resolve the name again every `dns_refresh`.
+    #[default]
+    Dns,
+    /// Watch the Service's EndpointSlices through the Kubernetes API.
+    Endpoints,
+}
+
+/// Peer discovery settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// The source of addresses.
+    pub mode: DiscoveryMode,
+    /// Re-resolution interval in `Dns` mode.
+    pub dns_refresh: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            mode: DiscoveryMode::Dns,
+            dns_refresh: Duration::from_secs(5),
+        }
+    }
 }
 
 /// One setting that failed validation.
@@ -335,6 +374,35 @@ impl MeshConfig {
             args.otlp_endpoint.as_deref().unwrap_or_default(),
             otlp.as_ref().err().cloned(),
         );
+        let mode = match args.discovery.as_str() {
+            "dns" => Ok(DiscoveryMode::Dns),
+            "endpoints" => Ok(DiscoveryMode::Endpoints),
+            _ => Err("expected `dns` or `endpoints`".to_string()),
+        };
+        check(
+            "--discovery / MESH_DISCOVERY",
+            &args.discovery,
+            mode.as_ref().err().cloned(),
+        );
+        let dns_refresh = parse_duration(&args.dns_refresh).and_then(|d| {
+            if d < Duration::from_millis(10) {
+                Err(
+                    "re-resolving more often than every 10ms would flood the DNS server"
+                        .to_string(),
+                )
+            } else {
+                Ok(d)
+            }
+        });
+        check(
+            "--dns-refresh / MESH_DNS_REFRESH",
+            &args.dns_refresh,
+            dns_refresh.as_ref().err().cloned(),
+        );
+        let discovery = DiscoveryConfig {
+            mode: mode.unwrap_or_default(),
+            dns_refresh: dns_refresh.unwrap_or(Duration::from_secs(5)),
+        };
 
         let database_url = args
             .database_url
@@ -502,6 +570,7 @@ impl MeshConfig {
                     max_message_bytes: max,
                     default_deadline: dl,
                     otlp_endpoint: otlp,
+                    discovery,
                     services: endpoints,
                     databases,
                     events: events.unwrap_or_default(),
@@ -723,6 +792,22 @@ mod tests {
                 "--event-claim-idle / MESH_EVENT_CLAIM_IDLE",
                 "--outbox-retention / MESH_OUTBOX_RETENTION",
                 "MESH_IOT_GATEWAY_DATABASE_URL",
+            ]
+        );
+    }
+
+    #[test]
+    fn discovery_settings_are_validated() {
+        let config = parse(&["--discovery", "endpoints", "--dns-refresh", "1s"], &[]).unwrap();
+        assert_eq!(config.discovery.mode, DiscoveryMode::Endpoints);
+        assert_eq!(config.discovery.dns_refresh, Duration::from_secs(1));
+        let err = parse(&["--discovery", "consul", "--dns-refresh", "1ms"], &[]).unwrap_err();
+        let settings: Vec<_> = err.problems.iter().map(|p| p.setting.as_str()).collect();
+        assert_eq!(
+            settings,
+            [
+                "--discovery / MESH_DISCOVERY",
+                "--dns-refresh / MESH_DNS_REFRESH"
             ]
         );
     }

@@ -14,6 +14,24 @@ use kube::runtime::watcher::{self, Event};
 
 use crate::balance::Source;
 
+/// A Kubernetes API client for discovery (`MESH_DISCOVERY=endpoints`).
+#[derive(Clone)]
+pub struct KubeClient(pub kube::Client);
+
+impl std::fmt::Debug for KubeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KubeClient")
+    }
+}
+
+impl KubeClient {
+    /// The in-cluster client (ServiceAccount token and API server from the pod's environment),
+    /// or the local kubeconfig outside a cluster.
+    pub async fn from_environment() -> Result<Self, kube::Error> {
+        kube::Client::try_default().await.map(Self)
+    }
+}
+
 /// The label Kubernetes puts on every EndpointSlice of a Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
