@@ -9,7 +9,11 @@
 //! - carry a deadline: the earliest of the one set on the request, the one inherited from the call
 //!   being served, and the configured default; a call whose deadline has already passed fails
 //!   with `DEADLINE_EXCEEDED` without touching the network. No outgoing call is unbounded.
+//!
+//! Under `Propagate`, the resilience layers of [`crate::resilience`]: retries of idempotent unary
+//! calls within a budget, then the upstream's circuit breaker (adaptive throttling).
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +26,12 @@ use tower_service::Service;
 use crate::balance::{BalanceOptions, Balanced};
 use crate::call_context::CallContext;
 use crate::dns::DnsResolver;
+use crate::endpoint_slices::{KubeClient, service_and_namespace};
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
+use crate::resilience::{
+    Breaker, BreakerOptions, ClientMetrics, ResilienceOptions, Retry, RetryBudget, RetryOptions,
+    RetryPolicy, Throttle,
+};
 use crate::trace_context::TRACEPARENT;
 
 /// The channel type service code holds for calling a peer.
@@ -39,6 +48,17 @@ pub struct ClientOptions {
     pub balance: BalanceOptions,
     /// The resolver for DNS names; `None` uses the system configuration.
     pub resolver: Option<DnsResolver>,
+    /// A Kubernetes API client (`MESH_DISCOVERY=endpoints`): peers named
+    /// `<service>.<namespace>.svc...` are then found by watching their EndpointSlices instead of
+    /// re-resolving DNS.
+    pub kube: Option<KubeClient>,
+    /// The upstream's name in metrics, logs and errors (the module name); `None` uses the URI's
+    /// authority.
+    pub name: Option<String>,
+    /// Retries, retry budget and circuit breaker.
+    pub resilience: ResilienceOptions,
+    /// Where retries and breaker state are counted; `None` counts nothing.
+    pub metrics: Option<ClientMetrics>,
 }
 
 impl Default for ClientOptions {
@@ -48,6 +68,10 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(2),
             balance: BalanceOptions::default(),
             resolver: None,
+            kube: None,
+            name: None,
+            resilience: ResilienceOptions::default(),
+            metrics: None,
         }
     }
 }
@@ -55,6 +79,10 @@ impl Default for ClientOptions {
 /// A channel to `uri` that connects on first use (so services can start in any order) and
 /// reconnects after failures. Must be called inside a tokio runtime.
 pub fn connect(uri: Uri, options: ClientOptions) -> MeshChannel {
+    let name = options
+        .name
+        .clone()
+        .unwrap_or_else(|| uri.authority().map(|a| a.to_string()).unwrap_or_default());
     let host = uri.host().unwrap_or_default().to_string();
     let is_ip = host
         .trim_start_matches('[')
@@ -68,19 +96,32 @@ pub fn connect(uri: Uri, options: ClientOptions) -> MeshChannel {
             Some("https") => 443,
             _ => 80,
         });
+        let balance = BalanceOptions {
+            connect_timeout: options.connect_timeout,
+            ..options.balance
+        };
+        let watched = options.kube.as_ref().zip(service_and_namespace(&host)).map(
+            |(kube, (service, namespace))| {
+                Balanced::endpoint_slices(
+                    uri.clone(),
+                    kube.0.clone(),
+                    service,
+                    namespace,
+                    port,
+                    balance,
+                )
+            },
+        );
         let resolver = match options.resolver.clone() {
             Some(r) => Ok(r),
             None => DnsResolver::system(options.balance.refresh),
         };
-        match resolver {
-            Ok(resolver) => {
-                let balance = BalanceOptions {
-                    connect_timeout: options.connect_timeout,
-                    ..options.balance
-                };
+        match (watched, resolver) {
+            (Some(watched), _) => Some(watched),
+            (None, Ok(resolver)) => {
                 Some(Balanced::dns(uri.clone(), &host, port, resolver, balance))
             }
-            Err(e) => {
+            (None, Err(e)) => {
                 tracing::warn!(peer = %uri, error = %e, "no DNS resolver; connecting without client-side balancing");
                 None
             }
@@ -98,7 +139,21 @@ pub fn connect(uri: Uri, options: ClientOptions) -> MeshChannel {
                 .connect_lazy(),
         ),
     };
-    Propagate::new(channel, options.default_deadline)
+    let resilience = options.resilience;
+    let throttle = Throttle::new(name.clone(), resilience.breaker, options.metrics.clone());
+    let mut idempotent = crate::resilience::idempotent_methods();
+    idempotent.extend(resilience.idempotent);
+    let policy = RetryPolicy {
+        upstream: name,
+        options: resilience.retry,
+        idempotent,
+        budget: RetryBudget::new(resilience.budget),
+        metrics: options.metrics,
+    };
+    Propagate {
+        inner: Retry::new(Breaker::new(channel, Arc::new(throttle)), Arc::new(policy)),
+        default_deadline: options.default_deadline,
+    }
 }
 
 /// One connection to a peer addressed by IP, or a balanced pool for a peer addressed by name.
@@ -144,20 +199,47 @@ impl Service<http::Request<tonic::body::Body>> for PeerChannel {
     }
 }
 
-/// Adds trace context and a bounded deadline to every outgoing request.
+/// Adds trace context and a bounded deadline to every outgoing request, then sends it through
+/// the upstream's retry and circuit-breaker layers ([`crate::resilience`]).
 #[derive(Debug, Clone)]
 pub struct Propagate<S> {
-    inner: S,
+    inner: Retry<Breaker<S>>,
     default_deadline: Duration,
 }
 
 impl<S> Propagate<S> {
-    /// Wraps `inner`; calls with no other deadline get `default_deadline`.
+    /// Wraps `inner` without retries or breaker; calls with no other deadline get
+    /// `default_deadline`.
     pub fn new(inner: S, default_deadline: Duration) -> Self {
+        let name = String::new();
+        let resilience = ResilienceOptions {
+            retry: RetryOptions {
+                max_attempts: 1,
+                ..RetryOptions::default()
+            },
+            breaker: BreakerOptions {
+                k: 0.0,
+                ..BreakerOptions::default()
+            },
+            ..ResilienceOptions::default()
+        };
+        let throttle = Throttle::new(name.clone(), resilience.breaker, None);
+        let policy = RetryPolicy {
+            upstream: name,
+            options: resilience.retry,
+            idempotent: Default::default(),
+            budget: RetryBudget::new(resilience.budget),
+            metrics: None,
+        };
         Self {
-            inner,
+            inner: Retry::new(Breaker::new(inner, Arc::new(throttle)), Arc::new(policy)),
             default_deadline,
         }
+    }
+
+    /// The upstream's circuit breaker.
+    pub fn throttle(&self) -> &Arc<Throttle> {
+        self.inner.get_ref().throttle()
     }
 }
 
@@ -167,11 +249,18 @@ where
             http::Request<tonic::body::Body>,
             Response = http::Response<tonic::body::Body>,
             Error = E,
-        >,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    E: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = E;
-    type Future = Either<Ready<Result<Self::Response, E>>, S::Future>;
+    type Future = Either<
+        Ready<Result<Self::Response, E>>,
+        <Retry<Breaker<S>> as Service<http::Request<tonic::body::Body>>>::Future,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
         self.inner.poll_ready(cx)

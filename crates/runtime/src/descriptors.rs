@@ -57,3 +57,29 @@ pub fn message_exists(name: &str) -> bool {
         .filter(|f| f.package() == package)
         .any(|f| f.message_type.iter().any(|m| m.name() == message))
 }
+
+/// The request paths of every unary method whose proto sets `idempotency_level` to
+/// `IDEMPOTENT` or `NO_SIDE_EFFECTS`.
+pub fn idempotent_method_paths() -> std::collections::HashSet<String> {
+    use prost_types::method_options::IdempotencyLevel;
+    let mut paths = std::collections::HashSet::new();
+    for file in &descriptor_set().file {
+        for svc in &file.service {
+            for m in &svc.method {
+                let level = m
+                    .options
+                    .as_ref()
+                    .map_or(IdempotencyLevel::IdempotencyUnknown, |o| {
+                        o.idempotency_level()
+                    });
+                if !m.client_streaming()
+                    && !m.server_streaming()
+                    && level != IdempotencyLevel::IdempotencyUnknown
+                {
+                    paths.insert(format!("/{}.{}/{}", file.package(), svc.name(), m.name()));
+                }
+            }
+        }
+    }
+    paths
+}

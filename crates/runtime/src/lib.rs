@@ -34,6 +34,7 @@ pub mod readiness;
 pub mod relay;
 pub mod server;
 pub mod shutdown;
+pub mod resilience;
 pub mod storage;
 pub mod telemetry;
 pub mod trace_context;

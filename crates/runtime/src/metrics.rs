@@ -18,6 +18,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     registry: Arc<RwLock<Registry>>,
+    /// Client resilience series, registered on first use ([`crate::resilience::ClientMetrics::of`]).
+    pub(crate) client: Arc<std::sync::OnceLock<crate::resilience::ClientMetrics>>,
 }
 
 impl Metrics {

@@ -15,6 +15,7 @@ use crate::bus::EventBus;
 use crate::client::{self, ClientOptions, MeshChannel};
 use crate::config::MeshConfig;
 use crate::consumer::{Consumer, ConsumerOptions};
+use crate::endpoint_slices::KubeClient;
 use crate::metrics::Metrics;
 use crate::storage::{Database, Migrations};
 
@@ -90,6 +91,7 @@ pub struct ServiceContext {
     metrics: Metrics,
     shutdown: CancellationToken,
     data: Option<(Database, Arc<dyn EventBus>)>,
+    kube: Option<KubeClient>,
 }
 
 impl ServiceContext {
@@ -109,7 +111,15 @@ impl ServiceContext {
             metrics,
             shutdown,
             data: None,
+            kube: None,
         }
+    }
+
+    /// Discovers peers by watching their EndpointSlices with `kube` (`MESH_DISCOVERY=endpoints`)
+    /// instead of re-resolving their DNS names.
+    pub fn with_kube(mut self, kube: KubeClient) -> Self {
+        self.kube = Some(kube);
+        self
     }
 
     /// Gives the service its (migrated) database and the process's event bus.
@@ -190,6 +200,13 @@ impl ServiceContext {
             uri,
             ClientOptions {
                 default_deadline: self.config.default_deadline,
+                balance: crate::balance::BalanceOptions {
+                    refresh: self.config.discovery.dns_refresh,
+                    ..Default::default()
+                },
+                kube: self.kube.clone(),
+                name: Some(peer.to_string()),
+                metrics: Some(crate::resilience::ClientMetrics::of(&self.metrics)),
                 ..ClientOptions::default()
             },
         ))
