@@ -2,6 +2,7 @@
 //! process (each on its own gRPC port, calling each other over real gRPC on loopback);
 //! `mesh serve order` runs one, as each Kubernetes Deployment does.
 
+mod envoy_config;
 mod migrate;
 mod modules;
 mod serve;
@@ -54,6 +55,9 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<std::path::PathBuf>,
     },
+    /// Write an Envoy bootstrap equivalent to the edge's REST transcoding (grpc_json_transcoder
+    /// with the same descriptor set, one cluster per service), for teams that run Envoy.
+    EnvoyConfig(envoy_config::EnvoyArgs),
     /// Print the module table: each target, its default gRPC port and the services it calls.
     Modules {
         /// Print JSON instead of a table.
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
                     Ok(())
                 }
             }),
+        Command::EnvoyConfig(args) => envoy_config::run(&args),
         Command::Modules { json } => {
             print_modules(json);
             Ok(())

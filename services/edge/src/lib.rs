@@ -8,6 +8,7 @@
 //!   `grpcurl <edge> list` shows every public service); every other call is proxied, streaming
 //!   included, to the owning service ([`grpc_proxy`]).
 //! - Paths no rule owns go to the legacy upstream when one is configured ([`legacy`]).
+//! - [`envoy`] writes an equivalent Envoy bootstrap (`mesh envoy-config`), for teams on Envoy.
 //! - Per-client rate limits ([`rate_limit`]), request ids, CORS and a body size limit apply to
 //!   REST; settings come from [`config`].
 //!
@@ -16,6 +17,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod envoy;
 pub mod error;
 pub mod grpc_proxy;
 pub mod http_rule;
