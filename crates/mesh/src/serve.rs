@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use http::Uri;
 use mesh_runtime::audit::AuditApi;
-use mesh_runtime::config::{ConfigError, env_prefix};
+use mesh_runtime::config::{ConfigError, DiscoveryMode, env_prefix};
+use mesh_runtime::endpoint_slices::KubeClient;
 use mesh_runtime::relay::{Relay, RelayOptions};
 use mesh_runtime::{
     GrpcServer, MeshConfig, Metrics, Module, Readiness, RpcMetrics, RuntimeArgs, ServiceContext,
@@ -76,6 +77,12 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
         .map(|(m, l)| Ok((m.name, l.local_addr()?.port())))
         .collect::<std::io::Result<_>>()?;
     let peers = Arc::new(peer_addresses(&config, &bound)?);
+    let kube = match config.discovery.mode {
+        DiscoveryMode::Dns => None,
+        DiscoveryMode::Endpoints => Some(KubeClient::from_environment().await.context(
+            "MESH_DISCOVERY=endpoints needs the Kubernetes API (in-cluster ServiceAccount or kubeconfig)",
+        )?),
+    };
 
     let metrics = Metrics::new();
     let rpc_metrics = RpcMetrics::register(&metrics);
@@ -96,6 +103,10 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
             shutdown.clone(),
         )
         .with_data(db.clone(), bus.clone());
+        let ctx = match &kube {
+            Some(kube) => ctx.with_kube(kube.clone()),
+            None => ctx,
+        };
         let routes = (module.constructor)(ctx)
             .await
             .map_err(|e| anyhow::anyhow!("building the {} service: {e}", module.name))?;
