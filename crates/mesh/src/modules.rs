@@ -11,7 +11,7 @@ pub(crate) const MODULES: &[Module] = &[
         default_port: 50051,
         dependencies: &[],
         constructor: mesh_auth::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_auth::MIGRATIONS,
     },
     Module {
         name: "user",

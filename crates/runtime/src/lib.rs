@@ -10,10 +10,12 @@
 //! - [`not_built`]: the honest `UNIMPLEMENTED` answer of a service whose logic is not built yet;
 //! - data and events (see `docs/events.md`): [`storage`] (a database per service, migrations),
 //!   [`outbox`] (state change and event in one transaction), [`relay`] (outbox to bus), [`bus`]
-//!   (Redis Streams or in-process), [`consumer`] (idempotent handlers), [`audit`] (the trail).
+//!   (Redis Streams or in-process), [`consumer`] (idempotent handlers), [`audit`] (the trail);
+//! - [`auth`]: token verification and per-RPC access policies (see `docs/identity.md`).
 
 pub mod admin;
 pub mod audit;
+pub mod auth;
 pub mod balance;
 pub mod bus;
 pub mod call_context;

@@ -1,27 +1,92 @@
-//! The auth service: credentials, sessions, refresh tokens and roles; issues JWTs and serves the JWKS.
+//! The auth service: accounts with Argon2id password hashes, sessions with rotating refresh
+//! tokens (reuse of a rotated token revokes the whole session), Ed25519-signed access JWTs, the
+//! JWKS that every service verifies them with, key rotation, service tokens (client
+//! credentials), device credentials and roles. See `docs/identity.md`.
 //!
-//! Its domain logic is not built yet (it comes with the identity and catalog issue): the generated
-//! `auth.v1.AuthService` server is registered, so health, reflection and routing are real, and every
-//! RPC answers `UNIMPLEMENTED` with a message saying so. It never returns made-up data.
+//! - [`settings`]: `MESH_JWT_PRIVATE_KEY_FILE`, `MESH_AUTH_*` and friends;
+//! - [`keys`]: the signing keys; [`tokens`]: token material; [`password`]: hashing;
+//! - [`store`]: SQL; [`validate`]: input checks; [`error`]: errors to statuses;
+//! - [`api`]: the RPCs; [`policy`]: who may call which.
+
+pub mod api;
+pub mod error;
+pub mod keys;
+pub mod password;
+pub mod settings;
+pub mod store;
+pub mod testing;
+pub mod tokens;
+pub mod validate;
+
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use mesh_contracts::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
-use mesh_runtime::{BuildError, NotBuilt, ServiceContext, ServiceRoutes};
+use mesh_contracts::auth::v1::auth_service_server::AuthServiceServer;
+use mesh_runtime::auth::{Policy, Role, Verifier, guard_with};
+use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
-/// The auth service's gRPC implementation.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct AuthApi;
+pub use api::AuthApi;
+pub use settings::AuthSettings;
 
-// Every method keeps the generated default (UNIMPLEMENTED) until the domain logic lands.
-impl AuthService for AuthApi {}
+/// The auth service's tables (portable SQL, the same on Postgres and SQLite).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The module table's migrations for `auth`.
+pub const MIGRATIONS: Migrations = Migrations::same(&MIGRATOR);
 
-/// Builds the service's routes; the module table's constructor for `auth`.
+/// Who may call each RPC of `auth.v1.AuthService`.
+pub fn policy() -> Policy {
+    Policy::new("auth.v1.AuthService")
+        .public(&[
+            "SignUp",
+            "Login",
+            "Refresh",
+            "Logout",
+            "GetJwks",
+            "IssueServiceToken",
+        ])
+        .roles(&["IssueDeviceCredential"], &[Role::Staff])
+        .roles(&["SetRoles", "RotateSigningKey"], &[Role::Admin])
+}
+
+/// Builds the service's routes from the environment's settings; the module table's constructor.
 pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, BuildError>> {
     Box::pin(async move {
-        let server = AuthServiceServer::new(AuthApi)
-            .max_decoding_message_size(ctx.max_message_bytes())
-            .max_encoding_message_size(ctx.max_message_bytes());
-        Ok(ServiceRoutes::new()
-            .add_service(NotBuilt::new(server, "the identity and catalog issue")))
+        let settings = AuthSettings::from_env()?;
+        build_with(ctx, settings).await
     })
+}
+
+/// Builds the service's routes with explicit `settings` (tests inject a clock and a key).
+pub async fn build_with(
+    ctx: ServiceContext,
+    settings: AuthSettings,
+) -> Result<ServiceRoutes, BuildError> {
+    let db = ctx.database()?.clone();
+    let pem = match &settings.key_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "MESH_JWT_PRIVATE_KEY_FILE={}: cannot read the signing key: {e}",
+                path.display()
+            )
+        })?),
+        None => None,
+    };
+    // Retired keys stay published for the longest token lifetime plus the verifiers' leeway.
+    let retire_for = settings.access_ttl
+        + std::time::Duration::from_secs(settings.verifier.leeway.max(0) as u64);
+    let keys = keys::KeyRing::open(
+        db.clone(),
+        pem.as_deref(),
+        settings.clock.clone(),
+        retire_for,
+    )
+    .await?;
+    // The auth service verifies tokens with its own keys, without calling itself.
+    let verifier =
+        Verifier::new(keys.clone(), settings.verifier.clone()).with_clock(settings.clock.clone());
+    let api = AuthApi::new(db, keys, Arc::new(settings));
+    let server = AuthServiceServer::new(api)
+        .max_decoding_message_size(ctx.max_message_bytes())
+        .max_encoding_message_size(ctx.max_message_bytes());
+    Ok(ServiceRoutes::new().add_service(guard_with(verifier, policy(), server)?))
 }

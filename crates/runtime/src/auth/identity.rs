@@ -1,0 +1,107 @@
+//! The authenticated caller of an RPC and the roles of the RBAC model.
+
+use std::fmt;
+
+/// A coarse RBAC role, carried by name in a token's `roles` claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// A shopper.
+    Customer,
+    /// Store staff.
+    Staff,
+    /// An administrator: allowed every RPC that names any role.
+    Admin,
+    /// A vending machine.
+    Device,
+    /// Another service of the mesh (client-credentials tokens).
+    Service,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 5] = [
+        Role::Customer,
+        Role::Staff,
+        Role::Admin,
+        Role::Device,
+        Role::Service,
+    ];
+
+    /// The claim value, e.g. `staff`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Staff => "staff",
+            Role::Admin => "admin",
+            Role::Device => "device",
+            Role::Service => "service",
+        }
+    }
+
+    /// The role named `name` in a claim.
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// The `auth.v1.Role` value of this role.
+    pub fn to_proto(self) -> mesh_contracts::auth::v1::Role {
+        use mesh_contracts::auth::v1::Role as P;
+        match self {
+            Role::Customer => P::Customer,
+            Role::Staff => P::Staff,
+            Role::Admin => P::Admin,
+            Role::Device => P::Device,
+            Role::Service => P::Service,
+        }
+    }
+
+    /// The role of an `auth.v1.Role` value; `None` for `ROLE_UNSPECIFIED` or unknown numbers.
+    pub fn from_proto(value: i32) -> Option<Role> {
+        use mesh_contracts::auth::v1::Role as P;
+        match P::try_from(value).ok()? {
+            P::Unspecified => None,
+            P::Customer => Some(Role::Customer),
+            P::Staff => Some(Role::Staff),
+            P::Admin => Some(Role::Admin),
+            P::Device => Some(Role::Device),
+            P::Service => Some(Role::Service),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who is calling: put in the request extensions by [`crate::auth::Guarded`] for every RPC that
+/// is not public. Handlers read it with `request.extensions().get::<Identity>()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The `sub` claim: an account id, or a service's client id.
+    pub subject: String,
+    /// The granted roles (unknown role names in the token are ignored).
+    pub roles: Vec<Role>,
+    /// The token's `jti`.
+    pub token_id: String,
+    /// When the token expires (Unix seconds).
+    pub expires_at: i64,
+}
+
+impl Identity {
+    /// Whether the caller holds `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// Whether the caller holds any of `roles`, or is an admin.
+    pub fn has_any(&self, roles: &[Role]) -> bool {
+        self.has_role(Role::Admin) || roles.iter().any(|r| self.has_role(*r))
+    }
+
+    /// The identity of a request, if the guard put one there.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<&Identity> {
+        request.extensions().get::<Identity>()
+    }
+}
