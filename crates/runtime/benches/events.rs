@@ -37,7 +37,7 @@ impl EventHandler for Stats {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap();
-            let t = event.time.clone().unwrap_or_default();
+            let t = event.time.unwrap_or_default();
             let sent = Duration::new(t.seconds as u64, t.nanos as u32);
             self.latencies_us
                 .lock()
@@ -172,6 +172,9 @@ async fn run(
     }
 }
 
+/// Makes a fresh database target and bus for one run.
+type Scenario = Box<dyn Fn() -> (DatabaseTarget, Arc<dyn EventBus>)>;
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -183,8 +186,7 @@ fn main() {
     println!(
         "| path | offered/s | produced/s | handled/s | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|"
     );
-    let mut scenarios: Vec<(String, Box<dyn Fn() -> (DatabaseTarget, Arc<dyn EventBus>)>)> =
-        Vec::new();
+    let mut scenarios: Vec<(String, Scenario)> = Vec::new();
     {
         let id = id.clone();
         scenarios.push((

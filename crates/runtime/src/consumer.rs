@@ -261,13 +261,16 @@ impl Consumer {
         }
     }
 
-    /// Handles a batch: events of one subject in order, different subjects concurrently (up to
-    /// `concurrency`). Returns each delivery with its outcome, in the batch's order per subject.
+    /// Handles a batch: events of one subject in order, different subjects spread over up to
+    /// `concurrency` transactions run at once. Each transaction handles its events one after
+    /// another, each inside a savepoint (a failing event is rolled back alone), and commits once,
+    /// so a batch costs one commit per group instead of one per event. Returns each delivery with
+    /// its outcome; nothing is `Handled` before its transaction committed.
     pub async fn handle_batch(&self, batch: Vec<Delivery>) -> Vec<(Delivery, Outcome)> {
         use futures::StreamExt as _;
         let mut chains: Vec<(String, Vec<Delivery>)> = Vec::new();
         for delivery in batch {
-            // Undecodable payloads get a chain of their own (and a dead letter in `handle`).
+            // Undecodable payloads get a chain of their own (and a dead letter in `prepare`).
             let subject = Envelope::decode(delivery.payload.clone())
                 .map_or_else(|_| format!("\0{}", delivery.entry_id), |e| e.subject);
             match chains.iter_mut().find(|(s, _)| *s == subject) {
@@ -275,16 +278,14 @@ impl Consumer {
                 None => chains.push((subject, vec![delivery])),
             }
         }
-        futures::stream::iter(chains)
-            .map(|(_, chain)| async move {
-                let mut out = Vec::with_capacity(chain.len());
-                for delivery in chain {
-                    let outcome = self.handle(&delivery).await;
-                    out.push((delivery, outcome));
-                }
-                out
-            })
-            .buffer_unordered(self.options.concurrency.max(1))
+        let groups_n = self.options.concurrency.max(1).min(chains.len().max(1));
+        let mut groups: Vec<Vec<Delivery>> = vec![Vec::new(); groups_n];
+        for (i, (_, chain)) in chains.into_iter().enumerate() {
+            groups[i % groups_n].extend(chain);
+        }
+        futures::stream::iter(groups)
+            .map(|group| self.handle_group(group))
+            .buffer_unordered(groups_n)
             .flat_map(futures::stream::iter)
             .collect()
             .await
@@ -292,21 +293,35 @@ impl Consumer {
 
     /// Handles one delivery and says what to do with it at the bus (it does not touch the bus).
     pub async fn handle(&self, delivery: &Delivery) -> Outcome {
+        self.handle_group(vec![delivery.clone()])
+            .await
+            .pop()
+            .map_or_else(
+                || Outcome::Retry {
+                    reason: "not handled".into(),
+                    after: self.backoff(delivery.attempt),
+                },
+                |(_, o)| o,
+            )
+    }
+
+    /// Decodes and routes a delivery, or says at once what to do with it.
+    fn prepare(&self, delivery: &Delivery) -> Result<(Envelope, Arc<dyn EventHandler>), Outcome> {
         let envelope = match Envelope::decode(delivery.payload.clone()) {
             Ok(e) if !e.id.is_empty() && !e.r#type.is_empty() => e,
             Ok(_) => {
-                return Outcome::DeadLetter {
+                return Err(Outcome::DeadLetter {
                     reason: "malformed envelope: missing id or type".into(),
-                };
+                });
             }
             Err(e) => {
-                return Outcome::DeadLetter {
+                return Err(Outcome::DeadLetter {
                     reason: format!("malformed envelope: {e}"),
-                };
+                });
             }
         };
         let Some(handler) = self.handlers.get(&envelope.r#type).cloned() else {
-            return if known_type(&envelope) {
+            return Err(if known_type(&envelope) {
                 Outcome::Skipped
             } else {
                 Outcome::DeadLetter {
@@ -316,17 +331,127 @@ impl Consumer {
                         envelope.payload.as_ref().map_or("none", |p| &p.type_url)
                     ),
                 }
-            };
+            });
         };
         if delivery.attempt > self.options.max_deliveries {
-            return Outcome::DeadLetter {
+            return Err(Outcome::DeadLetter {
                 reason: format!(
                     "delivered {} times (max {}) without being handled",
                     delivery.attempt, self.options.max_deliveries
                 ),
-            };
+            });
         }
+        Ok((envelope, handler))
+    }
 
+    /// What a failed attempt leads to.
+    fn failed(&self, delivery: &Delivery, e: &HandlerError) -> Outcome {
+        if e.permanent {
+            Outcome::DeadLetter {
+                reason: format!("handler refused the event: {e}"),
+            }
+        } else if delivery.attempt >= self.options.max_deliveries {
+            Outcome::DeadLetter {
+                reason: format!("failed {} times; last error: {e}", delivery.attempt),
+            }
+        } else {
+            Outcome::Retry {
+                reason: e.to_string(),
+                after: self.backoff(delivery.attempt),
+            }
+        }
+    }
+
+    /// Handles `group` in one transaction, each event in a savepoint.
+    async fn handle_group(&self, group: Vec<Delivery>) -> Vec<(Delivery, Outcome)> {
+        let mut done: Vec<(Delivery, Option<Outcome>)> = Vec::with_capacity(group.len());
+        let mut work = Vec::new();
+        for delivery in group {
+            match self.prepare(&delivery) {
+                Ok((envelope, handler)) => {
+                    work.push((done.len(), envelope, handler));
+                    done.push((delivery, None));
+                }
+                Err(outcome) => done.push((delivery, Some(outcome))),
+            }
+        }
+        if work.is_empty() {
+            return finish(done);
+        }
+        let mut tx = match self.db.begin().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                let e = HandlerError::from(e);
+                for (delivery, outcome) in &mut done {
+                    if outcome.is_none() {
+                        *outcome = Some(self.failed(delivery, &e));
+                    }
+                }
+                return finish(done);
+            }
+        };
+        // Outcomes of events whose savepoint was released: `Handled` only if the commit succeeds.
+        let mut committed_pending = Vec::new();
+        let mut duplicates = Vec::new();
+        let mut broken: Option<HandlerError> = None;
+        for (index, envelope, handler) in work {
+            if let Some(e) = &broken {
+                let outcome = self.failed(&done[index].0, e);
+                done[index].1 = Some(outcome);
+                continue;
+            }
+            let attempt = done[index].0.attempt;
+            let result = self
+                .in_span(
+                    &envelope,
+                    attempt,
+                    self.apply(&mut tx, &envelope, handler.as_ref()),
+                )
+                .await;
+            match result {
+                Ok(Applied::Done) => committed_pending.push(index),
+                // Also provisional: the first copy may be in this very transaction.
+                Ok(Applied::Duplicate) => duplicates.push(index),
+                Ok(Applied::Failed(e)) => {
+                    let outcome = self.failed(&done[index].0, &e);
+                    done[index].1 = Some(outcome);
+                }
+                Err(e) => {
+                    // The transaction itself failed: nothing in it counts.
+                    let outcome = self.failed(&done[index].0, &e);
+                    done[index].1 = Some(outcome);
+                    broken = Some(e);
+                }
+            }
+        }
+        let commit = match broken {
+            Some(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+            None => tx.commit().await.map_err(HandlerError::from),
+        };
+        for (index, ok) in committed_pending
+            .into_iter()
+            .map(|i| (i, Outcome::Handled))
+            .chain(duplicates.into_iter().map(|i| (i, Outcome::Duplicate)))
+        {
+            done[index].1 = Some(match &commit {
+                Ok(()) => ok,
+                Err(e) => self.failed(&done[index].0, e),
+            });
+        }
+        finish(done)
+    }
+
+    /// Runs `fut` in the event's span, a child of the envelope's `traceparent`, with the matching
+    /// [`CallContext`] (so emitted events and outgoing calls continue the trace).
+    async fn in_span<F: std::future::Future>(
+        &self,
+        envelope: &Envelope,
+        attempt: u32,
+        fut: F,
+    ) -> F::Output {
         let parent = TraceContext::parse(&envelope.traceparent);
         let mut trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
         let span = tracing::info_span!(
@@ -335,7 +460,7 @@ impl Consumer {
             event.r#type = %envelope.r#type,
             event.id = %envelope.id,
             consumer = %self.group,
-            attempt = delivery.attempt,
+            attempt,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
             parent_span_id = tracing::field::Empty,
@@ -346,38 +471,26 @@ impl Consumer {
         if let Some(parent) = parent {
             span.record("parent_span_id", parent.span_id_hex());
         }
-        let context = CallContext {
+        CallContext {
             trace,
             deadline: None,
-        };
-        let result = context
-            .scope(self.apply(&envelope, handler.as_ref()))
-            .instrument(span)
-            .await;
-        match result {
-            Ok(true) => Outcome::Handled,
-            Ok(false) => Outcome::Duplicate,
-            Err(e) if e.permanent => Outcome::DeadLetter {
-                reason: format!("handler refused the event: {e}"),
-            },
-            Err(e) if delivery.attempt >= self.options.max_deliveries => Outcome::DeadLetter {
-                reason: format!("failed {} times; last error: {e}", delivery.attempt),
-            },
-            Err(e) => Outcome::Retry {
-                reason: e.to_string(),
-                after: self.backoff(delivery.attempt),
-            },
         }
+        .scope(fut)
+        .instrument(span)
+        .await
     }
 
-    /// Runs the handler in a transaction that records the event as handled; `Ok(false)` when it
-    /// was handled before.
+    /// Records the event as handled and runs its handler, inside a savepoint of `tx`. `Err` means
+    /// the transaction itself is unusable.
     async fn apply(
         &self,
+        tx: &mut Tx,
         envelope: &Envelope,
         handler: &dyn EventHandler,
-    ) -> Result<bool, HandlerError> {
-        let mut tx = self.db.begin().await?;
+    ) -> Result<Applied, HandlerError> {
+        sqlx::query("SAVEPOINT mesh_event")
+            .execute(&mut **tx)
+            .await?;
         let inserted = sqlx::query(
             "INSERT INTO mesh_handled_events (consumer, event_id, handled_at_us) VALUES ($1, $2, $3) \
              ON CONFLICT DO NOTHING",
@@ -385,26 +498,63 @@ impl Consumer {
         .bind(&self.group)
         .bind(&envelope.id)
         .bind(now_micros())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected();
         if inserted == 0 {
-            tx.rollback().await?;
-            return Ok(false);
+            sqlx::query("RELEASE SAVEPOINT mesh_event")
+                .execute(&mut **tx)
+                .await?;
+            return Ok(Applied::Duplicate);
         }
         tx.cause = Some(Cause {
             event_id: envelope.id.clone(),
             correlation_id: envelope.correlation_id.clone(),
         });
-        handler.handle(envelope, &mut tx).await?;
-        tx.commit().await?;
-        Ok(true)
+        let result = handler.handle(envelope, tx).await;
+        tx.cause = None;
+        match result {
+            Ok(()) => {
+                sqlx::query("RELEASE SAVEPOINT mesh_event")
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(Applied::Done)
+            }
+            Err(e) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT mesh_event")
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("RELEASE SAVEPOINT mesh_event")
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(Applied::Failed(e))
+            }
+        }
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
         (self.options.retry_backoff * factor).min(self.options.max_backoff)
     }
+}
+
+/// What applying one event in a savepoint came to.
+enum Applied {
+    Done,
+    Duplicate,
+    Failed(HandlerError),
+}
+
+fn finish(done: Vec<(Delivery, Option<Outcome>)>) -> Vec<(Delivery, Outcome)> {
+    done.into_iter()
+        .map(|(d, o)| {
+            let o = o.unwrap_or(Outcome::Retry {
+                reason: "not handled".into(),
+                after: Duration::from_millis(100),
+            });
+            (d, o)
+        })
+        .collect()
 }
 
 /// Whether the envelope's type is one the mesh defines: its payload is an `events.v1` message of

@@ -111,7 +111,12 @@ impl Relay {
                 if seqs.is_empty() {
                     return Ok(0);
                 }
-                self.bus.publish(&events).await?;
+                if let Err(e) = self.bus.publish(&events).await {
+                    // Release the partitions now, not whenever the dropped transaction's
+                    // rollback gets to run.
+                    let _ = tx.rollback().await;
+                    return Err(e.into());
+                }
                 mark_sent(&mut tx, &seqs).await?;
                 tx.commit().await?;
                 Ok(seqs.len())

@@ -455,8 +455,11 @@ impl Subscription for RedisSubscription {
     }
 }
 
+/// The fields of a stream entry, by name.
+type Fields = Vec<(String, Vec<u8>)>;
+
 /// Stream entries `[[id, [field, value, ...]], ...]` as (id, fields); skips deleted entries.
-fn entries(reply: &Value) -> Vec<(String, Vec<(String, Vec<u8>)>)> {
+fn entries(reply: &Value) -> Vec<(String, Fields)> {
     let Value::Array(items) = reply else {
         return Vec::new();
     };
