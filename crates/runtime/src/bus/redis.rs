@@ -41,7 +41,8 @@ impl std::fmt::Debug for RedisBus {
 impl RedisBus {
     /// A bus on the Redis at `url`, its keys prefixed with `namespace` (e.g. `mesh:`). Connects
     /// lazily and reconnects on its own: a Redis that is down makes publishes fail (the relay
-    /// retries) rather than this call.
+    /// retries) rather than this call. Call it inside a Tokio runtime (it spawns the connection
+    /// task).
     pub fn connect(
         url: &str,
         namespace: impl Into<String>,
