@@ -10,8 +10,8 @@ use http::Method;
 use mesh_edge::error::EdgeError;
 use mesh_edge::routes::{Lookup, RouteTable};
 use mesh_edge::transcode::{decode_json, request_message};
-use prost_reflect::DescriptorPool;
 use proptest::prelude::*;
+use prost_reflect::DescriptorPool;
 use serde_json::Value;
 
 fn pool() -> &'static DescriptorPool {
@@ -46,7 +46,8 @@ fn json() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         ".{0,24}".prop_map(Value::String),
         Just(Value::String("2026-11-25T10:00:00Z".into())),
         Just(Value::String("9223372036854775808".into())),
