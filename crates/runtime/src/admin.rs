@@ -1,5 +1,6 @@
 //! The admin HTTP server: `/metrics` (Prometheus), `/healthz` (liveness) and `/readyz`
-//! (readiness, with each gRPC server's state as JSON).
+//! (readiness, with each gRPC server's state as JSON), and the fault switches (`/faults`, see
+//! [`crate::faults`]).
 
 use std::future::Future;
 
@@ -25,6 +26,7 @@ pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .merge(crate::faults::router())
         .with_state(AdminState { metrics, readiness })
 }
 

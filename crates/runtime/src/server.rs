@@ -19,6 +19,7 @@ use crate::metrics::RpcMetrics;
 use crate::module::ServiceRoutes;
 use crate::observe::ObserveLayer;
 use crate::readiness::Readiness;
+use crate::shed::{ProtectLayer, ProtectOptions};
 
 /// Service names of the protocol services every port serves besides its own.
 const HEALTH: &str = "grpc.health.v1.Health";
@@ -35,6 +36,14 @@ pub enum ServeError {
         server: String,
         /// The cause.
         source: tonic_reflection::server::Error,
+    },
+    /// A protection or fault setting of the environment is invalid.
+    #[error("gRPC server {server}: {problem}")]
+    Config {
+        /// The server.
+        server: String,
+        /// The setting and what is wrong with it.
+        problem: String,
     },
     /// The transport failed.
     #[error("gRPC server {server}: {source}")]
@@ -54,6 +63,7 @@ pub struct GrpcServer {
     metrics: RpcMetrics,
     readiness: Readiness,
     grace: Duration,
+    protect: Option<ProtectOptions>,
 }
 
 impl GrpcServer {
@@ -65,6 +75,7 @@ impl GrpcServer {
             metrics,
             readiness: Readiness::new(),
             grace: Duration::from_secs(25),
+            protect: None,
         }
     }
 
@@ -80,6 +91,14 @@ impl GrpcServer {
         self
     }
 
+    /// Concurrency limit and load shedding of this port ([`crate::shed`]); unset, they come
+    /// from the environment (`MESH_<SERVICE>_MAX_CONCURRENCY`, `MESH_SHED`,
+    /// `MESH_SHED_MIN_IN_FLIGHT`).
+    pub fn protection(mut self, options: ProtectOptions) -> Self {
+        self.protect = Some(options);
+        self
+    }
+
     /// Serves on `listener` until `shutdown` resolves, then drains (see the module docs).
     pub async fn run(
         self,
@@ -92,7 +111,26 @@ impl GrpcServer {
             metrics,
             readiness,
             grace,
+            protect,
         } = self;
+        let env = |k: &str| std::env::var(k).ok();
+        let config_err = |problem| ServeError::Config {
+            server: name.clone(),
+            problem,
+        };
+        let protect = match protect {
+            Some(p) => p,
+            None => ProtectOptions::from_env(&name, env).map_err(config_err)?,
+        };
+        let fault_var = crate::faults::env_var(&name);
+        if let Some(spec) = env(&fault_var) {
+            let rules =
+                crate::faults::parse(&spec).map_err(|e| config_err(format!("{fault_var}: {e}")))?;
+            if !rules.is_empty() {
+                tracing::warn!(server = %name, faults = %spec, "fault switches on from {fault_var}");
+            }
+            crate::faults::global().set(&name, rules);
+        }
         let mut routes = routes;
         let (fallback, descriptor_set) = routes.take_extras();
         let (routes, names) = routes.into_parts();
@@ -173,6 +211,7 @@ impl GrpcServer {
         let serve = tonic::transport::Server::builder()
             .accept_http1(accept_http1)
             .layer(ObserveLayer::new(metrics, known_paths))
+            .layer(ProtectLayer::new(&name, protect))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(serve);
