@@ -25,7 +25,7 @@ pub(crate) const MODULES: &[Module] = &[
         default_port: 50053,
         dependencies: &["auth"],
         constructor: mesh_product::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_product::MIGRATIONS,
     },
     Module {
         name: "inventory",

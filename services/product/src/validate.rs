@@ -1,0 +1,106 @@
+//! Input checks of the product RPCs; each failure names its field.
+
+use mesh_contracts::common::v1::Money;
+
+use crate::currency;
+use crate::error::ProductError;
+
+/// A UUID-shaped id in `field`.
+pub fn id(field: &'static str, value: &str) -> Result<String, ProductError> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(ProductError::invalid(field, "required"));
+    }
+    uuid::Uuid::parse_str(v)
+        .map(|u| u.to_string())
+        .map_err(|_| ProductError::invalid(field, "not a valid id (UUID)"))
+}
+
+/// An optional UUID-shaped id in `field` (empty is `None`).
+pub fn optional_id(field: &'static str, value: &str) -> Result<Option<String>, ProductError> {
+    if value.trim().is_empty() {
+        Ok(None)
+    } else {
+        id(field, value).map(Some)
+    }
+}
+
+/// A SKU: 1 to 64 letters, digits, `-`, `_` or `.`.
+pub fn sku(value: &str) -> Result<String, ProductError> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(ProductError::invalid("product.sku", "required"));
+    }
+    if v.len() > 64
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(ProductError::invalid(
+            "product.sku",
+            "1 to 64 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    Ok(v.to_string())
+}
+
+/// A display name of 1 to 200 characters.
+pub fn name(field: &'static str, value: &str) -> Result<String, ProductError> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(ProductError::invalid(field, "required"));
+    }
+    if v.chars().count() > 200 {
+        return Err(ProductError::invalid(field, "at most 200 characters"));
+    }
+    Ok(v.to_string())
+}
+
+/// A price: a known ISO 4217 code and a non-negative amount in minor units.
+pub fn price(value: Option<&Money>) -> Result<(String, i64), ProductError> {
+    let money = value.ok_or_else(|| ProductError::invalid("product.price", "required"))?;
+    if money.currency_code.is_empty() {
+        return Err(ProductError::invalid(
+            "product.price.currency_code",
+            "required",
+        ));
+    }
+    if !currency::is_known(&money.currency_code) {
+        return Err(ProductError::invalid(
+            "product.price.currency_code",
+            format!("`{}` is not an ISO 4217 currency code", money.currency_code),
+        ));
+    }
+    if money.amount_minor < 0 {
+        return Err(ProductError::invalid(
+            "product.price.amount_minor",
+            "must not be negative",
+        ));
+    }
+    Ok((money.currency_code.clone(), money.amount_minor))
+}
+
+/// A description of at most 10 000 characters.
+pub fn description(value: &str) -> Result<String, ProductError> {
+    if value.chars().count() > 10_000 {
+        return Err(ProductError::invalid(
+            "product.description",
+            "at most 10000 characters",
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// An empty or absolute http(s) URL.
+pub fn image_url(value: &str) -> Result<String, ProductError> {
+    let v = value.trim();
+    if v.is_empty() || ((v.starts_with("https://") || v.starts_with("http://")) && v.len() <= 2048)
+    {
+        Ok(v.to_string())
+    } else {
+        Err(ProductError::invalid(
+            "product.image_url",
+            "must be an absolute http(s) URL",
+        ))
+    }
+}
