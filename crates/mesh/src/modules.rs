@@ -32,7 +32,7 @@ pub(crate) const MODULES: &[Module] = &[
         default_port: 50054,
         dependencies: &["auth"],
         constructor: mesh_inventory::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_inventory::MIGRATIONS,
     },
     Module {
         name: "order",

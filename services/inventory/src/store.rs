@@ -1,0 +1,379 @@
+//! The inventory's SQL (portable: Postgres and SQLite). Every change of `reserved` or `on_hand`
+//! is one conditional `UPDATE` whose `WHERE` keeps `0 <= reserved <= on_hand`: under concurrent
+//! writers the database re-checks the condition on the row it locked, so stock never goes
+//! negative and the last unit is reserved once.
+
+use mesh_contracts::inventory::v1::{Reservation, ReservationStatus, StockLevel, StockLine};
+use mesh_runtime::outbox::Tx;
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row as _};
+
+use crate::error::InventoryError;
+use crate::validate::Line;
+
+type Result<T> = std::result::Result<T, InventoryError>;
+
+fn ts(unix: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: unix,
+        nanos: 0,
+    }
+}
+
+fn level(row: &AnyRow) -> std::result::Result<StockLevel, sqlx::Error> {
+    let on_hand: i64 = row.try_get("on_hand")?;
+    let reserved: i64 = row.try_get("reserved")?;
+    Ok(StockLevel {
+        product_id: row.try_get("product_id")?,
+        location_id: row.try_get("location_id")?,
+        on_hand,
+        reserved,
+        available: (on_hand - reserved).max(0),
+        update_time: Some(ts(row.try_get("updated_at")?)),
+    })
+}
+
+/// The stock of `product` at `location` (zeros when never stocked).
+pub async fn stock(pool: &AnyPool, product: &str, location: &str) -> Result<StockLevel> {
+    let row = sqlx::query("SELECT product_id, location_id, on_hand, reserved, updated_at FROM stock WHERE product_id = $1 AND location_id = $2")
+        .bind(product)
+        .bind(location)
+        .fetch_optional(pool)
+        .await?;
+    Ok(match row {
+        Some(r) => level(&r)?,
+        None => StockLevel {
+            product_id: product.into(),
+            location_id: location.into(),
+            ..Default::default()
+        },
+    })
+}
+
+/// The stock of `product` at `location` in `tx`.
+pub async fn stock_in(tx: &mut Tx, product: &str, location: &str) -> Result<StockLevel> {
+    let row = sqlx::query("SELECT product_id, location_id, on_hand, reserved, updated_at FROM stock WHERE product_id = $1 AND location_id = $2")
+        .bind(product)
+        .bind(location)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(match row {
+        Some(r) => level(&r)?,
+        None => StockLevel {
+            product_id: product.into(),
+            location_id: location.into(),
+            ..Default::default()
+        },
+    })
+}
+
+/// Holds `line.quantity` more units; `false` when fewer are available.
+pub async fn hold(tx: &mut Tx, line: &Line, now: i64) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE stock SET reserved = reserved + $1, updated_at = $2 WHERE product_id = $3 AND location_id = $4 AND on_hand - reserved >= $1",
+    )
+    .bind(line.quantity)
+    .bind(now)
+    .bind(&line.product_id)
+    .bind(&line.location_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Returns `line.quantity` held units to available (release, expiry).
+pub async fn unhold(tx: &mut Tx, line: &Line, now: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE stock SET reserved = reserved - $1, updated_at = $2 WHERE product_id = $3 AND location_id = $4 AND reserved >= $1",
+    )
+    .bind(line.quantity)
+    .bind(now)
+    .bind(&line.product_id)
+    .bind(&line.location_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Turns `line.quantity` held units into a decrement of on-hand stock (commit).
+pub async fn take(tx: &mut Tx, line: &Line, now: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE stock SET reserved = reserved - $1, on_hand = on_hand - $1, updated_at = $2 WHERE product_id = $3 AND location_id = $4 AND reserved >= $1 AND on_hand >= $1",
+    )
+    .bind(line.quantity)
+    .bind(now)
+    .bind(&line.product_id)
+    .bind(&line.location_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Adds `delta` to on-hand stock; `false` when it would drop below what is reserved.
+pub async fn adjust(
+    tx: &mut Tx,
+    product: &str,
+    location: &str,
+    delta: i64,
+    now: i64,
+) -> Result<bool> {
+    if delta > 0 {
+        sqlx::query(
+            "INSERT INTO stock (product_id, location_id, on_hand, reserved, updated_at) VALUES ($1, $2, $3, 0, $4) \
+             ON CONFLICT (product_id, location_id) DO UPDATE SET on_hand = stock.on_hand + $3, updated_at = $4",
+        )
+        .bind(product)
+        .bind(location)
+        .bind(delta)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        return Ok(true);
+    }
+    let done = sqlx::query(
+        "UPDATE stock SET on_hand = on_hand + $1, updated_at = $2 WHERE product_id = $3 AND location_id = $4 AND on_hand + $1 >= reserved",
+    )
+    .bind(delta)
+    .bind(now)
+    .bind(product)
+    .bind(location)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Filters and position of a stock listing.
+#[derive(Debug, Default)]
+pub struct StockFilter {
+    /// Only this location.
+    pub location_id: Option<String>,
+    /// Only this product.
+    pub product_id: Option<String>,
+    /// Only levels with available at or below this.
+    pub max_available: Option<i64>,
+    /// After this (location, product).
+    pub after: Option<(String, String)>,
+}
+
+/// Up to `limit` stock levels, by location then product.
+pub async fn list(pool: &AnyPool, f: &StockFilter, limit: i64) -> Result<Vec<StockLevel>> {
+    let mut sql =
+        "SELECT product_id, location_id, on_hand, reserved, updated_at FROM stock WHERE 1 = 1"
+            .to_string();
+    let mut n = 0;
+    let mut p = || {
+        n += 1;
+        format!("${n}")
+    };
+    if f.location_id.is_some() {
+        sql += &format!(" AND location_id = {}", p());
+    }
+    if f.product_id.is_some() {
+        sql += &format!(" AND product_id = {}", p());
+    }
+    if f.max_available.is_some() {
+        sql += &format!(" AND on_hand - reserved <= {}", p());
+    }
+    if f.after.is_some() {
+        let (a, b) = (p(), p());
+        sql += &format!(" AND (location_id > {a} OR (location_id = {a} AND product_id > {b}))");
+    }
+    sql += &format!(" ORDER BY location_id, product_id LIMIT {}", p());
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    if let Some(v) = &f.location_id {
+        q = q.bind(v.clone());
+    }
+    if let Some(v) = &f.product_id {
+        q = q.bind(v.clone());
+    }
+    if let Some(v) = f.max_available {
+        q = q.bind(v);
+    }
+    if let Some((a, b)) = &f.after {
+        q = q.bind(a.clone()).bind(b.clone());
+    }
+    let rows = q.bind(limit).fetch_all(pool).await?;
+    Ok(rows
+        .iter()
+        .map(level)
+        .collect::<std::result::Result<_, _>>()?)
+}
+
+/// The stored name of a status.
+pub fn status_name(s: ReservationStatus) -> &'static str {
+    match s {
+        ReservationStatus::Active => "ACTIVE",
+        ReservationStatus::Committed => "COMMITTED",
+        ReservationStatus::Released => "RELEASED",
+        ReservationStatus::Expired => "EXPIRED",
+        ReservationStatus::Unspecified => "UNSPECIFIED",
+    }
+}
+
+fn status_of(name: &str) -> ReservationStatus {
+    match name {
+        "ACTIVE" => ReservationStatus::Active,
+        "COMMITTED" => ReservationStatus::Committed,
+        "RELEASED" => ReservationStatus::Released,
+        "EXPIRED" => ReservationStatus::Expired,
+        _ => ReservationStatus::Unspecified,
+    }
+}
+
+/// Inserts an ACTIVE reservation and its lines.
+pub async fn insert_reservation(
+    tx: &mut Tx,
+    id: &str,
+    reference: &str,
+    lines: &[Line],
+    now: i64,
+    expires: i64,
+) -> Result<()> {
+    sqlx::query("INSERT INTO reservations (id, reference_id, status, created_at, expires_at, updated_at) VALUES ($1, $2, 'ACTIVE', $3, $4, $3)")
+        .bind(id)
+        .bind(reference)
+        .bind(now)
+        .bind(expires)
+        .execute(&mut **tx)
+        .await?;
+    for (i, l) in lines.iter().enumerate() {
+        sqlx::query("INSERT INTO reservation_lines (reservation_id, line_no, product_id, location_id, quantity) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id)
+            .bind(i as i64)
+            .bind(&l.product_id)
+            .bind(&l.location_id)
+            .bind(l.quantity)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Moves reservation `id` from ACTIVE to `to`; `false` if it was not ACTIVE any more.
+pub async fn transition(tx: &mut Tx, id: &str, to: ReservationStatus, now: i64) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE reservations SET status = $1, updated_at = $2 WHERE id = $3 AND status = 'ACTIVE'",
+    )
+    .bind(status_name(to))
+    .bind(now)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The lines of reservation `id`.
+pub async fn reservation_lines(tx: &mut Tx, id: &str) -> Result<Vec<Line>> {
+    let rows = sqlx::query("SELECT product_id, location_id, quantity FROM reservation_lines WHERE reservation_id = $1 ORDER BY line_no")
+        .bind(id)
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Line {
+                product_id: r.try_get("product_id")?,
+                location_id: r.try_get("location_id")?,
+                quantity: r.try_get("quantity")?,
+            })
+        })
+        .collect::<std::result::Result<_, sqlx::Error>>()
+        .map_err(Into::into)
+}
+
+/// Reservation `id` (or, with `by_reference`, the one for reference `id`), with its lines.
+pub async fn reservation(tx: &mut Tx, id: &str, by_reference: bool) -> Result<Option<Reservation>> {
+    let sql = if by_reference {
+        "SELECT id, reference_id, status, created_at, expires_at, updated_at FROM reservations WHERE reference_id = $1"
+    } else {
+        "SELECT id, reference_id, status, created_at, expires_at, updated_at FROM reservations WHERE id = $1"
+    };
+    let Some(row) = sqlx::query(sql).bind(id).fetch_optional(&mut **tx).await? else {
+        return Ok(None);
+    };
+    let id: String = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
+    let lines = reservation_lines(tx, &id).await?;
+    Ok(Some(Reservation {
+        id,
+        reference_id: row.try_get("reference_id")?,
+        lines: lines
+            .into_iter()
+            .map(|l| StockLine {
+                product_id: l.product_id,
+                location_id: l.location_id,
+                quantity: l.quantity,
+            })
+            .collect(),
+        status: status_of(&status) as i32,
+        create_time: Some(ts(row.try_get("created_at")?)),
+        expire_time: Some(ts(row.try_get("expires_at")?)),
+        update_time: Some(ts(row.try_get("updated_at")?)),
+    }))
+}
+
+/// Ids of up to `limit` ACTIVE reservations that expired at or before `now`.
+pub async fn expired(pool: &AnyPool, now: i64, limit: i64) -> Result<Vec<String>> {
+    let rows = sqlx::query("SELECT id FROM reservations WHERE status = 'ACTIVE' AND expires_at <= $1 ORDER BY expires_at LIMIT $2")
+        .bind(now)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<std::result::Result<_, _>>()?)
+}
+
+/// A recorded adjustment: its resulting on-hand and reserved units.
+pub async fn adjustment_by_request(
+    tx: &mut Tx,
+    request_id: &str,
+) -> Result<Option<(String, String, i64, i64)>> {
+    let row = sqlx::query(
+        "SELECT product_id, location_id, on_hand, reserved FROM adjustments WHERE request_id = $1",
+    )
+    .bind(request_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(match row {
+        Some(r) => Some((
+            r.try_get("product_id")?,
+            r.try_get("location_id")?,
+            r.try_get("on_hand")?,
+            r.try_get("reserved")?,
+        )),
+        None => None,
+    })
+}
+
+/// Records an adjustment.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_adjustment(
+    tx: &mut Tx,
+    request_id: Option<&str>,
+    level: &StockLevel,
+    delta: i64,
+    reason: i32,
+    note: &str,
+    actor: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO adjustments (id, request_id, product_id, location_id, delta, reason, note, actor_id, on_hand, reserved, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(request_id.map(str::to_string))
+    .bind(&level.product_id)
+    .bind(&level.location_id)
+    .bind(delta)
+    .bind(i64::from(reason))
+    .bind(note)
+    .bind(actor)
+    .bind(level.on_hand)
+    .bind(level.reserved)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,726 @@
+//! The inventory service over real gRPC sockets, with a real auth service issuing the tokens
+//! (a service token for reservations, the admin for adjustments): stock, CheckStock,
+//! reserve/commit/release/adjust with every bad-input status, reservation expiry on an injected
+//! clock, and the last unit reserved once by 24 concurrent callers (SQLite and Postgres).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_auth::AuthSettings;
+use mesh_auth::testing::{self, TestAuth, bearer};
+use mesh_contracts::auth::v1::IssueServiceTokenRequest;
+use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
+use mesh_contracts::inventory::v1::*;
+use mesh_inventory::InventoryOptions;
+use mesh_runtime::Database;
+use mesh_runtime::auth::ManualClock;
+use mesh_runtime::config::DatabaseTarget;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Mesh {
+    auth: TestAuth,
+    addr: SocketAddr,
+    db: Database,
+    clock: ManualClock,
+    admin: String,
+    service: String,
+    customer: String,
+    shutdown: CancellationToken,
+}
+
+async fn start(target: DatabaseTarget) -> Mesh {
+    let mut settings = AuthSettings::default();
+    settings
+        .service_clients
+        .insert("order".into(), "order-secret".into());
+    let auth = TestAuth::start(&testing::sqlite(), settings).await;
+    let shutdown = CancellationToken::new();
+    let db = testing::database("inventory", &target, &mesh_inventory::MIGRATIONS).await;
+    let bus = testing::memory_bus();
+    let ctx = testing::context(
+        "inventory",
+        BTreeMap::from([("auth", auth.uri())]),
+        db.clone(),
+        bus.clone(),
+        shutdown.clone(),
+    );
+    let clock = ManualClock::new();
+    let options = InventoryOptions {
+        clock: Arc::new(clock.clone()),
+        sweep_every: Duration::from_millis(20),
+    };
+    let routes = mesh_inventory::build_with(ctx, options)
+        .await
+        .expect("build inventory");
+    let addr = testing::serve("inventory", routes, db.clone(), bus, shutdown.clone()).await;
+    let admin = auth.admin_token().await;
+    let customer = auth.customer_token().await;
+    let service = auth
+        .client()
+        .await
+        .issue_service_token(IssueServiceTokenRequest {
+            client_id: "order".into(),
+            client_secret: "order-secret".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("service token")
+        .into_inner()
+        .access_token;
+    Mesh {
+        auth,
+        addr,
+        db,
+        clock,
+        admin,
+        service,
+        customer,
+        shutdown,
+    }
+}
+
+async fn client(addr: SocketAddr) -> InventoryServiceClient<Channel> {
+    InventoryServiceClient::new(testing::channel(addr).await)
+}
+
+fn status<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
+    let s = r.expect_err("expected an error status");
+    (s.code(), s.message().to_string())
+}
+
+fn assert_invalid<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>, field: &str) {
+    let (code, message) = status(r);
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    assert!(message.starts_with(field), "`{message}` names `{field}`");
+}
+
+fn line(product: &str, qty: i64) -> StockLine {
+    StockLine {
+        product_id: product.into(),
+        location_id: String::new(),
+        quantity: qty,
+    }
+}
+
+fn reserve(reference: &str, lines: Vec<StockLine>, ttl: i64) -> ReserveRequest {
+    ReserveRequest {
+        reference_id: reference.into(),
+        lines,
+        ttl: Some(prost_types::Duration {
+            seconds: ttl,
+            nanos: 0,
+        }),
+        reservation_id: String::new(),
+    }
+}
+
+async fn restock(
+    c: &mut InventoryServiceClient<Channel>,
+    admin: &str,
+    product: &str,
+    delta: i64,
+) -> StockLevel {
+    c.adjust_stock(bearer(
+        admin,
+        AdjustStockRequest {
+            location_id: "default".into(),
+            product_id: product.into(),
+            delta,
+            reason: AdjustmentReason::Restock as i32,
+            note: "delivery 42".into(),
+            request_id: String::new(),
+        },
+    ))
+    .await
+    .expect("adjust")
+    .into_inner()
+    .stock
+    .expect("stock")
+}
+
+async fn lifecycle(target: DatabaseTarget) {
+    let m = start(target).await;
+    let mut c = client(m.addr).await;
+    let apple = uuid::Uuid::now_v7().to_string();
+    let pear = uuid::Uuid::now_v7().to_string();
+
+    // Tokens and roles.
+    let (code, _) = status(
+        c.get_stock(GetStockRequest {
+            location_id: "default".into(),
+            product_id: apple.clone(),
+        })
+        .await,
+    );
+    assert_eq!(code, Code::Unauthenticated);
+    let (code, _) = status(
+        c.reserve(bearer(
+            &m.customer,
+            reserve("o-1", vec![line(&apple, 1)], 60),
+        ))
+        .await,
+    );
+    assert_eq!(code, Code::PermissionDenied);
+    let adjust = |delta, reason: AdjustmentReason, request_id: &str| AdjustStockRequest {
+        location_id: "default".into(),
+        product_id: apple.clone(),
+        delta,
+        reason: reason as i32,
+        note: String::new(),
+        request_id: request_id.into(),
+    };
+    let (code, _) = status(
+        c.adjust_stock(bearer(&m.service, adjust(5, AdjustmentReason::Restock, "")))
+            .await,
+    );
+    assert_eq!(code, Code::PermissionDenied);
+
+    // Bad input names the field.
+    assert_invalid(
+        c.adjust_stock(bearer(&m.admin, adjust(0, AdjustmentReason::Restock, "")))
+            .await,
+        "delta",
+    );
+    assert_invalid(
+        c.adjust_stock(bearer(&m.admin, adjust(-1, AdjustmentReason::Restock, "")))
+            .await,
+        "delta",
+    );
+    assert_invalid(
+        c.adjust_stock(bearer(
+            &m.admin,
+            adjust(5, AdjustmentReason::Unspecified, ""),
+        ))
+        .await,
+        "reason",
+    );
+    assert_invalid(
+        c.adjust_stock(bearer(
+            &m.admin,
+            AdjustStockRequest {
+                product_id: "x".into(),
+                ..adjust(5, AdjustmentReason::Restock, "")
+            },
+        ))
+        .await,
+        "product_id",
+    );
+    assert_invalid(
+        c.adjust_stock(bearer(
+            &m.admin,
+            AdjustStockRequest {
+                location_id: String::new(),
+                ..adjust(5, AdjustmentReason::Restock, "")
+            },
+        ))
+        .await,
+        "location_id",
+    );
+    assert_invalid(
+        c.reserve(bearer(&m.service, reserve("", vec![line(&apple, 1)], 60)))
+            .await,
+        "reference_id",
+    );
+    assert_invalid(
+        c.reserve(bearer(&m.service, reserve("o-1", vec![], 60)))
+            .await,
+        "lines",
+    );
+    assert_invalid(
+        c.reserve(bearer(
+            &m.service,
+            reserve("o-1", vec![line(&apple, 1), line(&apple, 0)], 60),
+        ))
+        .await,
+        "lines[1].quantity",
+    );
+    assert_invalid(
+        c.reserve(bearer(
+            &m.service,
+            reserve("o-1", vec![line("bad-id", 1)], 60),
+        ))
+        .await,
+        "lines[0].product_id",
+    );
+    assert_invalid(
+        c.reserve(bearer(&m.service, reserve("o-1", vec![line(&apple, 1)], 0)))
+            .await,
+        "ttl",
+    );
+    assert_invalid(
+        c.check_stock(bearer(
+            &m.customer,
+            CheckStockRequest {
+                lines: vec![line(&apple, -2)],
+            },
+        ))
+        .await,
+        "lines[0].quantity",
+    );
+    assert_invalid(
+        c.list_stock(bearer(
+            &m.customer,
+            ListStockRequest {
+                page_size: 1001,
+                ..Default::default()
+            },
+        ))
+        .await,
+        "page_size",
+    );
+    assert_invalid(
+        c.list_stock(bearer(
+            &m.customer,
+            ListStockRequest {
+                page_token: "???".into(),
+                ..Default::default()
+            },
+        ))
+        .await,
+        "page_token",
+    );
+
+    // Restock (idempotent by request id), shrinkage, and the floor.
+    let level = restock(&mut c, &m.admin, &apple, 10).await;
+    assert_eq!(
+        (level.on_hand, level.reserved, level.available),
+        (10, 0, 10)
+    );
+    let once = c
+        .adjust_stock(bearer(
+            &m.admin,
+            adjust(3, AdjustmentReason::Restock, "delivery-7"),
+        ))
+        .await
+        .expect("adjust")
+        .into_inner()
+        .stock
+        .expect("stock");
+    let twice = c
+        .adjust_stock(bearer(
+            &m.admin,
+            adjust(3, AdjustmentReason::Restock, "delivery-7"),
+        ))
+        .await
+        .expect("adjust")
+        .into_inner()
+        .stock
+        .expect("stock");
+    assert_eq!(
+        (once.on_hand, twice.on_hand),
+        (13, 13),
+        "a repeated request id is applied once"
+    );
+    let level = c
+        .adjust_stock(bearer(
+            &m.admin,
+            adjust(-3, AdjustmentReason::Shrinkage, ""),
+        ))
+        .await
+        .expect("adjust")
+        .into_inner()
+        .stock
+        .expect("stock");
+    assert_eq!(level.on_hand, 10);
+    restock(&mut c, &m.admin, &pear, 1).await;
+
+    // CheckStock holds nothing.
+    let check = c
+        .check_stock(bearer(
+            &m.customer,
+            CheckStockRequest {
+                lines: vec![line(&apple, 4), line(&pear, 2)],
+            },
+        ))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(!check.all_available);
+    assert_eq!(
+        check
+            .results
+            .iter()
+            .map(|r| (r.available, r.sufficient, r.location_id.as_str()))
+            .collect::<Vec<_>>(),
+        [(10, true, "default"), (1, false, "default")]
+    );
+
+    // Reserve is all or nothing, and idempotent per reference.
+    let (code, message) = status(
+        c.reserve(bearer(
+            &m.service,
+            reserve("o-1", vec![line(&apple, 4), line(&pear, 2)], 60),
+        ))
+        .await,
+    );
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(message.contains(&pear), "{message}");
+    let apple_level = |c: &mut InventoryServiceClient<Channel>| {
+        let mut c = c.clone();
+        let (token, id) = (m.customer.clone(), apple.clone());
+        async move {
+            c.get_stock(bearer(
+                &token,
+                GetStockRequest {
+                    location_id: "default".into(),
+                    product_id: id,
+                },
+            ))
+            .await
+            .expect("stock")
+            .into_inner()
+            .stock
+            .expect("stock")
+        }
+    };
+    assert_eq!(
+        apple_level(&mut c).await.reserved,
+        0,
+        "nothing half-reserved"
+    );
+    let r1 = c
+        .reserve(bearer(
+            &m.service,
+            reserve("o-1", vec![line(&apple, 4)], 60),
+        ))
+        .await
+        .expect("reserve")
+        .into_inner()
+        .reservation
+        .expect("r");
+    let again = c
+        .reserve(bearer(
+            &m.service,
+            reserve("o-1", vec![line(&apple, 4)], 60),
+        ))
+        .await
+        .expect("reserve")
+        .into_inner()
+        .reservation
+        .expect("r");
+    assert_eq!(r1.id, again.id);
+    assert_eq!(r1.status, ReservationStatus::Active as i32);
+    let level = apple_level(&mut c).await;
+    assert_eq!((level.on_hand, level.reserved, level.available), (10, 4, 6));
+
+    // Shrinkage can't eat reserved stock.
+    let (code, _) = status(
+        c.adjust_stock(bearer(&m.admin, adjust(-7, AdjustmentReason::Damage, "")))
+            .await,
+    );
+    assert_eq!(code, Code::FailedPrecondition);
+
+    // Commit takes the units; it is idempotent; a committed reservation can't be released.
+    let committed = c
+        .commit_reservation(bearer(
+            &m.service,
+            CommitReservationRequest {
+                reservation_id: r1.id.clone(),
+            },
+        ))
+        .await
+        .expect("commit")
+        .into_inner()
+        .reservation
+        .expect("r");
+    assert_eq!(committed.status, ReservationStatus::Committed as i32);
+    c.commit_reservation(bearer(
+        &m.service,
+        CommitReservationRequest {
+            reservation_id: r1.id.clone(),
+        },
+    ))
+    .await
+    .expect("commit again");
+    let (code, _) = status(
+        c.release_reservation(bearer(
+            &m.service,
+            ReleaseReservationRequest {
+                reservation_id: r1.id.clone(),
+                reason: String::new(),
+            },
+        ))
+        .await,
+    );
+    assert_eq!(code, Code::FailedPrecondition);
+    let level = apple_level(&mut c).await;
+    assert_eq!((level.on_hand, level.reserved, level.available), (6, 0, 6));
+
+    // Release returns the units; it is idempotent; a released reservation can't be committed.
+    let r2 = c
+        .reserve(bearer(
+            &m.service,
+            reserve("o-2", vec![line(&apple, 2)], 60),
+        ))
+        .await
+        .expect("reserve")
+        .into_inner()
+        .reservation
+        .expect("r");
+    let released = c
+        .release_reservation(bearer(
+            &m.service,
+            ReleaseReservationRequest {
+                reservation_id: r2.id.clone(),
+                reason: "payment failed".into(),
+            },
+        ))
+        .await
+        .expect("release")
+        .into_inner()
+        .reservation
+        .expect("r");
+    assert_eq!(released.status, ReservationStatus::Released as i32);
+    c.release_reservation(bearer(
+        &m.service,
+        ReleaseReservationRequest {
+            reservation_id: r2.id.clone(),
+            reason: String::new(),
+        },
+    ))
+    .await
+    .expect("release again");
+    let (code, _) = status(
+        c.commit_reservation(bearer(
+            &m.service,
+            CommitReservationRequest {
+                reservation_id: r2.id.clone(),
+            },
+        ))
+        .await,
+    );
+    assert_eq!(code, Code::FailedPrecondition);
+    assert_eq!(apple_level(&mut c).await.available, 6);
+    let (code, _) = status(
+        c.get_reservation(bearer(
+            &m.service,
+            GetReservationRequest {
+                id: "unknown".into(),
+            },
+        ))
+        .await,
+    );
+    assert_eq!(code, Code::NotFound);
+    let (code, _) = status(
+        c.commit_reservation(bearer(
+            &m.service,
+            CommitReservationRequest {
+                reservation_id: "unknown".into(),
+            },
+        ))
+        .await,
+    );
+    assert_eq!(code, Code::NotFound);
+
+    // Expiry: on the injected clock, the sweeper returns the stock and emits the event.
+    let r3 = c
+        .reserve(bearer(
+            &m.service,
+            reserve("o-3", vec![line(&apple, 5)], 60),
+        ))
+        .await
+        .expect("reserve")
+        .into_inner()
+        .reservation
+        .expect("r");
+    assert_eq!(apple_level(&mut c).await.available, 1);
+    m.clock.advance(59);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let get = |id: &str| GetReservationRequest { id: id.into() };
+    assert_eq!(
+        c.get_reservation(bearer(&m.service, get(&r3.id)))
+            .await
+            .expect("get")
+            .into_inner()
+            .reservation
+            .expect("r")
+            .status,
+        ReservationStatus::Active as i32,
+        "not yet"
+    );
+    m.clock.advance(2);
+    let (code, _) = status(
+        c.commit_reservation(bearer(
+            &m.service,
+            CommitReservationRequest {
+                reservation_id: r3.id.clone(),
+            },
+        ))
+        .await,
+    );
+    assert_eq!(
+        code,
+        Code::FailedPrecondition,
+        "an expired reservation can't be committed"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c
+            .get_reservation(bearer(&m.service, get(&r3.id)))
+            .await
+            .expect("get")
+            .into_inner()
+            .reservation
+            .expect("r");
+        if r.status == ReservationStatus::Expired as i32 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sweeper did not expire the reservation"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(apple_level(&mut c).await.available, 6);
+
+    // Listing with paging and the low-stock filter.
+    let all = c
+        .list_stock(bearer(
+            &m.customer,
+            ListStockRequest {
+                page_size: 1,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(all.stock.len(), 1);
+    let rest = c
+        .list_stock(bearer(
+            &m.customer,
+            ListStockRequest {
+                page_size: 1,
+                page_token: all.next_page_token,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(rest.stock.len(), 1);
+    assert_ne!(all.stock[0].product_id, rest.stock[0].product_id);
+    let low = c
+        .list_stock(bearer(
+            &m.customer,
+            ListStockRequest {
+                max_available: 1,
+                only_low_stock: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        low.stock
+            .iter()
+            .map(|s| s.product_id.clone())
+            .collect::<Vec<_>>(),
+        vec![pear.clone()]
+    );
+
+    // Every change emitted its event through the outbox.
+    let types: Vec<String> = sqlx::query_scalar("SELECT event_type FROM mesh_outbox ORDER BY seq")
+        .fetch_all(m.db.pool())
+        .await
+        .expect("outbox");
+    for t in [
+        "inventory.adjusted",
+        "inventory.reserved",
+        "inventory.committed",
+        "inventory.released",
+        "inventory.reservation_expired",
+    ] {
+        assert!(types.iter().any(|x| x == t), "{t} in {types:?}");
+    }
+    assert_eq!(
+        types.iter().filter(|t| *t == "inventory.adjusted").count(),
+        4,
+        "the repeated request id emitted once"
+    );
+    m.shutdown.cancel();
+    m.auth.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn stock_reservations_adjustments_and_expiry_on_sqlite() {
+    lifecycle(testing::sqlite()).await;
+}
+
+#[tokio::test]
+async fn stock_reservations_adjustments_and_expiry_on_postgres() {
+    if let Some(target) = testing::postgres("inventory lifecycle") {
+        lifecycle(target).await;
+    }
+}
+
+async fn last_unit(target: DatabaseTarget) {
+    let m = start(target).await;
+    let mut c = client(m.addr).await;
+    let product = uuid::Uuid::now_v7().to_string();
+    restock(&mut c, &m.admin, &product, 1).await;
+    let callers = 24;
+    let mut tasks = Vec::new();
+    for i in 0..callers {
+        // One connection each, so the calls really race on the database.
+        let addr = m.addr;
+        let (token, product) = (m.service.clone(), product.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = client(addr).await;
+            c.reserve(bearer(
+                &token,
+                reserve(&format!("race-{i}"), vec![line(&product, 1)], 60),
+            ))
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code())
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(()) => won += 1,
+            Err(code) => assert!(
+                matches!(
+                    code,
+                    Code::FailedPrecondition | Code::Aborted | Code::Unavailable
+                ),
+                "{code:?}"
+            ),
+        }
+    }
+    assert_eq!(won, 1, "the last unit is reserved exactly once");
+    let level = c
+        .get_stock(bearer(
+            &m.customer,
+            GetStockRequest {
+                location_id: "default".into(),
+                product_id: product,
+            },
+        ))
+        .await
+        .expect("stock")
+        .into_inner()
+        .stock
+        .expect("stock");
+    assert_eq!((level.on_hand, level.reserved, level.available), (1, 1, 0));
+    m.shutdown.cancel();
+    m.auth.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn concurrent_reservations_of_the_last_unit_on_postgres() {
+    if let Some(target) = testing::postgres("inventory last unit") {
+        last_unit(target).await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_reservations_of_the_last_unit_on_sqlite() {
+    last_unit(testing::sqlite()).await;
+}
