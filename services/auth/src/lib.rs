@@ -6,10 +6,11 @@
 //! - [`settings`]: `MESH_JWT_PRIVATE_KEY_FILE`, `MESH_AUTH_*` and friends;
 //! - [`keys`]: the signing keys; [`tokens`]: token material; [`password`]: hashing;
 //! - [`store`]: SQL; [`validate`]: input checks; [`error`]: errors to statuses;
-//! - [`api`]: the RPCs; [`policy`]: who may call which.
+//! - [`api`]: the RPCs; [`policy`]: who may call which; [`jwks_http`]: the JWKS over HTTP.
 
 pub mod api;
 pub mod error;
+pub mod jwks_http;
 pub mod keys;
 pub mod password;
 pub mod settings;
@@ -84,9 +85,12 @@ pub async fn build_with(
     // The auth service verifies tokens with its own keys, without calling itself.
     let verifier =
         Verifier::new(keys.clone(), settings.verifier.clone()).with_clock(settings.clock.clone());
+    let jwks_http = jwks_http::router(keys.clone());
     let api = AuthApi::new(db, keys, Arc::new(settings));
     let server = AuthServiceServer::new(api)
         .max_decoding_message_size(ctx.max_message_bytes())
         .max_encoding_message_size(ctx.max_message_bytes());
-    Ok(ServiceRoutes::new().add_service(guard_with(verifier, policy(), server)?))
+    Ok(ServiceRoutes::new()
+        .add_service(guard_with(verifier, policy(), server)?)
+        .fallback(jwks_http))
 }

@@ -590,3 +590,39 @@ async fn service_tokens_by_client_credentials() {
     assert_eq!(k, Code::PermissionDenied);
     auth.shutdown.cancel();
 }
+
+/// `GET path` over HTTP/1.1 on `addr`: (status line, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("response");
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+#[tokio::test]
+async fn jwks_document_over_http_on_the_auth_port() {
+    let auth = TestAuth::start(&testing::sqlite(), AuthSettings::default()).await;
+    let token = auth.admin_token().await;
+    let (status, body) = http_get(auth.addr, "/.well-known/jwks.json").await;
+    assert!(status.contains("200"), "{status}");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let keys = doc["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kid"], kid_of(&token));
+    assert_eq!(
+        (keys[0]["kty"].as_str(), keys[0]["crv"].as_str()),
+        (Some("OKP"), Some("Ed25519"))
+    );
+    // The same keys decode with jsonwebtoken's own JWK type.
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&body).expect("a valid JWK Set");
+    assert!(set.find(&kid_of(&token)).is_some());
+    auth.shutdown.cancel();
+}
