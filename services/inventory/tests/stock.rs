@@ -15,7 +15,8 @@ use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceCli
 use mesh_contracts::inventory::v1::*;
 use mesh_inventory::InventoryOptions;
 use mesh_runtime::Database;
-use mesh_runtime::auth::ManualClock;
+use mesh_runtime::auth::{ManualClock, ServiceTokenChannel, ServiceTokens};
+use mesh_runtime::client::{ClientOptions, connect};
 use mesh_runtime::config::DatabaseTarget;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -623,6 +624,41 @@ async fn lifecycle(target: DatabaseTarget) {
             .collect::<Vec<_>>(),
         vec![pear.clone()]
     );
+
+    // A peer calling with client credentials: the channel fetches and adds the service token.
+    let tokens = ServiceTokens::new(
+        connect(m.auth.uri(), ClientOptions::default()),
+        "order",
+        "order-secret",
+    );
+    let mut as_order = InventoryServiceClient::new(ServiceTokenChannel::new(
+        testing::channel(m.addr).await,
+        Some(tokens),
+    ));
+    let r4 = as_order
+        .reserve(reserve("o-4", vec![line(&apple, 1)], 60))
+        .await
+        .expect("reserve with a service token")
+        .into_inner()
+        .reservation
+        .expect("r");
+    as_order
+        .release_reservation(ReleaseReservationRequest {
+            reservation_id: r4.id,
+            reason: String::new(),
+        })
+        .await
+        .expect("release");
+    let mut anonymous = InventoryServiceClient::new(ServiceTokenChannel::new(
+        testing::channel(m.addr).await,
+        None,
+    ));
+    let (code, _) = status(
+        anonymous
+            .reserve(reserve("o-5", vec![line(&apple, 1)], 60))
+            .await,
+    );
+    assert_eq!(code, Code::Unauthenticated);
 
     // Every change emitted its event through the outbox.
     let types: Vec<String> = sqlx::query_scalar("SELECT event_type FROM mesh_outbox ORDER BY seq")

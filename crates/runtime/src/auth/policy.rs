@@ -108,3 +108,54 @@ impl Policy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product() -> Policy {
+        Policy::new("product.v1.ProductService")
+            .public(&[
+                "GetProduct",
+                "BatchGetProducts",
+                "ListProducts",
+                "ListCategories",
+            ])
+            .roles(
+                &["CreateProduct", "UpdateProduct", "DeleteProduct"],
+                &[Role::Staff],
+            )
+    }
+
+    #[test]
+    fn a_table_must_cover_exactly_the_service_methods() {
+        let err = product()
+            .check_complete()
+            .expect_err("CreateCategory is missing");
+        assert!(err.contains("CreateCategory"), "{err}");
+        let complete = product().roles(&["CreateCategory"], &[Role::Staff]);
+        complete.check_complete().expect("complete");
+        let err = complete
+            .authenticated(&["NoSuchMethod"])
+            .check_complete()
+            .expect_err("unknown");
+        assert!(err.contains("NoSuchMethod"), "{err}");
+        assert!(Policy::new("nope.v1.Nope").check_complete().is_err());
+    }
+
+    #[test]
+    fn access_is_looked_up_by_path_and_unknown_paths_are_denied() {
+        let p = product();
+        assert_eq!(
+            p.access("/product.v1.ProductService/GetProduct"),
+            Some(&Access::Public)
+        );
+        assert_eq!(
+            p.access("/product.v1.ProductService/CreateProduct"),
+            Some(&Access::Roles(vec![Role::Staff]))
+        );
+        assert_eq!(p.access("/product.v1.ProductService/CreateCategory"), None);
+        assert_eq!(p.access("/order.v1.OrderService/GetProduct"), None);
+        assert_eq!(p.access("garbage"), None);
+    }
+}
