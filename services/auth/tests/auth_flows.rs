@@ -410,6 +410,45 @@ async fn roles_and_refusals(target: DatabaseTarget) {
     );
     assert_eq!(k, Code::NotFound);
 
+    // Device credentials: staff or admin; issuing again rotates.
+    let device = |id: &str| IssueDeviceCredentialRequest {
+        device_id: id.into(),
+        ttl: None,
+    };
+    let (k, _) = code(
+        c.issue_device_credential(bearer(&bob_token, device("vm-1")))
+            .await,
+    );
+    assert_eq!(k, Code::PermissionDenied);
+    let (k, m) = code(c.issue_device_credential(bearer(&admin, device(""))).await);
+    assert_eq!(
+        (k, m.starts_with("device_id")),
+        (Code::InvalidArgument, true),
+        "{m}"
+    );
+    let first = c
+        .issue_device_credential(bearer(&admin, device("vm-1")))
+        .await
+        .expect("issue")
+        .into_inner();
+    let second = c
+        .issue_device_credential(bearer(&admin, device("vm-1")))
+        .await
+        .expect("reissue")
+        .into_inner();
+    assert_eq!(first.device_id, "vm-1");
+    assert_ne!(first.credential_token, second.credential_token);
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT token_hash FROM device_credentials WHERE device_id = 'vm-1'")
+            .fetch_all(auth.db.pool())
+            .await
+            .expect("rows");
+    assert_eq!(
+        stored,
+        vec![mesh_auth::tokens::hash_secret(&second.credential_token)],
+        "only the hash of the latest"
+    );
+
     // A file key is rotated by replacing the file, not by the RPC.
     let (k, _) = code(
         c.rotate_signing_key(bearer(&admin, RotateSigningKeyRequest {}))
