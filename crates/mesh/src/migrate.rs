@@ -8,10 +8,9 @@ use anyhow::Context as _;
 use mesh_runtime::bus::memory::MemoryBus;
 use mesh_runtime::bus::redis::RedisBus;
 use mesh_runtime::bus::{DeliveryOptions, EventBus};
-use mesh_runtime::config::{ConfigError, DatabaseTarget, env_prefix};
-use mesh_runtime::{Database, MeshConfig, Module, RuntimeArgs, ServiceSpec};
+use mesh_runtime::config::{DatabaseTarget, env_prefix};
+use mesh_runtime::{Database, MeshConfig, Module, RuntimeArgs};
 
-use crate::modules::MODULES;
 use crate::targets;
 
 /// The key prefix of the mesh's Redis streams.
@@ -19,25 +18,7 @@ pub(crate) const REDIS_NAMESPACE: &str = "mesh:";
 
 /// Applies the migrations of the targets named by `targets_spec`.
 pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Result<()> {
-    let specs: Vec<ServiceSpec> = MODULES
-        .iter()
-        .map(|m| ServiceSpec {
-            name: m.name,
-            default_port: m.default_port,
-        })
-        .collect();
-    let config = MeshConfig::from_args(args, &specs, |k| std::env::var(k).ok());
-    let targets = targets::parse(targets_spec);
-    let (config, targets) = match (config, targets) {
-        (Ok(c), Ok(t)) => (c, t),
-        (config, targets) => {
-            let mut problems = targets.err().into_iter().collect::<Vec<_>>();
-            if let Err(e) = config {
-                problems.extend(e.problems);
-            }
-            return Err(ConfigError { problems }.into());
-        }
-    };
+    let (config, targets) = targets::validate(targets_spec, args)?;
     for module in targets {
         let db = open_and_migrate(&config, module).await?;
         println!(

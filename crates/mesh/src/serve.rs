@@ -8,12 +8,11 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use http::Uri;
 use mesh_runtime::audit::AuditApi;
-use mesh_runtime::config::{ConfigError, DiscoveryMode, env_prefix};
+use mesh_runtime::config::{DiscoveryMode, env_prefix};
 use mesh_runtime::endpoint_slices::KubeClient;
 use mesh_runtime::relay::{Relay, RelayOptions};
 use mesh_runtime::{
     GrpcServer, MeshConfig, Metrics, Module, Readiness, RpcMetrics, RuntimeArgs, ServiceContext,
-    ServiceSpec,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -24,25 +23,7 @@ use crate::targets;
 
 /// Runs the targets named by `targets` with the settings in `args`.
 pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Result<()> {
-    let specs: Vec<ServiceSpec> = MODULES
-        .iter()
-        .map(|m| ServiceSpec {
-            name: m.name,
-            default_port: m.default_port,
-        })
-        .collect();
-    let config = MeshConfig::from_args(args, &specs, |k| std::env::var(k).ok());
-    let targets = targets::parse(targets_spec);
-    let (config, targets) = match (config, targets) {
-        (Ok(c), Ok(t)) => (c, t),
-        (config, targets) => {
-            let mut problems = targets.err().into_iter().collect::<Vec<_>>();
-            if let Err(e) = config {
-                problems.extend(e.problems);
-            }
-            return Err(ConfigError { problems }.into());
-        }
-    };
+    let (config, targets) = targets::validate(targets_spec, args)?;
     let config = Arc::new(config);
     let process_name = if targets.len() == MODULES.len() {
         "mesh".to_string()

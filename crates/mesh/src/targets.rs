@@ -1,9 +1,35 @@
 //! Parsing the target list of `mesh serve`: `all`, or names separated by commas.
 
-use mesh_runtime::Module;
-use mesh_runtime::config::Problem;
+use mesh_runtime::config::{ConfigError, Problem};
+use mesh_runtime::{MeshConfig, Module, RuntimeArgs, ServiceSpec};
 
 use crate::modules::{MODULES, find};
+
+/// The validated configuration and the modules named by `spec`; one error lists every problem
+/// of both (bad settings and unknown targets alike).
+pub(crate) fn validate(
+    spec: &str,
+    args: &RuntimeArgs,
+) -> Result<(MeshConfig, Vec<&'static Module>), ConfigError> {
+    let specs: Vec<ServiceSpec> = MODULES
+        .iter()
+        .map(|m| ServiceSpec {
+            name: m.name,
+            default_port: m.default_port,
+        })
+        .collect();
+    let config = MeshConfig::from_args(args, &specs, |k| std::env::var(k).ok());
+    match (config, parse(spec)) {
+        (Ok(config), Ok(targets)) => Ok((config, targets)),
+        (config, targets) => {
+            let mut problems: Vec<Problem> = targets.err().into_iter().collect();
+            if let Err(e) = config {
+                problems.extend(e.problems);
+            }
+            Err(ConfigError { problems })
+        }
+    }
+}
 
 /// The modules named by `spec`, in module-table order, or the problem with it.
 pub(crate) fn parse(spec: &str) -> Result<Vec<&'static Module>, Problem> {
