@@ -2,7 +2,9 @@
 //! process (each on its own gRPC port, calling each other over real gRPC on loopback);
 //! `mesh serve order` runs one, as each Kubernetes Deployment does.
 
+mod bench;
 mod envoy_config;
+mod load;
 mod migrate;
 mod modules;
 mod serve;
@@ -58,6 +60,12 @@ enum Command {
     /// Write an Envoy bootstrap equivalent to the edge's REST transcoding (grpc_json_transcoder
     /// with the same descriptor set, one cluster per service), for teams that run Envoy.
     EnvoyConfig(envoy_config::EnvoyArgs),
+    /// Generate gRPC or REST load against a server and report throughput, latency percentiles
+    /// (HDR histogram) and status counts.
+    Load(load::LoadArgs),
+    /// Run the benchmark suite in this process (bare tonic baseline, runtime server, the edge over
+    /// REST) and print every figure with its ratio to the baseline (docs/BENCHMARKS.md).
+    Bench(bench::BenchArgs),
     /// Print the module table: each target, its default gRPC port and the services it calls.
     Modules {
         /// Print JSON instead of a table.
@@ -90,6 +98,16 @@ fn main() -> ExitCode {
                 }
             }),
         Command::EnvoyConfig(args) => envoy_config::run(&args),
+        Command::Load(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(load::cli(args))),
+        Command::Bench(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(bench::run(&args))),
         Command::Modules { json } => {
             print_modules(json);
             Ok(())
