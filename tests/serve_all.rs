@@ -185,6 +185,9 @@ async fn serve_all_answers_on_every_port_and_stops_cleanly_on_sigterm() {
 
     let (status, body) = http_get(&mesh.addrs["admin"], "/readyz");
     assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(&mesh.addrs["admin"], "/.well-known/jwks.json");
+    assert_eq!(status, 200, "auth's JWKS on the admin port: {body}");
+    assert!(body.contains(r#""kty":"OKP""#), "{body}");
     let (status, body) = http_get(&mesh.addrs["admin"], "/metrics");
     assert_eq!(status, 200);
     assert!(

@@ -73,6 +73,7 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
     // One bus per process; each service its own database, migrated, its outbox relayed.
     let bus = crate::migrate::bus(&config)?;
     let mut background = Vec::new();
+    let mut admin_router = mesh_runtime::admin::router(metrics.clone(), readiness.clone());
     let mut servers = Vec::new();
     for (module, listener) in listeners {
         let db = crate::migrate::open_and_migrate(&config, module).await?;
@@ -92,7 +93,11 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
             .await
             .map_err(|e| anyhow::anyhow!("building the {} service: {e}", module.name))?;
         // Every service answers for its audit trail, from its own outbox.
-        let routes = routes.add_service(AuditApi::new(db.clone()).server(config.max_message_bytes));
+        let mut routes =
+            routes.add_service(AuditApi::new(db.clone()).server(config.max_message_bytes));
+        if let Some(extra) = routes.take_admin_routes() {
+            admin_router = admin_router.merge(extra);
+        }
         let relay = Relay::new(
             db,
             bus.clone(),
@@ -131,10 +136,9 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
         admin_listener.local_addr()?
     ));
     {
-        let (metrics, readiness) = (metrics.clone(), readiness.clone());
         let stop = shutdown.clone().cancelled_owned();
         tasks.spawn(async move {
-            mesh_runtime::admin::run(admin_listener, metrics, readiness, stop)
+            mesh_runtime::admin::run(admin_listener, admin_router, stop)
                 .await
                 .context("admin server")
         });

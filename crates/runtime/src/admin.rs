@@ -1,6 +1,6 @@
 //! The admin HTTP server: `/metrics` (Prometheus), `/healthz` (liveness) and `/readyz`
-//! (readiness, with each gRPC server's state as JSON), and the fault switches (`/faults`, see
-//! [`crate::faults`]).
+//! (readiness, with each gRPC server's state as JSON), the fault switches (`/faults`, see
+//! [`crate::faults`]), and routes services add (`ServiceRoutes::admin_routes`).
 
 use std::future::Future;
 
@@ -30,14 +30,14 @@ pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
         .with_state(AdminState { metrics, readiness })
 }
 
-/// Serves the admin routes on `listener` until `shutdown` resolves.
+/// Serves `router` (the [`router`] routes, plus any the services added) on `listener` until
+/// `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
-    metrics: Metrics,
-    readiness: Readiness,
+    router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, readiness))
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }

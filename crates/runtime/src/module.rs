@@ -225,6 +225,7 @@ pub struct ServiceRoutes {
     names: Vec<&'static str>,
     fallback: Option<axum::Router>,
     descriptor_set: Option<Arc<[u8]>>,
+    admin: Option<axum::Router>,
 }
 
 impl ServiceRoutes {
@@ -264,6 +265,23 @@ impl ServiceRoutes {
     pub fn fallback(mut self, router: axum::Router) -> Self {
         self.fallback = Some(router);
         self
+    }
+
+    /// Adds HTTP routes to the process's admin server (port 9090), beside `/metrics`, `/healthz`
+    /// and `/readyz`; e.g. auth's `/.well-known/jwks.json`. Paths must not collide with another
+    /// service's admin routes in the same process.
+    pub fn admin_routes(mut self, router: axum::Router) -> Self {
+        self.admin = Some(match self.admin.take() {
+            Some(existing) => existing.merge(router),
+            None => router,
+        });
+        self
+    }
+
+    /// Takes the admin routes added with [`admin_routes`](Self::admin_routes), for the binary to
+    /// serve on the admin port.
+    pub fn take_admin_routes(&mut self) -> Option<axum::Router> {
+        self.admin.take()
     }
 
     /// Serves reflection from this encoded `FileDescriptorSet` instead of the embedded

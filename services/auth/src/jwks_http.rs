@@ -1,6 +1,6 @@
 //! The JWK Set as a plain HTTP document, `GET /.well-known/jwks.json`, for verifiers that do
-//! not speak gRPC (an API gateway, Envoy's `jwt_authn`). Served on the auth service's own port
-//! (which then also accepts HTTP/1.1), next to the gRPC `GetJwks`.
+//! not speak gRPC (an API gateway, Envoy's `jwt_authn`). Served on the process's admin port
+//! (`ServiceRoutes::admin_routes`), while the gRPC `GetJwks` is on the auth port.
 
 use std::sync::Arc;
 

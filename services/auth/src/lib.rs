@@ -92,5 +92,5 @@ pub async fn build_with(
         .max_encoding_message_size(ctx.max_message_bytes());
     Ok(ServiceRoutes::new()
         .add_service(guard_with(verifier, policy(), server)?)
-        .fallback(jwks_http))
+        .admin_routes(jwks_http))
 }

@@ -158,6 +158,8 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 pub struct TestAuth {
     /// Its address.
     pub addr: SocketAddr,
+    /// Where its admin routes (the JWKS document) are served, as the admin port would.
+    pub admin_addr: SocketAddr,
     /// Its database.
     pub db: Database,
     /// Stops it.
@@ -184,9 +186,19 @@ impl TestAuth {
             bus.clone(),
             shutdown.clone(),
         );
-        let routes = crate::build_with(ctx, settings).await.expect("build auth");
+        let mut routes = crate::build_with(ctx, settings).await.expect("build auth");
+        let admin = routes.take_admin_routes().expect("auth adds admin routes");
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin_addr = admin_listener.local_addr().expect("addr");
+        let stop = shutdown.clone().cancelled_owned();
+        tokio::spawn(mesh_runtime::admin::run(admin_listener, admin, stop));
         let addr = serve("auth", routes, db.clone(), bus, shutdown.clone()).await;
-        Self { addr, db, shutdown }
+        Self {
+            addr,
+            admin_addr,
+            db,
+            shutdown,
+        }
     }
 
     /// Its URI, for a peer map.

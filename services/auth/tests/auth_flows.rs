@@ -647,10 +647,10 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
 }
 
 #[tokio::test]
-async fn jwks_document_over_http_on_the_auth_port() {
+async fn jwks_document_over_http_on_the_admin_port() {
     let auth = TestAuth::start(&testing::sqlite(), AuthSettings::default()).await;
     let token = auth.admin_token().await;
-    let (status, body) = http_get(auth.addr, "/.well-known/jwks.json").await;
+    let (status, body) = http_get(auth.admin_addr, "/.well-known/jwks.json").await;
     assert!(status.contains("200"), "{status}");
     let doc: serde_json::Value = serde_json::from_str(&body).expect("json");
     let keys = doc["keys"].as_array().expect("keys");
