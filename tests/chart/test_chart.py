@@ -531,6 +531,8 @@ def test_image_defaults_to_app_version_never_latest(chart):
         {"networkPolicy": {"enable": False}},
         {"discovery": "consul"},
         {"imagee": {}},
+        # auth signs with Ed25519 only and refuses other keys at start; the schema says so first.
+        {"secrets": {"jwtKeyType": "rsa"}},
     ],
 )
 def test_values_schema_rejects_typos(typo):
