@@ -48,5 +48,4 @@ def test_chart_services_mirror_the_module_table():
         )
     names = {row["name"] for row in table}
     extra = set(values) - names
-    # The edge lands in the module table with its own issue; until then it is the only extra.
-    assert extra <= {"edge"}, f"chart services not in the module table: {sorted(extra)}"
+    assert not extra, f"chart services not in the module table: {sorted(extra)}"
