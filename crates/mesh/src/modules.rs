@@ -60,7 +60,7 @@ pub(crate) const MODULES: &[Module] = &[
         default_port: 50058,
         dependencies: &["auth", "user"],
         constructor: mesh_notification::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_notification::MIGRATIONS,
     },
     Module {
         name: "campaign",

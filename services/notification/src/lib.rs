@@ -1,28 +1,75 @@
-//! The notification service: templates, channels, the delivery log and preferences.
+//! The notification service: templates per event type, channels (log, webhook, SMTP email), a
+//! delivery log that is also the send queue, and user preferences; it tells customers about the
+//! order saga's outcomes (`order.confirmed`, `order.cancelled`).
 //!
-//! Its domain logic is not built yet (it comes with the order saga issue): the generated
-//! `notification.v1.NotificationService` server is registered, so health, reflection and routing are real, and every
-//! RPC answers `UNIMPLEMENTED` with a message saying so. It never returns made-up data.
+//! - [`api`]: the RPCs; [`handlers`]: event handlers; [`deliver`]: the queue and its worker;
+//!   [`channels`]: sending; [`smtp`]: the SMTP client; [`render`]: templates; [`store`]: SQL;
+//!   [`validate`], [`error`], [`settings`].
+
+pub mod api;
+pub mod channels;
+pub mod deliver;
+pub mod error;
+pub mod handlers;
+pub mod render;
+pub mod settings;
+pub mod smtp;
+pub mod store;
+pub mod validate;
 
 use futures::future::BoxFuture;
-use mesh_contracts::notification::v1::notification_service_server::{
-    NotificationService, NotificationServiceServer,
-};
-use mesh_runtime::{BuildError, NotBuilt, ServiceContext, ServiceRoutes};
+use mesh_contracts::notification::v1::notification_service_server::NotificationServiceServer;
+use mesh_runtime::auth::{Policy, Role, guard};
+use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
-/// The notification service's gRPC implementation.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NotificationApi;
+pub use api::NotificationApi;
+pub use settings::NotificationSettings;
 
-// Every method keeps the generated default (UNIMPLEMENTED) until the domain logic lands.
-impl NotificationService for NotificationApi {}
+/// Notification's tables and default templates (portable SQL, the same on Postgres and SQLite).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The module table's migrations for `notification`.
+pub const MIGRATIONS: Migrations = Migrations::same(&MIGRATOR);
 
-/// Builds the service's routes; the module table's constructor for `notification`.
+/// Who may call each RPC of `notification.v1.NotificationService`: staff manage templates and
+/// send ad hoc; staff and services read the logs; any caller with a token reads and changes
+/// their own preferences and deliveries (staff and services anyone's; checked in the handler).
+pub fn policy() -> Policy {
+    Policy::new("notification.v1.NotificationService")
+        .roles(&["UpsertTemplate", "SendNotification"], &[Role::Staff])
+        .roles(&["ListTemplates"], &[Role::Staff, Role::Service])
+        .authenticated(&["ListDeliveries", "GetPreferences", "UpdatePreferences"])
+}
+
+/// Builds the service's routes; the module table's constructor for `notification`. Settings
+/// come from `MESH_NOTIFICATION_*` (see [`NotificationSettings`]).
 pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, BuildError>> {
     Box::pin(async move {
-        let server = NotificationServiceServer::new(NotificationApi)
-            .max_decoding_message_size(ctx.max_message_bytes())
-            .max_encoding_message_size(ctx.max_message_bytes());
-        Ok(ServiceRoutes::new().add_service(NotBuilt::new(server, "the order saga issue")))
+        let settings = NotificationSettings::from_env()?;
+        build_with(ctx, settings).await
     })
+}
+
+/// Builds the service with explicit `settings`: the gRPC server, the consumer and the worker.
+pub async fn build_with(
+    ctx: ServiceContext,
+    settings: NotificationSettings,
+) -> Result<ServiceRoutes, BuildError> {
+    let db = ctx.database()?.clone();
+    let deliverer = deliver::Deliverer::new(db.clone(), settings);
+    ctx.start_consumer(
+        ctx.consumer()?
+            .on(
+                "order.confirmed",
+                handlers::NotifyCustomer(deliverer.clone()),
+            )
+            .on(
+                "order.cancelled",
+                handlers::NotifyCustomer(deliverer.clone()),
+            ),
+    );
+    tokio::spawn(deliverer.clone().run(ctx.shutdown().clone()));
+    let server = NotificationServiceServer::new(NotificationApi::new(db, deliverer))
+        .max_decoding_message_size(ctx.max_message_bytes())
+        .max_encoding_message_size(ctx.max_message_bytes());
+    Ok(ServiceRoutes::new().add_service(guard(&ctx, policy(), server)?))
 }

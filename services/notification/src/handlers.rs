@@ -1,0 +1,99 @@
+//! Notification's part of the order saga: `order.confirmed` and `order.cancelled` become one
+//! delivery per channel for the order's customer, rendered from the event type's templates and
+//! respecting the customer's preferences. The deliveries are written in the consumer's
+//! transaction with the key `<event type>:<order id>:<channel>`, so the same fact delivered
+//! again (same or new event id) makes no second delivery; sending is the
+//! [`crate::deliver::Deliverer`]'s job.
+
+use futures::future::BoxFuture;
+use mesh_contracts::events::v1::Envelope;
+use mesh_contracts::notification::v1::{Channel, Delivery, DeliveryStatus};
+use mesh_runtime::CallContext;
+use mesh_runtime::consumer::{EventHandler, HandlerError};
+use mesh_runtime::outbox::Tx;
+
+use crate::deliver::Deliverer;
+use crate::render;
+use crate::store;
+use crate::validate::channel_name;
+
+/// Sends the customer a notification for the event it handles.
+#[derive(Debug, Clone)]
+pub struct NotifyCustomer(pub Deliverer);
+
+impl EventHandler for NotifyCustomer {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let payload = event
+                .payload
+                .as_ref()
+                .ok_or_else(|| HandlerError::permanent(format!("{}: no payload", event.r#type)))?;
+            let fields = render::fields(payload);
+            let order_id = fields
+                .get("orderId")
+                .cloned()
+                .filter(|o| !o.is_empty())
+                .unwrap_or_else(|| event.subject.clone());
+            let user_id = fields.get("customerId").cloned().unwrap_or_default();
+            let prefs = store::preferences(tx, &user_id).await?;
+            if prefs.muted_event_types.contains(&event.r#type) {
+                return Ok(());
+            }
+            let traceparent = CallContext::current()
+                .map(|c| c.trace.to_string())
+                .unwrap_or_default();
+            let mut queued = false;
+            for channel in [Channel::Log, Channel::Webhook, Channel::Email] {
+                let recipient = match channel {
+                    Channel::Log => "log".to_string(),
+                    Channel::Webhook => {
+                        if prefs.webhook_url.is_empty() {
+                            self.0.settings().webhook_url.clone().unwrap_or_default()
+                        } else {
+                            prefs.webhook_url.clone()
+                        }
+                    }
+                    Channel::Email if self.0.settings().smtp.is_some() => prefs.email.clone(),
+                    _ => String::new(),
+                };
+                if recipient.is_empty() {
+                    continue;
+                }
+                let Some(template) = store::template_for(tx, &event.r#type, channel).await? else {
+                    continue;
+                };
+                let opted_out = prefs.opted_out_channels.contains(&(channel as i32));
+                let status = if opted_out {
+                    DeliveryStatus::Suppressed
+                } else {
+                    DeliveryStatus::Queued
+                };
+                let delivery = Delivery {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    user_id: user_id.clone(),
+                    channel: channel as i32,
+                    recipient,
+                    event_id: event.id.clone(),
+                    event_type: event.r#type.clone(),
+                    template_id: template.id.clone(),
+                    subject: render::render(&template.subject, &fields),
+                    body: render::render(&template.body, &fields),
+                    status: status as i32,
+                    ..Default::default()
+                };
+                let key = format!("{}:{order_id}:{}", event.r#type, channel_name(channel));
+                let inserted =
+                    store::insert_delivery(tx, &delivery, Some(&key), &traceparent).await?;
+                queued |= inserted && !opted_out;
+            }
+            if queued {
+                tx.notify_on_commit(self.0.wake().clone());
+            }
+            Ok(())
+        })
+    }
+}

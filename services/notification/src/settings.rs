@@ -1,0 +1,182 @@
+//! The notification service's settings, from `MESH_NOTIFICATION_*` variables, validated when the
+//! service is built (an error names the variable).
+
+use std::time::Duration;
+
+/// Where and how notifications are sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationSettings {
+    /// `MESH_NOTIFICATION_WEBHOOK_URL`: the webhook every event notification is posted to (on
+    /// top of a user's own `webhook_url`). Unset: only users' own URLs. `http://` only.
+    pub webhook_url: Option<String>,
+    /// `MESH_NOTIFICATION_SMTP_URL` (`smtp://host:port`): the mail relay for the EMAIL channel.
+    /// Unset: no emails (the channel is skipped for events; SendNotification refuses it).
+    pub smtp: Option<(String, u16)>,
+    /// `MESH_NOTIFICATION_SMTP_FROM` (default `mesh@localhost`): the sender address.
+    pub smtp_from: String,
+    /// `MESH_NOTIFICATION_MAX_ATTEMPTS` (default 5): attempts per delivery before it is FAILED.
+    pub max_attempts: u32,
+    /// `MESH_NOTIFICATION_RETRY_BACKOFF` (default 500ms): first retry delay, doubling, at most 60s.
+    pub retry_backoff: Duration,
+    /// `MESH_NOTIFICATION_SEND_TIMEOUT` (default 5s): longest wait for one send.
+    pub send_timeout: Duration,
+    /// `MESH_NOTIFICATION_POLL_INTERVAL` (default 500ms): the worker's poll for due deliveries
+    /// besides being woken by new ones.
+    pub poll_interval: Duration,
+}
+
+impl Default for NotificationSettings {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            smtp: None,
+            smtp_from: "mesh@localhost".into(),
+            max_attempts: 5,
+            retry_backoff: Duration::from_millis(500),
+            send_timeout: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A bad setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}={value:?}: {reason}")]
+pub struct SettingError {
+    /// The variable.
+    pub variable: &'static str,
+    /// Its value.
+    pub value: String,
+    /// Why it is refused.
+    pub reason: String,
+}
+
+/// `host:port` of an `smtp://host:port` URL (port 25 when absent).
+pub fn parse_smtp(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("smtp://")?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (rest, 25),
+    };
+    (!host.is_empty() && !host.contains('/')).then(|| (host.to_string(), port))
+}
+
+impl NotificationSettings {
+    /// The settings from the process environment.
+    pub fn from_env() -> Result<Self, SettingError> {
+        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// The settings from `env` (the environment, or a map in tests).
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingError> {
+        let d = Self::default();
+        let duration = |variable: &'static str, default: Duration| match env(variable) {
+            None => Ok(default),
+            Some(value) => match humantime::parse_duration(&value) {
+                Ok(v) if !v.is_zero() => Ok(v),
+                Ok(_) => Err(SettingError {
+                    variable,
+                    value,
+                    reason: "must be longer than zero".into(),
+                }),
+                Err(e) => Err(SettingError {
+                    variable,
+                    value,
+                    reason: format!("not a duration such as 500ms or 5s: {e}"),
+                }),
+            },
+        };
+        let webhook_url = match env("MESH_NOTIFICATION_WEBHOOK_URL") {
+            None => None,
+            Some(value) => {
+                Some(
+                    crate::validate::webhook_url(&value).map_err(|reason| SettingError {
+                        variable: "MESH_NOTIFICATION_WEBHOOK_URL",
+                        value: value.clone(),
+                        reason,
+                    })?,
+                )
+            }
+        };
+        let smtp = match env("MESH_NOTIFICATION_SMTP_URL") {
+            None => None,
+            Some(value) => Some(parse_smtp(&value).ok_or_else(|| SettingError {
+                variable: "MESH_NOTIFICATION_SMTP_URL",
+                value: value.clone(),
+                reason: "expected smtp://host[:port] (no TLS, no authentication)".into(),
+            })?),
+        };
+        let max_attempts = match env("MESH_NOTIFICATION_MAX_ATTEMPTS") {
+            None => d.max_attempts,
+            Some(value) => match value.parse::<u32>() {
+                Ok(n) if (1..=100).contains(&n) => n,
+                _ => {
+                    return Err(SettingError {
+                        variable: "MESH_NOTIFICATION_MAX_ATTEMPTS",
+                        value,
+                        reason: "a whole number from 1 to 100".into(),
+                    });
+                }
+            },
+        };
+        Ok(Self {
+            webhook_url,
+            smtp,
+            smtp_from: env("MESH_NOTIFICATION_SMTP_FROM").unwrap_or(d.smtp_from),
+            max_attempts,
+            retry_backoff: duration("MESH_NOTIFICATION_RETRY_BACKOFF", d.retry_backoff)?,
+            send_timeout: duration("MESH_NOTIFICATION_SEND_TIMEOUT", d.send_timeout)?,
+            poll_interval: duration("MESH_NOTIFICATION_POLL_INTERVAL", d.poll_interval)?,
+        })
+    }
+
+    /// The delay before attempt `attempt + 1`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        (self.retry_backoff * factor).min(Duration::from_secs(60))
+    }
+
+    /// How long a claimed delivery belongs to the worker that claimed it.
+    pub fn lease(&self) -> Duration {
+        self.send_timeout * 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_read_and_bad_ones_named() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            NotificationSettings::from_lookup(|_| None).unwrap(),
+            NotificationSettings::default()
+        );
+        let s = NotificationSettings::from_lookup(env(&[
+            ("MESH_NOTIFICATION_SMTP_URL", "smtp://mail.local:2525"),
+            ("MESH_NOTIFICATION_WEBHOOK_URL", "http://hooks.local/x"),
+        ]))
+        .unwrap();
+        assert_eq!(s.smtp, Some(("mail.local".into(), 2525)));
+        assert_eq!(s.webhook_url.as_deref(), Some("http://hooks.local/x"));
+        for (var, value) in [
+            ("MESH_NOTIFICATION_SMTP_URL", "mail.local"),
+            ("MESH_NOTIFICATION_WEBHOOK_URL", "ftp://x"),
+            ("MESH_NOTIFICATION_MAX_ATTEMPTS", "0"),
+            ("MESH_NOTIFICATION_SEND_TIMEOUT", "soon"),
+        ] {
+            let e = NotificationSettings::from_lookup(|k| (k == var).then(|| value.to_string()))
+                .unwrap_err();
+            assert_eq!(e.variable, var);
+        }
+    }
+}

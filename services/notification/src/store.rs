@@ -1,0 +1,406 @@
+//! The notification service's SQL (portable: Postgres and SQLite) and the mapping of rows to
+//! `notification.v1` messages. Deliveries change state only by conditional updates
+//! (`WHERE status = 'QUEUED'`), so a delivery is finished once whoever races.
+
+use mesh_contracts::notification::v1::{Channel, Delivery, DeliveryStatus, Preferences, Template};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row as _};
+
+use crate::validate::{channel_name, channel_of};
+
+type Result<T> = std::result::Result<T, sqlx::Error>;
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// A timestamp of Unix microseconds (`None` for 0: never).
+pub fn ts(micros: i64) -> Option<prost_types::Timestamp> {
+    (micros > 0).then(|| prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+    })
+}
+
+fn template_row(r: &AnyRow) -> Result<Template> {
+    let channel: String = r.try_get("channel")?;
+    Ok(Template {
+        id: r.try_get("id")?,
+        event_type: r.try_get("event_type")?,
+        channel: channel_of(&channel) as i32,
+        locale: r.try_get("locale")?,
+        subject: r.try_get("subject")?,
+        body: r.try_get("body")?,
+        enabled: r.try_get::<i64, _>("enabled")? != 0,
+        update_time: ts(r.try_get("updated_at")?),
+    })
+}
+
+const TEMPLATE_COLUMNS: &str =
+    "id, event_type, channel, locale, subject, body, enabled, updated_at";
+
+/// Creates or replaces the template of `(event_type, channel, locale)`; `true` if it replaced one.
+pub async fn upsert_template(c: &mut AnyConnection, t: &Template) -> Result<(Template, bool)> {
+    let channel = channel_name(Channel::try_from(t.channel).unwrap_or_default());
+    let now = now_micros();
+    let existing: Option<String> = sqlx::query(
+        "SELECT id FROM templates WHERE event_type = $1 AND channel = $2 AND locale = $3",
+    )
+    .bind(&t.event_type)
+    .bind(channel)
+    .bind(&t.locale)
+    .fetch_optional(&mut *c)
+    .await?
+    .map(|r| r.try_get("id"))
+    .transpose()?;
+    let id = match &existing {
+        Some(id) => {
+            sqlx::query("UPDATE templates SET subject = $1, body = $2, enabled = $3, updated_at = $4 WHERE id = $5")
+                .bind(&t.subject)
+                .bind(&t.body)
+                .bind(i64::from(t.enabled))
+                .bind(now)
+                .bind(id)
+                .execute(&mut *c)
+                .await?;
+            id.clone()
+        }
+        None => {
+            let id = uuid::Uuid::now_v7().to_string();
+            sqlx::query("INSERT INTO templates (id, event_type, channel, locale, subject, body, enabled, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(&id)
+                .bind(&t.event_type)
+                .bind(channel)
+                .bind(&t.locale)
+                .bind(&t.subject)
+                .bind(&t.body)
+                .bind(i64::from(t.enabled))
+                .bind(now)
+                .execute(&mut *c)
+                .await?;
+            id
+        }
+    };
+    let sql = format!("SELECT {TEMPLATE_COLUMNS} FROM templates WHERE id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&id)
+        .fetch_one(&mut *c)
+        .await?;
+    Ok((template_row(&row)?, existing.is_some()))
+}
+
+/// Up to `limit` templates after id `after`, by id.
+pub async fn list_templates(
+    c: &mut AnyConnection,
+    event_type: Option<&str>,
+    channel: Option<Channel>,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<Template>> {
+    let sql = format!(
+        "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE id > $1 AND ($2 = '' OR event_type = $2) AND ($3 = '' OR channel = $3) ORDER BY id LIMIT $4"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(after)
+        .bind(event_type.unwrap_or_default())
+        .bind(channel.map(channel_name).unwrap_or_default())
+        .bind(limit)
+        .fetch_all(c)
+        .await?;
+    rows.iter().map(template_row).collect()
+}
+
+/// The enabled fallback-locale template of `event_type` on `channel`.
+pub async fn template_for(
+    c: &mut AnyConnection,
+    event_type: &str,
+    channel: Channel,
+) -> Result<Option<Template>> {
+    let sql = format!(
+        "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE event_type = $1 AND channel = $2 AND locale = '' AND enabled = 1"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(event_type)
+        .bind(channel_name(channel))
+        .fetch_optional(c)
+        .await?
+        .as_ref()
+        .map(template_row)
+        .transpose()
+}
+
+fn split(list: &str) -> Vec<String> {
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The preferences of `user_id` (defaults: nothing opted out, no addresses).
+pub async fn preferences(c: &mut AnyConnection, user_id: &str) -> Result<Preferences> {
+    let row = sqlx::query("SELECT opted_out_channels, muted_event_types, email, webhook_url, updated_at FROM preferences WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(c)
+        .await?;
+    let Some(r) = row else {
+        return Ok(Preferences {
+            user_id: user_id.into(),
+            ..Default::default()
+        });
+    };
+    let channels: String = r.try_get("opted_out_channels")?;
+    let muted: String = r.try_get("muted_event_types")?;
+    Ok(Preferences {
+        user_id: user_id.into(),
+        opted_out_channels: split(&channels)
+            .iter()
+            .map(|c| channel_of(c) as i32)
+            .collect(),
+        muted_event_types: split(&muted),
+        email: r.try_get("email")?,
+        webhook_url: r.try_get("webhook_url")?,
+        update_time: ts(r.try_get("updated_at")?),
+    })
+}
+
+/// Stores `p` (all fields) for its user.
+pub async fn save_preferences(c: &mut AnyConnection, p: &Preferences) -> Result<()> {
+    let channels: Vec<&str> = p
+        .opted_out_channels
+        .iter()
+        .map(|c| channel_name(Channel::try_from(*c).unwrap_or_default()))
+        .collect();
+    sqlx::query(
+        "INSERT INTO preferences (user_id, opted_out_channels, muted_event_types, email, webhook_url, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (user_id) DO UPDATE SET opted_out_channels = $2, muted_event_types = $3, email = $4, webhook_url = $5, updated_at = $6",
+    )
+    .bind(&p.user_id)
+    .bind(channels.join(","))
+    .bind(p.muted_event_types.join(","))
+    .bind(&p.email)
+    .bind(&p.webhook_url)
+    .bind(now_micros())
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+/// The stored name of a delivery status.
+pub fn status_name(s: DeliveryStatus) -> &'static str {
+    match s {
+        DeliveryStatus::Queued => "QUEUED",
+        DeliveryStatus::Sent => "SENT",
+        DeliveryStatus::Failed => "FAILED",
+        DeliveryStatus::Suppressed => "SUPPRESSED",
+        DeliveryStatus::Unspecified => "UNSPECIFIED",
+    }
+}
+
+fn status_of(name: &str) -> DeliveryStatus {
+    match name {
+        "QUEUED" => DeliveryStatus::Queued,
+        "SENT" => DeliveryStatus::Sent,
+        "FAILED" => DeliveryStatus::Failed,
+        "SUPPRESSED" => DeliveryStatus::Suppressed,
+        _ => DeliveryStatus::Unspecified,
+    }
+}
+
+const DELIVERY_COLUMNS: &str = "id, user_id, channel, recipient, event_id, event_type, template_id, subject, body, status, attempts, last_error, traceparent, created_at, last_attempt_at, sent_at";
+
+/// A delivery and its trace position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryRow {
+    /// The delivery.
+    pub delivery: Delivery,
+    /// Trace position of what caused it.
+    pub traceparent: String,
+}
+
+fn delivery_row(r: &AnyRow) -> Result<DeliveryRow> {
+    let channel: String = r.try_get("channel")?;
+    let status: String = r.try_get("status")?;
+    Ok(DeliveryRow {
+        delivery: Delivery {
+            id: r.try_get("id")?,
+            user_id: r.try_get("user_id")?,
+            channel: channel_of(&channel) as i32,
+            recipient: r.try_get("recipient")?,
+            event_id: r.try_get("event_id")?,
+            event_type: r.try_get("event_type")?,
+            template_id: r.try_get("template_id")?,
+            subject: r.try_get("subject")?,
+            body: r.try_get("body")?,
+            status: status_of(&status) as i32,
+            attempts: i32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(i32::MAX),
+            last_error: r.try_get("last_error")?,
+            create_time: ts(r.try_get("created_at")?),
+            last_attempt_time: ts(r.try_get("last_attempt_at")?),
+            sent_time: ts(r.try_get("sent_at")?),
+        },
+        traceparent: r.try_get("traceparent")?,
+    })
+}
+
+/// Inserts `d` (QUEUED or SUPPRESSED) unless `dedupe_key` is taken; `true` if inserted.
+pub async fn insert_delivery(
+    c: &mut AnyConnection,
+    d: &Delivery,
+    dedupe_key: Option<&str>,
+    traceparent: &str,
+) -> Result<bool> {
+    let now = now_micros();
+    let done = sqlx::query(
+        "INSERT INTO deliveries (id, dedupe_key, user_id, channel, recipient, event_id, event_type, template_id, subject, body, status, traceparent, next_attempt_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(&d.id)
+    .bind(dedupe_key.map(str::to_string))
+    .bind(&d.user_id)
+    .bind(channel_name(Channel::try_from(d.channel).unwrap_or_default()))
+    .bind(&d.recipient)
+    .bind(&d.event_id)
+    .bind(&d.event_type)
+    .bind(&d.template_id)
+    .bind(&d.subject)
+    .bind(&d.body)
+    .bind(status_name(DeliveryStatus::try_from(d.status).unwrap_or_default()))
+    .bind(traceparent)
+    .bind(now)
+    .execute(c)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The delivery with `dedupe_key`.
+pub async fn delivery_by_key(c: &mut AnyConnection, key: &str) -> Result<Option<DeliveryRow>> {
+    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE dedupe_key = $1");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key)
+        .fetch_optional(c)
+        .await?
+        .as_ref()
+        .map(delivery_row)
+        .transpose()
+}
+
+/// The delivery `id`.
+pub async fn delivery(c: &mut AnyConnection, id: &str) -> Result<Option<DeliveryRow>> {
+    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(c)
+        .await?
+        .as_ref()
+        .map(delivery_row)
+        .transpose()
+}
+
+/// Claims the due QUEUED delivery `id` until `lease_until`, counting an attempt; returns the
+/// attempt number, `None` if it is not QUEUED or not due.
+pub async fn claim(
+    c: &mut AnyConnection,
+    id: &str,
+    now: i64,
+    lease_until: i64,
+) -> Result<Option<i64>> {
+    sqlx::query("UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = $1, next_attempt_at = $2 WHERE id = $3 AND status = 'QUEUED' AND next_attempt_at <= $1 RETURNING attempts")
+        .bind(now)
+        .bind(lease_until)
+        .bind(id)
+        .fetch_optional(c)
+        .await?
+        .map(|r| r.try_get("attempts"))
+        .transpose()
+}
+
+/// Finishes the QUEUED delivery `id` as SENT or FAILED; `false` if it was not QUEUED.
+pub async fn finish(
+    c: &mut AnyConnection,
+    id: &str,
+    status: DeliveryStatus,
+    error: &str,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query("UPDATE deliveries SET status = $1, last_error = $2, sent_at = $3 WHERE id = $4 AND status = 'QUEUED'")
+        .bind(status_name(status))
+        .bind(error)
+        .bind(if status == DeliveryStatus::Sent { now } else { 0 })
+        .bind(id)
+        .execute(c)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Schedules the next attempt of the QUEUED delivery `id` at `at`, recording `error`.
+pub async fn defer(c: &mut AnyConnection, id: &str, at: i64, error: &str) -> Result<()> {
+    sqlx::query("UPDATE deliveries SET next_attempt_at = $1, last_error = $2 WHERE id = $3 AND status = 'QUEUED'")
+        .bind(at)
+        .bind(error)
+        .bind(id)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+/// Ids of up to `limit` QUEUED deliveries due at `now`.
+pub async fn due(c: &mut AnyConnection, now: i64, limit: i64) -> Result<Vec<String>> {
+    let rows = sqlx::query("SELECT id FROM deliveries WHERE status = 'QUEUED' AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2")
+        .bind(now)
+        .bind(limit)
+        .fetch_all(c)
+        .await?;
+    rows.iter().map(|r| r.try_get("id")).collect()
+}
+
+/// Filters and position of a delivery listing.
+#[derive(Debug, Default, Clone)]
+pub struct DeliveryFilter {
+    /// Only this user.
+    pub user_id: String,
+    /// Only this status (stored name), or empty.
+    pub status: String,
+    /// Only this event type.
+    pub event_type: String,
+    /// Only this event id.
+    pub event_id: String,
+    /// Only this channel (stored name), or empty.
+    pub channel: String,
+    /// Before this (created_at, id), newest first.
+    pub before: Option<(i64, String)>,
+}
+
+/// Up to `limit` deliveries, newest first, with their creation time.
+pub async fn list_deliveries(
+    c: &mut AnyConnection,
+    f: &DeliveryFilter,
+    limit: i64,
+) -> Result<Vec<(i64, Delivery)>> {
+    let (before_at, before_id) = f.before.clone().unwrap_or((i64::MAX, String::new()));
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE ($1 = '' OR user_id = $1) AND ($2 = '' OR status = $2) AND ($3 = '' OR event_type = $3) \
+         AND ($4 = '' OR event_id = $4) AND ($5 = '' OR channel = $5) AND (created_at < $6 OR (created_at = $6 AND id < $7)) \
+         ORDER BY created_at DESC, id DESC LIMIT $8"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&f.user_id)
+        .bind(&f.status)
+        .bind(&f.event_type)
+        .bind(&f.event_id)
+        .bind(&f.channel)
+        .bind(before_at)
+        .bind(if f.before.is_some() {
+            before_id
+        } else {
+            "\u{10FFFF}".to_string()
+        })
+        .bind(limit)
+        .fetch_all(c)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("created_at")?, delivery_row(r)?.delivery)))
+        .collect()
+}
