@@ -319,7 +319,7 @@ impl PaymentProvider for Crashing {
     }
 }
 
-async fn crash(target: DatabaseTarget, after_capture: bool) {
+async fn crash(target: DatabaseTarget, after_capture: bool, cancel_in_flight: bool) {
     // The first instance's provider never answers charges.
     let mut crashing = None;
     let mut m = start_with(target, None, |db| {
@@ -348,36 +348,65 @@ async fn crash(target: DatabaseTarget, after_capture: bool) {
         .await;
     }
     assert_eq!(m.status(&order).await.as_deref(), Some("PENDING"));
+    if cancel_in_flight {
+        // The order is cancelled (e.g. saga timeout) while the charge is in flight: it cannot be
+        // voided any more, so the late success must be refunded.
+        publish_cancelled(&m, &order).await;
+        wait_handled(&m, 3).await;
+        assert_eq!(m.status(&order).await.as_deref(), Some("PENDING"));
+    }
     // Crash: drop the instance mid-call; rebuild it on the same database.
     m.instance.shutdown.cancel();
     m.instance = start_instance(&m.auth, &m.db, &m.bus, None).await;
-    wait_status(&m, &order, "SUCCEEDED").await;
+    let end = if cancel_in_flight {
+        "REFUNDED"
+    } else {
+        "SUCCEEDED"
+    };
+    wait_status(&m, &order, end).await;
     assert_eq!(
         m.processor_charges(&order).await,
         1,
         "one capture across the crash"
     );
-    assert_eq!(
-        m.ledger(&order).await,
-        vec![("CHARGE".into(), 4200, "SUCCEEDED".into())]
-    );
+    let mut ledger = vec![("CHARGE".into(), 4200, "SUCCEEDED".into())];
+    if cancel_in_flight {
+        ledger.push(("REFUND".into(), -4200, "SUCCEEDED".into()));
+    }
+    assert_eq!(m.ledger(&order).await, ledger);
     assert_eq!(m.emitted("payment.succeeded", &order).await.len(), 1);
+    assert_eq!(
+        m.emitted("payment.refunded", &order).await.len(),
+        usize::from(cancel_in_flight)
+    );
     m.stop();
 }
 
 #[tokio::test]
 async fn crash_before_the_provider_answers_converges_to_one_charge_on_sqlite() {
-    crash(testing::sqlite(), false).await;
+    crash(testing::sqlite(), false, false).await;
 }
 
 #[tokio::test]
 async fn crash_after_the_capture_before_commit_converges_to_one_charge_on_sqlite() {
-    crash(testing::sqlite(), true).await;
+    crash(testing::sqlite(), true, false).await;
 }
 
 #[tokio::test]
 async fn crash_after_the_capture_before_commit_converges_to_one_charge_on_postgres() {
     if let Some(target) = testing::postgres("payment crash") {
-        crash(target, true).await;
+        crash(target, true, false).await;
+    }
+}
+
+#[tokio::test]
+async fn a_charge_in_flight_when_the_order_is_cancelled_is_refunded_after_the_crash_on_sqlite() {
+    crash(testing::sqlite(), true, true).await;
+}
+
+#[tokio::test]
+async fn a_charge_in_flight_when_the_order_is_cancelled_is_refunded_after_the_crash_on_postgres() {
+    if let Some(target) = testing::postgres("payment cancel in flight") {
+        crash(target, true, true).await;
     }
 }
