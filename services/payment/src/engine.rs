@@ -186,6 +186,7 @@ impl Engine {
                     message,
                 },
                 false,
+                now,
             )
             .await?;
         } else if amount_minor == 0 {
@@ -197,6 +198,7 @@ impl Engine {
                     reference: String::new(),
                 },
                 false,
+                now,
             )
             .await?;
         } else if due_now {
@@ -213,8 +215,8 @@ impl Engine {
         p: &PaymentRow,
         outcome: &Outcome,
         retryable: bool,
+        now: i64,
     ) -> Result<bool> {
-        let now = now_micros();
         let (status, reason, message, reference) = match outcome {
             Outcome::Done { reference } => (
                 PaymentStatus::Succeeded,
@@ -377,7 +379,7 @@ impl Engine {
     pub async fn attempt_charge(&self, id: &str, due_only: bool) -> Result<Attempt<PaymentRow>> {
         let now = now_micros();
         let lease_until = now + micros(self.settings.lease());
-        let attempt = {
+        let claimed = {
             let mut c = self
                 .db
                 .pool()
@@ -386,8 +388,8 @@ impl Engine {
                 .map_err(DatabaseError::from)?;
             store::claim_payment(&mut c, id, now, lease_until, due_only).await?
         };
-        let p = self.payment(id).await?;
-        let Some(attempt) = attempt else {
+        let Some(p) = claimed else {
+            let p = self.payment(id).await?;
             return Ok(if p.status == PaymentStatus::Pending {
                 // Leased by another worker or caller: look again later.
                 Attempt::Again {
@@ -398,6 +400,7 @@ impl Engine {
                 Attempt::Final(p)
             });
         };
+        let attempt = p.attempts;
         let card = {
             let mut c = self
                 .db
@@ -434,24 +437,49 @@ impl Engine {
                 let unknown = e == ProviderError::Timeout;
                 tracing::warn!(payment = %p.id, order = %p.order_id, attempt, error = %e, "charge not finished; will retry with the same idempotency key");
                 let after = self.settings.backoff(attempt);
+                // A caller driving it keeps its lease; the worker makes it due after the backoff.
+                let hold = if due_only {
+                    after
+                } else {
+                    self.settings.lease()
+                };
                 let mut c = self
                     .db
                     .pool()
                     .acquire()
                     .await
                     .map_err(DatabaseError::from)?;
-                store::defer_payment(&mut c, id, now_micros() + micros(after)).await?;
+                store::defer_payment(&mut c, id, now_micros() + micros(hold)).await?;
                 return Ok(Attempt::Again { after, unknown });
             }
         };
         let mut tx = self.db.begin().await?;
-        self.in_trace(
-            &p.traceparent,
-            self.finish_in(&mut tx, &p, &outcome, retryable),
-        )
-        .await?;
+        let finished_at = now_micros();
+        let finished = self
+            .in_trace(
+                &p.traceparent,
+                self.finish_in(&mut tx, &p, &outcome, retryable, finished_at),
+            )
+            .await?;
         tx.commit().await?;
-        Ok(Attempt::Final(self.payment(id).await?))
+        if !finished {
+            // Someone else finished it first: theirs is the answer.
+            return Ok(Attempt::Final(self.payment(id).await?));
+        }
+        let mut done = p;
+        done.updated_at = finished_at;
+        match outcome {
+            Outcome::Done { reference } => {
+                done.status = PaymentStatus::Succeeded;
+                done.provider_reference = reference;
+            }
+            Outcome::Declined { reason, message } => {
+                done.status = PaymentStatus::Failed;
+                done.decline_reason = reason;
+                done.decline_message = message;
+            }
+        }
+        Ok(Attempt::Final(done))
     }
 
     /// Drives the payment `id` from a caller's request: attempts until it is final, giving up
@@ -524,13 +552,19 @@ impl Engine {
                 let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
                 tracing::warn!(refund = %r.id, payment = %p.id, attempt, error = %e, "refund not finished; will retry with the same idempotency key");
                 let after = self.settings.backoff(attempt);
+                // A caller driving it keeps its lease; the worker makes it due after the backoff.
+                let hold = if due_only {
+                    after
+                } else {
+                    self.settings.lease()
+                };
                 let mut c = self
                     .db
                     .pool()
                     .acquire()
                     .await
                     .map_err(DatabaseError::from)?;
-                store::defer_refund(&mut c, id, now_micros() + micros(after)).await?;
+                store::defer_refund(&mut c, id, now_micros() + micros(hold)).await?;
                 return Ok(Attempt::Again {
                     after,
                     unknown: e == ProviderError::Timeout,

@@ -45,8 +45,9 @@ impl SimulatedProcessor {
         Ok(Some(decode(&outcome, reference)))
     }
 
-    /// Records `outcome` for `key` unless an answer is already recorded; returns the recorded one
-    /// (so concurrent calls with one key agree).
+    /// Records `outcome` for `key` unless an answer is already recorded; returns the recorded
+    /// answer (so concurrent calls with one key agree) and whether this call recorded it.
+    #[allow(clippy::too_many_arguments)]
     async fn record(
         &self,
         key: &str,
@@ -55,11 +56,11 @@ impl SimulatedProcessor {
         outcome: &Outcome,
         currency: &str,
         amount_minor: i64,
-    ) -> Result<Outcome, ProviderError> {
+    ) -> Result<(Outcome, bool), ProviderError> {
         let (name, reference) = encode(outcome);
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO sim_processor_ops (idempotency_key, kind, charge_ref, outcome, reference, currency, amount_minor, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key",
         )
         .bind(key)
         .bind(kind)
@@ -69,12 +70,18 @@ impl SimulatedProcessor {
         .bind(currency)
         .bind(amount_minor)
         .bind(now_micros())
-        .execute(self.db.pool())
+        .fetch_optional(self.db.pool())
         .await
-        .map_err(unavailable)?;
-        self.recorded(key)
+        .map_err(unavailable)?
+        .is_some();
+        if inserted {
+            return Ok((outcome.clone(), true));
+        }
+        let first = self
+            .recorded(key)
             .await?
-            .ok_or_else(|| ProviderError::Unavailable("record vanished".into()))
+            .ok_or_else(|| ProviderError::Unavailable("record vanished".into()))?;
+        Ok((first, false))
     }
 }
 
@@ -125,10 +132,13 @@ impl PaymentProvider for SimulatedProcessor {
 
     fn charge<'a>(&'a self, call: &'a ChargeCall) -> BoxFuture<'a, Result<Outcome, ProviderError>> {
         Box::pin(async move {
-            if let Some(first) = self.recorded(&call.idempotency_key).await? {
+            let class = class_of(&call.card);
+            if class == Some(CardClass::ProcessorError)
+                && let Some(first) = self.recorded(&call.idempotency_key).await?
+            {
                 return Ok(first);
             }
-            let decided = match class_of(&call.card) {
+            let decided = match class {
                 None => Outcome::Declined {
                     reason: DeclineReason::InvalidToken,
                     message: "the processor does not know this card".into(),
@@ -150,7 +160,7 @@ impl PaymentProvider for SimulatedProcessor {
                     reference: format!("sim_ch_{}", uuid::Uuid::now_v7().simple()),
                 },
             };
-            let recorded = self
+            let (recorded, first) = self
                 .record(
                     &call.idempotency_key,
                     "charge",
@@ -161,8 +171,8 @@ impl PaymentProvider for SimulatedProcessor {
                 )
                 .await?;
             // The slow card is captured at once and answers late: a caller that times out
-            // retries the same key and gets the recorded capture.
-            if class_of(&call.card) == Some(CardClass::Slow) {
+            // retries the same key and gets the recorded capture at once.
+            if first && class == Some(CardClass::Slow) {
                 tokio::time::sleep(self.slow_delay).await;
             }
             Ok(recorded)
@@ -214,6 +224,7 @@ impl PaymentProvider for SimulatedProcessor {
                 call.amount_minor,
             )
             .await
+            .map(|(outcome, _)| outcome)
         })
     }
 }

@@ -296,27 +296,31 @@ pub async fn insert_payment(
 }
 
 /// Counts an attempt at the PENDING payment `id` and leases it until `lease_until`; with
-/// `due_only`, only if it is due (a worker taking it over). Returns the attempt number, or
-/// `None` if it is not PENDING (or not due).
+/// `due_only`, only if it is due (a worker taking it over). Returns the payment as claimed
+/// (`attempts` is this attempt's number), or `None` if it is not PENDING (or not due).
 pub async fn claim_payment(
     c: &mut AnyConnection,
     id: &str,
     now: i64,
     lease_until: i64,
     due_only: bool,
-) -> Result<Option<i64>> {
-    let sql = if due_only {
-        "UPDATE payments SET attempts = attempts + 1, next_attempt_at = $1, updated_at = $2 WHERE id = $3 AND status = 'PENDING' AND next_attempt_at <= $2 RETURNING attempts"
+) -> Result<Option<PaymentRow>> {
+    let due = if due_only {
+        " AND next_attempt_at <= $2"
     } else {
-        "UPDATE payments SET attempts = attempts + 1, next_attempt_at = $1, updated_at = $2 WHERE id = $3 AND status = 'PENDING' RETURNING attempts"
+        ""
     };
-    sqlx::query(sql)
+    let sql = format!(
+        "UPDATE payments SET attempts = attempts + 1, next_attempt_at = $1, updated_at = $2 WHERE id = $3 AND status = 'PENDING'{due} RETURNING {PAYMENT_COLUMNS}"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(lease_until)
         .bind(now)
         .bind(id)
         .fetch_optional(c)
         .await?
-        .map(|r| r.try_get("attempts"))
+        .as_ref()
+        .map(payment_row)
         .transpose()
 }
 
