@@ -46,6 +46,10 @@ async fn hook(State(h): State<Hooks>, Path(path): Path<String>, body: String) ->
         *n += 1;
         *n
     };
+    if path.starts_with("hang-once") && n == 1 {
+        // Never answers the first post: the sender is cut off (crash) mid-send.
+        futures_pending().await;
+    }
     if path == "fail" || (path.starts_with("flaky") && n <= 2) {
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
@@ -54,6 +58,10 @@ async fn hook(State(h): State<Hooks>, Path(path): Path<String>, body: String) ->
         .unwrap()
         .push((path, serde_json::from_str(&body).unwrap_or_default()));
     StatusCode::NO_CONTENT
+}
+
+async fn futures_pending() {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
 }
 
 async fn start_hooks() -> (SocketAddr, Hooks) {
@@ -136,7 +144,40 @@ struct Mesh {
     shutdown: CancellationToken,
 }
 
+/// Builds and serves one notification instance over `db` and `bus`.
+async fn start_instance(
+    auth: &TestAuth,
+    db: &Database,
+    bus: &Arc<dyn EventBus>,
+    settings: NotificationSettings,
+) -> (SocketAddr, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let ctx = testing::context(
+        "notification",
+        BTreeMap::from([("auth", auth.uri())]),
+        db.clone(),
+        bus.clone(),
+        shutdown.clone(),
+    );
+    let routes = mesh_notification::build_with(ctx, settings)
+        .await
+        .expect("build notification");
+    let addr = testing::serve(
+        "notification",
+        routes,
+        db.clone(),
+        bus.clone(),
+        shutdown.clone(),
+    )
+    .await;
+    (addr, shutdown)
+}
+
 async fn start(target: DatabaseTarget, redis: Option<&str>) -> Mesh {
+    start_with(target, redis, Duration::from_secs(2)).await
+}
+
+async fn start_with(target: DatabaseTarget, redis: Option<&str>, send_timeout: Duration) -> Mesh {
     let auth = TestAuth::start(&testing::sqlite(), AuthSettings::default()).await;
     let db = testing::database("notification", &target, &mesh_notification::MIGRATIONS).await;
     let bus: Arc<dyn EventBus> = match redis {
@@ -158,28 +199,10 @@ async fn start(target: DatabaseTarget, redis: Option<&str>) -> Mesh {
         smtp_from: "shop@example.com".into(),
         max_attempts: 4,
         retry_backoff: Duration::from_millis(20),
-        send_timeout: Duration::from_secs(2),
+        send_timeout,
         poll_interval: Duration::from_millis(50),
     };
-    let shutdown = CancellationToken::new();
-    let ctx = testing::context(
-        "notification",
-        BTreeMap::from([("auth", auth.uri())]),
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
-    );
-    let routes = mesh_notification::build_with(ctx, settings)
-        .await
-        .expect("build notification");
-    let addr = testing::serve(
-        "notification",
-        routes,
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
-    )
-    .await;
+    let (addr, shutdown) = start_instance(&auth, &db, &bus, settings).await;
     let admin = auth.admin_token().await;
     let customer = auth.customer_token().await;
     Mesh {
@@ -845,4 +868,99 @@ async fn deliveries_per_channel_opt_outs_retries_and_redelivery_on_postgres_and_
         return;
     };
     notifications(target, Some(&redis)).await;
+}
+
+/// A crash mid-send (the instance dropped while its webhook post hangs, then rebuilt on the same
+/// database) neither loses nor duplicates the delivery record: after the lease the new instance
+/// sends it again (at-least-once on the wire) and finishes it once.
+async fn crash_mid_send(target: DatabaseTarget) {
+    let mut m = start_with(target, None, Duration::from_millis(300)).await;
+    let user = testing::unique("carol");
+    let hook = format!("http://{}/hang-once-{user}", m.hooks_addr);
+    let order = testing::unique("o3");
+    let confirmed = OrderConfirmed {
+        order_id: order.clone(),
+        customer_id: user.clone(),
+        ..Default::default()
+    };
+    m.client()
+        .await
+        .update_preferences(bearer(
+            &m.admin,
+            UpdatePreferencesRequest {
+                preferences: Some(Preferences {
+                    user_id: user.clone(),
+                    webhook_url: hook,
+                    ..Default::default()
+                }),
+                update_mask: mask(&["webhook_url"]),
+            },
+        ))
+        .await
+        .expect("prefs");
+    m.publish(
+        &uuid::Uuid::now_v7().to_string(),
+        "order.confirmed",
+        &order,
+        "OrderConfirmed",
+        &confirmed,
+    )
+    .await;
+    eventually("the hanging post started", || async {
+        m.hooks
+            .calls
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|k| k.contains(&user))
+    })
+    .await;
+    // Crash and restart on the same database and bus.
+    m.shutdown.cancel();
+    let settings = NotificationSettings {
+        webhook_url: None,
+        send_timeout: Duration::from_millis(300),
+        retry_backoff: Duration::from_millis(20),
+        poll_interval: Duration::from_millis(50),
+        ..NotificationSettings::default()
+    };
+    let (addr, shutdown) = start_instance(&m.auth, &m.db, &m.bus, settings).await;
+    (m.addr, m.shutdown) = (addr, shutdown);
+    eventually("the webhook delivery sent after the restart", || async {
+        by_channel(&m.deliveries("order.confirmed").await, &order)
+            .get(&(Channel::Webhook as i32))
+            .is_some_and(|d| d.status == DeliveryStatus::Sent as i32)
+    })
+    .await;
+    let ds = by_channel(&m.deliveries("order.confirmed").await, &order);
+    assert_eq!(ds.len(), 2, "log and webhook, one record each");
+    assert_eq!(
+        ds[&(Channel::Webhook as i32)].attempts,
+        2,
+        "the cut-off attempt and the resend"
+    );
+    let accepted = m
+        .hooks
+        .accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| p.contains(&user))
+        .count();
+    assert_eq!(accepted, 1);
+    assert_eq!(m.emitted("notification.sent").await, 2);
+    m.shutdown.cancel();
+    m.auth.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_crash_mid_send_keeps_one_delivery_record_on_sqlite() {
+    crash_mid_send(testing::sqlite()).await;
+}
+
+#[tokio::test]
+async fn a_crash_mid_send_keeps_one_delivery_record_on_postgres() {
+    if let Some(target) = testing::postgres("notification crash") {
+        crash_mid_send(target).await;
+    }
 }
