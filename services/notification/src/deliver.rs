@@ -6,7 +6,8 @@
 //! and its finish sends again after the lease (at-least-once on the wire; the webhook carries the
 //! delivery id as `Idempotency-Key`), but never makes a second delivery record.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_contracts::events::v1::{NotificationFailed, NotificationSent};
@@ -147,10 +148,12 @@ impl Deliverer {
         }
     }
 
-    /// Starts an attempt at every due delivery; returns how many.
+    /// Starts an attempt at every due delivery not already in flight in this process (ids in
+    /// `inflight`); returns how many.
     pub async fn run_once(
         &self,
         slots: &Arc<Semaphore>,
+        inflight: &Arc<Mutex<HashSet<String>>>,
         shutdown: &CancellationToken,
     ) -> Result<usize, NotificationError> {
         let ids = {
@@ -162,18 +165,29 @@ impl Deliverer {
                 .map_err(DatabaseError::from)?;
             store::due(&mut c, now_micros(), 256).await?
         };
-        let n = ids.len();
+        let mut n = 0;
         for id in ids {
+            if !inflight
+                .lock()
+                .map(|mut s| s.insert(id.clone()))
+                .unwrap_or(false)
+            {
+                continue;
+            }
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 break;
             };
-            let (me, shutdown) = (self.clone(), shutdown.clone());
+            n += 1;
+            let (me, shutdown, inflight) = (self.clone(), shutdown.clone(), inflight.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
                     r = me.attempt(&id) => if let Err(e) = r {
                         tracing::warn!(delivery = %id, error = %e, "delivery attempt failed; will retry");
                     },
+                }
+                if let Ok(mut s) = inflight.lock() {
+                    s.remove(&id);
                 }
                 drop(permit);
             });
@@ -184,11 +198,12 @@ impl Deliverer {
     /// Runs passes until `shutdown`: at once, when woken, and every poll interval.
     pub async fn run(self, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(CONCURRENCY));
+        let inflight = Arc::new(Mutex::new(HashSet::new()));
         let mut failing = false;
         loop {
             let pass = tokio::select! {
                 () = shutdown.cancelled() => return,
-                r = self.run_once(&slots, &shutdown) => r,
+                r = self.run_once(&slots, &inflight, &shutdown) => r,
             };
             match pass {
                 Ok(_) if failing => {

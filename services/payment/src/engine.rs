@@ -231,6 +231,8 @@ impl Engine {
                 String::new(),
             ),
         };
+        // Saga row first, then the payment: the same lock order as the saga handlers.
+        store::lock_saga_order(tx, &p.order_id).await?;
         if !store::finish_payment(tx, &p.id, status, reason, &message, &reference, now).await? {
             return Ok(false);
         }
@@ -389,6 +391,13 @@ impl Engine {
             store::claim_payment(&mut c, id, now, lease_until, due_only).await?
         };
         let Some(p) = claimed else {
+            if due_only {
+                // A worker lost the race for it (another replica has it, or it is finished).
+                return Ok(Attempt::Again {
+                    after: self.settings.poll_interval,
+                    unknown: true,
+                });
+            }
             let p = self.payment(id).await?;
             return Ok(if p.status == PaymentStatus::Pending {
                 // Leased by another worker or caller: look again later.

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use mesh_contracts::payment::v1::payment_service_server::PaymentServiceServer;
 use mesh_runtime::auth::{Policy, Role, guard};
+use mesh_runtime::consumer::ConsumerOptions;
 use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
 pub use api::PaymentApi;
@@ -89,8 +90,19 @@ pub async fn build_with(
         ))
     });
     let engine = engine::Engine::new(db, provider, options.settings);
+    // One transaction at a time: the handlers lock an order's saga row, and transactions that
+    // each hold several orders' rows (a batch's events in any order) could otherwise deadlock.
+    let events = &ctx.config().events;
+    let options = ConsumerOptions {
+        max_deliveries: events.max_deliveries,
+        retry_backoff: events.retry_backoff,
+        max_backoff: (events.claim_idle / 2).min(std::time::Duration::from_secs(30)),
+        concurrency: 1,
+        ..ConsumerOptions::default()
+    };
     ctx.start_consumer(
         ctx.consumer()?
+            .options(options)
             .on("order.created", saga::OnOrderCreated(engine.clone()))
             .on(
                 "inventory.reserved",

@@ -770,6 +770,18 @@ pub async fn saga_flag(c: &mut AnyConnection, order_id: &str, reserved: bool) ->
     Ok(())
 }
 
+/// Locks the saga row of `order_id` (if any) until the transaction ends: taken first by every
+/// transaction that decides on an order's charge or refund (the saga handlers by their upserts,
+/// the charge's finish by this), so a cancellation and a capture finishing at the same time are
+/// serialized and one of them sees the other (on SQLite `BEGIN IMMEDIATE` serializes anyway).
+pub async fn lock_saga_order(c: &mut AnyConnection, order_id: &str) -> Result<()> {
+    sqlx::query("UPDATE saga_orders SET updated_at = updated_at WHERE order_id = $1")
+        .bind(order_id)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
 /// The saga state of `order_id`.
 pub async fn saga_order(c: &mut AnyConnection, order_id: &str) -> Result<Option<SagaOrder>> {
     let row = sqlx::query("SELECT order_id, known, customer_id, currency, amount_minor, card_token, reserved, cancelled FROM saga_orders WHERE order_id = $1")

@@ -7,7 +7,8 @@
 //! Each attempt runs in a task of its own (at most [`CONCURRENCY`] at once), so a slow provider
 //! answer does not hold up the charges behind it.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use mesh_runtime::DatabaseError;
 use tokio::sync::Semaphore;
@@ -20,10 +21,15 @@ use crate::store::{self, now_micros};
 /// How many charges and refunds are in flight at once.
 pub const CONCURRENCY: usize = 64;
 
-/// Starts an attempt at every due charge and refund; returns how many were started.
+/// Ids with an attempt in flight in this process (so a pass does not start a second one).
+pub type InFlight = Arc<Mutex<HashSet<String>>>;
+
+/// Starts an attempt at every due charge and refund not already in flight; returns how many
+/// were started.
 pub async fn run_once(
     engine: &Engine,
     slots: &Arc<Semaphore>,
+    inflight: &InFlight,
     shutdown: &CancellationToken,
 ) -> Result<usize, PaymentError> {
     let (charges, refunds) = {
@@ -39,16 +45,24 @@ pub async fn run_once(
             store::due_refunds(&mut c, now, 256).await?,
         )
     };
-    let n = charges.len() + refunds.len();
+    let mut n = 0;
     let work = charges
         .into_iter()
         .map(|id| (true, id))
         .chain(refunds.into_iter().map(|id| (false, id)));
     for (charge, id) in work {
+        if !inflight
+            .lock()
+            .map(|mut s| s.insert(id.clone()))
+            .unwrap_or(false)
+        {
+            continue;
+        }
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
-        let (engine, shutdown) = (engine.clone(), shutdown.clone());
+        n += 1;
+        let (engine, shutdown, inflight) = (engine.clone(), shutdown.clone(), inflight.clone());
         tokio::spawn(async move {
             let attempt = async {
                 if charge {
@@ -63,6 +77,9 @@ pub async fn run_once(
                     tracing::warn!(id = %id, charge, error = %e, "payment work failed; will retry");
                 },
             }
+            if let Ok(mut s) = inflight.lock() {
+                s.remove(&id);
+            }
             drop(permit);
         });
     }
@@ -74,11 +91,12 @@ pub async fn run_once(
 pub async fn run(engine: Engine, shutdown: CancellationToken) {
     let wake = engine.wake().clone();
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let inflight = InFlight::default();
     let mut failing = false;
     loop {
         let pass = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = run_once(&engine, &slots, &shutdown) => r,
+            r = run_once(&engine, &slots, &inflight, &shutdown) => r,
         };
         match pass {
             Ok(_) if failing => {

@@ -413,3 +413,63 @@ async fn a_charge_in_flight_when_the_order_is_cancelled_is_refunded_after_the_cr
         crash(target, true, true).await;
     }
 }
+
+/// Throughput of payment's saga path alone (not a correctness test; run with
+/// `cargo nextest run -p mesh-payment --run-ignored only saga_throughput`): publishes
+/// `order.created` + `inventory.reserved` for N orders and measures until every one is charged.
+async fn throughput(target: DatabaseTarget, redis: Option<&str>, label: &str) {
+    let m = start(target, redis).await;
+    let ok = token(&m, "4242424242424242").await;
+    let n = 500;
+    let prefix = testing::unique("tp");
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        let order = format!("{prefix}-{i}");
+        publish_created(&m, &order, &ok, 100).await;
+        publish_reserved(&m, &order).await;
+    }
+    let published = started.elapsed();
+    let like = format!("{prefix}-%");
+    let done = || async {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM payments WHERE status = 'SUCCEEDED' AND order_id LIKE $1",
+        )
+        .bind(&like)
+        .fetch_one(m.db.pool())
+        .await
+        .expect("count");
+        count == n
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all charged in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let total = started.elapsed();
+    println!(
+        "payment saga throughput ({label}): {n} orders charged in {total:?} ({:.0} orders/s; publishing took {published:?})",
+        f64::from(n as u32) / total.as_secs_f64()
+    );
+    m.stop();
+}
+
+#[tokio::test]
+#[ignore = "a measurement, not a correctness test"]
+async fn saga_throughput_on_sqlite() {
+    throughput(testing::sqlite(), None, "SQLite + in-process bus").await;
+}
+
+#[tokio::test]
+#[ignore = "a measurement, not a correctness test"]
+async fn saga_throughput_on_postgres_and_redis() {
+    let (Some(target), Some(redis)) = (
+        testing::postgres("payment throughput"),
+        testing::redis("payment throughput"),
+    ) else {
+        return;
+    };
+    throughput(target, Some(&redis), "Postgres + Redis").await;
+}
