@@ -46,7 +46,7 @@ pub(crate) const MODULES: &[Module] = &[
         default_port: 50056,
         dependencies: &["auth"],
         constructor: mesh_payment::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_payment::MIGRATIONS,
     },
     Module {
         name: "shop",
