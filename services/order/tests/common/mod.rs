@@ -182,7 +182,8 @@ pub async fn start(backend: &Backend, timeout: Duration) -> Mesh {
     let product_db =
         testing::database("product", &backend.target(), &mesh_product::MIGRATIONS).await;
     let ctx = context("product", &auth, &product_db, &bus, &shutdown);
-    let options = mesh_product::ProductOptions::from_context(&ctx);
+    let options =
+        mesh_product::ProductOptions::from_context(&ctx, |_| None).expect("product options");
     let routes = mesh_product::build_with(ctx, options)
         .await
         .expect("build product");
