@@ -53,7 +53,7 @@ pub(crate) const MODULES: &[Module] = &[
         default_port: 50057,
         dependencies: &["auth"],
         constructor: mesh_shop::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_shop::MIGRATIONS,
     },
     Module {
         name: "notification",
