@@ -221,7 +221,11 @@ impl Drop for EdgeHandle {
 
 /// Starts an edge with `config` in front of `upstream` (every service, ours and spec.v1).
 pub async fn start_edge(config: EdgeConfig, upstream: SocketAddr) -> EdgeHandle {
-    let pool = load_pool(&[("spec".into(), spec_descriptor_set())]).unwrap();
+    serve_edge(edge_for(config, upstream)).await
+}
+
+/// The upstreams of every service (ours and spec.v1) at `upstream`.
+pub fn upstreams_at(pool: &prost_reflect::DescriptorPool, upstream: SocketAddr) -> Upstreams {
     let uri: http::Uri = format!("http://{upstream}").parse().unwrap();
     let options = || ClientOptions {
         default_deadline: std::time::Duration::from_secs(2),
@@ -242,7 +246,7 @@ pub async fn start_edge(config: EdgeConfig, upstream: SocketAddr) -> EdgeHandle 
         "iot-gateway",
         "vm",
     ];
-    let mut services: Vec<String> = Upstreams::owned_services(&pool, &modules)
+    let mut services: Vec<String> = Upstreams::owned_services(pool, &modules)
         .into_iter()
         .map(|(s, _)| s)
         .collect();
@@ -256,7 +260,14 @@ pub async fn start_edge(config: EdgeConfig, upstream: SocketAddr) -> EdgeHandle 
             },
         );
     }
-    start_edge_with(pool, config, upstreams).await
+    upstreams
+}
+
+/// An edge (not started) with `config` in front of `upstream`.
+pub fn edge_for(config: EdgeConfig, upstream: SocketAddr) -> Edge {
+    let pool = load_pool(&[("spec".into(), spec_descriptor_set())]).unwrap();
+    let upstreams = upstreams_at(&pool, upstream);
+    Edge::new(pool, config, upstreams, 4 << 20).unwrap()
 }
 
 /// Starts an edge over `pool` with explicit upstreams.
@@ -265,7 +276,12 @@ pub async fn start_edge_with(
     config: EdgeConfig,
     upstreams: Upstreams,
 ) -> EdgeHandle {
-    let edge = Arc::new(Edge::new(pool, config, upstreams, 4 << 20).unwrap());
+    serve_edge(Edge::new(pool, config, upstreams, 4 << 20).unwrap()).await
+}
+
+/// Serves `edge` on a fresh loopback port.
+pub async fn serve_edge(edge: Edge) -> EdgeHandle {
+    let edge = Arc::new(edge);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
