@@ -57,7 +57,14 @@ pub struct RedisLimiter {
     prefix: String,
     fallback: RateLimiter,
     last_warning: Mutex<Option<Instant>>,
+    /// After a failure, Redis is left alone until then (calls count in process meanwhile).
+    down_until: Mutex<Option<Instant>>,
 }
+
+/// The longest a bucket update may take before the in-process fallback answers.
+const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long Redis is left alone after a failure.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,15 +94,35 @@ impl RedisLimiter {
             prefix: prefix.into(),
             fallback: RateLimiter::new(limit),
             last_warning: Mutex::new(None),
+            down_until: Mutex::new(None),
         })
     }
 
     /// Takes a token for `client`: `Ok` if it had one, else the whole seconds until it will.
     pub async fn check(&self, client: &str) -> Result<(), u64> {
-        match self.take(client).await {
+        let resting = self
+            .down_until
+            .lock()
+            .ok()
+            .and_then(|d| *d)
+            .is_some_and(|until| Instant::now() < until);
+        if resting {
+            return self.fallback.check(client);
+        }
+        let result = match tokio::time::timeout(CALL_TIMEOUT, self.take(client)).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no answer in time",
+            ))),
+        };
+        match result {
             Ok((1, _)) => Ok(()),
             Ok((_, wait_ms)) => Err(u64::try_from(wait_ms).unwrap_or(1).div_ceil(1000).max(1)),
             Err(e) => {
+                if let Ok(mut d) = self.down_until.lock() {
+                    *d = Some(Instant::now() + RETRY_AFTER_FAILURE);
+                }
                 self.warn(&e);
                 self.fallback.check(client)
             }
