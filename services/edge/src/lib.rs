@@ -6,7 +6,8 @@
 //!   ([`status_map`], [`error`]).
 //! - gRPC: health and reflection are answered by the edge itself (from the descriptor set, so
 //!   `grpcurl <edge> list` shows every public service); every other call is proxied, streaming
-//!   included, to the owning service ([`grpc_proxy`]).
+//!   included, to the owning service ([`grpc_proxy`]). gRPC-Web (browsers, HTTP/1.1) is
+//!   translated to gRPC and back on the same port ([`grpc_web`]).
 //! - Paths no rule owns go to the legacy upstream when one is configured ([`legacy`]).
 //! - [`envoy`] writes an equivalent Envoy bootstrap (`mesh envoy-config`), for teams on Envoy.
 //! - Bearer tokens are verified with auth's JWKS on every RPC not declared public ([`auth`]),
@@ -24,6 +25,7 @@ pub mod config;
 pub mod envoy;
 pub mod error;
 pub mod grpc_proxy;
+pub mod grpc_web;
 pub mod http_rule;
 pub mod legacy;
 pub mod openapi;
@@ -200,7 +202,7 @@ impl Edge {
     }
 
     /// A native gRPC call: admitted, then proxied.
-    async fn grpc(&self, req: Request<Body>, peer: Option<SocketAddr>) -> Response {
+    pub(crate) async fn grpc(&self, req: Request<Body>, peer: Option<SocketAddr>) -> Response {
         let rpc = req.uri().path().trim_start_matches('/');
         if let Err(e) = self.admit(Some(rpc), req.headers(), peer).await {
             return e.into_status().into_http::<Body>();
@@ -257,7 +259,9 @@ impl Edge {
             );
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("authorization, content-type, x-request-id, grpc-timeout"),
+                HeaderValue::from_static(
+                    "authorization, content-type, x-request-id, grpc-timeout, x-grpc-web, x-user-agent",
+                ),
             );
             h.insert(
                 header::ACCESS_CONTROL_MAX_AGE,
@@ -370,12 +374,25 @@ impl Edge {
     }
 }
 
-/// Whether `headers` carry a gRPC call (not gRPC-Web, which is not supported yet).
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        v == b"application/grpc" || v.starts_with(b"application/grpc+")
-    })
+/// What kind of call a request is, by its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallKind {
+    /// `application/grpc[+proto]`.
+    Grpc,
+    /// `application/grpc-web[+proto]` or `application/grpc-web-text[+proto]`.
+    GrpcWeb,
+    /// Anything else: REST (or the legacy upstream).
+    Rest,
+}
+
+fn call_kind(headers: &HeaderMap) -> CallKind {
+    match headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes) {
+        Some(v) if v == b"application/grpc" || v.starts_with(b"application/grpc+") => {
+            CallKind::Grpc
+        }
+        Some(v) if v.starts_with(b"application/grpc-web") => CallKind::GrpcWeb,
+        _ => CallKind::Rest,
+    }
 }
 
 /// A client's request id if it is sane (visible ASCII, at most 128 bytes), else a new one.
@@ -398,17 +415,16 @@ async fn handle(State(edge): State<Arc<Edge>>, mut req: Request<Body>) -> Respon
         .extensions()
         .get::<tonic::transport::server::TcpConnectInfo>()
         .and_then(|i| i.remote_addr());
-    let mut response = if is_grpc(req.headers()) {
-        edge.grpc(req, peer).await
-    } else {
-        let origin = req.headers().get(header::ORIGIN).cloned();
-        let mut response = edge
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut response = match call_kind(req.headers()) {
+        CallKind::Grpc => edge.grpc(req, peer).await,
+        CallKind::GrpcWeb => grpc_web::call(edge.clone(), req, peer).await,
+        CallKind::Rest => edge
             .rest(req, peer)
             .await
-            .unwrap_or_else(EdgeError::into_response);
-        edge.cors(origin.as_ref(), response.headers_mut());
-        response
+            .unwrap_or_else(EdgeError::into_response),
     };
+    edge.cors(origin.as_ref(), response.headers_mut());
     response.headers_mut().insert(REQUEST_ID, id);
     response
 }

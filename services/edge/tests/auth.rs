@@ -183,6 +183,17 @@ async fn rest_and_grpc_need_valid_tokens_except_on_public_routes() {
     grpc.get_product(GetProductRequest { id: "p1".into() })
         .await
         .expect("public over gRPC without a token");
+    // gRPC-Web goes the same way: an empty CreateProductRequest frame, no token.
+    let r = send(
+        e.addr,
+        "POST",
+        "/product.v1.ProductService/CreateProduct",
+        vec![0u8, 0, 0, 0, 0],
+        &[("content-type", "application/grpc-web+proto")],
+        false,
+    )
+    .await;
+    assert_eq!(r.headers["grpc-status"], "16", "{:?}", r.headers);
 
     // Expired: the edge's clock moves past the token's 15 minutes (and the 30 s leeway); the
     // cached verification does not outlive the token.

@@ -173,6 +173,31 @@ async fn echo(req: http::Request<axum::body::Body>) -> http::Response<axum::body
     response
 }
 
+/// The raw server stream of `spec.v1.EchoService/Watch`: the gRPC-framed request three times,
+/// each in its own HTTP/2 data frame, then `grpc-status: 0`.
+async fn watch(req: http::Request<axum::body::Body>) -> http::Response<axum::body::Body> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let mut frames: Vec<Result<_, std::convert::Infallible>> = (0..3)
+        .map(|_| Ok(http_body::Frame::data(body.clone())))
+        .collect();
+    frames.push(Ok(http_body::Frame::trailers(trailers)));
+    let mut response = http::Response::new(axum::body::Body::new(http_body_util::StreamBody::new(
+        futures::stream::iter(frames),
+    )));
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
 /// Starts the test upstream; returns its address.
 pub async fn start_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -181,6 +206,7 @@ pub async fn start_upstream() -> SocketAddr {
         .add_service(GatewayServiceServer::new(Gateway));
     let router = routes
         .into_axum_router()
+        .route("/spec.v1.EchoService/Watch", axum::routing::post(watch))
         .route("/spec.v1.EchoService/{method}", axum::routing::post(echo));
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     tokio::spawn(async move {
