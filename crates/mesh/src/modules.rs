@@ -37,9 +37,9 @@ pub(crate) const MODULES: &[Module] = &[
     Module {
         name: "order",
         default_port: 50055,
-        dependencies: &["auth", "product", "inventory", "campaign"],
+        dependencies: &["auth", "product", "inventory", "campaign", "payment"],
         constructor: mesh_order::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_order::MIGRATIONS,
     },
     Module {
         name: "payment",
@@ -53,7 +53,7 @@ pub(crate) const MODULES: &[Module] = &[
         default_port: 50057,
         dependencies: &["auth"],
         constructor: mesh_shop::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_shop::MIGRATIONS,
     },
     Module {
         name: "notification",

@@ -3,7 +3,9 @@
 //!
 //! Crash safety: a row is marked sent in a transaction that commits after the bus acknowledged
 //! the publish; a crash in between publishes it again on restart (consumers deduplicate by event
-//! id), so nothing is lost and duplicates are harmless.
+//! id), so nothing is lost and duplicates are harmless. For the same reason the marking commit
+//! does not wait for the disk (Postgres `synchronous_commit = off` for that transaction only):
+//! a mark lost in a database crash is one more duplicate, never a lost event.
 //!
 //! Several replicas (Postgres): each batch locks some of the 16 rows of `mesh_outbox_partitions`
 //! with `FOR UPDATE SKIP LOCKED` and relays only the subjects hashed to them, so replicas work at
@@ -50,6 +52,9 @@ pub struct RelayOptions {
     pub max_backoff: Duration,
     /// Sent rows older than this are deleted; `None` keeps them (the audit trail) forever.
     pub retention: Option<Duration>,
+    /// Records of handled events (consumers' deduplication) older than this are deleted. It
+    /// must outlive any redelivery: the bus's retention of its streams, plus a margin.
+    pub handled_retention: Duration,
 }
 
 impl Default for RelayOptions {
@@ -59,6 +64,7 @@ impl Default for RelayOptions {
             poll: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
             retention: None,
+            handled_retention: Duration::from_secs(8 * 24 * 3600),
         }
     }
 }
@@ -83,6 +89,11 @@ impl Relay {
         match self.db.backend() {
             Backend::Postgres { .. } => {
                 let mut tx = self.db.pool().begin().await?;
+                // Marking rows sent need not wait for the disk: if a crash loses the mark, the
+                // rows are published again and consumers drop the duplicates by event id.
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
                 // Partitions with work that no other relay holds; up to half of them, so a
                 // second replica finds work too.
                 let parts: Vec<i64> = sqlx::query(
@@ -141,18 +152,26 @@ impl Relay {
         }
     }
 
-    /// Deletes sent rows older than the retention; returns how many.
+    /// Deletes sent outbox rows older than the retention and handled-event records older than
+    /// the handled retention; returns how many rows in all.
     pub async fn clean_up(&self) -> Result<u64, RelayError> {
+        let cutoff =
+            |age: Duration| now_micros() - i64::try_from(age.as_micros()).unwrap_or(i64::MAX / 2);
+        let handled = sqlx::query("DELETE FROM mesh_handled_events WHERE handled_at_us < $1")
+            .bind(cutoff(self.options.handled_retention))
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
         let Some(retention) = self.options.retention else {
-            return Ok(0);
+            return Ok(handled);
         };
-        let cutoff = now_micros() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX / 2);
-        let done =
+        let sent =
             sqlx::query("DELETE FROM mesh_outbox WHERE sent_at_us IS NOT NULL AND sent_at_us < $1")
-                .bind(cutoff)
+                .bind(cutoff(retention))
                 .execute(self.db.pool())
-                .await?;
-        Ok(done.rows_affected())
+                .await?
+                .rows_affected();
+        Ok(handled + sent)
     }
 
     /// Relays until `shutdown`: drains the outbox whenever woken or every poll interval; while
