@@ -46,14 +46,14 @@ pub(crate) const MODULES: &[Module] = &[
         default_port: 50056,
         dependencies: &["auth"],
         constructor: mesh_payment::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_payment::MIGRATIONS,
     },
     Module {
         name: "shop",
         default_port: 50057,
         dependencies: &["auth"],
         constructor: mesh_shop::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_shop::MIGRATIONS,
     },
     Module {
         name: "notification",

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use http::Uri;
@@ -135,6 +136,8 @@ pub(crate) async fn start(
             bus.clone(),
             RelayOptions {
                 retention: config.events.outbox_retention,
+                // Redelivery ends with the stream's retention; a day's margin beyond it.
+                handled_retention: config.events.retention + Duration::from_secs(24 * 3600),
                 ..RelayOptions::default()
             },
         );

@@ -344,6 +344,28 @@ impl AuthApi {
         })
     }
 
+    async fn exchange_device_credential(
+        &self,
+        req: ExchangeDeviceCredentialRequest,
+    ) -> Result<ExchangeDeviceCredentialResponse> {
+        let device_id = validate::required("device_id", &req.device_id)?;
+        let token = validate::required("credential_token", &req.credential_token)?;
+        let stored = store::device_credential(self.db.pool(), device_id).await?;
+        // Compare hashes in constant time; an unknown device compares against a dummy.
+        let (hash, expires_at) = stored.unwrap_or_else(|| (String::new(), 0));
+        let matches = secrets_equal(&hash_secret(token), &hash);
+        if !matches || expires_at <= self.now() {
+            return Err(AuthServiceError::BadDeviceCredential);
+        }
+        Ok(ExchangeDeviceCredentialResponse {
+            access_token: self.access_token(device_id, &[Role::Device]).await?,
+            expires_in: Some(prost_types::Duration {
+                seconds: seconds(self.settings.access_ttl),
+                nanos: 0,
+            }),
+        })
+    }
+
     async fn set_roles(&self, actor: &str, req: SetRolesRequest) -> Result<SetRolesResponse> {
         let id = validate::uuid("account_id", &req.account_id)?;
         if req.roles.is_empty() {
@@ -446,6 +468,15 @@ impl AuthService for AuthApi {
         let actor = actor(&r);
         Ok(Response::new(
             AuthApi::issue_device_credential(self, &actor, r.into_inner()).await?,
+        ))
+    }
+
+    async fn exchange_device_credential(
+        &self,
+        r: Request<ExchangeDeviceCredentialRequest>,
+    ) -> std::result::Result<Response<ExchangeDeviceCredentialResponse>, Status> {
+        Ok(Response::new(
+            AuthApi::exchange_device_credential(self, r.into_inner()).await?,
         ))
     }
 

@@ -23,6 +23,9 @@ pub enum AuthServiceError {
     /// Wrong client id or secret.
     #[error("unknown service client or wrong secret")]
     BadClient,
+    /// The device credential is unknown, replaced or expired (never says which).
+    #[error("device credential is not valid")]
+    BadDeviceCredential,
     /// The refresh token is unknown, expired or its session ended.
     #[error("refresh token is not valid: {0}")]
     BadRefreshToken(&'static str),
@@ -68,9 +71,11 @@ impl From<AuthServiceError> for tonic::Status {
         match e {
             E::InvalidArgument { .. } => tonic::Status::invalid_argument(e.to_string()),
             E::EmailTaken => tonic::Status::already_exists(e.to_string()),
-            E::BadCredentials | E::BadClient | E::BadRefreshToken(_) | E::RefreshReuse => {
-                tonic::Status::unauthenticated(e.to_string())
-            }
+            E::BadCredentials
+            | E::BadClient
+            | E::BadDeviceCredential
+            | E::BadRefreshToken(_)
+            | E::RefreshReuse => tonic::Status::unauthenticated(e.to_string()),
             E::AccountNotFound(_) => tonic::Status::not_found(e.to_string()),
             E::FailedPrecondition(_) => tonic::Status::failed_precondition(e.to_string()),
             E::Token(t) => t.into(),

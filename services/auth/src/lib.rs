@@ -44,6 +44,7 @@ pub fn policy() -> Policy {
             "Logout",
             "GetJwks",
             "IssueServiceToken",
+            "ExchangeDeviceCredential",
         ])
         .roles(&["IssueDeviceCredential"], &[Role::Staff])
         .roles(&["SetRoles", "RotateSigningKey"], &[Role::Admin])

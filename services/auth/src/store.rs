@@ -241,3 +241,19 @@ pub async fn upsert_device_credential(
     .await?;
     Ok(())
 }
+
+/// The stored credential hash of `device_id` and when it expires, if one was issued.
+pub async fn device_credential(
+    pool: &sqlx::AnyPool,
+    device_id: &str,
+) -> Result<Option<(String, i64)>, AuthServiceError> {
+    let row =
+        sqlx::query("SELECT token_hash, expires_at FROM device_credentials WHERE device_id = $1")
+            .bind(device_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(match row {
+        Some(r) => Some((r.try_get("token_hash")?, r.try_get("expires_at")?)),
+        None => None,
+    })
+}

@@ -449,6 +449,44 @@ async fn roles_and_refusals(target: DatabaseTarget) {
         "only the hash of the latest"
     );
 
+    // A device exchanges its (latest) credential for a DEVICE access token; the replaced one,
+    // another device's id, or garbage are refused alike.
+    let exchange = |id: &str, token: &str| ExchangeDeviceCredentialRequest {
+        device_id: id.into(),
+        credential_token: token.into(),
+    };
+    let device_token = c
+        .exchange_device_credential(exchange("vm-1", &second.credential_token))
+        .await
+        .expect("exchange")
+        .into_inner();
+    assert!(
+        device_token
+            .expires_in
+            .is_some_and(|d| d.seconds == 15 * 60)
+    );
+    let claims = jsonwebtoken::dangerous::insecure_decode::<Claims>(&device_token.access_token)
+        .expect("claims")
+        .claims;
+    assert_eq!(
+        (claims.sub.as_str(), claims.roles),
+        ("vm-1", vec!["device".to_string()])
+    );
+    for (id, token) in [
+        ("vm-1", first.credential_token.as_str()),
+        ("vm-2", second.credential_token.as_str()),
+        ("vm-1", "garbage"),
+    ] {
+        let (k, _) = code(c.exchange_device_credential(exchange(id, token)).await);
+        assert_eq!(k, Code::Unauthenticated, "{id} {token}");
+    }
+    let (k, m) = code(c.exchange_device_credential(exchange("vm-1", "")).await);
+    assert_eq!(
+        (k, m.starts_with("credential_token")),
+        (Code::InvalidArgument, true),
+        "{m}"
+    );
+
     // A file key is rotated by replacing the file, not by the RPC.
     let (k, _) = code(
         c.rotate_signing_key(bearer(&admin, RotateSigningKeyRequest {}))
