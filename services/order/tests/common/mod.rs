@@ -119,8 +119,18 @@ impl PaymentService for FakePayment {
     }
 }
 
+/// Which payment service the mesh runs.
+#[derive(Debug, Clone)]
+pub enum Payment {
+    /// [`FakePayment`]: tokenizes only; the test publishes payment's events.
+    Fake,
+    /// The real payment service (simulated card processor) with these settings.
+    Real(mesh_payment::PaymentSettings),
+}
+
 /// The running mesh.
 pub struct Mesh {
+    pub payment_db: Database,
     pub auth: TestAuth,
     pub bus: Arc<dyn EventBus>,
     pub order_db: Database,
@@ -169,8 +179,13 @@ async fn serve(
     testing::serve(name, routes, db.clone(), bus.clone(), shutdown.clone()).await
 }
 
-/// Starts the mesh on `backend` with the saga timeout `timeout`.
+/// Starts the mesh on `backend` with the saga timeout `timeout` and the fake payment.
 pub async fn start(backend: &Backend, timeout: Duration) -> Mesh {
+    start_with(backend, timeout, Payment::Fake).await
+}
+
+/// Starts the mesh on `backend` with the saga timeout `timeout` and `payment`.
+pub async fn start_with(backend: &Backend, timeout: Duration, payment: Payment) -> Mesh {
     let mut settings = AuthSettings::default();
     settings
         .service_clients
@@ -197,21 +212,42 @@ pub async fn start(backend: &Backend, timeout: Duration) -> Mesh {
         .expect("build inventory");
     let inventory_addr = serve("inventory", routes, &inventory_db, &bus, &shutdown).await;
 
-    let payment_db = testing::database(
-        "payment",
-        &testing::sqlite(),
-        &mesh_runtime::Migrations::NONE,
-    )
-    .await;
-    let routes = ServiceRoutes::new().add_service(PaymentServiceServer::new(FakePayment));
-    let payment_addr = serve(
-        "payment",
-        routes,
-        &payment_db,
-        &testing::memory_bus(),
-        &shutdown,
-    )
-    .await;
+    let payment_addr;
+    let payment_db;
+    match payment {
+        Payment::Fake => {
+            payment_db = testing::database(
+                "payment",
+                &testing::sqlite(),
+                &mesh_runtime::Migrations::NONE,
+            )
+            .await;
+            let routes = ServiceRoutes::new().add_service(PaymentServiceServer::new(FakePayment));
+            payment_addr = serve(
+                "payment",
+                routes,
+                &payment_db,
+                &testing::memory_bus(),
+                &shutdown,
+            )
+            .await;
+        }
+        Payment::Real(settings) => {
+            payment_db =
+                testing::database("payment", &backend.target(), &mesh_payment::MIGRATIONS).await;
+            let ctx = context("payment", &auth, &payment_db, &bus, &shutdown);
+            let routes = mesh_payment::build_with(
+                ctx,
+                mesh_payment::PaymentOptions {
+                    settings,
+                    provider: None,
+                },
+            )
+            .await
+            .expect("build payment");
+            payment_addr = serve("payment", routes, &payment_db, &bus, &shutdown).await;
+        }
+    }
 
     let order_db = testing::database("order", &backend.target(), &mesh_order::MIGRATIONS).await;
     let ctx = context("order", &auth, &order_db, &bus, &shutdown);
@@ -234,6 +270,7 @@ pub async fn start(backend: &Backend, timeout: Duration) -> Mesh {
 
     let admin = auth.admin_token().await;
     Mesh {
+        payment_db,
         bus,
         order_db,
         inventory_db,

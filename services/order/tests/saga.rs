@@ -1,0 +1,173 @@
+//! The order saga end to end, every service real (auth, product, inventory, payment with its
+//! simulated card processor, order), over gRPC, in one process: on SQLite + the in-process bus
+//! and on Postgres + Redis. A good card confirms the order and sells the stock; a declined card
+//! cancels it and restores the stock; an order short of stock is cancelled and never charged; a
+//! payment slower than the saga timeout is cancelled, its stock released, and the late capture
+//! refunded.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, Mesh, Payment, card, request, start_with};
+use mesh_auth::testing::bearer;
+use mesh_contracts::order::v1::*;
+use sqlx::Row as _;
+
+const GOOD: &str = "4242424242424242";
+const DECLINED: &str = "4000000000000002";
+const SLOW: &str = "4000000000000259";
+
+async fn place(m: &Mesh, token: &str, lines: &[(&str, i64)], number: &str) -> Order {
+    let mut req = request(lines);
+    req.payment_method = card(number);
+    m.orders
+        .clone()
+        .place_order(bearer(token, req))
+        .await
+        .expect("place order")
+        .into_inner()
+        .order
+        .expect("order")
+}
+
+/// Payment's record of `order`: (status, amount, refunded), polled until `want` (bounded).
+async fn until_payment(m: &Mesh, order: &str, want: &str) -> (String, i64, i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = sqlx::query(
+            "SELECT status, amount_minor, refunded_minor FROM payments WHERE order_id = $1",
+        )
+        .bind(order)
+        .fetch_optional(m.payment_db.pool())
+        .await
+        .expect("payments");
+        let got = row.map(|r| {
+            (
+                r.get::<String, _>("status"),
+                r.get::<i64, _>("amount_minor"),
+                r.get::<i64, _>("refunded_minor"),
+            )
+        });
+        if let Some(g) = &got
+            && g.0 == want
+        {
+            return g.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "payment of {order} never became {want}: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn charges(m: &Mesh, order: &str) -> i64 {
+    sqlx::query("SELECT COUNT(*) AS n FROM payments WHERE order_id = $1")
+        .bind(order)
+        .fetch_one(m.payment_db.pool())
+        .await
+        .expect("payments")
+        .get("n")
+}
+
+async fn paths(backend: Backend) {
+    let m = start_with(
+        &backend,
+        Duration::from_secs(60),
+        Payment::Real(Default::default()),
+    )
+    .await;
+    let customer = m.auth.customer_token().await;
+    let apple = m.product(250, "EUR", 5).await;
+    let pear = m.product(100, "EUR", 1).await;
+
+    // A good card: confirmed, charged once, stock sold.
+    let order = place(&m, &customer, &[(&apple.id, 2)], GOOD).await;
+    let confirmed = m.until(&customer, &order.id, OrderStatus::Confirmed).await;
+    assert!(!confirmed.payment_id.is_empty() && !confirmed.reservation_id.is_empty());
+    assert_eq!(confirmed.card_last4, "4242");
+    assert_eq!(
+        until_payment(&m, &order.id, "SUCCEEDED").await,
+        ("SUCCEEDED".into(), 500, 0)
+    );
+    m.until_stock(&apple.id, (3, 0)).await;
+
+    // A declined card: cancelled, stock restored, nothing captured.
+    let declined = place(&m, &customer, &[(&apple.id, 1), (&pear.id, 1)], DECLINED).await;
+    let declined = m
+        .until(&customer, &declined.id, OrderStatus::Cancelled)
+        .await;
+    assert!(
+        declined.cancel_reason.starts_with("PAYMENT_FAILED"),
+        "{}",
+        declined.cancel_reason
+    );
+    until_payment(&m, &declined.id, "FAILED").await;
+    m.until_stock(&apple.id, (3, 0)).await;
+    m.until_stock(&pear.id, (1, 0)).await;
+
+    // Out of stock: cancelled, never charged.
+    let short = place(&m, &customer, &[(&pear.id, 2)], GOOD).await;
+    let short = m.until(&customer, &short.id, OrderStatus::Cancelled).await;
+    assert!(
+        short.cancel_reason.starts_with("OUT_OF_STOCK"),
+        "{}",
+        short.cancel_reason
+    );
+    // The next order is charged, so payment has seen the rejection by then.
+    let next = place(&m, &customer, &[(&pear.id, 1)], GOOD).await;
+    m.until(&customer, &next.id, OrderStatus::Confirmed).await;
+    assert_eq!(charges(&m, &short.id).await, 0);
+    m.until_stock(&pear.id, (0, 0)).await;
+}
+
+async fn timeout(backend: Backend) {
+    let settings = mesh_payment::PaymentSettings {
+        slow_card_delay: Duration::from_secs(4),
+        ..Default::default()
+    };
+    let m = start_with(&backend, Duration::from_secs(1), Payment::Real(settings)).await;
+    let customer = m.auth.customer_token().await;
+    let apple = m.product(250, "EUR", 5).await;
+    // The processor answers after the saga timeout: cancelled, released, the capture refunded.
+    let order = place(&m, &customer, &[(&apple.id, 2)], SLOW).await;
+    let cancelled = m.until(&customer, &order.id, OrderStatus::Cancelled).await;
+    assert!(
+        cancelled.cancel_reason.starts_with("TIMEOUT"),
+        "{}",
+        cancelled.cancel_reason
+    );
+    m.until_stock(&apple.id, (5, 0)).await;
+    let (status, amount, refunded) = until_payment(&m, &order.id, "REFUNDED").await;
+    assert_eq!((status.as_str(), amount, refunded), ("REFUNDED", 500, 500));
+    let after = m.until(&customer, &order.id, OrderStatus::Cancelled).await;
+    assert!(
+        after.payment_id.is_empty(),
+        "a late capture does not revive the order"
+    );
+}
+
+#[tokio::test]
+async fn saga_confirms_declines_and_rejects_on_sqlite() {
+    paths(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn saga_confirms_declines_and_rejects_on_postgres_and_redis() {
+    if let Some(b) = Backend::real("saga paths") {
+        paths(b).await;
+    }
+}
+
+#[tokio::test]
+async fn saga_timeout_refunds_a_late_capture_on_sqlite() {
+    timeout(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn saga_timeout_refunds_a_late_capture_on_postgres_and_redis() {
+    if let Some(b) = Backend::real("saga timeout with payment") {
+        timeout(b).await;
+    }
+}

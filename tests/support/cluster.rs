@@ -1,0 +1,300 @@
+//! A mesh of separate `mesh serve <service>` processes (the real binary) on a fresh Postgres
+//! database and a Redis server of its own (AOF on, fsync always, in a temporary folder), with
+//! SIGKILL and restart of any service or of Redis. Used by the fault test.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection as _;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The `mesh` binary under test.
+pub const MESH: &str = env!("CARGO_BIN_EXE_mesh");
+
+/// A free loopback port (bound and released; the process binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn env_prefix(name: &str) -> String {
+    format!("MESH_{}", name.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// A fresh Postgres database for one run, dropped at the end.
+pub struct FreshDatabase {
+    /// Its URL.
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl FreshDatabase {
+    /// Creates `mesh_<tag>_<uuid>` next to the database of `base_url`.
+    pub async fn create(base_url: &str, tag: &str) -> Self {
+        let name = format!("mesh_{tag}_{}", uuid::Uuid::now_v7().simple());
+        let (prefix, _) = base_url
+            .rsplit_once('/')
+            .expect("a database URL such as postgres://user@host:5432/postgres");
+        let mut conn = sqlx::PgConnection::connect(base_url)
+            .await
+            .expect("connect to MESH_TEST_DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create the test database");
+        Self {
+            url: format!("{prefix}/{name}"),
+            admin_url: base_url.to_string(),
+            name,
+        }
+    }
+
+    /// Drops it (connections are terminated).
+    pub async fn drop_now(&self) {
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+/// A Redis server of the test's own, persistent across its restarts.
+pub struct Redis {
+    /// Its port.
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// Starts `redis-server` on a free port with AOF (`appendfsync always`) in `dir`.
+    pub fn start(dir: &Path) -> Self {
+        let mut r = Self {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("redis.log")).expect("redis log");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (is it installed?)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One `mesh serve <name>` process.
+struct Proc {
+    child: Option<Child>,
+    starts: usize,
+}
+
+/// The mesh: one process per service.
+pub struct Cluster {
+    /// gRPC port of every service.
+    pub ports: BTreeMap<&'static str, u16>,
+    env: Vec<(String, String)>,
+    procs: BTreeMap<&'static str, Proc>,
+    logs: PathBuf,
+}
+
+impl Cluster {
+    /// Starts `services` as separate processes with `env` (plus the ports and peer addresses).
+    pub async fn start(services: &[&'static str], env: Vec<(String, String)>, logs: &Path) -> Self {
+        let ports: BTreeMap<&'static str, u16> =
+            services.iter().map(|s| (*s, free_port())).collect();
+        let mut c = Self {
+            ports,
+            env,
+            procs: BTreeMap::new(),
+            logs: logs.to_path_buf(),
+        };
+        for s in services {
+            c.spawn(s);
+        }
+        for s in services {
+            c.wait_serving(s).await;
+        }
+        c
+    }
+
+    fn spawn(&mut self, name: &'static str) {
+        let starts = self.procs.get(name).map_or(0, |p| p.starts) + 1;
+        let log = std::fs::File::create(self.logs.join(format!("{name}.{starts}.log")))
+            .expect("log file");
+        let mut cmd = Command::new(MESH);
+        cmd.args(["serve", name])
+            .env("MESH_ADMIN_PORT", "0")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (peer, port) in &self.ports {
+            cmd.env(
+                format!("{}_ADDR", env_prefix(peer)),
+                format!("http://127.0.0.1:{port}"),
+            );
+        }
+        cmd.env(
+            format!("{}_PORT", env_prefix(name)),
+            self.ports[name].to_string(),
+        );
+        let child = cmd.spawn().expect("mesh serve starts");
+        self.procs.insert(
+            name,
+            Proc {
+                child: Some(child),
+                starts,
+            },
+        );
+    }
+
+    /// A channel to `name`.
+    pub async fn channel(&self, name: &str) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", self.ports[name]))
+            .expect("uri")
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy()
+    }
+
+    /// Waits (bounded) until `name` answers its health check with SERVING.
+    pub async fn wait_serving(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = async {
+                let channel =
+                    Channel::from_shared(format!("http://127.0.0.1:{}", self.ports[name]))
+                        .ok()?
+                        .connect()
+                        .await
+                        .ok()?;
+                let status = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .status;
+                (status == 1).then_some(())
+            }
+            .await;
+            if ok.is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} is not serving; see its log in {}",
+                self.logs.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILLs `name`.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(p) = self.procs.get_mut(name)
+            && let Some(mut c) = p.child.take()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts `name` again (after [`kill`](Self::kill)) and waits until it serves.
+    pub async fn restart(&mut self, name: &'static str) {
+        self.kill(name);
+        self.spawn(name);
+        self.wait_serving(name).await;
+    }
+
+    /// Whether every process is still running (none exited on its own).
+    pub fn all_running(&mut self) -> Vec<String> {
+        let mut dead = Vec::new();
+        for (name, p) in &mut self.procs {
+            if let Some(c) = p.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                dead.push(format!("{name} exited: {status}"));
+            }
+        }
+        dead
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in self.procs.values_mut() {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
