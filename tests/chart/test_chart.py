@@ -34,7 +34,7 @@ MODULES = {  # the binary's contract: name -> (port, dependencies); edge calls e
     "user": (50052, ["auth"]),
     "product": (50053, ["auth"]),
     "inventory": (50054, ["auth"]),
-    "order": (50055, ["auth", "product", "inventory", "campaign"]),
+    "order": (50055, ["auth", "product", "inventory", "campaign", "payment"]),
     "payment": (50056, ["auth"]),
     "shop": (50057, ["auth"]),
     "notification": (50058, ["auth", "user"]),

@@ -3,6 +3,7 @@
 //! `mesh serve order` runs one, as each Kubernetes Deployment does.
 
 mod bench;
+mod bench_product;
 mod envoy_config;
 mod load;
 mod migrate;

@@ -37,16 +37,16 @@ pub(crate) const MODULES: &[Module] = &[
     Module {
         name: "order",
         default_port: 50055,
-        dependencies: &["auth", "product", "inventory", "campaign"],
+        dependencies: &["auth", "product", "inventory", "campaign", "payment"],
         constructor: mesh_order::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_order::MIGRATIONS,
     },
     Module {
         name: "payment",
         default_port: 50056,
         dependencies: &["auth"],
         constructor: mesh_payment::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_payment::MIGRATIONS,
     },
     Module {
         name: "shop",

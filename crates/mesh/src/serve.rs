@@ -1,9 +1,14 @@
 //! `mesh serve <TARGETS>`: binds every target's gRPC port and the admin port, builds the services,
 //! prints one `ready` line per listener, and serves until SIGTERM/SIGINT, then drains.
+//!
+//! [`start`] is the same mesh without the process concerns (telemetry, signals, printing): the
+//! benchmarks run the real services in their own process through it.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use http::Uri;
@@ -15,7 +20,7 @@ use mesh_runtime::{
     GrpcServer, MeshConfig, Metrics, Module, Readiness, RpcMetrics, RuntimeArgs, ServiceContext,
 };
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::modules::MODULES;
@@ -24,7 +29,6 @@ use crate::targets;
 /// Runs the targets named by `targets` with the settings in `args`.
 pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Result<()> {
     let (config, targets) = targets::validate(targets_spec, args)?;
-    let config = Arc::new(config);
     let process_name = if targets.len() == MODULES.len() {
         "mesh".to_string()
     } else {
@@ -32,11 +36,40 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
     };
     let _telemetry = mesh_runtime::telemetry::init(&config, &process_name)?;
     let stop_signal = mesh_runtime::shutdown::signal().context("listening for SIGTERM/SIGINT")?;
+    let mesh = start(Arc::new(config), &targets).await?;
+    for (name, addr) in &mesh.grpc {
+        println!("ready  {name:<13} grpc://{addr}");
+    }
+    println!(
+        "ready  {:<13} http://{}  (/metrics /healthz /readyz)",
+        "admin", mesh.admin
+    );
+    tracing::info!(targets = %process_name, "mesh is serving");
+    mesh.wait(stop_signal).await
+}
 
+/// A started mesh: its servers, relays and consumers running until [`Running::wait`]'s stop
+/// future completes.
+pub(crate) struct Running {
+    /// Every target's gRPC address, in module-table order.
+    pub(crate) grpc: Vec<(&'static str, SocketAddr)>,
+    /// The admin port's address (`/metrics`, `/healthz`, `/readyz`).
+    pub(crate) admin: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Binds, migrates, builds and starts `targets` with `config`; returns once every server is
+/// listening (answering calls; `/readyz` turns ready as each server starts).
+pub(crate) async fn start(
+    config: Arc<MeshConfig>,
+    targets: &[&'static Module],
+) -> anyhow::Result<Running> {
     // Bind everything first, so a taken port fails before anything starts, and so port 0
     // (any free port, for tests) is known before peers' addresses are computed.
     let mut listeners = Vec::new();
-    for module in &targets {
+    for module in targets {
         let port = config.services[module.name].port;
         let addr = SocketAddr::new(config.host, port);
         let listener = TcpListener::bind(addr).await.with_context(|| {
@@ -103,6 +136,8 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
             bus.clone(),
             RelayOptions {
                 retention: config.events.outbox_retention,
+                // Redelivery ends with the stream's retention; a day's margin beyond it.
+                handled_retention: config.events.retention + Duration::from_secs(24 * 3600),
                 ..RelayOptions::default()
             },
         );
@@ -112,13 +147,9 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
     }
 
     let mut tasks = JoinSet::new();
-    let mut lines = Vec::new();
+    let mut grpc = Vec::new();
     for (module, listener, routes) in servers {
-        lines.push(format!(
-            "ready  {:<13} grpc://{}",
-            module.name,
-            listener.local_addr()?
-        ));
+        grpc.push((module.name, listener.local_addr()?));
         let server = GrpcServer::new(module.name, routes, rpc_metrics.clone())
             .readiness(readiness.clone())
             .grace(config.shutdown_grace);
@@ -130,11 +161,7 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
                 .map_err(anyhow::Error::from)
         });
     }
-    lines.push(format!(
-        "ready  {:<13} http://{}  (/metrics /healthz /readyz)",
-        "admin",
-        admin_listener.local_addr()?
-    ));
+    let admin = admin_listener.local_addr()?;
     {
         let stop = shutdown.clone().cancelled_owned();
         tasks.spawn(async move {
@@ -143,44 +170,61 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
                 .context("admin server")
         });
     }
-    for line in &lines {
-        println!("{line}");
-    }
-    tracing::info!(targets = %process_name, "mesh is serving");
+    Ok(Running {
+        grpc,
+        admin,
+        shutdown,
+        tasks,
+        background,
+    })
+}
 
-    let mut failure = None;
-    tokio::select! {
-        () = stop_signal => {}
-        Some(joined) = tasks.join_next() => {
-            failure = Some(match joined {
-                Ok(Ok(())) => anyhow::anyhow!("a server stopped on its own"),
-                Ok(Err(e)) => e,
-                Err(e) => anyhow::anyhow!("a server task panicked: {e}"),
-            });
-        }
-    }
-    shutdown.cancel();
-    for task in background {
-        let _ = task.await;
-    }
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %format!("{e:#}"), "server stopped with an error");
-                failure.get_or_insert(e);
-            }
-            Err(e) => {
-                failure.get_or_insert(anyhow::anyhow!("a server task panicked: {e}"));
+impl Running {
+    /// Serves until `stop` completes (or a server fails), then drains every server and stops
+    /// the relays; the first failure is the error.
+    pub(crate) async fn wait(mut self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let mut failure = None;
+        tokio::select! {
+            () = stop => {}
+            Some(joined) = self.tasks.join_next() => {
+                failure = Some(match joined {
+                    Ok(Ok(())) => anyhow::anyhow!("a server stopped on its own"),
+                    Ok(Err(e)) => e,
+                    Err(e) => anyhow::anyhow!("a server task panicked: {e}"),
+                });
             }
         }
-    }
-    match failure {
-        Some(e) => Err(e),
-        None => {
-            tracing::info!("all servers stopped");
-            Ok(())
+        self.shutdown.cancel();
+        for task in self.background {
+            let _ = task.await;
         }
+        while let Some(joined) = self.tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "server stopped with an error");
+                    failure.get_or_insert(e);
+                }
+                Err(e) => {
+                    failure.get_or_insert(anyhow::anyhow!("a server task panicked: {e}"));
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => {
+                tracing::info!("all servers stopped");
+                Ok(())
+            }
+        }
+    }
+
+    /// The gRPC address of `target`, if this mesh runs it.
+    pub(crate) fn addr(&self, target: &str) -> Option<SocketAddr> {
+        self.grpc
+            .iter()
+            .find(|(n, _)| *n == target)
+            .map(|(_, a)| *a)
     }
 }
 

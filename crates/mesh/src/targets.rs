@@ -11,6 +11,15 @@ pub(crate) fn validate(
     spec: &str,
     args: &RuntimeArgs,
 ) -> Result<(MeshConfig, Vec<&'static Module>), ConfigError> {
+    validate_with(spec, args, |k| std::env::var(k).ok())
+}
+
+/// [`validate`] with the environment read through `env` (the benchmarks override ports).
+pub(crate) fn validate_with(
+    spec: &str,
+    args: &RuntimeArgs,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(MeshConfig, Vec<&'static Module>), ConfigError> {
     let specs: Vec<ServiceSpec> = MODULES
         .iter()
         .map(|m| ServiceSpec {
@@ -18,7 +27,7 @@ pub(crate) fn validate(
             default_port: m.default_port,
         })
         .collect();
-    let config = MeshConfig::from_args(args, &specs, |k| std::env::var(k).ok());
+    let config = MeshConfig::from_args(args, &specs, env);
     match (config, parse(spec)) {
         (Ok(config), Ok(targets)) => Ok((config, targets)),
         (config, targets) => {

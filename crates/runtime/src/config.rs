@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use http::Uri;
 
+use crate::client_config::ClientSettings;
+
 /// The flags (and their environment variables) every `mesh serve` target shares.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RuntimeArgs {
@@ -214,6 +216,8 @@ pub struct MeshConfig {
     pub databases: BTreeMap<&'static str, DatabaseTarget>,
     /// The event bus and delivery settings.
     pub events: EventConfig,
+    /// Client resilience settings per upstream (`MESH_CLIENT_*`, `MESH_<UPSTREAM>_CLIENT_*`).
+    pub clients: ClientSettings,
 }
 
 /// Where the addresses of a peer addressed by DNS name come from.
@@ -545,6 +549,11 @@ impl MeshConfig {
             };
             endpoints.insert(spec.name, ServiceEndpoint { port, addr });
         }
+        let names: Vec<&'static str> = services.iter().map(|s| s.name).collect();
+        let clients = ClientSettings::from_env(&names, &env).unwrap_or_else(|bad| {
+            problems.extend(bad);
+            ClientSettings::default()
+        });
 
         match (
             host,
@@ -574,6 +583,7 @@ impl MeshConfig {
                     services: endpoints,
                     databases,
                     events: events.unwrap_or_default(),
+                    clients,
                 })
             }
             _ => Err(ConfigError { problems }),

@@ -83,3 +83,32 @@ pub fn idempotent_method_paths() -> std::collections::HashSet<String> {
     }
     paths
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_declared_without_side_effects_are_the_retried_methods() {
+        let paths = idempotent_method_paths();
+        for read in [
+            "/product.v1.ProductService/GetProduct",
+            "/inventory.v1.InventoryService/CheckStock",
+            "/order.v1.OrderService/ListOrders",
+            "/audit.v1.AuditService/ListEvents",
+        ] {
+            assert!(paths.contains(read), "{read} is retried");
+        }
+        for write in [
+            "/product.v1.ProductService/CreateProduct",
+            "/payment.v1.PaymentService/Charge",
+            "/inventory.v1.InventoryService/Reserve",
+        ] {
+            assert!(!paths.contains(write), "{write} is never retried");
+        }
+        assert!(
+            !paths.iter().any(|p| p.ends_with("/OpenChannel")),
+            "streams are never retried"
+        );
+    }
+}

@@ -20,6 +20,7 @@ pub mod balance;
 pub mod bus;
 pub mod call_context;
 pub mod client;
+pub mod client_config;
 pub mod config;
 pub mod consumer;
 pub mod descriptors;

@@ -207,6 +207,7 @@ impl ServiceContext {
                 kube: self.kube.clone(),
                 name: Some(peer.to_string()),
                 metrics: Some(crate::resilience::ClientMetrics::of(&self.metrics)),
+                resilience: self.config.clients.for_upstream(peer),
                 ..ClientOptions::default()
             },
         ))

@@ -87,6 +87,7 @@ pub struct Tx {
     db: Database,
     emitted: usize,
     pub(crate) cause: Option<Cause>,
+    wake_on_commit: Vec<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl Tx {
@@ -96,6 +97,7 @@ impl Tx {
             db,
             emitted: 0,
             cause: None,
+            wake_on_commit: Vec::new(),
         }
     }
 
@@ -156,11 +158,30 @@ impl Tx {
         Ok(envelope)
     }
 
-    /// Commits the state change and its events together, then wakes the relay.
+    /// Wakes `worker` (`notify_one`) once this transaction has committed: for background work
+    /// that must only look for the rows this transaction writes after they are visible (e.g. a
+    /// service's own work queue). Nothing is woken if it rolls back. Inside a consumer the whole
+    /// batch's transaction commits at once, so a wake may also follow an event whose savepoint
+    /// was rolled back: workers must treat a wake as a hint and re-read their queue.
+    pub fn notify_on_commit(&mut self, worker: std::sync::Arc<tokio::sync::Notify>) {
+        if !self
+            .wake_on_commit
+            .iter()
+            .any(|w| std::sync::Arc::ptr_eq(w, &worker))
+        {
+            self.wake_on_commit.push(worker);
+        }
+    }
+
+    /// Commits the state change and its events together, then wakes the relay (and any worker
+    /// registered with [`Tx::notify_on_commit`]).
     pub async fn commit(self) -> Result<(), DatabaseError> {
         self.inner.commit().await?;
         if self.emitted > 0 {
             self.db.signal_outbox();
+        }
+        for worker in self.wake_on_commit {
+            worker.notify_one();
         }
         Ok(())
     }

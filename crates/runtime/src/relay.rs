@@ -50,6 +50,9 @@ pub struct RelayOptions {
     pub max_backoff: Duration,
     /// Sent rows older than this are deleted; `None` keeps them (the audit trail) forever.
     pub retention: Option<Duration>,
+    /// Records of handled events (consumers' deduplication) older than this are deleted. It
+    /// must outlive any redelivery: the bus's retention of its streams, plus a margin.
+    pub handled_retention: Duration,
 }
 
 impl Default for RelayOptions {
@@ -59,6 +62,7 @@ impl Default for RelayOptions {
             poll: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
             retention: None,
+            handled_retention: Duration::from_secs(8 * 24 * 3600),
         }
     }
 }
@@ -141,18 +145,26 @@ impl Relay {
         }
     }
 
-    /// Deletes sent rows older than the retention; returns how many.
+    /// Deletes sent outbox rows older than the retention and handled-event records older than
+    /// the handled retention; returns how many rows in all.
     pub async fn clean_up(&self) -> Result<u64, RelayError> {
+        let cutoff =
+            |age: Duration| now_micros() - i64::try_from(age.as_micros()).unwrap_or(i64::MAX / 2);
+        let handled = sqlx::query("DELETE FROM mesh_handled_events WHERE handled_at_us < $1")
+            .bind(cutoff(self.options.handled_retention))
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
         let Some(retention) = self.options.retention else {
-            return Ok(0);
+            return Ok(handled);
         };
-        let cutoff = now_micros() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX / 2);
-        let done =
+        let sent =
             sqlx::query("DELETE FROM mesh_outbox WHERE sent_at_us IS NOT NULL AND sent_at_us < $1")
-                .bind(cutoff)
+                .bind(cutoff(retention))
                 .execute(self.db.pool())
-                .await?;
-        Ok(done.rows_affected())
+                .await?
+                .rows_affected();
+        Ok(handled + sent)
     }
 
     /// Relays until `shutdown`: drains the outbox whenever woken or every poll interval; while

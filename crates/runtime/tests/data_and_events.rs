@@ -679,3 +679,64 @@ async fn redis_restart_during_ten_thousand_events_loses_none() {
     wait_for_effects(&db, TOTAL as i64, Duration::from_secs(120), "redis restart").await;
     stop.cancel();
 }
+
+#[tokio::test]
+async fn housekeeping_prunes_old_handled_records_and_sent_rows_only() {
+    for (name, target, bus) in combinations("housekeeping", DeliveryOptions::default()) {
+        let db = open(&target).await;
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros(),
+        )
+        .unwrap();
+        let day = 24 * 3600 * 1_000_000_i64;
+        for (id, age_days) in [("old", 9), ("recent", 1)] {
+            sqlx::query(
+                "INSERT INTO mesh_handled_events (consumer, event_id, handled_at_us) VALUES ('g', $1, $2)",
+            )
+            .bind(id)
+            .bind(now - age_days * day)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        }
+        produce(&db, &["h-1".to_string()], 2).await;
+        let relay = Relay::new(
+            db.clone(),
+            bus.clone(),
+            RelayOptions {
+                retention: Some(Duration::from_secs(3600)),
+                handled_retention: Duration::from_secs(8 * 24 * 3600),
+                ..RelayOptions::default()
+            },
+        );
+        while relay.relay_once().await.unwrap() > 0 {}
+        // Age one sent row past the outbox retention; the other stays recent.
+        sqlx::query(
+            "UPDATE mesh_outbox SET sent_at_us = $1 WHERE seq = (SELECT MIN(seq) FROM mesh_outbox)",
+        )
+        .bind(now - day)
+        .execute(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(relay.clean_up().await.unwrap(), 2, "{name}");
+        let ids: Vec<String> = sqlx::query("SELECT event_id FROM mesh_handled_events")
+            .fetch_all(db.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get("event_id").unwrap())
+            .collect();
+        assert_eq!(ids, ["recent"], "{name}");
+        let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM mesh_outbox")
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap();
+        assert_eq!(left, 1, "{name}: the recent sent row is kept");
+        eprintln!("ok: housekeeping on {name}");
+    }
+}

@@ -9,10 +9,16 @@
 //! | `MESH_EDGE_RATE_LIMIT` | `off` | per-client token bucket: `RATE/s` or `RATE/s,burst=N` (also `/m`) |
 //! | `MESH_EDGE_DESCRIPTOR_SETS` | unset | extra encoded descriptor sets (`buf build -o`), comma-separated paths |
 //! | `MESH_EDGE_UPSTREAMS` | unset | `pkg.Service=http://host:port`, comma-separated: upstream per extra (or overridden) service |
+//! | `MESH_EDGE_AUTH` | `jwt` | `jwt`: verify bearer tokens with auth's JWKS on every RPC not public; `off`: no checks at the edge |
+//! | `MESH_EDGE_PUBLIC_ROUTES` | [`DEFAULT_PUBLIC_ROUTES`] | RPCs open without a token: `pkg.Service/Method`, `pkg.Service/Prefix*`, `pkg.Service/*`, comma-separated; `none` for none |
+//! | `MESH_EDGE_TRUSTED_PROXIES` | unset | IPs or CIDRs whose `X-Forwarded-For` is believed when keying rate limits |
+//! | `MESH_EDGE_RATE_LIMIT_REDIS_URL` | `MESH_REDIS_URL` | Redis shared by the edge replicas for rate limits; unset (both): in process |
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use http::Uri;
+use ipnet::IpNet;
 use mesh_runtime::config::{ConfigError, Problem};
 
 /// A token-bucket rate limit per client.
@@ -39,7 +45,30 @@ pub struct EdgeConfig {
     pub descriptor_sets: Vec<PathBuf>,
     /// Upstreams by service, overriding the module table's.
     pub upstreams: Vec<(String, Uri)>,
+    /// Whether the edge verifies bearer tokens (`MESH_EDGE_AUTH`).
+    pub jwt: bool,
+    /// RPCs open without a token (patterns, see [`crate::auth::PublicRoutes`]).
+    pub public_routes: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Redis for rate limits shared by replicas (else `MESH_REDIS_URL`, else in process).
+    pub rate_limit_redis_url: Option<String>,
 }
+
+/// The RPCs open without a token when `MESH_EDGE_PUBLIC_ROUTES` is not set: sign-up, login,
+/// token refresh and logout, the JWKS, client credentials, and catalog reads.
+pub const DEFAULT_PUBLIC_ROUTES: &[&str] = &[
+    "auth.v1.AuthService/SignUp",
+    "auth.v1.AuthService/Login",
+    "auth.v1.AuthService/Refresh",
+    "auth.v1.AuthService/Logout",
+    "auth.v1.AuthService/GetJwks",
+    "auth.v1.AuthService/IssueServiceToken",
+    "product.v1.ProductService/GetProduct",
+    "product.v1.ProductService/BatchGetProducts",
+    "product.v1.ProductService/ListProducts",
+    "product.v1.ProductService/ListCategories",
+];
 
 impl Default for EdgeConfig {
     fn default() -> Self {
@@ -50,6 +79,13 @@ impl Default for EdgeConfig {
             rate_limit: None,
             descriptor_sets: Vec::new(),
             upstreams: Vec::new(),
+            jwt: true,
+            public_routes: DEFAULT_PUBLIC_ROUTES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            trusted_proxies: Vec::new(),
+            rate_limit_redis_url: None,
         }
     }
 }
@@ -117,17 +153,50 @@ impl EdgeConfig {
         }
         if let Some(raw) = env("MESH_EDGE_UPSTREAMS") {
             for item in split(&raw) {
-                match item.split_once('=') {
-                    Some((service, url)) if service.contains('.') => match parse_http_url(url) {
-                        Ok(uri) => config.upstreams.push((service.trim().to_string(), uri)),
-                        Err(e) => problem("MESH_EDGE_UPSTREAMS", &raw, format!("{item}: {e}")),
-                    },
-                    _ => problem(
-                        "MESH_EDGE_UPSTREAMS",
+                match parse_upstream(item) {
+                    Ok(upstream) => config.upstreams.push(upstream),
+                    Err(e) => problem("MESH_EDGE_UPSTREAMS", &raw, e),
+                }
+            }
+        }
+        if let Some(raw) = env("MESH_EDGE_AUTH") {
+            match raw.trim() {
+                "jwt" | "" => config.jwt = true,
+                "off" => config.jwt = false,
+                _ => problem("MESH_EDGE_AUTH", &raw, "expected `jwt` or `off`".into()),
+            }
+        }
+        if let Some(raw) = env("MESH_EDGE_PUBLIC_ROUTES") {
+            config.public_routes = if raw.trim() == "none" {
+                Vec::new()
+            } else {
+                split(&raw).map(str::to_string).collect()
+            };
+            if let Err(e) = crate::auth::PublicRoutes::parse(&config.public_routes) {
+                problem("MESH_EDGE_PUBLIC_ROUTES", &raw, e);
+            }
+        }
+        if let Some(raw) = env("MESH_EDGE_TRUSTED_PROXIES") {
+            for item in split(&raw) {
+                match parse_net(item) {
+                    Some(net) => config.trusted_proxies.push(net),
+                    None => problem(
+                        "MESH_EDGE_TRUSTED_PROXIES",
                         &raw,
-                        format!("{item:?}: expected pkg.Service=http://host:port"),
+                        format!("{item:?} is not an IP address or CIDR (10.0.0.0/8)"),
                     ),
                 }
+            }
+        }
+        if let Some(raw) = env("MESH_EDGE_RATE_LIMIT_REDIS_URL").filter(|s| !s.trim().is_empty()) {
+            if raw.starts_with("redis://") || raw.starts_with("rediss://") {
+                config.rate_limit_redis_url = Some(raw.trim().to_string());
+            } else {
+                problem(
+                    "MESH_EDGE_RATE_LIMIT_REDIS_URL",
+                    &raw,
+                    "expected redis://host:port".into(),
+                );
             }
         }
         if problems.is_empty() {
@@ -136,6 +205,34 @@ impl EdgeConfig {
             Err(ConfigError { problems })
         }
     }
+}
+
+/// `pkg.Service=http://host:port` (or `pkg.Service=host:port`, plain HTTP/2 assumed).
+pub fn parse_upstream(item: &str) -> Result<(String, Uri), String> {
+    match item.split_once('=') {
+        Some((service, url)) if service.trim().contains('.') => {
+            let url = url.trim();
+            let url = if url.contains("://") {
+                url.to_string()
+            } else {
+                format!("http://{url}")
+            };
+            parse_http_url(&url)
+                .map(|uri| (service.trim().to_string(), uri))
+                .map_err(|e| format!("{item}: {e}"))
+        }
+        _ => Err(format!(
+            "{item:?}: expected pkg.Service=host:port or pkg.Service=http://host:port"
+        )),
+    }
+}
+
+/// An IP (a one-address network) or a CIDR.
+pub fn parse_net(raw: &str) -> Option<IpNet> {
+    let raw = raw.trim();
+    raw.parse::<IpNet>()
+        .ok()
+        .or_else(|| raw.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 fn split(raw: &str) -> impl Iterator<Item = &str> {

@@ -44,7 +44,10 @@ pub enum EdgeError {
     UnsupportedMediaType(String),
     /// Missing or invalid credentials.
     #[error("{0}")]
-    Unauthenticated(String),
+    Unauthenticated(mesh_runtime::auth::AuthError),
+    /// The keys to check tokens with cannot be obtained (the auth service is down).
+    #[error("{0}")]
+    AuthUnavailable(mesh_runtime::auth::AuthError),
     /// The client went over its rate limit.
     #[error("rate limit exceeded for this client; retry after {retry_after_secs}s")]
     RateLimited {
@@ -100,7 +103,7 @@ impl EdgeError {
             Self::Upstream { status, .. } => {
                 (status.code(), status_map::http_status(status.code()))
             }
-            Self::UpstreamDown { .. } | Self::LegacyDown { .. } => {
+            Self::UpstreamDown { .. } | Self::LegacyDown { .. } | Self::AuthUnavailable(_) => {
                 (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE)
             }
             Self::Internal(_) => (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
@@ -118,8 +121,8 @@ impl EdgeError {
                 extra.push((header::RETRY_AFTER, HeaderValue::from(retry_after_secs)));
                 Vec::new()
             }
-            Self::Unauthenticated(_) => {
-                extra.push((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            Self::Unauthenticated(ref e) => {
+                extra.push((header::WWW_AUTHENTICATE, www_authenticate(e)));
                 Vec::new()
             }
             Self::MethodNotAllowed { ref allowed, .. } => {
@@ -139,6 +142,39 @@ impl EdgeError {
         let mut response = json_response(status, &body);
         response.headers_mut().extend(extra);
         response
+    }
+}
+
+impl From<mesh_runtime::auth::AuthError> for EdgeError {
+    fn from(e: mesh_runtime::auth::AuthError) -> Self {
+        match e {
+            mesh_runtime::auth::AuthError::KeysUnavailable(_) => Self::AuthUnavailable(e),
+            _ => Self::Unauthenticated(e),
+        }
+    }
+}
+
+impl EdgeError {
+    /// The gRPC status of this error, for gRPC and gRPC-Web callers (with `retry-after` for a
+    /// rate limit).
+    pub fn into_status(self) -> tonic::Status {
+        let (code, _) = self.codes();
+        let mut status = tonic::Status::new(code, self.to_string());
+        if let Self::RateLimited { retry_after_secs } = self {
+            status
+                .metadata_mut()
+                .insert("retry-after", retry_after_secs.into());
+        }
+        status
+    }
+}
+
+/// The `WWW-Authenticate` challenge for a refused token (RFC 6750): bare `Bearer` when there
+/// was none, `error="invalid_token"` when it was bad.
+pub fn www_authenticate(e: &mesh_runtime::auth::AuthError) -> HeaderValue {
+    match e {
+        mesh_runtime::auth::AuthError::Missing => HeaderValue::from_static("Bearer realm=\"mesh\""),
+        _ => HeaderValue::from_static("Bearer realm=\"mesh\", error=\"invalid_token\""),
     }
 }
 

@@ -23,7 +23,9 @@ pub async fn proxy(upstreams: &Upstreams, req: Request<Body>) -> Response {
         ));
         return status.into_http::<Body>();
     };
-    let req = req.map(tonic::body::Body::new);
+    let mut req = req.map(tonic::body::Body::new);
+    // gRPC-Web calls arrive over HTTP/1.1; upstreams speak HTTP/2.
+    *req.version_mut() = http::Version::HTTP_2;
     match upstream.channel.clone().oneshot(req).await {
         Ok(response) => response.map(Body::new),
         Err(e) => tonic::Status::unavailable(format!(

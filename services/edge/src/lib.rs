@@ -6,25 +6,32 @@
 //!   ([`status_map`], [`error`]).
 //! - gRPC: health and reflection are answered by the edge itself (from the descriptor set, so
 //!   `grpcurl <edge> list` shows every public service); every other call is proxied, streaming
-//!   included, to the owning service ([`grpc_proxy`]).
+//!   included, to the owning service ([`grpc_proxy`]). gRPC-Web (browsers, HTTP/1.1) is
+//!   translated to gRPC and back on the same port ([`grpc_web`]).
 //! - Paths no rule owns go to the legacy upstream when one is configured ([`legacy`]).
 //! - [`envoy`] writes an equivalent Envoy bootstrap (`mesh envoy-config`), for teams on Envoy.
-//! - Per-client rate limits ([`rate_limit`]), request ids, CORS and a body size limit apply to
-//!   REST; settings come from [`config`].
+//! - Bearer tokens are verified with auth's JWKS on every RPC not declared public ([`auth`]),
+//!   and each client ([`client_key`]) has a token bucket, in process or in Redis
+//!   ([`rate_limit`], [`redis_limit`]); both apply to REST and gRPC alike.
+//! - Request ids, CORS and a body size limit apply to REST; settings come from [`config`].
 //!
 //! No code here is specific to one service: the routes, messages and upstreams all come from the
 //! descriptor set (ours, embedded, plus any extra sets) and the configuration.
 
+pub mod auth;
+pub mod client_key;
 pub mod codec;
 pub mod config;
 pub mod envoy;
 pub mod error;
 pub mod grpc_proxy;
+pub mod grpc_web;
 pub mod http_rule;
 pub mod legacy;
 pub mod openapi;
 pub mod path_template;
 pub mod rate_limit;
+pub mod redis_limit;
 pub mod routes;
 pub mod status_map;
 pub mod transcode;
@@ -42,10 +49,11 @@ use mesh_runtime::client::{ClientOptions, connect};
 use mesh_runtime::{BuildError, ServiceContext, ServiceRoutes};
 use prost_reflect::DescriptorPool;
 
+use crate::auth::{EdgeAuth, PublicRoutes};
 use crate::config::EdgeConfig;
 use crate::error::{EdgeError, json_bytes_response};
 use crate::legacy::Legacy;
-use crate::rate_limit::RateLimiter;
+use crate::rate_limit::{Limiter, RateLimiter};
 use crate::routes::{Lookup, RouteTable};
 use crate::upstream::{Upstream, Upstreams};
 
@@ -110,7 +118,8 @@ pub struct Edge {
     pool: DescriptorPool,
     config: EdgeConfig,
     legacy: Option<Legacy>,
-    limiter: Option<RateLimiter>,
+    limiter: Option<Limiter>,
+    auth: Option<EdgeAuth>,
     max_message_bytes: usize,
     openapi: Vec<u8>,
 }
@@ -137,7 +146,10 @@ impl Edge {
         let openapi = serde_json::to_vec_pretty(&openapi::document(&routes)).unwrap_or_default();
         Ok(Self {
             legacy: config.legacy_url.clone().map(Legacy::new),
-            limiter: config.rate_limit.map(RateLimiter::new),
+            limiter: config
+                .rate_limit
+                .map(|l| Limiter::Memory(RateLimiter::new(l))),
+            auth: None,
             routes,
             upstreams,
             pool,
@@ -145,6 +157,57 @@ impl Edge {
             max_message_bytes,
             openapi,
         })
+    }
+
+    /// Verifies tokens with `auth` (without it, the edge checks none).
+    pub fn with_auth(mut self, auth: EdgeAuth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Limits clients with `limiter` instead of the in-process bucket of the settings.
+    pub fn with_limiter(mut self, limiter: Limiter) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Auth and the rate limit for a call of `rpc` (`pkg.Service/Method`; `None` for a path no
+    /// RPC owns, which is limited but not guarded).
+    async fn admit(
+        &self,
+        rpc: Option<&str>,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Result<(), EdgeError> {
+        let guarded = rpc.is_some_and(|r| self.auth.as_ref().is_some_and(|a| !a.is_public(r)));
+        let token = match &self.auth {
+            Some(auth) if guarded || self.limiter.is_some() => auth.identify(headers).await,
+            _ => None,
+        };
+        if let Some(limiter) = &self.limiter {
+            let subject = match &token {
+                Some(Ok(identity)) => Some(identity.subject.as_str()),
+                _ => None,
+            };
+            let ip = client_key::client_ip(peer, headers, &self.config.trusted_proxies);
+            limiter
+                .check(&client_key::key(subject, ip))
+                .await
+                .map_err(|retry_after_secs| EdgeError::RateLimited { retry_after_secs })?;
+        }
+        if let Some(auth) = &self.auth {
+            auth.decide(rpc, token)?;
+        }
+        Ok(())
+    }
+
+    /// A native gRPC call: admitted, then proxied.
+    pub(crate) async fn grpc(&self, req: Request<Body>, peer: Option<SocketAddr>) -> Response {
+        let rpc = req.uri().path().trim_start_matches('/');
+        if let Err(e) = self.admit(Some(rpc), req.headers(), peer).await {
+            return e.into_status().into_http::<Body>();
+        }
+        grpc_proxy::proxy(&self.upstreams, req).await
     }
 
     /// The route table.
@@ -196,7 +259,9 @@ impl Edge {
             );
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("authorization, content-type, x-request-id, grpc-timeout"),
+                HeaderValue::from_static(
+                    "authorization, content-type, x-request-id, grpc-timeout, x-grpc-web, x-user-agent",
+                ),
             );
             h.insert(
                 header::ACCESS_CONTROL_MAX_AGE,
@@ -204,19 +269,15 @@ impl Edge {
             );
             return Ok(response);
         }
-        if let Some(limiter) = &self.limiter {
-            let client = peer.map(|p| p.ip().to_string()).unwrap_or_default();
-            limiter
-                .check(&client)
-                .map_err(|retry_after_secs| EdgeError::RateLimited { retry_after_secs })?;
-        }
         let path = req.uri().path().to_string();
         if method == Method::GET && path == "/openapi.json" {
+            self.admit(None, req.headers(), peer).await?;
             return Ok(json_bytes_response(StatusCode::OK, self.openapi.clone()));
         }
         let (route, bindings) = match self.routes.lookup(&method, &path) {
             Lookup::Found(route, bindings) => (route.clone(), bindings),
             Lookup::MethodNotAllowed(allowed) => {
+                self.admit(None, req.headers(), peer).await?;
                 return Err(EdgeError::MethodNotAllowed {
                     method,
                     path,
@@ -224,12 +285,15 @@ impl Edge {
                 });
             }
             Lookup::NotFound => {
+                self.admit(None, req.headers(), peer).await?;
                 return match &self.legacy {
                     Some(legacy) => legacy.forward(req).await,
                     None => Err(EdgeError::NotFound { method, path }),
                 };
             }
         };
+        self.admit(Some(&route.grpc_path.as_str()[1..]), req.headers(), peer)
+            .await?;
         let (parts, body) = req.into_parts();
         let body = self.read_body(&parts.headers, body).await?;
         let message = transcode::request_message(&route, &bindings, parts.uri.query(), &body)?;
@@ -310,12 +374,25 @@ impl Edge {
     }
 }
 
-/// Whether `headers` carry a gRPC call (not gRPC-Web, which is not supported yet).
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        v == b"application/grpc" || v.starts_with(b"application/grpc+")
-    })
+/// What kind of call a request is, by its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallKind {
+    /// `application/grpc[+proto]`.
+    Grpc,
+    /// `application/grpc-web[+proto]` or `application/grpc-web-text[+proto]`.
+    GrpcWeb,
+    /// Anything else: REST (or the legacy upstream).
+    Rest,
+}
+
+fn call_kind(headers: &HeaderMap) -> CallKind {
+    match headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes) {
+        Some(v) if v == b"application/grpc" || v.starts_with(b"application/grpc+") => {
+            CallKind::Grpc
+        }
+        Some(v) if v.starts_with(b"application/grpc-web") => CallKind::GrpcWeb,
+        _ => CallKind::Rest,
+    }
 }
 
 /// A client's request id if it is sane (visible ASCII, at most 128 bytes), else a new one.
@@ -338,17 +415,16 @@ async fn handle(State(edge): State<Arc<Edge>>, mut req: Request<Body>) -> Respon
         .extensions()
         .get::<tonic::transport::server::TcpConnectInfo>()
         .and_then(|i| i.remote_addr());
-    let mut response = if is_grpc(req.headers()) {
-        grpc_proxy::proxy(&edge.upstreams, req).await
-    } else {
-        let origin = req.headers().get(header::ORIGIN).cloned();
-        let mut response = edge
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut response = match call_kind(req.headers()) {
+        CallKind::Grpc => edge.grpc(req, peer).await,
+        CallKind::GrpcWeb => grpc_web::call(edge.clone(), req, peer).await,
+        CallKind::Rest => edge
             .rest(req, peer)
             .await
-            .unwrap_or_else(EdgeError::into_response);
-        edge.cors(origin.as_ref(), response.headers_mut());
-        response
+            .unwrap_or_else(EdgeError::into_response),
     };
+    edge.cors(origin.as_ref(), response.headers_mut());
     response.headers_mut().insert(REQUEST_ID, id);
     response
 }
@@ -411,5 +487,33 @@ pub fn from_context(ctx: &ServiceContext, config: EdgeConfig) -> Result<Edge, Bu
             },
         );
     }
-    Ok(Edge::new(pool, config, upstreams, ctx.max_message_bytes())?)
+    let public = PublicRoutes::parse(&config.public_routes).map_err(|reason| {
+        mesh_runtime::config::ConfigError {
+            problems: vec![mesh_runtime::config::Problem {
+                setting: "MESH_EDGE_PUBLIC_ROUTES".into(),
+                value: config.public_routes.join(","),
+                reason,
+            }],
+        }
+    })?;
+    let redis_url = config
+        .rate_limit_redis_url
+        .clone()
+        .or_else(|| ctx.config().events.redis_url.clone());
+    let limiter = match (config.rate_limit, redis_url) {
+        (Some(limit), Some(url)) => Some(Limiter::Redis(
+            redis_limit::RedisLimiter::connect(&url, redis_limit::DEFAULT_PREFIX, limit)
+                .map_err(|e| format!("rate limit store {url} (MESH_EDGE_RATE_LIMIT_REDIS_URL or MESH_REDIS_URL): {e}"))?,
+        )),
+        _ => None,
+    };
+    let jwt = config.jwt;
+    let mut edge = Edge::new(pool, config, upstreams, ctx.max_message_bytes())?;
+    if jwt {
+        edge = edge.with_auth(EdgeAuth::from_auth(ctx.channel("auth")?, public));
+    }
+    if let Some(limiter) = limiter {
+        edge = edge.with_limiter(limiter);
+    }
+    Ok(edge)
 }

@@ -1,8 +1,11 @@
-//! Per-client rate limiting with a token bucket, in process (each edge replica counts alone).
+//! Per-client rate limiting with a token bucket: in process ([`RateLimiter`], each edge replica
+//! counts alone) or in Redis ([`crate::redis_limit::RedisLimiter`], one budget shared by every
+//! replica), behind one [`Limiter`].
 //!
-//! The client is the `sub` of a verified token when there is one, else the first address of
-//! `x-forwarded-for`, else the peer address. A request over the limit gets `429` with
-//! `Retry-After`. Idle buckets are dropped once the map grows large, so memory stays bounded.
+//! The client ([`crate::client_key`]) is the `sub` of a verified token when there is one, else
+//! its IP address. A request over the limit gets `429` with `Retry-After` (gRPC:
+//! `RESOURCE_EXHAUSTED`). Idle in-process buckets are dropped once the map grows large, so
+//! memory stays bounded.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -63,6 +66,27 @@ impl RateLimiter {
         } else {
             let wait = (1.0 - bucket.tokens) / self.limit.per_second;
             Err(wait.ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// The limiter of an edge: in process, or in Redis with the in-process one as the fallback
+/// while Redis cannot be reached.
+#[derive(Debug)]
+pub enum Limiter {
+    /// Each replica counts alone.
+    Memory(RateLimiter),
+    /// Replicas share one budget per client.
+    Redis(crate::redis_limit::RedisLimiter),
+}
+
+impl Limiter {
+    /// Takes a token for the client `key`: `Ok` if it had one, else the whole seconds until it
+    /// will.
+    pub async fn check(&self, key: &str) -> Result<(), u64> {
+        match self {
+            Self::Memory(limiter) => limiter.check(key),
+            Self::Redis(limiter) => limiter.check(key).await,
         }
     }
 }

@@ -4,14 +4,16 @@
 //! Stock never goes negative: every change is one conditional `UPDATE` that keeps
 //! `0 <= reserved <= on_hand` (see [`store`]), so concurrent reservations of the last unit get
 //! it once. A [`sweeper`] expires overdue reservations and returns their stock. Every change
-//! emits its event through the outbox. See `docs/identity.md`.
+//! emits its event through the outbox. The order saga's events reserve, commit and release
+//! stock ([`saga`]). See `docs/identity.md` and `docs/saga.md`.
 //!
-//! - [`api`]: the RPCs; [`reservations`]: ending a reservation; [`store`]: SQL;
-//!   [`validate`]: input checks; [`error`]: errors to statuses.
+//! - [`api`]: the RPCs; [`reservations`]: ending a reservation; [`saga`]: the order saga's
+//!   consumers; [`store`]: SQL; [`validate`]: input checks; [`error`]: errors to statuses.
 
 pub mod api;
 pub mod error;
 pub mod reservations;
+pub mod saga;
 pub mod store;
 pub mod sweeper;
 pub mod validate;
@@ -51,6 +53,9 @@ pub struct InventoryOptions {
     pub clock: Arc<dyn Clock>,
     /// How often the sweeper looks for expired reservations.
     pub sweep_every: Duration,
+    /// Lifetime of the reservations the order saga makes (`MESH_INVENTORY_SAGA_RESERVATION_TTL`,
+    /// default 15 minutes); must exceed the saga timeout (`MESH_ORDER_SAGA_TIMEOUT`).
+    pub saga_reservation_ttl: Duration,
 }
 
 impl Default for InventoryOptions {
@@ -58,13 +63,46 @@ impl Default for InventoryOptions {
         Self {
             clock: Arc::new(SystemClock),
             sweep_every: Duration::from_secs(5),
+            saga_reservation_ttl: api::DEFAULT_TTL,
         }
     }
 }
 
 /// Builds the service's routes; the module table's constructor for `inventory`.
 pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, BuildError>> {
-    Box::pin(build_with(ctx, InventoryOptions::default()))
+    Box::pin(async move {
+        let options = InventoryOptions {
+            saga_reservation_ttl: saga_ttl_from_env()?,
+            ..InventoryOptions::default()
+        };
+        build_with(ctx, options).await
+    })
+}
+
+/// The default order saga timeout (`MESH_ORDER_SAGA_TIMEOUT`), mirrored here to check the TTL.
+const DEFAULT_SAGA_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn env_duration(name: &str, default: Duration) -> Result<Duration, BuildError> {
+    match std::env::var(name) {
+        Ok(raw) if !raw.trim().is_empty() => humantime::parse_duration(raw.trim()).map_err(|e| {
+            format!("{name}: expected a duration such as `30s` or `15m` ({e})").into()
+        }),
+        _ => Ok(default),
+    }
+}
+
+/// The saga reservation TTL from `MESH_INVENTORY_SAGA_RESERVATION_TTL`, checked to exceed the
+/// saga timeout `MESH_ORDER_SAGA_TIMEOUT` (both default when unset).
+pub fn saga_ttl_from_env() -> Result<Duration, BuildError> {
+    let ttl = env_duration("MESH_INVENTORY_SAGA_RESERVATION_TTL", api::DEFAULT_TTL)?;
+    let timeout = env_duration("MESH_ORDER_SAGA_TIMEOUT", DEFAULT_SAGA_TIMEOUT)?;
+    if ttl <= timeout || ttl > api::MAX_TTL || ttl.as_secs() == 0 {
+        return Err(format!(
+            "MESH_INVENTORY_SAGA_RESERVATION_TTL ({ttl:?}) must be longer than MESH_ORDER_SAGA_TIMEOUT ({timeout:?}) and at most 24h, or a reservation can lapse under an order being confirmed"
+        )
+        .into());
+    }
+    Ok(ttl)
 }
 
 /// Builds the service's routes with explicit `options` (tests inject a clock).
@@ -73,6 +111,11 @@ pub async fn build_with(
     options: InventoryOptions,
 ) -> Result<ServiceRoutes, BuildError> {
     let db = ctx.database()?.clone();
+    let saga = saga::SagaOptions {
+        clock: options.clock.clone(),
+        reservation_ttl: options.saga_reservation_ttl,
+    };
+    ctx.start_consumer(saga::handlers(ctx.consumer()?, &saga));
     let sweeper = sweeper::Sweeper::new(db.clone(), options.clock.clone());
     tokio::spawn(sweeper.run(options.sweep_every, ctx.shutdown().clone()));
     let server = InventoryServiceServer::new(InventoryApi::new(db, options.clock))

@@ -10,7 +10,7 @@ use mesh_contracts::events::v1::{
 use mesh_contracts::inventory::v1::{Reservation, ReservationStatus};
 use mesh_runtime::Database;
 use mesh_runtime::auth::Clock;
-use mesh_runtime::outbox::Event;
+use mesh_runtime::outbox::{Event, Tx};
 
 use crate::error::InventoryError;
 use crate::store;
@@ -28,9 +28,9 @@ pub fn event_lines(lines: &[Line]) -> Vec<ReservedLine> {
         .collect()
 }
 
-/// Ends reservation `id` as `to` (COMMITTED, RELEASED or EXPIRED). Returns the reservation
-/// after the change, or as it was when it had already left ACTIVE (the caller decides whether
-/// that is fine).
+/// Ends reservation `id` as `to` (COMMITTED, RELEASED or EXPIRED) in a transaction of its own.
+/// Returns the reservation after the change, or as it was when it had already left ACTIVE (the
+/// caller decides whether that is fine).
 pub async fn finish(
     db: &Database,
     clock: &Arc<dyn Clock>,
@@ -38,33 +38,53 @@ pub async fn finish(
     to: ReservationStatus,
     reason: &str,
 ) -> Result<Reservation, InventoryError> {
-    let now = clock.now_unix();
     let mut tx = db.begin().await?;
-    let current = store::reservation(&mut tx, id, false)
+    let after = finish_in(&mut tx, clock.now_unix(), id, to, reason, Expiry::Enforce).await?;
+    tx.commit().await?;
+    Ok(after)
+}
+
+/// Whether committing a reservation past its `expire_time` (but not yet swept) is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Refuse (the RPC): the sweeper is about to return the stock.
+    Enforce,
+    /// Allow (the saga): the stock is still held, and the order was confirmed.
+    Ignore,
+}
+
+/// [`finish`] inside `tx` (a consumer's transaction, or the RPC's), at Unix time `now`.
+pub async fn finish_in(
+    tx: &mut Tx,
+    now: i64,
+    id: &str,
+    to: ReservationStatus,
+    reason: &str,
+    expiry: Expiry,
+) -> Result<Reservation, InventoryError> {
+    let current = store::reservation(tx, id, false)
         .await?
         .ok_or_else(|| InventoryError::NotFound(id.into()))?;
     if current.status != ReservationStatus::Active as i32 {
         return Ok(current);
     }
     let expire_at = current.expire_time.as_ref().map_or(0, |t| t.seconds);
-    if to == ReservationStatus::Committed && expire_at <= now {
+    if to == ReservationStatus::Committed && expiry == Expiry::Enforce && expire_at <= now {
         return Err(InventoryError::FailedPrecondition(format!(
             "reservation `{id}` expired at {expire_at}; its stock is being returned"
         )));
     }
-    if !store::transition(&mut tx, id, to, now).await? {
-        // Another writer ended it first; report its state.
-        drop(tx);
-        let mut tx = db.begin().await?;
-        return store::reservation(&mut tx, id, false)
+    if !store::transition(tx, id, to, now).await? {
+        // Another writer ended it first (its commit is visible now); report its state.
+        return store::reservation(tx, id, false)
             .await?
             .ok_or_else(|| InventoryError::NotFound(id.into()));
     }
-    let lines = store::reservation_lines(&mut tx, id).await?;
+    let lines = store::reservation_lines(tx, id).await?;
     for line in crate::validate::merged(&lines) {
         match to {
-            ReservationStatus::Committed => store::take(&mut tx, &line, now).await?,
-            _ => store::unhold(&mut tx, &line, now).await?,
+            ReservationStatus::Committed => store::take(tx, &line, now).await?,
+            _ => store::unhold(tx, &line, now).await?,
         }
     }
     let reference_id = current.reference_id.clone();
@@ -104,9 +124,7 @@ pub async fn finish(
     };
     tx.emit(event.correlation(current.reference_id.clone()))
         .await?;
-    let after = store::reservation(&mut tx, id, false)
+    store::reservation(tx, id, false)
         .await?
-        .ok_or_else(|| InventoryError::NotFound(id.into()))?;
-    tx.commit().await?;
-    Ok(after)
+        .ok_or_else(|| InventoryError::NotFound(id.into()))
 }

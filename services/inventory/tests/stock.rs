@@ -53,6 +53,7 @@ async fn start(target: DatabaseTarget) -> Mesh {
     let options = InventoryOptions {
         clock: Arc::new(clock.clone()),
         sweep_every: Duration::from_millis(20),
+        ..InventoryOptions::default()
     };
     let routes = mesh_inventory::build_with(ctx, options)
         .await

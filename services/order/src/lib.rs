@@ -1,26 +1,116 @@
-//! The order service: orders, order lines and the order saga's state.
+//! The order service: orders, their lines, status and status history, and the order saga's
+//! state (`docs/saga.md`).
 //!
-//! Its domain logic is not built yet (it comes with the order saga issue): the generated
-//! `order.v1.OrderService` server is registered, so health, reflection and routing are real, and every
-//! RPC answers `UNIMPLEMENTED` with a message saying so. It never returns made-up data.
+//! `PlaceOrder` prices the lines at product, tokenizes a raw card at payment, stores the order
+//! as PENDING and emits `order.created`; idempotent per (customer, idempotency key). From there
+//! the saga runs by events: inventory reserves or rejects, payment charges, and order's
+//! consumers ([`saga`]) confirm or cancel. A [`sweeper`] cancels orders with no outcome after
+//! the saga timeout. Every transition writes the status, a history entry and its event in one
+//! transaction.
+//!
+//! - [`api`]: the RPCs and who may act for whom; [`place`]: PlaceOrder; [`peers`]: product and
+//!   payment clients; [`transitions`]: status changes and their events; [`saga`]: consumers;
+//!   [`sweeper`]: the timeout; [`store`]: SQL; [`validate`]: input checks; [`error`]: errors to
+//!   statuses.
+
+pub mod api;
+pub mod error;
+pub mod peers;
+pub mod place;
+pub mod saga;
+pub mod store;
+pub mod sweeper;
+pub mod transitions;
+pub mod validate;
+
+use std::time::Duration;
 
 use futures::future::BoxFuture;
-use mesh_contracts::order::v1::order_service_server::{OrderService, OrderServiceServer};
-use mesh_runtime::{BuildError, NotBuilt, ServiceContext, ServiceRoutes};
+use mesh_contracts::order::v1::order_service_server::OrderServiceServer;
+use mesh_runtime::auth::{Policy, Role, guard};
+use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
-/// The order service's gRPC implementation.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct OrderApi;
+pub use api::OrderApi;
 
-// Every method keeps the generated default (UNIMPLEMENTED) until the domain logic lands.
-impl OrderService for OrderApi {}
+/// The order's tables (portable SQL, the same on Postgres and SQLite).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The module table's migrations for `order`.
+pub const MIGRATIONS: Migrations = Migrations::same(&MIGRATOR);
+
+/// The saga timeout when `MESH_ORDER_SAGA_TIMEOUT` is unset.
+pub const DEFAULT_SAGA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Who may call each RPC of `order.v1.OrderService`: customers (for themselves), staff and
+/// services (for anyone); admins pass every check.
+pub fn policy() -> Policy {
+    Policy::new("order.v1.OrderService").roles(
+        &["PlaceOrder", "GetOrder", "ListOrders", "CancelOrder"],
+        &[Role::Customer, Role::Staff, Role::Service],
+    )
+}
+
+/// Saga settings.
+#[derive(Debug, Clone)]
+pub struct OrderOptions {
+    /// An order with no outcome after this long is cancelled (`MESH_ORDER_SAGA_TIMEOUT`).
+    pub saga_timeout: Duration,
+    /// How often the sweeper looks for overdue orders.
+    pub sweep_every: Duration,
+}
+
+impl OrderOptions {
+    /// Options for `saga_timeout`, sweeping four times per timeout (at most every second).
+    pub fn with_timeout(saga_timeout: Duration) -> Self {
+        Self {
+            saga_timeout,
+            sweep_every: (saga_timeout / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        }
+    }
+
+    /// From the environment: `MESH_ORDER_SAGA_TIMEOUT` (a duration such as `30s`; default 30s).
+    pub fn from_env() -> Result<Self, BuildError> {
+        let timeout = match std::env::var("MESH_ORDER_SAGA_TIMEOUT") {
+            Ok(raw) if !raw.trim().is_empty() => humantime::parse_duration(raw.trim())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    format!("MESH_ORDER_SAGA_TIMEOUT: expected a positive duration such as `30s`, got `{raw}`")
+                })?,
+            _ => DEFAULT_SAGA_TIMEOUT,
+        };
+        Ok(Self::with_timeout(timeout))
+    }
+}
+
+impl Default for OrderOptions {
+    fn default() -> Self {
+        Self::with_timeout(DEFAULT_SAGA_TIMEOUT)
+    }
+}
 
 /// Builds the service's routes; the module table's constructor for `order`.
 pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, BuildError>> {
     Box::pin(async move {
-        let server = OrderServiceServer::new(OrderApi)
-            .max_decoding_message_size(ctx.max_message_bytes())
-            .max_encoding_message_size(ctx.max_message_bytes());
-        Ok(ServiceRoutes::new().add_service(NotBuilt::new(server, "the order saga issue")))
+        let options = OrderOptions::from_env()?;
+        let peers = peers::Peers::connect(&ctx)?;
+        build_with(ctx, options, peers).await
     })
+}
+
+/// Builds the service's routes with explicit `options` and `peers` (tests).
+pub async fn build_with(
+    ctx: ServiceContext,
+    options: OrderOptions,
+    peers: peers::Peers,
+) -> Result<ServiceRoutes, BuildError> {
+    let db = ctx.database()?.clone();
+    ctx.start_consumer(saga::handlers(ctx.consumer()?));
+    let sweeper = sweeper::Sweeper::new(db.clone(), options.saga_timeout);
+    tokio::spawn(sweeper.run(options.sweep_every, ctx.shutdown().clone()));
+    let api = OrderApi::new(db.clone(), place::Placer::new(db, peers));
+    let server = OrderServiceServer::new(api)
+        .max_decoding_message_size(ctx.max_message_bytes())
+        .max_encoding_message_size(ctx.max_message_bytes());
+    Ok(ServiceRoutes::new().add_service(guard(&ctx, policy(), server)?))
 }

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cache::ProductCache;
 use crate::error::ProductError;
+use crate::local_cache::LocalCache;
 use crate::page_token::{self, After};
 use crate::store::{self, Filter, now_us};
 use crate::{events, validate};
@@ -32,6 +33,7 @@ const UPDATABLE: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct ProductApi {
     db: Database,
+    local: Option<LocalCache>,
     cache: Option<ProductCache>,
 }
 
@@ -40,22 +42,44 @@ fn micros(t: Option<&prost_types::Timestamp>) -> i64 {
 }
 
 impl ProductApi {
-    /// The service over `db`, reading through `cache` when set.
+    /// The service over `db`, reading through the Redis `cache` when set.
     pub fn new(db: Database, cache: Option<ProductCache>) -> Self {
-        Self { db, cache }
+        Self {
+            db,
+            local: None,
+            cache,
+        }
     }
 
-    /// Product `id` (validated), from the cache when it has it.
+    /// The same service reading through the in-process `local` tier first.
+    #[must_use]
+    pub fn with_local_cache(mut self, local: LocalCache) -> Self {
+        self.local = Some(local);
+        self
+    }
+
+    /// Product `id` (validated), from the nearest cache tier that has it.
     async fn read(&self, field: &'static str, id: &str) -> Result<Product> {
         let id = validate::id(field, id)?;
+        if let Some(local) = &self.local
+            && let Some(p) = local.get(&id)
+        {
+            return Ok(p);
+        }
         if let Some(cache) = &self.cache
             && let Some(p) = cache.get(&id).await
         {
+            if let Some(local) = &self.local {
+                local.put(&p);
+            }
             return Ok(p);
         }
         let product = store::get(self.db.pool(), &id)
             .await?
             .ok_or(ProductError::NotFound(id))?;
+        if let Some(local) = &self.local {
+            local.put(&product);
+        }
         if let Some(cache) = &self.cache {
             cache.put(&product).await;
         }
@@ -63,6 +87,9 @@ impl ProductApi {
     }
 
     async fn drop_cached(&self, id: &str) {
+        if let Some(local) = &self.local {
+            local.invalidate(id);
+        }
         if let Some(cache) = &self.cache
             && let Err(e) = cache.invalidate(id).await
         {

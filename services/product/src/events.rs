@@ -7,6 +7,7 @@ use mesh_runtime::consumer::{EventHandler, HandlerError};
 use mesh_runtime::outbox::Tx;
 
 use crate::cache::ProductCache;
+use crate::local_cache::LocalCache;
 
 /// Event type of a new product.
 pub const CREATED: &str = "product.created";
@@ -15,11 +16,13 @@ pub const UPDATED: &str = "product.updated";
 /// Event type of a deleted product.
 pub const DELETED: &str = "product.deleted";
 
-/// Drops the cache entry of the event's subject (the product id).
+/// Drops the cache entries of the event's subject (the product id) from both tiers.
 #[derive(Debug, Clone)]
 pub struct Invalidate {
-    /// The cache.
-    pub cache: ProductCache,
+    /// The in-process tier, if on.
+    pub local: Option<LocalCache>,
+    /// The Redis tier, if on.
+    pub cache: Option<ProductCache>,
 }
 
 impl EventHandler for Invalidate {
@@ -29,9 +32,15 @@ impl EventHandler for Invalidate {
         _tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            self.cache.invalidate(&event.subject).await.map_err(|e| {
-                HandlerError::retry(format!("invalidating the cache of {}: {e}", event.subject))
-            })
+            if let Some(local) = &self.local {
+                local.invalidate(&event.subject);
+            }
+            match &self.cache {
+                Some(cache) => cache.invalidate(&event.subject).await.map_err(|e| {
+                    HandlerError::retry(format!("invalidating the cache of {}: {e}", event.subject))
+                }),
+                None => Ok(()),
+            }
         })
     }
 }

@@ -1,13 +1,15 @@
 //! The product service: the catalog of products, categories and prices.
 //!
 //! Prices are integer minor units of an ISO 4217 currency; SKUs are unique; lists are ordered by
-//! name and paged with opaque tokens. Reads go through a Redis cache-aside when `MESH_REDIS_URL`
-//! is set ([`cache`]), invalidated by the service's own `product.updated` / `product.deleted`
-//! events; without Redis there is no cache and the answers are the same. Every change emits its
+//! name and paged with opaque tokens. Reads go through two cache tiers: an in-process one
+//! ([`local_cache`], a short time to live bounds what another replica may serve stale) and a
+//! Redis cache-aside when `MESH_REDIS_URL` is set ([`cache`]); both are invalidated by writes and
+//! by the service's own `product.updated` / `product.deleted` events. Every change emits its
 //! event through the outbox. See `docs/identity.md`.
 //!
 //! - [`api`]: the RPCs; [`store`]: SQL; [`validate`] and [`currency`]: input checks;
-//!   [`page_token`]: paging; [`cache`] and [`events`]: the cache and its invalidation;
+//!   [`page_token`]: paging; [`local_cache`], [`cache`] and [`events`]: the cache tiers and
+//!   their invalidation;
 //!   [`error`]: errors to statuses.
 
 pub mod api;
@@ -15,6 +17,7 @@ pub mod cache;
 pub mod currency;
 pub mod error;
 pub mod events;
+pub mod local_cache;
 pub mod page_token;
 pub mod store;
 pub mod validate;
@@ -57,29 +60,93 @@ pub fn policy() -> Policy {
 /// Cache settings.
 #[derive(Debug, Clone)]
 pub struct ProductOptions {
-    /// The Redis of the cache; `None` disables caching.
+    /// The Redis of the cache; `None` disables the Redis tier.
     pub redis_url: Option<String>,
     /// Prefix of the cache's keys.
     pub cache_prefix: String,
-    /// How long an entry lives if no event drops it first.
+    /// How long a Redis entry lives if no event drops it first.
     pub cache_ttl: Duration,
+    /// How long an in-process entry lives: the staleness bound across replicas; zero turns the
+    /// in-process tier off.
+    pub local_ttl: Duration,
+    /// How many products the in-process tier holds at most.
+    pub local_entries: u64,
+}
+
+impl Default for ProductOptions {
+    /// No Redis tier; the in-process tier with its defaults (2 s, 10,000 products).
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            cache_prefix: "mesh:cache:".into(),
+            cache_ttl: Duration::from_secs(300),
+            local_ttl: Duration::from_secs(2),
+            local_entries: 10_000,
+        }
+    }
+}
+
+/// A cache setting the service refuses, naming the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}={value:?}: {reason}")]
+pub struct CacheSettingError {
+    /// The variable.
+    pub variable: &'static str,
+    /// Its value.
+    pub value: String,
+    /// Why it is refused.
+    pub reason: String,
 }
 
 impl ProductOptions {
-    /// The cache on the process's Redis (`MESH_REDIS_URL`), keys under `mesh:cache:`, 5 minutes.
-    pub fn from_context(ctx: &ServiceContext) -> Self {
-        Self {
+    /// The Redis tier on the process's Redis (`MESH_REDIS_URL`, keys under `mesh:cache:`,
+    /// 5 minutes) and the in-process tier from `MESH_PRODUCT_LOCAL_CACHE_TTL` (a duration,
+    /// `0` for off) and `MESH_PRODUCT_LOCAL_CACHE_ENTRIES`, read through `env`.
+    pub fn from_context(
+        ctx: &ServiceContext,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, CacheSettingError> {
+        let mut options = Self {
             redis_url: ctx.config().events.redis_url.clone(),
-            cache_prefix: "mesh:cache:".into(),
-            cache_ttl: Duration::from_secs(300),
+            ..Self::default()
+        };
+        let refuse = |variable, value: String, reason: String| CacheSettingError {
+            variable,
+            value,
+            reason,
+        };
+        if let Some(value) = env("MESH_PRODUCT_LOCAL_CACHE_TTL") {
+            options.local_ttl = if value.trim() == "0" {
+                Duration::ZERO
+            } else {
+                humantime::parse_duration(&value).map_err(|e| {
+                    refuse(
+                        "MESH_PRODUCT_LOCAL_CACHE_TTL",
+                        value.clone(),
+                        format!("not a duration such as 2s or 500ms, or 0 for off: {e}"),
+                    )
+                })?
+            };
         }
+        if let Some(value) = env("MESH_PRODUCT_LOCAL_CACHE_ENTRIES") {
+            options.local_entries = value.trim().parse().map_err(|e| {
+                refuse(
+                    "MESH_PRODUCT_LOCAL_CACHE_ENTRIES",
+                    value.clone(),
+                    format!("not a whole number of products: {e}"),
+                )
+            })?;
+        }
+        Ok(options)
     }
 }
 
 /// Builds the service's routes; the module table's constructor for `product`.
 pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, BuildError>> {
     Box::pin(async move {
-        let options = ProductOptions::from_context(&ctx);
+        let options = ProductOptions::from_context(&ctx, |k| {
+            std::env::var(k).ok().filter(|v| !v.is_empty())
+        })?;
         build_with(ctx, options).await
     })
 }
@@ -98,8 +165,11 @@ pub async fn build_with(
         )?),
         None => None,
     };
-    if let Some(cache) = &cache {
+    let local = (!options.local_ttl.is_zero() && options.local_entries > 0)
+        .then(|| local_cache::LocalCache::new(options.local_entries, options.local_ttl));
+    if cache.is_some() || local.is_some() {
         let invalidate = events::Invalidate {
+            local: local.clone(),
             cache: cache.clone(),
         };
         ctx.start_consumer(
@@ -108,7 +178,11 @@ pub async fn build_with(
                 .on(events::DELETED, invalidate),
         );
     }
-    let server = ProductServiceServer::new(ProductApi::new(db, cache))
+    let mut api = ProductApi::new(db, cache);
+    if let Some(local) = local {
+        api = api.with_local_cache(local);
+    }
+    let server = ProductServiceServer::new(api)
         .max_decoding_message_size(ctx.max_message_bytes())
         .max_encoding_message_size(ctx.max_message_bytes());
     Ok(ServiceRoutes::new().add_service(guard(&ctx, policy(), server)?))

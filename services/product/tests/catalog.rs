@@ -43,6 +43,8 @@ async fn start_product(
         redis_url: None,
         cache_prefix: String::new(),
         cache_ttl: Duration::from_secs(60),
+        local_ttl: Duration::ZERO,
+        local_entries: 0,
     });
     let routes = mesh_product::build_with(ctx, options)
         .await
@@ -576,6 +578,8 @@ async fn cache_hit_and_invalidation_seen_by_a_second_instance_on_postgres_and_re
         redis_url: Some(redis_url.clone()),
         cache_prefix: format!("{namespace}cache:"),
         cache_ttl: Duration::from_secs(60),
+        local_ttl: Duration::ZERO,
+        local_entries: 0,
     };
     // Two instances of the service on one schema and one Redis, as two replicas.
     let a = start_product(
@@ -719,4 +723,115 @@ async fn cache_hit_and_invalidation_seen_by_a_second_instance_on_postgres_and_re
     assert_eq!(code, Code::NotFound);
     shutdown.cancel();
     auth.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn in_process_cache_tier_hits_and_is_invalidated_by_writes_and_events_on_sqlite() {
+    let shutdown = CancellationToken::new();
+    let auth = TestAuth::start(&testing::sqlite(), AuthSettings::default()).await;
+    let admin = auth.admin_token().await;
+    let options = ProductOptions {
+        local_ttl: Duration::from_secs(600),
+        ..ProductOptions::default()
+    };
+    let s = start_product(
+        &auth,
+        &testing::sqlite(),
+        testing::memory_bus(),
+        Some(options),
+        &shutdown,
+    )
+    .await;
+    let mut c = client(s.addr).await;
+    let p = c
+        .create_product(bearer(
+            &admin,
+            CreateProductRequest {
+                product: Some(product("LOCAL-1", "Near", 100, "")),
+            },
+        ))
+        .await
+        .expect("create")
+        .into_inner()
+        .product
+        .expect("product");
+    let get = |c: &mut ProductServiceClient<Channel>| {
+        let mut c = c.clone();
+        let id = p.id.clone();
+        async move {
+            c.get_product(GetProductRequest { id })
+                .await
+                .map(|r| r.into_inner().product.expect("product"))
+        }
+    };
+
+    // The first read fills the tier; a change behind the service's back is not seen.
+    assert_eq!(get(&mut c).await.expect("read").name, "Near");
+    sqlx::query("UPDATE products SET name = 'Changed behind its back' WHERE id = $1")
+        .bind(&p.id)
+        .execute(s.db.pool())
+        .await
+        .expect("sql");
+    assert_eq!(get(&mut c).await.expect("read").name, "Near", "a hit");
+
+    // A write through the service drops the entry at once.
+    let mut change = product("", "", 0, "");
+    change.id = p.id.clone();
+    change.price = Some(Money {
+        currency_code: "EUR".into(),
+        amount_minor: 250,
+    });
+    c.update_product(bearer(
+        &admin,
+        UpdateProductRequest {
+            product: Some(change),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["price".into()],
+            }),
+        },
+    ))
+    .await
+    .expect("update");
+    let fresh = get(&mut c).await.expect("read");
+    assert_eq!(fresh.price.map(|m| m.amount_minor), Some(250));
+    assert_eq!(
+        fresh.name, "Changed behind its back",
+        "read from the database"
+    );
+
+    // The product's own event drops it too.
+    let mut tx = s.db.begin().await.expect("tx");
+    sqlx::query("UPDATE products SET amount_minor = 999 WHERE id = $1")
+        .bind(&p.id)
+        .execute(&mut *tx)
+        .await
+        .expect("sql");
+    tx.emit(Event::new(
+        "product.updated",
+        &p.id,
+        "ProductUpdated",
+        &ProductUpdated {
+            product: None,
+            changed_fields: vec!["price".into()],
+        },
+    ))
+    .await
+    .expect("emit");
+    tx.commit().await.expect("commit");
+    eventually("the event to invalidate the in-process tier", || {
+        let read = get(&mut c);
+        async move {
+            read.await
+                .is_ok_and(|p| p.price.is_some_and(|m| m.amount_minor == 999))
+        }
+    })
+    .await;
+
+    // A delete is seen at once.
+    c.delete_product(bearer(&admin, DeleteProductRequest { id: p.id.clone() }))
+        .await
+        .expect("delete");
+    let (code, _) = status(get(&mut c).await.map(tonic::Response::new));
+    assert_eq!(code, Code::NotFound);
+    shutdown.cancel();
 }

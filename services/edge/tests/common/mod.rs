@@ -173,6 +173,31 @@ async fn echo(req: http::Request<axum::body::Body>) -> http::Response<axum::body
     response
 }
 
+/// The raw server stream of `spec.v1.EchoService/Watch`: the gRPC-framed request three times,
+/// each in its own HTTP/2 data frame, then `grpc-status: 0`.
+async fn watch(req: http::Request<axum::body::Body>) -> http::Response<axum::body::Body> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let mut frames: Vec<Result<_, std::convert::Infallible>> = (0..3)
+        .map(|_| Ok(http_body::Frame::data(body.clone())))
+        .collect();
+    frames.push(Ok(http_body::Frame::trailers(trailers)));
+    let mut response = http::Response::new(axum::body::Body::new(http_body_util::StreamBody::new(
+        futures::stream::iter(frames),
+    )));
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
 /// Starts the test upstream; returns its address.
 pub async fn start_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -181,6 +206,7 @@ pub async fn start_upstream() -> SocketAddr {
         .add_service(GatewayServiceServer::new(Gateway));
     let router = routes
         .into_axum_router()
+        .route("/spec.v1.EchoService/Watch", axum::routing::post(watch))
         .route("/spec.v1.EchoService/{method}", axum::routing::post(echo));
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     tokio::spawn(async move {
@@ -221,7 +247,11 @@ impl Drop for EdgeHandle {
 
 /// Starts an edge with `config` in front of `upstream` (every service, ours and spec.v1).
 pub async fn start_edge(config: EdgeConfig, upstream: SocketAddr) -> EdgeHandle {
-    let pool = load_pool(&[("spec".into(), spec_descriptor_set())]).unwrap();
+    serve_edge(edge_for(config, upstream)).await
+}
+
+/// The upstreams of every service (ours and spec.v1) at `upstream`.
+pub fn upstreams_at(pool: &prost_reflect::DescriptorPool, upstream: SocketAddr) -> Upstreams {
     let uri: http::Uri = format!("http://{upstream}").parse().unwrap();
     let options = || ClientOptions {
         default_deadline: std::time::Duration::from_secs(2),
@@ -242,7 +272,7 @@ pub async fn start_edge(config: EdgeConfig, upstream: SocketAddr) -> EdgeHandle 
         "iot-gateway",
         "vm",
     ];
-    let mut services: Vec<String> = Upstreams::owned_services(&pool, &modules)
+    let mut services: Vec<String> = Upstreams::owned_services(pool, &modules)
         .into_iter()
         .map(|(s, _)| s)
         .collect();
@@ -256,7 +286,14 @@ pub async fn start_edge(config: EdgeConfig, upstream: SocketAddr) -> EdgeHandle 
             },
         );
     }
-    start_edge_with(pool, config, upstreams).await
+    upstreams
+}
+
+/// An edge (not started) with `config` in front of `upstream`.
+pub fn edge_for(config: EdgeConfig, upstream: SocketAddr) -> Edge {
+    let pool = load_pool(&[("spec".into(), spec_descriptor_set())]).unwrap();
+    let upstreams = upstreams_at(&pool, upstream);
+    Edge::new(pool, config, upstreams, 4 << 20).unwrap()
 }
 
 /// Starts an edge over `pool` with explicit upstreams.
@@ -265,7 +302,12 @@ pub async fn start_edge_with(
     config: EdgeConfig,
     upstreams: Upstreams,
 ) -> EdgeHandle {
-    let edge = Arc::new(Edge::new(pool, config, upstreams, 4 << 20).unwrap());
+    serve_edge(Edge::new(pool, config, upstreams, 4 << 20).unwrap()).await
+}
+
+/// Serves `edge` on a fresh loopback port.
+pub async fn serve_edge(edge: Edge) -> EdgeHandle {
+    let edge = Arc::new(edge);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();

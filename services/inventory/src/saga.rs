@@ -1,0 +1,343 @@
+//! Inventory's part of the order saga (`/docs/saga.md`): consumers of the order's events.
+//!
+//! - `order.created` reserves every line at the order's location, reference = order id, and
+//!   emits `inventory.reserved`, or `inventory.rejected` when a line is short (nothing held);
+//! - `order.confirmed` commits the order's reservation (`inventory.committed`);
+//! - `order.cancelled` releases it if held (`inventory.released`), or, when the order is not
+//!   known yet, leaves a tombstone so a late `order.created` reserves nothing.
+//!
+//! The runtime's consumer makes each event id count once; these handlers are also idempotent by
+//! order id (the `saga_orders` row), since one business fact can come twice under two event ids.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use mesh_contracts::events::v1::{
+    Envelope, InventoryRejected, InventoryReserved, OrderCancelled, OrderConfirmed, OrderCreated,
+    ShortLine,
+};
+use mesh_contracts::inventory::v1::ReservationStatus;
+use mesh_runtime::auth::Clock;
+use mesh_runtime::consumer::{Consumer, EventHandler, HandlerError};
+use mesh_runtime::outbox::{Event, Tx};
+use prost::Message;
+use sqlx::Row as _;
+
+use crate::error::InventoryError;
+use crate::reservations::{self, Expiry, event_lines};
+use crate::store;
+use crate::validate::{self, Line};
+
+/// Event type that starts a reservation.
+pub const ORDER_CREATED: &str = "order.created";
+/// Event type that commits it.
+pub const ORDER_CONFIRMED: &str = "order.confirmed";
+/// Event type that releases it.
+pub const ORDER_CANCELLED: &str = "order.cancelled";
+
+/// Settings of the saga handlers.
+#[derive(Debug, Clone)]
+pub struct SagaOptions {
+    /// The clock reservations start and expire by.
+    pub clock: Arc<dyn Clock>,
+    /// Lifetime of a saga reservation; must exceed the order saga's timeout, or a reservation
+    /// could lapse under an order about to be confirmed.
+    pub reservation_ttl: Duration,
+}
+
+/// Adds the saga handlers to `consumer`.
+pub fn handlers(consumer: Consumer, options: &SagaOptions) -> Consumer {
+    consumer
+        .on(ORDER_CREATED, Reserve(options.clone()))
+        .on(ORDER_CONFIRMED, Commit(options.clone()))
+        .on(ORDER_CANCELLED, Release(options.clone()))
+}
+
+fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
+    let bytes = event
+        .payload
+        .as_ref()
+        .map(|a| a.value.as_slice())
+        .unwrap_or_default();
+    M::decode(bytes).map_err(|e| HandlerError::permanent(format!("{}: {e}", event.r#type)))
+}
+
+fn order_id(id: &str, event: &Envelope) -> Result<String, HandlerError> {
+    validate::reference("order_id", id)
+        .map_err(|e| HandlerError::permanent(format!("{} {}: {e}", event.r#type, event.id)))
+}
+
+fn db_err(e: InventoryError) -> HandlerError {
+    match e {
+        InventoryError::Database(d) => HandlerError::from(d),
+        other => HandlerError::permanent(other),
+    }
+}
+
+/// The saga row of `order`: its state, if any.
+async fn saga_state(tx: &mut Tx, order: &str) -> Result<Option<String>, HandlerError> {
+    let row = sqlx::query("SELECT state FROM saga_orders WHERE order_id = $1")
+        .bind(order)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(match row {
+        Some(r) => Some(r.try_get("state")?),
+        None => None,
+    })
+}
+
+async fn set_state(
+    tx: &mut Tx,
+    order: &str,
+    state: &str,
+    reservation: &str,
+    now: i64,
+) -> Result<(), HandlerError> {
+    sqlx::query(
+        "INSERT INTO saga_orders (order_id, state, reservation_id, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (order_id) DO UPDATE SET state = $2, \
+         reservation_id = CASE WHEN $3 = '' THEN saga_orders.reservation_id ELSE $3 END, updated_at = $4",
+    )
+    .bind(order)
+    .bind(state)
+    .bind(reservation)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// `order.created` -> reserve, or reject.
+#[derive(Debug, Clone)]
+pub struct Reserve(SagaOptions);
+
+impl EventHandler for Reserve {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let created: OrderCreated = decode(event)?;
+            let order = order_id(&created.order_id, event)?;
+            let now = self.0.clock.now_unix();
+            // Idempotent by order id: claim the order; a known order (reserved, rejected, or
+            // cancelled before it arrived) gets nothing more.
+            let claimed = sqlx::query(
+                "INSERT INTO saga_orders (order_id, state, reservation_id, updated_at) VALUES ($1, 'RESERVING', '', $2) \
+                 ON CONFLICT (order_id) DO NOTHING",
+            )
+            .bind(&order)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if claimed == 0 {
+                tracing::debug!(order = %order, "order.created for a known order: nothing to do");
+                return Ok(());
+            }
+            if let Some(existing) = store::reservation(tx, &order, true).await.map_err(db_err)? {
+                // Reserved through the RPC already: remember it.
+                return set_state(tx, &order, "RESERVED", &existing.id, now).await;
+            }
+            let location = validate::location_id("location_id", &created.location_id, true);
+            let mut lines = Vec::with_capacity(created.lines.len());
+            let mut problems = Vec::new();
+            for (i, l) in created.lines.iter().enumerate() {
+                match (&location, validate::product_id("product_id", &l.product_id)) {
+                    (Ok(loc), Ok(product_id)) if l.quantity > 0 => lines.push(Line {
+                        product_id,
+                        location_id: loc.clone(),
+                        quantity: l.quantity,
+                    }),
+                    _ => problems.push(format!("line {i} is malformed")),
+                }
+            }
+            if lines.is_empty() || !problems.is_empty() {
+                problems.push("the order has no valid line".into());
+                return reject(tx, &order, Vec::new(), &problems.join("; "), now).await;
+            }
+            let mut held = Vec::new();
+            let mut short = Vec::new();
+            for line in validate::merged(&lines) {
+                if store::hold(tx, &line, now).await.map_err(db_err)? {
+                    held.push(line);
+                } else {
+                    let level = store::stock_in(tx, &line.product_id, &line.location_id)
+                        .await
+                        .map_err(db_err)?;
+                    short.push(ShortLine {
+                        product_id: line.product_id.clone(),
+                        location_id: line.location_id.clone(),
+                        requested: line.quantity,
+                        available: level.available,
+                    });
+                }
+            }
+            if !short.is_empty() {
+                // All or nothing: give back what this order held a moment ago.
+                for line in &held {
+                    store::unhold(tx, line, now).await.map_err(db_err)?;
+                }
+                let reason = format!("{} line(s) short of stock", short.len());
+                return reject(tx, &order, short, &reason, now).await;
+            }
+            let id = uuid::Uuid::now_v7().to_string();
+            let expires = now + self.0.reservation_ttl.as_secs() as i64;
+            store::insert_reservation(tx, &id, &order, &lines, now, expires)
+                .await
+                .map_err(db_err)?;
+            set_state(tx, &order, "RESERVED", &id, now).await?;
+            tx.emit(
+                Event::new(
+                    "inventory.reserved",
+                    &id,
+                    "InventoryReserved",
+                    &InventoryReserved {
+                        reservation_id: id.clone(),
+                        reference_id: order.clone(),
+                        lines: event_lines(&lines),
+                        expire_time: Some(prost_types::Timestamp {
+                            seconds: expires,
+                            nanos: 0,
+                        }),
+                    },
+                )
+                .correlation(order.clone()),
+            )
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+async fn reject(
+    tx: &mut Tx,
+    order: &str,
+    short_lines: Vec<ShortLine>,
+    reason: &str,
+    now: i64,
+) -> Result<(), HandlerError> {
+    set_state(tx, order, "REJECTED", "", now).await?;
+    tx.emit(
+        Event::new(
+            "inventory.rejected",
+            order,
+            "InventoryRejected",
+            &InventoryRejected {
+                reference_id: order.into(),
+                short_lines,
+                reason: reason.into(),
+            },
+        )
+        .correlation(order),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `order.confirmed` -> commit the order's reservation.
+#[derive(Debug, Clone)]
+pub struct Commit(SagaOptions);
+
+impl EventHandler for Commit {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let confirmed: OrderConfirmed = decode(event)?;
+            let order = order_id(&confirmed.order_id, event)?;
+            let now = self.0.clock.now_unix();
+            let Some(reservation) = store::reservation(tx, &order, true).await.map_err(db_err)?
+            else {
+                // Payment charges only after inventory.reserved, so this cannot normally happen;
+                // retry (the reservation may be in a transaction not yet visible) and then
+                // dead-letter for an operator.
+                return Err(HandlerError::retry(format!(
+                    "order {order} was confirmed but has no reservation"
+                )));
+            };
+            let status = ReservationStatus::try_from(reservation.status).unwrap_or_default();
+            match status {
+                ReservationStatus::Active => {
+                    // Past its expiry but not swept yet: the stock is still held, commit it.
+                    reservations::finish_in(
+                        tx,
+                        now,
+                        &reservation.id,
+                        ReservationStatus::Committed,
+                        "",
+                        Expiry::Ignore,
+                    )
+                    .await
+                    .map_err(db_err)?;
+                }
+                ReservationStatus::Committed => {}
+                _ => {
+                    // Released or expired under a confirmed order: the saga's settings are wrong
+                    // (reservation TTL not above the saga timeout) or someone released it by
+                    // hand. Never take stock that may be sold to another order: leave it to an
+                    // operator, loudly.
+                    tracing::error!(order = %order, reservation = %reservation.id, status = store::status_name(status), "order confirmed but its reservation is no longer held");
+                    return Err(HandlerError::permanent(format!(
+                        "order {order} confirmed but reservation {} is {}",
+                        reservation.id,
+                        store::status_name(status)
+                    )));
+                }
+            }
+            set_state(tx, &order, "COMMITTED", &reservation.id, now).await
+        })
+    }
+}
+
+/// `order.cancelled` -> release the order's reservation, or leave a tombstone.
+#[derive(Debug, Clone)]
+pub struct Release(SagaOptions);
+
+impl EventHandler for Release {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let cancelled: OrderCancelled = decode(event)?;
+            let order = order_id(&cancelled.order_id, event)?;
+            let now = self.0.clock.now_unix();
+            if saga_state(tx, &order).await?.as_deref() == Some("COMMITTED") {
+                tracing::warn!(order = %order, "order.cancelled for a committed order: stock stays sold");
+                return Ok(());
+            }
+            let reservation = store::reservation(tx, &order, true).await.map_err(db_err)?;
+            let reservation_id = reservation
+                .as_ref()
+                .map(|r| r.id.clone())
+                .unwrap_or_default();
+            set_state(tx, &order, "CANCELLED", &reservation_id, now).await?;
+            if let Some(r) = reservation
+                && r.status == ReservationStatus::Active as i32
+            {
+                let reason = if cancelled.detail.is_empty() {
+                    "order cancelled".to_string()
+                } else {
+                    format!("order cancelled: {}", cancelled.detail)
+                };
+                reservations::finish_in(
+                    tx,
+                    now,
+                    &r.id,
+                    ReservationStatus::Released,
+                    &reason,
+                    Expiry::Ignore,
+                )
+                .await
+                .map_err(db_err)?;
+            }
+            Ok(())
+        })
+    }
+}

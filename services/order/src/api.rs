@@ -1,0 +1,265 @@
+//! The `order.v1.OrderService` implementation: who may act for which customer, and the read
+//! and cancel paths (placing is [`crate::place`]).
+//!
+//! Customers act only for themselves: their `customer_id` is taken from the token (or must
+//! match it), and another customer's order answers `NOT_FOUND` naming `id`, exactly like a
+//! missing one, so order ids cannot be probed. Staff, admins and services act for anyone.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mesh_contracts::events::v1::CancelReason;
+use mesh_contracts::order::v1::order_service_server::OrderService;
+use mesh_contracts::order::v1::*;
+use mesh_runtime::Database;
+use mesh_runtime::auth::{Identity, Role};
+use tonic::{Request, Response, Status};
+
+use crate::error::OrderError;
+use crate::place::Placer;
+use crate::store::{self, ListFilter, OPEN};
+use crate::{transitions, validate};
+
+type Result<T> = std::result::Result<T, OrderError>;
+
+/// Default page size of ListOrders.
+pub const DEFAULT_PAGE: i64 = 20;
+/// Largest page size of ListOrders.
+pub const MAX_PAGE: i64 = 200;
+
+/// Who is calling, as far as orders care.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's subject (account id, or a service's client id).
+    pub subject: String,
+    /// Staff, admin or a service: may act for any customer.
+    pub privileged: bool,
+}
+
+impl Caller {
+    /// The caller of `request` (the guard put its identity there).
+    pub fn of<T>(request: &Request<T>) -> Result<Self> {
+        let id = Identity::of(request).ok_or_else(|| {
+            OrderError::denied("authorization", "no caller identity on the request")
+        })?;
+        Ok(Self {
+            subject: id.subject.clone(),
+            privileged: id.has_any(&[Role::Staff, Role::Service]),
+        })
+    }
+
+    /// The customer the caller acts for, given the request's `customer_id` (`field`).
+    pub fn customer(&self, field: &str, requested: &str) -> Result<Option<String>> {
+        let requested = requested.trim();
+        if self.privileged {
+            return if requested.is_empty() {
+                Ok(None)
+            } else {
+                Ok(Some(validate::id(field, requested)?))
+            };
+        }
+        if requested.is_empty() || requested == self.subject {
+            return Ok(Some(self.subject.clone()));
+        }
+        Err(OrderError::denied(
+            field,
+            "a customer may only act on their own orders",
+        ))
+    }
+
+    fn may_see(&self, order: &Order) -> bool {
+        self.privileged || order.customer_id == self.subject
+    }
+}
+
+/// The order service.
+#[derive(Debug, Clone)]
+pub struct OrderApi {
+    db: Database,
+    placer: Placer,
+}
+
+fn not_found(id: &str) -> OrderError {
+    OrderError::not_found("id", format!("order `{id}` not found"))
+}
+
+impl OrderApi {
+    /// The service over `db`, placing orders with `placer`.
+    pub fn new(db: Database, placer: Placer) -> Self {
+        Self { db, placer }
+    }
+
+    async fn place(&self, caller: &Caller, req: PlaceOrderRequest) -> Result<Order> {
+        let customer = caller
+            .customer("customer_id", &req.customer_id)?
+            .ok_or_else(|| {
+                OrderError::invalid(
+                    "customer_id",
+                    "required when staff or a service places an order",
+                )
+            })?;
+        self.placer.place(&customer, &req).await
+    }
+
+    async fn get(&self, caller: &Caller, id: &str) -> Result<Order> {
+        let id = validate::id("id", id)?;
+        let mut conn = self.db.pool().acquire().await.map_err(OrderError::from)?;
+        match store::get(&mut conn, &id).await? {
+            Some(o) if caller.may_see(&o) => Ok(o),
+            _ => Err(not_found(&id)),
+        }
+    }
+
+    async fn list(&self, caller: &Caller, req: ListOrdersRequest) -> Result<ListOrdersResponse> {
+        let customer_id = caller.customer("customer_id", &req.customer_id)?;
+        let limit = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n if n < 0 => return Err(OrderError::invalid("page_size", "must not be negative")),
+            n if i64::from(n) > MAX_PAGE => {
+                return Err(OrderError::invalid(
+                    "page_size",
+                    format!("at most {MAX_PAGE}"),
+                ));
+            }
+            n => i64::from(n),
+        };
+        let status = match OrderStatus::try_from(req.status) {
+            Ok(OrderStatus::Unspecified) => None,
+            Ok(s) => Some(s),
+            Err(_) => return Err(OrderError::invalid("status", "not an OrderStatus value")),
+        };
+        let before = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(decode_token(&req.page_token)?)
+        };
+        let filter = ListFilter {
+            customer_id,
+            status,
+            before,
+        };
+        let mut conn = self.db.pool().acquire().await.map_err(OrderError::from)?;
+        let mut orders = store::list(&mut conn, &filter, limit + 1).await?;
+        let next_page_token = if orders.len() as i64 > limit {
+            orders.truncate(limit as usize);
+            orders.last().map(encode_token).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(ListOrdersResponse {
+            orders,
+            next_page_token,
+        })
+    }
+
+    async fn cancel(&self, caller: &Caller, req: CancelOrderRequest) -> Result<Order> {
+        let id = validate::id("id", &req.id)?;
+        if req.reason.chars().count() > 500 {
+            return Err(OrderError::invalid("reason", "at most 500 characters"));
+        }
+        let mut tx = self.db.begin().await?;
+        let order = match store::get(&mut tx, &id).await? {
+            Some(o) if caller.may_see(&o) => o,
+            _ => return Err(not_found(&id)),
+        };
+        let status = OrderStatus::try_from(order.status).unwrap_or_default();
+        if status == OrderStatus::Cancelled {
+            return Ok(order);
+        }
+        if !OPEN.contains(&status) {
+            return Err(OrderError::precondition(
+                "id",
+                format!(
+                    "order `{id}` is {}; only an order whose payment has not succeeded can be cancelled",
+                    status.as_str_name()
+                ),
+            ));
+        }
+        let reason = if caller.privileged {
+            CancelReason::StaffRequest
+        } else {
+            CancelReason::CustomerRequest
+        };
+        let detail = if req.reason.trim().is_empty() {
+            "cancelled on request".to_string()
+        } else {
+            req.reason.trim().to_string()
+        };
+        match transitions::cancel(&mut tx, &id, reason, &detail, "").await? {
+            Some(order) => {
+                tx.commit().await?;
+                Ok(order)
+            }
+            None => {
+                // The saga finished it between the read and the update: report what it is now.
+                drop(tx);
+                let now = self.get(caller, &id).await?;
+                if now.status == OrderStatus::Cancelled as i32 {
+                    Ok(now)
+                } else {
+                    Err(OrderError::precondition(
+                        "id",
+                        format!(
+                            "order `{id}` was confirmed meanwhile; it can no longer be cancelled"
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn encode_token(order: &Order) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}\n{}", store::created_us(order), order.id))
+}
+
+fn decode_token(token: &str) -> Result<(i64, String)> {
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| {
+            let (at, id) = s.split_once('\n')?;
+            Some((at.parse().ok()?, id.to_string()))
+        })
+        .ok_or_else(|| {
+            OrderError::invalid("page_token", "malformed; pass next_page_token unchanged")
+        })
+}
+
+#[tonic::async_trait]
+impl OrderService for OrderApi {
+    async fn place_order(
+        &self,
+        r: Request<PlaceOrderRequest>,
+    ) -> std::result::Result<Response<PlaceOrderResponse>, Status> {
+        let caller = Caller::of(&r)?;
+        let order = self.place(&caller, r.into_inner()).await?;
+        Ok(Response::new(PlaceOrderResponse { order: Some(order) }))
+    }
+
+    async fn get_order(
+        &self,
+        r: Request<GetOrderRequest>,
+    ) -> std::result::Result<Response<GetOrderResponse>, Status> {
+        let caller = Caller::of(&r)?;
+        let order = self.get(&caller, &r.get_ref().id).await?;
+        Ok(Response::new(GetOrderResponse { order: Some(order) }))
+    }
+
+    async fn list_orders(
+        &self,
+        r: Request<ListOrdersRequest>,
+    ) -> std::result::Result<Response<ListOrdersResponse>, Status> {
+        let caller = Caller::of(&r)?;
+        Ok(Response::new(self.list(&caller, r.into_inner()).await?))
+    }
+
+    async fn cancel_order(
+        &self,
+        r: Request<CancelOrderRequest>,
+    ) -> std::result::Result<Response<CancelOrderResponse>, Status> {
+        let caller = Caller::of(&r)?;
+        let order = self.cancel(&caller, r.into_inner()).await?;
+        Ok(Response::new(CancelOrderResponse { order: Some(order) }))
+    }
+}

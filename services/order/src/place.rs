@@ -1,0 +1,244 @@
+//! PlaceOrder: check the request, return the existing order for a repeated idempotency key,
+//! price the lines at product, tokenize a raw card at payment, then store the order as PENDING
+//! and emit `order.created` in one transaction.
+//!
+//! Nothing is written before every check passed, so a refused order leaves no trace. Promo
+//! codes are recorded and not applied: the campaign service is not built (an invalid code does
+//! not fail an order, as the proto specifies).
+
+use mesh_contracts::common::v1::PaymentCard;
+use mesh_contracts::common::v1::payment_method::Method;
+use mesh_contracts::order::v1::{Order, PlaceOrderRequest};
+use mesh_runtime::{Database, DatabaseError};
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+
+use crate::error::OrderError;
+use crate::peers::{Card, Peers};
+use crate::store::{self, NewLine, NewOrder};
+use crate::{transitions, validate};
+
+type Result<T> = std::result::Result<T, OrderError>;
+
+/// How the order is paid, checked.
+enum Payment<'a> {
+    Card(&'a PaymentCard),
+    Token(String),
+}
+
+fn payment(req: &PlaceOrderRequest) -> Result<Payment<'_>> {
+    match req.payment_method.as_ref().and_then(|m| m.method.as_ref()) {
+        None => Err(OrderError::invalid(
+            "payment_method",
+            "required: a card or a card_token",
+        )),
+        Some(Method::Card(card)) => {
+            if card.number.trim().is_empty() {
+                return Err(OrderError::invalid(
+                    "payment_method.card.number",
+                    "required",
+                ));
+            }
+            Ok(Payment::Card(card))
+        }
+        Some(Method::CardToken(t)) => Ok(Payment::Token(validate::id(
+            "payment_method.card_token",
+            t,
+        )?)),
+    }
+}
+
+fn last4(number: &str) -> String {
+    let digits: Vec<char> = number.chars().filter(char::is_ascii_digit).collect();
+    digits[digits.len().saturating_sub(4)..].iter().collect()
+}
+
+/// The fingerprint of a request under its idempotency key: a SHA-256 of the customer and the
+/// request with the card number cut to its last 4 digits and the CVC dropped (a card number is
+/// never stored, not even hashed).
+pub fn fingerprint(customer: &str, req: &PlaceOrderRequest) -> String {
+    let mut canonical = req.clone();
+    canonical.customer_id = customer.to_string();
+    if let Some(Method::Card(card)) = canonical
+        .payment_method
+        .as_mut()
+        .and_then(|m| m.method.as_mut())
+    {
+        card.number = last4(&card.number);
+        card.cvc = String::new();
+    }
+    let digest = Sha256::digest(canonical.encode_to_vec());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Places orders.
+#[derive(Debug, Clone)]
+pub struct Placer {
+    db: Database,
+    peers: Peers,
+}
+
+impl Placer {
+    /// A placer over `db`, calling `peers`.
+    pub fn new(db: Database, peers: Peers) -> Self {
+        Self { db, peers }
+    }
+
+    async fn existing(&self, customer: &str, key: &str, hash: &str) -> Result<Option<Order>> {
+        let mut conn = self.db.pool().acquire().await.map_err(OrderError::from)?;
+        let Some((id, stored)) = store::by_key(&mut conn, customer, key).await? else {
+            return Ok(None);
+        };
+        if stored != hash {
+            return Err(OrderError::KeyReused(key.to_string()));
+        }
+        store::get(&mut conn, &id)
+            .await?
+            .map(Some)
+            .ok_or_else(|| OrderError::Unavailable(format!("id: order `{id}` vanished; retry")))
+    }
+
+    /// Places `req` for `customer` (already resolved from the caller's token).
+    pub async fn place(&self, customer: &str, req: &PlaceOrderRequest) -> Result<Order> {
+        let checked = validate::place(req)?;
+        let pay = payment(req)?;
+        let hash = fingerprint(customer, req);
+        if let Some(order) = self.existing(customer, &checked.key, &hash).await? {
+            return Ok(order);
+        }
+
+        let products = self.peers.products(&checked.lines).await?;
+        let mut currency = checked.currency.clone();
+        let mut lines = Vec::with_capacity(checked.lines.len());
+        let mut subtotal: i64 = 0;
+        for (i, (line, product)) in checked.lines.iter().zip(&products).enumerate() {
+            let field = format!("lines[{i}].product_id");
+            if !product.active {
+                return Err(OrderError::precondition(
+                    field,
+                    format!("product `{}` is not active", line.product_id),
+                ));
+            }
+            let price = product.price.as_ref().ok_or_else(|| {
+                OrderError::precondition(
+                    &field,
+                    format!("product `{}` has no price", line.product_id),
+                )
+            })?;
+            match &currency {
+                None => currency = Some(price.currency_code.clone()),
+                Some(c) if *c != price.currency_code => {
+                    let (f, why) = if checked.currency.is_some() {
+                        (
+                            "currency_code".to_string(),
+                            format!(
+                                "is {c}, but product `{}` (lines[{i}]) is priced in {}; orders are not converted between currencies",
+                                line.product_id, price.currency_code
+                            ),
+                        )
+                    } else {
+                        (
+                            field.clone(),
+                            format!(
+                                "product `{}` is priced in {}, the order's earlier lines in {c}; one order has one currency",
+                                line.product_id, price.currency_code
+                            ),
+                        )
+                    };
+                    return Err(OrderError::precondition(f, why));
+                }
+                Some(_) => {}
+            }
+            let line_total = price
+                .amount_minor
+                .checked_mul(line.quantity)
+                .filter(|v| *v >= 0)
+                .ok_or_else(|| {
+                    OrderError::invalid(format!("lines[{i}].quantity"), "the line total overflows")
+                })?;
+            subtotal = subtotal
+                .checked_add(line_total)
+                .ok_or_else(|| OrderError::invalid("lines", "the order total overflows"))?;
+            lines.push(NewLine {
+                product_id: line.product_id.clone(),
+                sku: product.sku.clone(),
+                name: product.name.clone(),
+                quantity: line.quantity,
+                unit_price_minor: price.amount_minor,
+            });
+        }
+
+        let card = match pay {
+            Payment::Card(card) => self.peers.tokenize(card).await?,
+            Payment::Token(token) => Card {
+                token,
+                last4: String::new(),
+            },
+        };
+        let new = NewOrder {
+            id: uuid::Uuid::now_v7().to_string(),
+            customer_id: customer.to_string(),
+            idempotency_key: checked.key.clone(),
+            request_hash: hash.clone(),
+            currency_code: currency.unwrap_or_default(),
+            lines,
+            subtotal_minor: subtotal,
+            total_minor: subtotal,
+            shipping_address: checked.address,
+            promo_code: checked.promo,
+            card_token: card.token,
+            card_last4: card.last4,
+            now_us: store::now_us(),
+        };
+        let mut tx = self.db.begin().await?;
+        match store::insert(&mut tx, &new).await {
+            Ok(()) => {}
+            Err(OrderError::Database(DatabaseError::Conflict(_))) => {
+                // A concurrent call with the same key won: answer with its order.
+                drop(tx);
+                return self
+                    .existing(customer, &checked.key, &hash)
+                    .await?
+                    .ok_or_else(|| OrderError::Unavailable("idempotency_key: a concurrent request with this key did not finish; retry".into()));
+            }
+            Err(e) => return Err(e),
+        }
+        let order = store::get(&mut tx, &new.id)
+            .await?
+            .ok_or_else(|| OrderError::Unavailable("the order was not stored; retry".into()))?;
+        transitions::created(&mut tx, &order).await?;
+        tx.commit().await?;
+        Ok(order)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_contracts::common::v1::PaymentMethod;
+
+    fn with_card(number: &str, cvc: &str) -> PlaceOrderRequest {
+        PlaceOrderRequest {
+            idempotency_key: "k".into(),
+            payment_method: Some(PaymentMethod {
+                method: Some(Method::Card(PaymentCard {
+                    number: number.into(),
+                    expiry: "12/30".into(),
+                    cvc: cvc.into(),
+                    holder_name: String::new(),
+                })),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fingerprints_ignore_the_cvc_and_hide_the_card_number() {
+        let a = fingerprint("c1", &with_card("4242 4242 4242 4242", "123"));
+        assert_eq!(a, fingerprint("c1", &with_card("4242424242424242", "999")));
+        assert_ne!(a, fingerprint("c2", &with_card("4242424242424242", "123")));
+        assert_ne!(a, fingerprint("c1", &with_card("4000000000000002", "123")));
+        assert_eq!(last4("4242 4242 4242 4241"), "4241");
+        assert_eq!(a.len(), 64);
+    }
+}

@@ -1,0 +1,186 @@
+//! Order's consumers of the saga's events (`docs/saga.md`):
+//!
+//! | event | effect |
+//! |---|---|
+//! | `inventory.reserved` | record the reservation; PENDING -> RESERVED |
+//! | `inventory.rejected` | cancel, OUT_OF_STOCK |
+//! | `inventory.reservation_expired` | cancel, TIMEOUT (if still open) |
+//! | `payment.succeeded` | confirm -> `order.confirmed` (ignored when already final) |
+//! | `payment.failed` | cancel, PAYMENT_FAILED |
+//!
+//! Events of different streams arrive in any order, so every handler is a conditional
+//! transition from the open statuses: whichever of "confirm" and "cancel" comes first wins, the
+//! other changes nothing. Events about references that are not orders (vends reserve stock and
+//! pay too) are ignored.
+
+use futures::future::BoxFuture;
+use mesh_contracts::events::v1::{
+    CancelReason, Envelope, InventoryRejected, InventoryReservationExpired, InventoryReserved,
+    PaymentFailed, PaymentSucceeded,
+};
+use mesh_runtime::consumer::{Consumer, EventHandler, HandlerError};
+use mesh_runtime::outbox::Tx;
+use prost::Message;
+
+use crate::error::OrderError;
+use crate::transitions;
+
+fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
+    let bytes = event
+        .payload
+        .as_ref()
+        .map(|a| a.value.as_slice())
+        .unwrap_or_default();
+    M::decode(bytes).map_err(|e| HandlerError::permanent(format!("{}: {e}", event.r#type)))
+}
+
+fn handler_err(e: OrderError) -> HandlerError {
+    match e {
+        OrderError::Database(d) => HandlerError::from(d),
+        other => HandlerError::retry(other),
+    }
+}
+
+/// Adds the saga handlers to `consumer`.
+pub fn handlers(consumer: Consumer) -> Consumer {
+    consumer
+        .on("inventory.reserved", Reserved)
+        .on("inventory.rejected", Rejected)
+        .on("inventory.reservation_expired", Expired)
+        .on("payment.succeeded", Succeeded)
+        .on("payment.failed", Failed)
+}
+
+/// `inventory.reserved`.
+#[derive(Debug, Clone, Copy)]
+pub struct Reserved;
+
+impl EventHandler for Reserved {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let p: InventoryReserved = decode(event)?;
+            transitions::reserved(tx, &p.reference_id, &p.reservation_id, &event.id)
+                .await
+                .map_err(handler_err)?;
+            Ok(())
+        })
+    }
+}
+
+/// `inventory.rejected`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rejected;
+
+impl EventHandler for Rejected {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let p: InventoryRejected = decode(event)?;
+            let detail = if p.reason.is_empty() {
+                "out of stock".to_string()
+            } else {
+                p.reason.clone()
+            };
+            transitions::cancel(
+                tx,
+                &p.reference_id,
+                CancelReason::OutOfStock,
+                &detail,
+                &event.id,
+            )
+            .await
+            .map_err(handler_err)?;
+            Ok(())
+        })
+    }
+}
+
+/// `inventory.reservation_expired`: the stock is gone back to the shelf, so an open order can
+/// no longer complete.
+#[derive(Debug, Clone, Copy)]
+pub struct Expired;
+
+impl EventHandler for Expired {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let p: InventoryReservationExpired = decode(event)?;
+            transitions::cancel(
+                tx,
+                &p.reference_id,
+                CancelReason::Timeout,
+                "the stock reservation expired",
+                &event.id,
+            )
+            .await
+            .map_err(handler_err)?;
+            Ok(())
+        })
+    }
+}
+
+/// `payment.succeeded`.
+#[derive(Debug, Clone, Copy)]
+pub struct Succeeded;
+
+impl EventHandler for Succeeded {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let p: PaymentSucceeded = decode(event)?;
+            let confirmed = transitions::confirm(tx, &p.order_id, &p.payment_id, &event.id)
+                .await
+                .map_err(handler_err)?;
+            if confirmed.is_none() {
+                // Already final (cancelled by timeout or the customer first) or not an order:
+                // payment refunds a capture of a cancelled order on `order.cancelled`.
+                tracing::info!(order = %p.order_id, payment = %p.payment_id, "payment.succeeded for an order that is not open; ignored");
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `payment.failed`.
+#[derive(Debug, Clone, Copy)]
+pub struct Failed;
+
+impl EventHandler for Failed {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let p: PaymentFailed = decode(event)?;
+            let detail = if p.message.is_empty() {
+                "payment failed".to_string()
+            } else {
+                p.message.clone()
+            };
+            transitions::cancel(
+                tx,
+                &p.order_id,
+                CancelReason::PaymentFailed,
+                &detail,
+                &event.id,
+            )
+            .await
+            .map_err(handler_err)?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,429 @@
+//! The order service's SQL (portable: Postgres and SQLite). Every status change is one
+//! conditional `UPDATE ... WHERE status IN (<allowed sources>)`: under concurrent writers (an
+//! RPC, the sweeper and the saga's consumers on several replicas) the database re-checks the
+//! condition on the row it locked, so an order leaves PENDING/RESERVED once and a final status
+//! is never overwritten.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use mesh_contracts::common::v1::{Money, PostalAddress};
+use mesh_contracts::order::v1::{Order, OrderLine, OrderStatus, StatusChange};
+use prost::Message as _;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row as _};
+
+use crate::error::OrderError;
+
+type Result<T> = std::result::Result<T, OrderError>;
+
+/// Statuses an order is still in flight in.
+pub const OPEN: &[OrderStatus] = &[
+    OrderStatus::Pending,
+    OrderStatus::Reserved,
+    OrderStatus::Paid,
+];
+
+/// The current time in Unix microseconds.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+fn ts(us: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: us.div_euclid(1_000_000),
+        nanos: i32::try_from(us.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+    }
+}
+
+fn money(currency: &str, minor: i64) -> Money {
+    Money {
+        currency_code: currency.into(),
+        amount_minor: minor,
+    }
+}
+
+/// The stored name of a status.
+pub fn status_name(s: OrderStatus) -> &'static str {
+    s.as_str_name()
+}
+
+fn status_of(name: &str) -> OrderStatus {
+    OrderStatus::from_str_name(name).unwrap_or(OrderStatus::Unspecified)
+}
+
+fn in_list(statuses: &[OrderStatus]) -> String {
+    statuses
+        .iter()
+        .map(|s| format!("'{}'", status_name(*s)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A priced line to store.
+#[derive(Debug, Clone)]
+pub struct NewLine {
+    /// Product id.
+    pub product_id: String,
+    /// SKU at order time.
+    pub sku: String,
+    /// Name at order time.
+    pub name: String,
+    /// Units.
+    pub quantity: i64,
+    /// List unit price in minor units.
+    pub unit_price_minor: i64,
+}
+
+/// An order to store as PENDING.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    /// Order id.
+    pub id: String,
+    /// Customer.
+    pub customer_id: String,
+    /// Idempotency key.
+    pub idempotency_key: String,
+    /// Fingerprint of the request (the same key with another request is refused).
+    pub request_hash: String,
+    /// Currency of every amount.
+    pub currency_code: String,
+    /// Lines.
+    pub lines: Vec<NewLine>,
+    /// Sum of line subtotals.
+    pub subtotal_minor: i64,
+    /// Amount to charge.
+    pub total_minor: i64,
+    /// Where to ship.
+    pub shipping_address: PostalAddress,
+    /// Promo code as entered (not applied).
+    pub promo_code: String,
+    /// Card token.
+    pub card_token: String,
+    /// Last 4 digits, when known.
+    pub card_last4: String,
+    /// Creation time, Unix µs.
+    pub now_us: i64,
+}
+
+/// Inserts `o` as PENDING with its lines and the first history entry.
+pub async fn insert(conn: &mut AnyConnection, o: &NewOrder) -> Result<()> {
+    let address = STANDARD.encode(o.shipping_address.encode_to_vec());
+    sqlx::query(
+        "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, status, currency_code, \
+         subtotal_minor, discount_minor, shipping_minor, total_minor, shipping_address, promo_code, \
+         card_token, card_last4, payment_id, reservation_id, cancel_reason, created_at_us, updated_at_us) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9, $10, $11, $12, '', '', '', $13, $13)",
+    )
+    .bind(&o.id)
+    .bind(&o.customer_id)
+    .bind(&o.idempotency_key)
+    .bind(&o.request_hash)
+    .bind(status_name(OrderStatus::Pending))
+    .bind(&o.currency_code)
+    .bind(o.subtotal_minor)
+    .bind(o.total_minor)
+    .bind(address)
+    .bind(&o.promo_code)
+    .bind(&o.card_token)
+    .bind(&o.card_last4)
+    .bind(o.now_us)
+    .execute(&mut *conn)
+    .await?;
+    for (i, l) in o.lines.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO order_lines (order_id, line_no, product_id, sku, name, quantity, unit_price_minor) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&o.id)
+        .bind(i as i64)
+        .bind(&l.product_id)
+        .bind(&l.sku)
+        .bind(&l.name)
+        .bind(l.quantity)
+        .bind(l.unit_price_minor)
+        .execute(&mut *conn)
+        .await?;
+    }
+    history(
+        conn,
+        &o.id,
+        OrderStatus::Pending,
+        "order placed",
+        "",
+        o.now_us,
+    )
+    .await
+}
+
+/// Appends a history entry.
+async fn history(
+    conn: &mut AnyConnection,
+    id: &str,
+    status: OrderStatus,
+    reason: &str,
+    event_id: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO order_status_history (order_id, seq, status, reason, event_id, at_us) \
+         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM order_status_history WHERE order_id = $1",
+    )
+    .bind(id)
+    .bind(status_name(status))
+    .bind(reason)
+    .bind(event_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The order of `customer` under idempotency `key`: its id and request fingerprint.
+pub async fn by_key(
+    conn: &mut AnyConnection,
+    customer: &str,
+    key: &str,
+) -> Result<Option<(String, String)>> {
+    let row = sqlx::query(
+        "SELECT id, request_hash FROM orders WHERE customer_id = $1 AND idempotency_key = $2",
+    )
+    .bind(customer)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some(r) => Some((r.try_get("id")?, r.try_get("request_hash")?)),
+        None => None,
+    })
+}
+
+/// What a transition sets besides the status.
+#[derive(Debug, Default, Clone)]
+pub struct Changes<'a> {
+    /// The reservation id, when learnt.
+    pub reservation_id: Option<&'a str>,
+    /// The payment id, when learnt.
+    pub payment_id: Option<&'a str>,
+    /// The cancel reason, when cancelling.
+    pub cancel_reason: Option<&'a str>,
+}
+
+/// Moves order `id` to `to` if its status is one of `from`, sets `changes`, and records the
+/// history entry. `false` when the order is missing or in another status (nothing changed).
+#[allow(clippy::too_many_arguments)]
+pub async fn transition(
+    conn: &mut AnyConnection,
+    id: &str,
+    from: &[OrderStatus],
+    to: OrderStatus,
+    changes: &Changes<'_>,
+    reason: &str,
+    event_id: &str,
+    now: i64,
+) -> Result<bool> {
+    let sql = format!(
+        "UPDATE orders SET status = $1, updated_at_us = $2, \
+         reservation_id = COALESCE($3, reservation_id), payment_id = COALESCE($4, payment_id), \
+         cancel_reason = COALESCE($5, cancel_reason) \
+         WHERE id = $6 AND status IN ({})",
+        in_list(from)
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(status_name(to))
+        .bind(now)
+        .bind(changes.reservation_id.map(str::to_string))
+        .bind(changes.payment_id.map(str::to_string))
+        .bind(changes.cancel_reason.map(str::to_string))
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    history(conn, id, to, reason, event_id, now).await?;
+    Ok(true)
+}
+
+/// Records the reservation id of order `id` without changing its status (it arrived after the
+/// order became final, or again).
+pub async fn set_reservation(conn: &mut AnyConnection, id: &str, reservation: &str) -> Result<()> {
+    sqlx::query("UPDATE orders SET reservation_id = $1 WHERE id = $2 AND reservation_id = ''")
+        .bind(reservation)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+fn order_of(row: &AnyRow) -> Result<Order> {
+    let currency: String = row.try_get("currency_code")?;
+    let address: String = row.try_get("shipping_address")?;
+    let shipping_address = STANDARD
+        .decode(address)
+        .ok()
+        .and_then(|b| PostalAddress::decode(b.as_slice()).ok());
+    let status: String = row.try_get("status")?;
+    Ok(Order {
+        id: row.try_get("id")?,
+        customer_id: row.try_get("customer_id")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        status: status_of(&status) as i32,
+        lines: Vec::new(),
+        subtotal: Some(money(&currency, row.try_get("subtotal_minor")?)),
+        discount_total: Some(money(&currency, row.try_get("discount_minor")?)),
+        shipping_total: Some(money(&currency, row.try_get("shipping_minor")?)),
+        total: Some(money(&currency, row.try_get("total_minor")?)),
+        shipping_address,
+        promo_code: row.try_get("promo_code")?,
+        applied_campaign_ids: Vec::new(),
+        card_token: row.try_get("card_token")?,
+        card_last4: row.try_get("card_last4")?,
+        payment_id: row.try_get("payment_id")?,
+        reservation_id: row.try_get("reservation_id")?,
+        cancel_reason: row.try_get("cancel_reason")?,
+        status_history: Vec::new(),
+        create_time: Some(ts(row.try_get("created_at_us")?)),
+        update_time: Some(ts(row.try_get("updated_at_us")?)),
+    })
+}
+
+const ORDER_COLUMNS: &str = "id, customer_id, idempotency_key, status, currency_code, subtotal_minor, \
+    discount_minor, shipping_minor, total_minor, shipping_address, promo_code, card_token, card_last4, \
+    payment_id, reservation_id, cancel_reason, created_at_us, updated_at_us";
+
+/// Fills the lines and history of `order`.
+async fn details(conn: &mut AnyConnection, order: &mut Order) -> Result<()> {
+    let currency = order
+        .total
+        .as_ref()
+        .map(|m| m.currency_code.clone())
+        .unwrap_or_default();
+    let rows = sqlx::query(
+        "SELECT product_id, sku, name, quantity, unit_price_minor FROM order_lines WHERE order_id = $1 ORDER BY line_no",
+    )
+    .bind(&order.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in rows {
+        let quantity: i64 = r.try_get("quantity")?;
+        let unit: i64 = r.try_get("unit_price_minor")?;
+        let subtotal = unit.saturating_mul(quantity);
+        order.lines.push(OrderLine {
+            product_id: r.try_get("product_id")?,
+            sku: r.try_get("sku")?,
+            name: r.try_get("name")?,
+            quantity,
+            unit_price: Some(money(&currency, unit)),
+            subtotal: Some(money(&currency, subtotal)),
+            discount: Some(money(&currency, 0)),
+            total: Some(money(&currency, subtotal)),
+        });
+    }
+    let rows = sqlx::query(
+        "SELECT status, reason, event_id, at_us FROM order_status_history WHERE order_id = $1 ORDER BY seq",
+    )
+    .bind(&order.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in rows {
+        let status: String = r.try_get("status")?;
+        order.status_history.push(StatusChange {
+            status: status_of(&status) as i32,
+            time: Some(ts(r.try_get("at_us")?)),
+            reason: r.try_get("reason")?,
+            event_id: r.try_get("event_id")?,
+        });
+    }
+    Ok(())
+}
+
+/// Order `id` with its lines and history.
+pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<Option<Order>> {
+    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1");
+    let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut order = order_of(&row)?;
+    details(conn, &mut order).await?;
+    Ok(Some(order))
+}
+
+/// Filters and position of a listing (newest first).
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    /// Only this customer's orders.
+    pub customer_id: Option<String>,
+    /// Only this status.
+    pub status: Option<OrderStatus>,
+    /// Strictly older than this (created_at_us, id).
+    pub before: Option<(i64, String)>,
+}
+
+/// Up to `limit` orders, newest first, with lines and history.
+pub async fn list(conn: &mut AnyConnection, f: &ListFilter, limit: i64) -> Result<Vec<Order>> {
+    let mut sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE 1 = 1");
+    let mut n = 0;
+    let mut p = || {
+        n += 1;
+        format!("${n}")
+    };
+    if f.customer_id.is_some() {
+        sql += &format!(" AND customer_id = {}", p());
+    }
+    if f.status.is_some() {
+        sql += &format!(" AND status = {}", p());
+    }
+    if f.before.is_some() {
+        let (a, b) = (p(), p());
+        sql += &format!(" AND (created_at_us < {a} OR (created_at_us = {a} AND id < {b}))");
+    }
+    sql += &format!(" ORDER BY created_at_us DESC, id DESC LIMIT {}", p());
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    if let Some(c) = &f.customer_id {
+        q = q.bind(c.clone());
+    }
+    if let Some(s) = f.status {
+        q = q.bind(status_name(s));
+    }
+    if let Some((at, id)) = &f.before {
+        q = q.bind(*at).bind(id.clone());
+    }
+    let rows = q.bind(limit).fetch_all(&mut *conn).await?;
+    let mut orders = rows.iter().map(order_of).collect::<Result<Vec<_>>>()?;
+    for o in &mut orders {
+        details(conn, o).await?;
+    }
+    Ok(orders)
+}
+
+/// The creation time (Unix µs) of order `id`, for page tokens.
+pub fn created_us(order: &Order) -> i64 {
+    order.create_time.as_ref().map_or(0, |t| {
+        t.seconds
+            .saturating_mul(1_000_000)
+            .saturating_add(i64::from(t.nanos / 1000))
+    })
+}
+
+/// Ids of up to `limit` open orders created at or before `cutoff_us`, oldest first.
+pub async fn overdue(conn: &mut AnyConnection, cutoff_us: i64, limit: i64) -> Result<Vec<String>> {
+    let sql = format!(
+        "SELECT id FROM orders WHERE status IN ({}) AND created_at_us <= $1 ORDER BY created_at_us LIMIT $2",
+        in_list(OPEN)
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(cutoff_us)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<std::result::Result<_, _>>()?)
+}

@@ -1,0 +1,191 @@
+//! The order's saga transitions, each a conditional status change plus its history entry plus
+//! its event, in the caller's transaction (an RPC's, the sweeper's or a consumer's): the state
+//! change and the event commit together or not at all.
+
+use mesh_contracts::events::v1::{
+    CancelReason, OrderCancelled, OrderConfirmed, OrderCreated, OrderLineSnapshot,
+};
+use mesh_contracts::order::v1::{Order, OrderStatus};
+use mesh_runtime::outbox::{Event, Tx};
+
+use crate::error::OrderError;
+use crate::store::{self, Changes, OPEN};
+
+type Result<T> = std::result::Result<T, OrderError>;
+
+/// Where web orders reserve stock.
+pub const LOCATION: &str = "default";
+
+fn snapshots(order: &Order) -> Vec<OrderLineSnapshot> {
+    order
+        .lines
+        .iter()
+        .map(|l| OrderLineSnapshot {
+            product_id: l.product_id.clone(),
+            quantity: l.quantity,
+            unit_price: l.unit_price.clone(),
+            discount: l.discount.clone(),
+            total: l.total.clone(),
+        })
+        .collect()
+}
+
+/// The short name of a cancel reason (`PAYMENT_FAILED`), as recorded on the order.
+pub fn reason_name(reason: CancelReason) -> &'static str {
+    reason
+        .as_str_name()
+        .strip_prefix("CANCEL_REASON_")
+        .unwrap_or("UNSPECIFIED")
+}
+
+async fn load(tx: &mut Tx, id: &str) -> Result<Order> {
+    store::get(tx, id)
+        .await?
+        .ok_or_else(|| OrderError::not_found("id", format!("order `{id}` not found")))
+}
+
+/// Emits `order.created` for the freshly inserted `order`.
+pub async fn created(tx: &mut Tx, order: &Order) -> Result<()> {
+    let payload = OrderCreated {
+        order_id: order.id.clone(),
+        customer_id: order.customer_id.clone(),
+        lines: snapshots(order),
+        subtotal: order.subtotal.clone(),
+        discount_total: order.discount_total.clone(),
+        shipping_total: order.shipping_total.clone(),
+        total: order.total.clone(),
+        card_token: order.card_token.clone(),
+        location_id: LOCATION.into(),
+        shipping_address: order.shipping_address.clone(),
+        promo_code: order.promo_code.clone(),
+        applied_campaign_ids: Vec::new(),
+    };
+    tx.emit(
+        Event::new("order.created", &order.id, "OrderCreated", &payload).correlation(&order.id),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records the reservation of order `id`; PENDING becomes RESERVED. A final order only keeps
+/// the id (inventory releases it on `order.cancelled`). `false` when the order is unknown.
+pub async fn reserved(tx: &mut Tx, id: &str, reservation: &str, event_id: &str) -> Result<bool> {
+    let changes = Changes {
+        reservation_id: Some(reservation),
+        ..Changes::default()
+    };
+    let now = store::now_us();
+    if store::transition(
+        tx,
+        id,
+        &[OrderStatus::Pending],
+        OrderStatus::Reserved,
+        &changes,
+        "inventory.reserved",
+        event_id,
+        now,
+    )
+    .await?
+    {
+        return Ok(true);
+    }
+    store::set_reservation(tx, id, reservation).await?;
+    Ok(store::get(tx, id).await?.is_some())
+}
+
+/// Confirms open order `id`, paid by `payment`, and emits `order.confirmed`. `None` when the
+/// order is unknown or already final (nothing changes).
+pub async fn confirm(
+    tx: &mut Tx,
+    id: &str,
+    payment: &str,
+    event_id: &str,
+) -> Result<Option<Order>> {
+    let changes = Changes {
+        payment_id: Some(payment),
+        ..Changes::default()
+    };
+    let now = store::now_us();
+    if !store::transition(
+        tx,
+        id,
+        OPEN,
+        OrderStatus::Confirmed,
+        &changes,
+        "payment.succeeded",
+        event_id,
+        now,
+    )
+    .await?
+    {
+        return Ok(None);
+    }
+    let order = load(tx, id).await?;
+    let payload = OrderConfirmed {
+        order_id: order.id.clone(),
+        customer_id: order.customer_id.clone(),
+        payment_id: order.payment_id.clone(),
+        reservation_id: order.reservation_id.clone(),
+        total: order.total.clone(),
+        lines: snapshots(&order),
+        discount_total: order.discount_total.clone(),
+    };
+    tx.emit(
+        Event::new("order.confirmed", &order.id, "OrderConfirmed", &payload).correlation(&order.id),
+    )
+    .await?;
+    Ok(Some(order))
+}
+
+/// Cancels open order `id` for `reason` and emits `order.cancelled`. `None` when the order is
+/// unknown or already final (nothing changes).
+pub async fn cancel(
+    tx: &mut Tx,
+    id: &str,
+    reason: CancelReason,
+    detail: &str,
+    event_id: &str,
+) -> Result<Option<Order>> {
+    let recorded = if detail.is_empty() {
+        reason_name(reason).to_string()
+    } else {
+        format!("{}: {detail}", reason_name(reason))
+    };
+    let changes = Changes {
+        cancel_reason: Some(&recorded),
+        ..Changes::default()
+    };
+    let now = store::now_us();
+    if !store::transition(
+        tx,
+        id,
+        OPEN,
+        OrderStatus::Cancelled,
+        &changes,
+        &recorded,
+        event_id,
+        now,
+    )
+    .await?
+    {
+        return Ok(None);
+    }
+    let order = load(tx, id).await?;
+    let payload = OrderCancelled {
+        order_id: order.id.clone(),
+        customer_id: order.customer_id.clone(),
+        reason: reason as i32,
+        detail: detail.into(),
+        reservation_id: order.reservation_id.clone(),
+        payment_id: order.payment_id.clone(),
+        // Order never confirms and cancels the same order, so it never knows of a capture to
+        // refund; payment refunds a late capture on its own (docs/saga.md).
+        refund_required: false,
+        total: order.total.clone(),
+    };
+    tx.emit(
+        Event::new("order.cancelled", &order.id, "OrderCancelled", &payload).correlation(&order.id),
+    )
+    .await?;
+    Ok(Some(order))
+}

@@ -1,0 +1,467 @@
+//! A small mesh for order's tests: auth, product, inventory and order over real gRPC on
+//! loopback, on one bus (in-process, or Redis) and one database target per service (SQLite, or
+//! Postgres schemas). Payment is a stand-in that only tokenizes cards; the tests play payment's
+//! part of the saga by publishing `payment.succeeded` / `payment.failed` themselves.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_auth::AuthSettings;
+use mesh_auth::testing::{self, TestAuth, bearer};
+use mesh_contracts::common::v1::{Money, PaymentMethod, PostalAddress, payment_method};
+use mesh_contracts::events::v1::{Envelope, PaymentFailed, PaymentSucceeded};
+use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
+use mesh_contracts::inventory::v1::{AdjustStockRequest, AdjustmentReason, GetStockRequest};
+use mesh_contracts::order::v1::order_service_client::OrderServiceClient;
+use mesh_contracts::order::v1::*;
+use mesh_contracts::payment::v1::payment_service_server::{PaymentService, PaymentServiceServer};
+use mesh_contracts::payment::v1::{TokenizeCardRequest, TokenizeCardResponse};
+use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
+use mesh_contracts::product::v1::{CreateProductRequest, Product};
+use mesh_order::OrderOptions;
+use mesh_order::peers::Peers;
+use mesh_runtime::Database;
+use mesh_runtime::auth::{ServiceTokenChannel, ServiceTokens};
+use mesh_runtime::bus::redis::RedisBus;
+use mesh_runtime::bus::{EventBus, OutgoingEvent};
+use mesh_runtime::client::{ClientOptions, connect};
+use mesh_runtime::config::DatabaseTarget;
+use mesh_runtime::{ServiceContext, ServiceRoutes};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+/// Where the mesh keeps its data.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// SQLite files and the in-process bus.
+    Embedded,
+    /// Postgres schemas (`url`) and Redis Streams (`redis`).
+    Real {
+        /// Postgres URL.
+        url: String,
+        /// Redis URL.
+        redis: String,
+    },
+}
+
+impl Backend {
+    /// Postgres + Redis from the test environment, or `None` after a loud SKIPPED line.
+    pub fn real(test: &str) -> Option<Self> {
+        let url = std::env::var("MESH_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty());
+        let redis = testing::redis(test);
+        match (url, redis) {
+            (Some(url), Some(redis)) => Some(Self::Real { url, redis }),
+            _ => {
+                eprintln!(
+                    "SKIPPED: {test} on Postgres + Redis: set MESH_TEST_DATABASE_URL and MESH_TEST_REDIS_URL"
+                );
+                None
+            }
+        }
+    }
+
+    fn target(&self) -> DatabaseTarget {
+        match self {
+            Self::Embedded => testing::sqlite(),
+            Self::Real { url, .. } => DatabaseTarget::Postgres {
+                url: url.clone(),
+                schema: testing::unique("t"),
+            },
+        }
+    }
+
+    fn bus(&self) -> Arc<dyn EventBus> {
+        match self {
+            Self::Embedded => testing::memory_bus(),
+            Self::Real { redis, .. } => Arc::new(
+                RedisBus::connect(
+                    redis,
+                    format!("{}:", testing::unique("order")),
+                    Default::default(),
+                )
+                .expect("redis bus"),
+            ),
+        }
+    }
+}
+
+/// The stand-in payment: tokenizes cards that are 16 digits (`tok_<last4>_<n>`), refuses the
+/// rest with INVALID_ARGUMENT as payment would.
+#[derive(Debug, Default, Clone)]
+pub struct FakePayment;
+
+#[tonic::async_trait]
+impl PaymentService for FakePayment {
+    async fn tokenize_card(
+        &self,
+        r: Request<TokenizeCardRequest>,
+    ) -> Result<Response<TokenizeCardResponse>, Status> {
+        let card = r.into_inner().card.unwrap_or_default();
+        let digits: String = card.number.chars().filter(char::is_ascii_digit).collect();
+        if digits.len() != 16 {
+            return Err(Status::invalid_argument(
+                "card.number: 12 to 19 digits, Luhn-valid",
+            ));
+        }
+        Ok(Response::new(TokenizeCardResponse {
+            card_token: format!("tok_{}_{}", &digits[12..], uuid::Uuid::now_v7().simple()),
+            card_brand: "visa".into(),
+            card_last4: digits[12..].to_string(),
+        }))
+    }
+}
+
+/// The running mesh.
+pub struct Mesh {
+    pub auth: TestAuth,
+    pub bus: Arc<dyn EventBus>,
+    pub order_db: Database,
+    pub inventory_db: Database,
+    pub order_addr: SocketAddr,
+    pub admin: String,
+    pub shutdown: CancellationToken,
+    pub products: ProductServiceClient<Channel>,
+    pub inventory: InventoryServiceClient<Channel>,
+    pub orders: OrderServiceClient<Channel>,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn uri(addr: SocketAddr) -> http::Uri {
+    format!("http://{addr}").parse().expect("uri")
+}
+
+fn context(
+    name: &'static str,
+    auth: &TestAuth,
+    db: &Database,
+    bus: &Arc<dyn EventBus>,
+    shutdown: &CancellationToken,
+) -> ServiceContext {
+    testing::context(
+        name,
+        BTreeMap::from([("auth", auth.uri())]),
+        db.clone(),
+        bus.clone(),
+        shutdown.clone(),
+    )
+}
+
+async fn serve(
+    name: &str,
+    routes: ServiceRoutes,
+    db: &Database,
+    bus: &Arc<dyn EventBus>,
+    shutdown: &CancellationToken,
+) -> SocketAddr {
+    testing::serve(name, routes, db.clone(), bus.clone(), shutdown.clone()).await
+}
+
+/// Starts the mesh on `backend` with the saga timeout `timeout`.
+pub async fn start(backend: &Backend, timeout: Duration) -> Mesh {
+    let mut settings = AuthSettings::default();
+    settings
+        .service_clients
+        .insert("order".into(), "order-secret".into());
+    let auth = TestAuth::start(&backend.target(), settings).await;
+    let bus = backend.bus();
+    let shutdown = CancellationToken::new();
+
+    let product_db =
+        testing::database("product", &backend.target(), &mesh_product::MIGRATIONS).await;
+    let ctx = context("product", &auth, &product_db, &bus, &shutdown);
+    let options =
+        mesh_product::ProductOptions::from_context(&ctx, |_| None).expect("product options");
+    let routes = mesh_product::build_with(ctx, options)
+        .await
+        .expect("build product");
+    let product_addr = serve("product", routes, &product_db, &bus, &shutdown).await;
+
+    let inventory_db =
+        testing::database("inventory", &backend.target(), &mesh_inventory::MIGRATIONS).await;
+    let ctx = context("inventory", &auth, &inventory_db, &bus, &shutdown);
+    let routes = mesh_inventory::build_with(ctx, mesh_inventory::InventoryOptions::default())
+        .await
+        .expect("build inventory");
+    let inventory_addr = serve("inventory", routes, &inventory_db, &bus, &shutdown).await;
+
+    let payment_db = testing::database(
+        "payment",
+        &testing::sqlite(),
+        &mesh_runtime::Migrations::NONE,
+    )
+    .await;
+    let routes = ServiceRoutes::new().add_service(PaymentServiceServer::new(FakePayment));
+    let payment_addr = serve(
+        "payment",
+        routes,
+        &payment_db,
+        &testing::memory_bus(),
+        &shutdown,
+    )
+    .await;
+
+    let order_db = testing::database("order", &backend.target(), &mesh_order::MIGRATIONS).await;
+    let ctx = context("order", &auth, &order_db, &bus, &shutdown);
+    let tokens = ServiceTokens::new(
+        connect(auth.uri(), ClientOptions::default()),
+        "order",
+        "order-secret",
+    );
+    let channel = |addr| {
+        ServiceTokenChannel::new(
+            connect(uri(addr), ClientOptions::default()),
+            Some(tokens.clone()),
+        )
+    };
+    let peers = Peers::new(channel(product_addr), channel(payment_addr));
+    let routes = mesh_order::build_with(ctx, OrderOptions::with_timeout(timeout), peers)
+        .await
+        .expect("build order");
+    let order_addr = serve("order", routes, &order_db, &bus, &shutdown).await;
+
+    let admin = auth.admin_token().await;
+    Mesh {
+        bus,
+        order_db,
+        inventory_db,
+        order_addr,
+        admin,
+        shutdown,
+        products: ProductServiceClient::new(testing::channel(product_addr).await),
+        inventory: InventoryServiceClient::new(testing::channel(inventory_addr).await),
+        orders: OrderServiceClient::new(testing::channel(order_addr).await),
+        auth,
+    }
+}
+
+impl Mesh {
+    /// Creates an active product priced `minor` in `currency` and stocks `units` of it.
+    pub async fn product(&self, minor: i64, currency: &str, units: i64) -> Product {
+        let sku = format!("SKU-{}", uuid::Uuid::now_v7().simple());
+        let product = self
+            .products
+            .clone()
+            .create_product(bearer(
+                &self.admin,
+                CreateProductRequest {
+                    product: Some(Product {
+                        sku: sku.clone(),
+                        name: format!("Product {sku}"),
+                        price: Some(Money {
+                            currency_code: currency.into(),
+                            amount_minor: minor,
+                        }),
+                        active: true,
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .expect("create product")
+            .into_inner()
+            .product
+            .expect("product");
+        if units > 0 {
+            self.restock(&product.id, units).await;
+        }
+        product
+    }
+
+    /// Adds `units` of `product` at the default location.
+    pub async fn restock(&self, product: &str, units: i64) {
+        self.inventory
+            .clone()
+            .adjust_stock(bearer(
+                &self.admin,
+                AdjustStockRequest {
+                    location_id: "default".into(),
+                    product_id: product.into(),
+                    delta: units,
+                    reason: AdjustmentReason::Restock as i32,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("restock");
+    }
+
+    /// (on hand, reserved) of `product` at the default location.
+    pub async fn stock(&self, product: &str) -> (i64, i64) {
+        let s = self
+            .inventory
+            .clone()
+            .get_stock(bearer(
+                &self.admin,
+                GetStockRequest {
+                    location_id: "default".into(),
+                    product_id: product.into(),
+                },
+            ))
+            .await
+            .expect("stock")
+            .into_inner()
+            .stock
+            .expect("stock");
+        (s.on_hand, s.reserved)
+    }
+
+    /// Polls order `id` (as `token`) until it has `status` (bounded).
+    pub async fn until(&self, token: &str, id: &str, status: OrderStatus) -> Order {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let order = self
+                .orders
+                .clone()
+                .get_order(bearer(token, GetOrderRequest { id: id.into() }))
+                .await
+                .expect("get order")
+                .into_inner()
+                .order
+                .expect("order");
+            if order.status == status as i32 {
+                return order;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order {id} never became {status:?}; it is {:?}: {order:?}",
+                OrderStatus::try_from(order.status)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until the stock of `product` is (on hand, reserved) = `want` (bounded).
+    pub async fn until_stock(&self, product: &str, want: (i64, i64)) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.stock(product).await;
+            if now == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stock of {product} never became {want:?}; it is {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Publishes a payment event about `order` as payment would.
+    pub async fn payment_event(&self, order: &Order, succeeded: bool) {
+        let payment_id = uuid::Uuid::now_v7().to_string();
+        let (event_type, name, value) = if succeeded {
+            (
+                "payment.succeeded",
+                "PaymentSucceeded",
+                PaymentSucceeded {
+                    payment_id: payment_id.clone(),
+                    order_id: order.id.clone(),
+                    customer_id: order.customer_id.clone(),
+                    amount: order.total.clone(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            )
+        } else {
+            (
+                "payment.failed",
+                "PaymentFailed",
+                PaymentFailed {
+                    payment_id: payment_id.clone(),
+                    order_id: order.id.clone(),
+                    customer_id: order.customer_id.clone(),
+                    amount: order.total.clone(),
+                    message: "card declined".into(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            )
+        };
+        let envelope = Envelope {
+            id: uuid::Uuid::now_v7().to_string(),
+            r#type: event_type.into(),
+            source: "payment".into(),
+            subject: payment_id,
+            payload: Some(prost_types::Any {
+                type_url: format!("type.googleapis.com/events.v1.{name}"),
+                value,
+            }),
+            correlation_id: order.id.clone(),
+            sequence: 1,
+            ..Default::default()
+        };
+        self.bus
+            .publish(&[OutgoingEvent {
+                domain: "payment".into(),
+                event_id: envelope.id.clone(),
+                payload: envelope.encode_to_vec().into(),
+            }])
+            .await
+            .expect("publish");
+    }
+}
+
+/// A valid shipping address.
+pub fn address() -> PostalAddress {
+    PostalAddress {
+        recipient_name: "Ada Lovelace".into(),
+        address_lines: vec!["1 Analytical Way".into()],
+        locality: "London".into(),
+        postal_code: "N1 9GU".into(),
+        region_code: "GB".into(),
+        ..Default::default()
+    }
+}
+
+/// Paying with a token.
+pub fn token(t: &str) -> Option<PaymentMethod> {
+    Some(PaymentMethod {
+        method: Some(payment_method::Method::CardToken(t.into())),
+    })
+}
+
+/// Paying with a raw card.
+pub fn card(number: &str) -> Option<PaymentMethod> {
+    Some(PaymentMethod {
+        method: Some(payment_method::Method::Card(
+            mesh_contracts::common::v1::PaymentCard {
+                number: number.into(),
+                expiry: "12/39".into(),
+                cvc: "123".into(),
+                holder_name: "Ada Lovelace".into(),
+            },
+        )),
+    })
+}
+
+/// A request for `lines` (product id, units) under a fresh key, paid with a token.
+pub fn request(lines: &[(&str, i64)]) -> PlaceOrderRequest {
+    PlaceOrderRequest {
+        idempotency_key: uuid::Uuid::now_v7().to_string(),
+        customer_id: String::new(),
+        lines: lines
+            .iter()
+            .map(|(p, q)| LineItem {
+                product_id: (*p).into(),
+                quantity: *q,
+            })
+            .collect(),
+        shipping_address: Some(address()),
+        payment_method: token("tok_test"),
+        promo_code: String::new(),
+        currency_code: String::new(),
+    }
+}

@@ -1,0 +1,654 @@
+//! Charges and refunds: the side effects outside the database, made crash-safe.
+//!
+//! A charge is a PENDING `payments` row first (committed, with the order id unique), then a
+//! provider call with idempotency key = the order id, outside any transaction, then a
+//! conditional finish (`WHERE status = 'PENDING'`) that appends the ledger entry and emits
+//! `payment.succeeded` / `payment.failed` in one transaction. A crash at any point leaves the
+//! row PENDING; the [`crate::worker`] takes it up again (after its lease) and calls the provider
+//! with the same key, which answers the first result: at most one capture per order.
+//!
+//! Refunds follow the same pattern (PENDING `refunds` row holding the amount on the payment,
+//! provider key = the refund id, conditional finish emitting `payment.refunded`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_contracts::events::v1::{PaymentFailed, PaymentRefunded, PaymentSucceeded};
+use mesh_contracts::payment::v1::{
+    DeclineReason, PaymentStatus, TransactionKind, TransactionStatus,
+};
+use mesh_runtime::outbox::{Event, Tx};
+use mesh_runtime::trace_context::TraceContext;
+use mesh_runtime::{CallContext, Database, DatabaseError};
+use tokio::sync::Notify;
+
+use crate::error::PaymentError;
+use crate::provider::{CardData, ChargeCall, Outcome, PaymentProvider, ProviderError, RefundCall};
+use crate::settings::PaymentSettings;
+use crate::store::{self, CardRow, PaymentRow, RefundRow, now_micros};
+
+type Result<T> = std::result::Result<T, PaymentError>;
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt<T> {
+    /// Finished (or already finished by someone else).
+    Final(T),
+    /// Not finished: try again after the delay. `unknown` when the provider's answer was lost
+    /// (timeout), so the operation may have happened.
+    Again {
+        /// The delay.
+        after: Duration,
+        /// Whether the outcome is unknown.
+        unknown: bool,
+    },
+}
+
+/// Charges and refunds over one database and provider.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    db: Database,
+    provider: Arc<dyn PaymentProvider>,
+    settings: PaymentSettings,
+    wake: Arc<Notify>,
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn current_traceparent() -> String {
+    CallContext::current()
+        .map(|c| c.trace.to_string())
+        .unwrap_or_default()
+}
+
+impl Engine {
+    /// An engine over `db` and `provider`.
+    pub fn new(
+        db: Database,
+        provider: Arc<dyn PaymentProvider>,
+        settings: PaymentSettings,
+    ) -> Self {
+        Self {
+            db,
+            provider,
+            settings,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &PaymentSettings {
+        &self.settings
+    }
+
+    /// Woken when new work is committed.
+    pub fn wake(&self) -> &Arc<Notify> {
+        &self.wake
+    }
+
+    /// Registers a card with the provider and stores its token.
+    pub async fn tokenize(&self, card: &CardData) -> Result<CardRow> {
+        let provided =
+            tokio::time::timeout(self.settings.provider_timeout, self.provider.tokenize(card))
+                .await
+                .map_err(|_| ProviderError::Timeout)??;
+        let row = CardRow {
+            token: format!("tok_{}", uuid::Uuid::now_v7().simple()),
+            provider_ref: provided.reference,
+            brand: provided.brand,
+            last4: provided.last4,
+        };
+        let mut c = self
+            .db
+            .pool()
+            .acquire()
+            .await
+            .map_err(DatabaseError::from)?;
+        store::insert_card(&mut c, &row, card.exp_month, card.exp_year).await?;
+        Ok(row)
+    }
+
+    /// Creates the payment of `order_id` in `tx` unless it has one: PENDING (due at once when
+    /// `due_now`, else leased to the caller who will drive it) when the card is known, FAILED
+    /// with `INVALID_TOKEN` (and `payment.failed`) when not; an amount of zero succeeds without
+    /// a provider call. Returns the order's payment and whether this call created it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_charge(
+        &self,
+        tx: &mut Tx,
+        order_id: &str,
+        customer_id: &str,
+        currency: &str,
+        amount_minor: i64,
+        card: Option<&CardRow>,
+        card_token: &str,
+        description: &str,
+        due_now: bool,
+    ) -> Result<(PaymentRow, bool)> {
+        if let Some(existing) = store::payment_of_order(tx, order_id).await? {
+            return Ok((existing, false));
+        }
+        let now = now_micros();
+        let mut p = PaymentRow {
+            id: new_id(),
+            order_id: order_id.into(),
+            customer_id: customer_id.into(),
+            currency: currency.into(),
+            amount_minor,
+            refund_held_minor: 0,
+            refunded_minor: 0,
+            status: PaymentStatus::Pending,
+            decline_reason: DeclineReason::Unspecified,
+            decline_message: String::new(),
+            card_token: card_token.into(),
+            card_brand: card.map(|c| c.brand.clone()).unwrap_or_default(),
+            card_last4: card.map(|c| c.last4.clone()).unwrap_or_default(),
+            provider_reference: String::new(),
+            description: description.into(),
+            traceparent: current_traceparent(),
+            attempts: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        let next = if due_now {
+            now
+        } else {
+            now + micros(self.settings.lease())
+        };
+        if !store::insert_payment(tx, &p, next).await? {
+            // Created concurrently (same order id): answer with that one.
+            let existing = store::payment_of_order(tx, order_id)
+                .await?
+                .ok_or_else(|| PaymentError::NotFound(format!("payment of order `{order_id}`")))?;
+            return Ok((existing, false));
+        }
+        if card.is_none() {
+            let message = format!("card token `{card_token}` is unknown");
+            p.status = PaymentStatus::Failed;
+            p.decline_reason = DeclineReason::InvalidToken;
+            p.decline_message = message.clone();
+            self.finish_in(
+                tx,
+                &p,
+                &Outcome::Declined {
+                    reason: DeclineReason::InvalidToken,
+                    message,
+                },
+                false,
+            )
+            .await?;
+        } else if amount_minor == 0 {
+            p.status = PaymentStatus::Succeeded;
+            self.finish_in(
+                tx,
+                &p,
+                &Outcome::Done {
+                    reference: String::new(),
+                },
+                false,
+            )
+            .await?;
+        } else if due_now {
+            tx.notify_on_commit(self.wake.clone());
+        }
+        Ok((p, true))
+    }
+
+    /// Finishes the PENDING payment `p` with `outcome` in `tx`: status, ledger entry, event; a
+    /// capture of an order already cancelled is refunded at once. `false` if it was not PENDING.
+    async fn finish_in(
+        &self,
+        tx: &mut Tx,
+        p: &PaymentRow,
+        outcome: &Outcome,
+        retryable: bool,
+    ) -> Result<bool> {
+        let now = now_micros();
+        let (status, reason, message, reference) = match outcome {
+            Outcome::Done { reference } => (
+                PaymentStatus::Succeeded,
+                DeclineReason::Unspecified,
+                String::new(),
+                reference.clone(),
+            ),
+            Outcome::Declined { reason, message } => (
+                PaymentStatus::Failed,
+                *reason,
+                message.clone(),
+                String::new(),
+            ),
+        };
+        if !store::finish_payment(tx, &p.id, status, reason, &message, &reference, now).await? {
+            return Ok(false);
+        }
+        let ledger_status = if status == PaymentStatus::Succeeded {
+            TransactionStatus::Succeeded
+        } else {
+            TransactionStatus::Failed
+        };
+        store::append_transaction(
+            tx,
+            &new_id(),
+            p,
+            TransactionKind::Charge,
+            p.amount_minor,
+            ledger_status,
+            &message,
+            &reference,
+            now,
+        )
+        .await?;
+        let amount = Some(mesh_contracts::common::v1::Money {
+            currency_code: p.currency.clone(),
+            amount_minor: p.amount_minor,
+        });
+        let event = if status == PaymentStatus::Succeeded {
+            Event::new(
+                "payment.succeeded",
+                &p.id,
+                "PaymentSucceeded",
+                &PaymentSucceeded {
+                    payment_id: p.id.clone(),
+                    order_id: p.order_id.clone(),
+                    customer_id: p.customer_id.clone(),
+                    amount,
+                    card_brand: p.card_brand.clone(),
+                    card_last4: p.card_last4.clone(),
+                },
+            )
+        } else {
+            Event::new(
+                "payment.failed",
+                &p.id,
+                "PaymentFailed",
+                &PaymentFailed {
+                    payment_id: p.id.clone(),
+                    order_id: p.order_id.clone(),
+                    customer_id: p.customer_id.clone(),
+                    amount,
+                    reason: reason as i32,
+                    message,
+                    retryable,
+                },
+            )
+        };
+        tx.emit(event.correlation(p.order_id.clone())).await?;
+        if status == PaymentStatus::Succeeded
+            && p.amount_minor > 0
+            && store::saga_order(tx, &p.order_id)
+                .await?
+                .is_some_and(|o| o.cancelled)
+        {
+            let mut captured = p.clone();
+            captured.status = PaymentStatus::Succeeded;
+            captured.provider_reference = reference;
+            self.refund_cancelled(tx, &captured).await?;
+        }
+        Ok(true)
+    }
+
+    /// In `tx`: refunds what is left of `p` because its order was cancelled (key
+    /// `cancel:<order id>`, so it happens once); nothing if nothing is left.
+    pub async fn refund_cancelled(&self, tx: &mut Tx, p: &PaymentRow) -> Result<Option<RefundRow>> {
+        let key = format!("cancel:{}", p.order_id);
+        if let Some(existing) = store::refund_by_key(tx, &p.id, &key).await? {
+            return Ok(Some(existing));
+        }
+        let amount = p.refundable();
+        if amount == 0 {
+            return Ok(None);
+        }
+        let refund = self
+            .create_refund(tx, p, amount, "order cancelled", &key, true)
+            .await?;
+        Ok(Some(refund))
+    }
+
+    /// In `tx`: holds `amount` of `p` and records a PENDING refund (due at once when `due_now`,
+    /// else leased to the caller). FAILED_PRECONDITION if less than `amount` is refundable.
+    pub async fn create_refund(
+        &self,
+        tx: &mut Tx,
+        p: &PaymentRow,
+        amount: i64,
+        reason: &str,
+        key: &str,
+        due_now: bool,
+    ) -> Result<RefundRow> {
+        let now = now_micros();
+        if !store::hold_refund(tx, &p.id, amount, now).await? {
+            return Err(PaymentError::FailedPrecondition(format!(
+                "amount: {amount} exceeds the {} {} left to refund on payment `{}`",
+                p.refundable(),
+                p.currency,
+                p.id
+            )));
+        }
+        let refund = RefundRow {
+            id: new_id(),
+            payment_id: p.id.clone(),
+            idempotency_key: key.into(),
+            currency: p.currency.clone(),
+            amount_minor: amount,
+            reason: reason.into(),
+            status: TransactionStatus::Pending,
+            provider_reference: String::new(),
+            traceparent: current_traceparent(),
+            created_at: now,
+        };
+        let next = if due_now {
+            now
+        } else {
+            now + micros(self.settings.lease())
+        };
+        store::insert_refund(tx, &refund, next).await?;
+        if due_now {
+            tx.notify_on_commit(self.wake.clone());
+        }
+        Ok(refund)
+    }
+
+    /// The payment `id`.
+    pub async fn payment(&self, id: &str) -> Result<PaymentRow> {
+        let mut c = self
+            .db
+            .pool()
+            .acquire()
+            .await
+            .map_err(DatabaseError::from)?;
+        store::payment(&mut c, id)
+            .await?
+            .ok_or_else(|| PaymentError::NotFound(format!("payment `{id}` not found")))
+    }
+
+    /// One attempt at the PENDING payment `id`: claim it (with `due_only`, only if due: a
+    /// worker), call the provider, finish it.
+    pub async fn attempt_charge(&self, id: &str, due_only: bool) -> Result<Attempt<PaymentRow>> {
+        let now = now_micros();
+        let lease_until = now + micros(self.settings.lease());
+        let attempt = {
+            let mut c = self
+                .db
+                .pool()
+                .acquire()
+                .await
+                .map_err(DatabaseError::from)?;
+            store::claim_payment(&mut c, id, now, lease_until, due_only).await?
+        };
+        let p = self.payment(id).await?;
+        let Some(attempt) = attempt else {
+            return Ok(if p.status == PaymentStatus::Pending {
+                // Leased by another worker or caller: look again later.
+                Attempt::Again {
+                    after: self.settings.poll_interval,
+                    unknown: true,
+                }
+            } else {
+                Attempt::Final(p)
+            });
+        };
+        let card = {
+            let mut c = self
+                .db
+                .pool()
+                .acquire()
+                .await
+                .map_err(DatabaseError::from)?;
+            store::card(&mut c, &p.card_token).await?
+        };
+        let call = ChargeCall {
+            idempotency_key: p.order_id.clone(),
+            card: card.map(|c| c.provider_ref).unwrap_or_default(),
+            currency: p.currency.clone(),
+            amount_minor: p.amount_minor,
+        };
+        let answer = self
+            .in_trace(&p.traceparent, async {
+                tokio::time::timeout(self.settings.provider_timeout, self.provider.charge(&call))
+                    .await
+                    .unwrap_or(Err(ProviderError::Timeout))
+            })
+            .await;
+        let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+        let (outcome, retryable) = match answer {
+            Ok(outcome) => (outcome, false),
+            Err(ProviderError::Unavailable(message)) if attempt >= self.settings.max_attempts => (
+                Outcome::Declined {
+                    reason: DeclineReason::ProviderError,
+                    message: format!("gave up after {attempt} attempts: {message}"),
+                },
+                true,
+            ),
+            Err(e) => {
+                let unknown = e == ProviderError::Timeout;
+                tracing::warn!(payment = %p.id, order = %p.order_id, attempt, error = %e, "charge not finished; will retry with the same idempotency key");
+                let after = self.settings.backoff(attempt);
+                let mut c = self
+                    .db
+                    .pool()
+                    .acquire()
+                    .await
+                    .map_err(DatabaseError::from)?;
+                store::defer_payment(&mut c, id, now_micros() + micros(after)).await?;
+                return Ok(Attempt::Again { after, unknown });
+            }
+        };
+        let mut tx = self.db.begin().await?;
+        self.in_trace(
+            &p.traceparent,
+            self.finish_in(&mut tx, &p, &outcome, retryable),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Attempt::Final(self.payment(id).await?))
+    }
+
+    /// Drives the payment `id` from a caller's request: attempts until it is final, giving up
+    /// (leaving it PENDING for the worker) when the provider's answer is lost.
+    pub async fn drive_charge(&self, id: &str) -> Result<PaymentRow> {
+        loop {
+            match self.attempt_charge(id, false).await? {
+                Attempt::Final(p) => return Ok(p),
+                Attempt::Again { unknown: true, .. } => return self.payment(id).await,
+                Attempt::Again { after, .. } => tokio::time::sleep(after).await,
+            }
+        }
+    }
+
+    /// The refund `id`.
+    pub async fn refund(&self, id: &str) -> Result<RefundRow> {
+        let mut c = self
+            .db
+            .pool()
+            .acquire()
+            .await
+            .map_err(DatabaseError::from)?;
+        store::refund(&mut c, id)
+            .await?
+            .ok_or_else(|| PaymentError::NotFound(format!("refund `{id}` not found")))
+    }
+
+    /// One attempt at the PENDING refund `id` (see [`Engine::attempt_charge`]).
+    pub async fn attempt_refund(&self, id: &str, due_only: bool) -> Result<Attempt<RefundRow>> {
+        let now = now_micros();
+        let lease_until = now + micros(self.settings.lease());
+        let attempt = {
+            let mut c = self
+                .db
+                .pool()
+                .acquire()
+                .await
+                .map_err(DatabaseError::from)?;
+            store::claim_refund(&mut c, id, now, lease_until, due_only).await?
+        };
+        let r = self.refund(id).await?;
+        let Some(attempt) = attempt else {
+            return Ok(if r.status == TransactionStatus::Pending {
+                Attempt::Again {
+                    after: self.settings.poll_interval,
+                    unknown: true,
+                }
+            } else {
+                Attempt::Final(r)
+            });
+        };
+        let p = self.payment(&r.payment_id).await?;
+        let call = RefundCall {
+            idempotency_key: r.id.clone(),
+            charge_reference: p.provider_reference.clone(),
+            currency: r.currency.clone(),
+            amount_minor: r.amount_minor,
+        };
+        let answer = self
+            .in_trace(&r.traceparent, async {
+                tokio::time::timeout(self.settings.provider_timeout, self.provider.refund(&call))
+                    .await
+                    .unwrap_or(Err(ProviderError::Timeout))
+            })
+            .await;
+        let outcome = match answer {
+            Ok(o) => o,
+            Err(e) => {
+                // Money owed to the customer: never given up on.
+                let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+                tracing::warn!(refund = %r.id, payment = %p.id, attempt, error = %e, "refund not finished; will retry with the same idempotency key");
+                let after = self.settings.backoff(attempt);
+                let mut c = self
+                    .db
+                    .pool()
+                    .acquire()
+                    .await
+                    .map_err(DatabaseError::from)?;
+                store::defer_refund(&mut c, id, now_micros() + micros(after)).await?;
+                return Ok(Attempt::Again {
+                    after,
+                    unknown: e == ProviderError::Timeout,
+                });
+            }
+        };
+        let mut tx = self.db.begin().await?;
+        self.in_trace(
+            &r.traceparent,
+            self.finish_refund_in(&mut tx, &r, &p, &outcome),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Attempt::Final(self.refund(id).await?))
+    }
+
+    /// Finishes the PENDING refund `r` of `p` with `outcome`: books it, appends the ledger entry,
+    /// emits `payment.refunded` when money moved.
+    async fn finish_refund_in(
+        &self,
+        tx: &mut Tx,
+        r: &RefundRow,
+        p: &PaymentRow,
+        outcome: &Outcome,
+    ) -> Result<()> {
+        let now = now_micros();
+        let (status, reference, reason) = match outcome {
+            Outcome::Done { reference } => (
+                TransactionStatus::Succeeded,
+                reference.clone(),
+                r.reason.clone(),
+            ),
+            Outcome::Declined { message, .. } => (
+                TransactionStatus::Failed,
+                String::new(),
+                format!("{}: refused: {message}", r.reason),
+            ),
+        };
+        if !store::finish_refund(tx, &r.id, status, &reference, now).await? {
+            return Ok(());
+        }
+        let succeeded = status == TransactionStatus::Succeeded;
+        store::book_refund(tx, &p.id, r.amount_minor, succeeded, now).await?;
+        store::append_transaction(
+            tx,
+            &r.id,
+            p,
+            TransactionKind::Refund,
+            -r.amount_minor,
+            status,
+            &reason,
+            &reference,
+            now,
+        )
+        .await?;
+        if succeeded {
+            let after = store::payment(tx, &p.id)
+                .await?
+                .ok_or_else(|| PaymentError::NotFound(format!("payment `{}`", p.id)))?;
+            let money = |amount_minor| {
+                Some(mesh_contracts::common::v1::Money {
+                    currency_code: p.currency.clone(),
+                    amount_minor,
+                })
+            };
+            tx.emit(
+                Event::new(
+                    "payment.refunded",
+                    &p.id,
+                    "PaymentRefunded",
+                    &PaymentRefunded {
+                        payment_id: p.id.clone(),
+                        refund_id: r.id.clone(),
+                        order_id: p.order_id.clone(),
+                        customer_id: p.customer_id.clone(),
+                        amount: money(r.amount_minor),
+                        refunded_total: money(after.refunded_minor),
+                        reason: r.reason.clone(),
+                    },
+                )
+                .correlation(p.order_id.clone()),
+            )
+            .await?;
+        } else {
+            tracing::error!(refund = %r.id, payment = %p.id, %reason, "the provider refused a refund");
+        }
+        Ok(())
+    }
+
+    /// Drives the refund `id` from a caller's request (see [`Engine::drive_charge`]).
+    pub async fn drive_refund(&self, id: &str) -> Result<RefundRow> {
+        loop {
+            match self.attempt_refund(id, false).await? {
+                Attempt::Final(r) => return Ok(r),
+                Attempt::Again { unknown: true, .. } => return self.refund(id).await,
+                Attempt::Again { after, .. } => {
+                    if after >= Duration::from_secs(1) {
+                        return self.refund(id).await;
+                    }
+                    tokio::time::sleep(after).await;
+                }
+            }
+        }
+    }
+
+    /// Runs `fut` as a child of the stored `traceparent` (the request or event that created the
+    /// work), so the provider call and the events it leads to continue that trace.
+    async fn in_trace<F: std::future::Future>(&self, traceparent: &str, fut: F) -> F::Output {
+        match TraceContext::parse(traceparent) {
+            Some(parent) => {
+                CallContext {
+                    trace: parent.child(),
+                    deadline: None,
+                }
+                .scope(fut)
+                .await
+            }
+            None => fut.await,
+        }
+    }
+}

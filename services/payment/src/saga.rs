@@ -1,0 +1,156 @@
+//! Payment's part of the order saga (`/docs/saga.md`): three event handlers that record what
+//! they learn about an order, in any order of arrival, and charge exactly when the amount is
+//! known, the stock is reserved, the order is not cancelled and it has no payment yet.
+//!
+//! Every handler is idempotent by event id (the runtime's consumer) and by order id: the facts
+//! are flags set with upserts, the charge is the order's unique payment row, the cancel refund
+//! has the key `cancel:<order id>`. The same fact under a new event id has no second effect.
+
+use futures::future::BoxFuture;
+use mesh_contracts::events::v1::{Envelope, InventoryReserved, OrderCancelled, OrderCreated};
+use mesh_contracts::payment::v1::PaymentStatus;
+use mesh_runtime::consumer::{EventHandler, HandlerError};
+use mesh_runtime::outbox::Tx;
+use prost::Message;
+
+use crate::engine::Engine;
+use crate::error::PaymentError;
+use crate::store::{self, SagaOrder};
+
+fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
+    M::decode(
+        event
+            .payload
+            .as_ref()
+            .map(|a| a.value.as_slice())
+            .unwrap_or_default(),
+    )
+    .map_err(|e| HandlerError::permanent(format!("{} payload: {e}", event.r#type)))
+}
+
+fn order_id(field: &str, id: &str) -> Result<String, HandlerError> {
+    crate::validate::id(field, id).map_err(HandlerError::permanent)
+}
+
+fn handler_error(e: PaymentError) -> HandlerError {
+    match e {
+        PaymentError::Database(d) => HandlerError::retry(d),
+        other => HandlerError::retry(other),
+    }
+}
+
+/// Charges the order if every condition holds and it has no payment yet.
+async fn maybe_charge(engine: &Engine, tx: &mut Tx, order_id: &str) -> Result<(), PaymentError> {
+    let Some(o) = store::saga_order(tx, order_id).await? else {
+        return Ok(());
+    };
+    if !o.known || !o.reserved || o.cancelled {
+        return Ok(());
+    }
+    let card = store::card(tx, &o.card_token).await?;
+    let (p, created) = engine
+        .create_charge(
+            tx,
+            &o.order_id,
+            &o.customer_id,
+            &o.currency,
+            o.amount_minor,
+            card.as_ref(),
+            &o.card_token,
+            "",
+            true,
+        )
+        .await?;
+    if created {
+        tracing::info!(order = %o.order_id, payment = %p.id, status = ?p.status, "charge requested");
+    }
+    Ok(())
+}
+
+/// `order.created`: remembers amount, currency, card token and customer; charges if the stock
+/// is already reserved.
+#[derive(Debug, Clone)]
+pub struct OnOrderCreated(pub Engine);
+
+impl EventHandler for OnOrderCreated {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let e: OrderCreated = decode(event)?;
+            let id = order_id("order_id", &e.order_id)?;
+            let total = e.total.unwrap_or_default();
+            let order = SagaOrder {
+                order_id: id.clone(),
+                known: true,
+                customer_id: e.customer_id,
+                currency: total.currency_code,
+                amount_minor: total.amount_minor.max(0),
+                card_token: e.card_token,
+                reserved: false,
+                cancelled: false,
+            };
+            store::saga_created(tx, &order).await?;
+            maybe_charge(&self.0, tx, &id).await.map_err(handler_error)
+        })
+    }
+}
+
+/// `inventory.reserved`: marks the order's stock reserved (reference id = order id); charges if
+/// the order is known.
+#[derive(Debug, Clone)]
+pub struct OnInventoryReserved(pub Engine);
+
+impl EventHandler for OnInventoryReserved {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let e: InventoryReserved = decode(event)?;
+            let id = order_id("reference_id", &e.reference_id)?;
+            store::saga_flag(tx, &id, true).await?;
+            maybe_charge(&self.0, tx, &id).await.map_err(handler_error)
+        })
+    }
+}
+
+/// `order.cancelled`: marks the order cancelled (a later `inventory.reserved` does not charge);
+/// refunds what was captured and not yet refunded. A charge requested but never attempted is
+/// voided (its row deleted: the provider was never called); one in flight is refunded when it
+/// finishes (the engine checks the mark).
+#[derive(Debug, Clone)]
+pub struct OnOrderCancelled(pub Engine);
+
+impl EventHandler for OnOrderCancelled {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let e: OrderCancelled = decode(event)?;
+            let id = order_id("order_id", &e.order_id)?;
+            store::saga_flag(tx, &id, false).await?;
+            let Some(p) = store::payment_of_order(tx, &id).await? else {
+                return Ok(());
+            };
+            match p.status {
+                PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded => {
+                    self.0
+                        .refund_cancelled(tx, &p)
+                        .await
+                        .map_err(handler_error)?;
+                }
+                PaymentStatus::Pending if store::void_unattempted(tx, &p.id).await? => {
+                    tracing::info!(order = %id, payment = %p.id, "charge voided: the order was cancelled first");
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+    }
+}
