@@ -36,8 +36,9 @@ pub struct Faults {
     pub drop_acks: AtomicBool,
     /// Slots whose dispense jams (answered `JAMMED`, and reported as a fault).
     pub jammed: Mutex<HashSet<String>>,
-    /// Send nothing (no heartbeats, no acks) while staying connected: a hung controller or a
-    /// silently broken network path, which only the gateway's heartbeat timeout detects.
+    /// Do nothing (no heartbeats, commands neither run nor acknowledged) while staying
+    /// connected: a hung controller or a silently broken network path, which only the gateway's
+    /// heartbeat timeout detects.
     pub silent: AtomicBool,
 }
 
@@ -223,6 +224,10 @@ impl SimDevice {
     /// (unless acks are dropped), preceded by a status frame when a slot jammed.
     fn execute(&self, connection: u64, c: Command) -> Vec<OpenChannelRequest> {
         lock(&self.memory.received).push((connection, c.command_id.clone(), c.seq));
+        if self.faults.silent.load(Ordering::Relaxed) {
+            // A hung controller does nothing.
+            return Vec::new();
+        }
         let known = lock(&self.memory.executed).get(&c.command_id).cloned();
         let mut frames = Vec::new();
         let ack = match known {
@@ -257,9 +262,7 @@ impl SimDevice {
                 ack
             }
         };
-        if !self.faults.drop_acks.load(Ordering::Relaxed)
-            && !self.faults.silent.load(Ordering::Relaxed)
-        {
+        if !self.faults.drop_acks.load(Ordering::Relaxed) {
             self.memory
                 .last_acked_seq
                 .fetch_max(ack.seq, Ordering::Relaxed);
