@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::registry::Registry;
 
 /// Concurrent report calls.
-const CONCURRENCY: usize = 16;
+const CONCURRENCY: usize = 8;
 
 /// The set of devices whose status shop has not seen yet.
 #[derive(Debug, Default)]
