@@ -9,6 +9,7 @@ mod load;
 mod migrate;
 mod modules;
 mod serve;
+mod sim;
 mod targets;
 
 use std::process::ExitCode;
@@ -67,6 +68,9 @@ enum Command {
     /// Run the benchmark suite in this process (bare tonic baseline, runtime server, the edge over
     /// REST) and print every figure with its ratio to the baseline (docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Simulators: `mesh sim devices --count N` connects N simulated vending machines to the
+    /// IoT gateway, answers commands, injects faults and measures command round trips.
+    Sim(sim::SimArgs),
     /// Print the module table: each target, its default gRPC port and the services it calls.
     Modules {
         /// Print JSON instead of a table.
@@ -109,6 +113,11 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(bench::run(&args))),
+        Command::Sim(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(sim::run(args))),
         Command::Modules { json } => {
             print_modules(json);
             Ok(())

@@ -88,7 +88,7 @@ pub(crate) const MODULES: &[Module] = &[
         default_port: 50062,
         dependencies: &["auth", "shop", "iot-gateway", "inventory", "payment"],
         constructor: mesh_vm::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_vm::MIGRATIONS,
     },
     Module {
         name: "edge",

@@ -1,28 +1,82 @@
-//! The vm service: vending machine slots and the vend flow.
+//! The vm service: the planogram of every machine (which product in which slot, at what price,
+//! how many), restocks, and the vend flow: check the machine is online, reserve one unit
+//! (inventory), charge (payment), dispense (a command through the IoT gateway, acknowledged by
+//! the machine), commit; on any failure the charge is refunded and the reservation released.
+//! The outcome is `vend.completed` or `vend.failed`, through the outbox. See `docs/devices.md`.
 //!
-//! Its domain logic is not built yet (it comes with the devices issue): the generated
-//! `vm.v1.VendingMachineService` server is registered, so health, reflection and routing are real, and every
-//! RPC answers `UNIMPLEMENTED` with a message saying so. It never returns made-up data.
+//! - [`flow`]: the vend state machine, its steps persisted before their side effects, and the
+//!   recovery sweep; [`api`]: the RPCs; [`store`]: SQL; [`peers`]: clients of the services it
+//!   calls; [`error`]: errors to statuses.
+
+pub mod api;
+pub mod error;
+pub mod flow;
+pub mod peers;
+pub mod store;
+
+use std::time::Duration;
 
 use futures::future::BoxFuture;
-use mesh_contracts::vm::v1::vending_machine_service_server::{
-    VendingMachineService, VendingMachineServiceServer,
-};
-use mesh_runtime::{BuildError, NotBuilt, ServiceContext, ServiceRoutes};
+use mesh_contracts::vm::v1::vending_machine_service_server::VendingMachineServiceServer;
+use mesh_runtime::auth::{Policy, Role, guard};
+use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
-/// The vm service's gRPC implementation.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct VmApi;
+pub use api::VmApi;
 
-// Every method keeps the generated default (UNIMPLEMENTED) until the domain logic lands.
-impl VendingMachineService for VmApi {}
+/// The vm's tables (portable SQL, the same on Postgres and SQLite).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The module table's migrations for `vm`.
+pub const MIGRATIONS: Migrations = Migrations::same(&MIGRATOR);
+
+/// Who may call each RPC of `vm.v1.VendingMachineService`: any caller with a token buys and
+/// reads planograms; staff set planograms and restock; vends are read by staff and services.
+pub fn policy() -> Policy {
+    Policy::new("vm.v1.VendingMachineService")
+        .authenticated(&["Vend", "GetPlanogram"])
+        .roles(&["SetPlanogram", "Restock"], &[Role::Staff])
+        .roles(&["GetVend", "ListVends"], &[Role::Staff, Role::Service])
+}
+
+/// Settings of the vm service.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// How long a dispense waits for the machine's ack (the command expires then).
+    pub dispense_timeout: Duration,
+    /// How often the recovery sweep looks for vends left pending.
+    pub sweep_every: Duration,
+    /// The service secret; `None` reads `MESH_VM_CLIENT_SECRET` or `MESH_SERVICE_CLIENT_SECRET`.
+    pub client_secret: Option<String>,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        Self {
+            dispense_timeout: Duration::from_secs(10),
+            sweep_every: Duration::from_secs(15),
+            client_secret: None,
+        }
+    }
+}
 
 /// Builds the service's routes; the module table's constructor for `vm`.
 pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, BuildError>> {
-    Box::pin(async move {
-        let server = VendingMachineServiceServer::new(VmApi)
-            .max_decoding_message_size(ctx.max_message_bytes())
-            .max_encoding_message_size(ctx.max_message_bytes());
-        Ok(ServiceRoutes::new().add_service(NotBuilt::new(server, "the devices issue")))
-    })
+    Box::pin(build_with(ctx, VmOptions::default()))
+}
+
+/// Builds the service's routes with explicit `options`; starts the recovery sweep.
+pub async fn build_with(
+    ctx: ServiceContext,
+    options: VmOptions,
+) -> Result<ServiceRoutes, BuildError> {
+    let db = ctx.database()?.clone();
+    let peers = peers::Peers::new(&ctx, options.client_secret.as_deref())?;
+    let flow = flow::Flow::new(db.clone(), peers.clone(), options.dispense_timeout);
+    tokio::spawn(
+        flow.clone()
+            .sweep(options.sweep_every, ctx.shutdown().clone()),
+    );
+    let server = VendingMachineServiceServer::new(VmApi::new(db, peers, flow))
+        .max_decoding_message_size(ctx.max_message_bytes())
+        .max_encoding_message_size(ctx.max_message_bytes());
+    Ok(ServiceRoutes::new().add_service(guard(&ctx, policy(), server)?))
 }

@@ -1,0 +1,88 @@
+//! The gateway's errors, turned into gRPC statuses in one place.
+
+use std::time::Duration;
+
+use mesh_runtime::DatabaseError;
+
+/// What can go wrong in a gateway RPC or device channel.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A request field is missing or malformed; the message names it.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The device did not authenticate (bad, expired or foreign credential).
+    #[error("device `{device}`: {reason}")]
+    Unauthenticated {
+        /// The device id of the Hello.
+        device: String,
+        /// Why.
+        reason: String,
+    },
+    /// The machine has no live session.
+    #[error("machine `{0}` is offline (no live gateway session)")]
+    Offline(String),
+    /// The machine's queue of unacknowledged commands is full.
+    #[error(
+        "machine `{machine}` has {pending} unacknowledged commands, the most allowed; retry later"
+    )]
+    QueueFull {
+        /// The machine.
+        machine: String,
+        /// Commands waiting for an ack.
+        pending: usize,
+    },
+    /// No ack arrived in time.
+    #[error("machine `{machine}` did not acknowledge command `{command_id}` within {waited:?}")]
+    AckTimeout {
+        /// The machine.
+        machine: String,
+        /// The command.
+        command_id: String,
+        /// How long the call waited.
+        waited: Duration,
+    },
+    /// The command expired (or was dropped) before the device acknowledged it.
+    #[error("command `{command_id}` for machine `{machine}` expired unacknowledged")]
+    Expired {
+        /// The machine.
+        machine: String,
+        /// The command.
+        command_id: String,
+    },
+    /// The gateway never saw the machine.
+    #[error("no session of machine `{0}` is known to this gateway")]
+    NotFound(String),
+    /// The database (the outbox) failed.
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+}
+
+impl GatewayError {
+    /// A missing or malformed `field`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<GatewayError> for tonic::Status {
+    fn from(e: GatewayError) -> Self {
+        use GatewayError as E;
+        match e {
+            E::InvalidArgument { .. } => tonic::Status::invalid_argument(e.to_string()),
+            E::Unauthenticated { .. } => tonic::Status::unauthenticated(e.to_string()),
+            E::Offline(_) | E::Expired { .. } => tonic::Status::unavailable(e.to_string()),
+            E::QueueFull { .. } => tonic::Status::resource_exhausted(e.to_string()),
+            E::AckTimeout { .. } => tonic::Status::deadline_exceeded(e.to_string()),
+            E::NotFound(_) => tonic::Status::not_found(e.to_string()),
+            E::Database(d) => d.into(),
+        }
+    }
+}
