@@ -3,6 +3,7 @@
 //! `mesh serve order` runs one, as each Kubernetes Deployment does.
 
 mod bench;
+mod edge_flags;
 mod envoy_config;
 mod load;
 mod migrate;
@@ -40,6 +41,8 @@ enum Command {
         targets: String,
         #[command(flatten)]
         runtime: RuntimeArgs,
+        #[command(flatten)]
+        edge: edge_flags::EdgeArgs,
     },
     /// Apply the database migrations of `all` or the listed targets, then exit (the Helm chart's
     /// migration Job). `mesh serve` applies them at start too.
@@ -77,10 +80,17 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { targets, runtime } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
+        Command::Serve {
+            targets,
+            runtime,
+            edge,
+        } => edge
+            .install(&targets)
+            .and_then(|()| {
+                Ok(tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?)
+            })
             .and_then(|rt| rt.block_on(serve::run(&targets, &runtime))),
         Command::Migrate { targets, runtime } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
