@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_product;
+mod edge_flags;
 mod envoy_config;
 mod load;
 mod migrate;
@@ -42,6 +43,8 @@ enum Command {
         targets: String,
         #[command(flatten)]
         runtime: RuntimeArgs,
+        #[command(flatten)]
+        edge: edge_flags::EdgeArgs,
     },
     /// Apply the database migrations of `all` or the listed targets, then exit (the Helm chart's
     /// migration Job). `mesh serve` applies them at start too.
@@ -82,10 +85,17 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { targets, runtime } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
+        Command::Serve {
+            targets,
+            runtime,
+            edge,
+        } => edge
+            .install(&targets)
+            .and_then(|()| {
+                Ok(tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?)
+            })
             .and_then(|rt| rt.block_on(serve::run(&targets, &runtime))),
         Command::Migrate { targets, runtime } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

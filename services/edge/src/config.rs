@@ -207,6 +207,40 @@ impl EdgeConfig {
     }
 }
 
+/// Settings given as flags of `mesh serve` (`--descriptor-set FILE`, `--upstream
+/// pkg.Service=host:port`), added to the environment's by [`crate::build`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EdgeFlags {
+    /// Extra descriptor sets.
+    pub descriptor_sets: Vec<PathBuf>,
+    /// Upstreams by service.
+    pub upstreams: Vec<(String, Uri)>,
+}
+
+static FLAGS: std::sync::OnceLock<EdgeFlags> = std::sync::OnceLock::new();
+
+/// Records the flags of this process's `mesh serve` for the edge target (once; later calls are
+/// ignored).
+pub fn set_flags(flags: EdgeFlags) {
+    let _ = FLAGS.set(flags);
+}
+
+impl EdgeConfig {
+    /// These settings with the process's flags ([`set_flags`]) added: flag descriptor sets after
+    /// the environment's, flag upstreams overriding the environment's for the same service.
+    pub fn with_flags(mut self) -> Self {
+        if let Some(flags) = FLAGS.get() {
+            self.descriptor_sets
+                .extend(flags.descriptor_sets.iter().cloned());
+            for (service, uri) in &flags.upstreams {
+                self.upstreams.retain(|(s, _)| s != service);
+                self.upstreams.push((service.clone(), uri.clone()));
+            }
+        }
+        self
+    }
+}
+
 /// `pkg.Service=http://host:port` (or `pkg.Service=host:port`, plain HTTP/2 assumed).
 pub fn parse_upstream(item: &str) -> Result<(String, Uri), String> {
     match item.split_once('=') {

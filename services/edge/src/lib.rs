@@ -79,7 +79,7 @@ pub enum SetupError {
     Routes(#[from] routes::RoutesError),
     /// A service with REST rules has no upstream.
     #[error(
-        "service {0} has google.api.http rules but no upstream; add `{0}=http://host:port` to MESH_EDGE_UPSTREAMS"
+        "service {0} has google.api.http rules but no upstream; add `{0}=http://host:port` to MESH_EDGE_UPSTREAMS or `--upstream {0}=host:port`"
     )]
     NoUpstream(String),
 }
@@ -431,11 +431,12 @@ async fn handle(State(edge): State<Arc<Edge>>, mut req: Request<Body>) -> Respon
 
 /// Builds the edge from the process context: the module table's constructor for `edge`.
 ///
-/// Settings come from `MESH_EDGE_*` ([`config`]); our services' upstreams from the context
-/// (`MESH_<SERVICE>_ADDR`), others' from `MESH_EDGE_UPSTREAMS`.
+/// Settings come from `MESH_EDGE_*` ([`config`]) and `mesh serve`'s `--descriptor-set` /
+/// `--upstream` flags ([`config::set_flags`]); our services' upstreams from the context
+/// (`MESH_<SERVICE>_ADDR`), others' from `MESH_EDGE_UPSTREAMS` and `--upstream`.
 pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, BuildError>> {
     Box::pin(async move {
-        let config = EdgeConfig::from_env(|k| std::env::var(k).ok())?;
+        let config = EdgeConfig::from_env(|k| std::env::var(k).ok())?.with_flags();
         let edge = from_context(&ctx, config)?;
         Ok(Arc::new(edge).service_routes())
     })
