@@ -678,16 +678,19 @@ async fn cache_hit_and_invalidation_seen_by_a_second_instance_on_postgres_and_re
 
     // The product's own event alone drops the entry: change the row behind the service's back,
     // emit product.updated through the outbox, and instance B's answer follows once consumed.
-    assert_eq!(
-        get(&mut cb)
-            .await
-            .expect("read")
-            .price
-            .as_ref()
-            .map(|m| m.amount_minor),
-        Some(250)
-    );
-    assert!(exists(&mut conn).await);
+    // First let the update's own event land (it drops the entry once more, asynchronously), so
+    // the entry read back now stays cached.
+    eventually("the update's event to be handled and a read to fill the cache", || {
+        let read = get(&mut cb);
+        let mut conn = conn.clone();
+        let exists = exists(&mut conn);
+        async move {
+            read.await
+                .is_ok_and(|p| p.price.is_some_and(|m| m.amount_minor == 250))
+                && exists.await
+        }
+    })
+    .await;
     let mut tx = a.db.begin().await.expect("tx");
     sqlx::query("UPDATE products SET amount_minor = 999 WHERE id = $1")
         .bind(&p.id)
