@@ -286,65 +286,38 @@ impl PathTemplate {
     }
 
     /// Matches the raw (still percent-encoded) request `path`; the variables' values on success.
+    ///
+    /// Lookup tries many templates per request, so the check allocates nothing; only a match
+    /// splits the path into a vector to read the variables' values.
     pub fn matches(&self, path: &str) -> Option<Vec<Binding>> {
-        let rest = path.strip_prefix('/')?;
-        let rest = match &self.verb {
-            Some(verb) => {
-                let stripped = rest.strip_suffix(verb.as_str())?.strip_suffix(':')?;
-                // The verb must follow a segment (`/v1/x:verb`).
-                if stripped.is_empty() || stripped.ends_with('/') {
-                    return None;
-                }
-                stripped
-            }
-            None => rest,
-        };
-        let parts: Vec<&str> = rest.split('/').collect();
-        // The parts each template segment consumed, as a range.
-        let mut spans = Vec::with_capacity(self.segments.len());
-        let mut i = 0;
-        for segment in &self.segments {
-            match segment {
-                Segment::Literal(lit) => {
-                    let part = parts.get(i)?;
-                    if *part != lit && decode(part) != *lit {
-                        return None;
-                    }
-                    spans.push((i, i + 1));
-                    i += 1;
-                }
-                Segment::Single => {
-                    if parts.get(i)?.is_empty() {
-                        return None;
-                    }
-                    spans.push((i, i + 1));
-                    i += 1;
-                }
-                Segment::Multi => {
-                    let tail = parts.get(i..).unwrap_or_default();
-                    let tail = if tail == [""] { &[][..] } else { tail };
-                    if tail.iter().any(|p| p.is_empty()) {
-                        return None;
-                    }
-                    spans.push((i, i + tail.len()));
-                    i = parts.len();
-                }
-            }
-        }
-        if i != parts.len() {
+        let rest = self.strip_verb(path)?;
+        if !self.fits(rest) {
             return None;
         }
+        let parts: Vec<&str> = rest.split('/').collect();
+        // The parts segment `k` consumed (`**` is always last and takes the rest).
+        let span = |k: usize| -> (usize, usize) {
+            if self.segments[k] == Segment::Multi {
+                if parts.get(k..) == Some(&[""][..]) {
+                    (k, k)
+                } else {
+                    (k, parts.len().max(k))
+                }
+            } else {
+                (k, k + 1)
+            }
+        };
         let bindings = self
             .variables
             .iter()
             .enumerate()
             .map(|(n, v)| {
-                let (from, _) = spans[v.start];
-                let (_, to) = spans[v.end - 1];
-                let raw = &parts[from..to];
+                let (from, _) = span(v.start);
+                let (_, to) = span(v.end - 1);
+                let raw = parts.get(from..to).unwrap_or_default();
                 let single = v.end - v.start == 1 && self.segments[v.start] != Segment::Multi;
                 let value = if single {
-                    decode(raw[0])
+                    decode(raw.first().copied().unwrap_or_default())
                 } else {
                     raw.iter()
                         .map(|p| decode_keep_slash(p))
@@ -355,6 +328,52 @@ impl PathTemplate {
             })
             .collect();
         Some(bindings)
+    }
+
+    /// The path without its leading `/` and this template's verb (`None`: no such verb).
+    fn strip_verb<'p>(&self, path: &'p str) -> Option<&'p str> {
+        let rest = path.strip_prefix('/')?;
+        match &self.verb {
+            Some(verb) => {
+                let stripped = rest.strip_suffix(verb.as_str())?.strip_suffix(':')?;
+                // The verb must follow a segment (`/v1/x:verb`).
+                if stripped.is_empty() || stripped.ends_with('/') {
+                    return None;
+                }
+                Some(stripped)
+            }
+            None => Some(rest),
+        }
+    }
+
+    /// Whether the segments of `rest` (the path less `/` and verb) fit the template.
+    fn fits(&self, rest: &str) -> bool {
+        let mut parts = rest.split('/');
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(lit) => match parts.next() {
+                    // A part differs from its decoded form only if it has a `%`.
+                    Some(part) if part == lit || (part.contains('%') && decode(part) == *lit) => {}
+                    _ => return false,
+                },
+                Segment::Single => match parts.next() {
+                    Some(part) if !part.is_empty() => {}
+                    _ => return false,
+                },
+                Segment::Multi => {
+                    // Zero or more non-empty parts; a lone empty part (a trailing `/`) is zero.
+                    let (mut count, mut empty) = (0usize, false);
+                    for part in parts.by_ref() {
+                        count += 1;
+                        empty |= part.is_empty();
+                    }
+                    if empty && count > 1 {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
     }
 }
 
