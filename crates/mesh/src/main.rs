@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_product;
+mod bench_saga;
 mod envoy_config;
 mod load;
 mod migrate;
@@ -67,6 +68,9 @@ enum Command {
     /// Run the benchmark suite in this process (bare tonic baseline, runtime server, the edge over
     /// REST) and print every figure with its ratio to the baseline (docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Benchmark the order saga on Postgres + Redis: confirmed orders/s and PlaceOrder-to-confirmed
+    /// latency, all services in one process and each in its own (docs/BENCHMARKS.md).
+    BenchSaga(bench_saga::BenchSagaArgs),
     /// Print the module table: each target, its default gRPC port and the services it calls.
     Modules {
         /// Print JSON instead of a table.
@@ -109,6 +113,11 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(bench::run(&args))),
+        Command::BenchSaga(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(bench_saga::run(&args))),
         Command::Modules { json } => {
             print_modules(json);
             Ok(())
