@@ -448,7 +448,7 @@ async fn run(base_url: String) {
         mesh_contracts::notification::v1::notification_service_client::NotificationServiceClient::new(
             cluster.channel("notification").await,
         )
-        .list_templates(bearer(&"no-token", mesh_contracts::notification::v1::ListTemplatesRequest::default()))
+        .list_templates(bearer("no-token", mesh_contracts::notification::v1::ListTemplatesRequest::default()))
         .await,
         Err(s) if s.code() == Code::Unimplemented
     );
