@@ -178,7 +178,11 @@ struct Snapshot {
     problems: Vec<String>,
 }
 
-async fn snapshot(db: &sqlx::PgPool, stocked: &BTreeMap<String, i64>) -> Snapshot {
+async fn snapshot(
+    db: &sqlx::PgPool,
+    stocked: &BTreeMap<String, i64>,
+    notifications: bool,
+) -> Snapshot {
     let mut problems = Vec::new();
     let rows = sqlx::query(r#"SELECT id, status, idempotency_key FROM "order".orders"#)
         .fetch_all(db)
@@ -233,14 +237,14 @@ async fn snapshot(db: &sqlx::PgPool, stocked: &BTreeMap<String, i64>) -> Snapsho
     let rows = sqlx::query(
         "SELECT s.product_id, s.on_hand, s.reserved, \
          COALESCE((SELECT SUM(l.quantity) FROM inventory.reservation_lines l JOIN inventory.reservations r ON r.id = l.reservation_id \
-                   WHERE r.status = 'COMMITTED' AND l.product_id = s.product_id), 0) AS sold \
+                   WHERE r.status = 'COMMITTED' AND l.product_id = s.product_id), 0)::BIGINT AS sold \
          FROM inventory.stock s",
     )
     .fetch_all(db)
     .await
     .expect("stock");
     let confirmed_lines = sqlx::query(
-        r#"SELECT l.product_id, SUM(l.quantity) AS units FROM "order".order_lines l JOIN "order".orders o ON o.id = l.order_id
+        r#"SELECT l.product_id, SUM(l.quantity)::BIGINT AS units FROM "order".order_lines l JOIN "order".orders o ON o.id = l.order_id
            WHERE o.status = 'ORDER_STATUS_CONFIRMED' GROUP BY l.product_id"#,
     )
     .fetch_all(db)
@@ -289,8 +293,8 @@ async fn snapshot(db: &sqlx::PgPool, stocked: &BTreeMap<String, i64>) -> Snapsho
         ));
     }
     let ledger = sqlx::query(
-        "SELECT order_id, COALESCE(SUM(amount_minor), 0) AS net, \
-         SUM(CASE WHEN kind = 'CHARGE' AND status = 'SUCCEEDED' THEN 1 ELSE 0 END) AS captures \
+        "SELECT order_id, COALESCE(SUM(CASE WHEN status = 'SUCCEEDED' THEN amount_minor ELSE 0 END), 0)::BIGINT AS net, \
+         SUM(CASE WHEN kind = 'CHARGE' AND status = 'SUCCEEDED' THEN 1 ELSE 0 END)::BIGINT AS captures \
          FROM payment.transactions GROUP BY order_id",
     )
     .fetch_all(db)
@@ -353,6 +357,13 @@ async fn snapshot(db: &sqlx::PgPool, stocked: &BTreeMap<String, i64>) -> Snapsho
     }
 
     // Notifications: every confirmed order once per channel, sent.
+    if !notifications {
+        return Snapshot {
+            orders,
+            open,
+            problems,
+        };
+    }
     let rows = match sqlx::query(
         "SELECT dedupe_key, status FROM notification.deliveries WHERE event_type = 'order.confirmed'",
     )
@@ -399,10 +410,11 @@ async fn snapshot(db: &sqlx::PgPool, stocked: &BTreeMap<String, i64>) -> Snapsho
 }
 
 async fn run(base_url: String) {
-    let work = tempfile::tempdir().expect("temp dir");
-    let logs = work.path().join("logs");
+    // Kept on failure for the processes' logs; removed after a pass.
+    let work = tempfile::tempdir().expect("temp dir").keep();
+    let logs = work.join("logs");
     std::fs::create_dir_all(&logs).expect("logs dir");
-    let redis_dir = work.path().join("redis");
+    let redis_dir = work.join("redis");
     std::fs::create_dir_all(&redis_dir).expect("redis dir");
     let db = FreshDatabase::create(&base_url, "faults").await;
     let redis = Arc::new(Mutex::new(Redis::start(&redis_dir)));
@@ -425,10 +437,25 @@ async fn run(base_url: String) {
     .tokenize_card(mesh_contracts::payment::v1::TokenizeCardRequest::default())
     .await;
     if matches!(&probe, Err(s) if s.code() == Code::Unimplemented) {
-        eprintln!("SKIPPED: the saga fault test needs the payment service, which is not built in this tree");
+        eprintln!(
+            "SKIPPED: the saga fault test needs the payment service, which is not built in this tree"
+        );
         drop(cluster);
         db.drop_now().await;
         return;
+    }
+    let notifications = !matches!(
+        mesh_contracts::notification::v1::notification_service_client::NotificationServiceClient::new(
+            cluster.channel("notification").await,
+        )
+        .list_templates(bearer("no-token", mesh_contracts::notification::v1::ListTemplatesRequest::default()))
+        .await,
+        Err(s) if s.code() == Code::Unimplemented
+    );
+    if !notifications {
+        eprintln!(
+            "SKIPPED (in part): notification is not built in this tree; the invariant \"every confirmed order notified once\" is not checked"
+        );
     }
 
     // Catalog and stock.
@@ -514,7 +541,7 @@ async fn run(base_url: String) {
     let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
     let deadline = Instant::now() + Duration::from_secs(90);
     let snap = loop {
-        let snap = snapshot(&pool, &stocked).await;
+        let snap = snapshot(&pool, &stocked, notifications).await;
         if snap.problems.is_empty() || Instant::now() > deadline {
             break snap;
         }
@@ -534,6 +561,7 @@ async fn run(base_url: String) {
     pool.close().await;
     drop(cluster);
     db.drop_now().await;
+    let _ = std::fs::write(logs.join("violations.txt"), snap.problems.join("\n"));
     assert!(dead.is_empty(), "processes died on their own: {dead:?}");
     assert!(
         snap.problems.is_empty(),
@@ -542,6 +570,7 @@ async fn run(base_url: String) {
         &snap.problems[..snap.problems.len().min(20)]
     );
     assert!(confirmed > 0, "some orders were confirmed");
+    let _ = std::fs::remove_dir_all(&work);
     assert!(
         confirmed < ORDERS,
         "some orders were cancelled (declined cards, out of stock)"

@@ -5,6 +5,7 @@
 mod bench;
 mod bench_product;
 mod edge_flags;
+mod bench_saga;
 mod envoy_config;
 mod load;
 mod migrate;
@@ -74,6 +75,9 @@ enum Command {
     /// Simulators: `mesh sim devices --count N` connects N simulated vending machines to the
     /// IoT gateway, answers commands, injects faults and measures command round trips.
     Sim(sim::SimArgs),
+    /// Benchmark the order saga on Postgres + Redis: confirmed orders/s and PlaceOrder-to-confirmed
+    /// latency, all services in one process and each in its own (docs/BENCHMARKS.md).
+    BenchSaga(bench_saga::BenchSagaArgs),
     /// Print the module table: each target, its default gRPC port and the services it calls.
     Modules {
         /// Print JSON instead of a table.
@@ -128,6 +132,11 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(sim::run(args))),
+        Command::BenchSaga(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(bench_saga::run(&args))),
         Command::Modules { json } => {
             print_modules(json);
             Ok(())

@@ -171,6 +171,14 @@ impl Consumer {
         self
     }
 
+    /// Spreads each batch over at most `n` transactions (at least 1). Handlers that lock rows
+    /// shared by many events (stock levels) use 1: one transaction per batch, so the events of a
+    /// batch never wait for (or deadlock with) each other's row locks.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.options.concurrency = n.max(1);
+        self
+    }
+
     /// The group name.
     pub fn group(&self) -> &str {
         &self.group

@@ -115,7 +115,9 @@ pub async fn build_with(
         clock: options.clock.clone(),
         reservation_ttl: options.saga_reservation_ttl,
     };
-    ctx.start_consumer(saga::handlers(ctx.consumer()?, &saga));
+    // One transaction per batch: reservations of many orders lock the same stock rows, and
+    // concurrent batch transactions would deadlock on them (docs/saga.md).
+    ctx.start_consumer(saga::handlers(ctx.consumer()?.concurrency(1), &saga));
     let sweeper = sweeper::Sweeper::new(db.clone(), options.clock.clone());
     tokio::spawn(sweeper.run(options.sweep_every, ctx.shutdown().clone()));
     let server = InventoryServiceServer::new(InventoryApi::new(db, options.clock))

@@ -105,7 +105,9 @@ pub async fn build_with(
     peers: peers::Peers,
 ) -> Result<ServiceRoutes, BuildError> {
     let db = ctx.database()?.clone();
-    ctx.start_consumer(saga::handlers(ctx.consumer()?));
+    // One transaction per batch: events of two orders in two concurrent batch transactions, in
+    // opposite order, would deadlock on the order rows (docs/saga.md).
+    ctx.start_consumer(saga::handlers(ctx.consumer()?.concurrency(1)));
     let sweeper = sweeper::Sweeper::new(db.clone(), options.saga_timeout);
     tokio::spawn(sweeper.run(options.sweep_every, ctx.shutdown().clone()));
     let api = OrderApi::new(db.clone(), place::Placer::new(db, peers));

@@ -1,0 +1,551 @@
+//! `mesh bench-saga`: the order saga's throughput and latency on Postgres + Redis.
+//!
+//! The services run as children of this binary: all of them in one `mesh serve
+//! auth,user,product,inventory,payment,notification,order` process, and then each in its own
+//! `mesh serve <service>` process. Each mode gets a fresh Postgres database and this run's own
+//! `redis-server` (AOF, `appendfsync everysec`) on a free port. Clients place orders with
+//! `PlaceOrder` (a card token, 1-2 lines of 50 well-stocked products, a good test card) for the
+//! measured time, then wait until every order is final.
+//!
+//! Reported per mode: orders placed and confirmed, confirmed orders/s (confirmed orders over the
+//! span from the first placement to the last confirmation), and PlaceOrder-to-confirmed latency
+//! p50/p99: from the client's send time to the CONFIRMED entry of the order's status history
+//! (same machine, same clock), read from order's database after the run.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use mesh_contracts::auth::v1::SignUpRequest;
+use mesh_contracts::auth::v1::auth_service_client::AuthServiceClient;
+use mesh_contracts::common::v1::{
+    Money, PaymentCard, PaymentMethod, PostalAddress, payment_method,
+};
+use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
+use mesh_contracts::inventory::v1::{AdjustStockRequest, AdjustmentReason};
+use mesh_contracts::order::v1::order_service_client::OrderServiceClient;
+use mesh_contracts::order::v1::{LineItem, PlaceOrderRequest};
+use mesh_contracts::payment::v1::TokenizeCardRequest;
+use mesh_contracts::payment::v1::payment_service_client::PaymentServiceClient;
+use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
+use mesh_contracts::product::v1::{CreateProductRequest, Product};
+use sqlx::{Connection as _, Row as _};
+use tonic::transport::Channel;
+
+/// The services the saga needs.
+const SERVICES: &[&str] = &[
+    "auth",
+    "user",
+    "product",
+    "inventory",
+    "payment",
+    "notification",
+    "order",
+];
+const ADMIN: &str = "bench-admin@example.com";
+const PASSWORD: &str = "correct horse battery";
+const PRODUCTS: usize = 50;
+
+/// Settings of `mesh bench-saga`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct BenchSagaArgs {
+    /// Postgres server URL (a fresh database is created on it per mode and dropped after).
+    #[arg(long, env = "MESH_BENCH_DATABASE_URL")]
+    database_url: String,
+    /// Measured time of placing orders per mode, e.g. `15s`.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Concurrent clients placing orders.
+    #[arg(short = 'c', long, default_value_t = 32)]
+    concurrency: usize,
+    /// Which layouts to run: `one` (one process), `separate` (a process per service) or `both`.
+    #[arg(long, default_value = "both")]
+    mode: String,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn env_prefix(name: &str) -> String {
+    format!("MESH_{}", name.to_ascii_uppercase().replace('-', "_"))
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Children killed on drop.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn redis_server(dir: &Path, port: u16) -> anyhow::Result<Child> {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--dir",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server (is it installed?)")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("redis-server did not start on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+async fn fresh_database(base: &str) -> anyhow::Result<(String, String)> {
+    let name = format!("mesh_bench_{}", uuid::Uuid::now_v7().simple());
+    let (prefix, _) = base.rsplit_once('/').context(
+        "--database-url must name a database, e.g. postgres://postgres@127.0.0.1:5432/postgres",
+    )?;
+    let mut conn = sqlx::PgConnection::connect(base).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await?;
+    Ok((format!("{prefix}/{name}"), name))
+}
+
+async fn drop_database(base: &str, name: &str) {
+    if let Ok(mut conn) = sqlx::PgConnection::connect(base).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+/// Starts the services as `groups` of processes; returns them and every service's port.
+fn spawn(
+    groups: &[Vec<&'static str>],
+    db_url: &str,
+    redis_url: &str,
+    logs: &Path,
+) -> anyhow::Result<(Children, BTreeMap<&'static str, u16>)> {
+    let mut ports = BTreeMap::new();
+    for s in SERVICES {
+        ports.insert(*s, free_port()?);
+    }
+    let exe = std::env::current_exe()?;
+    let mut children = Children(Vec::new());
+    for (i, group) in groups.iter().enumerate() {
+        let log = std::fs::File::create(logs.join(format!("serve-{i}.log")))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("serve")
+            .arg(group.join(","))
+            .env("MESH_DATABASE_URL", db_url)
+            .env("MESH_REDIS_URL", redis_url)
+            .env("MESH_ADMIN_PORT", "0")
+            .env("MESH_SERVICE_CLIENT_SECRET", "bench-secret")
+            .env("MESH_AUTH_BOOTSTRAP_ADMIN_EMAIL", ADMIN)
+            .env("MESH_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (name, port) in &ports {
+            cmd.env(format!("{}_PORT", env_prefix(name)), port.to_string());
+            cmd.env(
+                format!("{}_ADDR", env_prefix(name)),
+                format!("http://127.0.0.1:{port}"),
+            );
+        }
+        children.0.push(cmd.spawn().context("starting mesh serve")?);
+    }
+    Ok((children, ports))
+}
+
+async fn channel(port: u16) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://127.0.0.1:{port}"))?
+        .timeout(Duration::from_secs(30))
+        .connect_lazy())
+}
+
+async fn wait_serving(port: u16) -> anyhow::Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ch = Channel::from_shared(format!("http://127.0.0.1:{port}"))?;
+        if let Ok(c) = ch.connect().await
+            && let Ok(r) = HealthClient::new(c)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+            && r.into_inner().status == 1
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("port {port} is not serving after 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+async fn sign_up(auth: Channel, email: &str) -> anyhow::Result<String> {
+    let r = AuthServiceClient::new(auth)
+        .sign_up(SignUpRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(r.tokens.context("tokens")?.access_token)
+}
+
+/// Products, a customer token and a card token.
+struct Seed {
+    products: Vec<String>,
+    customer: String,
+    card_token: String,
+}
+
+async fn seed(ports: &BTreeMap<&'static str, u16>) -> anyhow::Result<Seed> {
+    let admin = sign_up(channel(ports["auth"]).await?, ADMIN).await?;
+    let customer = sign_up(channel(ports["auth"]).await?, "bench-customer@example.com").await?;
+    let mut catalog = ProductServiceClient::new(channel(ports["product"]).await?);
+    let mut stock = InventoryServiceClient::new(channel(ports["inventory"]).await?);
+    let mut products = Vec::new();
+    for i in 0..PRODUCTS {
+        let p = catalog
+            .create_product(bearer(
+                &admin,
+                CreateProductRequest {
+                    product: Some(Product {
+                        sku: format!("SAGA-BENCH-{i}"),
+                        name: format!("Saga bench product {i}"),
+                        price: Some(Money {
+                            currency_code: "EUR".into(),
+                            amount_minor: 199 + i as i64,
+                        }),
+                        active: true,
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await?
+            .into_inner()
+            .product
+            .context("product")?;
+        stock
+            .adjust_stock(bearer(
+                &admin,
+                AdjustStockRequest {
+                    location_id: "default".into(),
+                    product_id: p.id.clone(),
+                    delta: 10_000_000,
+                    reason: AdjustmentReason::Restock as i32,
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        products.push(p.id);
+    }
+    let card_token = PaymentServiceClient::new(channel(ports["payment"]).await?)
+        .tokenize_card(bearer(
+            &customer,
+            TokenizeCardRequest {
+                card: Some(PaymentCard {
+                    number: "4242424242424242".into(),
+                    expiry: "12/39".into(),
+                    cvc: "123".into(),
+                    holder_name: "Bench".into(),
+                }),
+            },
+        ))
+        .await?
+        .into_inner()
+        .card_token;
+    Ok(Seed {
+        products,
+        customer,
+        card_token,
+    })
+}
+
+fn request(seed: &Seed, n: u64) -> PlaceOrderRequest {
+    let lines = 1 + (n % 2) as usize;
+    PlaceOrderRequest {
+        idempotency_key: uuid::Uuid::now_v7().to_string(),
+        customer_id: String::new(),
+        lines: (0..lines)
+            .map(|i| LineItem {
+                product_id: seed.products[(n as usize * 7 + i * 13) % seed.products.len()].clone(),
+                quantity: 1,
+            })
+            .collect(),
+        shipping_address: Some(PostalAddress {
+            recipient_name: "Bench".into(),
+            address_lines: vec!["1 Load Street".into()],
+            region_code: "DE".into(),
+            ..Default::default()
+        }),
+        payment_method: Some(PaymentMethod {
+            method: Some(payment_method::Method::CardToken(seed.card_token.clone())),
+        }),
+        promo_code: String::new(),
+        currency_code: String::new(),
+    }
+}
+
+/// What one mode measured.
+#[derive(Debug, serde::Serialize)]
+struct Figures {
+    mode: String,
+    placed: usize,
+    failed_calls: u64,
+    confirmed: usize,
+    cancelled: usize,
+    not_final: usize,
+    place_rps: f64,
+    confirmed_per_s: f64,
+    latency_ms_p50: f64,
+    latency_ms_p99: f64,
+    place_rpc_ms_p50: f64,
+    place_rpc_ms_p99: f64,
+}
+
+fn percentile(sorted: &[i64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+async fn measure(
+    mode: &str,
+    groups: Vec<Vec<&'static str>>,
+    args: &BenchSagaArgs,
+) -> anyhow::Result<Figures> {
+    let dir =
+        std::env::temp_dir().join(format!("mesh-bench-saga-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let redis_port = free_port()?;
+    let redis = Children(vec![redis_server(&dir, redis_port)?]);
+    let (db_url, db_name) = fresh_database(&args.database_url).await?;
+    let result = async {
+        let (children, ports) = spawn(
+            &groups,
+            &db_url,
+            &format!("redis://127.0.0.1:{redis_port}"),
+            &dir,
+        )?;
+        for p in ports.values() {
+            wait_serving(*p).await?;
+        }
+        let seed = Arc::new(seed(&ports).await?);
+        let figures = load(mode, &ports, seed, args, &db_url).await;
+        drop(children);
+        figures
+    }
+    .await;
+    drop(redis);
+    drop_database(&args.database_url, &db_name).await;
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("bench-saga: logs kept in {}", dir.display());
+    }
+    result
+}
+
+async fn load(
+    mode: &str,
+    ports: &BTreeMap<&'static str, u16>,
+    seed: Arc<Seed>,
+    args: &BenchSagaArgs,
+    db_url: &str,
+) -> anyhow::Result<Figures> {
+    // A few HTTP/2 connections shared by the clients.
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(
+            Channel::from_shared(format!("http://127.0.0.1:{}", ports["order"]))?
+                .timeout(Duration::from_secs(30))
+                .connect()
+                .await?,
+        );
+    }
+    let start = Instant::now();
+    let end = start + args.duration;
+    let mut workers = Vec::new();
+    for w in 0..args.concurrency {
+        let mut client = OrderServiceClient::new(conns[w % conns.len()].clone());
+        let seed = seed.clone();
+        workers.push(tokio::spawn(async move {
+            let mut placed: Vec<(String, i64, i64)> = Vec::new();
+            let mut failed = 0u64;
+            let mut n = w as u64 * 1_000_000;
+            while Instant::now() < end {
+                n += 1;
+                let t0 = now_us();
+                let sent = Instant::now();
+                match client
+                    .place_order(bearer(&seed.customer, request(&seed, n)))
+                    .await
+                {
+                    Ok(r) => {
+                        if let Some(o) = r.into_inner().order {
+                            placed.push((o.id, t0, sent.elapsed().as_micros() as i64));
+                        }
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            (placed, failed)
+        }));
+    }
+    let mut placed = Vec::new();
+    let mut failed_calls = 0;
+    for w in workers {
+        let (p, f) = w.await?;
+        placed.extend(p);
+        failed_calls += f;
+    }
+    let place_secs = start.elapsed().as_secs_f64();
+
+    // Wait (bounded) until every order is final, then read the confirmation times.
+    let pool = sqlx::PgPool::connect(db_url).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let open: i64 = sqlx::query(
+            r#"SELECT COUNT(*) AS n FROM "order".orders WHERE status NOT IN ('ORDER_STATUS_CONFIRMED', 'ORDER_STATUS_CANCELLED')"#,
+        )
+        .fetch_one(&pool)
+        .await?
+        .get("n");
+        if open == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rows = sqlx::query(
+        r#"SELECT o.id, o.status, h.at_us FROM "order".orders o
+           LEFT JOIN "order".order_status_history h ON h.order_id = o.id AND h.status = 'ORDER_STATUS_CONFIRMED'"#,
+    )
+    .fetch_all(&pool)
+    .await?;
+    pool.close().await;
+    let mut final_state: BTreeMap<String, (String, Option<i64>)> = BTreeMap::new();
+    for r in &rows {
+        final_state.insert(r.get("id"), (r.get("status"), r.get("at_us")));
+    }
+    let mut latencies = Vec::new();
+    let mut rpc = Vec::new();
+    let (mut confirmed, mut cancelled, mut not_final) = (0, 0, 0);
+    let first = placed.iter().map(|p| p.1).min().unwrap_or_default();
+    let mut last_confirmed = first;
+    for (id, t0, rpc_us) in &placed {
+        rpc.push(*rpc_us);
+        match final_state.get(id) {
+            Some((s, Some(at))) if s == "ORDER_STATUS_CONFIRMED" => {
+                confirmed += 1;
+                latencies.push(at - t0);
+                last_confirmed = last_confirmed.max(*at);
+            }
+            Some((s, _)) if s == "ORDER_STATUS_CANCELLED" => cancelled += 1,
+            _ => not_final += 1,
+        }
+    }
+    latencies.sort_unstable();
+    rpc.sort_unstable();
+    let span = (last_confirmed - first).max(1) as f64 / 1e6;
+    Ok(Figures {
+        mode: mode.to_string(),
+        placed: placed.len(),
+        failed_calls,
+        confirmed,
+        cancelled,
+        not_final,
+        place_rps: placed.len() as f64 / place_secs,
+        confirmed_per_s: confirmed as f64 / span,
+        latency_ms_p50: percentile(&latencies, 0.50),
+        latency_ms_p99: percentile(&latencies, 0.99),
+        place_rpc_ms_p50: percentile(&rpc, 0.50),
+        place_rpc_ms_p99: percentile(&rpc, 0.99),
+    })
+}
+
+/// Runs the saga benchmark and prints one line per mode (and the figures as JSON).
+pub(crate) async fn run(args: &BenchSagaArgs) -> anyhow::Result<()> {
+    let mut modes: Vec<(&str, Vec<Vec<&'static str>>)> = Vec::new();
+    if matches!(args.mode.as_str(), "one" | "both") {
+        modes.push(("one process", vec![SERVICES.to_vec()]));
+    }
+    if matches!(args.mode.as_str(), "separate" | "both") {
+        modes.push((
+            "separate processes",
+            SERVICES.iter().map(|s| vec![*s]).collect(),
+        ));
+    }
+    if modes.is_empty() {
+        bail!(
+            "--mode: expected one, separate or both, got `{}`",
+            args.mode
+        );
+    }
+    println!(
+        "order saga on Postgres + Redis: {} clients, {:?} of PlaceOrder per mode",
+        args.concurrency, args.duration
+    );
+    for (mode, groups) in modes {
+        let f = measure(mode, groups, args).await?;
+        println!(
+            "{:<19} placed {:>6} ({:>7.1}/s, PlaceOrder p50 {:.1} ms p99 {:.1} ms, {} failed)  confirmed {:>6} cancelled {} open {}  => {:>7.1} confirmed orders/s, PlaceOrder-to-confirmed p50 {:.1} ms p99 {:.1} ms",
+            f.mode,
+            f.placed,
+            f.place_rps,
+            f.place_rpc_ms_p50,
+            f.place_rpc_ms_p99,
+            f.failed_calls,
+            f.confirmed,
+            f.cancelled,
+            f.not_final,
+            f.confirmed_per_s,
+            f.latency_ms_p50,
+            f.latency_ms_p99
+        );
+        println!("{}", serde_json::to_string(&f)?);
+    }
+    Ok(())
+}
