@@ -4,8 +4,8 @@
 
 mod bench;
 mod bench_product;
-mod edge_flags;
 mod bench_saga;
+mod edge_flags;
 mod envoy_config;
 mod load;
 mod migrate;

@@ -680,16 +680,19 @@ async fn cache_hit_and_invalidation_seen_by_a_second_instance_on_postgres_and_re
     // emit product.updated through the outbox, and instance B's answer follows once consumed.
     // First let the update's own event land (it drops the entry once more, asynchronously), so
     // the entry read back now stays cached.
-    eventually("the update's event to be handled and a read to fill the cache", || {
-        let read = get(&mut cb);
-        let mut conn = conn.clone();
-        let exists = exists(&mut conn);
-        async move {
-            read.await
-                .is_ok_and(|p| p.price.is_some_and(|m| m.amount_minor == 250))
-                && exists.await
-        }
-    })
+    eventually(
+        "the update's event to be handled and a read to fill the cache",
+        || {
+            let read = get(&mut cb);
+            let mut conn = conn.clone();
+            let exists = exists(&mut conn);
+            async move {
+                read.await
+                    .is_ok_and(|p| p.price.is_some_and(|m| m.amount_minor == 250))
+                    && exists.await
+            }
+        },
+    )
     .await;
     let mut tx = a.db.begin().await.expect("tx");
     sqlx::query("UPDATE products SET amount_minor = 999 WHERE id = $1")
