@@ -4,6 +4,7 @@
 //! readiness and metrics, SIGTERM stops the process with exit code 0, and bad settings are all
 //! named in one error. (CI also drives the same binary with the real `grpcurl`: see `.ci/run`.)
 
+use mesh_runtime::config::env_prefix;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -29,10 +30,6 @@ fn module_names() -> Vec<String> {
         .iter()
         .map(|r| r["name"].as_str().unwrap().to_string())
         .collect()
-}
-
-fn env_prefix(name: &str) -> String {
-    format!("MESH_{}", name.to_ascii_uppercase().replace('-', "_"))
 }
 
 /// A `mesh serve all` child on free ports, killed if the test fails.

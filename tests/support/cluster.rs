@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use mesh_runtime::config::env_prefix;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -24,10 +25,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-fn env_prefix(name: &str) -> String {
-    format!("MESH_{}", name.to_ascii_uppercase().replace('-', "_"))
 }
 
 /// A fresh Postgres database for one run, dropped at the end.

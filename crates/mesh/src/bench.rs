@@ -7,8 +7,9 @@
 //! - (b) the real product service (started as `mesh serve product` would, see
 //!   [`crate::bench_product`]) answering `GetProduct` for one product: a cache hit;
 //! - (c) the same RPC through the edge over REST (`GET /v1/products/{id}`), the edge calling (a');
-//! - (d) the order saga: not yet measurable (the saga is not built); reported as such, never
-//!   faked;
+//! - (d) the order saga end to end on Postgres + Redis when `MESH_BENCH_DATABASE_URL` is set
+//!   ([`crate::bench_saga`], its services in one child process): confirmed orders/s and
+//!   PlaceOrder-to-confirmed latency;
 //! - the idle RSS of `mesh serve all` (a child process of this binary).
 //!
 //! Every figure is printed with its ratio to the baseline.
@@ -214,13 +215,20 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ),
         not_measured: None,
     });
-    scenarios.push(Scenario {
-        name: "(d) order saga end to end (confirmed orders/s)",
-        report: None,
-        not_measured: Some(
-            "not yet measurable: the order, inventory and payment services and their saga are not built yet",
-        ),
-    });
+    let saga = match std::env::var("MESH_BENCH_DATABASE_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        Some(url) => {
+            eprintln!("(d) order saga on Postgres + Redis, services in one child process ...");
+            Some(
+                crate::bench_saga::one_process(&url, args.duration, args.concurrency)
+                    .await
+                    .context("(d) the order saga")?,
+            )
+        }
+        None => None,
+    };
     let rss = if args.no_rss {
         None
     } else {
@@ -240,6 +248,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 },
                 "scenarios": scenarios,
                 "product_setup": product_setup,
+                "saga": saga,
                 "idle_rss_mib": rss,
             }))?
         );
@@ -302,6 +311,15 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("idle RSS of `mesh serve all` (13 targets + admin, one process): {rss:.1} MiB");
     }
     println!("(b) ran on: {product_setup}");
+    match &saga {
+        Some(f) => println!(
+            "(d) order saga, one process on Postgres + Redis: {:.1} confirmed orders/s, PlaceOrder-to-confirmed p50 {:.1} ms, p99 {:.1} ms",
+            f.confirmed_per_s, f.latency_ms_p50, f.latency_ms_p99
+        ),
+        None => println!(
+            "(d) order saga: not measured; set MESH_BENCH_DATABASE_URL to a Postgres server (mesh bench-saga has both layouts)"
+        ),
+    }
     Ok(())
 }
 

@@ -33,6 +33,7 @@ use mesh_contracts::payment::v1::TokenizeCardRequest;
 use mesh_contracts::payment::v1::payment_service_client::PaymentServiceClient;
 use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
 use mesh_contracts::product::v1::{CreateProductRequest, Product};
+use mesh_runtime::config::env_prefix;
 use sqlx::{Connection as _, Row as _};
 use tonic::transport::Channel;
 
@@ -69,10 +70,6 @@ pub(crate) struct BenchSagaArgs {
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn env_prefix(name: &str) -> String {
-    format!("MESH_{}", name.to_ascii_uppercase().replace('-', "_"))
 }
 
 fn now_us() -> i64 {
@@ -328,8 +325,8 @@ fn request(seed: &Seed, n: u64) -> PlaceOrderRequest {
 }
 
 /// What one mode measured.
-#[derive(Debug, serde::Serialize)]
-struct Figures {
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Figures {
     mode: String,
     placed: usize,
     failed_calls: u64,
@@ -337,11 +334,30 @@ struct Figures {
     cancelled: usize,
     not_final: usize,
     place_rps: f64,
-    confirmed_per_s: f64,
-    latency_ms_p50: f64,
-    latency_ms_p99: f64,
+    /// Confirmed orders over the span from the first placement to the last confirmation.
+    pub(crate) confirmed_per_s: f64,
+    /// PlaceOrder-to-confirmed latency, median, ms.
+    pub(crate) latency_ms_p50: f64,
+    /// PlaceOrder-to-confirmed latency, 99th percentile, ms.
+    pub(crate) latency_ms_p99: f64,
     place_rpc_ms_p50: f64,
     place_rpc_ms_p99: f64,
+}
+
+/// Scenario (d) of `mesh bench`: the saga's services in one child process on a fresh database
+/// of the Postgres at `database_url`, `concurrency` clients placing orders for `duration`.
+pub(crate) async fn one_process(
+    database_url: &str,
+    duration: Duration,
+    concurrency: usize,
+) -> anyhow::Result<Figures> {
+    let args = BenchSagaArgs {
+        database_url: database_url.to_string(),
+        duration,
+        concurrency,
+        mode: "one".into(),
+    };
+    measure("one process", vec![SERVICES.to_vec()], &args).await
 }
 
 fn percentile(sorted: &[i64], p: f64) -> f64 {
