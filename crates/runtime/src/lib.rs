@@ -38,6 +38,7 @@ pub mod readiness;
 pub mod relay;
 pub mod resilience;
 pub mod server;
+pub mod settings;
 pub mod shed;
 pub mod shutdown;
 pub mod storage;

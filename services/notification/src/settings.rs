@@ -39,17 +39,8 @@ impl Default for NotificationSettings {
     }
 }
 
-/// A bad setting.
-#[derive(Debug, thiserror::Error)]
-#[error("{variable}={value:?}: {reason}")]
-pub struct SettingError {
-    /// The variable.
-    pub variable: &'static str,
-    /// Its value.
-    pub value: String,
-    /// Why it is refused.
-    pub reason: String,
-}
+pub use mesh_runtime::settings::SettingError;
+use mesh_runtime::settings::{Settings, process_env};
 
 /// `host:port` of an `smtp://host:port` URL (port 25 when absent).
 pub fn parse_smtp(url: &str) -> Option<(String, u16)> {
@@ -65,29 +56,14 @@ pub fn parse_smtp(url: &str) -> Option<(String, u16)> {
 impl NotificationSettings {
     /// The settings from the process environment.
     pub fn from_env() -> Result<Self, SettingError> {
-        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        Self::from_lookup(process_env)
     }
 
     /// The settings from `env` (the environment, or a map in tests).
     pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingError> {
         let d = Self::default();
-        let duration = |variable: &'static str, default: Duration| match env(variable) {
-            None => Ok(default),
-            Some(value) => match humantime::parse_duration(&value) {
-                Ok(v) if !v.is_zero() => Ok(v),
-                Ok(_) => Err(SettingError {
-                    variable,
-                    value,
-                    reason: "must be longer than zero".into(),
-                }),
-                Err(e) => Err(SettingError {
-                    variable,
-                    value,
-                    reason: format!("not a duration such as 500ms or 5s: {e}"),
-                }),
-            },
-        };
-        let webhook_url = match env("MESH_NOTIFICATION_WEBHOOK_URL") {
+        let s = Settings::new(env);
+        let webhook_url = match s.raw("MESH_NOTIFICATION_WEBHOOK_URL") {
             None => None,
             Some(value) => {
                 Some(
@@ -99,7 +75,7 @@ impl NotificationSettings {
                 )
             }
         };
-        let smtp = match env("MESH_NOTIFICATION_SMTP_URL") {
+        let smtp = match s.raw("MESH_NOTIFICATION_SMTP_URL") {
             None => None,
             Some(value) => Some(parse_smtp(&value).ok_or_else(|| SettingError {
                 variable: "MESH_NOTIFICATION_SMTP_URL",
@@ -107,27 +83,15 @@ impl NotificationSettings {
                 reason: "expected smtp://host[:port] (no TLS, no authentication)".into(),
             })?),
         };
-        let max_attempts = match env("MESH_NOTIFICATION_MAX_ATTEMPTS") {
-            None => d.max_attempts,
-            Some(value) => match value.parse::<u32>() {
-                Ok(n) if (1..=100).contains(&n) => n,
-                _ => {
-                    return Err(SettingError {
-                        variable: "MESH_NOTIFICATION_MAX_ATTEMPTS",
-                        value,
-                        reason: "a whole number from 1 to 100".into(),
-                    });
-                }
-            },
-        };
+        let max_attempts = s.number("MESH_NOTIFICATION_MAX_ATTEMPTS", d.max_attempts, 1, 100)?;
         Ok(Self {
             webhook_url,
             smtp,
-            smtp_from: env("MESH_NOTIFICATION_SMTP_FROM").unwrap_or(d.smtp_from),
+            smtp_from: s.raw("MESH_NOTIFICATION_SMTP_FROM").unwrap_or(d.smtp_from),
             max_attempts,
-            retry_backoff: duration("MESH_NOTIFICATION_RETRY_BACKOFF", d.retry_backoff)?,
-            send_timeout: duration("MESH_NOTIFICATION_SEND_TIMEOUT", d.send_timeout)?,
-            poll_interval: duration("MESH_NOTIFICATION_POLL_INTERVAL", d.poll_interval)?,
+            retry_backoff: s.duration("MESH_NOTIFICATION_RETRY_BACKOFF", d.retry_backoff, false)?,
+            send_timeout: s.duration("MESH_NOTIFICATION_SEND_TIMEOUT", d.send_timeout, false)?,
+            poll_interval: s.duration("MESH_NOTIFICATION_POLL_INTERVAL", d.poll_interval, false)?,
         })
     }
 

@@ -35,63 +35,29 @@ impl Default for PaymentSettings {
     }
 }
 
-/// A bad setting.
-#[derive(Debug, thiserror::Error)]
-#[error("{variable}={value:?}: {reason}")]
-pub struct SettingError {
-    /// The variable.
-    pub variable: &'static str,
-    /// Its value.
-    pub value: String,
-    /// Why it is refused.
-    pub reason: String,
-}
+pub use mesh_runtime::settings::SettingError;
+use mesh_runtime::settings::{Settings, process_env};
 
 impl PaymentSettings {
     /// The settings from the process environment.
     pub fn from_env() -> Result<Self, SettingError> {
-        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        Self::from_lookup(process_env)
     }
 
     /// The settings from `env` (the environment, or a map in tests).
     pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingError> {
         let d = Self::default();
-        let duration =
-            |variable: &'static str, default: Duration, zero_ok: bool| match env(variable) {
-                None => Ok(default),
-                Some(value) => match humantime::parse_duration(&value) {
-                    Ok(v) if zero_ok || !v.is_zero() => Ok(v),
-                    Ok(_) => Err(SettingError {
-                        variable,
-                        value,
-                        reason: "must be longer than zero".into(),
-                    }),
-                    Err(e) => Err(SettingError {
-                        variable,
-                        value,
-                        reason: format!("not a duration such as 500ms or 10s: {e}"),
-                    }),
-                },
-            };
-        let max_attempts = match env("MESH_PAYMENT_MAX_ATTEMPTS") {
-            None => d.max_attempts,
-            Some(value) => match value.parse::<u32>() {
-                Ok(n) if (1..=100).contains(&n) => n,
-                _ => {
-                    return Err(SettingError {
-                        variable: "MESH_PAYMENT_MAX_ATTEMPTS",
-                        value,
-                        reason: "a whole number from 1 to 100".into(),
-                    });
-                }
-            },
-        };
+        let s = Settings::new(env);
         Ok(Self {
-            provider_timeout: duration("MESH_PAYMENT_PROVIDER_TIMEOUT", d.provider_timeout, false)?,
-            max_attempts,
-            retry_backoff: duration("MESH_PAYMENT_RETRY_BACKOFF", d.retry_backoff, false)?,
-            poll_interval: duration("MESH_PAYMENT_POLL_INTERVAL", d.poll_interval, false)?,
-            slow_card_delay: duration("MESH_PAYMENT_SLOW_CARD_DELAY", d.slow_card_delay, true)?,
+            provider_timeout: s.duration(
+                "MESH_PAYMENT_PROVIDER_TIMEOUT",
+                d.provider_timeout,
+                false,
+            )?,
+            max_attempts: s.number("MESH_PAYMENT_MAX_ATTEMPTS", d.max_attempts, 1, 100)?,
+            retry_backoff: s.duration("MESH_PAYMENT_RETRY_BACKOFF", d.retry_backoff, false)?,
+            poll_interval: s.duration("MESH_PAYMENT_POLL_INTERVAL", d.poll_interval, false)?,
+            slow_card_delay: s.duration("MESH_PAYMENT_SLOW_CARD_DELAY", d.slow_card_delay, true)?,
         })
     }
 

@@ -27,6 +27,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mesh_contracts::product::v1::product_service_server::ProductServiceServer;
 use mesh_runtime::auth::{Policy, Role, guard};
+use mesh_runtime::settings::{SettingError, Settings, process_env};
 use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
 pub use api::ProductApi;
@@ -86,18 +87,6 @@ impl Default for ProductOptions {
     }
 }
 
-/// A cache setting the service refuses, naming the variable.
-#[derive(Debug, thiserror::Error)]
-#[error("{variable}={value:?}: {reason}")]
-pub struct CacheSettingError {
-    /// The variable.
-    pub variable: &'static str,
-    /// Its value.
-    pub value: String,
-    /// Why it is refused.
-    pub reason: String,
-}
-
 impl ProductOptions {
     /// The Redis tier on the process's Redis (`MESH_REDIS_URL`, keys under `mesh:cache:`,
     /// 5 minutes) and the in-process tier from `MESH_PRODUCT_LOCAL_CACHE_TTL` (a duration,
@@ -105,48 +94,29 @@ impl ProductOptions {
     pub fn from_context(
         ctx: &ServiceContext,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, CacheSettingError> {
-        let mut options = Self {
+    ) -> Result<Self, SettingError> {
+        let d = Self {
             redis_url: ctx.config().events.redis_url.clone(),
             ..Self::default()
         };
-        let refuse = |variable, value: String, reason: String| CacheSettingError {
-            variable,
-            value,
-            reason,
-        };
-        if let Some(value) = env("MESH_PRODUCT_LOCAL_CACHE_TTL") {
-            options.local_ttl = if value.trim() == "0" {
-                Duration::ZERO
-            } else {
-                humantime::parse_duration(&value).map_err(|e| {
-                    refuse(
-                        "MESH_PRODUCT_LOCAL_CACHE_TTL",
-                        value.clone(),
-                        format!("not a duration such as 2s or 500ms, or 0 for off: {e}"),
-                    )
-                })?
-            };
-        }
-        if let Some(value) = env("MESH_PRODUCT_LOCAL_CACHE_ENTRIES") {
-            options.local_entries = value.trim().parse().map_err(|e| {
-                refuse(
-                    "MESH_PRODUCT_LOCAL_CACHE_ENTRIES",
-                    value.clone(),
-                    format!("not a whole number of products: {e}"),
-                )
-            })?;
-        }
-        Ok(options)
+        let s = Settings::new(env);
+        Ok(Self {
+            local_ttl: s.duration("MESH_PRODUCT_LOCAL_CACHE_TTL", d.local_ttl, true)?,
+            local_entries: s.number(
+                "MESH_PRODUCT_LOCAL_CACHE_ENTRIES",
+                d.local_entries,
+                0,
+                10_000_000,
+            )?,
+            ..d
+        })
     }
 }
 
 /// Builds the service's routes; the module table's constructor for `product`.
 pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, BuildError>> {
     Box::pin(async move {
-        let options = ProductOptions::from_context(&ctx, |k| {
-            std::env::var(k).ok().filter(|v| !v.is_empty())
-        })?;
+        let options = ProductOptions::from_context(&ctx, process_env)?;
         build_with(ctx, options).await
     })
 }
