@@ -47,22 +47,13 @@ impl Default for AuthSettings {
     }
 }
 
-/// A bad setting.
-#[derive(Debug, thiserror::Error)]
-#[error("{variable}={value:?}: {reason}")]
-pub struct SettingError {
-    /// The variable.
-    pub variable: &'static str,
-    /// Its value.
-    pub value: String,
-    /// Why it is refused.
-    pub reason: String,
-}
+pub use mesh_runtime::settings::SettingError;
+use mesh_runtime::settings::{Settings, process_env};
 
 impl AuthSettings {
     /// The settings from the process environment.
     pub fn from_env() -> Result<Self, SettingError> {
-        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        Self::from_lookup(process_env)
     }
 
     /// The settings from `env` (the environment, or a map in tests).
@@ -72,24 +63,9 @@ impl AuthSettings {
             ..Self::default()
         };
         s.key_file = env("MESH_JWT_PRIVATE_KEY_FILE").map(PathBuf::from);
-        let duration = |variable: &'static str, default: Duration| match env(variable) {
-            None => Ok(default),
-            Some(value) => match humantime::parse_duration(&value) {
-                Ok(d) if !d.is_zero() => Ok(d),
-                Ok(_) => Err(SettingError {
-                    variable,
-                    value,
-                    reason: "must be longer than zero".into(),
-                }),
-                Err(e) => Err(SettingError {
-                    variable,
-                    value,
-                    reason: format!("not a duration such as 15m or 30d: {e}"),
-                }),
-            },
-        };
-        s.access_ttl = duration("MESH_AUTH_ACCESS_TTL", s.access_ttl)?;
-        s.refresh_ttl = duration("MESH_AUTH_REFRESH_TTL", s.refresh_ttl)?;
+        let settings = Settings::new(&env);
+        s.access_ttl = settings.duration("MESH_AUTH_ACCESS_TTL", s.access_ttl, false)?;
+        s.refresh_ttl = settings.duration("MESH_AUTH_REFRESH_TTL", s.refresh_ttl, false)?;
         s.bootstrap_admin_email = env("MESH_AUTH_BOOTSTRAP_ADMIN_EMAIL").map(|e| e.to_lowercase());
         if let Some(value) = env("MESH_AUTH_SERVICE_CLIENTS") {
             for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
