@@ -253,6 +253,7 @@ fn help_documents_every_flag() {
         "--shutdown-grace",
         "--max-message-bytes",
         "--default-deadline",
+        "--database-pool-size",
         "MESH_<SERVICE>_PORT",
         "MESH_<SERVICE>_ADDR",
     ] {

@@ -37,7 +37,7 @@ pub(crate) async fn open_and_migrate(
     module: &Module,
 ) -> anyhow::Result<Database> {
     let target = &config.databases[module.name];
-    let db = Database::connect(module.name, target)
+    let db = Database::connect_pooled(module.name, target, config.database_pool_size)
         .await
         .with_context(|| {
             format!(

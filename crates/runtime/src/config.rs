@@ -74,6 +74,11 @@ pub struct RuntimeArgs {
     #[arg(long, env = "MESH_DATABASE_URL")]
     pub database_url: Option<String>,
 
+    /// Most Postgres connections each service's pool holds; with every service in one process
+    /// (`mesh serve all`), the services together may open this many times their number.
+    #[arg(long, env = "MESH_DATABASE_POOL_SIZE", default_value = "10")]
+    pub database_pool_size: String,
+
     /// Redis URL of the event bus (Redis Streams), e.g. `redis://redis:6379`. Unset: the
     /// in-process bus, which only connects services running in this process.
     #[arg(long, env = "MESH_REDIS_URL")]
@@ -214,6 +219,8 @@ pub struct MeshConfig {
     pub services: BTreeMap<&'static str, ServiceEndpoint>,
     /// Where each service of the module table keeps its data, by name.
     pub databases: BTreeMap<&'static str, DatabaseTarget>,
+    /// Most Postgres connections per service.
+    pub database_pool_size: u32,
     /// The event bus and delivery settings.
     pub events: EventConfig,
     /// Client resilience settings per upstream (`MESH_CLIENT_*`, `MESH_<UPSTREAM>_CLIENT_*`).
@@ -426,6 +433,18 @@ impl MeshConfig {
                 .is_empty()
                 .then(|| "expected a folder path, e.g. ./data".to_string()),
         );
+        let pool_size = args
+            .database_pool_size
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| "expected a whole number of connections from 1 to 1000".to_string());
+        check(
+            "--database-pool-size / MESH_DATABASE_POOL_SIZE",
+            &args.database_pool_size,
+            pool_size.as_ref().err().cloned(),
+        );
         let redis_url = args.redis_url.as_deref().map(parse_redis_url).transpose();
         check(
             "--redis-url / MESH_REDIS_URL",
@@ -582,6 +601,7 @@ impl MeshConfig {
                     discovery,
                     services: endpoints,
                     databases,
+                    database_pool_size: pool_size.unwrap_or(crate::storage::DEFAULT_POOL_SIZE),
                     events: events.unwrap_or_default(),
                     clients,
                 })
@@ -669,6 +689,21 @@ mod tests {
         assert_eq!(config.admin_port, 9090);
         assert_eq!(config.services["iot-gateway"].port, 50061);
         assert_eq!(config.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(config.database_pool_size, 10);
+    }
+
+    #[test]
+    fn the_pool_size_is_bounded_and_client_settings_join_the_one_error() {
+        let config = parse(&["--database-pool-size", "4"], &[]).expect("valid");
+        assert_eq!(config.database_pool_size, 4);
+        let err = parse(
+            &["--database-pool-size", "0"],
+            &[("MESH_PRODUCT_CLIENT_BREAKER_K", "0")],
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("MESH_DATABASE_POOL_SIZE"), "{text}");
+        assert!(text.contains("MESH_PRODUCT_CLIENT_BREAKER_K"), "{text}");
     }
 
     #[test]

@@ -58,6 +58,9 @@ impl Migrations {
     }
 }
 
+/// Postgres connections per service unless `--database-pool-size` says otherwise.
+pub const DEFAULT_POOL_SIZE: u32 = 10;
+
 /// Which database a [`Database`] talks to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
@@ -81,8 +84,19 @@ pub struct Database {
 
 impl Database {
     /// Opens (and, for SQLite, creates) the database of `service` at `target`. Postgres: creates
-    /// the service's schema when missing and sets every connection's `search_path` to it.
+    /// the service's schema when missing and sets every connection's `search_path` to it; the pool
+    /// holds at most [`DEFAULT_POOL_SIZE`] connections.
     pub async fn connect(service: &str, target: &DatabaseTarget) -> Result<Self, DatabaseError> {
+        Self::connect_pooled(service, target, DEFAULT_POOL_SIZE).await
+    }
+
+    /// [`Database::connect`] with at most `pool_size` Postgres connections (SQLite keeps its
+    /// own small pool: one writer at a time).
+    pub async fn connect_pooled(
+        service: &str,
+        target: &DatabaseTarget,
+        pool_size: u32,
+    ) -> Result<Self, DatabaseError> {
         sqlx::any::install_default_drivers();
         let (pool, backend) = match target {
             DatabaseTarget::Postgres { url, schema } => {
@@ -105,7 +119,7 @@ impl Database {
                 }
                 bootstrap.close().await;
                 let pool = AnyPoolOptions::new()
-                    .max_connections(10)
+                    .max_connections(pool_size.max(1))
                     .min_connections(0)
                     .acquire_timeout(Duration::from_secs(3))
                     .after_connect(move |conn, _| {
