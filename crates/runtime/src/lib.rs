@@ -34,6 +34,7 @@ pub mod module;
 pub mod not_built;
 pub mod observe;
 pub mod outbox;
+pub mod paging;
 pub mod readiness;
 pub mod relay;
 pub mod resilience;

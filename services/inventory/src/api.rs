@@ -261,12 +261,8 @@ impl InventoryApi {
     }
 
     async fn list(&self, req: ListStockRequest) -> Result<ListStockResponse> {
-        let limit = match req.page_size {
-            0 => 100,
-            n if n < 0 => return Err(InventoryError::invalid("page_size", "must not be negative")),
-            n if n > 1000 => return Err(InventoryError::invalid("page_size", "at most 1000")),
-            n => i64::from(n),
-        };
+        let limit = mesh_runtime::paging::page_size(req.page_size, 100, 1000)
+            .map_err(|reason| InventoryError::invalid("page_size", reason))?;
         let after = if req.page_token.is_empty() {
             None
         } else {

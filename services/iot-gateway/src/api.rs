@@ -94,12 +94,9 @@ impl GatewayApi {
     }
 
     fn list(&self, req: &ListDeviceSessionsRequest) -> Result<ListDeviceSessionsResponse> {
-        let limit = match req.page_size {
-            0 => 100,
-            n if n < 0 => return Err(GatewayError::invalid("page_size", "must not be negative")),
-            n if n > 1000 => return Err(GatewayError::invalid("page_size", "at most 1000")),
-            n => n as usize,
-        };
+        let limit = mesh_runtime::paging::page_size(req.page_size, 100, 1000)
+            .map_err(|reason| GatewayError::invalid("page_size", reason))?
+            as usize;
         let state = match SessionState::try_from(req.state) {
             Ok(SessionState::Unspecified) => None,
             Ok(s) => Some(s),

@@ -34,18 +34,8 @@ fn may_act_for(identity: Option<&Identity>, user_id: &str) -> Result<()> {
 }
 
 fn page_size(value: i32, default: i64, max: i64) -> Result<i64> {
-    match value {
-        0 => Ok(default),
-        n if n < 0 => Err(NotificationError::invalid(
-            "page_size",
-            "must not be negative",
-        )),
-        n if i64::from(n) > max => Err(NotificationError::invalid(
-            "page_size",
-            format!("at most {max}"),
-        )),
-        n => Ok(i64::from(n)),
-    }
+    mesh_runtime::paging::page_size(value, default, max)
+        .map_err(|reason| NotificationError::invalid("page_size", reason))
 }
 
 fn decode_token(token: &str) -> Result<Option<String>> {

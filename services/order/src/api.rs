@@ -111,17 +111,8 @@ impl OrderApi {
 
     async fn list(&self, caller: &Caller, req: ListOrdersRequest) -> Result<ListOrdersResponse> {
         let customer_id = caller.customer("customer_id", &req.customer_id)?;
-        let limit = match req.page_size {
-            0 => DEFAULT_PAGE,
-            n if n < 0 => return Err(OrderError::invalid("page_size", "must not be negative")),
-            n if i64::from(n) > MAX_PAGE => {
-                return Err(OrderError::invalid(
-                    "page_size",
-                    format!("at most {MAX_PAGE}"),
-                ));
-            }
-            n => i64::from(n),
-        };
+        let limit = mesh_runtime::paging::page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE)
+            .map_err(|reason| OrderError::invalid("page_size", reason))?;
         let status = match OrderStatus::try_from(req.status) {
             Ok(OrderStatus::Unspecified) => None,
             Ok(s) => Some(s),

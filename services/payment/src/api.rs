@@ -185,12 +185,8 @@ impl PaymentApi {
     }
 
     async fn list(&self, req: ListTransactionsRequest) -> Result<ListTransactionsResponse> {
-        let limit = match req.page_size {
-            0 => 50,
-            n if n < 0 => return Err(PaymentError::invalid("page_size", "must not be negative")),
-            n if n > 500 => return Err(PaymentError::invalid("page_size", "at most 500")),
-            n => i64::from(n),
-        };
+        let limit = mesh_runtime::paging::page_size(req.page_size, 50, 500)
+            .map_err(|reason| PaymentError::invalid("page_size", reason))?;
         let before = if req.page_token.is_empty() {
             None
         } else {

@@ -37,10 +37,6 @@ pub fn decode(token: &str) -> Result<Option<After>, ProductError> {
 
 /// The page size of a request: `default` for 0, refused when negative or over `max`.
 pub fn page_size(requested: i32, default: i64, max: i64) -> Result<i64, ProductError> {
-    match i64::from(requested) {
-        0 => Ok(default),
-        n if n < 0 => Err(ProductError::invalid("page_size", "must not be negative")),
-        n if n > max => Err(ProductError::invalid("page_size", format!("at most {max}"))),
-        n => Ok(n),
-    }
+    mesh_runtime::paging::page_size(requested, default, max)
+        .map_err(|reason| ProductError::invalid("page_size", reason))
 }

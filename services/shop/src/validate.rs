@@ -132,12 +132,8 @@ pub fn faults(field: &str, faults: &[String]) -> Result<Vec<String>> {
 
 /// The page size of a request: `default` for 0, refused when negative or over `max`.
 pub fn page_size(requested: i32, default: i64, max: i64) -> Result<i64> {
-    match i64::from(requested) {
-        0 => Ok(default),
-        n if n < 0 => Err(ShopError::invalid("page_size", "must not be negative")),
-        n if n > max => Err(ShopError::invalid("page_size", format!("at most {max}"))),
-        n => Ok(n),
-    }
+    mesh_runtime::paging::page_size(requested, default, max)
+        .map_err(|reason| ShopError::invalid("page_size", reason))
 }
 
 /// A page token: the last id of the previous page, base64url (opaque to callers).
