@@ -66,6 +66,11 @@ pub(crate) struct BenchSagaArgs {
     /// Which layouts to run: `one` (one process), `separate` (a process per service) or `both`.
     #[arg(long, default_value = "both")]
     mode: String,
+    /// Offered load in orders/s, spread over the clients (open loop: latency is measured at
+    /// this rate, not at saturation). Without it each client places its next order as soon as
+    /// the last one returned.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -356,6 +361,7 @@ pub(crate) async fn one_process(
         duration,
         concurrency,
         mode: "one".into(),
+        rate: None,
     };
     measure("one process", vec![SERVICES.to_vec()], &args).await
 }
@@ -428,13 +434,27 @@ async fn load(
     for w in 0..args.concurrency {
         let mut client = OrderServiceClient::new(conns[w % conns.len()].clone());
         let seed = seed.clone();
+        let mut tick = args.rate.filter(|r| *r > 0.0).map(|r| {
+            let mut i = tokio::time::interval_at(
+                tokio::time::Instant::from_std(start) + Duration::from_secs_f64(w as f64 / r),
+                Duration::from_secs_f64(args.concurrency as f64 / r),
+            );
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            i
+        });
         workers.push(tokio::spawn(async move {
             let mut placed: Vec<(String, i64, i64)> = Vec::new();
             let mut failed = 0u64;
             let mut n = w as u64 * 1_000_000;
             while Instant::now() < end {
+                // Latency counts from when the order was due, not when a busy client got to
+                // send it (no coordinated omission).
+                let late_us = match tick.as_mut() {
+                    Some(t) => t.tick().await.elapsed().as_micros() as i64,
+                    None => 0,
+                };
                 n += 1;
-                let t0 = now_us();
+                let t0 = now_us() - late_us;
                 let sent = Instant::now();
                 match client
                     .place_order(bearer(&seed.customer, request(&seed, n)))
@@ -541,8 +561,13 @@ pub(crate) async fn run(args: &BenchSagaArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "order saga on Postgres + Redis: {} clients, {:?} of PlaceOrder per mode",
-        args.concurrency, args.duration
+        "order saga on Postgres + Redis: {} clients, {:?} of PlaceOrder per mode, offered {}",
+        args.concurrency,
+        args.duration,
+        args.rate.map_or_else(
+            || "as fast as they can".to_string(),
+            |r| format!("{r} orders/s")
+        )
     );
     for (mode, groups) in modes {
         let f = measure(mode, groups, args).await?;

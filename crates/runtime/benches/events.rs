@@ -112,9 +112,13 @@ async fn run(
         let db = db.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
+            // Producers are staggered so that the offered load is even (not 16 at once).
             let mut tick = rate.map(|r| {
-                let mut i =
-                    tokio::time::interval(Duration::from_secs_f64(producers as f64 / r as f64));
+                let mut i = tokio::time::interval_at(
+                    tokio::time::Instant::from_std(start)
+                        + Duration::from_secs_f64(p as f64 / r as f64),
+                    Duration::from_secs_f64(producers as f64 / r as f64),
+                );
                 i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 i
             });

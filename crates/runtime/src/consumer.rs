@@ -12,13 +12,14 @@
 //! - The handler runs in a span whose parent is the envelope's `traceparent`, so the producer's
 //!   and consumer's spans are one trace; events it emits carry the trace on.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use mesh_contracts::events::v1::Envelope;
 use prost::Message as _;
+use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -217,9 +218,16 @@ impl Consumer {
                 let batch = s
                     .next_batch(self.options.batch, Duration::from_secs(1))
                     .await?;
+                let mut acks = Vec::new();
                 for (delivery, outcome) in self.handle_batch(batch).await {
-                    self.settle(s.as_mut(), &delivery, outcome).await?;
+                    match outcome {
+                        Outcome::Handled | Outcome::Duplicate | Outcome::Skipped => {
+                            acks.push(delivery);
+                        }
+                        other => self.settle(s.as_mut(), &delivery, other).await?,
+                    }
                 }
+                s.ack_all(&acks).await?;
                 Ok::<_, BusError>(())
             };
             let result = tokio::select! {
@@ -370,8 +378,118 @@ impl Consumer {
         }
     }
 
-    /// Handles `group` in one transaction, each event in a savepoint.
+    /// Handles `group` in one transaction: one statement records every event id as handled (ids
+    /// recorded before are duplicates), then the handlers of the new events run one after
+    /// another. If a handler fails, or the transaction does, it is rolled back and the group is
+    /// handled again by [`Consumer::handle_group_isolated`], so that only the failing event is
+    /// retried. Handlers therefore may run twice for one delivery; their effects count once.
     async fn handle_group(&self, group: Vec<Delivery>) -> Vec<(Delivery, Outcome)> {
+        let mut done: Vec<(Delivery, Option<Outcome>)> = Vec::with_capacity(group.len());
+        let mut work = Vec::new();
+        for delivery in &group {
+            match self.prepare(delivery) {
+                Ok((envelope, handler)) => {
+                    work.push(Work {
+                        index: done.len(),
+                        attempt: delivery.attempt,
+                        envelope,
+                        handler,
+                    });
+                    done.push((delivery.clone(), None));
+                }
+                Err(outcome) => done.push((delivery.clone(), Some(outcome))),
+            }
+        }
+        if work.is_empty() {
+            return finish(done);
+        }
+        match self.try_group(&work).await {
+            Ok(handled) => {
+                for (w, first) in work.iter().zip(handled) {
+                    done[w.index].1 = Some(if first {
+                        Outcome::Handled
+                    } else {
+                        Outcome::Duplicate
+                    });
+                }
+                finish(done)
+            }
+            Err(_) => self.handle_group_isolated(group).await,
+        }
+    }
+
+    /// The fast path of [`Consumer::handle_group`]: records the ids and runs the handlers in one
+    /// transaction without savepoints, and commits. Says for each of `work` whether it was
+    /// handled for the first time (`false`: a duplicate); `Err` means nothing was committed.
+    async fn try_group(&self, work: &[Work]) -> Result<Vec<bool>, HandlerError> {
+        let mut tx = self.db.begin().await?;
+        let mut new_ids = self.record_handled(&mut tx, work).await?;
+        let mut handled = Vec::with_capacity(work.len());
+        for w in work {
+            // Only the first delivery of a newly recorded id runs; `remove` makes later copies
+            // in this group duplicates.
+            if !new_ids.remove(w.envelope.id.as_str()) {
+                handled.push(false);
+                continue;
+            }
+            tx.cause = Some(Cause {
+                event_id: w.envelope.id.clone(),
+                correlation_id: w.envelope.correlation_id.clone(),
+            });
+            let result = self
+                .in_span(
+                    &w.envelope,
+                    w.attempt,
+                    w.handler.handle(&w.envelope, &mut tx),
+                )
+                .await;
+            tx.cause = None;
+            result?;
+            handled.push(true);
+        }
+        tx.commit().await?;
+        Ok(handled)
+    }
+
+    /// Records the ids of `work` in `mesh_handled_events` with one statement; returns the ids
+    /// that were not recorded before.
+    async fn record_handled(
+        &self,
+        tx: &mut Tx,
+        work: &[Work],
+    ) -> Result<HashSet<String>, HandlerError> {
+        let mut ids: Vec<&str> = Vec::with_capacity(work.len());
+        for w in work {
+            if !ids.contains(&w.envelope.id.as_str()) {
+                ids.push(&w.envelope.id);
+            }
+        }
+        // Padded to a power of two with copies of the last id (skipped as conflicts), so the
+        // statement has few shapes and stays in the connection's prepared-statement cache.
+        let rows = ids.len().next_power_of_two();
+        let last = ids.last().copied().unwrap_or_default();
+        ids.resize(rows, last);
+        let values = (0..rows)
+            .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO mesh_handled_events (consumer, event_id, handled_at_us) VALUES {values} \
+             ON CONFLICT DO NOTHING RETURNING event_id"
+        );
+        let now = now_micros();
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in &ids {
+            query = query.bind(&self.group).bind(*id).bind(now);
+        }
+        let rows = query.fetch_all(&mut **tx).await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(HandlerError::from))
+            .collect()
+    }
+
+    /// Handles `group` in one transaction, each event in a savepoint.
+    async fn handle_group_isolated(&self, group: Vec<Delivery>) -> Vec<(Delivery, Outcome)> {
         let mut done: Vec<(Delivery, Option<Outcome>)> = Vec::with_capacity(group.len());
         let mut work = Vec::new();
         for delivery in group {
@@ -544,6 +662,14 @@ impl Consumer {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
         (self.options.retry_backoff * factor).min(self.options.max_backoff)
     }
+}
+
+/// An event of a group that has a handler: its place in the group, its delivery attempt.
+struct Work {
+    index: usize,
+    attempt: u32,
+    envelope: Envelope,
+    handler: Arc<dyn EventHandler>,
 }
 
 /// What applying one event in a savepoint came to.

@@ -88,36 +88,28 @@ impl Relay {
         let limit = i64::try_from(self.options.batch).unwrap_or(i64::MAX);
         match self.db.backend() {
             Backend::Postgres { .. } => {
-                let mut tx = self.db.pool().begin().await?;
                 // Marking rows sent need not wait for the disk: if a crash loses the mark, the
                 // rows are published again and consumers drop the duplicates by event id.
-                sqlx::query("SET LOCAL synchronous_commit = off")
-                    .execute(&mut *tx)
+                let mut tx = self
+                    .db
+                    .pool()
+                    .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
                     .await?;
-                // Partitions with work that no other relay holds; up to half of them, so a
-                // second replica finds work too.
-                let parts: Vec<i64> = sqlx::query(
-                    "SELECT p.part FROM mesh_outbox_partitions p WHERE EXISTS \
-                     (SELECT 1 FROM mesh_outbox o WHERE o.part = p.part AND o.sent_at_us IS NULL) \
-                     ORDER BY random() LIMIT 8 FOR UPDATE OF p SKIP LOCKED",
+                // One statement: lock partitions with work that no other relay holds (up to
+                // half of them, so a second replica finds work too), then read their oldest
+                // unsent rows.
+                let rows = sqlx::query(
+                    "WITH parts AS MATERIALIZED (\
+                       SELECT p.part FROM mesh_outbox_partitions p WHERE EXISTS \
+                       (SELECT 1 FROM mesh_outbox o WHERE o.part = p.part AND o.sent_at_us IS NULL) \
+                       ORDER BY random() LIMIT 8 FOR UPDATE OF p SKIP LOCKED) \
+                     SELECT seq, event_type, envelope FROM mesh_outbox \
+                     WHERE sent_at_us IS NULL AND part IN (SELECT part FROM parts) \
+                     ORDER BY seq LIMIT $1",
                 )
+                .bind(limit)
                 .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| r.try_get::<i64, _>(0))
-                .collect::<Result<_, _>>()?;
-                if parts.is_empty() {
-                    return Ok(0);
-                }
-                let sql = format!(
-                    "SELECT seq, event_type, envelope FROM mesh_outbox \
-                     WHERE sent_at_us IS NULL AND part IN ({}) ORDER BY seq LIMIT $1",
-                    join(&parts)
-                );
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(limit)
-                    .fetch_all(&mut *tx)
-                    .await?;
+                .await?;
                 let (seqs, events) = decode_rows(&rows)?;
                 if seqs.is_empty() {
                     return Ok(0);
@@ -258,12 +250,14 @@ fn decode_rows(rows: &[sqlx::any::AnyRow]) -> Result<Decoded, sqlx::Error> {
 }
 
 async fn mark_sent(conn: &mut sqlx::AnyConnection, seqs: &[i64]) -> Result<(), sqlx::Error> {
+    // Only integers go into the text, so it runs as one plain statement: no prepare round trip
+    // and no prepared statement cached per batch size.
     let sql = format!(
-        "UPDATE mesh_outbox SET sent_at_us = $1 WHERE seq IN ({})",
+        "UPDATE mesh_outbox SET sent_at_us = {} WHERE seq IN ({})",
+        now_micros(),
         join(seqs)
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(now_micros())
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
         .execute(conn)
         .await?;
     Ok(())

@@ -14,7 +14,7 @@ use mesh_contracts::events::v1::{Envelope, ProductDeleted};
 use mesh_runtime::audit::AuditApi;
 use mesh_runtime::bus::memory::MemoryBus;
 use mesh_runtime::bus::redis::RedisBus;
-use mesh_runtime::bus::{BusError, DeliveryOptions, EventBus, OutgoingEvent};
+use mesh_runtime::bus::{BusError, Delivery, DeliveryOptions, EventBus, OutgoingEvent};
 use mesh_runtime::config::DatabaseTarget;
 use mesh_runtime::consumer::{Consumer, ConsumerOptions, EventHandler, HandlerError, Outcome};
 use mesh_runtime::outbox::{Event, Tx};
@@ -517,6 +517,93 @@ async fn poison_malformed_and_unknown_events_are_dead_lettered_and_the_consumer_
         );
         stop.cancel();
         eprintln!("ok: poison on {name}");
+    }
+}
+
+/// A delivery of an envelope of `event_type` with id `id` about `subject`, as a bus hands it out.
+fn delivery(entry: &str, id: &str, event_type: &str, subject: &str) -> Delivery {
+    let envelope = Envelope {
+        id: id.into(),
+        r#type: event_type.into(),
+        subject: subject.into(),
+        sequence: 1,
+        payload: Some(prost_types::Any {
+            type_url: "type.googleapis.com/events.v1.ProductDeleted".into(),
+            value: ProductDeleted::default().encode_to_vec(),
+        }),
+        ..Default::default()
+    };
+    Delivery {
+        domain: "product".into(),
+        entry_id: entry.into(),
+        payload: Bytes::from(envelope.encode_to_vec()),
+        attempt: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_handler_in_a_batch_is_retried_alone_and_the_rest_take_effect_once() {
+    for (name, target, bus) in
+        combinations("failing handler in a batch", DeliveryOptions::default())
+    {
+        let db = open(&target).await;
+        // One transaction for the whole batch: the failure happens after effects of the same
+        // transaction were written, and they must survive the fallback exactly once.
+        let consumer = Consumer::new(db.clone(), bus, unique("g"))
+            .on("product.deleted", Recorder::default())
+            .on(
+                "product.created",
+                Recorder {
+                    fail_always: true,
+                    ..Recorder::default()
+                },
+            )
+            .options(fast())
+            .concurrency(1);
+        let batch = vec![
+            delivery("1-0", "e-a", "product.deleted", "a"),
+            delivery("1-1", "e-b", "product.deleted", "b"),
+            delivery("1-2", "e-poison", "product.created", "p"),
+            delivery("1-3", "e-c", "product.deleted", "c"),
+            // The relay published `e-a` twice: the copy is a duplicate, in the same batch.
+            delivery("1-4", "e-a", "product.deleted", "a"),
+        ];
+        let outcomes: HashMap<String, Outcome> = consumer
+            .handle_batch(batch)
+            .await
+            .into_iter()
+            .map(|(d, o)| (d.entry_id, o))
+            .collect();
+        assert_eq!(outcomes["1-0"], Outcome::Handled, "{name}");
+        assert_eq!(outcomes["1-1"], Outcome::Handled, "{name}");
+        assert_eq!(outcomes["1-3"], Outcome::Handled, "{name}");
+        assert_eq!(outcomes["1-4"], Outcome::Duplicate, "{name}");
+        assert!(
+            matches!(&outcomes["1-2"], Outcome::Retry { reason, .. } if reason.contains("always fails")),
+            "{name}: {:?}",
+            outcomes["1-2"]
+        );
+        assert_eq!(effect_counts(&db).await, (3, 3), "{name}");
+
+        // A later batch: redeliveries are duplicates, a new event is handled, all in one
+        // transaction without the fallback.
+        let again: Vec<Outcome> = consumer
+            .handle_batch(vec![
+                delivery("2-0", "e-b", "product.deleted", "b"),
+                delivery("2-1", "e-d", "product.deleted", "d"),
+                delivery("2-2", "e-c", "product.deleted", "c"),
+            ])
+            .await
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect();
+        assert_eq!(
+            again,
+            vec![Outcome::Duplicate, Outcome::Handled, Outcome::Duplicate],
+            "{name}"
+        );
+        assert_eq!(effect_counts(&db).await, (4, 4), "{name}");
+        eprintln!("ok: failing handler in a batch on {name}");
     }
 }
 

@@ -130,6 +130,20 @@ pub trait Subscription: Send + std::fmt::Debug {
     /// Acknowledges `delivery`: it is done and will not be delivered again.
     fn ack<'a>(&'a mut self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), BusError>>;
 
+    /// Acknowledges every one of `deliveries` (a handled batch). The default acknowledges them
+    /// one by one; a networked bus sends them in one round trip.
+    fn ack_all<'a>(
+        &'a mut self,
+        deliveries: &'a [Delivery],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            for delivery in deliveries {
+                self.ack(delivery).await?;
+            }
+            Ok(())
+        })
+    }
+
     /// Redelivers `delivery` to this consumer after `after` (its attempt then counts up).
     fn retry<'a>(
         &'a mut self,

@@ -400,6 +400,35 @@ impl Subscription for RedisSubscription {
         })
     }
 
+    fn ack_all<'a>(
+        &'a mut self,
+        deliveries: &'a [Delivery],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            // One XACK per stream with every id of the batch, all in one pipeline.
+            let mut by_domain: Vec<(&str, Vec<&str>)> = Vec::new();
+            for d in deliveries {
+                match by_domain.iter_mut().find(|(domain, _)| *domain == d.domain) {
+                    Some((_, ids)) => ids.push(&d.entry_id),
+                    None => by_domain.push((&d.domain, vec![&d.entry_id])),
+                }
+            }
+            if by_domain.is_empty() {
+                return Ok(());
+            }
+            let mut pipe = redis::pipe();
+            for (domain, ids) in &by_domain {
+                pipe.cmd("XACK")
+                    .arg(self.bus.stream_key(domain))
+                    .arg(&self.group)
+                    .arg(ids)
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut self.conn).await?;
+            Ok(())
+        })
+    }
+
     fn retry<'a>(
         &'a mut self,
         delivery: &'a Delivery,
