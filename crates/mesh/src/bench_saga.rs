@@ -71,6 +71,10 @@ pub(crate) struct BenchSagaArgs {
     /// the last one returned.
     #[arg(long)]
     rate: Option<f64>,
+    /// Keep each mode's database after the run (its URL is printed) to look into the services'
+    /// tables: outbox times, handled-event times, status history.
+    #[arg(long)]
+    keep_database: bool,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -347,6 +351,8 @@ pub(crate) struct Figures {
     pub(crate) latency_ms_p99: f64,
     place_rpc_ms_p50: f64,
     place_rpc_ms_p99: f64,
+    /// Where the time went, stage by stage.
+    stages: Vec<Stage>,
 }
 
 /// Scenario (d) of `mesh bench`: the saga's services in one child process on a fresh database
@@ -362,6 +368,7 @@ pub(crate) async fn one_process(
         concurrency,
         mode: "one".into(),
         rate: None,
+        keep_database: false,
     };
     measure("one process", vec![SERVICES.to_vec()], &args).await
 }
@@ -402,7 +409,11 @@ async fn measure(
     }
     .await;
     drop(redis);
-    drop_database(&args.database_url, &db_name).await;
+    if args.keep_database {
+        eprintln!("bench-saga: kept the database {db_url}");
+    } else {
+        drop_database(&args.database_url, &db_name).await;
+    }
     if result.is_ok() {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
@@ -501,6 +512,7 @@ async fn load(
     )
     .fetch_all(&pool)
     .await?;
+    let stages = stages(&pool).await?;
     pool.close().await;
     let mut final_state: BTreeMap<String, (String, Option<i64>)> = BTreeMap::new();
     for r in &rows {
@@ -539,7 +551,53 @@ async fn load(
         latency_ms_p99: percentile(&latencies, 0.99),
         place_rpc_ms_p50: percentile(&rpc, 0.50),
         place_rpc_ms_p99: percentile(&rpc, 0.99),
+        stages,
     })
+}
+
+/// Where a confirmed order's time went, from order's status history: p50 and p99 (ms) of
+/// PENDING -> RESERVED (inventory's reservation and its event back) and RESERVED -> CONFIRMED
+/// (payment's charge and its event back).
+async fn stages(pool: &sqlx::PgPool) -> anyhow::Result<Vec<Stage>> {
+    let rows = sqlx::query(
+        r#"SELECT p.at_us AS pending, r.at_us AS reserved, c.at_us AS confirmed
+           FROM "order".order_status_history c
+           JOIN "order".order_status_history p ON p.order_id = c.order_id AND p.status = 'ORDER_STATUS_PENDING'
+           JOIN "order".order_status_history r ON r.order_id = c.order_id AND r.status = 'ORDER_STATUS_RESERVED'
+           WHERE c.status = 'ORDER_STATUS_CONFIRMED'"#,
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut reserve = Vec::with_capacity(rows.len());
+    let mut charge = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (p, res, c): (i64, i64, i64) =
+            (r.get("pending"), r.get("reserved"), r.get("confirmed"));
+        reserve.push(res - p);
+        charge.push(c - res);
+    }
+    reserve.sort_unstable();
+    charge.sort_unstable();
+    Ok(vec![
+        Stage {
+            name: "PENDING -> RESERVED",
+            ms_p50: percentile(&reserve, 0.5),
+            ms_p99: percentile(&reserve, 0.99),
+        },
+        Stage {
+            name: "RESERVED -> CONFIRMED",
+            ms_p50: percentile(&charge, 0.5),
+            ms_p99: percentile(&charge, 0.99),
+        },
+    ])
+}
+
+/// One stage of the saga, measured between two status-history entries.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Stage {
+    name: &'static str,
+    ms_p50: f64,
+    ms_p99: f64,
 }
 
 /// Runs the saga benchmark and prints one line per mode (and the figures as JSON).
@@ -586,6 +644,12 @@ pub(crate) async fn run(args: &BenchSagaArgs) -> anyhow::Result<()> {
             f.latency_ms_p50,
             f.latency_ms_p99
         );
+        for st in &f.stages {
+            println!(
+                "{:<19}   {:<24} p50 {:.1} ms p99 {:.1} ms",
+                "", st.name, st.ms_p50, st.ms_p99
+            );
+        }
         println!("{}", serde_json::to_string(&f)?);
     }
     Ok(())
