@@ -128,13 +128,7 @@ impl ConnectionPool {
         self.shared
             .slots
             .iter()
-            .filter(|s| {
-                s.sender
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
-                    .is_some_and(|c| !c.is_closed())
-            })
+            .filter(|s| s.live().is_some())
             .count()
     }
 }
@@ -200,6 +194,7 @@ impl Shared {
 }
 
 impl Slot {
+    /// The slot's connection if it is open.
     fn live(&self) -> Option<SendRequest<tonic::body::Body>> {
         self.sender
             .lock()
