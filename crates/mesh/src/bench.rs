@@ -23,7 +23,7 @@ use mesh_contracts::product::v1::product_service_server::{ProductService, Produc
 use mesh_contracts::product::v1::{GetProductRequest, GetProductResponse, Product};
 use mesh_edge::config::EdgeConfig;
 use mesh_edge::upstream::{Upstream, Upstreams};
-use mesh_runtime::client::{ClientOptions, connect};
+use mesh_runtime::client::ClientOptions;
 use mesh_runtime::{GrpcServer, Metrics, Readiness, RpcMetrics, ServiceRoutes};
 use prost_reflect::DescriptorPool;
 use tokio::net::TcpListener;
@@ -102,22 +102,20 @@ async fn edge_server(upstream: SocketAddr) -> anyhow::Result<SocketAddr> {
     let pool = mesh_edge::load_pool(&[])?;
     let modules: Vec<&str> = crate::modules::MODULES.iter().map(|m| m.name).collect();
     let uri: http::Uri = format!("http://{upstream}").parse()?;
-    let channel = connect(
+    // As `mesh serve edge` builds it: a channel and a pool of REST connections.
+    let upstream = Upstream::connect(
+        "product",
         uri,
         ClientOptions {
             name: Some("product".into()),
             ..ClientOptions::default()
         },
+        // The pool's size from `MESH_EDGE_UPSTREAM_CONNECTIONS`, as `mesh serve edge` reads it.
+        EdgeConfig::from_env(|k| std::env::var(k).ok())?.upstream_connections,
     );
     let mut upstreams = Upstreams::new();
     for (service, _) in Upstreams::owned_services(&pool, &modules) {
-        upstreams.insert(
-            service,
-            Upstream {
-                name: "product".into(),
-                channel: channel.clone(),
-            },
-        );
+        upstreams.insert(service, upstream.clone());
     }
     let edge = Arc::new(mesh_edge::Edge::new(
         pool,

@@ -139,6 +139,20 @@ pub fn connect(uri: Uri, options: ClientOptions) -> MeshChannel {
                 .connect_lazy(),
         ),
     };
+    layered(
+        channel,
+        ClientOptions {
+            name: Some(name),
+            ..options
+        },
+    )
+}
+
+/// [`connect`]'s layers (deadline and trace, retries, circuit breaker; `options` as for
+/// [`connect`], `name` naming the upstream) around another transport to the upstream: for a
+/// caller that brings its own connections (the edge's pool for its REST calls).
+pub fn layered<S>(inner: S, options: ClientOptions) -> Propagate<S> {
+    let name = options.name.unwrap_or_default();
     let resilience = options.resilience;
     let throttle = Throttle::new(name.clone(), resilience.breaker, options.metrics.clone());
     let mut idempotent = crate::resilience::idempotent_methods();
@@ -151,7 +165,7 @@ pub fn connect(uri: Uri, options: ClientOptions) -> MeshChannel {
         metrics: options.metrics,
     };
     Propagate {
-        inner: Retry::new(Breaker::new(channel, Arc::new(throttle)), Arc::new(policy)),
+        inner: Retry::new(Breaker::new(inner, Arc::new(throttle)), Arc::new(policy)),
         default_deadline: options.default_deadline,
     }
 }

@@ -184,6 +184,14 @@ impl ServiceContext {
 
     /// A lazily connecting channel to `peer`, which must be a declared dependency.
     pub fn channel(&self, peer: &str) -> Result<MeshChannel, ClientError> {
+        let (uri, options) = self.peer(peer)?;
+        Ok(client::connect(uri, options))
+    }
+
+    /// The address of `peer` (a declared dependency) and the client settings
+    /// [`channel`](Self::channel) connects with, for a caller with its own transport to it (the
+    /// edge's connection pool, under [`client::layered`]).
+    pub fn peer(&self, peer: &str) -> Result<(Uri, ClientOptions), ClientError> {
         if !self.dependencies.contains(&peer) {
             return Err(ClientError::Undeclared {
                 caller: self.name,
@@ -196,7 +204,7 @@ impl ServiceContext {
             .get(peer)
             .cloned()
             .ok_or_else(|| ClientError::NoAddress(peer.to_string()))?;
-        Ok(client::connect(
+        Ok((
             uri,
             ClientOptions {
                 default_deadline: self.config.default_deadline,

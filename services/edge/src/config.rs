@@ -13,6 +13,7 @@
 //! | `MESH_EDGE_PUBLIC_ROUTES` | [`DEFAULT_PUBLIC_ROUTES`] | RPCs open without a token: `pkg.Service/Method`, `pkg.Service/Prefix*`, `pkg.Service/*`, comma-separated; `none` for none |
 //! | `MESH_EDGE_TRUSTED_PROXIES` | unset | IPs or CIDRs whose `X-Forwarded-For` is believed when keying rate limits |
 //! | `MESH_EDGE_RATE_LIMIT_REDIS_URL` | `MESH_REDIS_URL` | Redis shared by the edge replicas for rate limits; unset (both): in process |
+//! | `MESH_EDGE_UPSTREAM_CONNECTIONS` | `4` | HTTP/2 connections per upstream (addressed by IP) for REST calls, 1 to 64 ([`crate::pool`]) |
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -53,6 +54,8 @@ pub struct EdgeConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Redis for rate limits shared by replicas (else `MESH_REDIS_URL`, else in process).
     pub rate_limit_redis_url: Option<String>,
+    /// HTTP/2 connections per upstream for REST calls ([`crate::pool`]).
+    pub upstream_connections: usize,
 }
 
 /// The RPCs open without a token when `MESH_EDGE_PUBLIC_ROUTES` is not set: sign-up, login,
@@ -86,6 +89,7 @@ impl Default for EdgeConfig {
                 .collect(),
             trusted_proxies: Vec::new(),
             rate_limit_redis_url: None,
+            upstream_connections: crate::upstream::DEFAULT_POOL_SIZE,
         }
     }
 }
@@ -186,6 +190,16 @@ impl EdgeConfig {
                         format!("{item:?} is not an IP address or CIDR (10.0.0.0/8)"),
                     ),
                 }
+            }
+        }
+        if let Some(raw) = env("MESH_EDGE_UPSTREAM_CONNECTIONS") {
+            match raw.trim().parse::<usize>() {
+                Ok(n @ 1..=64) => config.upstream_connections = n,
+                _ => problem(
+                    "MESH_EDGE_UPSTREAM_CONNECTIONS",
+                    &raw,
+                    "expected a whole number from 1 to 64".into(),
+                ),
             }
         }
         if let Some(raw) = env("MESH_EDGE_RATE_LIMIT_REDIS_URL").filter(|s| !s.trim().is_empty()) {
@@ -327,6 +341,7 @@ mod tests {
             "MESH_EDGE_LEGACY_URL" => Some("ftp://x".to_string()),
             "MESH_EDGE_RATE_LIMIT" => Some("fast".to_string()),
             "MESH_EDGE_UPSTREAMS" => Some("nodot=http://a:1".to_string()),
+            "MESH_EDGE_UPSTREAM_CONNECTIONS" => Some("0".to_string()),
             _ => None,
         };
         let err = EdgeConfig::from_env(env).unwrap_err().to_string();
@@ -334,15 +349,19 @@ mod tests {
             "MESH_EDGE_LEGACY_URL",
             "MESH_EDGE_RATE_LIMIT",
             "MESH_EDGE_UPSTREAMS",
+            "MESH_EDGE_UPSTREAM_CONNECTIONS",
         ] {
             assert!(err.contains(s), "{err}");
         }
         let ok = EdgeConfig::from_env(|k| match k {
             "MESH_EDGE_RATE_LIMIT" => Some("10/s,burst=3".into()),
             "MESH_EDGE_UPSTREAMS" => Some("x.v1.X=http://127.0.0.1:9".into()),
+            "MESH_EDGE_UPSTREAM_CONNECTIONS" => Some("8".into()),
             _ => None,
         })
         .unwrap();
+        assert_eq!(ok.upstream_connections, 8);
+        assert_eq!(EdgeConfig::default().upstream_connections, 4);
         assert_eq!(
             ok.rate_limit,
             Some(RateLimit {

@@ -2,7 +2,7 @@
 //!
 //! - REST/JSON: every RPC with a `google.api.http` rule in the descriptor set is a route
 //!   ([`routes`]); the request becomes a protobuf message ([`transcode`]), goes to the owning
-//!   service over gRPC ([`upstream`], [`codec`]), and the answer or the error comes back as JSON
+//!   service over gRPC ([`upstream`], [`codec`]; a [`pool`] of connections per upstream), and the answer or the error comes back as JSON
 //!   ([`status_map`], [`error`]).
 //! - gRPC: health and reflection are answered by the edge itself (from the descriptor set, so
 //!   `grpcurl <edge> list` shows every public service); every other call is proxied, streaming
@@ -30,6 +30,7 @@ pub mod http_rule;
 pub mod legacy;
 pub mod openapi;
 pub mod path_template;
+pub mod pool;
 pub mod rate_limit;
 pub mod redis_limit;
 pub mod routes;
@@ -45,7 +46,7 @@ use axum::extract::State;
 use axum::response::Response;
 use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
-use mesh_runtime::client::{ClientOptions, connect};
+use mesh_runtime::client::ClientOptions;
 use mesh_runtime::{BuildError, ServiceContext, ServiceRoutes};
 use prost_reflect::DescriptorPool;
 
@@ -461,19 +462,24 @@ pub fn from_context(ctx: &ServiceContext, config: EdgeConfig) -> Result<Edge, Bu
         .filter(|m| *m != ctx.name())
         .collect();
     let mut upstreams = Upstreams::new();
+    let mut by_module = std::collections::HashMap::new();
     for (service, module) in Upstreams::owned_services(&pool, &modules) {
         // `audit.v1.AuditService` is served by every service, so no one module owns it.
         if service.starts_with("audit.") {
             continue;
         }
-        let channel = ctx.channel(&module)?;
-        upstreams.insert(
-            service,
-            Upstream {
-                name: module,
-                channel,
-            },
-        );
+        // One upstream (channel and pool) per module, shared by the services it owns.
+        let upstream = match by_module.get(&module) {
+            Some(upstream) => Upstream::clone(upstream),
+            None => {
+                let (uri, options) = ctx.peer(&module)?;
+                let upstream =
+                    Upstream::connect(&module, uri, options, config.upstream_connections);
+                by_module.insert(module, upstream.clone());
+                upstream
+            }
+        };
+        upstreams.insert(service, upstream);
     }
     let options = || ClientOptions {
         default_deadline: ctx.config().default_deadline,
@@ -482,10 +488,12 @@ pub fn from_context(ctx: &ServiceContext, config: EdgeConfig) -> Result<Edge, Bu
     for (service, uri) in &config.upstreams {
         upstreams.insert(
             service.clone(),
-            Upstream {
-                name: uri.to_string(),
-                channel: connect(uri.clone(), options()),
-            },
+            Upstream::connect(
+                uri.to_string(),
+                uri.clone(),
+                options(),
+                config.upstream_connections,
+            ),
         );
     }
     let public = PublicRoutes::parse(&config.public_routes).map_err(|reason| {

@@ -9,25 +9,68 @@
 
 use std::collections::BTreeMap;
 use std::error::Error as _;
+use std::time::Duration;
 
-use http::HeaderMap;
-use mesh_runtime::client::MeshChannel;
+use http::{HeaderMap, Uri};
+use mesh_runtime::client::{self, ClientOptions, MeshChannel, Propagate};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use tonic::metadata::{MetadataKey, MetadataValue};
 
 use crate::codec::DynamicCodec;
 use crate::error::EdgeError;
+use crate::pool::ConnectionPool;
 
 /// Request headers the edge passes to upstreams as gRPC metadata.
 pub const FORWARDED_HEADERS: &[&str] = &["authorization", "x-request-id", "accept-language"];
 
-/// One upstream: a name for messages and a channel.
+/// How many HTTP/2 connections the REST path opens to each upstream, by default
+/// (`MESH_EDGE_UPSTREAM_CONNECTIONS`).
+pub const DEFAULT_POOL_SIZE: usize = 4;
+
+/// The REST path's client of one upstream: a [`ConnectionPool`] under the runtime's client
+/// layers (deadline and trace, retries, circuit breaker).
+pub type PooledChannel = Propagate<ConnectionPool>;
+
+/// One upstream: a name for messages, a channel, and for upstreams addressed by IP a pool of
+/// connections for the REST calls.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     /// The module name (`product`) or the configured address.
     pub name: String,
-    /// The channel.
+    /// The channel: gRPC and gRPC-Web passthrough, and REST calls when there is no pool.
     pub channel: MeshChannel,
+    /// The REST calls' connections ([`crate::pool`]); `None` for a DNS name, which the channel
+    /// balances over its addresses.
+    pub pooled: Option<PooledChannel>,
+}
+
+impl Upstream {
+    /// An upstream whose calls all go over `channel`.
+    pub fn new(name: impl Into<String>, channel: MeshChannel) -> Self {
+        Self {
+            name: name.into(),
+            channel,
+            pooled: None,
+        }
+    }
+
+    /// An upstream at `uri`: a channel ([`client::connect`]) for the passthrough and, when `uri`'s host
+    /// is an IP address, a pool of up to `pool_size` connections for REST calls, under the same
+    /// client layers and `options`.
+    pub fn connect(
+        name: impl Into<String>,
+        uri: Uri,
+        options: ClientOptions,
+        pool_size: usize,
+    ) -> Self {
+        let pooled = ConnectionPool::for_ip(&uri, pool_size, options.connect_timeout)
+            .map(|pool| client::layered(pool, options.clone()));
+        Self {
+            name: name.into(),
+            channel: client::connect(uri, options),
+            pooled,
+        }
+    }
 }
 
 /// Upstreams by fully qualified gRPC service name.
@@ -94,10 +137,6 @@ pub async fn unary(
         service: service.to_string(),
         detail,
     };
-    let mut grpc = tonic::client::Grpc::new(upstream.channel.clone())
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
-    grpc.ready().await.map_err(|e| down(e.to_string()))?;
     let mut request = tonic::Request::new(message);
     for name in FORWARDED_HEADERS {
         if let Some(value) = headers.get(*name)
@@ -110,22 +149,50 @@ pub async fn unary(
         }
     }
     let deadline = mesh_runtime::CallContext::current().and_then(|c| c.deadline);
-    match grpc.unary(request, path, DynamicCodec::new(output)).await {
-        Ok(response) => Ok(response.into_inner()),
-        Err(status)
+    let codec = DynamicCodec::new(output);
+    let attempt = async {
+        match &upstream.pooled {
+            Some(pooled) => call(pooled.clone(), request, path, codec, max_message_bytes).await,
+            None => {
+                call(
+                    upstream.channel.clone(),
+                    request,
+                    path,
+                    codec,
+                    max_message_bytes,
+                )
+                .await
+            }
+        }
+    };
+    let result = match deadline {
+        // The edge's own server ends the request when the client's grpc-timeout passes, with an
+        // empty gRPC answer; a REST client must get its 504 first, so the call ends 1 ms early.
+        Some(deadline) => {
+            let early = deadline
+                .checked_sub(Duration::from_millis(1))
+                .unwrap_or(deadline);
+            match tokio::time::timeout_at(early, attempt).await {
+                Ok(result) => result,
+                Err(_) => return Err(deadline_exceeded(service)),
+            }
+        }
+        None => attempt.await,
+    };
+    match result {
+        Ok(response) => Ok(response),
+        Err(CallError::NotReady(detail)) => Err(down(detail)),
+        Err(CallError::Status(status))
             if status.code() == tonic::Code::Cancelled
                 && deadline.is_some_and(|d| tokio::time::Instant::now() >= d) =>
         {
             // tonic servers answer CANCELLED when the caller's grpc-timeout fires; to the
             // caller that is its deadline passing.
-            Err(EdgeError::Upstream {
-                status: tonic::Status::deadline_exceeded(format!(
-                    "{service} did not answer within the request's deadline (grpc-timeout)"
-                )),
-                details: Vec::new(),
-            })
+            Err(deadline_exceeded(service))
         }
-        Err(status) if status.code() == tonic::Code::Unavailable && status.source().is_some() => {
+        Err(CallError::Status(status))
+            if status.code() == tonic::Code::Unavailable && status.source().is_some() =>
+        {
             // A transport failure (connection refused, reset), not an answer from the service.
             let mut detail = status.message().to_string();
             let mut source = status.source();
@@ -135,9 +202,53 @@ pub async fn unary(
             }
             Err(down(detail))
         }
-        Err(status) => Err(EdgeError::Upstream {
+        Err(CallError::Status(status)) => Err(EdgeError::Upstream {
             status,
             details: Vec::new(),
         }),
     }
+}
+
+/// The answer when the request's deadline passes before `service` answered.
+fn deadline_exceeded(service: &str) -> EdgeError {
+    EdgeError::Upstream {
+        status: tonic::Status::deadline_exceeded(format!(
+            "{service} did not answer within the request's deadline (grpc-timeout)"
+        )),
+        details: Vec::new(),
+    }
+}
+
+/// Why a unary call over a transport failed.
+enum CallError {
+    /// The transport was not ready (its reason).
+    NotReady(String),
+    /// The call's status.
+    Status(tonic::Status),
+}
+
+/// One unary call of `path` over `transport` (a channel or the pool).
+async fn call<T>(
+    transport: T,
+    request: tonic::Request<DynamicMessage>,
+    path: http::uri::PathAndQuery,
+    codec: DynamicCodec,
+    max_message_bytes: usize,
+) -> Result<DynamicMessage, CallError>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError>,
+{
+    let mut grpc = tonic::client::Grpc::new(transport)
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    grpc.ready()
+        .await
+        .map_err(|e| CallError::NotReady(e.into().to_string()))?;
+    grpc.unary(request, path, codec)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(CallError::Status)
 }

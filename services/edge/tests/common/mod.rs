@@ -7,6 +7,7 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use mesh_contracts::product::v1::*;
 use mesh_edge::config::EdgeConfig;
 use mesh_edge::upstream::{Upstream, Upstreams};
 use mesh_edge::{Edge, load_pool};
-use mesh_runtime::client::{ClientOptions, connect};
+use mesh_runtime::client::ClientOptions;
 use mesh_runtime::{GrpcServer, Metrics, RpcMetrics};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -202,6 +203,12 @@ async fn watch(req: http::Request<axum::body::Body>) -> http::Response<axum::bod
 pub async fn start_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    serve_upstream(listener, std::future::pending());
+    addr
+}
+
+/// Serves the test upstream on `listener` until `stop` resolves (its connections then close).
+pub fn serve_upstream(listener: TcpListener, stop: impl Future<Output = ()> + Send + 'static) {
     let routes = tonic::service::Routes::new(ProductServiceServer::new(Products))
         .add_service(GatewayServiceServer::new(Gateway));
     let router = routes
@@ -212,11 +219,10 @@ pub async fn start_upstream() -> SocketAddr {
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_routes(tonic::service::Routes::from(router))
-            .serve_with_incoming(incoming)
+            .serve_with_incoming_shutdown(incoming, stop)
             .await
             .unwrap();
     });
-    addr
 }
 
 /// The test-only descriptor set (spec.v1), encoded with extension options kept.
@@ -277,14 +283,14 @@ pub fn upstreams_at(pool: &prost_reflect::DescriptorPool, upstream: SocketAddr) 
         .map(|(s, _)| s)
         .collect();
     services.push("spec.v1.EchoService".into());
+    let shared = Upstream::connect(
+        format!("test upstream {upstream}"),
+        uri,
+        options(),
+        EdgeConfig::default().upstream_connections,
+    );
     for service in services {
-        upstreams.insert(
-            service,
-            Upstream {
-                name: format!("test upstream {upstream}"),
-                channel: connect(uri.clone(), options()),
-            },
-        );
+        upstreams.insert(service, shared.clone());
     }
     upstreams
 }
