@@ -165,6 +165,20 @@ async fn run(
     let skip = (lat.len() as f64 / seconds as f64) as usize;
     lat.drain(..skip.min(lat.len()));
     lat.sort_unstable();
+    // Leave nothing behind: this run's schema (Postgres) or file (SQLite).
+    match target {
+        DatabaseTarget::Postgres { schema, .. } => {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(db.pool())
+                .await
+                .expect("drop the bench schema");
+        }
+        DatabaseTarget::Sqlite { path } => {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
     db.close().await;
     Report {
         offered: rate.map_or(f64::NAN, |r| r as f64),
@@ -206,7 +220,9 @@ fn main() {
             }),
         ));
     }
-    match (env("DATABASE_URL"), env("REDIS_URL")) {
+    let bench_id = id.clone();
+    let redis_url = env("REDIS_URL");
+    match (env("DATABASE_URL"), redis_url.clone()) {
         (Some(pg), Some(redis)) => scenarios.push((
             "Postgres outbox + Redis Streams".into(),
             Box::new(move || {
@@ -219,7 +235,7 @@ fn main() {
                     Arc::new(
                         RedisBus::connect(
                             &redis,
-                            format!("bench:{n}:"),
+                            format!("bench:{id}:{n}:"),
                             DeliveryOptions::default(),
                         )
                         .unwrap(),
@@ -245,6 +261,22 @@ fn main() {
                 "| {name} | {offered} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |",
                 r.produced, r.handled, r.p50, r.p99, r.max
             );
+        }
+    }
+    // This run's streams and groups.
+    if let Some(url) = redis_url {
+        let mut conn = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("redis");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("bench:{bench_id}:*"))
+            .query(&mut conn)
+            .expect("redis KEYS");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query(&mut conn)
+                .expect("redis DEL");
         }
     }
 }

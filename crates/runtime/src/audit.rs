@@ -9,6 +9,7 @@ use prost::Message as _;
 use sqlx::Row as _;
 use tonic::{Request, Response, Status};
 
+use crate::outbox::with_sequence;
 use crate::storage::{Database, DatabaseError};
 
 const DEFAULT_PAGE: i64 = 100;
@@ -89,9 +90,10 @@ impl AuditApi {
                 continue;
             }
             let bytes: Vec<u8> = row.try_get("envelope").map_err(DatabaseError::from)?;
-            let envelope = Envelope::decode(bytes.as_slice()).map_err(|e| {
-                Status::data_loss(format!("outbox row {sequence} does not decode: {e}"))
-            })?;
+            let envelope =
+                Envelope::decode(with_sequence(bytes, sequence).as_slice()).map_err(|e| {
+                    Status::data_loss(format!("outbox row {sequence} does not decode: {e}"))
+                })?;
             events.push(envelope);
         }
         Ok(ListEventsResponse {

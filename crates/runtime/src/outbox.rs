@@ -70,6 +70,14 @@ pub(crate) fn partition_of(subject: &str) -> i64 {
     i64::try_from(hash % PARTITIONS).unwrap_or(0)
 }
 
+/// The complete envelope of an outbox row: the stored bytes (written before the row's
+/// `sequence` was known, so without it) with the `sequence` column appended as field 9. Protobuf
+/// decoders take the last value of a field, so this is the envelope with its sequence set.
+pub(crate) fn with_sequence(mut stored: Vec<u8>, sequence: i64) -> Vec<u8> {
+    prost::encoding::int64::encode(9, &sequence, &mut stored);
+    stored
+}
+
 /// The event being handled, when a transaction runs inside a consumer: events emitted in it are
 /// caused by it and share its correlation id.
 #[derive(Debug, Clone, Default)]
@@ -110,16 +118,9 @@ impl Tx {
     /// `sequence` is the next of its subject; `traceparent` is the current call's (or the
     /// handled event's) trace position, so consumers continue the trace.
     pub async fn emit(&mut self, event: Event) -> Result<Envelope, DatabaseError> {
-        let next: i64 = sqlx::query(
-            "SELECT COALESCE(MAX(sequence), 0) + 1 AS next FROM mesh_outbox WHERE subject = $1",
-        )
-        .bind(&event.subject)
-        .fetch_one(&mut *self.inner)
-        .await?
-        .try_get("next")?;
         let micros = now_micros();
         let cause = self.cause.clone().unwrap_or_default();
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             id: uuid::Uuid::now_v7().to_string(),
             r#type: event.event_type,
             source: self.db.service().to_string(),
@@ -133,7 +134,8 @@ impl Tx {
                 .unwrap_or_default(),
             payload: Some(event.payload),
             tracestate: String::new(),
-            sequence: next,
+            // Assigned by the insert below; the stored bytes leave it out (see `with_sequence`).
+            sequence: 0,
             correlation_id: if event.correlation_id.is_empty() {
                 cause.correlation_id
             } else {
@@ -141,19 +143,21 @@ impl Tx {
             },
             causation_id: cause.event_id,
         };
-        sqlx::query(
+        // One round trip: the subject's next sequence is computed by the insert itself.
+        envelope.sequence = sqlx::query(
             "INSERT INTO mesh_outbox (event_id, event_type, subject, sequence, part, occurred_at_us, envelope) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             SELECT $1, $2, $3, COALESCE(MAX(sequence), 0) + 1, $4, $5, $6 \
+             FROM mesh_outbox WHERE subject = $3 RETURNING sequence",
         )
         .bind(&envelope.id)
         .bind(&envelope.r#type)
         .bind(&envelope.subject)
-        .bind(next)
         .bind(partition_of(&envelope.subject))
         .bind(micros)
         .bind(envelope.encode_to_vec())
-        .execute(&mut *self.inner)
-        .await?;
+        .fetch_one(&mut *self.inner)
+        .await?
+        .try_get("sequence")?;
         self.emitted += 1;
         Ok(envelope)
     }
@@ -216,5 +220,19 @@ mod tests {
         assert_eq!(domain_of("inventory.reservation_expired"), "inventory");
         assert_eq!(partition_of("order-1"), partition_of("order-1"));
         assert!((0..16).contains(&partition_of("anything")));
+    }
+
+    #[test]
+    fn stored_envelopes_get_their_sequence_back() {
+        let stored = Envelope {
+            id: "e-1".into(),
+            subject: "order-1".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let full = Envelope::decode(with_sequence(stored, 300).as_slice()).unwrap();
+        assert_eq!(full.sequence, 300);
+        assert_eq!(full.id, "e-1");
+        assert_eq!(full.subject, "order-1");
     }
 }

@@ -20,7 +20,7 @@ use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{BusError, EventBus, OutgoingEvent};
-use crate::outbox::domain_of;
+use crate::outbox::{domain_of, with_sequence};
 use crate::storage::{Backend, Database, DatabaseError, now_micros};
 
 /// Why one relay pass failed.
@@ -103,7 +103,7 @@ impl Relay {
                        SELECT p.part FROM mesh_outbox_partitions p WHERE EXISTS \
                        (SELECT 1 FROM mesh_outbox o WHERE o.part = p.part AND o.sent_at_us IS NULL) \
                        ORDER BY random() LIMIT 8 FOR UPDATE OF p SKIP LOCKED) \
-                     SELECT seq, event_type, envelope FROM mesh_outbox \
+                     SELECT seq, sequence, event_type, envelope FROM mesh_outbox \
                      WHERE sent_at_us IS NULL AND part IN (SELECT part FROM parts) \
                      ORDER BY seq LIMIT $1",
                 )
@@ -126,7 +126,7 @@ impl Relay {
             }
             Backend::Sqlite => {
                 let rows = sqlx::query(
-                    "SELECT seq, event_type, envelope FROM mesh_outbox \
+                    "SELECT seq, sequence, event_type, envelope FROM mesh_outbox \
                      WHERE sent_at_us IS NULL ORDER BY seq LIMIT $1",
                 )
                 .bind(limit)
@@ -238,12 +238,13 @@ fn decode_rows(rows: &[sqlx::any::AnyRow]) -> Result<Decoded, sqlx::Error> {
     for row in rows {
         let seq: i64 = row.try_get("seq")?;
         let event_type: String = row.try_get("event_type")?;
+        let sequence: i64 = row.try_get("sequence")?;
         let envelope: Vec<u8> = row.try_get("envelope")?;
         seqs.push(seq);
         events.push(OutgoingEvent {
             domain: domain_of(&event_type).to_string(),
             event_id: seq.to_string(),
-            payload: Bytes::from(envelope),
+            payload: Bytes::from(with_sequence(envelope, sequence)),
         });
     }
     Ok((seqs, events))
