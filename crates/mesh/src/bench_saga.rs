@@ -151,6 +151,44 @@ async fn drop_database(base: &str, name: &str) {
     }
 }
 
+/// Says how many warnings and errors the services logged during the run, and the most frequent
+/// ones (retries and failures cost throughput; a clean run logs none).
+fn report_log_warnings(dir: &Path) {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("serve-") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        {
+            total += 1;
+            // The message without its timestamp and fields (the logs are JSON lines).
+            let message = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| {
+                    let target = v.get("target")?.as_str()?.to_string();
+                    Some(format!("{target}: {}", v.get("message")?.as_str()?))
+                })
+                .unwrap_or_else(|| line.chars().take(120).collect());
+            *counts.entry(message).or_default() += 1;
+        }
+    }
+    if total == 0 {
+        return;
+    }
+    let mut top: Vec<(String, usize)> = counts.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1));
+    eprintln!("bench-saga: the services logged {total} warnings or errors; most frequent:");
+    for (message, n) in top.into_iter().take(5) {
+        eprintln!("  {n:>6}  {message}");
+    }
+}
+
 /// Starts the services as `groups` of processes; returns them and every service's port.
 fn spawn(
     groups: &[Vec<&'static str>],
@@ -405,6 +443,7 @@ async fn measure(
         let seed = Arc::new(seed(&ports).await?);
         let figures = load(mode, &ports, seed, args, &db_url).await;
         drop(children);
+        report_log_warnings(&dir);
         figures
     }
     .await;
