@@ -182,7 +182,7 @@ fn report_log_warnings(dir: &Path) {
         return;
     }
     let mut top: Vec<(String, usize)> = counts.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     eprintln!("bench-saga: the services logged {total} warnings or errors; most frequent:");
     for (message, n) in top.into_iter().take(5) {
         eprintln!("  {n:>6}  {message}");
