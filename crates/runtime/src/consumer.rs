@@ -414,7 +414,10 @@ impl Consumer {
                 }
                 finish(done)
             }
-            Err(_) => self.handle_group_isolated(group).await,
+            Err(e) => {
+                tracing::warn!(group = %self.group, events = work.len(), error = %e, "a handler failed in a batch; handling the batch again one event at a time");
+                self.handle_group_isolated(group).await
+            }
         }
     }
 

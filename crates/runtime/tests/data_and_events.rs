@@ -205,6 +205,20 @@ async fn wait_for_effects(db: &Database, want: i64, within: Duration, what: &str
     }
 }
 
+/// A consumer that records `product.deleted` and always fails on `product.created` (the poison).
+fn recorder_with_poison(db: &Database, bus: Arc<dyn EventBus>, group: String) -> Consumer {
+    Consumer::new(db.clone(), bus, group)
+        .on("product.deleted", Recorder::default())
+        .on(
+            "product.created",
+            Recorder {
+                fail_always: true,
+                ..Recorder::default()
+            },
+        )
+        .options(fast())
+}
+
 fn fast() -> ConsumerOptions {
     ConsumerOptions {
         max_deliveries: 3,
@@ -432,16 +446,7 @@ async fn poison_malformed_and_unknown_events_are_dead_lettered_and_the_consumer_
         let db = open(&target).await;
         let group = unique("g");
         let stop = CancellationToken::new();
-        let consumer = Consumer::new(db.clone(), bus.clone(), group.clone())
-            .on("product.deleted", Recorder::default())
-            .on(
-                "product.created",
-                Recorder {
-                    fail_always: true,
-                    ..Recorder::default()
-                },
-            )
-            .options(fast());
+        let consumer = recorder_with_poison(&db, bus.clone(), group.clone());
         // Join before anything is published, so nothing is missed on either bus.
         drop(consumer.subscribe("warm-up").await.unwrap());
         tokio::spawn(consumer.run(stop.clone()));
@@ -549,17 +554,7 @@ async fn a_failing_handler_in_a_batch_is_retried_alone_and_the_rest_take_effect_
         let db = open(&target).await;
         // One transaction for the whole batch: the failure happens after effects of the same
         // transaction were written, and they must survive the fallback exactly once.
-        let consumer = Consumer::new(db.clone(), bus, unique("g"))
-            .on("product.deleted", Recorder::default())
-            .on(
-                "product.created",
-                Recorder {
-                    fail_always: true,
-                    ..Recorder::default()
-                },
-            )
-            .options(fast())
-            .concurrency(1);
+        let consumer = recorder_with_poison(&db, bus, unique("g")).concurrency(1);
         let batch = vec![
             delivery("1-0", "e-a", "product.deleted", "a"),
             delivery("1-1", "e-b", "product.deleted", "b"),
