@@ -384,22 +384,7 @@ impl Consumer {
     /// handled again by [`Consumer::handle_group_isolated`], so that only the failing event is
     /// retried. Handlers therefore may run twice for one delivery; their effects count once.
     async fn handle_group(&self, group: Vec<Delivery>) -> Vec<(Delivery, Outcome)> {
-        let mut done: Vec<(Delivery, Option<Outcome>)> = Vec::with_capacity(group.len());
-        let mut work = Vec::new();
-        for delivery in &group {
-            match self.prepare(delivery) {
-                Ok((envelope, handler)) => {
-                    work.push(Work {
-                        index: done.len(),
-                        attempt: delivery.attempt,
-                        envelope,
-                        handler,
-                    });
-                    done.push((delivery.clone(), None));
-                }
-                Err(outcome) => done.push((delivery.clone(), Some(outcome))),
-            }
-        }
+        let (mut done, work) = self.prepare_group(group);
         if work.is_empty() {
             return finish(done);
         }
@@ -416,7 +401,7 @@ impl Consumer {
             }
             Err(e) => {
                 tracing::warn!(group = %self.group, events = work.len(), error = %e, "a handler failed in a batch; handling the batch again one event at a time");
-                self.handle_group_isolated(group).await
+                self.handle_group_isolated(done, work).await
             }
         }
     }
@@ -491,22 +476,34 @@ impl Consumer {
             .collect()
     }
 
-    /// Handles `group` in one transaction, each event in a savepoint.
-    async fn handle_group_isolated(&self, group: Vec<Delivery>) -> Vec<(Delivery, Outcome)> {
+    /// Splits `group` into deliveries settled at once (malformed, unknown type, too many
+    /// attempts: their outcome is set) and the work for handlers (indexes into the first).
+    fn prepare_group(&self, group: Vec<Delivery>) -> (Vec<(Delivery, Option<Outcome>)>, Vec<Work>) {
         let mut done: Vec<(Delivery, Option<Outcome>)> = Vec::with_capacity(group.len());
         let mut work = Vec::new();
         for delivery in group {
             match self.prepare(&delivery) {
                 Ok((envelope, handler)) => {
-                    work.push((done.len(), envelope, handler));
+                    work.push(Work {
+                        index: done.len(),
+                        attempt: delivery.attempt,
+                        envelope,
+                        handler,
+                    });
                     done.push((delivery, None));
                 }
                 Err(outcome) => done.push((delivery, Some(outcome))),
             }
         }
-        if work.is_empty() {
-            return finish(done);
-        }
+        (done, work)
+    }
+
+    /// Handles prepared `work` in one transaction, each event in a savepoint.
+    async fn handle_group_isolated(
+        &self,
+        mut done: Vec<(Delivery, Option<Outcome>)>,
+        work: Vec<Work>,
+    ) -> Vec<(Delivery, Outcome)> {
         let mut tx = match self.db.begin().await {
             Ok(tx) => tx,
             Err(e) => {
@@ -523,13 +520,18 @@ impl Consumer {
         let mut committed_pending = Vec::new();
         let mut duplicates = Vec::new();
         let mut broken: Option<HandlerError> = None;
-        for (index, envelope, handler) in work {
+        for Work {
+            index,
+            attempt,
+            envelope,
+            handler,
+        } in work
+        {
             if let Some(e) = &broken {
                 let outcome = self.failed(&done[index].0, e);
                 done[index].1 = Some(outcome);
                 continue;
             }
-            let attempt = done[index].0.attempt;
             let result = self
                 .in_span(
                     &envelope,

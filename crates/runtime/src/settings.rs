@@ -41,6 +41,17 @@ pub fn process_env(variable: &str) -> Option<String> {
     std::env::var(variable).ok().filter(|v| !v.is_empty())
 }
 
+/// A lookup over fixed `(variable, value)` pairs, as [`process_env`] is over the environment:
+/// for tests and tools that build settings without touching the process environment.
+pub fn lookup_in<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    move |variable| {
+        pairs
+            .iter()
+            .find(|(name, _)| *name == variable)
+            .map(|(_, value)| (*value).to_string())
+    }
+}
+
 /// Settings read through an environment lookup.
 pub struct Settings<F> {
     env: F,

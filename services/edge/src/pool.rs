@@ -74,6 +74,8 @@ pub struct ConnectionPool {
 struct Shared {
     scheme: Scheme,
     authority: Authority,
+    /// The authority's IP address and port, to connect to.
+    address: std::net::SocketAddr,
     connect_timeout: Duration,
     slots: Box<[Slot]>,
 }
@@ -103,11 +105,13 @@ impl ConnectionPool {
     /// connects until the first call.
     pub fn for_ip(uri: &Uri, size: usize, connect_timeout: Duration) -> Option<Self> {
         let authority = uri.authority()?.clone();
-        let host = authority.host();
-        host.trim_start_matches('[')
+        let ip = authority
+            .host()
+            .trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
             .ok()?;
+        let address = std::net::SocketAddr::new(ip, authority.port_u16().unwrap_or(80));
         let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
         if scheme != Scheme::HTTP {
             // The pool speaks cleartext HTTP/2 only.
@@ -117,6 +121,7 @@ impl ConnectionPool {
             shared: Arc::new(Shared {
                 scheme,
                 authority,
+                address,
                 connect_timeout,
                 slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
             }),
@@ -152,14 +157,8 @@ impl Shared {
     }
 
     async fn open(&self) -> Result<SendRequest<tonic::body::Body>, Status> {
-        let port = self.authority.port_u16().unwrap_or(80);
-        let host = self
-            .authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
         let connecting = format!("connecting to {}", self.authority);
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.address))
             .await
             .map_err(|e| {
                 transport_status(

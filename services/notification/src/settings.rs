@@ -110,22 +110,15 @@ impl NotificationSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_runtime::settings::lookup_in;
 
     #[test]
     fn settings_are_read_and_bad_ones_named() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
         assert_eq!(
             NotificationSettings::from_lookup(|_| None).unwrap(),
             NotificationSettings::default()
         );
-        let s = NotificationSettings::from_lookup(env(&[
+        let s = NotificationSettings::from_lookup(lookup_in(&[
             ("MESH_NOTIFICATION_SMTP_URL", "smtp://mail.local:2525"),
             ("MESH_NOTIFICATION_WEBHOOK_URL", "http://hooks.local/x"),
         ]))

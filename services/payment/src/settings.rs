@@ -77,32 +77,26 @@ impl PaymentSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_runtime::settings::lookup_in;
 
     #[test]
     fn settings_are_read_and_bad_ones_named() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
         assert_eq!(
             PaymentSettings::from_lookup(|_| None).unwrap(),
             PaymentSettings::default()
         );
-        let s = PaymentSettings::from_lookup(env(&[
+        let s = PaymentSettings::from_lookup(lookup_in(&[
             ("MESH_PAYMENT_SLOW_CARD_DELAY", "0s"),
             ("MESH_PAYMENT_MAX_ATTEMPTS", "5"),
         ]))
         .unwrap();
         assert_eq!((s.slow_card_delay, s.max_attempts), (Duration::ZERO, 5));
-        let e = PaymentSettings::from_lookup(env(&[("MESH_PAYMENT_PROVIDER_TIMEOUT", "soon")]))
-            .unwrap_err();
-        assert_eq!(e.variable, "MESH_PAYMENT_PROVIDER_TIMEOUT");
         let e =
-            PaymentSettings::from_lookup(env(&[("MESH_PAYMENT_MAX_ATTEMPTS", "0")])).unwrap_err();
+            PaymentSettings::from_lookup(lookup_in(&[("MESH_PAYMENT_PROVIDER_TIMEOUT", "soon")]))
+                .unwrap_err();
+        assert_eq!(e.variable, "MESH_PAYMENT_PROVIDER_TIMEOUT");
+        let e = PaymentSettings::from_lookup(lookup_in(&[("MESH_PAYMENT_MAX_ATTEMPTS", "0")]))
+            .unwrap_err();
         assert_eq!(e.variable, "MESH_PAYMENT_MAX_ATTEMPTS");
     }
 }
