@@ -6,6 +6,8 @@
 //!   health, reflection): the runtime's overhead;
 //! - (b) the real product service (started as `mesh serve product` would, see
 //!   [`crate::bench_product`]) answering `GetProduct` for one product: a cache hit;
+//! - (c0) the floor of a REST-to-gRPC hop ([`crate::bench_hop`]): a minimal hyper server calling
+//!   (a') with a tonic client, no transcoding, routing or layers;
 //! - (c) the same RPC through the edge over REST (`GET /v1/products/{id}`), the edge calling (a');
 //! - (d) the order saga end to end on Postgres + Redis when `MESH_BENCH_DATABASE_URL` is set
 //!   ([`crate::bench_saga`], its services in one child process): confirmed orders/s and
@@ -197,6 +199,29 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         report: Some(product_report),
         not_measured: None,
     });
+    let rest = |addr: SocketAddr| {
+        spec(Target::Rest {
+            method: http::Method::GET,
+            url: format!("http://{addr}/v1/products/p-{{{{counter}}}}"),
+        })
+    };
+    eprintln!("(c0) bare REST-to-gRPC hop -> (a') ...");
+    let hop = crate::bench_hop::start(
+        runtime,
+        EdgeConfig::from_env(|k| std::env::var(k).ok())?.upstream_connections,
+    )
+    .await?;
+    scenarios.push(Scenario {
+        name: "(c0) floor: bare hyper REST -> tonic hop (no edge code) -> (a')",
+        report: Some(
+            load::run(LoadSpec {
+                data: String::new(),
+                ..rest(hop)
+            })
+            .await?,
+        ),
+        not_measured: None,
+    });
     eprintln!("(c) edge REST GET /v1/products/{{id}} -> (a') ...");
     scenarios.push(Scenario {
         name: "(c) edge: GET /v1/products/{id} over REST (HTTP/1.1) -> (a')",
@@ -204,10 +229,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             load::run(LoadSpec {
                 // GET: the id is in the path, no body.
                 data: String::new(),
-                ..spec(Target::Rest {
-                    method: http::Method::GET,
-                    url: format!("http://{edge}/v1/products/p-{{{{counter}}}}"),
-                })
+                ..rest(edge)
             })
             .await?,
         ),
@@ -304,6 +326,15 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             edge.latency_us.p99 as i64 - rt.latency_us.p99 as i64,
             edge.throughput_rps / rt.throughput_rps
         );
+        if let Some(hop) = find("(c0)") {
+            println!(
+                "bare hop (c0) vs direct gRPC (a'): p50 {:+} us, throughput {:.2}x; edge (c) vs bare hop (c0): p50 {:+} us, throughput {:.2}x",
+                hop.latency_us.p50 as i64 - rt.latency_us.p50 as i64,
+                hop.throughput_rps / rt.throughput_rps,
+                edge.latency_us.p50 as i64 - hop.latency_us.p50 as i64,
+                edge.throughput_rps / hop.throughput_rps
+            );
+        }
     }
     if let Some(rss) = rss {
         println!("idle RSS of `mesh serve all` (13 targets + admin, one process): {rss:.1} MiB");
@@ -412,6 +443,26 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(rest.status["200"], 200, "{rest:?}");
+
+        // The bare hop (c0) answers the same route, and 404 off it.
+        let hop = crate::bench_hop::start(runtime, 2).await.unwrap();
+        let through_hop = load::run(LoadSpec {
+            data: String::new(),
+            ..spec(Target::Rest {
+                method: http::Method::GET,
+                url: format!("http://{hop}/v1/products/p-{{{{counter}}}}"),
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(through_hop.status["200"], 200, "{through_hop:?}");
+        let off_route = load::run(spec(Target::Rest {
+            method: http::Method::GET,
+            url: format!("http://{hop}/v2/other"),
+        }))
+        .await
+        .unwrap();
+        assert_eq!(off_route.status["404"], 200, "{off_route:?}");
 
         // Open model: 200 requests at 1,000/s take about 0.2 s.
         let paced = load::run(LoadSpec {

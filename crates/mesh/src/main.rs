@@ -3,6 +3,7 @@
 //! `mesh serve order` runs one, as each Kubernetes Deployment does.
 
 mod bench;
+mod bench_hop;
 mod bench_product;
 mod bench_saga;
 mod edge_flags;

@@ -4,7 +4,9 @@
 //! `MESH_BENCH_DATABASE_URL` and `MESH_BENCH_REDIS_URL` (or the `MESH_TEST_*` twins) are set.
 //!
 //! `cargo bench -p mesh-runtime --bench events` (`MESH_BENCH_RATE`, `MESH_BENCH_SECONDS` change
-//! the offered load and duration). Latency is from the producer's emit (the envelope time, just
+//! the offered load in events/s and the duration; `MESH_BENCH_EVENTS_PER_TX`, default 1, makes each
+//! producer transaction emit that many events, to separate the database's commit rate from the
+//! rest of the path). Latency is from the producer's emit (the envelope time, just
 //! before its commit) to the start of the handler, on one clock (one process).
 
 use std::sync::{Arc, Mutex};
@@ -81,6 +83,7 @@ async fn run(
     bus: Arc<dyn EventBus>,
     rate: Option<u64>,
     seconds: u64,
+    per_tx: u64,
 ) -> Report {
     let db = Database::connect("bench", target).await.expect("connect");
     db.migrate(&Migrations::NONE).await.expect("migrate");
@@ -117,7 +120,7 @@ async fn run(
                 let mut i = tokio::time::interval_at(
                     tokio::time::Instant::from_std(start)
                         + Duration::from_secs_f64(p as f64 / r as f64),
-                    Duration::from_secs_f64(producers as f64 / r as f64),
+                    Duration::from_secs_f64((producers * per_tx) as f64 / r as f64),
                 );
                 i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 i
@@ -126,21 +129,23 @@ async fn run(
                 if let Some(t) = tick.as_mut() {
                     t.tick().await;
                 }
-                let subject = format!("p-{p}-{}", n % 64);
                 let mut tx = db.begin().await.unwrap();
-                tx.emit(Event::new(
-                    "product.deleted",
-                    subject.clone(),
-                    "ProductDeleted",
-                    &ProductDeleted {
-                        product_id: subject,
-                        sku: "SKU-1".into(),
-                    },
-                ))
-                .await
-                .unwrap();
+                for _ in 0..per_tx {
+                    let subject = format!("p-{p}-{}", n % 64);
+                    tx.emit(Event::new(
+                        "product.deleted",
+                        subject.clone(),
+                        "ProductDeleted",
+                        &ProductDeleted {
+                            product_id: subject,
+                            sku: "SKU-1".into(),
+                        },
+                    ))
+                    .await
+                    .unwrap();
+                    n += 1;
+                }
                 tx.commit().await.unwrap();
-                n += 1;
             }
             n
         }));
@@ -200,6 +205,11 @@ fn main() {
         .unwrap();
     let rate: u64 = env("RATE").and_then(|r| r.parse().ok()).unwrap_or(5000);
     let seconds: u64 = env("SECONDS").and_then(|r| r.parse().ok()).unwrap_or(10);
+    let per_tx: u64 = env("EVENTS_PER_TX")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    println!("{per_tx} event(s) per producer transaction, 16 producers\n");
     let id = uuid::Uuid::now_v7().simple().to_string();
     println!(
         "| path | offered/s | produced/s | handled/s | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|"
@@ -251,7 +261,7 @@ fn main() {
         for offered in [Some(rate), None] {
             let _runtime = rt.enter();
             let (target, bus) = make();
-            let r = rt.block_on(run(&target, bus, offered, seconds));
+            let r = rt.block_on(run(&target, bus, offered, seconds, per_tx));
             let offered = if r.offered.is_nan() {
                 "max".to_string()
             } else {

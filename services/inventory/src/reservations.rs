@@ -65,6 +65,20 @@ pub async fn finish_in(
     let current = store::reservation(tx, id, false)
         .await?
         .ok_or_else(|| InventoryError::NotFound(id.into()))?;
+    finish_loaded(tx, now, current, to, reason, expiry).await
+}
+
+/// [`finish_in`] for a reservation the caller has just read in `tx` (`current`, with its lines):
+/// saves reading it again. Returns the reservation after the change.
+pub async fn finish_loaded(
+    tx: &mut Tx,
+    now: i64,
+    current: Reservation,
+    to: ReservationStatus,
+    reason: &str,
+    expiry: Expiry,
+) -> Result<Reservation, InventoryError> {
+    let id = current.id.clone();
     if current.status != ReservationStatus::Active as i32 {
         return Ok(current);
     }
@@ -74,13 +88,21 @@ pub async fn finish_in(
             "reservation `{id}` expired at {expire_at}; its stock is being returned"
         )));
     }
-    if !store::transition(tx, id, to, now).await? {
+    if !store::transition(tx, &id, to, now).await? {
         // Another writer ended it first (its commit is visible now); report its state.
-        return store::reservation(tx, id, false)
+        return store::reservation(tx, &id, false)
             .await?
-            .ok_or_else(|| InventoryError::NotFound(id.into()));
+            .ok_or_else(|| InventoryError::NotFound(id.clone()));
     }
-    let lines = store::reservation_lines(tx, id).await?;
+    let lines: Vec<Line> = current
+        .lines
+        .iter()
+        .map(|l| Line {
+            product_id: l.product_id.clone(),
+            location_id: l.location_id.clone(),
+            quantity: l.quantity,
+        })
+        .collect();
     for line in crate::validate::merged(&lines) {
         match to {
             ReservationStatus::Committed => store::take(tx, &line, now).await?,
@@ -91,20 +113,20 @@ pub async fn finish_in(
     let event = match to {
         ReservationStatus::Committed => Event::new(
             "inventory.committed",
-            id,
+            &id,
             "InventoryCommitted",
             &InventoryCommitted {
-                reservation_id: id.into(),
+                reservation_id: id.clone(),
                 reference_id,
                 lines: event_lines(&lines),
             },
         ),
         ReservationStatus::Expired => Event::new(
             "inventory.reservation_expired",
-            id,
+            &id,
             "InventoryReservationExpired",
             &InventoryReservationExpired {
-                reservation_id: id.into(),
+                reservation_id: id.clone(),
                 reference_id,
                 lines: event_lines(&lines),
                 expire_time: current.expire_time,
@@ -112,10 +134,10 @@ pub async fn finish_in(
         ),
         _ => Event::new(
             "inventory.released",
-            id,
+            &id,
             "InventoryReleased",
             &InventoryReleased {
-                reservation_id: id.into(),
+                reservation_id: id.clone(),
                 reference_id,
                 lines: event_lines(&lines),
                 reason: reason.into(),
@@ -124,7 +146,13 @@ pub async fn finish_in(
     };
     tx.emit(event.correlation(current.reference_id.clone()))
         .await?;
-    store::reservation(tx, id, false)
-        .await?
-        .ok_or_else(|| InventoryError::NotFound(id.into()))
+    // What `transition` wrote: the new status, updated now.
+    Ok(Reservation {
+        status: to as i32,
+        update_time: Some(prost_types::Timestamp {
+            seconds: now,
+            nanos: 0,
+        }),
+        ..current
+    })
 }

@@ -123,12 +123,16 @@ impl EventHandler for Reserve {
             let order = order_id(&created.order_id, event)?;
             let now = self.0.clock.now_unix();
             // Idempotent by order id: claim the order; a known order (reserved, rejected, or
-            // cancelled before it arrived) gets nothing more.
+            // cancelled before it arrived) gets nothing more. The claim already records the
+            // outcome of the common case (reserved under `id`); the other outcomes overwrite it
+            // in this transaction, so no one sees it.
+            let id = uuid::Uuid::now_v7().to_string();
             let claimed = sqlx::query(
-                "INSERT INTO saga_orders (order_id, state, reservation_id, updated_at) VALUES ($1, 'RESERVING', '', $2) \
+                "INSERT INTO saga_orders (order_id, state, reservation_id, updated_at) VALUES ($1, 'RESERVED', $2, $3) \
                  ON CONFLICT (order_id) DO NOTHING",
             )
             .bind(&order)
+            .bind(&id)
             .bind(now)
             .execute(&mut **tx)
             .await?
@@ -183,12 +187,10 @@ impl EventHandler for Reserve {
                 let reason = format!("{} line(s) short of stock", short.len());
                 return reject(tx, &order, short, &reason, now).await;
             }
-            let id = uuid::Uuid::now_v7().to_string();
             let expires = now + self.0.reservation_ttl.as_secs() as i64;
             store::insert_reservation(tx, &id, &order, &lines, now, expires)
                 .await
                 .map_err(db_err)?;
-            set_state(tx, &order, "RESERVED", &id, now).await?;
             tx.emit(
                 Event::new(
                     "inventory.reserved",
@@ -219,7 +221,12 @@ async fn reject(
     reason: &str,
     now: i64,
 ) -> Result<(), HandlerError> {
-    set_state(tx, order, "REJECTED", "", now).await?;
+    // No reservation: clear the one the claim named.
+    sqlx::query("UPDATE saga_orders SET state = 'REJECTED', reservation_id = '', updated_at = $1 WHERE order_id = $2")
+        .bind(now)
+        .bind(order)
+        .execute(&mut **tx)
+        .await?;
     tx.emit(
         Event::new(
             "inventory.rejected",
@@ -264,10 +271,10 @@ impl EventHandler for Commit {
             match status {
                 ReservationStatus::Active => {
                     // Past its expiry but not swept yet: the stock is still held, commit it.
-                    reservations::finish_in(
+                    reservations::finish_loaded(
                         tx,
                         now,
-                        &reservation.id,
+                        reservation.clone(),
                         ReservationStatus::Committed,
                         "",
                         Expiry::Ignore,
@@ -326,10 +333,10 @@ impl EventHandler for Release {
                 } else {
                     format!("order cancelled: {}", cancelled.detail)
                 };
-                reservations::finish_in(
+                reservations::finish_loaded(
                     tx,
                     now,
-                    &r.id,
+                    r,
                     ReservationStatus::Released,
                     &reason,
                     Expiry::Ignore,

@@ -236,15 +236,35 @@ pub async fn insert_reservation(
         .bind(expires)
         .execute(&mut **tx)
         .await?;
-    for (i, l) in lines.iter().enumerate() {
-        sqlx::query("INSERT INTO reservation_lines (reservation_id, line_no, product_id, location_id, quantity) VALUES ($1, $2, $3, $4, $5)")
-            .bind(id)
-            .bind(i as i64)
-            .bind(&l.product_id)
-            .bind(&l.location_id)
-            .bind(l.quantity)
-            .execute(&mut **tx)
-            .await?;
+    // One statement per 100 lines (one for any order the saga sees), not one per line.
+    for (chunk_no, chunk) in lines.chunks(100).enumerate() {
+        let values = (0..chunk.len())
+            .map(|i| {
+                let p = 5 * i;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO reservation_lines (reservation_id, line_no, product_id, location_id, quantity) VALUES {values}"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (i, l) in chunk.iter().enumerate() {
+            query = query
+                .bind(id)
+                .bind((chunk_no * 100 + i) as i64)
+                .bind(&l.product_id)
+                .bind(&l.location_id)
+                .bind(l.quantity);
+        }
+        query.execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -262,48 +282,36 @@ pub async fn transition(tx: &mut Tx, id: &str, to: ReservationStatus, now: i64) 
     Ok(done.rows_affected() == 1)
 }
 
-/// The lines of reservation `id`.
-pub async fn reservation_lines(tx: &mut Tx, id: &str) -> Result<Vec<Line>> {
-    let rows = sqlx::query("SELECT product_id, location_id, quantity FROM reservation_lines WHERE reservation_id = $1 ORDER BY line_no")
-        .bind(id)
-        .fetch_all(&mut **tx)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Line {
-                product_id: r.try_get("product_id")?,
-                location_id: r.try_get("location_id")?,
-                quantity: r.try_get("quantity")?,
-            })
-        })
-        .collect::<std::result::Result<_, sqlx::Error>>()
-        .map_err(Into::into)
-}
-
-/// Reservation `id` (or, with `by_reference`, the one for reference `id`), with its lines.
+/// Reservation `id` (or, with `by_reference`, the one for reference `id`), with its lines, read
+/// in one statement.
 pub async fn reservation(tx: &mut Tx, id: &str, by_reference: bool) -> Result<Option<Reservation>> {
     let sql = if by_reference {
-        "SELECT id, reference_id, status, created_at, expires_at, updated_at FROM reservations WHERE reference_id = $1"
+        "SELECT r.id, r.reference_id, r.status, r.created_at, r.expires_at, r.updated_at, l.product_id, l.location_id, l.quantity \
+         FROM reservations r LEFT JOIN reservation_lines l ON l.reservation_id = r.id WHERE r.reference_id = $1 ORDER BY l.line_no"
     } else {
-        "SELECT id, reference_id, status, created_at, expires_at, updated_at FROM reservations WHERE id = $1"
+        "SELECT r.id, r.reference_id, r.status, r.created_at, r.expires_at, r.updated_at, l.product_id, l.location_id, l.quantity \
+         FROM reservations r LEFT JOIN reservation_lines l ON l.reservation_id = r.id WHERE r.id = $1 ORDER BY l.line_no"
     };
-    let Some(row) = sqlx::query(sql).bind(id).fetch_optional(&mut **tx).await? else {
+    let rows = sqlx::query(sql).bind(id).fetch_all(&mut **tx).await?;
+    let Some(row) = rows.first() else {
         return Ok(None);
     };
-    let id: String = row.try_get("id")?;
+    let mut lines = Vec::with_capacity(rows.len());
+    for r in &rows {
+        // A reservation without lines comes as one row of NULL line columns.
+        if let Some(product_id) = r.try_get::<Option<String>, _>("product_id")? {
+            lines.push(StockLine {
+                product_id,
+                location_id: r.try_get("location_id")?,
+                quantity: r.try_get("quantity")?,
+            });
+        }
+    }
     let status: String = row.try_get("status")?;
-    let lines = reservation_lines(tx, &id).await?;
     Ok(Some(Reservation {
-        id,
+        id: row.try_get("id")?,
         reference_id: row.try_get("reference_id")?,
-        lines: lines
-            .into_iter()
-            .map(|l| StockLine {
-                product_id: l.product_id,
-                location_id: l.location_id,
-                quantity: l.quantity,
-            })
-            .collect(),
+        lines,
         status: status_of(&status) as i32,
         create_time: Some(ts(row.try_get("created_at")?)),
         expire_time: Some(ts(row.try_get("expires_at")?)),

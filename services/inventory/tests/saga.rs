@@ -11,8 +11,8 @@ use std::time::Duration;
 use mesh_auth::AuthSettings;
 use mesh_auth::testing::{self, TestAuth, bearer};
 use mesh_contracts::events::v1::{
-    Envelope, InventoryRejected, InventoryReserved, OrderCancelled, OrderConfirmed, OrderCreated,
-    OrderLineSnapshot,
+    Envelope, InventoryCommitted, InventoryRejected, InventoryReleased, InventoryReserved,
+    OrderCancelled, OrderConfirmed, OrderCreated, OrderLineSnapshot, ReservedLine,
 };
 use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_contracts::inventory::v1::*;
@@ -207,6 +207,24 @@ async fn saga_state(m: &Mesh, order: &str) -> Option<String> {
         .map(|r| r.get("state"))
 }
 
+/// The reservation inventory's saga row names for `order` ("" for none).
+async fn saga_reservation(m: &Mesh, order: &str) -> String {
+    sqlx::query("SELECT reservation_id FROM saga_orders WHERE order_id = $1")
+        .bind(order)
+        .fetch_one(m.db.pool())
+        .await
+        .expect("saga row")
+        .get("reservation_id")
+}
+
+/// `(product, quantity)` of event lines.
+fn pairs(lines: &[ReservedLine]) -> Vec<(String, i64)> {
+    lines
+        .iter()
+        .map(|l| (l.product_id.clone(), l.quantity))
+        .collect()
+}
+
 /// Publishes `e` and waits (bounded) until inventory's consumer recorded it as handled.
 async fn deliver(m: &Mesh, e: &Envelope) {
     publish(m, e).await;
@@ -262,6 +280,34 @@ async fn saga(target: DatabaseTarget, bus: Arc<dyn EventBus>) {
                 + 600,
         "saga reservations outlive the saga timeout by far"
     );
+    assert_eq!(
+        saga_reservation(&m, &o1).await,
+        payload.reservation_id,
+        "the saga row names the reservation it announced"
+    );
+    // The reservation as the RPC reads it back: both lines, in order.
+    let held = m
+        .client
+        .clone()
+        .get_reservation(bearer(
+            &m.admin,
+            GetReservationRequest {
+                id: payload.reservation_id.clone(),
+            },
+        ))
+        .await
+        .expect("GetReservation")
+        .into_inner()
+        .reservation
+        .expect("reservation");
+    assert_eq!(held.status, ReservationStatus::Active as i32);
+    assert_eq!(
+        held.lines
+            .iter()
+            .map(|l| (l.product_id.clone(), l.quantity))
+            .collect::<Vec<_>>(),
+        vec![(apple.clone(), 2), (pear.clone(), 1)]
+    );
     deliver(&m, &confirmed(&o1)).await;
     assert_eq!(saga_state(&m, &o1).await.as_deref(), Some("COMMITTED"));
     deliver(&m, &confirmed(&o1)).await;
@@ -269,12 +315,26 @@ async fn saga(target: DatabaseTarget, bus: Arc<dyn EventBus>) {
     deliver(&m, &cancelled(&o1)).await;
     assert_eq!(level(&m, &apple).await, (3, 0));
     assert_eq!(level(&m, &pear).await, (0, 0));
-    assert_eq!(emitted(&m, "inventory.committed").await.len(), 1);
+    let committed = emitted(&m, "inventory.committed").await;
+    assert_eq!(committed.len(), 1);
+    let payload =
+        InventoryCommitted::decode(committed[0].payload.as_ref().unwrap().value.as_slice())
+            .unwrap();
+    assert_eq!(
+        pairs(&payload.lines),
+        vec![(apple.clone(), 2), (pear.clone(), 1)],
+        "the commit takes the reserved lines"
+    );
 
     // Out of stock: all or nothing, rejected once; a later restock does not revive it.
     let o2 = uuid::Uuid::now_v7().to_string();
     deliver(&m, &created(&o2, &[(&apple, 1), (&pear, 1)])).await;
     assert_eq!(saga_state(&m, &o2).await.as_deref(), Some("REJECTED"));
+    assert_eq!(
+        saga_reservation(&m, &o2).await,
+        "",
+        "a rejected order names no reservation"
+    );
     assert_eq!(
         level(&m, &apple).await,
         (3, 0),
@@ -303,7 +363,11 @@ async fn saga(target: DatabaseTarget, bus: Arc<dyn EventBus>) {
     assert_eq!(saga_state(&m, &o3).await.as_deref(), Some("CANCELLED"));
     deliver(&m, &cancelled(&o3)).await;
     assert_eq!(level(&m, &apple).await, (3, 0));
-    assert_eq!(emitted(&m, "inventory.released").await.len(), 1);
+    let released = emitted(&m, "inventory.released").await;
+    assert_eq!(released.len(), 1);
+    let payload =
+        InventoryReleased::decode(released[0].payload.as_ref().unwrap().value.as_slice()).unwrap();
+    assert_eq!(pairs(&payload.lines), vec![(apple.clone(), 3)]);
 
     // A cancellation that overtakes its creation leaves a tombstone: nothing is reserved later.
     let o4 = uuid::Uuid::now_v7().to_string();
