@@ -86,6 +86,8 @@ VARIANTS: dict[str, dict] = {
         },
     },
 }
+# A per-service pool size (rendered into order's env; external database, so no guard).
+VARIANTS["everything"]["services"]["order"]["databasePoolSize"] = 8
 
 
 @pytest.fixture(scope="session")
@@ -630,6 +632,136 @@ def test_notes_explain_access():
     assert "grpcurl -plaintext localhost:50055 list" in notes
     _, notes, _ = render(VARIANTS["eks"])
     assert "mesh.example.com" in notes
+
+
+# --------------------------------------------------------------------- database connections
+
+
+def pool_env(container) -> str | None:
+    entry = env_of(container).get("MESH_DATABASE_POOL_SIZE")
+    return entry["value"] if entry else None
+
+
+def expected_connections(merged) -> int:
+    """The guard's sum, computed independently of the template: pools at most pods, Job, 3 reserved."""
+    total = 3
+    for svc in enabled(merged).values():
+        if svc["postgres"]:
+            pods = svc["hpa"]["max"] if svc["hpa"]["enabled"] else svc["replicas"]
+            total += (svc.get("databasePoolSize") or merged["config"]["databasePoolSize"]) * pods
+    if merged["migrations"]["enabled"]:
+        total += merged["config"]["databasePoolSize"]
+    return total
+
+
+def test_database_pool_size_and_max_connections_defaults():
+    objs, _, merged = render()
+    assert by_kind(objs, "ConfigMap")[RELEASE]["data"]["MESH_DATABASE_POOL_SIZE"] == "5"
+    [pg] = by_kind(objs, "StatefulSet")["postgresql"]["spec"]["template"]["spec"]["containers"]
+    assert pg["args"] == ["-c", "max_connections=200"] and "command" not in pg
+    # No override: every service takes the ConfigMap's value.
+    for d in by_kind(objs, "Deployment").values():
+        assert pool_env(d["spec"]["template"]["spec"]["containers"][0]) is None
+    # The Job sets it itself: before install (external database) there is no ConfigMap yet.
+    [job] = by_kind(objs, "Job").values()
+    assert pool_env(job["spec"]["template"]["spec"]["containers"][0]) == "5"
+    # 12 services x 5 x 1 replica + the Job's 5 + 3 reserved.
+    assert expected_connections(merged) == 68
+
+
+def test_per_service_pool_size_is_in_that_deployment_only():
+    objs, _, _ = render({"services": {"order": {"databasePoolSize": 12},
+                                      "edge": {"databasePoolSize": 7}},  # no Postgres: ignored
+                         "config": {"databasePoolSize": 4}})
+    assert by_kind(objs, "ConfigMap")[RELEASE]["data"]["MESH_DATABASE_POOL_SIZE"] == "4"
+    for name, d in deployments_by_module(objs).items():
+        c = d["spec"]["template"]["spec"]["containers"][0]
+        assert pool_env(c) == ("12" if name == "order" else None), name
+        if name == "order":  # after the data store env, before extraEnv
+            names = [e["name"] for e in c["env"]]
+            assert names.index("MESH_DATABASE_URL") < names.index("MESH_DATABASE_POOL_SIZE")
+    [job] = by_kind(objs, "Job").values()
+    assert pool_env(job["spec"]["template"]["spec"]["containers"][0]) == "4"
+    # null means "use config.databasePoolSize".
+    objs, _, _ = render({"services": {"order": {"databasePoolSize": None}}})
+    assert pool_env(deployments_by_module(objs)["order"]["spec"]["template"]["spec"]["containers"][0]) is None
+
+
+def guard_message(max_connections: int, total: int) -> str:
+    return re.escape(f"postgresql.maxConnections ({max_connections}) is below the {total} connections")
+
+
+@pytest.mark.parametrize(
+    "values, total",
+    [
+        ({"postgresql": {"maxConnections": 50}}, 68),
+        ({"postgresql": {"maxConnections": 67}}, 68),  # one below the boundary
+        # HPA: order may grow to 40 pods of 5 connections: 11 x 5 + 40 x 5 + 5 + 3.
+        ({"services": {"order": {"hpa": {"enabled": True, "min": 2, "max": 40, "cpu": 75}}}}, 263),
+        ({"services": {"order": {"databasePoolSize": 50, "replicas": 3}}}, 213),
+        ({"config": {"databasePoolSize": 20}}, 263),
+    ],
+)
+def test_connection_guard_fails_when_pools_exceed_max_connections(values, total):
+    with pytest.raises(helm_python.HelmRenderError, match=guard_message(
+            values.get("postgresql", {}).get("maxConnections", 200), total)) as err:
+        render(values)
+    for setting in ("config.databasePoolSize", "services.<name>.databasePoolSize"):
+        assert setting in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"migrations": {"enabled": False}},
+        {"services": {"order": {"databasePoolSize": 9, "hpa": {"enabled": True, "min": 2, "max": 6, "cpu": 75}},
+                      "campaign": {"enabled": False}, "report": {"replicas": 0}}},
+        VARIANTS["kind"],
+    ],
+)
+def test_connection_guard_passes_at_the_boundary(values):
+    _, _, merged = render(values)
+    total = expected_connections(merged)
+    objs, notes, _ = render({**copy.deepcopy(values), "postgresql": {"maxConnections": total}})
+    assert by_kind(objs, "StatefulSet")["postgresql"]["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "-c", f"max_connections={total}"]
+    assert f"Database connections: at most {total} " in notes
+    with pytest.raises(helm_python.HelmRenderError, match=guard_message(total - 1, total)):
+        render({**copy.deepcopy(values), "postgresql": {"maxConnections": total - 1}})
+
+
+@pytest.mark.parametrize("variant", ["eks", "gke", "everything"])
+def test_external_database_is_not_guarded_and_notes_show_the_total(variant):
+    values = copy.deepcopy(VARIANTS[variant])
+    values["config"] = {**values.get("config", {}), "databasePoolSize": 100}  # far above any default
+    objs, notes, merged = render(values)
+    assert not merged["postgresql"]["enabled"] and "postgresql" not in by_kind(objs, "StatefulSet")
+    total = expected_connections(merged)
+    assert total > merged["postgresql"]["maxConnections"]  # would fail with the bundled Postgres
+    assert f"Database connections: at most {total} " in notes
+    assert f"max_connections (SHOW max_connections;): it must be at least {total}." in notes
+    _, notes, merged = render(VARIANTS[variant])
+    if variant != "everything":  # the cloud profiles: 12 services x 5 x hpa.max 10 + 5 + 3
+        assert expected_connections(merged) == 608
+    assert f"at least {expected_connections(merged)}." in notes
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"config": {"databasePoolSize": 0}},
+        {"config": {"databasePoolSize": "5"}},
+        {"config": {"databasePoolSize": 1001}},  # the binary accepts 1 to 1000
+        {"services": {"order": {"databasePoolSize": 0}}},
+        {"services": {"order": {"databasePoolSize": "12"}}},
+        {"postgresql": {"maxConnections": 0}},
+        {"postgresql": {"maxConnections": "200"}},
+    ],
+)
+def test_values_schema_rejects_bad_pool_settings(bad):
+    with pytest.raises(helm_python.HelmValuesError):
+        render(bad)
 
 
 # --------------------------------------------------------------------- k8s/, skaffold, Dockerfile

@@ -219,3 +219,54 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/*
+Pool size (MESH_DATABASE_POOL_SIZE) of one service: its databasePoolSize, else
+config.databasePoolSize. Call with (dict "root" $ "svc" $svc).
+*/}}
+{{- define "mesh.databasePoolSize" -}}
+{{- $own := get .svc "databasePoolSize" }}
+{{- if $own }}
+{{- int $own }}
+{{- else }}
+{{- int .root.Values.config.databasePoolSize }}
+{{- end }}
+{{- end }}
+
+{{/*
+Most Postgres connections the release may open, as JSON:
+{"services": n, "migrations": n, "reserved": 3, "total": n}.
+Services: for every enabled service with postgres: true, its pool size times its
+most pods (hpa.max when the HPA is on, else replicas). Migrations: the Job's
+pool (config.databasePoolSize) when migrations are enabled. Reserved: the
+server's superuser_reserved_connections default.
+*/}}
+{{- define "mesh.databaseConnections" -}}
+{{- $root := . }}
+{{- $services := 0 }}
+{{- range $name, $svc := .Values.services }}
+{{- if and $svc.enabled $svc.postgres }}
+{{- $pods := ternary $svc.hpa.max $svc.replicas $svc.hpa.enabled | int }}
+{{- $pool := include "mesh.databasePoolSize" (dict "root" $root "svc" $svc) | int }}
+{{- $services = add $services (mul $pool $pods) }}
+{{- end }}
+{{- end }}
+{{- $migrations := 0 }}
+{{- if .Values.migrations.enabled }}
+{{- $migrations = int .Values.config.databasePoolSize }}
+{{- end }}
+{{- $reserved := 3 }}
+{{- dict "services" $services "migrations" $migrations "reserved" $reserved "total" (add $services $migrations $reserved) | toJson }}
+{{- end }}
+
+{{/*
+Render-time guard of the bundled Postgres: fails when the connections the
+release may open (mesh.databaseConnections) exceed postgresql.maxConnections.
+*/}}
+{{- define "mesh.checkDatabaseConnections" -}}
+{{- $c := include "mesh.databaseConnections" . | fromJson }}
+{{- $max := int .Values.postgresql.maxConnections }}
+{{- if gt (int $c.total) $max }}
+{{- fail (printf "postgresql.maxConnections (%d) is below the %d connections the release may open (services' pools at their most replicas %d, migration Job %d, reserved %d): raise postgresql.maxConnections or lower config.databasePoolSize / services.<name>.databasePoolSize" $max (int $c.total) (int $c.services) (int $c.migrations) (int $c.reserved)) }}
+{{- end }}
+{{- end }}
