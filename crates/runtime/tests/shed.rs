@@ -130,8 +130,10 @@ async fn shed_at_three_times_the_sustainable_load_refuses_the_excess_and_keeps_p
         admitted.len()
     );
     // Unbounded queueing would reach ~4 s (1,200 calls / 200 per s at the end); shedding keeps the
-    // admitted calls close to the service time.
-    assert!(p99 < Duration::from_millis(250), "admitted p99 {p99:?}");
+    // admitted calls near the service time (p99 33-42 ms on an idle machine). The bound leaves
+    // room for a machine busy with other builds (p99 295 ms seen once, under a load average of 5)
+    // and still fails by far without shedding.
+    assert!(p99 < Duration::from_secs(1), "admitted p99 {p99:?}");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_contracts::notification::v1::notification_service_server::NotificationService;
 use mesh_contracts::notification::v1::*;
 use mesh_runtime::auth::{Identity, Role};
-use mesh_runtime::{CallContext, Database, DatabaseError};
+use mesh_runtime::{CallContext, Database};
 use tonic::{Request, Response, Status};
 
 use crate::deliver::Deliverer;
@@ -59,12 +59,7 @@ impl NotificationApi {
     }
 
     async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
-        Ok(self
-            .db
-            .pool()
-            .acquire()
-            .await
-            .map_err(DatabaseError::from)?)
+        Ok(self.db.acquire().await?)
     }
 
     async fn upsert(&self, req: UpsertTemplateRequest) -> Result<UpsertTemplateResponse> {

@@ -14,7 +14,7 @@ use mesh_contracts::events::v1::{NotificationFailed, NotificationSent};
 use mesh_contracts::notification::v1::DeliveryStatus;
 use mesh_runtime::outbox::Event;
 use mesh_runtime::trace_context::TraceContext;
-use mesh_runtime::{CallContext, Database, DatabaseError};
+use mesh_runtime::{CallContext, Database};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -63,12 +63,7 @@ impl Deliverer {
     /// One attempt at delivery `id` if it is QUEUED and due.
     pub async fn attempt(&self, id: &str) -> Result<(), NotificationError> {
         let now = now_micros();
-        let mut c = self
-            .db
-            .pool()
-            .acquire()
-            .await
-            .map_err(DatabaseError::from)?;
+        let mut c = self.db.acquire().await?;
         let Some(attempt) =
             store::claim(&mut c, id, now, now + micros(self.settings.lease())).await?
         else {
@@ -91,12 +86,7 @@ impl Deliverer {
                 Err(e) if attempts >= self.settings.max_attempts => (DeliveryStatus::Failed, e),
                 Err(e) => {
                     tracing::warn!(delivery = %d.id, attempt = attempts, error = %e, "delivery failed; will retry");
-                    let mut c = self
-                        .db
-                        .pool()
-                        .acquire()
-                        .await
-                        .map_err(DatabaseError::from)?;
+                    let mut c = self.db.acquire().await?;
                     let at = now_micros() + micros(self.settings.backoff(attempts));
                     store::defer(&mut c, id, at, &e).await?;
                     return Ok(());
@@ -157,12 +147,7 @@ impl Deliverer {
         shutdown: &CancellationToken,
     ) -> Result<usize, NotificationError> {
         let ids = {
-            let mut c = self
-                .db
-                .pool()
-                .acquire()
-                .await
-                .map_err(DatabaseError::from)?;
+            let mut c = self.db.acquire().await?;
             store::due(&mut c, now_micros(), 256).await?
         };
         let mut n = 0;

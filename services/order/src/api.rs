@@ -102,7 +102,7 @@ impl OrderApi {
 
     async fn get(&self, caller: &Caller, id: &str) -> Result<Order> {
         let id = validate::id("id", id)?;
-        let mut conn = self.db.pool().acquire().await.map_err(OrderError::from)?;
+        let mut conn = self.db.acquire().await?;
         match store::get(&mut conn, &id).await? {
             Some(o) if caller.may_see(&o) => Ok(o),
             _ => Err(not_found(&id)),
@@ -128,7 +128,7 @@ impl OrderApi {
             status,
             before,
         };
-        let mut conn = self.db.pool().acquire().await.map_err(OrderError::from)?;
+        let mut conn = self.db.acquire().await?;
         let mut orders = store::list(&mut conn, &filter, limit + 1).await?;
         let next_page_token = if orders.len() as i64 > limit {
             orders.truncate(limit as usize);

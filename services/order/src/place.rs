@@ -85,7 +85,7 @@ impl Placer {
     }
 
     async fn existing(&self, customer: &str, key: &str, hash: &str) -> Result<Option<Order>> {
-        let mut conn = self.db.pool().acquire().await.map_err(OrderError::from)?;
+        let mut conn = self.db.acquire().await?;
         let Some((id, stored)) = store::by_key(&mut conn, customer, key).await? else {
             return Ok(None);
         };

@@ -32,7 +32,7 @@ impl Sweeper {
         loop {
             let cutoff = store::now_us().saturating_sub(timeout_us);
             let ids = {
-                let mut conn = self.db.pool().acquire().await.map_err(OrderError::from)?;
+                let mut conn = self.db.acquire().await?;
                 store::overdue(&mut conn, cutoff, 100).await?
             };
             if ids.is_empty() {

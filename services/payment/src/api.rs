@@ -49,13 +49,7 @@ impl PaymentApi {
                 None
             }
         };
-        let mut c = self
-            .engine
-            .db()
-            .pool()
-            .acquire()
-            .await
-            .map_err(DatabaseError::from)?;
+        let mut c = self.engine.db().acquire().await?;
         let existing = store::payment_of_order(&mut c, &order_id).await?;
         drop(c);
         if let Some(p) = existing {
@@ -64,13 +58,7 @@ impl PaymentApi {
         let card = match (&method, card_data) {
             (_, Some(data)) => Some(self.engine.tokenize(&data).await?),
             (Method::CardToken(token), None) => {
-                let mut c = self
-                    .engine
-                    .db()
-                    .pool()
-                    .acquire()
-                    .await
-                    .map_err(DatabaseError::from)?;
+                let mut c = self.engine.db().acquire().await?;
                 store::card(&mut c, token).await?
             }
             (Method::Card(_), None) => None,
@@ -225,13 +213,7 @@ impl PaymentApi {
                 "must be after start_time",
             ));
         }
-        let mut c = self
-            .engine
-            .db()
-            .pool()
-            .acquire()
-            .await
-            .map_err(DatabaseError::from)?;
+        let mut c = self.engine.db().acquire().await?;
         let mut rows = store::transactions(&mut c, &filter, limit + 1).await?;
         let next_page_token = if rows.len() as i64 > limit {
             rows.truncate(usize::try_from(limit).unwrap_or(0));

@@ -19,7 +19,7 @@ use mesh_contracts::payment::v1::{
 };
 use mesh_runtime::outbox::{Event, Tx};
 use mesh_runtime::trace_context::TraceContext;
-use mesh_runtime::{CallContext, Database, DatabaseError};
+use mesh_runtime::{CallContext, Database};
 use tokio::sync::Notify;
 
 use crate::error::PaymentError;
@@ -109,12 +109,7 @@ impl Engine {
             brand: provided.brand,
             last4: provided.last4,
         };
-        let mut c = self
-            .db
-            .pool()
-            .acquire()
-            .await
-            .map_err(DatabaseError::from)?;
+        let mut c = self.db.acquire().await?;
         store::insert_card(&mut c, &row, card.exp_month, card.exp_year).await?;
         Ok(row)
     }
@@ -365,12 +360,7 @@ impl Engine {
 
     /// The payment `id`.
     pub async fn payment(&self, id: &str) -> Result<PaymentRow> {
-        let mut c = self
-            .db
-            .pool()
-            .acquire()
-            .await
-            .map_err(DatabaseError::from)?;
+        let mut c = self.db.acquire().await?;
         store::payment(&mut c, id)
             .await?
             .ok_or_else(|| PaymentError::NotFound(format!("payment `{id}` not found")))
@@ -382,12 +372,7 @@ impl Engine {
         let now = now_micros();
         let lease_until = now + micros(self.settings.lease());
         let claimed = {
-            let mut c = self
-                .db
-                .pool()
-                .acquire()
-                .await
-                .map_err(DatabaseError::from)?;
+            let mut c = self.db.acquire().await?;
             store::claim_payment(&mut c, id, now, lease_until, due_only).await?
         };
         let Some(p) = claimed else {
@@ -411,12 +396,7 @@ impl Engine {
         };
         let attempt = p.attempts;
         let card = {
-            let mut c = self
-                .db
-                .pool()
-                .acquire()
-                .await
-                .map_err(DatabaseError::from)?;
+            let mut c = self.db.acquire().await?;
             store::card(&mut c, &p.card_token).await?
         };
         let call = ChargeCall {
@@ -452,12 +432,7 @@ impl Engine {
                 } else {
                     self.settings.lease()
                 };
-                let mut c = self
-                    .db
-                    .pool()
-                    .acquire()
-                    .await
-                    .map_err(DatabaseError::from)?;
+                let mut c = self.db.acquire().await?;
                 store::defer_payment(&mut c, id, now_micros() + micros(hold)).await?;
                 return Ok(Attempt::Again { after, unknown });
             }
@@ -505,12 +480,7 @@ impl Engine {
 
     /// The refund `id`.
     pub async fn refund(&self, id: &str) -> Result<RefundRow> {
-        let mut c = self
-            .db
-            .pool()
-            .acquire()
-            .await
-            .map_err(DatabaseError::from)?;
+        let mut c = self.db.acquire().await?;
         store::refund(&mut c, id)
             .await?
             .ok_or_else(|| PaymentError::NotFound(format!("refund `{id}` not found")))
@@ -521,12 +491,7 @@ impl Engine {
         let now = now_micros();
         let lease_until = now + micros(self.settings.lease());
         let attempt = {
-            let mut c = self
-                .db
-                .pool()
-                .acquire()
-                .await
-                .map_err(DatabaseError::from)?;
+            let mut c = self.db.acquire().await?;
             store::claim_refund(&mut c, id, now, lease_until, due_only).await?
         };
         let r = self.refund(id).await?;
@@ -567,12 +532,7 @@ impl Engine {
                 } else {
                     self.settings.lease()
                 };
-                let mut c = self
-                    .db
-                    .pool()
-                    .acquire()
-                    .await
-                    .map_err(DatabaseError::from)?;
+                let mut c = self.db.acquire().await?;
                 store::defer_refund(&mut c, id, now_micros() + micros(hold)).await?;
                 return Ok(Attempt::Again {
                     after,

@@ -10,7 +10,6 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use mesh_runtime::DatabaseError;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -33,12 +32,7 @@ pub async fn run_once(
     shutdown: &CancellationToken,
 ) -> Result<usize, PaymentError> {
     let (charges, refunds) = {
-        let mut c = engine
-            .db()
-            .pool()
-            .acquire()
-            .await
-            .map_err(DatabaseError::from)?;
+        let mut c = engine.db().acquire().await?;
         let now = now_micros();
         (
             store::due_payments(&mut c, now, 256).await?,

@@ -210,6 +210,13 @@ impl Database {
         &self.service
     }
 
+    /// A connection from the pool, for work outside a transaction; a pool that cannot hand one
+    /// out (the database is down, or every connection stayed busy past the acquire timeout) is a
+    /// [`DatabaseError`], which services answer as `UNAVAILABLE`.
+    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, DatabaseError> {
+        Ok(self.pool.acquire().await?)
+    }
+
     /// Begins a transaction (`BEGIN IMMEDIATE` on SQLite, so concurrent writers queue on the busy
     /// timeout instead of failing). Events emitted in it are published after it commits.
     pub async fn begin(&self) -> Result<crate::outbox::Tx, DatabaseError> {
