@@ -26,6 +26,7 @@ use mesh_contracts::product::v1::{GetProductRequest, GetProductResponse, Product
 use mesh_edge::config::EdgeConfig;
 use mesh_edge::upstream::{Upstream, Upstreams};
 use mesh_runtime::client::ClientOptions;
+use mesh_runtime::config::{LogConfig, LogFormat};
 use mesh_runtime::{GrpcServer, Metrics, Readiness, RpcMetrics, ServiceRoutes};
 use prost_reflect::DescriptorPool;
 use tokio::net::TcpListener;
@@ -54,6 +55,10 @@ pub(crate) struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
+    /// Log filter of the subscriber installed for the run, as `mesh serve --log` (the default is
+    /// `mesh serve`'s, so spans cost what they cost in production); logs go to stderr as JSON.
+    #[arg(long, default_value = "info")]
+    log: String,
 }
 
 /// The test product service: answers every id from memory.
@@ -146,6 +151,17 @@ struct Scenario {
 }
 
 pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    // The same subscriber as `mesh serve`: without one, tracing falls back to `log` on every span
+    // enter and exit, a cost no production process has.
+    let _telemetry = mesh_runtime::telemetry::init_with(
+        &LogConfig {
+            filter: args.log.clone(),
+            format: LogFormat::Json,
+        },
+        None,
+        "bench",
+    )
+    .context("--log")?;
     let pool = DescriptorPool::decode(mesh_contracts::FILE_DESCRIPTOR_SET)?;
     let (path, input) = load::find_method(&pool, "product.v1.ProductService/GetProduct")?;
     let spec = |target| LoadSpec {

@@ -309,10 +309,8 @@ where
         if let Ok(v) = HeaderValue::from_str(&grpc_timeout::format(remaining)) {
             headers.insert(GRPC_TIMEOUT, v);
         }
-        if let Some(context) = context
-            && let Ok(v) = HeaderValue::from_str(&context.trace.to_string())
-        {
-            headers.insert(TRACEPARENT, v);
+        if let Some(context) = context {
+            headers.insert(TRACEPARENT, context.trace.header_value());
         }
         Either::Right(self.inner.call(req))
     }

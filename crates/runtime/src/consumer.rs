@@ -592,16 +592,11 @@ impl Consumer {
             event.id = %envelope.id,
             consumer = %self.group,
             attempt,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-            parent_span_id = tracing::field::Empty,
+            trace_id = %trace.trace_id_hex(),
+            span_id = %trace.span_id_hex(),
+            parent_span_id = parent.map(|p| tracing::field::display(p.span_id_hex())),
         );
         crate::observe::adopt_otel_ids(&span, parent, &mut trace);
-        span.record("trace_id", trace.trace_id_hex());
-        span.record("span_id", trace.span_id_hex());
-        if let Some(parent) = parent {
-            span.record("parent_span_id", parent.span_id_hex());
-        }
         CallContext {
             trace,
             deadline: None,

@@ -106,22 +106,19 @@ where
             .map(|d| tokio::time::Instant::now() + d);
         let mut trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
 
+        // The ids are fields from the start (evaluated only when a subscriber wants the span):
+        // each later `record` makes the JSON log layer parse and rewrite the span's fields.
         let span = tracing::info_span!(
             "rpc",
             rpc.path = %path,
-            trace_id = field::Empty,
-            span_id = field::Empty,
-            parent_span_id = field::Empty,
+            trace_id = %trace.trace_id_hex(),
+            span_id = %trace.span_id_hex(),
+            parent_span_id = parent.map(|p| field::display(p.span_id_hex())),
             otel.name = %path,
             otel.kind = "server",
             rpc.grpc.status_code = field::Empty,
         );
         adopt_otel_ids(&span, parent, &mut trace);
-        span.record("trace_id", trace.trace_id_hex());
-        span.record("span_id", trace.span_id_hex());
-        if let Some(parent) = parent {
-            span.record("parent_span_id", parent.span_id_hex());
-        }
 
         self.shared.metrics.start(&labels);
         let call = Call {
@@ -140,8 +137,13 @@ where
 }
 
 /// When OpenTelemetry export is on, makes the exported span a child of the caller's and uses the
-/// exported span's ids in logs and propagation, so both tell one story. A no-op otherwise.
+/// exported span's ids in logs and propagation, so both tell one story: `trace` takes the exported
+/// ids, and so do the span's `trace_id` and `span_id` fields. A no-op otherwise, and when no
+/// subscriber wants the span (this runs on every call and every handled event).
 pub(crate) fn adopt_otel_ids(span: &Span, parent: Option<TraceContext>, trace: &mut TraceContext) {
+    if span.is_disabled() {
+        return;
+    }
     if let Some(parent) = parent {
         let remote = SpanContext::new(
             TraceId::from_bytes(parent.trace_id),
@@ -162,6 +164,8 @@ pub(crate) fn adopt_otel_ids(span: &Span, parent: Option<TraceContext>, trace: &
     if otel.is_valid() {
         trace.trace_id = otel.trace_id().to_bytes();
         trace.span_id = otel.span_id().to_bytes();
+        span.record("trace_id", trace.trace_id_hex());
+        span.record("span_id", trace.span_id_hex());
     }
 }
 
@@ -183,7 +187,9 @@ impl Call {
         self.shared
             .metrics
             .finish(&self.labels, code, elapsed.as_secs_f64());
-        self.span.record("rpc.grpc.status_code", code as i32);
+        if !self.span.is_disabled() {
+            self.span.record("rpc.grpc.status_code", code as i32);
+        }
         let micros = elapsed.as_micros() as u64;
         let code = code_name(code);
         match code {

@@ -54,7 +54,17 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber for a process named `service_name` (e.g. `mesh` or `order`).
 pub fn init(config: &MeshConfig, service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
-    let provider = match &config.otlp_endpoint {
+    init_with(&config.log, config.otlp_endpoint.as_ref(), service_name)
+}
+
+/// [`init`] from the logging settings and the OTLP endpoint alone (benchmarks install the same
+/// subscriber as `mesh serve` without a whole [`MeshConfig`]).
+pub fn init_with(
+    log: &LogConfig,
+    otlp_endpoint: Option<&http::Uri>,
+    service_name: &str,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let provider = match otlp_endpoint {
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
@@ -78,9 +88,9 @@ pub fn init(config: &MeshConfig, service_name: &str) -> Result<TelemetryGuard, T
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("mesh")));
     let registry = tracing_subscriber::registry()
-        .with(filter(&config.log))
+        .with(filter(log))
         .with(otel);
-    let installed = match config.log.format {
+    let installed = match log.format {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()

@@ -78,16 +78,30 @@ impl TraceContext {
     }
 }
 
+impl TraceContext {
+    /// The version-00 `traceparent` value as an HTTP header value, built without formatting
+    /// machinery (every outgoing call carries one).
+    pub fn header_value(&self) -> http::HeaderValue {
+        http::HeaderValue::from_bytes(&self.traceparent_bytes())
+            .expect("a traceparent is ASCII hex and dashes")
+    }
+
+    /// `00-<trace id>-<span id>-<flags>`, 55 ASCII bytes.
+    fn traceparent_bytes(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        hex_into(&self.trace_id, &mut out[3..35]);
+        hex_into(&self.span_id, &mut out[36..52]);
+        hex_into(&[self.flags], &mut out[53..55]);
+        out
+    }
+}
+
 impl fmt::Display for TraceContext {
     /// Formats as a version-00 `traceparent` value.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            self.trace_id_hex(),
-            self.span_id_hex(),
-            self.flags
-        )
+        let bytes = self.traceparent_bytes();
+        f.write_str(std::str::from_utf8(&bytes).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -111,13 +125,19 @@ fn decode_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn encode_hex(bytes: &[u8]) -> String {
-    use fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+/// Writes `bytes` as lowercase hex into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
-    s
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 #[cfg(test)]
@@ -132,6 +152,16 @@ mod tests {
         assert_eq!(tc.span_id_hex(), "00f067aa0ba902b7");
         assert_eq!(tc.flags, 1);
         assert_eq!(tc.to_string(), v);
+        assert_eq!(tc.header_value().to_str().unwrap(), v);
+        let all = TraceContext {
+            trace_id: [0xff; 16],
+            span_id: [0x0a; 8],
+            flags: 0,
+        };
+        assert_eq!(
+            all.to_string(),
+            "00-ffffffffffffffffffffffffffffffff-0a0a0a0a0a0a0a0a-00"
+        );
     }
 
     #[test]
