@@ -87,9 +87,7 @@ pub fn init_with(
     let otel = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("mesh")));
-    let registry = tracing_subscriber::registry()
-        .with(filter(log))
-        .with(otel);
+    let registry = tracing_subscriber::registry().with(filter(log)).with(otel);
     let installed = match log.format {
         LogFormat::Json => registry
             .with(
