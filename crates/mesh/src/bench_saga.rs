@@ -37,6 +37,8 @@ use mesh_runtime::config::env_prefix;
 use sqlx::{Connection as _, Row as _};
 use tonic::transport::Channel;
 
+use crate::proc_cpu::CpuSampler;
+
 /// The services the saga needs.
 const SERVICES: &[&str] = &[
     "auth",
@@ -391,6 +393,16 @@ pub(crate) struct Figures {
     place_rpc_ms_p99: f64,
     /// Where the time went, stage by stage.
     stages: Vec<Stage>,
+    /// CPU milliseconds per confirmed order by process group, from the first order to the last
+    /// one final (empty where `/proc` is missing).
+    cpu_ms_per_order: Vec<CpuShare>,
+}
+
+/// One process group's CPU time per confirmed order.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct CpuShare {
+    process: String,
+    ms: f64,
 }
 
 /// Scenario (d) of `mesh bench`: the saga's services in one child process on a fresh database
@@ -441,7 +453,32 @@ async fn measure(
             wait_serving(*p).await?;
         }
         let seed = Arc::new(seed(&ports).await?);
+        let named = children
+            .0
+            .iter()
+            .zip(&groups)
+            .map(|(child, group)| {
+                let name = match group.as_slice() {
+                    [one] => format!("mesh serve {one}"),
+                    _ => "mesh serve (all services)".to_string(),
+                };
+                (child.id(), name)
+            })
+            .collect();
+        let cpu = CpuSampler::start(named);
         let figures = load(mode, &ports, seed, args, &db_url).await;
+        let cpu = cpu.finish().await;
+        let figures = figures.map(|mut f| {
+            let orders = f.confirmed.max(1) as f64;
+            f.cpu_ms_per_order = cpu
+                .into_iter()
+                .map(|(process, seconds)| CpuShare {
+                    process,
+                    ms: seconds * 1000.0 / orders,
+                })
+                .collect();
+            f
+        });
         drop(children);
         report_log_warnings(&dir);
         figures
@@ -591,6 +628,7 @@ async fn load(
         place_rpc_ms_p50: percentile(&rpc, 0.50),
         place_rpc_ms_p99: percentile(&rpc, 0.99),
         stages,
+        cpu_ms_per_order: Vec::new(),
     })
 }
 
@@ -687,6 +725,19 @@ pub(crate) async fn run(args: &BenchSagaArgs) -> anyhow::Result<()> {
             println!(
                 "{:<19}   {:<24} p50 {:.1} ms p99 {:.1} ms",
                 "", st.name, st.ms_p50, st.ms_p99
+            );
+        }
+        if !f.cpu_ms_per_order.is_empty() {
+            let total: f64 = f.cpu_ms_per_order.iter().map(|c| c.ms).sum();
+            let parts: Vec<String> = f
+                .cpu_ms_per_order
+                .iter()
+                .map(|c| format!("{} {:.2}", c.process, c.ms))
+                .collect();
+            println!(
+                "{:<19}   CPU ms per confirmed order: {} (these processes: {total:.2})",
+                "",
+                parts.join(", ")
             );
         }
         println!("{}", serde_json::to_string(&f)?);

@@ -11,6 +11,7 @@ mod envoy_config;
 mod load;
 mod migrate;
 mod modules;
+mod proc_cpu;
 mod serve;
 mod sim;
 mod targets;

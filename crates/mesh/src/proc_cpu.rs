@@ -1,0 +1,158 @@
+//! CPU time by process, sampled from Linux's `/proc` while a benchmark runs, so that
+//! `mesh bench-saga` can say where an order's CPU goes: each `mesh serve` child, Postgres (all its
+//! backends), Redis, and the bench's own clients. Where there is no `/proc` it reports nothing.
+//!
+//! Postgres backends come and go with connection pools, so the sampler reads every process every
+//! 250 ms and keeps each one's last reading; a process already running at the start counts from
+//! its first reading, one started later from zero.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s CPU times (`USER_HZ`, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// One process's readings.
+#[derive(Debug, Clone)]
+struct Readings {
+    group: String,
+    /// CPU seconds not to count (its reading at the start, or zero if it started later).
+    baseline: f64,
+    last: f64,
+}
+
+/// A running sampler; [`CpuSampler::finish`] stops it and sums the CPU time by group.
+#[derive(Debug)]
+pub(crate) struct CpuSampler {
+    stop: CancellationToken,
+    task: JoinHandle<BTreeMap<u32, Readings>>,
+}
+
+impl CpuSampler {
+    /// Starts sampling. `named` gives the group of processes known by pid (the bench's
+    /// children); other processes count as `postgres` or `redis` by their command name, this
+    /// process as `bench clients`, and the rest are ignored.
+    pub(crate) fn start(named: BTreeMap<u32, String>) -> Self {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let own = std::process::id();
+            let mut seen: BTreeMap<u32, Readings> = BTreeMap::new();
+            let mut first = true;
+            loop {
+                for (pid, comm, cpu) in processes() {
+                    let group = if pid == own {
+                        "bench clients".to_string()
+                    } else if let Some(name) = named.get(&pid) {
+                        name.clone()
+                    } else if comm.starts_with("postgres") {
+                        "postgres".to_string()
+                    } else if comm == "redis-server" {
+                        "redis".to_string()
+                    } else {
+                        continue;
+                    };
+                    seen.entry(pid)
+                        .or_insert(Readings {
+                            group,
+                            baseline: if first { cpu } else { 0.0 },
+                            last: cpu,
+                        })
+                        .last = cpu;
+                }
+                first = false;
+                if token.is_cancelled() {
+                    return seen;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops sampling; CPU seconds by group, largest first (empty without `/proc`).
+    pub(crate) async fn finish(self) -> Vec<(String, f64)> {
+        self.stop.cancel();
+        let Ok(seen) = self.task.await else {
+            return Vec::new();
+        };
+        let mut by_group: BTreeMap<String, f64> = BTreeMap::new();
+        for r in seen.values() {
+            *by_group.entry(r.group.clone()).or_default() += (r.last - r.baseline).max(0.0);
+        }
+        let mut out: Vec<(String, f64)> = by_group.into_iter().collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
+    }
+}
+
+/// Every readable process: pid, command name, CPU seconds (user + system) so far.
+fn processes() -> Vec<(u32, String, f64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (comm, cpu) = parse_stat(&stat)?;
+        Some((pid, comm, cpu))
+    })
+    .collect()
+}
+
+/// The command name and CPU seconds of a `/proc/<pid>/stat` line. The name is in parentheses
+/// and may itself hold spaces and parentheses, so the fields are counted from the last `)`:
+/// utime and stime are the 12th and 13th after it.
+fn parse_stat(stat: &str) -> Option<(String, f64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    let mut fields = stat.get(close + 2..)?.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((comm, (utime + stime) / TICKS_PER_SECOND))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_name_and_cpu_time_even_with_odd_names() {
+        let line = "4242 (postgres: mesh (x) idle) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 1 0 100 1000 10 18446744073709551615";
+        let (comm, cpu) = parse_stat(line).expect("parses");
+        assert_eq!(comm, "postgres: mesh (x) idle");
+        assert!((cpu - 3.25).abs() < 1e-9, "{cpu}");
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn counts_this_process_as_the_bench_clients() {
+        if std::fs::metadata("/proc/self/stat").is_err() {
+            eprintln!("SKIPPED: no /proc here");
+            return;
+        }
+        let sampler = CpuSampler::start(BTreeMap::new());
+        // Burn some CPU on this process (a blocking thread, so the sampler's thread runs too).
+        tokio::task::spawn_blocking(|| {
+            let start = std::time::Instant::now();
+            let mut x = 0u64;
+            while start.elapsed() < Duration::from_millis(600) {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            std::hint::black_box(x);
+        })
+        .await
+        .unwrap();
+        let by_group = sampler.finish().await;
+        let clients = by_group
+            .iter()
+            .find(|(g, _)| g == "bench clients")
+            .map(|(_, s)| *s)
+            .expect("this process was sampled");
+        assert!(clients >= 0.3, "{by_group:?}");
+    }
+}
