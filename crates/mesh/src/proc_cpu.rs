@@ -38,36 +38,16 @@ impl CpuSampler {
     pub(crate) fn start(named: BTreeMap<u32, String>) -> Self {
         let stop = CancellationToken::new();
         let token = stop.clone();
+        // The first reading is taken now, so what runs after `start` returns is counted.
+        let mut seen: BTreeMap<u32, Readings> = BTreeMap::new();
+        sample(&named, &mut seen, true);
         let task = tokio::task::spawn_blocking(move || {
-            let own = std::process::id();
-            let mut seen: BTreeMap<u32, Readings> = BTreeMap::new();
-            let mut first = true;
             loop {
-                for (pid, comm, cpu) in processes() {
-                    let group = if pid == own {
-                        "bench clients".to_string()
-                    } else if let Some(name) = named.get(&pid) {
-                        name.clone()
-                    } else if comm.starts_with("postgres") {
-                        "postgres".to_string()
-                    } else if comm == "redis-server" {
-                        "redis".to_string()
-                    } else {
-                        continue;
-                    };
-                    seen.entry(pid)
-                        .or_insert(Readings {
-                            group,
-                            baseline: if first { cpu } else { 0.0 },
-                            last: cpu,
-                        })
-                        .last = cpu;
-                }
-                first = false;
+                std::thread::sleep(Duration::from_millis(250));
+                sample(&named, &mut seen, false);
                 if token.is_cancelled() {
                     return seen;
                 }
-                std::thread::sleep(Duration::from_millis(250));
             }
         });
         Self { stop, task }
@@ -86,6 +66,32 @@ impl CpuSampler {
         let mut out: Vec<(String, f64)> = by_group.into_iter().collect();
         out.sort_by(|a, b| b.1.total_cmp(&a.1));
         out
+    }
+}
+
+/// Reads every process once into `seen`; on the `first` reading a process's CPU so far is its
+/// baseline, later newcomers start from zero.
+fn sample(named: &BTreeMap<u32, String>, seen: &mut BTreeMap<u32, Readings>, first: bool) {
+    let own = std::process::id();
+    for (pid, comm, cpu) in processes() {
+        let group = if pid == own {
+            "bench clients".to_string()
+        } else if let Some(name) = named.get(&pid) {
+            name.clone()
+        } else if comm.starts_with("postgres") {
+            "postgres".to_string()
+        } else if comm == "redis-server" {
+            "redis".to_string()
+        } else {
+            continue;
+        };
+        seen.entry(pid)
+            .or_insert(Readings {
+                group,
+                baseline: if first { cpu } else { 0.0 },
+                last: cpu,
+            })
+            .last = cpu;
     }
 }
 
@@ -129,30 +135,45 @@ mod tests {
         assert_eq!(parse_stat("garbage"), None);
     }
 
+    /// This process's CPU seconds so far.
+    fn own_cpu() -> f64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+        parse_stat(&stat).expect("parses").1
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn counts_this_process_as_the_bench_clients() {
         if std::fs::metadata("/proc/self/stat").is_err() {
             eprintln!("SKIPPED: no /proc here");
             return;
         }
+        let before = own_cpu();
         let sampler = CpuSampler::start(BTreeMap::new());
-        // Burn some CPU on this process (a blocking thread, so the sampler's thread runs too).
-        tokio::task::spawn_blocking(|| {
-            let start = std::time::Instant::now();
+        // Burn half a second of CPU (not of wall time: the machine may be busy with other tests).
+        tokio::task::spawn_blocking(move || {
             let mut x = 0u64;
-            while start.elapsed() < Duration::from_millis(600) {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            while own_cpu() - before < 0.5 {
+                for _ in 0..100_000 {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                }
             }
             std::hint::black_box(x);
         })
         .await
         .unwrap();
         let by_group = sampler.finish().await;
+        let burnt = own_cpu() - before;
         let clients = by_group
             .iter()
             .find(|(g, _)| g == "bench clients")
             .map(|(_, s)| *s)
             .expect("this process was sampled");
-        assert!(clients >= 0.3, "{by_group:?}");
+        // The sampler's last reading is taken after the burn, its first before it; readings
+        // have a granularity of 10 ms.
+        assert!(clients >= 0.48, "{clients} s of {burnt} s: {by_group:?}");
+        assert!(
+            clients <= burnt + 0.02,
+            "{clients} s of {burnt} s: {by_group:?}"
+        );
     }
 }
