@@ -105,7 +105,8 @@ async fn runtime_server() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-async fn edge_server(upstream: SocketAddr) -> anyhow::Result<SocketAddr> {
+/// The edge calling `upstream` over `connections` pooled HTTP/2 connections for REST calls.
+async fn edge_server(upstream: SocketAddr, connections: usize) -> anyhow::Result<SocketAddr> {
     let pool = mesh_edge::load_pool(&[])?;
     let modules: Vec<&str> = crate::modules::MODULES.iter().map(|m| m.name).collect();
     let uri: http::Uri = format!("http://{upstream}").parse()?;
@@ -117,8 +118,7 @@ async fn edge_server(upstream: SocketAddr) -> anyhow::Result<SocketAddr> {
             name: Some("product".into()),
             ..ClientOptions::default()
         },
-        // The pool's size from `MESH_EDGE_UPSTREAM_CONNECTIONS`, as `mesh serve edge` reads it.
-        EdgeConfig::from_env(|k| std::env::var(k).ok())?.upstream_connections,
+        connections,
     );
     let mut upstreams = Upstreams::new();
     for (service, _) in Upstreams::owned_services(&pool, &modules) {
@@ -183,7 +183,11 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let bare = bare_server().await?;
     let runtime = runtime_server().await?;
-    let edge = edge_server(runtime).await?;
+    // The pool's size from `MESH_EDGE_UPSTREAM_CONNECTIONS`, as `mesh serve edge` reads it; the
+    // bare hop (c0) gets as many connections.
+    let upstream_connections =
+        EdgeConfig::from_env(|k| std::env::var(k).ok())?.upstream_connections;
+    let edge = edge_server(runtime, upstream_connections).await?;
 
     let mut scenarios = Vec::new();
     eprintln!("(a) bare tonic GetProduct over gRPC ...");
@@ -222,11 +226,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         })
     };
     eprintln!("(c0) bare REST-to-gRPC hop -> (a') ...");
-    let hop = crate::bench_hop::start(
-        runtime,
-        EdgeConfig::from_env(|k| std::env::var(k).ok())?.upstream_connections,
-    )
-    .await?;
+    let hop = crate::bench_hop::start(runtime, upstream_connections).await?;
     scenarios.push(Scenario {
         name: "(c0) floor: bare hyper REST -> tonic hop (no edge code) -> (a')",
         report: Some(
@@ -424,7 +424,9 @@ mod tests {
         let (path, input) =
             load::find_method(&pool, "product.v1.ProductService/GetProduct").unwrap();
         let runtime = runtime_server().await.unwrap();
-        let edge = edge_server(runtime).await.unwrap();
+        let edge = edge_server(runtime, EdgeConfig::default().upstream_connections)
+            .await
+            .unwrap();
         let spec = |target| LoadSpec {
             target,
             data: r#"{"id": "p-{{counter}}"}"#.into(),

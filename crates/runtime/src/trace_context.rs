@@ -76,9 +76,7 @@ impl TraceContext {
     pub fn span_id_hex(&self) -> String {
         encode_hex(&self.span_id)
     }
-}
 
-impl TraceContext {
     /// The version-00 `traceparent` value as an HTTP header value, built without formatting
     /// machinery (every outgoing call carries one).
     pub fn header_value(&self) -> http::HeaderValue {

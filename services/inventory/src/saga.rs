@@ -268,13 +268,14 @@ impl EventHandler for Commit {
                 )));
             };
             let status = ReservationStatus::try_from(reservation.status).unwrap_or_default();
+            let reservation_id = reservation.id.clone();
             match status {
                 ReservationStatus::Active => {
                     // Past its expiry but not swept yet: the stock is still held, commit it.
                     reservations::finish_loaded(
                         tx,
                         now,
-                        reservation.clone(),
+                        reservation,
                         ReservationStatus::Committed,
                         "",
                         Expiry::Ignore,
@@ -288,15 +289,14 @@ impl EventHandler for Commit {
                     // (reservation TTL not above the saga timeout) or someone released it by
                     // hand. Never take stock that may be sold to another order: leave it to an
                     // operator, loudly.
-                    tracing::error!(order = %order, reservation = %reservation.id, status = store::status_name(status), "order confirmed but its reservation is no longer held");
+                    tracing::error!(order = %order, reservation = %reservation_id, status = store::status_name(status), "order confirmed but its reservation is no longer held");
                     return Err(HandlerError::permanent(format!(
-                        "order {order} confirmed but reservation {} is {}",
-                        reservation.id,
+                        "order {order} confirmed but reservation {reservation_id} is {}",
                         store::status_name(status)
                     )));
                 }
             }
-            set_state(tx, &order, "COMMITTED", &reservation.id, now).await
+            set_state(tx, &order, "COMMITTED", &reservation_id, now).await
         })
     }
 }
