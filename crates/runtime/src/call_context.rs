@@ -31,6 +31,12 @@ impl CallContext {
         CURRENT.try_with(|c| *c).ok()
     }
 
+    /// Runs `f` with `self` as the current call context (for lines logged outside the call's
+    /// task scope, e.g. when its response ends).
+    pub fn in_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
+
     /// Runs `fut` with `self` as the current call context.
     pub fn scope<F: Future>(self, fut: F) -> TaskLocalFuture<CallContext, F> {
         CURRENT.scope(self, fut)

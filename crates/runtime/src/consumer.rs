@@ -585,7 +585,10 @@ impl Consumer {
     ) -> F::Output {
         let parent = TraceContext::parse(&envelope.traceparent);
         let mut trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
-        let span = tracing::info_span!(
+        // Only when spans are consumed (`crate::observe::SPAN_TARGET`); the handler's log lines
+        // take their ids from the `CallContext` either way.
+        let span = tracing::debug_span!(
+            target: crate::observe::SPAN_TARGET,
             "event",
             otel.kind = "consumer",
             event.r#type = %envelope.r#type,

@@ -1,5 +1,11 @@
-//! The JSON log line format: one object per event, with the fields of every enclosing span
-//! merged in (so `trace_id` and `span_id` of the RPC being served appear on each line).
+//! The JSON log line format: one object per event, with the `trace_id` and `span_id` of the call
+//! or event being handled, and the fields of every enclosing span merged in.
+//!
+//! The ids come from the task's [`CallContext`] (set by the server layer for each RPC and by the
+//! consumer for each event), so a line logged during a call carries them whether or not a span
+//! exists; per-call spans are created only when something consumes them
+//! ([`crate::observe::SPAN_TARGET`]). When a span is there, its fields (the same ids, the parent
+//! span, the path...) are merged in after.
 
 use std::fmt;
 
@@ -10,8 +16,11 @@ use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::call_context::CallContext;
+
 /// Formats events as single-line JSON objects:
-/// `{"timestamp", "level", "target", "span", <span fields, outermost first>, <event fields>}`.
+/// `{"timestamp", "level", "target", "trace_id", "span_id", "span", <span fields, outermost
+/// first>, <event fields>}` (`trace_id` and `span_id` when the line is logged during a call).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct JsonLines;
 
@@ -35,6 +44,10 @@ where
         );
         line.insert("level".into(), meta.level().as_str().into());
         line.insert("target".into(), meta.target().into());
+        if let Some(call) = CallContext::current() {
+            line.insert("trace_id".into(), call.trace.trace_id_hex().into());
+            line.insert("span_id".into(), call.trace.span_id_hex().into());
+        }
         if let Some(scope) = ctx.event_scope() {
             let mut leaf = None;
             for span in scope.from_root() {

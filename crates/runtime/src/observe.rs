@@ -1,6 +1,8 @@
 //! The server-side tower layer every gRPC port runs behind: for each call it
-//! - reads the caller's W3C `traceparent` (or starts a trace) and opens an `rpc` span carrying
-//!   `trace_id` and `span_id` (exported over OTLP when that is on);
+//! - reads the caller's W3C `traceparent` (or starts a trace) and, only when something consumes
+//!   spans (OTLP export on, or a filter enabling [`SPAN_TARGET`] at `debug`), opens an `rpc` span
+//!   carrying `trace_id` and `span_id`; otherwise no span exists and log lines take the ids from
+//!   the [`CallContext`] (see [`crate::json_log`]);
 //! - reads `grpc-timeout` and, with the trace, makes it the handler's [`CallContext`];
 //! - records the RED metrics ([`RpcMetrics`]) when the response ends, by its `grpc-status`
 //!   (trailers-only errors are read from the headers, others from the trailers).
@@ -20,14 +22,18 @@ use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::instrument::Instrumented;
-use tracing::{Instrument as _, Span, field};
+use tracing::{Span, field};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::call_context::CallContext;
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
 use crate::metrics::{MethodLabels, RpcMetrics, code_name};
 use crate::trace_context::{TRACEPARENT, TraceContext};
+
+/// The target of the per-call `rpc` and per-event `event` spans. They are `debug` spans, so the
+/// production filter (`info`) leaves them off; `MESH_LOG=info,mesh::span=debug` (or any filter
+/// enabling debug here) turns them on, and so does OTLP export ([`crate::telemetry`]).
+pub const SPAN_TARGET: &str = "mesh::span";
 
 /// Adds [`Observe`] to a server stack.
 #[derive(Clone, Debug)]
@@ -106,9 +112,11 @@ where
             .map(|d| tokio::time::Instant::now() + d);
         let mut trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
 
-        // The ids are fields from the start (evaluated only when a subscriber wants the span):
-        // each later `record` makes the JSON log layer parse and rewrite the span's fields.
-        let span = tracing::info_span!(
+        // Disabled unless something consumes spans: then no field below is evaluated. The ids are
+        // fields from the start: each later `record` makes the JSON log layer parse and rewrite
+        // the span's fields.
+        let span = tracing::debug_span!(
+            target: SPAN_TARGET,
             "rpc",
             rpc.path = %path,
             trace_id = %trace.trace_id_hex(),
@@ -126,11 +134,12 @@ where
             labels,
             start,
             span: span.clone(),
+            context: CallContext { trace, deadline },
             done: false,
         };
-        let context = CallContext { trace, deadline };
         ObservedFuture {
-            inner: context.scope(self.inner.call(req)).instrument(span),
+            inner: call.context.scope(self.inner.call(req)),
+            span,
             call: Some(call),
         }
     }
@@ -175,6 +184,9 @@ struct Call {
     labels: MethodLabels,
     start: Instant,
     span: Span,
+    /// The call's context, so that the lines logged when it ends (outside the handler's task
+    /// scope) carry its trace ids too.
+    context: CallContext,
     done: bool,
 }
 
@@ -192,12 +204,13 @@ impl Call {
         }
         let micros = elapsed.as_micros() as u64;
         let code = code_name(code);
-        match code {
+        let span = &self.span;
+        self.context.in_scope(|| match code {
             "UNKNOWN" | "INTERNAL" | "DATA_LOSS" => {
-                tracing::warn!(parent: &self.span, code, micros, "rpc failed")
+                tracing::warn!(parent: span, code, micros, "rpc failed")
             }
-            _ => tracing::debug!(parent: &self.span, code, micros, "rpc finished"),
-        }
+            _ => tracing::debug!(parent: span, code, micros, "rpc finished"),
+        });
     }
 }
 
@@ -242,10 +255,12 @@ fn code_of_http(status: http::StatusCode) -> tonic::Code {
 }
 
 pin_project! {
-    /// The response future of [`Observe`].
+    /// The response future of [`Observe`]: the handler's future in its [`CallContext`], entering
+    /// the call's span while it runs when there is one.
     pub struct ObservedFuture<F> {
         #[pin]
-        inner: Instrumented<TaskLocalFuture<CallContext, F>>,
+        inner: TaskLocalFuture<CallContext, F>,
+        span: Span,
         call: Option<Call>,
     }
 }
@@ -258,7 +273,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let result = {
+            // A disabled span is not entered at all (without a subscriber, entering one would
+            // still go through `log`).
+            let _entered = (!this.span.is_disabled()).then(|| this.span.enter());
+            ready!(this.inner.poll(cx))
+        };
         let mut call = this.call.take();
         Poll::Ready(match result {
             Ok(response) => {

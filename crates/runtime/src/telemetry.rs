@@ -3,6 +3,11 @@
 //! [`init`] installs the global `tracing` subscriber: an EnvFilter, JSON or text lines on stderr,
 //! and, when an OTLP endpoint is configured, an OpenTelemetry layer exporting spans over OTLP/gRPC.
 //! Standard output stays free for the lines a command prints for people (e.g. `ready ...`).
+//!
+//! Per-call spans (`rpc`, `event`) are `debug` spans of [`SPAN_TARGET`]: with the production
+//! filter (`info`) they are never created, and log lines take the call's trace ids from its
+//! [`crate::CallContext`]. OTLP export adds `mesh::span=debug` to the filter, so every call is
+//! exported as a span (and logs then also carry the span's fields).
 
 use std::io::IsTerminal;
 
@@ -10,13 +15,16 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogConfig, LogFormat, MeshConfig};
 use crate::json_log::JsonLines;
+use crate::observe::SPAN_TARGET;
 
 /// Failure to set up telemetry.
 #[derive(Debug, thiserror::Error)]
@@ -84,32 +92,95 @@ pub fn init_with(
         }
         None => None,
     };
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("mesh")));
-    let registry = tracing_subscriber::registry().with(filter(log)).with(otel);
-    let installed = match log.format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .fmt_fields(JsonFields::new())
-                    .event_format(JsonLines)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        LogFormat::Text => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-    };
-    installed.map_err(|_| TelemetryError::AlreadyInstalled)?;
+    let ansi = std::io::stderr().is_terminal();
+    subscriber(log, provider.as_ref(), std::io::stderr, ansi)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(TelemetryGuard { provider })
 }
 
-fn filter(log: &LogConfig) -> EnvFilter {
+/// The subscriber [`init_with`] installs, writing lines to `writer` (tests capture them):
+/// the filter of `log`, an OpenTelemetry layer when `provider` is given, then JSON or text lines.
+pub fn subscriber<W>(
+    log: &LogConfig,
+    provider: Option<&SdkTracerProvider>,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let otel = provider.map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("mesh")));
+    let registry = tracing_subscriber::registry()
+        .with(filter(log, provider.is_some()))
+        .with(otel);
+    match log.format {
+        LogFormat::Json => Box::new(
+            registry.with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(JsonFields::new())
+                    .event_format(JsonLines)
+                    .with_writer(writer),
+            ),
+        ),
+        LogFormat::Text => Box::new(
+            registry.with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(writer),
+            ),
+        ),
+    }
+}
+
+/// The configured filter; with export on, the per-call spans are turned on as well.
+fn filter(log: &LogConfig, exporting: bool) -> EnvFilter {
     // Validated by `MeshConfig::from_args`; fall back to `info` rather than fail twice.
-    EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info"))
+    let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    if exporting {
+        match format!("{SPAN_TARGET}=debug").parse() {
+            Ok(directive) => filter.add_directive(directive),
+            Err(_) => filter,
+        }
+    } else {
+        filter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn production() -> LogConfig {
+        LogConfig {
+            filter: "info".into(),
+            format: LogFormat::Json,
+        }
+    }
+
+    fn rpc_span_enabled(provider: Option<&SdkTracerProvider>, log: &LogConfig) -> bool {
+        let subscriber = subscriber(log, provider, std::io::sink, false);
+        tracing::subscriber::with_default(subscriber, || {
+            !tracing::debug_span!(target: "mesh::span", "rpc").is_disabled()
+        })
+    }
+
+    #[test]
+    fn per_call_spans_exist_only_when_exported_or_asked_for() {
+        assert!(
+            !rpc_span_enabled(None, &production()),
+            "no span at info without export"
+        );
+        let provider = SdkTracerProvider::builder().build();
+        assert!(
+            rpc_span_enabled(Some(&provider), &production()),
+            "export turns the spans on"
+        );
+        let asked = LogConfig {
+            filter: "info,mesh::span=debug".into(),
+            format: LogFormat::Json,
+        };
+        assert!(rpc_span_enabled(None, &asked), "a filter turns them on");
+        let _ = provider.shutdown();
+    }
 }

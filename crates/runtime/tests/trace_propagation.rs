@@ -2,6 +2,9 @@
 //! up as the same trace id in A's log lines and in the metadata of A's call to service B, with A's
 //! server span as the parent; A's remaining deadline bounds the call to B.
 //!
+//! Runs the production JSON subscriber with a filter that asks for the per-call spans
+//! (`info,mesh::span=debug`): each server call is then an `rpc` span, a child of its caller's.
+//!
 //! Installs a global log subscriber, so it lives in its own test binary.
 
 mod common;
@@ -19,12 +22,10 @@ use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
 use mesh_contracts::product::v1::product_service_server::{ProductService, ProductServiceServer};
 use mesh_contracts::product::v1::{GetProductRequest, GetProductResponse, Product};
 use mesh_runtime::client::{ClientOptions, MeshChannel, connect};
-use mesh_runtime::json_log::JsonLines;
+use mesh_runtime::config::{LogConfig, LogFormat};
 use mesh_runtime::{ServiceRoutes, TraceContext};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
-use tracing_subscriber::fmt::format::JsonFields;
-use tracing_subscriber::layer::SubscriberExt;
 
 /// Log lines written by the subscriber under test.
 #[derive(Clone, Default)]
@@ -116,14 +117,16 @@ impl ProductService for Products {
 async fn traceparent_and_deadline_flow_through_logs_and_downstream_calls() {
     let captured = Captured::default();
     let writer = captured.clone();
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .fmt_fields(JsonFields::new())
-                .event_format(JsonLines)
-                .with_writer(move || writer.clone()),
-        ),
-    )
+    let spans_wanted = LogConfig {
+        filter: "info,mesh::span=debug".into(),
+        format: LogFormat::Json,
+    };
+    tracing::subscriber::set_global_default(mesh_runtime::telemetry::subscriber(
+        &spans_wanted,
+        None,
+        move || writer.clone(),
+        false,
+    ))
     .unwrap();
 
     let (_stop_b, stopped_b) = oneshot::channel::<()>();
@@ -194,6 +197,8 @@ async fn traceparent_and_deadline_flow_through_logs_and_downstream_calls() {
             .clone()
     };
     let a_line = find("asking inventory");
+    assert_eq!(a_line["span"], "rpc", "the filter asked for spans");
+    assert_eq!(a_line["rpc.path"], "/product.v1.ProductService/GetProduct");
     assert_eq!(a_line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(a_line["parent_span_id"], "00f067aa0ba902b7");
     assert_eq!(
