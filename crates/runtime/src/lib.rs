@@ -36,6 +36,8 @@ pub mod observe;
 pub mod outbox;
 pub mod paging;
 pub mod readiness;
+pub mod redis_guard;
+pub mod reflection;
 pub mod relay;
 pub mod resilience;
 pub mod server;

@@ -1,5 +1,5 @@
 //! The gRPC server of one mesh service: its routes plus `grpc.health.v1`, server reflection (v1
-//! and v1alpha, since grpcurl 1.8 asks v1alpha), the [`ObserveLayer`] (traces, call context,
+//! and v1alpha, since grpcurl 1.8 asks v1alpha; [`crate::reflection`]), the [`ObserveLayer`] (traces, call context,
 //! metrics), and graceful shutdown.
 //!
 //! Shutdown: when the `shutdown` future resolves, health turns `NOT_SERVING` (and `/readyz` 503),
@@ -19,6 +19,7 @@ use crate::metrics::RpcMetrics;
 use crate::module::ServiceRoutes;
 use crate::observe::ObserveLayer;
 use crate::readiness::Readiness;
+use crate::reflection::{Reflection, ReflectionIndex};
 use crate::shed::{ProtectLayer, ProtectOptions};
 
 /// Service names of the protocol services every port serves besides its own.
@@ -35,7 +36,7 @@ pub enum ServeError {
         /// The server being started.
         server: String,
         /// The cause.
-        source: tonic_reflection::server::Error,
+        source: crate::reflection::ReflectionError,
     },
     /// A protection or fault setting of the environment is invalid.
     #[error("gRPC server {server}: {problem}")]
@@ -141,33 +142,24 @@ impl GrpcServer {
                 .set_service_status(service, ServingStatus::Serving)
                 .await;
         }
-        let reflection = || {
-            let mut builder = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(
-                    descriptor_set
-                        .as_deref()
-                        .unwrap_or(mesh_contracts::FILE_DESCRIPTOR_SET),
-                )
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-            for service in names
-                .iter()
-                .copied()
-                .chain([HEALTH, REFLECTION_V1, REFLECTION_V1ALPHA])
-            {
-                builder = builder.with_service_name(service);
-            }
-            builder
-        };
-        let reflection_err = |source| ServeError::Reflection {
+        let reflection = ReflectionIndex::new(
+            [
+                descriptor_set
+                    .as_deref()
+                    .unwrap_or(mesh_contracts::FILE_DESCRIPTOR_SET),
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ],
+            names.iter().copied().chain([HEALTH]),
+        )
+        .map(Reflection::new)
+        .map_err(|source| ServeError::Reflection {
             server: name.clone(),
             source,
-        };
-        let reflection_v1 = reflection().build_v1().map_err(reflection_err)?;
-        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
+        })?;
         let routes = routes
             .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+            .add_service(reflection.v1())
+            .add_service(reflection.v1alpha());
         // A port with an HTTP fallback (the edge) answers plain HTTP/1.1 as well as HTTP/2.
         let accept_http1 = fallback.is_some();
         let routes = match fallback {

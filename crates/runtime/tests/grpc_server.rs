@@ -233,3 +233,98 @@ async fn the_grace_period_bounds_the_drain() {
         before.elapsed()
     );
 }
+
+/// What a reflection client such as Python's `grpcio-reflection`, Postman or grpcui does, on one
+/// stream: list the services, ask for the file of each, with an unknown symbol in between. Every
+/// listed service resolves (the file that defines it comes back), and the unknown symbol gets an
+/// in-stream NOT_FOUND `error_response` after which the stream keeps answering.
+macro_rules! describe_everything_listed {
+    ($version:ident, $channel:expr) => {{
+        use prost::Message as _;
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        let (questions, rx) = mpsc::unbounded_channel();
+        let ask = |q: MessageRequest| {
+            questions
+                .send(ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(q),
+                })
+                .unwrap()
+        };
+        let mut answers = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await
+            .expect("reflection answers")
+            .into_inner();
+        let mut next = async || {
+            answers
+                .message()
+                .await
+                .expect("the stream stays open")
+                .expect("one answer per question")
+                .message_response
+                .expect("an answer")
+        };
+        ask(MessageRequest::ListServices(String::new()));
+        let services: Vec<String> = match next().await {
+            MessageResponse::ListServicesResponse(l) => {
+                l.service.into_iter().map(|s| s.name).collect()
+            }
+            other => panic!("unexpected answer {other:?}"),
+        };
+        assert!(services.len() >= 4, "{services:?}");
+        ask(MessageRequest::FileContainingSymbol("nope.v1.Nope".into()));
+        match next().await {
+            MessageResponse::ErrorResponse(e) => {
+                assert_eq!(e.error_code, tonic::Code::NotFound as i32, "{e:?}");
+                assert!(e.error_message.contains("nope.v1.Nope"), "{e:?}");
+            }
+            other => panic!("an unknown symbol is an in-stream error, got {other:?}"),
+        }
+        for service in &services {
+            ask(MessageRequest::FileContainingSymbol(service.clone()));
+            let files = match next().await {
+                MessageResponse::FileDescriptorResponse(f) => f.file_descriptor_proto,
+                other => panic!("{service} is listed but not described: {other:?}"),
+            };
+            let first = prost_types::FileDescriptorProto::decode(files[0].as_slice()).unwrap();
+            let (package, name) = service.rsplit_once('.').unwrap();
+            assert_eq!(first.package(), package, "{service}");
+            assert!(
+                first.service.iter().any(|s| s.name() == name),
+                "the first file defines {service}"
+            );
+            ask(MessageRequest::FileByFilename(first.name().to_string()));
+            match next().await {
+                MessageResponse::FileDescriptorResponse(f) => {
+                    assert_eq!(f.file_descriptor_proto[0], files[0], "{service}")
+                }
+                other => panic!("file {} not found: {other:?}", first.name()),
+            }
+        }
+        ask(MessageRequest::FileByFilename("nope.proto".into()));
+        assert!(matches!(next().await, MessageResponse::ErrorResponse(_)));
+        services
+    }};
+}
+
+#[tokio::test]
+async fn reflection_describes_every_listed_service_and_answers_errors_in_stream() {
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let server = start(
+        "product",
+        product_routes(TestProducts::default()),
+        Duration::from_secs(5),
+        async {
+            let _ = stopped.await;
+        },
+    )
+    .await;
+    let v1 = describe_everything_listed!(v1, server.channel().await);
+    let v1alpha = describe_everything_listed!(v1alpha, server.channel().await);
+    assert_eq!(v1, v1alpha);
+    assert!(v1.contains(&"grpc.reflection.v1.ServerReflection".to_string()));
+}

@@ -3,13 +3,15 @@
 //! One Lua script reads the bucket (a hash: `tokens`, `ts` in ms), refills it for the time
 //! passed, takes a token if there is one and writes it back, all atomically in Redis and on
 //! Redis's clock (`TIME`), so replicas with skewed clocks agree. Buckets expire once they would
-//! be full again. While Redis cannot be reached the edge falls back to an in-process bucket
-//! (and logs it), so an outage of Redis neither opens the gates nor refuses everyone.
+//! be full again. While Redis cannot be reached the edge falls back to an in-process bucket, so
+//! an outage of Redis neither opens the gates nor refuses everyone. Redis is reached through the
+//! runtime's [`GuardedRedis`]: a bucket update waits at most [`CALL_TIMEOUT`], and while Redis
+//! is known down requests count in process at once until a background ping sees it back (the
+//! guard logs both transitions).
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use mesh_runtime::redis_guard::{GuardError, GuardOptions, GuardedRedis};
 
 use crate::config::RateLimit;
 use crate::rate_limit::RateLimiter;
@@ -50,21 +52,18 @@ pub const DEFAULT_PREFIX: &str = "mesh:edge:ratelimit:";
 /// Buckets in Redis, with an in-process fallback.
 pub struct RedisLimiter {
     limit: RateLimit,
-    conn: ConnectionManager,
+    redis: GuardedRedis,
     /// The script's SHA-1 as Redis named it at `SCRIPT LOAD` (loaded on first use, and again
     /// after Redis lost it).
     sha: tokio::sync::RwLock<Option<String>>,
     prefix: String,
     fallback: RateLimiter,
-    last_warning: Mutex<Option<Instant>>,
-    /// After a failure, Redis is left alone until then (calls count in process meanwhile).
-    down_until: Mutex<Option<Instant>>,
 }
 
 /// The longest a bucket update may take before the in-process fallback answers.
-const CALL_TIMEOUT: Duration = Duration::from_millis(250);
-/// How long Redis is left alone after a failure.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often Redis is pinged while it is down.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
 
 impl std::fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -82,56 +81,48 @@ impl RedisLimiter {
         prefix: impl Into<String>,
         limit: RateLimit,
     ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_millis(250)))
-            .set_connection_timeout(Some(Duration::from_secs(1)));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let redis = GuardedRedis::connect(
+            url,
+            "edge rate limits",
+            GuardOptions {
+                timeout: CALL_TIMEOUT,
+                retry_every: RETRY_EVERY,
+            },
+        )?;
         Ok(Self {
             limit,
-            conn,
+            redis,
             sha: tokio::sync::RwLock::new(None),
             prefix: prefix.into(),
             fallback: RateLimiter::new(limit),
-            last_warning: Mutex::new(None),
-            down_until: Mutex::new(None),
         })
+    }
+
+    /// The guarded connection (whether Redis is believed up).
+    pub fn redis(&self) -> &GuardedRedis {
+        &self.redis
     }
 
     /// Takes a token for `client`: `Ok` if it had one, else the whole seconds until it will.
     pub async fn check(&self, client: &str) -> Result<(), u64> {
-        let resting = self
-            .down_until
-            .lock()
-            .ok()
-            .and_then(|d| *d)
-            .is_some_and(|until| Instant::now() < until);
-        if resting {
-            return self.fallback.check(client);
-        }
-        let result = match tokio::time::timeout(CALL_TIMEOUT, self.take(client)).await {
-            Ok(result) => result,
-            Err(_) => Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "no answer in time",
-            ))),
-        };
-        match result {
+        match self.redis.run(|conn| self.take(conn, client)).await {
             Ok((1, _)) => Ok(()),
             Ok((_, wait_ms)) => Err(u64::try_from(wait_ms).unwrap_or(1).div_ceil(1000).max(1)),
             Err(e) => {
-                if let Ok(mut d) = self.down_until.lock() {
-                    *d = Some(Instant::now() + RETRY_AFTER_FAILURE);
+                if let GuardError::Command { .. } = e {
+                    tracing::warn!(error = %e, "rate limit script failed; counting in process");
                 }
-                self.warn(&e);
                 self.fallback.check(client)
             }
         }
     }
 
     /// Runs the script for `client` (`EVALSHA`, loading it first when Redis does not have it).
-    async fn take(&self, client: &str) -> Result<(i64, i64), redis::RedisError> {
-        let mut conn = self.conn.clone();
+    async fn take(
+        &self,
+        mut conn: redis::aio::ConnectionManager,
+        client: &str,
+    ) -> Result<(i64, i64), redis::RedisError> {
         let key = format!("{}{client}", self.prefix);
         let per_ms = self.limit.per_second / 1000.0;
         for _ in 0..2 {
@@ -169,15 +160,5 @@ impl RedisLimiter {
             redis::ErrorKind::Client,
             "the rate limit script keeps disappearing from Redis",
         )))
-    }
-
-    fn warn(&self, e: &redis::RedisError) {
-        let Ok(mut last) = self.last_warning.lock() else {
-            return;
-        };
-        if last.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-            *last = Some(Instant::now());
-            tracing::warn!(error = %e, "rate limit store (Redis) unavailable; counting in process until it is back");
-        }
     }
 }

@@ -170,3 +170,39 @@ async fn two_edges_share_one_budget_in_redis() {
     }
     assert_eq!(get(c.addr, &[]).await.status, 429);
 }
+
+#[tokio::test]
+async fn a_dead_redis_costs_one_bounded_call_then_buckets_count_in_process_at_once() {
+    // Nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let limiter = RedisLimiter::connect(&format!("redis://127.0.0.1:{port}"), "t:", LIMIT)
+        .expect("a lazy connection");
+    let started = std::time::Instant::now();
+    assert!(
+        limiter.check("a").await.is_ok(),
+        "the fallback bucket admits"
+    );
+    assert!(
+        started.elapsed() <= mesh_edge::redis_limit::CALL_TIMEOUT * 2,
+        "bounded by the call timeout: {:?}",
+        started.elapsed()
+    );
+    assert!(!limiter.redis().is_up(), "Redis is marked down");
+    let started = std::time::Instant::now();
+    assert!(limiter.check("a").await.is_ok());
+    assert!(limiter.check("a").await.is_ok());
+    assert!(
+        limiter.check("a").await.is_err(),
+        "the in-process bucket of 3 is spent"
+    );
+    assert_eq!(
+        limiter.redis().skipped(),
+        3,
+        "Redis was not tried while down"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_millis(50));
+}

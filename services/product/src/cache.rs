@@ -7,15 +7,19 @@
 //! shares the one Redis, so one delete clears it for all; the second delete also closes the race
 //! of a reader that filled the cache with a value read just before the write committed). A Redis
 //! failure is logged and the read served from the database: the cache never changes an answer.
+//!
+//! Redis is reached through the runtime's [`GuardedRedis`]: each command waits at most the
+//! configured timeout, and while Redis is known down reads go straight to the database (no
+//! network wait at all) until a background ping sees it back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mesh_contracts::product::v1::Product;
+use mesh_runtime::redis_guard::{GuardError, GuardOptions, GuardedRedis};
 use prost::Message as _;
 use redis::AsyncCommands as _;
-use redis::aio::ConnectionManager;
 
 /// Hit and miss counters.
 #[derive(Debug, Default)]
@@ -29,7 +33,7 @@ pub struct CacheStats {
 /// A product cache in Redis.
 #[derive(Clone)]
 pub struct ProductCache {
-    conn: ConnectionManager,
+    redis: GuardedRedis,
     prefix: String,
     ttl: Duration,
     stats: Arc<CacheStats>,
@@ -45,19 +49,16 @@ impl std::fmt::Debug for ProductCache {
 }
 
 impl ProductCache {
-    /// A cache on the Redis at `url` (connects lazily), keys under `prefix`.
+    /// A cache on the Redis at `url` (connects lazily), keys under `prefix`, each command
+    /// bounded by `guard`'s timeout.
     pub fn connect(
         url: &str,
         prefix: impl Into<String>,
         ttl: Duration,
+        guard: GuardOptions,
     ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_connection_timeout(Some(Duration::from_secs(1)));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
-            conn,
+            redis: GuardedRedis::connect(url, "product cache", guard)?,
             prefix: prefix.into(),
             ttl,
             stats: Arc::new(CacheStats::default()),
@@ -74,17 +75,27 @@ impl ProductCache {
         &self.stats
     }
 
-    /// The cached product `id`, if any (a Redis failure counts as a miss).
+    /// The guarded connection (whether Redis is believed up, how many reads skipped it).
+    pub fn redis(&self) -> &GuardedRedis {
+        &self.redis
+    }
+
+    /// The cached product `id`, if any (Redis down or failing counts as a miss; the guard logs
+    /// Redis going down and coming back, so only command errors are logged here).
     pub async fn get(&self, id: &str) -> Option<Product> {
-        let mut conn = self.conn.clone();
-        let found: Result<Option<Vec<u8>>, _> = conn.get(self.key(id)).await;
+        let key = self.key(id);
+        let found = self
+            .redis
+            .run(|mut conn| async move { conn.get::<_, Option<Vec<u8>>>(key).await })
+            .await;
         let product = match found {
             Ok(Some(bytes)) => Product::decode(bytes.as_slice()).ok(),
             Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "product cache unavailable; reading the database");
+            Err(e @ GuardError::Command { .. }) => {
+                tracing::warn!(error = %e, "product cache read failed; reading the database");
                 None
             }
+            Err(_) => None,
         };
         let counter = if product.is_some() {
             &self.stats.hits
@@ -95,24 +106,26 @@ impl ProductCache {
         product
     }
 
-    /// Caches `product`.
+    /// Caches `product` (skipped while Redis is down).
     pub async fn put(&self, product: &Product) {
-        let mut conn = self.conn.clone();
-        let result: Result<(), _> = conn
-            .set_ex(
-                self.key(&product.id),
-                product.encode_to_vec(),
-                self.ttl.as_secs().max(1),
-            )
+        let key = self.key(&product.id);
+        let value = product.encode_to_vec();
+        let ttl = self.ttl.as_secs().max(1);
+        let result = self
+            .redis
+            .run(|mut conn| async move { conn.set_ex::<_, _, ()>(key, value, ttl).await })
             .await;
-        if let Err(e) = result {
+        if let Err(e @ GuardError::Command { .. }) = result {
             tracing::warn!(error = %e, "caching a product failed");
         }
     }
 
-    /// Drops the entry of product `id`.
-    pub async fn invalidate(&self, id: &str) -> Result<(), redis::RedisError> {
-        let mut conn = self.conn.clone();
-        conn.del::<_, ()>(self.key(id)).await
+    /// Drops the entry of product `id`. Fails while Redis is down, so that the product event's
+    /// handler retries it until Redis is back.
+    pub async fn invalidate(&self, id: &str) -> Result<(), GuardError> {
+        let key = self.key(id);
+        self.redis
+            .run(|mut conn| async move { conn.del::<_, ()>(key).await })
+            .await
     }
 }

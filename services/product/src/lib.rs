@@ -27,6 +27,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mesh_contracts::product::v1::product_service_server::ProductServiceServer;
 use mesh_runtime::auth::{Policy, Role, guard};
+use mesh_runtime::redis_guard::GuardOptions;
 use mesh_runtime::settings::{SettingError, Settings, process_env};
 use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
@@ -67,6 +68,9 @@ pub struct ProductOptions {
     pub cache_prefix: String,
     /// How long a Redis entry lives if no event drops it first.
     pub cache_ttl: Duration,
+    /// The longest a request waits for Redis; after a failure Redis is skipped until it answers
+    /// a background ping again (`mesh_runtime::redis_guard`).
+    pub cache_timeout: Duration,
     /// How long an in-process entry lives: the staleness bound across replicas; zero turns the
     /// in-process tier off.
     pub local_ttl: Duration,
@@ -81,6 +85,7 @@ impl Default for ProductOptions {
             redis_url: None,
             cache_prefix: "mesh:cache:".into(),
             cache_ttl: Duration::from_secs(300),
+            cache_timeout: GuardOptions::default().timeout,
             local_ttl: Duration::from_secs(2),
             local_entries: 10_000,
         }
@@ -89,8 +94,9 @@ impl Default for ProductOptions {
 
 impl ProductOptions {
     /// The Redis tier on the process's Redis (`MESH_REDIS_URL`, keys under `mesh:cache:`,
-    /// 5 minutes) and the in-process tier from `MESH_PRODUCT_LOCAL_CACHE_TTL` (a duration,
-    /// `0` for off) and `MESH_PRODUCT_LOCAL_CACHE_ENTRIES`, read through `env`.
+    /// 5 minutes, each command bounded by `MESH_PRODUCT_CACHE_TIMEOUT`, default 250 ms) and the
+    /// in-process tier from `MESH_PRODUCT_LOCAL_CACHE_TTL` (a duration, `0` for off) and
+    /// `MESH_PRODUCT_LOCAL_CACHE_ENTRIES`, read through `env`.
     pub fn from_context(
         ctx: &ServiceContext,
         env: impl Fn(&str) -> Option<String>,
@@ -101,6 +107,7 @@ impl ProductOptions {
         };
         let s = Settings::new(env);
         Ok(Self {
+            cache_timeout: s.duration("MESH_PRODUCT_CACHE_TIMEOUT", d.cache_timeout, false)?,
             local_ttl: s.duration("MESH_PRODUCT_LOCAL_CACHE_TTL", d.local_ttl, true)?,
             local_entries: s.number(
                 "MESH_PRODUCT_LOCAL_CACHE_ENTRIES",
@@ -132,6 +139,10 @@ pub async fn build_with(
             url,
             options.cache_prefix.clone(),
             options.cache_ttl,
+            GuardOptions {
+                timeout: options.cache_timeout,
+                ..GuardOptions::default()
+            },
         )?),
         None => None,
     };

@@ -43,6 +43,7 @@ async fn start_product(
         redis_url: None,
         cache_prefix: String::new(),
         cache_ttl: Duration::from_secs(60),
+        cache_timeout: Duration::from_millis(250),
         local_ttl: Duration::ZERO,
         local_entries: 0,
     });
@@ -578,6 +579,7 @@ async fn cache_hit_and_invalidation_seen_by_a_second_instance_on_postgres_and_re
         redis_url: Some(redis_url.clone()),
         cache_prefix: format!("{namespace}cache:"),
         cache_ttl: Duration::from_secs(60),
+        cache_timeout: Duration::from_millis(250),
         local_ttl: Duration::ZERO,
         local_entries: 0,
     };
