@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end check with the real grpcurl (1.8, which speaks reflection v1alpha only):
 # `mesh serve all` on free ports; on every gRPC port `grpcurl list` shows the service plus health
-# and reflection, `describe` works, and grpc.health.v1.Health/Check answers SERVING; then SIGTERM
-# must stop the process with exit code 0.
+# and reflection, `describe` works, and grpc.health.v1.Health/Check answers SERVING; an
+# independent reflection client (gRPC Python's grpcio-reflection, tests/reflection_client.py)
+# resolves every listed service on every port (the edge's included), on v1 and v1alpha; then
+# SIGTERM must stop the process with exit code 0.
 # Usage: tests/grpcurl_e2e.sh [path/to/mesh]
 set -euo pipefail
 MESH="${1:-${CARGO_TARGET_DIR:-target}/debug/mesh}"
@@ -45,6 +47,10 @@ while read -r _ name url _; do
   checked=$((checked + 1))
 done <"$work/out"
 [ "$checked" -ge 12 ] || fail "only $checked gRPC ports checked"
+
+# What Python's reflection client, Postman and grpcui do: list, then ask for each service's file.
+mapfile -t grpc_addrs < <(awk '$1 == "ready" && $3 ~ /^grpc:\/\// { sub("grpc://", "", $3); print $3 }' "$work/out")
+python3 "$(dirname "$0")/reflection_client.py" "${grpc_addrs[@]}" || fail "reflection with grpcio-reflection"
 
 # The README's saga walkthrough, with grpcurl: a good card confirms, a declining card cancels and
 # the stock comes back.
