@@ -620,6 +620,7 @@ impl Consumer {
         sqlx::query("SAVEPOINT mesh_event")
             .execute(&mut **tx)
             .await?;
+        let mark = tx.savepoint_mark();
         let inserted = sqlx::query(
             "INSERT INTO mesh_handled_events (consumer, event_id, handled_at_us) VALUES ($1, $2, $3) \
              ON CONFLICT DO NOTHING",
@@ -653,6 +654,8 @@ impl Consumer {
                 sqlx::query("ROLLBACK TO SAVEPOINT mesh_event")
                     .execute(&mut **tx)
                     .await?;
+                // Its events were rolled back with it: they must never be published.
+                tx.rolled_back_to(mark);
                 sqlx::query("RELEASE SAVEPOINT mesh_event")
                     .execute(&mut **tx)
                     .await?;

@@ -35,6 +35,7 @@ pub mod not_built;
 pub mod observe;
 pub mod outbox;
 pub mod paging;
+pub(crate) mod publisher;
 pub mod readiness;
 pub mod redis_guard;
 pub mod reflection;

@@ -1,6 +1,8 @@
 //! The transactional outbox: a service writes its state change and the [`Envelope`] of the event
-//! it causes in one transaction ([`Tx`]), so either both happen or neither does. The relay
-//! ([`crate::relay`]) publishes committed rows to the bus afterwards.
+//! it causes in one transaction ([`Tx`]), so either both happen or neither does. Once the
+//! transaction committed, its envelopes go to the bus at once from this process
+//! ([`crate::publisher`]); the relay ([`crate::relay`]) sweeps up whatever that did not publish
+//! within a short bound.
 
 use std::ops::{Deref, DerefMut};
 
@@ -8,7 +10,9 @@ use mesh_contracts::events::v1::Envelope;
 use prost::Message as _;
 use sqlx::{Any, AnyConnection, Row as _, Transaction};
 
+use crate::bus::OutgoingEvent;
 use crate::call_context::CallContext;
+use crate::publisher::{Row, Ticket};
 use crate::storage::{Database, DatabaseError, now_micros};
 
 /// Number of relay partitions (rows of `mesh_outbox_partitions` on Postgres).
@@ -93,9 +97,34 @@ pub(crate) struct Cause {
 pub struct Tx {
     inner: Transaction<'static, Any>,
     db: Database,
-    emitted: usize,
+    pending: Pending,
     pub(crate) cause: Option<Cause>,
     wake_on_commit: Vec<std::sync::Arc<tokio::sync::Notify>>,
+}
+
+/// The rows a transaction registered with the direct publisher. Dropped without
+/// [`Pending::committed`] (the transaction was dropped, rolled back or failed to commit), its
+/// rows are discarded from the direct path: never published before a commit.
+#[derive(Debug, Default)]
+struct Pending {
+    tickets: Vec<Ticket>,
+    db: Option<Database>,
+}
+
+impl Pending {
+    fn committed(mut self) {
+        if let Some(db) = self.db.take() {
+            db.publisher().committed(&std::mem::take(&mut self.tickets));
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(db) = &self.db {
+            db.publisher().discard(&self.tickets);
+        }
+    }
 }
 
 impl Tx {
@@ -103,9 +132,24 @@ impl Tx {
         Self {
             inner,
             db,
-            emitted: 0,
+            pending: Pending::default(),
             cause: None,
             wake_on_commit: Vec::new(),
+        }
+    }
+
+    /// How many rows this transaction registered for direct publishing so far (a savepoint's
+    /// mark for [`Tx::rolled_back_to`]).
+    pub(crate) fn savepoint_mark(&self) -> usize {
+        self.pending.tickets.len()
+    }
+
+    /// The savepoint taken at `mark` was rolled back: the rows emitted since are gone, so they
+    /// must never be published.
+    pub(crate) fn rolled_back_to(&mut self, mark: usize) {
+        if mark < self.pending.tickets.len() {
+            let gone = self.pending.tickets.split_off(mark);
+            self.db.publisher().discard(&gone);
         }
     }
 
@@ -143,11 +187,15 @@ impl Tx {
             },
             causation_id: cause.event_id,
         };
-        // One round trip: the subject's next sequence is computed by the insert itself.
-        envelope.sequence = sqlx::query(
+        // One round trip: the subject's next sequence is computed by the insert itself, which
+        // also says whether the subject's previous row is on the bus already (the direct
+        // publisher keeps per-subject order with it).
+        let row = sqlx::query(
             "INSERT INTO mesh_outbox (event_id, event_type, subject, sequence, part, occurred_at_us, envelope) \
              SELECT $1, $2, $3, COALESCE(MAX(sequence), 0) + 1, $4, $5, $6 \
-             FROM mesh_outbox WHERE subject = $3 RETURNING sequence",
+             FROM mesh_outbox WHERE subject = $3 \
+             RETURNING seq, sequence, (SELECT p.sent_at_us FROM mesh_outbox p \
+               WHERE p.subject = mesh_outbox.subject AND p.sequence = mesh_outbox.sequence - 1) AS prev_sent_at_us",
         )
         .bind(&envelope.id)
         .bind(&envelope.r#type)
@@ -156,9 +204,27 @@ impl Tx {
         .bind(micros)
         .bind(envelope.encode_to_vec())
         .fetch_one(&mut *self.inner)
-        .await?
-        .try_get("sequence")?;
-        self.emitted += 1;
+        .await?;
+        envelope.sequence = row.try_get("sequence")?;
+        let publisher = self.db.publisher();
+        if publisher.is_running() {
+            let seq: i64 = row.try_get("seq")?;
+            let prev_sent = row.try_get::<Option<i64>, _>("prev_sent_at_us")?.is_some();
+            let direct = Row {
+                seq,
+                sequence: envelope.sequence,
+                prev_sent,
+                event: OutgoingEvent {
+                    domain: domain_of(&envelope.r#type).to_string(),
+                    event_id: seq.to_string(),
+                    payload: envelope.encode_to_vec().into(),
+                },
+            };
+            if let Some(ticket) = publisher.register(&envelope.subject, direct) {
+                self.pending.tickets.push(ticket);
+                self.pending.db.get_or_insert_with(|| self.db.clone());
+            }
+        }
         Ok(envelope)
     }
 
@@ -177,14 +243,24 @@ impl Tx {
         }
     }
 
-    /// Commits the state change and its events together, then wakes the relay (and any worker
-    /// registered with [`Tx::notify_on_commit`]).
+    /// Commits the state change and its events together, then hands the events to the direct
+    /// publisher (they go to the bus at once, in order per subject) and wakes any worker
+    /// registered with [`Tx::notify_on_commit`]. If the commit fails its events are left to the
+    /// relay's sweep (the commit may have happened after all).
     pub async fn commit(self) -> Result<(), DatabaseError> {
-        self.inner.commit().await?;
-        if self.emitted > 0 {
-            self.db.signal_outbox();
+        let Tx {
+            inner,
+            db,
+            pending,
+            wake_on_commit,
+            ..
+        } = self;
+        inner.commit().await?;
+        if !pending.tickets.is_empty() {
+            crate::publisher::abort_after_commit_if_armed(db.service());
         }
-        for worker in self.wake_on_commit {
+        pending.committed();
+        for worker in wake_on_commit {
             worker.notify_one();
         }
         Ok(())

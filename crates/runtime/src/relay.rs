@@ -1,5 +1,17 @@
-//! The outbox relay: publishes a service's committed outbox rows to the bus, in order per
-//! subject, and marks them sent only after the bus has stored them.
+//! The outbox relay: runs the direct publisher of a service's outbox ([`crate::publisher`]:
+//! committed rows go to the bus at once from the committing process, and are marked sent in
+//! batches afterwards) and sweeps up every row that path did not publish within a short bound
+//! (`sweep_after`): a crash between commit and publish, a bus outage, a row deferred to keep its
+//! subject's order. The sweep publishes in order per subject and marks rows sent only after the
+//! bus has stored them.
+//!
+//! Ordering between the two paths: the sweep takes only rows older than the bound, and never a
+//! row of a subject that has an earlier unsent row younger than the bound (clocks of two
+//! processes may disagree); a batch is in `seq` order, which is `sequence` order per subject.
+//! The direct path publishes row `n` of a subject only when row `n - 1` is known to be on the
+//! bus. Either path may publish a row the other published too (a duplicate, dropped by
+//! consumers by event id), but no path publishes a row before an earlier row of its subject was
+//! first published.
 //!
 //! Crash safety: a row is marked sent in a transaction that commits after the bus acknowledged
 //! the publish; a crash in between publishes it again on restart (consumers deduplicate by event
@@ -21,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{BusError, EventBus, OutgoingEvent};
 use crate::outbox::{domain_of, with_sequence};
+use crate::publisher::Marker;
 use crate::storage::{Backend, Database, DatabaseError, now_micros};
 
 /// Why one relay pass failed.
@@ -45,9 +58,14 @@ impl From<sqlx::Error> for RelayError {
 pub struct RelayOptions {
     /// Rows per batch.
     pub batch: usize,
-    /// How often to look for rows committed by other processes (rows committed through this
-    /// process's [`crate::outbox::Tx`] wake the relay at once).
+    /// How often the sweep looks for rows the direct path left unpublished.
     pub poll: Duration,
+    /// Rows unsent this long after they were written are the sweep's (the direct publisher
+    /// gets them to the bus within milliseconds; a row still unsent after this was missed).
+    /// Zero sweeps every unsent row (tests, tools).
+    pub sweep_after: Duration,
+    /// How long the batched mark of directly published rows waits to gather more rows.
+    pub mark_gather: Duration,
     /// Longest wait between retries while the bus or database is down.
     pub max_backoff: Duration,
     /// Sent rows older than this are deleted; `None` keeps them (the audit trail) forever.
@@ -61,7 +79,9 @@ impl Default for RelayOptions {
     fn default() -> Self {
         Self {
             batch: 256,
-            poll: Duration::from_millis(500),
+            poll: Duration::from_millis(250),
+            sweep_after: Duration::from_secs(1),
+            mark_gather: Duration::from_millis(10),
             max_backoff: Duration::from_secs(5),
             retention: None,
             handled_retention: Duration::from_secs(8 * 24 * 3600),
@@ -83,9 +103,12 @@ impl Relay {
         Self { db, bus, options }
     }
 
-    /// Publishes up to one batch of unsent rows; returns how many were published.
+    /// Publishes up to one batch of rows left unsent for longer than `sweep_after`; returns how
+    /// many were published.
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
         let limit = i64::try_from(self.options.batch).unwrap_or(i64::MAX);
+        let cutoff =
+            now_micros() - i64::try_from(self.options.sweep_after.as_micros()).unwrap_or(0);
         match self.db.backend() {
             Backend::Postgres { .. } => {
                 // Marking rows sent need not wait for the disk: if a crash loses the mark, the
@@ -101,13 +124,18 @@ impl Relay {
                 let rows = sqlx::query(
                     "WITH parts AS MATERIALIZED (\
                        SELECT p.part FROM mesh_outbox_partitions p WHERE EXISTS \
-                       (SELECT 1 FROM mesh_outbox o WHERE o.part = p.part AND o.sent_at_us IS NULL) \
+                       (SELECT 1 FROM mesh_outbox o WHERE o.part = p.part AND o.sent_at_us IS NULL \
+                        AND o.occurred_at_us <= $2) \
                        ORDER BY random() LIMIT 8 FOR UPDATE OF p SKIP LOCKED) \
-                     SELECT seq, sequence, event_type, envelope FROM mesh_outbox \
+                     SELECT seq, sequence, event_type, envelope FROM mesh_outbox o \
                      WHERE sent_at_us IS NULL AND part IN (SELECT part FROM parts) \
+                     AND occurred_at_us <= $2 AND NOT EXISTS (SELECT 1 FROM mesh_outbox e \
+                       WHERE e.subject = o.subject AND e.sequence < o.sequence \
+                       AND e.sent_at_us IS NULL AND e.occurred_at_us > $2) \
                      ORDER BY seq LIMIT $1",
                 )
                 .bind(limit)
+                .bind(cutoff)
                 .fetch_all(&mut *tx)
                 .await?;
                 let (seqs, events) = decode_rows(&rows)?;
@@ -126,10 +154,15 @@ impl Relay {
             }
             Backend::Sqlite => {
                 let rows = sqlx::query(
-                    "SELECT seq, sequence, event_type, envelope FROM mesh_outbox \
-                     WHERE sent_at_us IS NULL ORDER BY seq LIMIT $1",
+                    "SELECT seq, sequence, event_type, envelope FROM mesh_outbox o \
+                     WHERE sent_at_us IS NULL AND occurred_at_us <= $2 \
+                     AND NOT EXISTS (SELECT 1 FROM mesh_outbox e \
+                       WHERE e.subject = o.subject AND e.sequence < o.sequence \
+                       AND e.sent_at_us IS NULL AND e.occurred_at_us > $2) \
+                     ORDER BY seq LIMIT $1",
                 )
                 .bind(limit)
+                .bind(cutoff)
                 .fetch_all(self.db.pool())
                 .await?;
                 let (seqs, events) = decode_rows(&rows)?;
@@ -166,11 +199,35 @@ impl Relay {
         Ok(handled + sent)
     }
 
-    /// Relays until `shutdown`: drains the outbox whenever woken or every poll interval; while
-    /// the bus or database fails, retries with exponential backoff and logs once per change of
-    /// state (failing / recovered), not per attempt.
+    /// Runs until `shutdown`: the direct publisher of this database's commits and the batched
+    /// marking of what it published, and the sweep of rows left unsent past `sweep_after`
+    /// every poll interval; while the bus or database fails, each retries with exponential
+    /// backoff and logs once per change of state (failing / recovered), not per attempt.
     pub async fn run(self, shutdown: CancellationToken) {
         let service = self.db.service().to_string();
+        let marker = Arc::new(Marker::default());
+        let publisher = self.db.publisher().clone();
+        let direct = publisher.run(
+            self.bus.clone(),
+            marker.clone(),
+            service.clone(),
+            shutdown.clone(),
+        );
+        let db = self.db.clone();
+        let marking = marker.run(
+            self.options.mark_gather,
+            service.clone(),
+            shutdown.clone(),
+            move |seqs| {
+                let db = db.clone();
+                async move { mark_published(&db, &seqs).await }
+            },
+        );
+        tokio::join!(direct, marking, self.sweep(service, shutdown.clone()));
+    }
+
+    /// The sweep loop of [`Relay::run`].
+    async fn sweep(&self, service: String, shutdown: CancellationToken) {
         let mut failing: Option<String> = None;
         let mut backoff = Duration::from_millis(100);
         let mut last_cleanup = tokio::time::Instant::now();
@@ -206,7 +263,6 @@ impl Relay {
                     }
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = self.db.outbox_signalled() => {}
                         () = tokio::time::sleep(self.options.poll) => {}
                     }
                 }
@@ -248,6 +304,29 @@ fn decode_rows(rows: &[sqlx::any::AnyRow]) -> Result<Decoded, sqlx::Error> {
         });
     }
     Ok((seqs, events))
+}
+
+/// Marks rows the direct publisher published, in chunks of one statement each; on Postgres
+/// without waiting for the disk (a lost mark is one more duplicate, never a lost event).
+async fn mark_published(db: &Database, seqs: &[i64]) -> Result<(), DatabaseError> {
+    for chunk in seqs.chunks(2000) {
+        let update = format!(
+            "UPDATE mesh_outbox SET sent_at_us = {} WHERE seq IN ({}) AND sent_at_us IS NULL",
+            now_micros(),
+            join(chunk)
+        );
+        let sql = match db.backend() {
+            Backend::Postgres { .. } => {
+                format!("BEGIN; SET LOCAL synchronous_commit = off; {update}; COMMIT")
+            }
+            Backend::Sqlite => update,
+        };
+        let mut conn = db.acquire().await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 async fn mark_sent(conn: &mut sqlx::AnyConnection, seqs: &[i64]) -> Result<(), sqlx::Error> {

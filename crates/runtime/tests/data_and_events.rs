@@ -229,6 +229,15 @@ fn fast() -> ConsumerOptions {
     }
 }
 
+/// Relay options whose sweep takes every unsent row at once (tests that call `relay_once`
+/// without the direct publisher running).
+fn sweep_all() -> RelayOptions {
+    RelayOptions {
+        sweep_after: Duration::ZERO,
+        ..RelayOptions::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_to_bus_to_consumer_round_trip_keeps_order_trace_and_audit() {
     for (name, target, bus) in combinations("round trip", DeliveryOptions::default()) {
@@ -304,6 +313,133 @@ async fn outbox_to_bus_to_consumer_round_trip_keeps_order_trace_and_audit() {
     }
 }
 
+/// A relay whose sweep never runs within a test: only the direct publisher can deliver.
+fn direct_only() -> RelayOptions {
+    RelayOptions {
+        sweep_after: Duration::from_secs(3600),
+        poll: Duration::from_secs(3600),
+        ..RelayOptions::default()
+    }
+}
+
+async fn unsent(db: &Database) -> i64 {
+    sqlx::query("SELECT COUNT(*) AS n FROM mesh_outbox WHERE sent_at_us IS NULL")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_events_are_published_at_once_in_order_and_rolled_back_ones_never() {
+    for (name, target, bus) in combinations("direct publish", DeliveryOptions::default()) {
+        let db = open(&target).await;
+        let stop = CancellationToken::new();
+        tokio::spawn(Relay::new(db.clone(), bus.clone(), direct_only()).run(stop.clone()));
+        let recorder = Recorder::default();
+        let consumer = Consumer::new(db.clone(), bus.clone(), unique("g"))
+            .on("product.deleted", recorder.clone())
+            .options(fast());
+        tokio::spawn(consumer.run(stop.clone()));
+        // Let the publishing loop start (rows committed before it runs are the sweep's).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        // Rolled back, dropped, or undone by a savepoint: never published.
+        let mut tx = db.begin().await.unwrap();
+        tx.emit(event("gone")).await.unwrap();
+        tx.rollback().await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        tx.emit(event("gone")).await.unwrap();
+        drop(tx);
+
+        // Eight producers, four subjects shared between them: each subject's events are
+        // written by several tasks, in sequence order, and must arrive in that order.
+        let subjects: Vec<String> = (0..4).map(|i| format!("d-{i}")).collect();
+        let mut producers = Vec::new();
+        for p in 0..8 {
+            let db = db.clone();
+            let subjects = subjects.clone();
+            producers.push(tokio::spawn(async move {
+                let mut written = 0;
+                while written < 25 {
+                    let subject = &subjects[(p + written) % subjects.len()];
+                    let mut tx = db.begin().await.unwrap();
+                    // Two writers of one subject race for its next sequence: the loser's
+                    // insert fails (unique) and it tries again, as a service would.
+                    if tx.emit(event(subject)).await.is_err() {
+                        continue;
+                    }
+                    if tx.commit().await.is_ok() {
+                        written += 1;
+                    }
+                }
+            }));
+        }
+        for p in producers {
+            p.await.unwrap();
+        }
+        wait_for_effects(&db, 200, Duration::from_secs(30), &name).await;
+        assert_eq!(
+            *recorder.out_of_order.lock().unwrap(),
+            0,
+            "{name}: order per subject"
+        );
+        let gone: i64 = sqlx::query("SELECT COUNT(*) AS n FROM effects WHERE subject = 'gone'")
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap();
+        assert_eq!(gone, 0, "{name}: a rolled-back event was published");
+        // The direct path marks what it published, in batches, soon after.
+        let start = std::time::Instant::now();
+        while unsent(&db).await > 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{name}: published rows not marked sent"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        eprintln!("ok: direct publish on {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_publish_never_happened_is_swept_after_the_bound_in_order() {
+    for (name, target, bus) in combinations("sweep", DeliveryOptions::default()) {
+        let db = open(&target).await;
+        // No relay runs: these commits are those of a process killed right after its commits.
+        let subjects: Vec<String> = (0..3).map(|i| format!("s-{i}")).collect();
+        produce(&db, &subjects, 5).await;
+        let stop = CancellationToken::new();
+        let options = RelayOptions {
+            sweep_after: Duration::from_millis(300),
+            poll: Duration::from_millis(50),
+            ..RelayOptions::default()
+        };
+        // The restarted process: its relay sweeps the old rows; a new commit of an old subject
+        // waits for them (its predecessor is not on the bus), so order per subject holds.
+        tokio::spawn(Relay::new(db.clone(), bus.clone(), options).run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        produce(&db, &subjects, 1).await;
+        let recorder = Recorder::default();
+        let consumer = Consumer::new(db.clone(), bus.clone(), unique("g"))
+            .on("product.deleted", recorder.clone())
+            .options(fast());
+        tokio::spawn(consumer.run(stop.clone()));
+        wait_for_effects(&db, 18, Duration::from_secs(30), &name).await;
+        assert_eq!(
+            *recorder.out_of_order.lock().unwrap(),
+            0,
+            "{name}: order per subject"
+        );
+        stop.cancel();
+        eprintln!("ok: sweep on {name}");
+    }
+}
+
 /// A bus that stores only the first `n` events of the next batch and then fails, as a relay
 /// killed mid-batch would leave things: some events published, none marked sent.
 #[derive(Debug)]
@@ -354,13 +490,13 @@ async fn relay_killed_mid_batch_and_restarted_delivers_everything_with_effects_o
             inner: bus.clone(),
             armed: Mutex::new(Some(17)),
         });
-        let relay = Relay::new(db.clone(), dying.clone(), RelayOptions::default());
+        let relay = Relay::new(db.clone(), dying.clone(), sweep_all());
         assert!(
             relay.relay_once().await.is_err(),
             "{name}: the first relay dies mid-batch"
         );
         // A new relay (the restarted process) publishes everything not marked sent.
-        let restarted = Relay::new(db.clone(), bus.clone(), RelayOptions::default());
+        let restarted = Relay::new(db.clone(), bus.clone(), sweep_all());
         while restarted.relay_once().await.unwrap() > 0 {}
         let unsent: i64 =
             sqlx::query("SELECT COUNT(*) AS n FROM mesh_outbox WHERE sent_at_us IS NULL")
@@ -391,7 +527,7 @@ async fn consumer_crash_before_ack_is_redelivered_to_another_consumer_with_one_e
     for (name, target, bus) in combinations("consumer crash before ack", options) {
         let db = open(&target).await;
         produce(&db, &["c-1".to_string()], 3).await;
-        let relay = Relay::new(db.clone(), bus.clone(), RelayOptions::default());
+        let relay = Relay::new(db.clone(), bus.clone(), sweep_all());
         while relay.relay_once().await.unwrap() > 0 {}
 
         let consumer = Consumer::new(db.clone(), bus.clone(), unique("g"))
@@ -485,7 +621,7 @@ async fn poison_malformed_and_unknown_events_are_dead_lettered_and_the_consumer_
         .unwrap();
         tx.emit(event("after-poison")).await.unwrap();
         tx.commit().await.unwrap();
-        let relay = Relay::new(db.clone(), bus.clone(), RelayOptions::default());
+        let relay = Relay::new(db.clone(), bus.clone(), sweep_all());
         while relay.relay_once().await.unwrap() > 0 {}
 
         wait_for_effects(&db, 1, Duration::from_secs(20), &name).await;
@@ -791,7 +927,7 @@ async fn housekeeping_prunes_old_handled_records_and_sent_rows_only() {
             RelayOptions {
                 retention: Some(Duration::from_secs(3600)),
                 handled_retention: Duration::from_secs(8 * 24 * 3600),
-                ..RelayOptions::default()
+                ..sweep_all()
             },
         );
         while relay.relay_once().await.unwrap() > 0 {}

@@ -16,7 +16,6 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor as _};
 use std::str::FromStr as _;
 use std::sync::Arc;
-use tokio::sync::Notify;
 
 pub use error::DatabaseError;
 
@@ -79,7 +78,7 @@ pub struct Database {
     pool: AnyPool,
     backend: Backend,
     service: Arc<str>,
-    outbox_signal: Arc<Notify>,
+    publisher: Arc<crate::publisher::Publisher>,
 }
 
 impl Database {
@@ -118,9 +117,13 @@ impl Database {
                     bootstrap.execute(sqlx::AssertSqlSafe(create)).await?;
                 }
                 bootstrap.close().await;
+                // No ping before every acquire: a connection that broke fails its first statement
+                // (the driver sees the closed socket), the caller gets UNAVAILABLE and retries,
+                // and the pool drops that connection; the ping cost a round trip on every call.
                 let pool = AnyPoolOptions::new()
                     .max_connections(pool_size.max(1))
                     .min_connections(0)
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(3))
                     .after_connect(move |conn, _| {
                         let set_path = set_path.clone();
@@ -143,6 +146,7 @@ impl Database {
                 let url = format!("sqlite://{}?mode=rwc", path.display());
                 let pool = AnyPoolOptions::new()
                     .max_connections(4)
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(3))
                     .after_connect(|conn, _| {
                         Box::pin(async move {
@@ -163,7 +167,7 @@ impl Database {
             pool,
             backend,
             service: service.into(),
-            outbox_signal: Arc::new(Notify::new()),
+            publisher: Arc::default(),
         })
     }
 
@@ -227,14 +231,9 @@ impl Database {
         Ok(crate::outbox::Tx::new(tx, self.clone()))
     }
 
-    /// Wakes this service's relay: new outbox rows were committed.
-    pub(crate) fn signal_outbox(&self) {
-        self.outbox_signal.notify_one();
-    }
-
-    /// Resolves when [`Database::signal_outbox`] was called since the last wait.
-    pub(crate) async fn outbox_signalled(&self) {
-        self.outbox_signal.notified().await;
+    /// The direct publisher of this database's outbox (run by its relay).
+    pub(crate) fn publisher(&self) -> &Arc<crate::publisher::Publisher> {
+        &self.publisher
     }
 
     /// Closes the pool (waits for connections in use to be returned).
