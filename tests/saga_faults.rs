@@ -1,7 +1,15 @@
-//! The order saga's fault test (issue 5): the mesh on Postgres + Redis with every service a
-//! separate `mesh serve <service>` process, 500 orders from concurrent clients while inventory
-//! and payment are SIGKILLed and restarted and Redis is SIGKILLed and restarted; then every
-//! invariant of `/docs/saga.md` is checked in the services' databases:
+//! The order saga's fault test (issues 5 and 15): the mesh on Postgres + Redis with every service
+//! a separate `mesh serve <service>` process, with the event settings' defaults (claim time
+//! 10 s, dead consumers taken over after 1.5 s, saga timeout 30 s).
+//!
+//! 1. Inventory is SIGKILLed and restarted while good-card orders flow: every one of them is
+//!    CONFIRMED (none cancelled by the saga timeout), soon after the restart: the dead consumer's
+//!    events are taken over by its heartbeat, not after the claim time.
+//! 2. 500 orders from concurrent clients while inventory, payment, Redis, order and notification
+//!    are SIGKILLed and restarted in turn, and inventory and order are restarted with a fault
+//!    switch that aborts them right after a commit, before its events are published
+//!    (`MESH_FAULT_ABORT_AFTER_COMMIT`). Then every invariant of `/docs/saga.md` is checked in the
+//!    services' databases:
 //!
 //! - every order ends CONFIRMED or CANCELLED, one order per idempotency key;
 //! - no order is charged twice; a confirmed order has one captured, unrefunded charge; a
@@ -49,6 +57,8 @@ const SERVICES: &[&str] = &[
     "order",
 ];
 const ORDERS: usize = 500;
+/// Good-card orders placed while inventory is killed (phase 1).
+const KILL_ORDERS: usize = 60;
 const CLIENTS: usize = 25;
 const PRODUCTS: usize = 12;
 const STOCK_EACH: i64 = 100;
@@ -142,7 +152,8 @@ fn order_request(products: &[String], n: usize) -> PlaceOrderRequest {
     }
 }
 
-/// Kills and restarts inventory, payment and Redis in turn until `done`, at least once each.
+/// Kills and restarts inventory, payment, Redis, order and notification in turn, and aborts
+/// inventory and order right after a commit, until `done`, at least once each.
 async fn chaos(
     cluster: Arc<Mutex<Cluster>>,
     redis: Arc<Mutex<Redis>>,
@@ -150,9 +161,32 @@ async fn chaos(
 ) -> usize {
     let mut rounds = 0;
     loop {
-        for victim in ["inventory", "payment", "redis"] {
+        for victim in [
+            "inventory",
+            "payment",
+            "redis",
+            "order",
+            "abort inventory",
+            "notification",
+            "abort order",
+        ] {
             tokio::time::sleep(Duration::from_millis(700)).await;
-            if victim == "redis" {
+            if let Some(service) = victim.strip_prefix("abort ") {
+                let service: &'static str = if service == "order" {
+                    "order"
+                } else {
+                    "inventory"
+                };
+                let mut c = cluster.lock().await;
+                // Its third commit that emits events is its last: the process aborts before
+                // publishing them, and the restarted process's sweep must.
+                let switch = format!("{service}:3");
+                c.restart_with(service, &[("MESH_FAULT_ABORT_AFTER_COMMIT", &switch)])
+                    .await;
+                let aborted = c.wait_exit(service, Duration::from_secs(15)).await;
+                eprintln!("fault test: {service} aborted after a commit: {aborted}");
+                c.restart(service).await;
+            } else if victim == "redis" {
                 let mut r = redis.lock().await;
                 r.kill();
                 tokio::time::sleep(Duration::from_millis(700)).await;
@@ -182,6 +216,7 @@ async fn snapshot(
     db: &sqlx::PgPool,
     stocked: &BTreeMap<String, i64>,
     notifications: bool,
+    placed: usize,
 ) -> Snapshot {
     let mut problems = Vec::new();
     let rows = sqlx::query(r#"SELECT id, status, idempotency_key FROM "order".orders"#)
@@ -200,9 +235,9 @@ async fn snapshot(
         problems.push(format!("{open} orders are not final"));
     }
     let keys: BTreeSet<&String> = orders.values().map(|(_, k)| k).collect();
-    if keys.len() != orders.len() || orders.len() != ORDERS {
+    if keys.len() != orders.len() || orders.len() != placed {
         problems.push(format!(
-            "{} orders for {} keys; {ORDERS} were placed",
+            "{} orders for {} keys; {placed} were placed",
             orders.len(),
             keys.len()
         ));
@@ -409,6 +444,91 @@ async fn snapshot(
     }
 }
 
+/// Phase 1: good-card orders of one line each from five clients; inventory is SIGKILLed and
+/// restarted while they flow. Every one must be CONFIRMED, and soon: the restarted inventory
+/// takes the dead consumer's events over within about 2 s of its death, long before the claim
+/// time (10 s) would hand them over, and the saga timeout (30 s) never fires.
+async fn inventory_killed_while_orders_flow(
+    cluster: &mut Cluster,
+    pool: &sqlx::PgPool,
+    products: &[String],
+    customers: &[String],
+) {
+    let order_channel = cluster.channel("order").await;
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut clients = Vec::new();
+    for (c, token) in customers.iter().take(5).enumerate() {
+        let mut orders = OrderServiceClient::new(order_channel.clone());
+        let token = token.clone();
+        let products = products.to_vec();
+        clients.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for k in 0..KILL_ORDERS / 5 {
+                let n = c * (KILL_ORDERS / 5) + k;
+                let mut req = order_request(&products, n);
+                req.idempotency_key = format!("inventory-kill-{n}");
+                req.lines.truncate(1);
+                req.lines[0].quantity = 1;
+                if let Some(payment_method::Method::Card(card)) =
+                    req.payment_method.as_mut().and_then(|m| m.method.as_mut())
+                {
+                    card.number = GOOD_CARD.into();
+                }
+                ids.push(place(&mut orders, &token, req, until).await);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ids
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    cluster.kill("inventory");
+    let killed = Instant::now();
+    cluster.restart("inventory").await;
+    let mut ids = Vec::new();
+    for c in clients {
+        ids.extend(c.await.expect("client"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let statuses = loop {
+        let rows = sqlx::query(r#"SELECT id, status FROM "order".orders WHERE idempotency_key LIKE 'inventory-kill-%'"#)
+            .fetch_all(pool)
+            .await
+            .expect("orders");
+        let statuses: BTreeMap<String, String> = rows
+            .iter()
+            .map(|r| (r.get("id"), r.get("status")))
+            .collect();
+        let open = statuses
+            .values()
+            .filter(|s| *s != "ORDER_STATUS_CONFIRMED" && *s != "ORDER_STATUS_CANCELLED")
+            .count();
+        if (open == 0 && statuses.len() == ids.len()) || Instant::now() > deadline {
+            break statuses;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let settled = killed.elapsed();
+    let not_confirmed: Vec<_> = statuses
+        .iter()
+        .filter(|(_, s)| *s != "ORDER_STATUS_CONFIRMED")
+        .collect();
+    eprintln!(
+        "fault test: inventory killed while {} orders flowed; all final {:.1} s after the kill; not confirmed: {}",
+        ids.len(),
+        settled.as_secs_f64(),
+        not_confirmed.len()
+    );
+    assert_eq!(statuses.len(), KILL_ORDERS, "every order placed once");
+    assert!(
+        not_confirmed.is_empty(),
+        "good-card orders not CONFIRMED after inventory's kill: {not_confirmed:?}"
+    );
+    assert!(
+        settled < Duration::from_secs(9),
+        "the orders waited {settled:?} after inventory's kill: its events were not taken over before the claim time (10 s)"
+    );
+}
+
 async fn run(base_url: String) {
     // Kept on failure for the processes' logs; removed after a pass.
     let work = tempfile::tempdir().expect("temp dir").keep();
@@ -424,8 +544,6 @@ async fn run(base_url: String) {
         ("MESH_REDIS_URL".into(), redis_url),
         ("MESH_SERVICE_CLIENT_SECRET".into(), "fault-secret".into()),
         ("MESH_AUTH_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN.into()),
-        ("MESH_ORDER_SAGA_TIMEOUT".into(), "20s".into()),
-        ("MESH_EVENT_CLAIM_IDLE".into(), "2s".into()),
         ("MESH_EVENT_MAX_DELIVERIES".into(), "50".into()),
         ("MESH_LOG".into(), "warn".into()),
     ];
@@ -507,7 +625,12 @@ async fn run(base_url: String) {
         customers.push(sign_up(&cluster, &format!("fault-{i}@example.com")).await.0);
     }
 
-    // 500 orders from 25 clients while the chaos runs.
+    // Phase 1: inventory killed while good-card orders flow.
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    let mut cluster = cluster;
+    inventory_killed_while_orders_flow(&mut cluster, &pool, &products, &customers).await;
+
+    // Phase 2: 500 orders from 25 clients while the chaos runs.
     let cluster = Arc::new(Mutex::new(cluster));
     let done = Arc::new(AtomicBool::new(false));
     let chaos_task = tokio::spawn(chaos(cluster.clone(), redis.clone(), done.clone()));
@@ -538,10 +661,9 @@ async fn run(base_url: String) {
     eprintln!("fault test: {ORDERS} orders placed during {rounds} rounds of kills");
 
     // Converge, then check.
-    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
     let deadline = Instant::now() + Duration::from_secs(90);
     let snap = loop {
-        let snap = snapshot(&pool, &stocked, notifications).await;
+        let snap = snapshot(&pool, &stocked, notifications, ORDERS + KILL_ORDERS).await;
         if snap.problems.is_empty() || Instant::now() > deadline {
             break snap;
         }

@@ -180,6 +180,10 @@ impl Cluster {
     }
 
     fn spawn(&mut self, name: &'static str) {
+        self.spawn_with(name, &[]);
+    }
+
+    fn spawn_with(&mut self, name: &'static str, extra: &[(&str, &str)]) {
         let starts = self.procs.get(name).map_or(0, |p| p.starts) + 1;
         let log = std::fs::File::create(self.logs.join(format!("{name}.{starts}.log")))
             .expect("log file");
@@ -201,6 +205,9 @@ impl Cluster {
             format!("{}_PORT", env_prefix(name)),
             self.ports[name].to_string(),
         );
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
         let child = cmd.spawn().expect("mesh serve starts");
         self.procs.insert(
             name,
@@ -269,6 +276,32 @@ impl Cluster {
         self.kill(name);
         self.spawn(name);
         self.wait_serving(name).await;
+    }
+
+    /// Starts `name` again with `extra` environment for this start only (e.g. a fault switch)
+    /// and waits until it serves.
+    pub async fn restart_with(&mut self, name: &'static str, extra: &[(&str, &str)]) {
+        self.kill(name);
+        self.spawn_with(name, extra);
+        self.wait_serving(name).await;
+    }
+
+    /// Waits up to `within` for `name` to exit on its own; whether it did.
+    pub async fn wait_exit(&mut self, name: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(p) = self.procs.get_mut(name)
+                && let Some(c) = p.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                p.child = None;
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Whether every process is still running (none exited on its own).

@@ -61,6 +61,7 @@ pub(crate) async fn open_and_migrate(
 pub(crate) fn bus(config: &MeshConfig) -> anyhow::Result<Arc<dyn EventBus>> {
     let options = DeliveryOptions {
         claim_idle: config.events.claim_idle,
+        dead_after: config.events.dead_after,
         retention: config.events.retention,
     };
     Ok(match &config.events.redis_url {

@@ -136,6 +136,7 @@ pub(crate) async fn start(
             bus.clone(),
             RelayOptions {
                 retention: config.events.outbox_retention,
+                sweep_after: config.events.outbox_sweep_after,
                 // Redelivery ends with the stream's retention; a day's margin beyond it.
                 handled_retention: config.events.retention + Duration::from_secs(24 * 3600),
                 ..RelayOptions::default()

@@ -1,13 +1,19 @@
 //! Publish-to-handle latency and throughput of the event path: outbox write (one transaction
-//! per event) -> relay -> bus -> idempotent consumer (one transaction per event, with an effect
-//! row). Runs SQLite + in-process bus always, and Postgres + Redis Streams when
-//! `MESH_BENCH_DATABASE_URL` and `MESH_BENCH_REDIS_URL` (or the `MESH_TEST_*` twins) are set.
+//! per event) -> direct publish after commit (the relay only sweeps) -> bus -> idempotent
+//! consumer (a transaction per batch group, with an effect row per event). Runs SQLite +
+//! in-process bus always, and Postgres + Redis Streams when `MESH_BENCH_DATABASE_URL` and
+//! `MESH_BENCH_REDIS_URL` (or the `MESH_TEST_*` twins) are set.
 //!
-//! `cargo bench -p mesh-runtime --bench events` (`MESH_BENCH_RATE`, `MESH_BENCH_SECONDS` change
-//! the offered load in events/s and the duration; `MESH_BENCH_EVENTS_PER_TX`, default 1, makes each
-//! producer transaction emit that many events, to separate the database's commit rate from the
-//! rest of the path). Latency is from the producer's emit (the envelope time, just
-//! before its commit) to the start of the handler, on one clock (one process).
+//! `cargo bench -p mesh-runtime --bench events` (`MESH_BENCH_RATE`, default 1000, and
+//! `MESH_BENCH_SECONDS` change the offered load in events/s and the duration;
+//! `MESH_BENCH_EVENTS_PER_TX`, default 1, makes each producer transaction emit that many
+//! events). Latency is from the producer's emit (the envelope time, just before its commit) to
+//! the start of the handler, on one clock (one process).
+//!
+//! The floor, measured in the same run on Postgres: `pgbench` (16 clients, 2 threads, prepared)
+//! running the producer's own transaction (`BEGIN`, the outbox insert of `Tx::emit`, `COMMIT`)
+//! on a scratch schema with the runtime's tables; the bench prints the path's ceiling (the
+//! unpaced run's events handled per second) as a ratio to it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -195,6 +201,62 @@ async fn run(
     }
 }
 
+/// The floor: `pgbench` runs the producer's transaction (what `Database::begin`, `Tx::emit` and
+/// `Tx::commit` send) on a scratch schema with the runtime's tables, 16 clients, for `seconds`;
+/// returns its tx/s. Each client writes its own subjects, as the bench's producers do.
+async fn pgbench_floor(url: &str, seconds: u64) -> Result<f64, String> {
+    let schema = format!("bench_floor_{}", uuid::Uuid::now_v7().simple());
+    let target = DatabaseTarget::Postgres {
+        url: url.to_string(),
+        schema: schema.clone(),
+    };
+    let db = Database::connect("bench", &target)
+        .await
+        .map_err(|e| e.to_string())?;
+    db.migrate(&Migrations::NONE)
+        .await
+        .map_err(|e| e.to_string())?;
+    let script = std::env::temp_dir().join(format!("{schema}.sql"));
+    std::fs::write(
+        &script,
+        "\\set s random(1, 64)\n\
+         BEGIN;\n\
+         INSERT INTO mesh_outbox (event_id, event_type, subject, sequence, part, occurred_at_us, envelope) \
+         SELECT md5(random()::text), 'product.deleted', 'p-' || :client_id || '-' || :s, COALESCE(MAX(sequence), 0) + 1, 3, 1, '\\x0a0b'::bytea \
+         FROM mesh_outbox WHERE subject = 'p-' || :client_id || '-' || :s \
+         RETURNING seq, sequence, (SELECT p.sent_at_us FROM mesh_outbox p WHERE p.subject = mesh_outbox.subject AND p.sequence = mesh_outbox.sequence - 1);\n\
+         COMMIT;\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let out = tokio::process::Command::new("pgbench")
+        .args(["-n", "-c", "16", "-j", "2", "-M", "prepared", "-T"])
+        .arg(seconds.to_string())
+        .arg("-f")
+        .arg(&script)
+        .arg(url)
+        .env("PGOPTIONS", format!("-c search_path={schema}"))
+        .output()
+        .await
+        .map_err(|e| format!("running pgbench: {e}"))?;
+    let _ = std::fs::remove_file(&script);
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(db.pool())
+        .await;
+    db.close().await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("tps = ")?;
+            rest.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .ok_or_else(|| {
+            format!(
+                "no tps in pgbench's output: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
 /// Makes a fresh database target and bus for one run.
 type Scenario = Box<dyn Fn() -> (DatabaseTarget, Arc<dyn EventBus>)>;
 
@@ -203,7 +265,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let rate: u64 = env("RATE").and_then(|r| r.parse().ok()).unwrap_or(5000);
+    let rate: u64 = env("RATE").and_then(|r| r.parse().ok()).unwrap_or(1000);
     let seconds: u64 = env("SECONDS").and_then(|r| r.parse().ok()).unwrap_or(10);
     let per_tx: u64 = env("EVENTS_PER_TX")
         .and_then(|r| r.parse().ok())
@@ -257,20 +319,43 @@ fn main() {
             "SKIPPED: Postgres + Redis: set MESH_BENCH_DATABASE_URL and MESH_BENCH_REDIS_URL (or MESH_TEST_*)"
         ),
     }
+    let mut ceiling = None;
     for (name, make) in &scenarios {
         for offered in [Some(rate), None] {
             let _runtime = rt.enter();
             let (target, bus) = make();
             let r = rt.block_on(run(&target, bus, offered, seconds, per_tx));
-            let offered = if r.offered.is_nan() {
+            let offered_text = if r.offered.is_nan() {
                 "max".to_string()
             } else {
                 format!("{:.0}", r.offered)
             };
             println!(
-                "| {name} | {offered} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                "| {name} | {offered_text} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |",
                 r.produced, r.handled, r.p50, r.p99, r.max
             );
+            if offered.is_none() && name.starts_with("Postgres") {
+                // The path's ceiling: what was produced and handled, unpaced.
+                ceiling = Some(r.produced.min(r.handled));
+            }
+        }
+    }
+    if let Some(pg) = env("DATABASE_URL") {
+        let _runtime = rt.enter();
+        match rt.block_on(pgbench_floor(&pg, seconds)) {
+            Ok(floor) => {
+                println!(
+                    "\nfloor: pgbench -c 16 -j 2 -M prepared, the producer's transaction (BEGIN; emit's outbox INSERT; COMMIT): {floor:.0} tx/s"
+                );
+                if let Some(c) = ceiling {
+                    println!(
+                        "path ceiling (Postgres + Redis, unpaced): {c:.0} events/s = {:.2}x the floor ({} events per transaction)",
+                        c / per_tx as f64 / floor,
+                        per_tx
+                    );
+                }
+            }
+            Err(e) => eprintln!("SKIPPED: the pgbench floor: {e}"),
         }
     }
     // This run's streams and groups.

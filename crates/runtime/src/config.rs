@@ -92,10 +92,21 @@ pub struct RuntimeArgs {
     #[arg(long, env = "MESH_EVENT_RETRY_BACKOFF", default_value = "200ms")]
     pub event_retry_backoff: String,
 
-    /// How long an event may stay unacknowledged by a consumer before another consumer of the
-    /// same service reclaims it (the first is presumed dead), e.g. `30s`.
-    #[arg(long, env = "MESH_EVENT_CLAIM_IDLE", default_value = "30s")]
+    /// How long an event may stay unacknowledged by a live consumer (alive but stuck) before
+    /// another consumer of the same service reclaims it, e.g. `10s`. Must stay well below the
+    /// order saga's timeout (`MESH_ORDER_SAGA_TIMEOUT`, at most half of it).
+    #[arg(long, env = "MESH_EVENT_CLAIM_IDLE", default_value = "10s")]
     pub event_claim_idle: String,
+
+    /// A consumer whose heartbeat is this old is dead, and the others of its group take its
+    /// unacknowledged events over at once, e.g. `1500ms`. Shorter than the claim time.
+    #[arg(long, env = "MESH_EVENT_DEAD_AFTER", default_value = "1500ms")]
+    pub event_dead_after: String,
+
+    /// Outbox rows that the committing process did not publish within this bound (it crashed
+    /// right after its commit, or the bus was down) are published by the relay's sweep, e.g. `1s`.
+    #[arg(long, env = "MESH_OUTBOX_SWEEP_AFTER", default_value = "1s")]
+    pub outbox_sweep_after: String,
 
     /// How long events stay in the bus's streams before trimming, e.g. `7d`.
     #[arg(long, env = "MESH_EVENT_RETENTION", default_value = "7d")]
@@ -177,10 +188,14 @@ pub struct EventConfig {
     pub retry_backoff: Duration,
     /// Idle time after which another consumer reclaims an unacknowledged event.
     pub claim_idle: Duration,
+    /// Heartbeat age after which a consumer is dead and its events are taken over.
+    pub dead_after: Duration,
     /// How long events stay in the streams.
     pub retention: Duration,
     /// How long published outbox rows are kept; `None` keeps them forever.
     pub outbox_retention: Option<Duration>,
+    /// Rows unsent this long after their commit are published by the relay's sweep.
+    pub outbox_sweep_after: Duration,
 }
 
 impl Default for EventConfig {
@@ -189,9 +204,11 @@ impl Default for EventConfig {
             redis_url: None,
             max_deliveries: 5,
             retry_backoff: Duration::from_millis(200),
-            claim_idle: Duration::from_secs(30),
+            claim_idle: crate::bus::DEFAULT_CLAIM_IDLE,
+            dead_after: crate::bus::DEFAULT_DEAD_AFTER,
             retention: Duration::from_secs(7 * 24 * 3600),
             outbox_retention: None,
+            outbox_sweep_after: Duration::from_secs(1),
         }
     }
 }
@@ -484,6 +501,47 @@ impl MeshConfig {
             &args.event_claim_idle,
             claim_idle.as_ref().err().cloned(),
         );
+        let dead_after = nonzero(&args.event_dead_after);
+        check(
+            "--event-dead-after / MESH_EVENT_DEAD_AFTER",
+            &args.event_dead_after,
+            dead_after.as_ref().err().cloned(),
+        );
+        if let (Ok(claim), Ok(dead)) = (&claim_idle, &dead_after)
+            && dead >= claim
+        {
+            check(
+                "--event-dead-after / MESH_EVENT_DEAD_AFTER",
+                &args.event_dead_after,
+                Some(format!(
+                    "must be shorter than --event-claim-idle / MESH_EVENT_CLAIM_IDLE ({}): a dead consumer is detected by its heartbeat before its events would be reclaimed by age",
+                    args.event_claim_idle.trim()
+                )),
+            );
+        }
+        // The order saga gives up on an order after MESH_ORDER_SAGA_TIMEOUT: an event stuck with
+        // a consumer must be reclaimed (and retried) well before that, or orders that would have
+        // gone through are cancelled. (An unparsable value is the order service's to report.)
+        if let (Ok(claim), Some(raw)) = (&claim_idle, env("MESH_ORDER_SAGA_TIMEOUT"))
+            && let Ok(saga) = parse_duration(&raw)
+            && !saga.is_zero()
+            && saga < *claim * 2
+        {
+            check(
+                "--event-claim-idle / MESH_EVENT_CLAIM_IDLE",
+                &args.event_claim_idle,
+                Some(format!(
+                    "must be at most half of MESH_ORDER_SAGA_TIMEOUT ({}): an event reclaimed after the claim time must still have time to finish the saga before the timeout cancels the order; lower MESH_EVENT_CLAIM_IDLE or raise MESH_ORDER_SAGA_TIMEOUT",
+                    raw.trim()
+                )),
+            );
+        }
+        let sweep_after = nonzero(&args.outbox_sweep_after);
+        check(
+            "--outbox-sweep-after / MESH_OUTBOX_SWEEP_AFTER",
+            &args.outbox_sweep_after,
+            sweep_after.as_ref().err().cloned(),
+        );
         let retention = nonzero(&args.event_retention);
         check(
             "--event-retention / MESH_EVENT_RETENTION",
@@ -528,20 +586,27 @@ impl MeshConfig {
             redis_url,
             max_deliveries,
             retry_backoff,
-            claim_idle,
+            (claim_idle, dead_after),
             retention,
-            outbox_retention,
+            (outbox_retention, sweep_after),
         ) {
-            (Ok(redis_url), Ok(max), Ok(backoff), Ok(claim), Ok(retention), Ok(outbox)) => {
-                Some(EventConfig {
-                    redis_url,
-                    max_deliveries: max,
-                    retry_backoff: backoff,
-                    claim_idle: claim,
-                    retention,
-                    outbox_retention: outbox,
-                })
-            }
+            (
+                Ok(redis_url),
+                Ok(max),
+                Ok(backoff),
+                (Ok(claim), Ok(dead)),
+                Ok(retention),
+                (Ok(outbox), Ok(sweep)),
+            ) => Some(EventConfig {
+                redis_url,
+                max_deliveries: max,
+                retry_backoff: backoff,
+                claim_idle: claim,
+                dead_after: dead,
+                retention,
+                outbox_retention: outbox,
+                outbox_sweep_after: sweep,
+            }),
             _ => None,
         };
 
@@ -755,6 +820,30 @@ mod tests {
         }
         assert_eq!(err.problems.len(), 5, "{text}");
         assert!(text.starts_with("invalid configuration (5 problems)"));
+    }
+
+    #[test]
+    fn a_claim_time_too_close_to_the_saga_timeout_is_refused_naming_both() {
+        // The defaults are consistent with the order saga's default timeout (30s).
+        let config = parse(&[], &[("MESH_ORDER_SAGA_TIMEOUT", "30s")]).expect("valid");
+        assert!(config.events.claim_idle * 2 <= Duration::from_secs(30));
+        assert!(config.events.dead_after < config.events.claim_idle);
+        let err = parse(
+            &["--event-claim-idle", "30s"],
+            &[("MESH_ORDER_SAGA_TIMEOUT", "30s")],
+        )
+        .expect_err("inconsistent");
+        let text = err.to_string();
+        assert!(
+            text.contains("MESH_EVENT_CLAIM_IDLE") && text.contains("MESH_ORDER_SAGA_TIMEOUT"),
+            "{text}"
+        );
+        let err = parse(&["--event-dead-after", "20s"], &[]).expect_err("inconsistent");
+        let text = err.to_string();
+        assert!(
+            text.contains("MESH_EVENT_DEAD_AFTER") && text.contains("MESH_EVENT_CLAIM_IDLE"),
+            "{text}"
+        );
     }
 
     #[test]

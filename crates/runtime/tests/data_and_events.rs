@@ -518,6 +518,65 @@ async fn relay_killed_mid_batch_and_restarted_delivers_everything_with_effects_o
     }
 }
 
+#[test]
+fn a_killed_consumers_events_are_taken_over_by_its_heartbeat_long_before_the_claim_time() {
+    let Some(url) = redis_url("dead consumer") else {
+        return;
+    };
+    let options = DeliveryOptions {
+        claim_idle: Duration::from_secs(60),
+        dead_after: Duration::from_millis(400),
+        ..DeliveryOptions::default()
+    };
+    let namespace = format!("{}:", unique("dead"));
+    let group = unique("g");
+    let domains = vec!["product".to_string()];
+    // The doomed consumer lives in a runtime of its own: shutting that runtime down stops its
+    // heartbeat without a goodbye, as SIGKILL would.
+    let doomed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = doomed.block_on(async {
+        let bus = RedisBus::connect(&url, namespace.clone(), options).unwrap();
+        let mut first = bus.subscribe(&group, "first", &domains).await.unwrap();
+        let event = OutgoingEvent {
+            domain: "product".into(),
+            event_id: "1".into(),
+            payload: Bytes::from_static(b"x"),
+        };
+        bus.publish(&[event]).await.unwrap();
+        let got = first.next_batch(10, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        std::mem::forget(first); // killed: never acknowledges, never says goodbye
+        bus
+    });
+    drop(bus);
+    doomed.shutdown_background();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let bus = RedisBus::connect(&url, namespace.clone(), options).unwrap();
+        let mut second = bus.subscribe(&group, "second", &domains).await.unwrap();
+        let start = std::time::Instant::now();
+        let mut taken = Vec::new();
+        while taken.is_empty() && start.elapsed() < Duration::from_secs(10) {
+            taken = second
+                .next_batch(10, Duration::from_millis(100))
+                .await
+                .unwrap();
+        }
+        assert_eq!(taken.len(), 1, "taken over");
+        assert_eq!(taken[0].attempt, 2);
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "taken over after {:?}, not about the heartbeat's 400 ms",
+            start.elapsed()
+        );
+        second.ack(&taken[0]).await.unwrap();
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_crash_before_ack_is_redelivered_to_another_consumer_with_one_effect() {
     let options = DeliveryOptions {

@@ -247,6 +247,34 @@ impl MemorySubscription {
     }
 }
 
+impl Drop for MemorySubscription {
+    /// A consumer that goes away (its task ended or was restarted) leaves its unacknowledged
+    /// events to the rest of the group at once, as a dead consumer does on Redis.
+    fn drop(&mut self) {
+        let claim_idle = self.bus.shared.options.claim_idle;
+        let Some(released) = Instant::now().checked_sub(claim_idle) else {
+            return;
+        };
+        let mut state = self.bus.lock();
+        for domain in &self.domains {
+            if let Some(group) = state
+                .streams
+                .get_mut(domain)
+                .and_then(|s| s.groups.get_mut(&self.group))
+            {
+                for p in group.pending.values_mut() {
+                    if p.consumer == self.consumer {
+                        p.delivered_at = released;
+                        p.retry_at = None;
+                    }
+                }
+            }
+        }
+        drop(state);
+        self.bus.shared.published.notify_waiters();
+    }
+}
+
 impl Subscription for MemorySubscription {
     fn next_batch(
         &mut self,
@@ -351,7 +379,7 @@ mod tests {
         let got = a.next_batch(10, Duration::ZERO).await.unwrap();
         assert_eq!(got.len(), 2);
         a.ack(&got[0]).await.unwrap();
-        drop(a); // crashes before acknowledging the second
+        std::mem::forget(a); // stuck (alive, never acknowledging the second)
         let mut b = bus.subscribe("g", "b", &domains).await.unwrap();
         assert!(
             b.next_batch(10, Duration::from_secs(10))
@@ -363,6 +391,25 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].payload[0], 2);
         assert_eq!(again[0].attempt, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_consumers_events_are_taken_over_at_once() {
+        let bus = MemoryBus::new(DeliveryOptions {
+            claim_idle: Duration::from_secs(30),
+            ..DeliveryOptions::default()
+        });
+        let domains = vec!["order".to_string()];
+        bus.publish(&[event("order", 1)]).await.unwrap();
+        let mut a = bus.subscribe("g", "a", &domains).await.unwrap();
+        assert_eq!(a.next_batch(10, Duration::ZERO).await.unwrap().len(), 1);
+        let mut b = bus.subscribe("g", "b", &domains).await.unwrap();
+        drop(a); // its task ended without acknowledging
+        let start = Instant::now();
+        let again = b.next_batch(10, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].attempt, 2);
+        assert_eq!(start.elapsed(), Duration::ZERO, "not after the claim time");
     }
 
     #[tokio::test(start_paused = true)]

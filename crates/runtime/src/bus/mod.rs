@@ -6,10 +6,11 @@
 //! - one stream per domain (`order.created` goes to the `order` stream), events of a stream in
 //!   publish order;
 //! - one consumer group per consuming service: each event goes to one consumer of the group;
-//! - at-least-once: an event stays pending until [`Subscription::ack`]; an event a consumer
-//!   received and never acknowledged (it crashed) is reclaimed by another consumer of the group
-//!   once it has been idle for the claim time; [`Subscription::retry`] redelivers it to the same
-//!   consumer after a delay;
+//! - at-least-once: an event stays pending until [`Subscription::ack`]; the events of a consumer
+//!   that died (its heartbeat older than `dead_after`, or its subscription dropped) are taken
+//!   over by another consumer of the group at once, and an event left unacknowledged by a live
+//!   consumer is reclaimed by another once it has been idle for the claim time;
+//!   [`Subscription::retry`] redelivers it to the same consumer after a delay;
 //! - [`Subscription::dead_letter`] moves an event to the group's dead-letter stream with the
 //!   reason and acknowledges it.
 
@@ -81,16 +82,26 @@ pub enum BusError {
 /// Delivery settings shared by both buses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliveryOptions {
-    /// Idle time after which another consumer reclaims an unacknowledged event.
+    /// Idle time after which another consumer reclaims an unacknowledged event (a consumer
+    /// that is alive but stuck, or an entry its consumer lost track of).
     pub claim_idle: Duration,
+    /// A consumer whose heartbeat is this old is dead: the others of its group take over its
+    /// pending events at once, without waiting for the claim time.
+    pub dead_after: Duration,
     /// How long events stay in a stream.
     pub retention: Duration,
 }
 
+/// Default of [`DeliveryOptions::claim_idle`].
+pub const DEFAULT_CLAIM_IDLE: Duration = Duration::from_secs(10);
+/// Default of [`DeliveryOptions::dead_after`].
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_millis(1500);
+
 impl Default for DeliveryOptions {
     fn default() -> Self {
         Self {
-            claim_idle: Duration::from_secs(30),
+            claim_idle: DEFAULT_CLAIM_IDLE,
+            dead_after: DEFAULT_DEAD_AFTER,
             retention: Duration::from_secs(7 * 24 * 3600),
         }
     }

@@ -1,8 +1,16 @@
 //! The Redis Streams bus: one stream per domain (`<ns>events:<domain>`), a consumer group per
-//! consuming service, `XACK` after the handler's transaction commits, `XAUTOCLAIM` of entries left
-//! pending by dead consumers, retries by `XCLAIM` after a backoff, and a dead-letter stream per
-//! group (`<ns>dead:<group>`) holding the entry, the reason and the delivery count. Every `XADD`
-//! trims its stream by age (`MINID ~`, the retention).
+//! consuming service, `XACK` after the handler's transaction commits, retries by `XCLAIM` after a
+//! backoff, and a dead-letter stream per group (`<ns>dead:<group>`) holding the entry, the reason
+//! and the delivery count. Every `XADD` trims its stream by age (`MINID ~`, the retention).
+//!
+//! Dead consumers: every subscription keeps a heartbeat key (`<ns>alive:<group>:<consumer>`,
+//! expiring after `dead_after`, refreshed four times as often by a task of its own, so a consumer
+//! busy with a long batch stays alive). Every `dead_after / 4` each consumer lists its group's
+//! consumers (`XINFO CONSUMERS`); one with pending entries, idle longer than `dead_after` and no
+//! heartbeat is dead, and its entries are claimed (`XPENDING` + `XCLAIM`, guarded by a minimum
+//! idle time so two takers do not both get one) and handled at once; it is removed from the group
+//! once it has nothing pending. Entries idle past the claim time whatever their consumer are
+//! reclaimed by `XAUTOCLAIM` (a consumer alive but stuck).
 //!
 //! Durability: an event is safe once `XADD` returned, as far as Redis keeps it. Redis must run
 //! with `appendonly yes` (and `appendfsync always` for no loss at all on a crash) so that streams
@@ -69,6 +77,10 @@ impl RedisBus {
         format!("{}dead:{group}", self.namespace)
     }
 
+    fn alive_key(&self, group: &str, consumer: &str) -> String {
+        format!("{}alive:{group}:{consumer}", self.namespace)
+    }
+
     fn min_id(&self) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -76,6 +88,18 @@ impl RedisBus {
         let cutoff = now.saturating_sub(self.options.retention);
         cutoff.as_millis().to_string()
     }
+}
+
+/// Sets a consumer's heartbeat key, expiring after `ttl`.
+async fn heartbeat(conn: &mut ConnectionManager, key: &str, ttl: Duration) -> Result<(), BusError> {
+    let _: Value = redis::cmd("SET")
+        .arg(key)
+        .arg(1)
+        .arg("PX")
+        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+        .query_async(conn)
+        .await?;
+    Ok(())
 }
 
 fn config(response_timeout: Duration) -> ConnectionManagerConfig {
@@ -128,6 +152,21 @@ impl EventBus for RedisBus {
                 self.client.clone(),
                 config(Duration::from_secs(5)),
             )?;
+            let alive = self.alive_key(group, consumer);
+            let mut beat = self.conn.clone();
+            heartbeat(&mut beat, &alive, self.options.dead_after).await?;
+            let every = (self.options.dead_after / 4).max(Duration::from_millis(10));
+            let dead_after = self.options.dead_after;
+            let key = alive.clone();
+            let heartbeat_task = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    // A failed beat is retried on the next tick; if Redis is away that long,
+                    // the others may take this consumer's entries over (handled twice at
+                    // worst, with one effect).
+                    let _ = heartbeat(&mut beat, &key, dead_after).await;
+                }
+            });
             let sub = RedisSubscription {
                 bus: self.clone(),
                 conn,
@@ -136,6 +175,9 @@ impl EventBus for RedisBus {
                 domains: domains.to_vec(),
                 retries: Vec::new(),
                 last_claim: None,
+                last_takeover: None,
+                alive,
+                heartbeat: heartbeat_task,
             };
             sub.create_groups().await?;
             Ok(Box::new(sub) as Box<dyn Subscription>)
@@ -184,6 +226,25 @@ pub struct RedisSubscription {
     /// Retries due later: (when, domain, entry id, attempt so far).
     retries: Vec<(Instant, String, String, u32)>,
     last_claim: Option<Instant>,
+    last_takeover: Option<Instant>,
+    /// This consumer's heartbeat key, and the task that keeps it fresh.
+    alive: String,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RedisSubscription {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        // Gone for good (shutdown, or the consumer is restarted under a new name): say so, so
+        // the group takes this consumer's pending entries over at once.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let mut conn = self.bus.conn.clone();
+            let key = std::mem::take(&mut self.alive);
+            handle.spawn(async move {
+                let _: Result<Value, _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisSubscription {
@@ -245,6 +306,118 @@ impl RedisSubscription {
             }
         }
         self.retries = keep;
+        Ok(out)
+    }
+
+    /// Takes over the pending entries of the group's dead consumers (see the module docs).
+    async fn take_over(&mut self, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let dead_after = self.bus.options.dead_after;
+        let interval = (dead_after / 4).max(Duration::from_millis(10));
+        if self.last_takeover.is_some_and(|t| t.elapsed() < interval) {
+            return Ok(Vec::new());
+        }
+        self.last_takeover = Some(Instant::now());
+        let dead_ms = u64::try_from(dead_after.as_millis()).unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        for domain in self.domains.clone() {
+            let key = self.bus.stream_key(&domain);
+            let info: Value = match redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&key)
+                .arg(&self.group)
+                .query_async(&mut self.conn)
+                .await
+            {
+                Ok(v) => v,
+                // No stream or group yet (or Redis lost them): nothing to take over.
+                Err(e) if matches!(e.code(), Some("NOGROUP" | "ERR")) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let suspects: Vec<(String, i64)> = consumers(&info)
+                .into_iter()
+                .filter(|(name, _, idle)| {
+                    *name != self.consumer && *idle >= i64::try_from(dead_ms).unwrap_or(i64::MAX)
+                })
+                .map(|(name, pending, _)| (name, pending))
+                .collect();
+            if suspects.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for (name, _) in &suspects {
+                pipe.cmd("EXISTS")
+                    .arg(self.bus.alive_key(&self.group, name));
+            }
+            let alive: Vec<i64> = pipe.query_async(&mut self.conn).await?;
+            for ((name, pending), alive) in suspects.into_iter().zip(alive) {
+                if alive != 0 {
+                    continue;
+                }
+                if pending == 0 {
+                    // Dead and done: drop it from the group's list.
+                    let _: Value = redis::cmd("XGROUP")
+                        .arg("DELCONSUMER")
+                        .arg(&key)
+                        .arg(&self.group)
+                        .arg(&name)
+                        .query_async(&mut self.conn)
+                        .await?;
+                    continue;
+                }
+                if out.len() >= max {
+                    continue;
+                }
+                let rows: Value = redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(&self.group)
+                    .arg("-")
+                    .arg("+")
+                    .arg(max - out.len())
+                    .arg(&name)
+                    .query_async(&mut self.conn)
+                    .await?;
+                let Value::Array(rows) = rows else { continue };
+                let mut deliveries: Vec<(String, i64)> = Vec::new();
+                for row in rows {
+                    if let Value::Array(f) = row
+                        && let (Some(id), Some(n)) =
+                            (f.first().and_then(text), f.get(3).and_then(int))
+                    {
+                        deliveries.push((id, n));
+                    }
+                }
+                if deliveries.is_empty() {
+                    continue;
+                }
+                // The minimum idle time makes a second taker's claim a no-op.
+                let mut claim = redis::cmd("XCLAIM");
+                claim
+                    .arg(&key)
+                    .arg(&self.group)
+                    .arg(&self.consumer)
+                    .arg((dead_ms / 2).max(1));
+                for (id, _) in &deliveries {
+                    claim.arg(id);
+                }
+                let claimed: Value = claim.query_async(&mut self.conn).await?;
+                let got = entries(&claimed);
+                if !got.is_empty() {
+                    tracing::warn!(group = %self.group, dead = %name, taken = got.len(), "took over the pending events of a dead consumer");
+                }
+                for (entry_id, fields) in got {
+                    let before = deliveries
+                        .iter()
+                        .find(|(id, _)| *id == entry_id)
+                        .map_or(1, |(_, n)| *n);
+                    out.push(Delivery {
+                        domain: domain.clone(),
+                        entry_id,
+                        payload: Bytes::copy_from_slice(field(&fields, "e").unwrap_or_default()),
+                        attempt: u32::try_from(before + 1).unwrap_or(u32::MAX),
+                    });
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -368,6 +541,10 @@ impl Subscription for RedisSubscription {
             let max = max.max(1);
             let mut out = self.due_retries(max).await?;
             if out.len() < max {
+                let taken = self.take_over(max - out.len()).await?;
+                out.extend(taken);
+            }
+            if out.len() < max {
                 let reclaimed = self.reclaim(max - out.len()).await?;
                 out.extend(reclaimed);
             }
@@ -377,7 +554,9 @@ impl Subscription for RedisSubscription {
                 if let Some(next) = self.retries.iter().map(|r| r.0).min() {
                     wait = wait.min(next.saturating_duration_since(Instant::now()));
                 }
-                wait = wait.min(self.bus.options.claim_idle / 4);
+                wait = wait
+                    .min(self.bus.options.claim_idle / 4)
+                    .min(self.bus.options.dead_after / 4);
                 if wait.is_zero() && !out.is_empty() {
                     return Ok(out);
                 }
@@ -483,6 +662,32 @@ impl Subscription for RedisSubscription {
             Ok(())
         })
     }
+}
+
+/// The consumers of an `XINFO CONSUMERS` reply: (name, pending entries, idle ms).
+fn consumers(reply: &Value) -> Vec<(String, i64, i64)> {
+    let Value::Array(items) = reply else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let pairs: Vec<(String, &Value)> = match item {
+                Value::Array(kv) => kv
+                    .chunks(2)
+                    .filter_map(|c| Some((text(c.first()?)?, c.get(1)?)))
+                    .collect(),
+                Value::Map(kv) => kv.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
+                _ => return None,
+            };
+            let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+            Some((
+                text(get("name")?)?,
+                get("pending").and_then(int).unwrap_or(0),
+                get("idle").and_then(int).unwrap_or(0),
+            ))
+        })
+        .collect()
 }
 
 /// The fields of a stream entry, by name.
