@@ -158,17 +158,19 @@ async fn chaos(
     cluster: Arc<Mutex<Cluster>>,
     redis: Arc<Mutex<Redis>>,
     done: Arc<AtomicBool>,
-) -> usize {
+) -> (usize, usize) {
     let mut rounds = 0;
+    let mut aborts = 0;
     loop {
+        // The aborts first: they need orders still flowing (commits that emit events).
         for victim in [
+            "abort order",
             "inventory",
+            "abort inventory",
             "payment",
             "redis",
             "order",
-            "abort inventory",
             "notification",
-            "abort order",
         ] {
             tokio::time::sleep(Duration::from_millis(700)).await;
             if let Some(service) = victim.strip_prefix("abort ") {
@@ -178,13 +180,16 @@ async fn chaos(
                     "inventory"
                 };
                 let mut c = cluster.lock().await;
-                // Its third commit that emits events is its last: the process aborts before
+                // Its second commit that emits events is its last: the process aborts before
                 // publishing them, and the restarted process's sweep must.
-                let switch = format!("{service}:3");
+                let switch = format!("{service}:2");
                 c.restart_with(service, &[("MESH_FAULT_ABORT_AFTER_COMMIT", &switch)])
                     .await;
                 let aborted = c.wait_exit(service, Duration::from_secs(15)).await;
                 eprintln!("fault test: {service} aborted after a commit: {aborted}");
+                if aborted {
+                    aborts += 1;
+                }
                 c.restart(service).await;
             } else if victim == "redis" {
                 let mut r = redis.lock().await;
@@ -200,7 +205,7 @@ async fn chaos(
         }
         rounds += 1;
         if done.load(Ordering::SeqCst) {
-            return rounds;
+            return (rounds, aborts);
         }
     }
 }
@@ -656,9 +661,15 @@ async fn run(base_url: String) {
         placed.extend(c.await.expect("client"));
     }
     done.store(true, Ordering::SeqCst);
-    let rounds = chaos_task.await.expect("chaos");
+    let (rounds, aborts) = chaos_task.await.expect("chaos");
     assert_eq!(placed.len(), ORDERS, "one order per key");
-    eprintln!("fault test: {ORDERS} orders placed during {rounds} rounds of kills");
+    eprintln!(
+        "fault test: {ORDERS} orders placed during {rounds} rounds of kills, {aborts} aborts right after a commit"
+    );
+    assert!(
+        aborts > 0,
+        "no service aborted between a commit and its publish: the fault switch never fired"
+    );
 
     // Converge, then check.
     let deadline = Instant::now() + Duration::from_secs(90);
