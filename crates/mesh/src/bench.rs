@@ -9,6 +9,9 @@
 //! - (c0) the floor of a REST-to-gRPC hop ([`crate::bench_hop`]): a minimal hyper server calling
 //!   (a') with a tonic client, no transcoding, routing or layers;
 //! - (c) the same RPC through the edge over REST (`GET /v1/products/{id}`), the edge calling (a');
+//! - (e) the edge's goodput as clients grow: successful answers per second of (c) at 16 and at
+//!   256 concurrent REST clients (one connection each), with their error counts and the ratio
+//!   (target >= 0.9x with no errors; `--no-goodput` skips it);
 //! - (d) the order saga end to end on Postgres + Redis when `MESH_BENCH_DATABASE_URL` is set
 //!   ([`crate::bench_saga`], its services in one child process): confirmed orders/s and
 //!   PlaceOrder-to-confirmed latency;
@@ -55,6 +58,9 @@ pub(crate) struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
+    /// Skip (e), the edge's goodput at 16 and 256 concurrent REST clients.
+    #[arg(long)]
+    no_goodput: bool,
     /// Log filter of the subscriber installed for the run, as `mesh serve --log` (the default is
     /// `mesh serve`'s, so spans cost what they cost in production); logs go to stderr as JSON.
     #[arg(long, default_value = "info")]
@@ -141,6 +147,9 @@ async fn edge_server(upstream: SocketAddr, connections: usize) -> anyhow::Result
     tokio::spawn(server.run(listener, std::future::pending()));
     Ok(addr)
 }
+
+/// The client counts of scenario (e), the edge's goodput as clients grow.
+const GOODPUT_CLIENTS: [usize; 2] = [16, 256];
 
 /// One scenario's result, or why it could not be measured.
 #[derive(Debug, serde::Serialize)]
@@ -251,6 +260,23 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ),
         not_measured: None,
     });
+    let goodput = if args.no_goodput {
+        None
+    } else {
+        let mut at = Vec::new();
+        for clients in GOODPUT_CLIENTS {
+            eprintln!("(e) edge goodput, {clients} concurrent REST clients ...");
+            at.push(
+                load::run(LoadSpec {
+                    data: String::new(),
+                    concurrency: clients,
+                    ..rest(edge)
+                })
+                .await?,
+            );
+        }
+        Some(at)
+    };
     let saga = match std::env::var("MESH_BENCH_DATABASE_URL")
         .ok()
         .filter(|v| !v.is_empty())
@@ -283,6 +309,11 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     "connections": args.connections,
                 },
                 "scenarios": scenarios,
+                "edge_goodput": goodput.as_ref().map(|at| serde_json::json!({
+                    "clients": GOODPUT_CLIENTS,
+                    "reports": at,
+                    "ratio": at[1].throughput_rps / at[0].throughput_rps,
+                })),
                 "product_setup": product_setup,
                 "saga": saga,
                 "idle_rss_mib": rss,
@@ -350,6 +381,22 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 edge.latency_us.p50 as i64 - hop.latency_us.p50 as i64,
                 edge.throughput_rps / hop.throughput_rps
             );
+        }
+    }
+    if let Some(at) = &goodput {
+        let [low, high] = GOODPUT_CLIENTS;
+        println!(
+            "(e) edge goodput (successful answers/s): {low} clients {:.0}/s ({} errors), {high} clients {:.0}/s ({} errors); {high}/{low}: {:.2}x (target >= 0.90x, 0 errors)",
+            at[0].throughput_rps,
+            at[0].errors,
+            at[1].throughput_rps,
+            at[1].errors,
+            at[1].throughput_rps / at[0].throughput_rps
+        );
+        for (clients, r) in GOODPUT_CLIENTS.iter().zip(at) {
+            if r.errors > 0 {
+                println!("    {clients} clients, answers: {:?}", r.status);
+            }
         }
     }
     if let Some(rss) = rss {

@@ -69,7 +69,10 @@ pub(crate) struct LoadSpec {
 pub(crate) struct Report {
     pub(crate) requests: u64,
     pub(crate) ok: u64,
+    /// Answers that were not a success (error statuses, timeouts, connection errors).
+    pub(crate) errors: u64,
     pub(crate) seconds: f64,
+    /// Successful answers per second (goodput): errors are not throughput.
     pub(crate) throughput_rps: f64,
     pub(crate) latency_us: Latency,
     /// gRPC status names, or HTTP status codes for REST.
@@ -91,9 +94,10 @@ impl Report {
     pub(crate) fn text(&self) -> String {
         let l = &self.latency_us;
         let mut s = format!(
-            "requests {}  ok {}  in {:.2}s  throughput {:.0} req/s\nlatency  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {:.0} us)\nstatus  ",
+            "requests {}  ok {}  errors {}  in {:.2}s  throughput {:.0} successful req/s\nlatency  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {:.0} us)\nstatus  ",
             self.requests,
             self.ok,
+            self.errors,
             self.seconds,
             self.throughput_rps,
             us(l.p50),
@@ -370,8 +374,9 @@ async fn phase(
     Ok(Report {
         requests,
         ok: total.ok,
+        errors: requests - total.ok,
         seconds,
-        throughput_rps: requests as f64 / seconds,
+        throughput_rps: total.ok as f64 / seconds,
         latency_us: Latency {
             p50: h.value_at_quantile(0.5),
             p90: h.value_at_quantile(0.9),

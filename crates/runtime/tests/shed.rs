@@ -80,6 +80,8 @@ async fn shed_at_three_times_the_sustainable_load_refuses_the_excess_and_keeps_p
             min_in_flight: 4,
             window: Duration::from_secs(1),
             buckets: 10,
+            // Tighter than the default 1 s, so the admitted calls' latency shows the shedding.
+            queue_target: Duration::from_millis(50),
             ..ProtectOptions::default()
         },
     )

@@ -14,6 +14,7 @@
 //! | `MESH_EDGE_TRUSTED_PROXIES` | unset | IPs or CIDRs whose `X-Forwarded-For` is believed when keying rate limits |
 //! | `MESH_EDGE_RATE_LIMIT_REDIS_URL` | `MESH_REDIS_URL` | Redis shared by the edge replicas for rate limits; unset (both): in process |
 //! | `MESH_EDGE_UPSTREAM_CONNECTIONS` | `4` | HTTP/2 connections per upstream (addressed by IP) for REST calls, 1 to 64 ([`crate::pool`]) |
+//! | `MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT` | `1024` | REST calls in flight per upstream pool above which the edge answers `429` with `Retry-After` itself ([`crate::pool`]) |
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -56,6 +57,8 @@ pub struct EdgeConfig {
     pub rate_limit_redis_url: Option<String>,
     /// HTTP/2 connections per upstream for REST calls ([`crate::pool`]).
     pub upstream_connections: usize,
+    /// REST calls in flight per upstream pool before the edge refuses more itself.
+    pub upstream_max_in_flight: usize,
 }
 
 /// The RPCs open without a token when `MESH_EDGE_PUBLIC_ROUTES` is not set: sign-up, login,
@@ -90,6 +93,7 @@ impl Default for EdgeConfig {
             trusted_proxies: Vec::new(),
             rate_limit_redis_url: None,
             upstream_connections: crate::upstream::DEFAULT_POOL_SIZE,
+            upstream_max_in_flight: crate::pool::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -199,6 +203,16 @@ impl EdgeConfig {
                     "MESH_EDGE_UPSTREAM_CONNECTIONS",
                     &raw,
                     "expected a whole number from 1 to 64".into(),
+                ),
+            }
+        }
+        if let Some(raw) = env("MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT") {
+            match raw.trim().parse::<usize>() {
+                Ok(n @ 1..=1_000_000) => config.upstream_max_in_flight = n,
+                _ => problem(
+                    "MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT",
+                    &raw,
+                    "expected a whole number from 1 to 1000000".into(),
                 ),
             }
         }
@@ -342,6 +356,7 @@ mod tests {
             "MESH_EDGE_RATE_LIMIT" => Some("fast".to_string()),
             "MESH_EDGE_UPSTREAMS" => Some("nodot=http://a:1".to_string()),
             "MESH_EDGE_UPSTREAM_CONNECTIONS" => Some("0".to_string()),
+            "MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT" => Some("none".to_string()),
             _ => None,
         };
         let err = EdgeConfig::from_env(env).unwrap_err().to_string();
@@ -350,6 +365,7 @@ mod tests {
             "MESH_EDGE_RATE_LIMIT",
             "MESH_EDGE_UPSTREAMS",
             "MESH_EDGE_UPSTREAM_CONNECTIONS",
+            "MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT",
         ] {
             assert!(err.contains(s), "{err}");
         }

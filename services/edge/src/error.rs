@@ -116,7 +116,18 @@ impl EdgeError {
         let message = self.to_string();
         let mut extra = Vec::new();
         let details = match self {
-            Self::Upstream { details, .. } => details,
+            Self::Upstream { details, status } => {
+                // An overloaded upstream (or the edge's own pool) says when to come back.
+                if status.code() == Code::ResourceExhausted {
+                    let after = status
+                        .metadata()
+                        .get("retry-after")
+                        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+                        .unwrap_or(HeaderValue::from_static("1"));
+                    extra.push((header::RETRY_AFTER, after));
+                }
+                details
+            }
             Self::RateLimited { retry_after_secs } => {
                 extra.push((header::RETRY_AFTER, HeaderValue::from(retry_after_secs)));
                 Vec::new()

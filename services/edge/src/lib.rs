@@ -473,8 +473,13 @@ pub fn from_context(ctx: &ServiceContext, config: EdgeConfig) -> Result<Edge, Bu
             Some(upstream) => Upstream::clone(upstream),
             None => {
                 let (uri, options) = ctx.peer(&module)?;
-                let upstream =
-                    Upstream::connect(&module, uri, options, config.upstream_connections);
+                let upstream = Upstream::connect_limited(
+                    &module,
+                    uri,
+                    options,
+                    config.upstream_connections,
+                    config.upstream_max_in_flight,
+                );
                 by_module.insert(module, upstream.clone());
                 upstream
             }
@@ -488,11 +493,12 @@ pub fn from_context(ctx: &ServiceContext, config: EdgeConfig) -> Result<Edge, Bu
     for (service, uri) in &config.upstreams {
         upstreams.insert(
             service.clone(),
-            Upstream::connect(
+            Upstream::connect_limited(
                 uri.to_string(),
                 uri.clone(),
                 options(),
                 config.upstream_connections,
+                config.upstream_max_in_flight,
             ),
         );
     }

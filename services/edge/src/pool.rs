@@ -10,6 +10,12 @@
 //! layers (deadline and trace, retries, circuit breaker: [`mesh_runtime::client::layered`]) wrap
 //! it as they wrap a channel.
 //!
+//! The pool is also the edge's shedder for its own overload: above `max_in_flight` calls in flight
+//! to the upstream (`MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT`, default [`DEFAULT_MAX_IN_FLIGHT`]) a call
+//! is refused at once with `RESOURCE_EXHAUSTED` and `retry-after: 1` (REST: `429` with
+//! `Retry-After`), marked [`LocalRejection`]: it is not the upstream's answer, so the circuit
+//! breaker does not count it and the retry layer does not retry it.
+//!
 //! Only upstreams addressed by IP get a pool: a DNS name is balanced over all of its addresses by
 //! the runtime's channel (re-resolved, failing addresses ejected), which the pool does not do.
 
@@ -24,8 +30,12 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh_runtime::resilience::LocalRejection;
 use tokio::net::TcpStream;
 use tonic::Status;
+
+/// REST calls in flight to one upstream before the pool refuses more, by default.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 /// A transport failure as a status with the cause as its source: `UNAVAILABLE` (so the edge
 /// reports the upstream as down), or, unless `unavailable`, the status tonic maps the error to
@@ -78,6 +88,9 @@ struct Shared {
     address: std::net::SocketAddr,
     connect_timeout: Duration,
     slots: Box<[Slot]>,
+    /// Calls in flight over every slot, and the most allowed.
+    in_flight: AtomicUsize,
+    max_in_flight: usize,
 }
 
 #[derive(Default)]
@@ -124,8 +137,23 @@ impl ConnectionPool {
                 address,
                 connect_timeout,
                 slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
+                in_flight: AtomicUsize::new(0),
+                max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             }),
         })
+    }
+
+    /// The same pool refusing calls beyond `max` in flight (at least 1); call before cloning.
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.max_in_flight = max.max(1);
+        }
+        self
+    }
+
+    /// Calls in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
     }
 
     /// How many connections are open now.
@@ -218,13 +246,29 @@ impl Slot {
     }
 }
 
-/// Counts a call in flight on a slot until dropped.
-struct InFlight<'a>(&'a AtomicUsize);
+/// Counts a call in flight on a slot and in the pool until dropped.
+struct InFlight<'a>(&'a AtomicUsize, &'a AtomicUsize);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The pool's own refusal: `RESOURCE_EXHAUSTED` with `retry-after: 1`, marked as made locally.
+fn overloaded(shared: &Shared, in_flight: usize) -> Response<tonic::body::Body> {
+    let status = Status::resource_exhausted(format!(
+        "the edge is overloaded: {in_flight} calls in flight to {} reach its limit of {} (MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT); retry later",
+        shared.authority, shared.max_in_flight
+    ));
+    let mut response = status.into_http::<tonic::body::Body>();
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    response.extensions_mut().insert(LocalRejection);
+    response
 }
 
 impl tower_service::Service<Request<tonic::body::Body>> for ConnectionPool {
@@ -240,9 +284,14 @@ impl tower_service::Service<Request<tonic::body::Body>> for ConnectionPool {
     fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
         let shared = self.shared.clone();
         Box::pin(async move {
+            let in_flight = shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            if in_flight >= shared.max_in_flight {
+                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                return Ok(overloaded(&shared, in_flight));
+            }
             let slot = shared.pick();
             slot.in_flight.fetch_add(1, Ordering::Relaxed);
-            let _in_flight = InFlight(&slot.in_flight);
+            let _in_flight = InFlight(&slot.in_flight, &shared.in_flight);
             let mut sender = slot.sender(&shared).await?;
             let (mut parts, body) = req.into_parts();
             let mut uri = http::uri::Parts::default();

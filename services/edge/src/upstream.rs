@@ -63,8 +63,26 @@ impl Upstream {
         options: ClientOptions,
         pool_size: usize,
     ) -> Self {
+        Self::connect_limited(
+            name,
+            uri,
+            options,
+            pool_size,
+            crate::pool::DEFAULT_MAX_IN_FLIGHT,
+        )
+    }
+
+    /// As [`connect`](Self::connect), the pool refusing REST calls beyond `max_in_flight` in
+    /// flight (`MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT`).
+    pub fn connect_limited(
+        name: impl Into<String>,
+        uri: Uri,
+        options: ClientOptions,
+        pool_size: usize,
+        max_in_flight: usize,
+    ) -> Self {
         let pooled = ConnectionPool::for_ip(&uri, pool_size, options.connect_timeout)
-            .map(|pool| client::layered(pool, options.clone()));
+            .map(|pool| client::layered(pool.with_max_in_flight(max_in_flight), options.clone()));
         Self {
             name: name.into(),
             channel: client::connect(uri, options),

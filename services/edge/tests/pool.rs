@@ -11,6 +11,7 @@ use common::*;
 use mesh_contracts::product::v1::GetProductRequest;
 use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
 use mesh_edge::config::EdgeConfig;
+use mesh_edge::load_pool;
 use mesh_edge::pool::ConnectionPool;
 use mesh_edge::upstream::{Upstream, Upstreams};
 use mesh_runtime::client::{ClientOptions, connect};
@@ -156,4 +157,67 @@ async fn an_upstream_without_a_pool_serves_rest_over_its_channel() {
         seen.contains("tp=00-0af7651916cd43dd8448eb211c80319c-"),
         "{seen}"
     );
+}
+
+#[tokio::test]
+async fn a_saturated_pool_answers_429_with_retry_after_and_never_trips_the_breaker() {
+    let upstream = start_upstream().await;
+    let pool = load_pool(&[("spec".into(), spec_descriptor_set())]).unwrap();
+    let config = EdgeConfig {
+        upstream_max_in_flight: 2,
+        ..EdgeConfig::default()
+    };
+    let uri: http::Uri = format!("http://{upstream}").parse().unwrap();
+    let product = Upstream::connect_limited(
+        "product",
+        uri,
+        ClientOptions::default(),
+        config.upstream_connections,
+        config.upstream_max_in_flight,
+    );
+    let mut upstreams = upstreams_at(&pool, upstream);
+    upstreams.insert("product.v1.ProductService", product.clone());
+    let edge = start_edge_with(pool, config, upstreams).await;
+    // Two calls the upstream holds (it sleeps 5 s on "slow") fill the pool.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = edge.addr;
+            tokio::spawn(async move {
+                send(
+                    addr,
+                    "GET",
+                    "/v1/products/slow",
+                    "",
+                    &[("grpc-timeout", "1500m")],
+                    false,
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every further call is the edge's own refusal, far more than the breaker's minimum.
+    for _ in 0..100 {
+        let r = http(edge.addr, "GET", "/v1/products/p1", "").await;
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert_eq!(r.headers["retry-after"], "1");
+        assert_eq!(r.json()["code"], 8);
+        let message = r.json()["message"].as_str().unwrap().to_string();
+        assert!(
+            message.contains("MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT"),
+            "{message}"
+        );
+    }
+    let throttle = product.pooled.as_ref().expect("an IP upstream").throttle();
+    assert_eq!(
+        throttle.reject_probability(),
+        0.0,
+        "local refusals counted as upstream failures"
+    );
+    for call in held {
+        call.await.unwrap();
+    }
+    // The pool has room again.
+    let r = http(edge.addr, "GET", "/v1/products/p1", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
