@@ -15,12 +15,13 @@ use http::Uri;
 use mesh_runtime::audit::AuditApi;
 use mesh_runtime::config::{DiscoveryMode, env_prefix};
 use mesh_runtime::endpoint_slices::KubeClient;
+use mesh_runtime::lifecycle::{Supervisor, Task};
 use mesh_runtime::relay::{Relay, RelayOptions};
 use mesh_runtime::{
     GrpcServer, MeshConfig, Metrics, Module, Readiness, RpcMetrics, RuntimeArgs, ServiceContext,
 };
 use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::modules::MODULES;
@@ -48,8 +49,9 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
     mesh.wait(stop_signal).await
 }
 
-/// A started mesh: its servers, relays and consumers running until [`Running::wait`]'s stop
-/// future completes.
+/// A started mesh: its servers, and its services' supervised background tasks (relays,
+/// consumers, work queues, database checks), running until [`Running::wait`]'s stop future
+/// completes.
 pub(crate) struct Running {
     /// Every target's gRPC address, in module-table order.
     pub(crate) grpc: Vec<(&'static str, SocketAddr)>,
@@ -57,7 +59,8 @@ pub(crate) struct Running {
     pub(crate) admin: SocketAddr,
     shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
-    background: Vec<JoinHandle<()>>,
+    supervisor: Supervisor,
+    grace: Duration,
 }
 
 /// Binds, migrates, builds and starts `targets` with `config`; returns once every server is
@@ -105,7 +108,7 @@ pub(crate) async fn start(
 
     // One bus per process; each service its own database, migrated, its outbox relayed.
     let bus = crate::migrate::bus(&config)?;
-    let mut background = Vec::new();
+    let supervisor = Supervisor::new(readiness.clone(), shutdown.clone());
     let mut admin_router = mesh_runtime::admin::router(metrics.clone(), readiness.clone());
     let mut servers = Vec::new();
     for (module, listener) in listeners {
@@ -117,7 +120,8 @@ pub(crate) async fn start(
             metrics.clone(),
             shutdown.clone(),
         )
-        .with_data(db.clone(), bus.clone());
+        .with_data(db.clone(), bus.clone())
+        .with_supervisor(supervisor.clone());
         let ctx = match &kube {
             Some(kube) => ctx.with_kube(kube.clone()),
             None => ctx,
@@ -132,7 +136,7 @@ pub(crate) async fn start(
             admin_router = admin_router.merge(extra);
         }
         let relay = Relay::new(
-            db,
+            db.clone(),
             bus.clone(),
             RelayOptions {
                 retention: config.events.outbox_retention,
@@ -142,7 +146,17 @@ pub(crate) async fn start(
                 ..RelayOptions::default()
             },
         );
-        background.push(tokio::spawn(relay.run(shutdown.clone())));
+        supervisor.start(
+            module.name,
+            Task::new("outbox-relay", move |stop| {
+                let relay = relay.clone();
+                async move {
+                    relay.run(stop).await;
+                    Ok(())
+                }
+            }),
+        );
+        supervisor.watch_database(module.name, db.clone());
         readiness.set(module.name, false);
         servers.push((module, listener, routes));
     }
@@ -176,13 +190,14 @@ pub(crate) async fn start(
         admin,
         shutdown,
         tasks,
-        background,
+        supervisor,
+        grace: config.shutdown_grace,
     })
 }
 
 impl Running {
-    /// Serves until `stop` completes (or a server fails), then drains every server and stops
-    /// the relays; the first failure is the error.
+    /// Serves until `stop` completes (or a server fails), then drains every server and the
+    /// background tasks (within the grace period); the first failure is the error.
     pub(crate) async fn wait(mut self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         let mut failure = None;
         tokio::select! {
@@ -196,21 +211,22 @@ impl Running {
             }
         }
         self.shutdown.cancel();
-        for task in self.background {
-            let _ = task.await;
-        }
-        while let Some(joined) = self.tasks.join_next().await {
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %format!("{e:#}"), "server stopped with an error");
-                    failure.get_or_insert(e);
-                }
-                Err(e) => {
-                    failure.get_or_insert(anyhow::anyhow!("a server task panicked: {e}"));
+        // Servers and background tasks drain together, each within the grace period.
+        let servers = async {
+            while let Some(joined) = self.tasks.join_next().await {
+                match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %format!("{e:#}"), "server stopped with an error");
+                        failure.get_or_insert(e);
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(anyhow::anyhow!("a server task panicked: {e}"));
+                    }
                 }
             }
-        }
+        };
+        tokio::join!(servers, self.supervisor.drain(self.grace));
         match failure {
             Some(e) => Err(e),
             None => {

@@ -1,5 +1,6 @@
 //! The admin HTTP server: `/metrics` (Prometheus), `/healthz` (liveness) and `/readyz`
-//! (readiness, with each gRPC server's state as JSON), the fault switches (`/faults`, see
+//! (readiness, with each gRPC server's state and each service's problems, such as a failing
+//! background task or an unreachable database, as JSON), the fault switches (`/faults`, see
 //! [`crate::faults`]), and routes services add (`ServiceRoutes::admin_routes`).
 
 use std::future::Future;
@@ -57,6 +58,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let body = serde_json::json!({
         "ready": ready,
         "servers": state.readiness.snapshot(),
+        "problems": state.readiness.problems(),
     });
     let code = if ready {
         StatusCode::OK

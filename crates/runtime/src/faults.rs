@@ -7,7 +7,8 @@
 //! the settings are `delay=<duration>` (e.g. `50ms`), `error=<rate>` (0..1) and `code=<gRPC code
 //! name>` (default `UNAVAILABLE`). Example: `GetProduct:delay=20ms,error=0.1;*:delay=1ms`. The
 //! first matching rule applies. `GET /faults` lists the switches, `DELETE /faults/<service>` clears
-//! them. Health checks and reflection are never faulted.
+//! them. Health checks and reflection are never faulted. A rule for `task/<name>` with an error
+//! rate makes the service's background task `<name>` fail instead (see [`crate::lifecycle`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -128,6 +129,17 @@ impl Faults {
     pub fn lookup(&self, service: &str, path: &str) -> Option<FaultRule> {
         let map = self.by_service.read().unwrap_or_else(|e| e.into_inner());
         map.get(service)?.iter().find(|r| r.matches(path)).cloned()
+    }
+
+    /// The switch that makes `service`'s background task `task` fail: a rule whose method is
+    /// exactly `task/<task>` (e.g. `MESH_FAULT_PAYMENT=task/work-queue:error=1`). `*` never
+    /// matches a task. See [`crate::lifecycle`].
+    pub fn task_fault(&self, service: &str, task: &str) -> Option<FaultRule> {
+        let map = self.by_service.read().unwrap_or_else(|e| e.into_inner());
+        map.get(service)?
+            .iter()
+            .find(|r| r.method.strip_prefix("task/") == Some(task))
+            .cloned()
     }
 
     /// Whether any switch is on (a cheap check on the hot path).

@@ -7,6 +7,10 @@
 //!   shutdown; [`admin`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`client`]: channels to peers that propagate trace context and deadlines;
 //! - [`module`]: the module-table row and build context a service crate provides and receives;
+//! - [`lifecycle`]: a service's background tasks, supervised (restarted with backoff, readiness
+//!   off while one keeps failing or the database is unreachable, drained on shutdown);
+//!   [`work_queue`]: the durable work queue they run on (hand-off in process, due scans,
+//!   retries after transient errors);
 //! - [`not_built`]: the honest `UNIMPLEMENTED` answer of a service whose logic is not built yet;
 //! - data and events (see `docs/events.md`): [`storage`] (a database per service, migrations),
 //!   [`outbox`] (state change and event in one transaction), [`relay`] (outbox to bus), [`bus`]
@@ -29,6 +33,7 @@ pub mod endpoint_slices;
 pub mod faults;
 pub mod grpc_timeout;
 pub mod json_log;
+pub mod lifecycle;
 pub mod metrics;
 pub mod module;
 pub mod not_built;
@@ -48,6 +53,7 @@ pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
 pub mod trace_context;
+pub mod work_queue;
 
 pub use call_context::CallContext;
 pub use config::{MeshConfig, RuntimeArgs, ServiceSpec};

@@ -16,6 +16,7 @@ use crate::client::{self, ClientOptions, MeshChannel};
 use crate::config::MeshConfig;
 use crate::consumer::{Consumer, ConsumerOptions};
 use crate::endpoint_slices::KubeClient;
+use crate::lifecycle::{Supervisor, Task, TaskError};
 use crate::metrics::Metrics;
 use crate::storage::{Database, Migrations};
 
@@ -92,6 +93,7 @@ pub struct ServiceContext {
     shutdown: CancellationToken,
     data: Option<(Database, Arc<dyn EventBus>)>,
     kube: Option<KubeClient>,
+    supervisor: Supervisor,
 }
 
 impl ServiceContext {
@@ -109,10 +111,37 @@ impl ServiceContext {
             config,
             peers,
             metrics,
+            supervisor: Supervisor::new(crate::Readiness::new(), shutdown.clone()),
             shutdown,
             data: None,
             kube: None,
         }
+    }
+
+    /// Runs the service's background tasks under `supervisor` (the process's: its readiness is
+    /// the one `/readyz` and the ports' health report). Without it, a context supervises its
+    /// tasks with a readiness of its own.
+    pub fn with_supervisor(mut self, supervisor: Supervisor) -> Self {
+        self.supervisor = supervisor;
+        self
+    }
+
+    /// Declares a long-lived background task (a loop of the service's own): it runs under
+    /// supervision (see [`crate::lifecycle`]), restarted with backoff when it fails, the service
+    /// not ready while it keeps failing, stopped through `stop` and drained on shutdown. For
+    /// a work queue use [`background_task`](Self::background_task) with
+    /// [`crate::work_queue::WorkQueue::task`].
+    pub fn background<F, Fut>(&self, name: &str, start: F)
+    where
+        F: Fn(CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), TaskError>> + Send + 'static,
+    {
+        self.background_task(Task::new(name, start));
+    }
+
+    /// Declares `task` (see [`background`](Self::background)).
+    pub fn background_task(&self, task: Task) {
+        self.supervisor.start(self.name, task);
     }
 
     /// Discovers peers by watching their EndpointSlices with `kube` (`MESH_DISCOVERY=endpoints`)
@@ -152,9 +181,16 @@ impl ServiceContext {
         }))
     }
 
-    /// Runs `consumer` in the background until the process shuts down.
+    /// Runs `consumer` as a supervised background task (named `consumer`) until the process
+    /// shuts down.
     pub fn start_consumer(&self, consumer: Consumer) {
-        tokio::spawn(consumer.run(self.shutdown.clone()));
+        self.background("consumer", move |stop| {
+            let consumer = consumer.clone();
+            async move {
+                consumer.run(stop).await;
+                Ok(())
+            }
+        });
     }
 
     /// The service's module name.

@@ -100,6 +100,16 @@ pub struct Tx {
     pending: Pending,
     pub(crate) cause: Option<Cause>,
     wake_on_commit: Vec<std::sync::Arc<tokio::sync::Notify>>,
+    after_commit: Vec<AfterCommit>,
+}
+
+/// A hook registered with [`Tx::after_commit`].
+struct AfterCommit(Box<dyn FnOnce() + Send + Sync>);
+
+impl std::fmt::Debug for AfterCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterCommit")
+    }
 }
 
 /// The rows a transaction registered with the direct publisher. Dropped without
@@ -135,6 +145,7 @@ impl Tx {
             pending: Pending::default(),
             cause: None,
             wake_on_commit: Vec::new(),
+            after_commit: Vec::new(),
         }
     }
 
@@ -243,16 +254,26 @@ impl Tx {
         }
     }
 
+    /// Runs `hook` once this transaction has committed (never if it rolls back): e.g. handing
+    /// the work it created to the service's work queue in process
+    /// ([`crate::work_queue::WorkHandle::push_after_commit`]). The same caveat as
+    /// [`Tx::notify_on_commit`] applies inside a consumer's batch: treat it as a hint.
+    pub fn after_commit(&mut self, hook: impl FnOnce() + Send + Sync + 'static) {
+        self.after_commit.push(AfterCommit(Box::new(hook)));
+    }
+
     /// Commits the state change and its events together, then hands the events to the direct
-    /// publisher (they go to the bus at once, in order per subject) and wakes any worker
-    /// registered with [`Tx::notify_on_commit`]. If the commit fails its events are left to the
-    /// relay's sweep (the commit may have happened after all).
+    /// publisher (they go to the bus at once, in order per subject), wakes any worker
+    /// registered with [`Tx::notify_on_commit`] and runs the [`Tx::after_commit`] hooks. If the
+    /// commit fails its events are left to the relay's sweep (the commit may have happened
+    /// after all).
     pub async fn commit(self) -> Result<(), DatabaseError> {
         let Tx {
             inner,
             db,
             pending,
             wake_on_commit,
+            after_commit,
             ..
         } = self;
         inner.commit().await?;
@@ -262,6 +283,9 @@ impl Tx {
         pending.committed();
         for worker in wake_on_commit {
             worker.notify_one();
+        }
+        for hook in after_commit {
+            (hook.0)();
         }
         Ok(())
     }

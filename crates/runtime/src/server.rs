@@ -179,6 +179,38 @@ impl GrpcServer {
                 format!("/{REFLECTION_V1ALPHA}/ServerReflectionInfo"),
             ]);
 
+        // Health follows the service's readiness problems (a background task that keeps
+        // failing, an unreachable database) until shutdown begins; then it stays NOT_SERVING.
+        let mirror = {
+            let mut changes = readiness.changes();
+            let readiness = readiness.clone();
+            let reporter = reporter.clone();
+            let name = name.clone();
+            let names = names.clone();
+            async move {
+                let mut serving = true;
+                loop {
+                    if changes.changed().await.is_err() {
+                        return std::future::pending().await;
+                    }
+                    let ok = readiness.service_ok(&name)
+                        && readiness.snapshot().get(&name).copied().unwrap_or(false);
+                    if ok == serving {
+                        continue;
+                    }
+                    serving = ok;
+                    let status = if ok {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    for service in names.iter().copied().chain([""]) {
+                        reporter.set_service_status(service, status).await;
+                    }
+                }
+            }
+        };
+
         let draining = Arc::new(Notify::new());
         let signal = {
             let draining = draining.clone();
@@ -211,7 +243,9 @@ impl GrpcServer {
             draining.notified().await;
             tokio::time::sleep(grace).await;
         };
+        tokio::pin!(mirror);
         tokio::select! {
+            () = &mut mirror => unreachable!("the health mirror never ends"),
             result = &mut serve => result.map_err(|source| ServeError::Transport { server: name.clone(), source })?,
             () = deadline => {
                 tracing::warn!(server = %name, grace = ?grace, "grace period over; dropping calls still in flight");

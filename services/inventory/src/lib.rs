@@ -119,7 +119,7 @@ pub async fn build_with(
     // concurrent batch transactions would deadlock on them (docs/saga.md).
     ctx.start_consumer(saga::handlers(ctx.consumer()?.concurrency(1), &saga));
     let sweeper = sweeper::Sweeper::new(db.clone(), options.clock.clone());
-    tokio::spawn(sweeper.run(options.sweep_every, ctx.shutdown().clone()));
+    ctx.background_task(sweeper.queue(options.sweep_every).task());
     let server = InventoryServiceServer::new(InventoryApi::new(db, options.clock))
         .max_decoding_message_size(ctx.max_message_bytes())
         .max_encoding_message_size(ctx.max_message_bytes());

@@ -1,6 +1,7 @@
 //! The sweeper: expires ACTIVE reservations past their `expire_time`, returning their stock and
-//! emitting `inventory.reservation_expired`. Every replica may run it: each expiry is a
-//! conditional state change, so a reservation expires once.
+//! emitting `inventory.reservation_expired`. A [`WorkSource`] of the runtime's work queue: its
+//! scan finds the expired reservations every sweep interval. Every replica may run it: each
+//! expiry is a conditional state change, so a reservation expires once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use mesh_contracts::inventory::v1::ReservationStatus;
 use mesh_runtime::Database;
 use mesh_runtime::auth::Clock;
-use tokio_util::sync::CancellationToken;
+use mesh_runtime::work_queue::{WorkHandle, WorkQueue, WorkQueueOptions, WorkSource};
 
 use crate::error::InventoryError;
 use crate::{reservations, store};
@@ -26,44 +27,39 @@ impl Sweeper {
         Self { db, clock }
     }
 
-    /// Expires every overdue reservation now; returns how many.
-    pub async fn sweep_once(&self) -> Result<usize, InventoryError> {
-        let mut total = 0;
-        loop {
-            let ids = store::expired(self.db.pool(), self.clock.now_unix(), 100).await?;
-            if ids.is_empty() {
-                return Ok(total);
-            }
-            for id in &ids {
-                reservations::finish(
-                    &self.db,
-                    &self.clock,
-                    id,
-                    ReservationStatus::Expired,
-                    "expired",
-                )
-                .await?;
-            }
-            total += ids.len();
-        }
+    /// The sweeper's queue, scanning every `every`. One expiry at a time: reservations of
+    /// different orders lock the same stock rows.
+    pub fn queue(self, every: Duration) -> WorkQueue<Sweeper> {
+        let options = WorkQueueOptions::new("reservation-expiry")
+            .concurrency(1)
+            .poll_interval(every);
+        WorkQueue::new(self, options, WorkHandle::new())
+    }
+}
+
+impl WorkSource for Sweeper {
+    type Item = String;
+    type Error = InventoryError;
+
+    async fn due(&self, limit: usize) -> Result<Vec<String>, InventoryError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        store::expired(self.db.pool(), self.clock.now_unix(), limit).await
     }
 
-    /// Sweeps every `every` until `shutdown`; failures are logged and retried next round.
-    pub async fn run(self, every: Duration, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            match self.sweep_once().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(expired = n, "expired reservations released"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "sweeping expired reservations failed; retrying")
-                }
-            }
-        }
+    async fn process(&self, id: String, _retry: u32) -> Result<(), InventoryError> {
+        reservations::finish(
+            &self.db,
+            &self.clock,
+            &id,
+            ReservationStatus::Expired,
+            "expired",
+        )
+        .await?;
+        tracing::info!(reservation = %id, "expired reservation released");
+        Ok(())
+    }
+
+    fn is_transient(&self, error: &InventoryError) -> bool {
+        matches!(error, InventoryError::Database(e) if e.is_unavailable())
     }
 }

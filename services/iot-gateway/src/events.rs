@@ -62,8 +62,9 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    /// Writes until `shutdown`, then drains what is queued.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Writes until `shutdown`, then drains what is queued. Takes `&mut self` so a supervisor
+    /// can run it again after a failure (what is queued stays queued).
+    pub async fn run(&mut self, shutdown: CancellationToken) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut backoff = Duration::from_millis(100);
         loop {

@@ -142,7 +142,14 @@ pub async fn build_with(
         verifier = verifier.with_clock(clock.clone());
     }
     let (events, writer) = events::EventSink::new(db, options.event_queue);
-    tokio::spawn(writer.run(ctx.shutdown().clone()));
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    ctx.background("event-writer", move |stop| {
+        let writer = writer.clone();
+        async move {
+            writer.lock().await.run(stop).await;
+            Ok(())
+        }
+    });
     let registry = Arc::new(registry::Registry::new(
         &options.instance,
         options.max_pending,
@@ -154,13 +161,23 @@ pub async fn build_with(
         None => ServiceTokens::from_context(&ctx)?,
     };
     let shop = ShopServiceClient::new(ServiceTokenChannel::new(ctx.channel("shop")?, tokens));
-    tokio::spawn(reporter::run(
-        dirty.clone(),
-        registry.clone(),
-        shop,
-        options.report_coalesce,
-        ctx.shutdown().clone(),
-    ));
+    {
+        let (dirty, registry, coalesce) =
+            (dirty.clone(), registry.clone(), options.report_coalesce);
+        ctx.background("status-reporter", move |stop| {
+            let run = reporter::run(
+                dirty.clone(),
+                registry.clone(),
+                shop.clone(),
+                coalesce,
+                stop,
+            );
+            async move {
+                run.await;
+                Ok(())
+            }
+        });
+    }
     let gateway = Arc::new(Gateway {
         options,
         registry,

@@ -370,7 +370,9 @@ impl NotificationApi {
             ));
         }
         if !suppressed {
-            tx.notify_on_commit(self.deliverer.wake().clone());
+            self.deliverer
+                .work()
+                .push_after_commit(&mut tx, delivery.id.clone());
         }
         tx.commit().await?;
         let mut c = self.conn().await?;

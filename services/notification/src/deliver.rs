@@ -5,18 +5,21 @@
 //! `notification.sent` / `notification.failed` in the same transaction. A crash between a send
 //! and its finish sends again after the lease (at-least-once on the wire; the webhook carries the
 //! delivery id as `Idempotency-Key`), but never makes a second delivery record.
+//!
+//! The deliverer is a [`WorkSource`] of the runtime's [`WorkQueue`]: a delivery queued by a
+//! committed transaction of this process is handed to it at once ([`Deliverer::work`]); its
+//! scan finds deferred ones and those of a crashed process or another replica. An attempt that
+//! failed because the database was unavailable is retried after a short backoff, taking back
+//! its own lease.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_contracts::events::v1::{NotificationFailed, NotificationSent};
 use mesh_contracts::notification::v1::DeliveryStatus;
 use mesh_runtime::outbox::Event;
 use mesh_runtime::trace_context::TraceContext;
+use mesh_runtime::work_queue::{WorkHandle, WorkQueue, WorkQueueOptions, WorkSource};
 use mesh_runtime::{CallContext, Database};
-use tokio::sync::{Notify, Semaphore};
-use tokio_util::sync::CancellationToken;
 
 use crate::channels::Sender;
 use crate::error::NotificationError;
@@ -32,7 +35,7 @@ pub struct Deliverer {
     db: Database,
     sender: Sender,
     settings: NotificationSettings,
-    wake: Arc<Notify>,
+    work: WorkHandle<String>,
 }
 
 fn micros(d: Duration) -> i64 {
@@ -46,13 +49,21 @@ impl Deliverer {
             db,
             sender: Sender::new(settings.clone()),
             settings,
-            wake: Arc::new(Notify::new()),
+            work: WorkHandle::new(),
         }
     }
 
-    /// Woken after commits that queue deliveries.
-    pub fn wake(&self) -> &Arc<Notify> {
-        &self.wake
+    /// Its queue's handle: deliveries queued by a transaction are handed to it after commit.
+    pub fn work(&self) -> &WorkHandle<String> {
+        &self.work
+    }
+
+    /// The queue that sends (run it as a background task: [`WorkQueue::task`]).
+    pub fn queue(&self) -> WorkQueue<Deliverer> {
+        let options = WorkQueueOptions::new("deliverer")
+            .concurrency(CONCURRENCY)
+            .poll_interval(self.settings.poll_interval);
+        WorkQueue::new(self.clone(), options, self.work.clone())
     }
 
     /// The settings.
@@ -60,13 +71,18 @@ impl Deliverer {
         &self.settings
     }
 
-    /// One attempt at delivery `id` if it is QUEUED and due.
-    pub async fn attempt(&self, id: &str) -> Result<(), NotificationError> {
+    /// One attempt at delivery `id` if it is QUEUED and due (or, with `own_lease`, whether due
+    /// or not: the retry of an attempt that failed on a transient error).
+    pub async fn attempt(&self, id: &str, own_lease: bool) -> Result<(), NotificationError> {
         let now = now_micros();
+        let lease_until = now + micros(self.settings.lease());
         let mut c = self.db.acquire().await?;
-        let Some(attempt) =
-            store::claim(&mut c, id, now, now + micros(self.settings.lease())).await?
-        else {
+        let claimed = if own_lease {
+            store::reclaim(&mut c, id, now, lease_until).await?
+        } else {
+            store::claim(&mut c, id, now, lease_until).await?
+        };
+        let Some(attempt) = claimed else {
             return Ok(());
         };
         let Some(row) = store::delivery(&mut c, id).await? else {
@@ -137,76 +153,27 @@ impl Deliverer {
             None => work.await,
         }
     }
+}
 
-    /// Starts an attempt at every due delivery not already in flight in this process (ids in
-    /// `inflight`); returns how many.
-    pub async fn run_once(
-        &self,
-        slots: &Arc<Semaphore>,
-        inflight: &Arc<Mutex<HashSet<String>>>,
-        shutdown: &CancellationToken,
-    ) -> Result<usize, NotificationError> {
-        let ids = {
-            let mut c = self.db.acquire().await?;
-            store::due(&mut c, now_micros(), 256).await?
-        };
-        let mut n = 0;
-        for id in ids {
-            if !inflight
-                .lock()
-                .map(|mut s| s.insert(id.clone()))
-                .unwrap_or(false)
-            {
-                continue;
-            }
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            n += 1;
-            let (me, shutdown, inflight) = (self.clone(), shutdown.clone(), inflight.clone());
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    r = me.attempt(&id) => if let Err(e) = r {
-                        tracing::warn!(delivery = %id, error = %e, "delivery attempt failed; will retry");
-                    },
-                }
-                if let Ok(mut s) = inflight.lock() {
-                    s.remove(&id);
-                }
-                drop(permit);
-            });
-        }
-        Ok(n)
+impl WorkSource for Deliverer {
+    type Item = String;
+    type Error = NotificationError;
+
+    async fn due(&self, limit: usize) -> Result<Vec<String>, NotificationError> {
+        let mut c = self.db.acquire().await?;
+        Ok(store::due(
+            &mut c,
+            now_micros(),
+            i64::try_from(limit).unwrap_or(i64::MAX),
+        )
+        .await?)
     }
 
-    /// Runs passes until `shutdown`: at once, when woken, and every poll interval.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(CONCURRENCY));
-        let inflight = Arc::new(Mutex::new(HashSet::new()));
-        let mut failing = false;
-        loop {
-            let pass = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = self.run_once(&slots, &inflight, &shutdown) => r,
-            };
-            match pass {
-                Ok(_) if failing => {
-                    failing = false;
-                    tracing::info!("notification worker recovered");
-                }
-                Ok(_) => {}
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::warn!(error = %e, "notification worker failing; retrying");
-                }
-                Err(_) => {}
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.settings.poll_interval) => {}
-            }
-        }
+    async fn process(&self, id: String, retry: u32) -> Result<(), NotificationError> {
+        self.attempt(&id, retry > 0).await
+    }
+
+    fn is_transient(&self, error: &NotificationError) -> bool {
+        matches!(error, NotificationError::Database(e) if e.is_unavailable())
     }
 }

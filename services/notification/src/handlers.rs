@@ -46,7 +46,6 @@ impl EventHandler for NotifyCustomer {
             let traceparent = CallContext::current()
                 .map(|c| c.trace.to_string())
                 .unwrap_or_default();
-            let mut queued = false;
             for channel in [Channel::Log, Channel::Webhook, Channel::Email] {
                 let recipient = match channel {
                     Channel::Log => "log".to_string(),
@@ -88,10 +87,9 @@ impl EventHandler for NotifyCustomer {
                 let key = format!("{}:{order_id}:{}", event.r#type, channel_name(channel));
                 let inserted =
                     store::insert_delivery(tx, &delivery, Some(&key), &traceparent).await?;
-                queued |= inserted && !opted_out;
-            }
-            if queued {
-                tx.notify_on_commit(self.0.wake().clone());
+                if inserted && !opted_out {
+                    self.0.work().push_after_commit(tx, delivery.id.clone());
+                }
             }
             Ok(())
         })

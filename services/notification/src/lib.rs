@@ -67,7 +67,7 @@ pub async fn build_with(
                 handlers::NotifyCustomer(deliverer.clone()),
             ),
     );
-    tokio::spawn(deliverer.clone().run(ctx.shutdown().clone()));
+    ctx.background_task(deliverer.queue().task());
     let server = NotificationServiceServer::new(NotificationApi::new(db, deliverer))
         .max_decoding_message_size(ctx.max_message_bytes())
         .max_encoding_message_size(ctx.max_message_bytes());

@@ -317,6 +317,24 @@ pub async fn claim(
         .transpose()
 }
 
+/// As [`claim`], but whether due or not: the retry of an attempt that failed on a transient
+/// error takes back the lease that attempt may hold.
+pub async fn reclaim(
+    c: &mut AnyConnection,
+    id: &str,
+    now: i64,
+    lease_until: i64,
+) -> Result<Option<i64>> {
+    sqlx::query("UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = $1, next_attempt_at = $2 WHERE id = $3 AND status = 'QUEUED' RETURNING attempts")
+        .bind(now)
+        .bind(lease_until)
+        .bind(id)
+        .fetch_optional(c)
+        .await?
+        .map(|r| r.try_get("attempts"))
+        .transpose()
+}
+
 /// Finishes the QUEUED delivery `id` as SENT or FAILED; `false` if it was not QUEUED.
 pub async fn finish(
     c: &mut AnyConnection,

@@ -109,7 +109,7 @@ pub async fn build_with(
     // opposite order, would deadlock on the order rows (docs/saga.md).
     ctx.start_consumer(saga::handlers(ctx.consumer()?.concurrency(1)));
     let sweeper = sweeper::Sweeper::new(db.clone(), options.saga_timeout);
-    tokio::spawn(sweeper.run(options.sweep_every, ctx.shutdown().clone()));
+    ctx.background_task(sweeper.queue(options.sweep_every).task());
     let api = OrderApi::new(db.clone(), place::Placer::new(db, peers));
     let server = OrderServiceServer::new(api)
         .max_decoding_message_size(ctx.max_message_bytes())

@@ -19,13 +19,14 @@ use mesh_contracts::payment::v1::{
 };
 use mesh_runtime::outbox::{Event, Tx};
 use mesh_runtime::trace_context::TraceContext;
+use mesh_runtime::work_queue::WorkHandle;
 use mesh_runtime::{CallContext, Database};
-use tokio::sync::Notify;
 
 use crate::error::PaymentError;
 use crate::provider::{CardData, ChargeCall, Outcome, PaymentProvider, ProviderError, RefundCall};
 use crate::settings::PaymentSettings;
 use crate::store::{self, CardRow, PaymentRow, RefundRow, now_micros};
+use crate::worker::Work;
 
 type Result<T> = std::result::Result<T, PaymentError>;
 
@@ -50,7 +51,7 @@ pub struct Engine {
     db: Database,
     provider: Arc<dyn PaymentProvider>,
     settings: PaymentSettings,
-    wake: Arc<Notify>,
+    work: WorkHandle<Work>,
 }
 
 fn micros(d: Duration) -> i64 {
@@ -68,17 +69,19 @@ fn current_traceparent() -> String {
 }
 
 impl Engine {
-    /// An engine over `db` and `provider`.
+    /// An engine over `db` and `provider`, handing the work it creates to the worker's queue
+    /// through `work`.
     pub fn new(
         db: Database,
         provider: Arc<dyn PaymentProvider>,
         settings: PaymentSettings,
+        work: WorkHandle<Work>,
     ) -> Self {
         Self {
             db,
             provider,
             settings,
-            wake: Arc::new(Notify::new()),
+            work,
         }
     }
 
@@ -92,9 +95,9 @@ impl Engine {
         &self.settings
     }
 
-    /// Woken when new work is committed.
-    pub fn wake(&self) -> &Arc<Notify> {
-        &self.wake
+    /// The worker's queue, to which new work is handed once committed.
+    pub fn work(&self) -> &WorkHandle<Work> {
+        &self.work
     }
 
     /// Registers a card with the provider and stores its token.
@@ -197,7 +200,7 @@ impl Engine {
             )
             .await?;
         } else if due_now {
-            tx.notify_on_commit(self.wake.clone());
+            self.work.push_after_commit(tx, Work::Charge(p.id.clone()));
         }
         Ok((p, true))
     }
@@ -353,7 +356,8 @@ impl Engine {
         };
         store::insert_refund(tx, &refund, next).await?;
         if due_now {
-            tx.notify_on_commit(self.wake.clone());
+            self.work
+                .push_after_commit(tx, Work::Refund(refund.id.clone()));
         }
         Ok(refund)
     }

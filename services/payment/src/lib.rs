@@ -89,7 +89,8 @@ pub async fn build_with(
             options.settings.slow_card_delay,
         ))
     });
-    let engine = engine::Engine::new(db, provider, options.settings);
+    let work = mesh_runtime::work_queue::WorkHandle::new();
+    let engine = engine::Engine::new(db, provider, options.settings, work.clone());
     // One transaction at a time: the handlers lock an order's saga row, and transactions that
     // each hold several orders' rows (a batch's events in any order) could otherwise deadlock.
     let events = &ctx.config().events;
@@ -110,7 +111,7 @@ pub async fn build_with(
             )
             .on("order.cancelled", saga::OnOrderCancelled(engine.clone())),
     );
-    tokio::spawn(worker::run(engine.clone(), ctx.shutdown().clone()));
+    ctx.background_task(worker::queue(engine.clone(), work).task());
     let server = PaymentServiceServer::new(PaymentApi::new(engine))
         .max_decoding_message_size(ctx.max_message_bytes())
         .max_encoding_message_size(ctx.max_message_bytes());

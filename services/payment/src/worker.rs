@@ -1,17 +1,18 @@
-//! The background worker: finishes every PENDING charge and refund that is due (new saga
-//! charges, retries after provider errors, work left by a crash or by a caller that gave up
-//! waiting). Woken after each commit that creates work, and every poll interval. Every replica
-//! may run one: a row is claimed with a conditional update (its lease), and finishing is
-//! conditional too, so each is finished once.
+//! The background worker: finishes every PENDING charge and refund, on the runtime's
+//! [`WorkQueue`]. New saga charges and refunds are handed to it in process once their
+//! transaction commits; its scan finds the rest (retries after provider errors, work left by a
+//! crash, by another replica or by a caller that gave up waiting). Every replica may run one: a
+//! row is claimed with a conditional update (its lease), and finishing is conditional too, so
+//! each is finished once.
 //!
-//! Each attempt runs in a task of its own (at most [`CONCURRENCY`] at once), so a slow provider
-//! answer does not hold up the charges behind it.
+//! An attempt that fails because the database is unavailable is retried by the queue after a
+//! short backoff; the retry re-claims the row regardless of its lease (the lease is the one the
+//! failed attempt took), so a short database outage delays a charge by about the outage, not
+//! by the lease.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::fmt;
 
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
+use mesh_runtime::work_queue::{WorkHandle, WorkQueue, WorkQueueOptions, WorkSource};
 
 use crate::engine::Engine;
 use crate::error::PaymentError;
@@ -20,95 +21,64 @@ use crate::store::{self, now_micros};
 /// How many charges and refunds are in flight at once.
 pub const CONCURRENCY: usize = 64;
 
-/// Ids with an attempt in flight in this process (so a pass does not start a second one).
-pub type InFlight = Arc<Mutex<HashSet<String>>>;
-
-/// Starts an attempt at every due charge and refund not already in flight; returns how many
-/// were started.
-pub async fn run_once(
-    engine: &Engine,
-    slots: &Arc<Semaphore>,
-    inflight: &InFlight,
-    shutdown: &CancellationToken,
-) -> Result<usize, PaymentError> {
-    let (charges, refunds) = {
-        let mut c = engine.db().acquire().await?;
-        let now = now_micros();
-        (
-            store::due_payments(&mut c, now, 256).await?,
-            store::due_refunds(&mut c, now, 256).await?,
-        )
-    };
-    let mut n = 0;
-    let work = charges
-        .into_iter()
-        .map(|id| (true, id))
-        .chain(refunds.into_iter().map(|id| (false, id)));
-    for (charge, id) in work {
-        if !inflight
-            .lock()
-            .map(|mut s| s.insert(id.clone()))
-            .unwrap_or(false)
-        {
-            continue;
-        }
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        n += 1;
-        let (engine, shutdown, inflight) = (engine.clone(), shutdown.clone(), inflight.clone());
-        tokio::spawn(async move {
-            let attempt = async {
-                if charge {
-                    engine.attempt_charge(&id, true).await.map(|_| ())
-                } else {
-                    engine.attempt_refund(&id, true).await.map(|_| ())
-                }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                r = attempt => if let Err(e) = r {
-                    tracing::warn!(id = %id, charge, error = %e, "payment work failed; will retry");
-                },
-            }
-            if let Ok(mut s) = inflight.lock() {
-                s.remove(&id);
-            }
-            drop(permit);
-        });
-    }
-    Ok(n)
+/// A unit of the worker's work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Work {
+    /// The PENDING payment with this id.
+    Charge(String),
+    /// The PENDING refund with this id.
+    Refund(String),
 }
 
-/// Runs passes until `shutdown`: at once (work left by a previous run), whenever woken, and
-/// every poll interval.
-pub async fn run(engine: Engine, shutdown: CancellationToken) {
-    let wake = engine.wake().clone();
-    let slots = Arc::new(Semaphore::new(CONCURRENCY));
-    let inflight = InFlight::default();
-    let mut failing = false;
-    loop {
-        let pass = tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = run_once(&engine, &slots, &inflight, &shutdown) => r,
-        };
-        match pass {
-            Ok(_) if failing => {
-                failing = false;
-                tracing::info!("payment worker recovered");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if !failing {
-                    failing = true;
-                    tracing::warn!(error = %e, "payment worker failing; retrying");
-                }
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = wake.notified() => {}
-            () = tokio::time::sleep(engine.settings().poll_interval) => {}
+impl fmt::Display for Work {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Charge(id) => write!(f, "charge {id}"),
+            Self::Refund(id) => write!(f, "refund {id}"),
         }
     }
+}
+
+/// Payment's [`WorkSource`]: due charges and refunds, each attempted through the [`Engine`].
+#[derive(Debug, Clone)]
+pub struct PaymentWork(pub Engine);
+
+impl WorkSource for PaymentWork {
+    type Item = Work;
+    type Error = PaymentError;
+
+    async fn due(&self, limit: usize) -> Result<Vec<Work>, PaymentError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut c = self.0.db().acquire().await?;
+        let now = now_micros();
+        let charges = store::due_payments(&mut c, now, limit).await?;
+        let refunds = store::due_refunds(&mut c, now, limit).await?;
+        Ok(charges
+            .into_iter()
+            .map(Work::Charge)
+            .chain(refunds.into_iter().map(Work::Refund))
+            .collect())
+    }
+
+    async fn process(&self, item: Work, retry: u32) -> Result<(), PaymentError> {
+        // The first attempt claims the row only if due; a retry after a transient failure
+        // takes it back from the lease its own failed attempt may hold.
+        let due_only = retry == 0;
+        match item {
+            Work::Charge(id) => self.0.attempt_charge(&id, due_only).await.map(|_| ()),
+            Work::Refund(id) => self.0.attempt_refund(&id, due_only).await.map(|_| ()),
+        }
+    }
+
+    fn is_transient(&self, error: &PaymentError) -> bool {
+        matches!(error, PaymentError::Database(e) if e.is_unavailable())
+    }
+}
+
+/// The worker's queue over `engine`, taking the work handed to `handle` (the engine's).
+pub fn queue(engine: Engine, handle: WorkHandle<Work>) -> WorkQueue<PaymentWork> {
+    let options = WorkQueueOptions::new("charge-worker")
+        .concurrency(CONCURRENCY)
+        .poll_interval(engine.settings().poll_interval);
+    WorkQueue::new(PaymentWork(engine), options, handle)
 }

@@ -17,6 +17,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh_runtime::work_queue::{WorkHandle, WorkQueue, WorkQueueOptions, WorkSource};
+
 use mesh_contracts::events::v1::{VendCompleted, VendFailed};
 use mesh_contracts::inventory::v1::{
     CommitReservationRequest, ReleaseReservationRequest, ReserveRequest, StockLine,
@@ -437,24 +439,36 @@ impl Flow {
         Ok(())
     }
 
-    /// The recovery sweep: drives every PENDING vend not being driven here, now and then every
-    /// `every`, until `shutdown`.
-    pub async fn sweep(self, every: Duration, shutdown: tokio_util::sync::CancellationToken) {
-        loop {
-            match store::pending_vends(self.db.pool()).await {
-                Ok(ids) => {
-                    for id in ids {
-                        if let Err(e) = self.drive(&id).await {
-                            tracing::warn!(vend = %id, error = %e, "recovering a pending vend failed; retrying later");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "listing pending vends failed"),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(every) => {}
-                () = shutdown.cancelled() => return,
-            }
+    /// The recovery sweep's queue, scanning every `every` (see [`Flow`]'s [`WorkSource`]).
+    pub fn recovery_queue(self, every: Duration) -> WorkQueue<Flow> {
+        let options = WorkQueueOptions::new("vend-recovery")
+            .concurrency(8)
+            .poll_interval(every);
+        WorkQueue::new(self, options, WorkHandle::new())
+    }
+}
+
+/// The recovery sweep: every PENDING vend not being driven here is driven again; one whose step
+/// failed because the database or a peer was unavailable is retried after a short backoff.
+impl WorkSource for Flow {
+    type Item = String;
+    type Error = VmError;
+
+    async fn due(&self, limit: usize) -> Result<Vec<String>> {
+        let mut ids = store::pending_vends(self.db.pool()).await?;
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
+    async fn process(&self, id: String, _retry: u32) -> Result<()> {
+        self.drive(&id).await.map(|_| ())
+    }
+
+    fn is_transient(&self, error: &VmError) -> bool {
+        match error {
+            VmError::Database(e) => e.is_unavailable(),
+            VmError::Peer { status, .. } => status.code() == tonic::Code::Unavailable,
+            _ => false,
         }
     }
 }

@@ -71,10 +71,7 @@ pub async fn build_with(
     let db = ctx.database()?.clone();
     let peers = peers::Peers::new(&ctx, options.client_secret.as_deref())?;
     let flow = flow::Flow::new(db.clone(), peers.clone(), options.dispense_timeout);
-    tokio::spawn(
-        flow.clone()
-            .sweep(options.sweep_every, ctx.shutdown().clone()),
-    );
+    ctx.background_task(flow.clone().recovery_queue(options.sweep_every).task());
     let server = VendingMachineServiceServer::new(VmApi::new(db, peers, flow))
         .max_decoding_message_size(ctx.max_message_bytes())
         .max_encoding_message_size(ctx.max_message_bytes());
