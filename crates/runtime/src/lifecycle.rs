@@ -375,7 +375,7 @@ mod tests {
             async move {
                 let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
                 if n <= fail {
-                    if n % 2 == 0 {
+                    if n.is_multiple_of(2) {
                         panic!("run {n} panics");
                     }
                     return Err(format!("run {n} fails").into());
