@@ -4,13 +4,12 @@
 //! The service, `greet.v1.Greeter`, exists only in this test: its proto is compiled here with
 //! protox into a descriptor set file, and a raw HTTP/2 handler answers it with dynamic messages.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::process::Command;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use http_body_util::BodyExt as _;
+use mesh_testkit::process::{MeshProcess, http};
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, Value};
 
@@ -101,36 +100,6 @@ async fn greeter(pool: DescriptorPool) -> SocketAddr {
     addr
 }
 
-struct Edge {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Edge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
-    (status, body)
-}
-
 #[tokio::test]
 async fn the_edge_fronts_a_foreign_grpc_service_from_flags() {
     let dir = tempfile::tempdir().unwrap();
@@ -138,7 +107,8 @@ async fn the_edge_fronts_a_foreign_grpc_service_from_flags() {
     let pool = DescriptorPool::decode(bytes.as_slice()).unwrap();
     let upstream = greeter(pool).await;
 
-    let mut child = Command::new(MESH)
+    let mut command = Command::new(MESH);
+    command
         .args(["serve", "edge", "--descriptor-set"])
         .arg(&file)
         .arg("--upstream")
@@ -147,28 +117,12 @@ async fn the_edge_fronts_a_foreign_grpc_service_from_flags() {
         .env("MESH_ADMIN_PORT", "0")
         .env("MESH_DATA_DIR", dir.path())
         // Only SayHello is public; SayBye needs a token, as any RPC not declared public.
-        .env("MESH_EDGE_PUBLIC_ROUTES", "greet.v1.Greeter/SayHello")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mesh starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut addr = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words.first() == Some(&"ready") && words.get(1) == Some(&"edge") {
-            addr = Some(words[2].split_once("://").unwrap().1.to_string());
-            break;
-        }
-    }
-    let edge = Edge {
-        child,
-        addr: addr.expect("a ready line for the edge"),
-    };
+        .env("MESH_EDGE_PUBLIC_ROUTES", "greet.v1.Greeter/SayHello");
+    let mesh = MeshProcess::start(command);
+    let edge_addr = mesh.addr("edge").to_string();
 
     let (status, body) = tokio::task::spawn_blocking({
-        let addr = edge.addr.clone();
+        let addr = edge_addr.clone();
         move || http(&addr, "GET", "/v1/greet/ann", "")
     })
     .await
@@ -178,7 +132,7 @@ async fn the_edge_fronts_a_foreign_grpc_service_from_flags() {
     assert_eq!(json["message"], "SayHello ann");
 
     let (status, body) = tokio::task::spawn_blocking({
-        let addr = edge.addr.clone();
+        let addr = edge_addr.clone();
         move || http(&addr, "POST", "/v1/greet/ann:bye", "{}")
     })
     .await

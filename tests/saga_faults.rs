@@ -712,13 +712,7 @@ async fn run(base_url: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn saga_survives_kills_of_inventory_payment_and_redis() {
-    let Some(url) = std::env::var("MESH_TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        eprintln!(
-            "SKIPPED: the saga fault test needs Postgres: set MESH_TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/postgres)"
-        );
+    let Some(url) = mesh_testkit::postgres_url("the saga fault test") else {
         return;
     };
     tokio::time::timeout(Duration::from_secs(240), run(url))

@@ -5,10 +5,8 @@
 //! named in one error. (CI also drives the same binary with the real `grpcurl`: see `.ci/run`.)
 
 use mesh_runtime::config::env_prefix;
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use mesh_testkit::process::{MeshProcess, http};
+use std::process::Command;
 use std::time::Duration;
 
 use tonic::transport::Channel;
@@ -32,73 +30,22 @@ fn module_names() -> Vec<String> {
         .collect()
 }
 
-/// A `mesh serve all` child on free ports, killed if the test fails.
-struct Mesh {
-    child: Child,
-    /// Listener addresses by target name (plus `admin`), from the `ready` lines.
-    addrs: BTreeMap<String, String>,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_mesh() -> Mesh {
+/// A `mesh serve all` child on free ports (killed if the test fails), and its data folder.
+fn start_mesh() -> (MeshProcess, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(MESH);
     cmd.args(["serve", "all"])
         .env("MESH_ADMIN_PORT", "0")
         .env("MESH_DATA_DIR", data.path())
-        .env("MESH_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .env("MESH_LOG", "info");
     for name in module_names() {
         cmd.env(format!("{}_PORT", env_prefix(&name)), "0");
     }
-    let mut child = cmd.spawn().expect("mesh starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut addrs = BTreeMap::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("reads stdout");
-        let mut words = line.split_whitespace();
-        if words.next() != Some("ready") {
-            continue;
-        }
-        let name = words.next().unwrap().to_string();
-        let url = words.next().unwrap();
-        let addr = url.split_once("://").unwrap().1.to_string();
-        let done = name == "admin";
-        addrs.insert(name, addr);
-        if done {
-            break;
-        }
-    }
-    Mesh {
-        child,
-        addrs,
-        _data: data,
-    }
+    (MeshProcess::start(cmd), data)
 }
 
 fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
-    (status, body)
+    http(addr, "GET", path, "")
 }
 
 async fn reflected_services(channel: Channel) -> Vec<String> {
@@ -125,15 +72,15 @@ async fn reflected_services(channel: Channel) -> Vec<String> {
 
 #[tokio::test]
 async fn serve_all_answers_on_every_port_and_stops_cleanly_on_sigterm() {
-    let mut mesh = start_mesh();
+    let (mut mesh, _data) = start_mesh();
     let names = module_names();
     for name in &names {
-        assert!(mesh.addrs.contains_key(name), "no ready line for {name}");
+        assert!(mesh.addrs().contains_key(name), "no ready line for {name}");
     }
 
     let mut domain_services = Vec::new();
     for name in &names {
-        let channel = Channel::from_shared(format!("http://{}", mesh.addrs[name]))
+        let channel = Channel::from_shared(format!("http://{}", mesh.addr(name)))
             .unwrap()
             .connect()
             .await
@@ -180,19 +127,19 @@ async fn serve_all_answers_on_every_port_and_stops_cleanly_on_sigterm() {
         );
     }
 
-    let (status, body) = http_get(&mesh.addrs["admin"], "/readyz");
+    let (status, body) = http_get(mesh.addr("admin"), "/readyz");
     assert_eq!(status, 200, "{body}");
-    let (status, body) = http_get(&mesh.addrs["admin"], "/.well-known/jwks.json");
+    let (status, body) = http_get(mesh.addr("admin"), "/.well-known/jwks.json");
     assert_eq!(status, 200, "auth's JWKS on the admin port: {body}");
     assert!(body.contains(r#""kty":"OKP""#), "{body}");
-    let (status, body) = http_get(&mesh.addrs["admin"], "/metrics");
+    let (status, body) = http_get(mesh.addr("admin"), "/metrics");
     assert_eq!(status, 200);
     assert!(
         body.contains(r#"grpc_server_handled_total{grpc_service="grpc.health.v1.Health",grpc_method="Check",grpc_code="OK"}"#),
         "{body}"
     );
 
-    let pid = mesh.child.id().to_string();
+    let pid = mesh.child().id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -202,7 +149,7 @@ async fn serve_all_answers_on_every_port_and_stops_cleanly_on_sigterm() {
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = mesh.child.try_wait().unwrap() {
+        if let Some(status) = mesh.child().try_wait().unwrap() {
             break status;
         }
         assert!(

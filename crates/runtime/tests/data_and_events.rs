@@ -24,43 +24,18 @@ use prost::Message as _;
 use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
-}
+use mesh_testkit::unique;
 
 fn sqlite_target() -> DatabaseTarget {
-    DatabaseTarget::Sqlite {
-        path: std::env::temp_dir()
-            .join(unique("mesh-test"))
-            .join("svc.db"),
-    }
+    mesh_testkit::sqlite()
 }
 
 fn postgres_target(test: &str) -> Option<DatabaseTarget> {
-    match std::env::var("MESH_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Some(DatabaseTarget::Postgres {
-            url,
-            schema: unique("t"),
-        }),
-        _ => {
-            eprintln!(
-                "SKIPPED: {test} on Postgres: set MESH_TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/postgres)"
-            );
-            None
-        }
-    }
+    mesh_testkit::postgres(test)
 }
 
 fn redis_url(test: &str) -> Option<String> {
-    match std::env::var("MESH_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!(
-                "SKIPPED: {test} on Redis Streams: set MESH_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379)"
-            );
-            None
-        }
-    }
+    mesh_testkit::redis(test)
 }
 
 /// Every (database, bus) combination available here, named for messages.

@@ -5,12 +5,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mesh_runtime::Readiness;
 use mesh_runtime::config::DatabaseTarget;
 use mesh_runtime::lifecycle::{Supervisor, SupervisorOptions};
 use mesh_runtime::storage::Database;
+use mesh_testkit::eventually_within;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -77,18 +78,9 @@ impl Drop for Proxy {
     }
 }
 
-async fn eventually(within: Duration, what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn readiness_is_off_while_the_database_is_unreachable() {
-    let Ok(url) = std::env::var("MESH_TEST_DATABASE_URL") else {
-        eprintln!("SKIPPED: set MESH_TEST_DATABASE_URL");
+    let Some(url) = mesh_testkit::postgres_url("database readiness") else {
         return;
     };
     // postgres://user@host:port/db -> the same through the proxy.
@@ -124,16 +116,22 @@ async fn readiness_is_off_while_the_database_is_unreachable() {
     assert!(readiness.is_ready(), "{:?}", readiness.problems());
 
     proxy.cut();
-    eventually(Duration::from_secs(5), "not ready during the outage", || {
-        !readiness.service_ok("svc")
-    })
+    eventually_within(
+        Duration::from_secs(5),
+        "not ready during the outage",
+        || {
+            let ok = readiness.service_ok("svc");
+            async move { !ok }
+        },
+    )
     .await;
     let cause = readiness.problems()["svc"]["database"].clone();
     assert!(cause.contains("database"), "{cause}");
 
     proxy.restore();
-    eventually(Duration::from_secs(10), "ready once it returns", || {
-        readiness.is_ready()
+    eventually_within(Duration::from_secs(10), "ready once it returns", || {
+        let ready = readiness.is_ready();
+        async move { ready }
     })
     .await;
 

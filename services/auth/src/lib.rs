@@ -15,7 +15,6 @@ pub mod keys;
 pub mod password;
 pub mod settings;
 pub mod store;
-pub mod testing;
 pub mod tokens;
 pub mod validate;
 

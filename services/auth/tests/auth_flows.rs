@@ -10,11 +10,11 @@ use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use mesh_auth::AuthSettings;
-use mesh_auth::testing::{self, PASSWORD, TestAuth, bearer};
 use mesh_contracts::auth::v1::*;
 use mesh_runtime::auth::{Claims, JwksClient, ManualClock, Verifier, VerifierSettings};
 use mesh_runtime::client::{ClientOptions, connect};
 use mesh_runtime::config::DatabaseTarget;
+use mesh_testkit::{self as testing, PASSWORD, TestAuth, bearer};
 use tonic::Code;
 
 fn settings(clock: &ManualClock) -> AuthSettings {

@@ -13,7 +13,6 @@ use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use mesh_auth::AuthSettings;
-use mesh_auth::testing::{self, TestAuth, bearer};
 use mesh_contracts::auth::v1::RotateSigningKeyRequest;
 use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
 use mesh_contracts::product::v1::{CreateProductRequest, GetProductRequest, Product};
@@ -21,6 +20,7 @@ use mesh_edge::auth::{EdgeAuth, JWKS_REFRESH_LIMIT, PublicRoutes, RefreshLimited
 use mesh_edge::config::{DEFAULT_PUBLIC_ROUTES, EdgeConfig};
 use mesh_runtime::auth::{Claims, Clock as _, JwksClient, ManualClock, VerifierSettings};
 use mesh_runtime::client::{ClientOptions, connect};
+use mesh_testkit::{self as testing, TestAuth, bearer};
 
 fn kid_of(token: &str) -> String {
     jsonwebtoken::decode_header(token).unwrap().kid.unwrap()

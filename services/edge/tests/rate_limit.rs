@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use common::*;
 use mesh_auth::AuthSettings;
-use mesh_auth::testing::{self, TestAuth, bearer};
 use mesh_contracts::product::v1::GetProductRequest;
 use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
 use mesh_edge::auth::{EdgeAuth, JWKS_REFRESH_LIMIT, PublicRoutes, RefreshLimitedKeys};
@@ -18,6 +17,7 @@ use mesh_edge::rate_limit::Limiter;
 use mesh_edge::redis_limit::RedisLimiter;
 use mesh_runtime::auth::{JwksClient, ManualClock, VerifierSettings};
 use mesh_runtime::client::{ClientOptions, connect};
+use mesh_testkit::{self as testing, TestAuth, bearer};
 
 /// Three requests, then one every 100 s: the fourth is refused, whatever the test's speed.
 const LIMIT: RateLimit = RateLimit {

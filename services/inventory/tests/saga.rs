@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_auth::AuthSettings;
-use mesh_auth::testing::{self, TestAuth, bearer};
 use mesh_contracts::events::v1::{
     Envelope, InventoryCommitted, InventoryRejected, InventoryReleased, InventoryReserved,
     OrderCancelled, OrderConfirmed, OrderCreated, OrderLineSnapshot, ReservedLine,
@@ -18,9 +17,10 @@ use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceCli
 use mesh_contracts::inventory::v1::*;
 use mesh_inventory::InventoryOptions;
 use mesh_runtime::Database;
+use mesh_runtime::bus::EventBus;
 use mesh_runtime::bus::redis::RedisBus;
-use mesh_runtime::bus::{EventBus, OutgoingEvent};
 use mesh_runtime::config::DatabaseTarget;
+use mesh_testkit::{self as testing, TestAuth, bearer};
 use prost::Message;
 use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
@@ -74,35 +74,12 @@ async fn start(target: DatabaseTarget, bus: Arc<dyn EventBus>) -> Mesh {
     }
 }
 
-fn envelope(event_type: &str, subject: &str, name: &str, message: &impl Message) -> Envelope {
-    Envelope {
-        id: uuid::Uuid::now_v7().to_string(),
-        r#type: event_type.into(),
-        source: "order".into(),
-        subject: subject.into(),
-        payload: Some(prost_types::Any {
-            type_url: format!("type.googleapis.com/events.v1.{name}"),
-            value: message.encode_to_vec(),
-        }),
-        correlation_id: subject.into(),
-        sequence: 1,
-        ..Default::default()
-    }
-}
-
 async fn publish(m: &Mesh, e: &Envelope) {
-    m.bus
-        .publish(&[OutgoingEvent {
-            domain: "order".into(),
-            event_id: e.id.clone(),
-            payload: e.encode_to_vec().into(),
-        }])
-        .await
-        .expect("publish");
+    testing::publish(m.bus.as_ref(), e).await;
 }
 
 fn created(order: &str, lines: &[(&str, i64)]) -> Envelope {
-    envelope(
+    testing::envelope(
         "order.created",
         order,
         "OrderCreated",
@@ -125,7 +102,7 @@ fn created(order: &str, lines: &[(&str, i64)]) -> Envelope {
 }
 
 fn confirmed(order: &str) -> Envelope {
-    envelope(
+    testing::envelope(
         "order.confirmed",
         order,
         "OrderConfirmed",
@@ -137,7 +114,7 @@ fn confirmed(order: &str) -> Envelope {
 }
 
 fn cancelled(order: &str) -> Envelope {
-    envelope(
+    testing::envelope(
         "order.cancelled",
         order,
         "OrderCancelled",

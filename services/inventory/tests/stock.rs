@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_auth::AuthSettings;
-use mesh_auth::testing::{self, TestAuth, bearer};
 use mesh_contracts::auth::v1::IssueServiceTokenRequest;
 use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_contracts::inventory::v1::*;
@@ -18,6 +17,7 @@ use mesh_runtime::Database;
 use mesh_runtime::auth::{ManualClock, ServiceTokenChannel, ServiceTokens};
 use mesh_runtime::client::{ClientOptions, connect};
 use mesh_runtime::config::DatabaseTarget;
+use mesh_testkit::{self as testing, TestAuth, bearer};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;

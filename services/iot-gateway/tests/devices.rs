@@ -5,13 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use mesh_auth::AuthSettings;
-use mesh_auth::testing::{self, TestAuth, bearer};
 use mesh_contracts::auth::v1::IssueServiceTokenRequest;
 use mesh_contracts::iot::v1::command::Action;
 use mesh_contracts::iot::v1::gateway_service_client::GatewayServiceClient;
@@ -24,7 +22,8 @@ use mesh_contracts::shop::v1::{
 use mesh_iot_gateway::GatewayOptions;
 use mesh_iot_gateway::simulator::{SimDevice, device_tokens};
 use mesh_runtime::config::DatabaseTarget;
-use mesh_runtime::{Database, Migrations, Module, ServiceContext, ServiceRoutes};
+use mesh_runtime::{Database, Migrations, ServiceContext};
+use mesh_testkit::{self as testing, TestAuth, bearer};
 use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -39,26 +38,15 @@ fn context(
     db: Database,
     shutdown: CancellationToken,
 ) -> ServiceContext {
-    fn never(
-        _: ServiceContext,
-    ) -> futures::future::BoxFuture<'static, Result<ServiceRoutes, mesh_runtime::BuildError>> {
-        Box::pin(async { Err("not used".into()) })
-    }
-    let module = Module {
+    testing::context_with(
         name,
-        default_port: 0,
         dependencies,
-        constructor: never,
-        migrations: Migrations::NONE,
-    };
-    ServiceContext::new(
-        &module,
-        Arc::new(testing::config()),
-        Arc::new(peers),
-        mesh_runtime::Metrics::new(),
+        testing::config(),
+        peers,
+        db,
+        testing::memory_bus(),
         shutdown,
     )
-    .with_data(db, testing::memory_bus())
 }
 
 struct Mesh {

@@ -13,17 +13,16 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mesh_auth::AuthSettings;
-use mesh_auth::testing::{self, TestAuth, bearer};
 use mesh_contracts::common::v1::Money;
-use mesh_contracts::events::v1::{Envelope, OrderCancelled, OrderConfirmed};
+use mesh_contracts::events::v1::{OrderCancelled, OrderConfirmed};
 use mesh_contracts::notification::v1::notification_service_client::NotificationServiceClient;
 use mesh_contracts::notification::v1::*;
 use mesh_notification::NotificationSettings;
 use mesh_runtime::Database;
+use mesh_runtime::bus::EventBus;
 use mesh_runtime::bus::redis::RedisBus;
-use mesh_runtime::bus::{EventBus, OutgoingEvent};
 use mesh_runtime::config::DatabaseTarget;
-use prost::Message as _;
+use mesh_testkit::{self as testing, TestAuth, bearer, eventually};
 use sqlx::Row as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpListener;
@@ -232,27 +231,9 @@ impl Mesh {
         name: &str,
         msg: &impl prost::Message,
     ) {
-        let envelope = Envelope {
-            id: id.into(),
-            r#type: event_type.into(),
-            source: "order".into(),
-            subject: subject.into(),
-            payload: Some(prost_types::Any {
-                type_url: format!("type.googleapis.com/events.v1.{name}"),
-                value: msg.encode_to_vec(),
-            }),
-            correlation_id: subject.into(),
-            sequence: 1,
-            ..Default::default()
-        };
-        self.bus
-            .publish(&[OutgoingEvent {
-                domain: "order".into(),
-                event_id: id.into(),
-                payload: envelope.encode_to_vec().into(),
-            }])
-            .await
-            .expect("publish");
+        let mut envelope = testing::envelope(event_type, subject, name, msg);
+        envelope.id = id.into();
+        testing::publish(self.bus.as_ref(), &envelope).await;
     }
 
     async fn deliveries(&self, event_type: &str) -> Vec<Delivery> {
@@ -287,21 +268,6 @@ impl Mesh {
             .await
             .expect("handled")
             .get("n")
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -10,8 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, Mesh, card, request, start};
-use mesh_auth::testing::bearer;
 use mesh_contracts::order::v1::*;
+use mesh_testkit::bearer;
 use sqlx::Row as _;
 use tonic::Code;
 

@@ -10,8 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, Mesh, Payment, card, request, start_with};
-use mesh_auth::testing::bearer;
 use mesh_contracts::order::v1::*;
+use mesh_testkit::bearer;
 use sqlx::Row as _;
 
 const GOOD: &str = "4242424242424242";

@@ -7,11 +7,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Mesh, start};
-use mesh_auth::testing::{self, bearer};
 use mesh_contracts::common::v1::{Money, PaymentCard, PaymentMethod, payment_method::Method};
 use mesh_contracts::payment::v1::payment_service_client::PaymentServiceClient;
 use mesh_contracts::payment::v1::*;
 use mesh_runtime::config::DatabaseTarget;
+use mesh_testkit::{self as testing, bearer};
 use tonic::Code;
 use tonic::transport::Channel;
 

@@ -10,9 +10,8 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Mesh, eventually, start, start_instance, start_with};
+use common::{Mesh, start, start_instance, start_with};
 use futures::future::BoxFuture;
-use mesh_auth::testing::{self, bearer};
 use mesh_contracts::common::v1::{Money, PaymentCard};
 use mesh_contracts::events::v1::{InventoryReserved, OrderCancelled, OrderCreated, PaymentFailed};
 use mesh_contracts::payment::v1::{DeclineReason, TokenizeCardRequest};
@@ -21,6 +20,8 @@ use mesh_payment::provider::{
 };
 use mesh_payment::simulated::SimulatedProcessor;
 use mesh_runtime::config::DatabaseTarget;
+use mesh_testkit::eventually;
+use mesh_testkit::{self as testing, bearer};
 use prost::Message as _;
 
 async fn token(m: &Mesh, number: &str) -> String {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_auth::AuthSettings;
-use mesh_auth::testing::{self, TestAuth, bearer};
 use mesh_contracts::common::v1::Money;
 use mesh_contracts::events::v1::ProductUpdated;
 use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
@@ -20,6 +19,7 @@ use mesh_runtime::bus::EventBus;
 use mesh_runtime::bus::redis::RedisBus;
 use mesh_runtime::config::DatabaseTarget;
 use mesh_runtime::outbox::Event;
+use mesh_testkit::{self as testing, TestAuth, bearer, eventually};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -543,21 +543,6 @@ async fn catalog_crud_paging_rbac_and_bad_input_on_postgres() {
         return;
     };
     catalog(a, p).await;
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use mesh_auth::AuthSettings;
-use mesh_auth::testing::{self, TestAuth, bearer};
 use mesh_contracts::auth::v1::IssueServiceTokenRequest;
 use mesh_contracts::shop::v1::shop_service_client::ShopServiceClient;
 use mesh_contracts::shop::v1::*;
 use mesh_runtime::Database;
 use mesh_runtime::config::DatabaseTarget;
+use mesh_testkit::{self as testing, TestAuth, bearer};
 use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;

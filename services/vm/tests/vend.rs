@@ -7,12 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mesh_auth::AuthSettings;
-use mesh_auth::testing::{self, TestAuth, bearer};
 use mesh_contracts::common::v1::{Money, PaymentCard, PaymentMethod, payment_method::Method};
 use mesh_contracts::inventory::v1::GetStockRequest;
 use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
@@ -25,7 +23,8 @@ use mesh_contracts::vm::v1::*;
 use mesh_iot_gateway::GatewayOptions;
 use mesh_iot_gateway::simulator::{SimDevice, device_tokens};
 use mesh_runtime::config::DatabaseTarget;
-use mesh_runtime::{Database, Migrations, Module, ServiceContext, ServiceRoutes};
+use mesh_runtime::{Database, Migrations, ServiceContext};
+use mesh_testkit::{self as testing, TestAuth, bearer};
 use mesh_vm::VmOptions;
 use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
@@ -41,26 +40,15 @@ fn context(
     db: Database,
     shutdown: CancellationToken,
 ) -> ServiceContext {
-    fn never(
-        _: ServiceContext,
-    ) -> futures::future::BoxFuture<'static, Result<ServiceRoutes, mesh_runtime::BuildError>> {
-        Box::pin(async { Err("not used".into()) })
-    }
-    let module = Module {
+    testing::context_with(
         name,
-        default_port: 0,
         dependencies,
-        constructor: never,
-        migrations: Migrations::NONE,
-    };
-    ServiceContext::new(
-        &module,
-        Arc::new(testing::config()),
-        Arc::new(peers.clone()),
-        mesh_runtime::Metrics::new(),
+        testing::config(),
+        peers.clone(),
+        db,
+        testing::memory_bus(),
         shutdown,
     )
-    .with_data(db, testing::memory_bus())
 }
 
 fn uri(addr: SocketAddr) -> http::Uri {

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_auth::AuthSettings;
-use mesh_auth::testing::{self, TestAuth, bearer};
 use mesh_contracts::common::v1::{Money, PaymentMethod, PostalAddress, payment_method};
 use mesh_contracts::events::v1::{Envelope, PaymentFailed, PaymentSucceeded};
 use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
@@ -31,6 +30,7 @@ use mesh_runtime::bus::{EventBus, OutgoingEvent};
 use mesh_runtime::client::{ClientOptions, connect};
 use mesh_runtime::config::DatabaseTarget;
 use mesh_runtime::{ServiceContext, ServiceRoutes};
+use mesh_testkit::{self as testing, TestAuth, bearer};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -51,21 +51,15 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Postgres + Redis from the test environment, or `None` after a loud SKIPPED line.
+    /// Postgres + Redis from the test environment, or `None` after a loud SKIPPED line (a
+    /// failure when `MESH_TEST_REQUIRE_BACKENDS=1`).
     pub fn real(test: &str) -> Option<Self> {
-        let url = std::env::var("MESH_TEST_DATABASE_URL")
-            .ok()
-            .filter(|u| !u.is_empty());
+        let url = testing::postgres_url(test);
         let redis = testing::redis(test);
-        match (url, redis) {
-            (Some(url), Some(redis)) => Some(Self::Real { url, redis }),
-            _ => {
-                eprintln!(
-                    "SKIPPED: {test} on Postgres + Redis: set MESH_TEST_DATABASE_URL and MESH_TEST_REDIS_URL"
-                );
-                None
-            }
-        }
+        Some(Self::Real {
+            url: url?,
+            redis: redis?,
+        })
     }
 
     fn target(&self) -> DatabaseTarget {

@@ -9,16 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_auth::AuthSettings;
-use mesh_auth::testing::{self, TestAuth};
 use mesh_contracts::auth::v1::IssueServiceTokenRequest;
 use mesh_contracts::events::v1::Envelope;
 use mesh_contracts::payment::v1::payment_service_client::PaymentServiceClient;
 use mesh_payment::provider::PaymentProvider;
 use mesh_payment::{PaymentOptions, PaymentSettings};
 use mesh_runtime::Database;
+use mesh_runtime::bus::EventBus;
 use mesh_runtime::bus::redis::RedisBus;
-use mesh_runtime::bus::{EventBus, OutgoingEvent};
 use mesh_runtime::config::DatabaseTarget;
+use mesh_testkit::{self as testing, TestAuth};
 use prost::Message as _;
 use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
@@ -167,27 +167,9 @@ impl Mesh {
         name: &str,
         msg: &impl prost::Message,
     ) {
-        let envelope = Envelope {
-            id: id.into(),
-            r#type: event_type.into(),
-            source: event_type.split('.').next().unwrap_or_default().into(),
-            subject: subject.into(),
-            payload: Some(prost_types::Any {
-                type_url: format!("type.googleapis.com/events.v1.{name}"),
-                value: msg.encode_to_vec(),
-            }),
-            correlation_id: subject.into(),
-            sequence: 1,
-            ..Default::default()
-        };
-        self.bus
-            .publish(&[OutgoingEvent {
-                domain: event_type.split('.').next().unwrap_or_default().into(),
-                event_id: id.into(),
-                payload: envelope.encode_to_vec().into(),
-            }])
-            .await
-            .expect("publish");
+        let mut envelope = testing::envelope(event_type, subject, name, msg);
+        envelope.id = id.into();
+        testing::publish(self.bus.as_ref(), &envelope).await;
     }
 
     /// The events payment emitted of `event_type` for order `order_id` (by correlation id).
@@ -236,21 +218,5 @@ impl Mesh {
             .await
             .expect("payment")
             .map(|r| r.get("status"))
-    }
-}
-
-/// Waits (at most 10 s) until `check` holds.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,0 +1,129 @@
+//! A running auth service with a bootstrap admin, for the tests of every service that needs
+//! real tokens, and `authorization` metadata.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use mesh_auth::AuthSettings;
+use mesh_contracts::auth::v1::auth_service_client::AuthServiceClient;
+use mesh_contracts::auth::v1::{LoginRequest, SignUpRequest, SignUpResponse};
+use mesh_runtime::Database;
+use mesh_runtime::config::DatabaseTarget;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::backends::unique;
+use crate::context::{context, database, memory_bus};
+use crate::serve::{channel, serve};
+
+/// A running auth service.
+#[derive(Debug)]
+pub struct TestAuth {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Where its admin routes (the JWKS document) are served, as the admin port would.
+    pub admin_addr: SocketAddr,
+    /// Its database.
+    pub db: Database,
+    /// Stops it.
+    pub shutdown: CancellationToken,
+}
+
+/// The email of the bootstrap admin of [`TestAuth`].
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+/// The password of every account [`TestAuth`] creates.
+pub const PASSWORD: &str = "correct horse battery";
+
+impl TestAuth {
+    /// Starts the auth service on `target` with `settings` (its bootstrap admin email set to
+    /// [`ADMIN_EMAIL`]).
+    pub async fn start(target: &DatabaseTarget, mut settings: AuthSettings) -> Self {
+        settings.bootstrap_admin_email = Some(ADMIN_EMAIL.into());
+        let db = database("auth", target, &mesh_auth::MIGRATIONS).await;
+        let bus = memory_bus();
+        let shutdown = CancellationToken::new();
+        let ctx = context(
+            "auth",
+            BTreeMap::new(),
+            db.clone(),
+            bus.clone(),
+            shutdown.clone(),
+        );
+        let mut routes = mesh_auth::build_with(ctx, settings)
+            .await
+            .expect("build auth");
+        let admin = routes.take_admin_routes().expect("auth adds admin routes");
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin_addr = admin_listener.local_addr().expect("addr");
+        let stop = shutdown.clone().cancelled_owned();
+        tokio::spawn(mesh_runtime::admin::run(admin_listener, admin, stop));
+        let addr = serve("auth", routes, db.clone(), bus, shutdown.clone()).await;
+        Self {
+            addr,
+            admin_addr,
+            db,
+            shutdown,
+        }
+    }
+
+    /// Its URI, for a peer map.
+    pub fn uri(&self) -> http::Uri {
+        format!("http://{}", self.addr).parse().expect("uri")
+    }
+
+    /// A client.
+    pub async fn client(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(channel(self.addr).await)
+    }
+
+    /// Signs up `email` with [`PASSWORD`].
+    pub async fn sign_up(&self, email: &str) -> SignUpResponse {
+        self.client()
+            .await
+            .sign_up(SignUpRequest {
+                email: email.into(),
+                password: PASSWORD.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("sign up")
+            .into_inner()
+    }
+
+    /// An access token of the bootstrap admin (signed up on first use, logged in after).
+    pub async fn admin_token(&self) -> String {
+        let mut client = self.client().await;
+        let login = client
+            .login(LoginRequest {
+                email: ADMIN_EMAIL.into(),
+                password: PASSWORD.into(),
+            })
+            .await;
+        let tokens = match login {
+            Ok(r) => r.into_inner().tokens,
+            Err(_) => self.sign_up(ADMIN_EMAIL).await.tokens,
+        };
+        tokens.expect("tokens").access_token
+    }
+
+    /// An access token of a fresh customer.
+    pub async fn customer_token(&self) -> String {
+        let email = format!("{}@example.com", unique("c"));
+        self.sign_up(&email)
+            .await
+            .tokens
+            .expect("tokens")
+            .access_token
+    }
+}
+
+/// `request` with `authorization: Bearer <token>`.
+pub fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    request
+}

@@ -1,0 +1,27 @@
+//! The shared test harness of the mesh, used by every service's tests and by the binary's
+//! end-to-end tests (never by production code):
+//!
+//! - [`backends`]: a database per test (SQLite always; Postgres and Redis from
+//!   `MESH_TEST_DATABASE_URL` / `MESH_TEST_REDIS_URL`). A test that needs one that is not set
+//!   skips with a loud `SKIPPED:` line, or FAILS when `MESH_TEST_REQUIRE_BACKENDS=1` (CI);
+//! - [`context`]: the default configuration, a migrated database, a service context, a bus;
+//! - [`serve`]: a service on `127.0.0.1:0` with its outbox relayed, and channels to it;
+//! - [`auth`]: a running auth service with a bootstrap admin, and tokens;
+//! - [`poll`]: [`eventually`], which replaces sleeps;
+//! - [`events`]: publishing an event envelope as its producer's relay would;
+//! - [`process`]: the real `mesh` binary as a child process, and plain HTTP to its admin port.
+
+pub mod auth;
+pub mod backends;
+pub mod context;
+pub mod events;
+pub mod poll;
+pub mod process;
+pub mod serve;
+
+pub use auth::{ADMIN_EMAIL, PASSWORD, TestAuth, bearer};
+pub use backends::{postgres, postgres_url, redis, require_backends, sqlite, unique};
+pub use context::{config, context, context_with, database, memory_bus};
+pub use events::{envelope, publish};
+pub use poll::{eventually, eventually_within};
+pub use serve::{channel, serve};
