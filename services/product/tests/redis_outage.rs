@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mesh_auth::AuthSettings;
-use mesh_auth::testing::{self, TestAuth, bearer};
 use mesh_contracts::common::v1::Money;
 use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
 use mesh_contracts::product::v1::*;
 use mesh_product::ProductOptions;
+use mesh_testkit::{self as testing, TestAuth, bearer};
 use tokio_util::sync::CancellationToken;
 
 /// A redis-server of this test's own, without persistence: restarted, it starts empty.
