@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 use mesh_auth::AuthSettings;
 use mesh_contracts::auth::v1::auth_service_client::AuthServiceClient;
-use mesh_contracts::auth::v1::{LoginRequest, SignUpRequest, SignUpResponse};
+use mesh_contracts::auth::v1::{
+    IssueServiceTokenRequest, LoginRequest, SignUpRequest, SignUpResponse,
+};
 use mesh_runtime::Database;
 use mesh_runtime::config::DatabaseTarget;
 use tokio::net::TcpListener;
@@ -105,6 +107,22 @@ impl TestAuth {
             Err(_) => self.sign_up(ADMIN_EMAIL).await.tokens,
         };
         tokens.expect("tokens").access_token
+    }
+
+    /// A service token of the client `client_id` (registered in the settings' `service_clients`
+    /// with `secret`).
+    pub async fn service_token(&self, client_id: &str, secret: &str) -> String {
+        self.client()
+            .await
+            .issue_service_token(IssueServiceTokenRequest {
+                client_id: client_id.into(),
+                client_secret: secret.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("service token")
+            .into_inner()
+            .access_token
     }
 
     /// An access token of a fresh customer.

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_auth::AuthSettings;
-use mesh_contracts::auth::v1::IssueServiceTokenRequest;
 use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_contracts::inventory::v1::*;
 use mesh_inventory::InventoryOptions;
@@ -61,18 +60,7 @@ async fn start(target: DatabaseTarget) -> Mesh {
     let addr = testing::serve("inventory", routes, db.clone(), bus, shutdown.clone()).await;
     let admin = auth.admin_token().await;
     let customer = auth.customer_token().await;
-    let service = auth
-        .client()
-        .await
-        .issue_service_token(IssueServiceTokenRequest {
-            client_id: "order".into(),
-            client_secret: "order-secret".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("service token")
-        .into_inner()
-        .access_token;
+    let service = auth.service_token("order", "order-secret").await;
     Mesh {
         auth,
         addr,

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use mesh_auth::AuthSettings;
-use mesh_contracts::auth::v1::IssueServiceTokenRequest;
 use mesh_contracts::iot::v1::command::Action;
 use mesh_contracts::iot::v1::gateway_service_client::GatewayServiceClient;
 use mesh_contracts::iot::v1::open_channel_request::Frame as Up;
@@ -108,18 +107,7 @@ impl Mesh {
         .await;
         let admin = auth.admin_token().await;
         let customer = auth.customer_token().await;
-        let service = auth
-            .client()
-            .await
-            .issue_service_token(IssueServiceTokenRequest {
-                client_id: "iot-gateway".into(),
-                client_secret: SECRET.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("service token")
-            .into_inner()
-            .access_token;
+        let service = auth.service_token("iot-gateway", SECRET).await;
         Self {
             auth,
             gateway,

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use mesh_auth::AuthSettings;
-use mesh_contracts::auth::v1::IssueServiceTokenRequest;
 use mesh_contracts::shop::v1::shop_service_client::ShopServiceClient;
 use mesh_contracts::shop::v1::*;
 use mesh_runtime::Database;
@@ -48,18 +47,7 @@ async fn start(target: DatabaseTarget) -> Shop {
     let addr = testing::serve("shop", routes, db.clone(), bus, shutdown.clone()).await;
     let admin = auth.admin_token().await;
     let customer = auth.customer_token().await;
-    let service = auth
-        .client()
-        .await
-        .issue_service_token(IssueServiceTokenRequest {
-            client_id: "iot-gateway".into(),
-            client_secret: "gw-secret".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("service token")
-        .into_inner()
-        .access_token;
+    let service = auth.service_token("iot-gateway", "gw-secret").await;
     Shop {
         _auth: auth,
         addr,

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_auth::AuthSettings;
-use mesh_contracts::auth::v1::IssueServiceTokenRequest;
 use mesh_contracts::events::v1::Envelope;
 use mesh_contracts::payment::v1::payment_service_client::PaymentServiceClient;
 use mesh_payment::provider::PaymentProvider;
@@ -112,18 +111,7 @@ pub async fn start_with(
     let instance = start_instance(&auth, &db, &bus, provider(&db)).await;
     let admin = auth.admin_token().await;
     let customer = auth.customer_token().await;
-    let service = auth
-        .client()
-        .await
-        .issue_service_token(IssueServiceTokenRequest {
-            client_id: "vm".into(),
-            client_secret: "vm-secret".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("service token")
-        .into_inner()
-        .access_token;
+    let service = auth.service_token("vm", "vm-secret").await;
     Mesh {
         auth,
         db,
