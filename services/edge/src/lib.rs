@@ -270,18 +270,20 @@ impl Edge {
             );
             return Ok(response);
         }
-        let path = req.uri().path().to_string();
+        // A clone of the parsed URI shares its bytes: no copy of the path per request.
+        let uri = req.uri().clone();
+        let path = uri.path();
         if method == Method::GET && path == "/openapi.json" {
             self.admit(None, req.headers(), peer).await?;
             return Ok(json_bytes_response(StatusCode::OK, self.openapi.clone()));
         }
-        let (route, bindings) = match self.routes.lookup(&method, &path) {
+        let (route, bindings) = match self.routes.lookup(&method, path) {
             Lookup::Found(route, bindings) => (route.clone(), bindings),
             Lookup::MethodNotAllowed(allowed) => {
                 self.admit(None, req.headers(), peer).await?;
                 return Err(EdgeError::MethodNotAllowed {
                     method,
-                    path,
+                    path: path.to_owned(),
                     allowed,
                 });
             }
@@ -289,7 +291,10 @@ impl Edge {
                 self.admit(None, req.headers(), peer).await?;
                 return match &self.legacy {
                     Some(legacy) => legacy.forward(req).await,
-                    None => Err(EdgeError::NotFound { method, path }),
+                    None => Err(EdgeError::NotFound {
+                        method,
+                        path: path.to_owned(),
+                    }),
                 };
             }
         };
@@ -405,8 +410,14 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     {
         return v.clone();
     }
+    // 32 hex digits of a random u128, written without `fmt` (this runs on most requests).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let id: u128 = rand::random();
-    HeaderValue::from_str(&format!("{id:032x}")).unwrap_or(HeaderValue::from_static("unknown"))
+    let mut text = [0u8; 32];
+    for (i, digit) in text.iter_mut().enumerate() {
+        *digit = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 async fn handle(State(edge): State<Arc<Edge>>, mut req: Request<Body>) -> Response {

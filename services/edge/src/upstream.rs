@@ -158,12 +158,12 @@ pub async fn unary(
     let mut request = tonic::Request::new(message);
     for name in FORWARDED_HEADERS {
         if let Some(value) = headers.get(*name)
-            && let (Ok(key), Ok(value)) = (
-                MetadataKey::from_bytes(name.as_bytes()),
-                MetadataValue::try_from(value.as_bytes()),
-            )
+            && let Ok(value) = MetadataValue::try_from(value.as_bytes())
         {
-            request.metadata_mut().insert(key, value);
+            // Static names: no validation or copy of the key per request.
+            request
+                .metadata_mut()
+                .insert(MetadataKey::from_static(name), value);
         }
     }
     let deadline = mesh_runtime::CallContext::current().and_then(|c| c.deadline);

@@ -312,6 +312,14 @@ async fn headers_request_ids_and_h2c() {
     let r = send(e.addr, "GET", "/v1/products/p1", "", &[], true).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["x-request-id"].len(), 32);
+    assert!(
+        r.headers["x-request-id"]
+            .as_bytes()
+            .iter()
+            .all(u8::is_ascii_hexdigit),
+        "{:?}",
+        r.headers["x-request-id"]
+    );
 }
 
 #[tokio::test]

@@ -147,7 +147,8 @@ where
                 }
                 req
             };
-            let path = parts.uri.path().to_string();
+            // Borrowed: only a retry needs it (metrics, logs).
+            let path = parts.uri.path();
             let mut result = inner.call(build(None)).await;
             let mut attempt = 1;
             while attempt < policy.options.max_attempts && retryable(&result) {
@@ -175,7 +176,7 @@ where
                     m.retries
                         .get_or_create(&super::RetryLabels {
                             upstream: policy.upstream.clone(),
-                            path: path.clone(),
+                            path: path.to_owned(),
                         })
                         .inc();
                 }
