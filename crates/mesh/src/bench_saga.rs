@@ -11,6 +11,12 @@
 //! span from the first placement to the last confirmation), and PlaceOrder-to-confirmed latency
 //! p50/p99: from the client's send time to the CONFIRMED entry of the order's status history
 //! (same machine, same clock), read from order's database after the run.
+//!
+//! Beside them, per mode: SQL statements and committed transactions per confirmed order in the
+//! run's database (`bench_saga_pg`), CPU per confirmed order by process (Postgres apart), and
+//! the floor of this machine measured in the same run: `pgbench` running the saga's heaviest
+//! single transaction, in tx/s, with the run's throughput as a ratio to it (confirmed orders/s x
+//! transactions per order / floor tx/s).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -37,6 +43,7 @@ use mesh_runtime::config::env_prefix;
 use sqlx::{Connection as _, Row as _};
 use tonic::transport::Channel;
 
+use crate::bench_saga_pg::{self, StatementShare};
 use crate::proc_cpu::CpuSampler;
 
 /// The services the saga needs.
@@ -77,6 +84,10 @@ pub(crate) struct BenchSagaArgs {
     /// tables: outbox times, handled-event times, status history.
     #[arg(long)]
     keep_database: bool,
+    /// Seconds of `pgbench` running the saga's heaviest transaction after each mode (this
+    /// machine's floor in the same run); 0 skips it.
+    #[arg(long, default_value_t = 8)]
+    floor_seconds: u64,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -396,6 +407,17 @@ pub(crate) struct Figures {
     /// CPU milliseconds per confirmed order by process group, from the first order to the last
     /// one final (empty where `/proc` is missing).
     cpu_ms_per_order: Vec<CpuShare>,
+    /// SQL statements per confirmed order in the run's database (`pg_stat_statements`; `None`
+    /// when the server does not load it).
+    statements_per_order: Option<f64>,
+    /// Transactions committed per confirmed order in the run's database.
+    transactions_per_order: f64,
+    /// The statements run most often, per confirmed order.
+    top_statements: Vec<StatementShare>,
+    /// `pgbench` tx/s of the saga's heaviest transaction, measured after this mode.
+    floor_tx_per_s: Option<f64>,
+    /// confirmed orders/s x transactions per order / floor tx/s.
+    floor_ratio: Option<f64>,
 }
 
 /// One process group's CPU time per confirmed order.
@@ -419,6 +441,7 @@ pub(crate) async fn one_process(
         mode: "one".into(),
         rate: None,
         keep_database: false,
+        floor_seconds: 0,
     };
     measure("one process", vec![SERVICES.to_vec()], &args).await
 }
@@ -465,9 +488,30 @@ async fn measure(
                 (child.id(), name)
             })
             .collect();
-        let cpu = CpuSampler::start(named);
+        let mut stats = sqlx::PgConnection::connect(&db_url).await?;
+        let with_statements = bench_saga_pg::enable_statements(&mut stats).await;
+        let before = bench_saga_pg::counters(&mut stats, with_statements).await?;
+        let cpu = CpuSampler::start(named, db_name.clone());
         let figures = load(mode, &ports, seed, args, &db_url).await;
         let cpu = cpu.finish().await;
+        tokio::time::sleep(bench_saga_pg::STATS_DELAY).await;
+        let after = bench_saga_pg::counters(&mut stats, with_statements).await?;
+        let top = if with_statements {
+            let orders = figures.as_ref().map_or(1, |f| f.confirmed);
+            bench_saga_pg::top_statements(&mut stats, orders, 15).await?
+        } else {
+            Vec::new()
+        };
+        let figures = figures.map(|mut f| {
+            let orders = f.confirmed.max(1) as f64;
+            f.statements_per_order = after
+                .statements
+                .zip(before.statements)
+                .map(|(a, b)| (a - b) as f64 / orders);
+            f.transactions_per_order = (after.commits - before.commits) as f64 / orders;
+            f.top_statements = top;
+            f
+        });
         let figures = figures.map(|mut f| {
             let orders = f.confirmed.max(1) as f64;
             f.cpu_ms_per_order = cpu
@@ -481,7 +525,19 @@ async fn measure(
         });
         drop(children);
         report_log_warnings(&dir);
-        figures
+        let mut figures = figures?;
+        if args.floor_seconds > 0 {
+            // The services are stopped: the floor has the machine to itself, as they had.
+            match bench_saga_pg::floor(&db_url, args.floor_seconds).await {
+                Ok(tps) => {
+                    figures.floor_tx_per_s = Some(tps);
+                    figures.floor_ratio =
+                        Some(figures.confirmed_per_s * figures.transactions_per_order / tps);
+                }
+                Err(e) => eprintln!("bench-saga: no floor measured: {e:#}"),
+            }
+        }
+        Ok(figures)
     }
     .await;
     drop(redis);
@@ -572,7 +628,7 @@ async fn load(
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let open: i64 = sqlx::query(
-            r#"SELECT COUNT(*) AS n FROM "order".orders WHERE status NOT IN ('ORDER_STATUS_CONFIRMED', 'ORDER_STATUS_CANCELLED')"#,
+            r#"SELECT COUNT(*) AS n FROM "order".orders WHERE status NOT IN ('ORDER_STATUS_CONFIRMED', 'ORDER_STATUS_CANCELLED') /* bench-saga */"#,
         )
         .fetch_one(&pool)
         .await?
@@ -584,7 +640,7 @@ async fn load(
     }
     let rows = sqlx::query(
         r#"SELECT o.id, o.status, h.at_us FROM "order".orders o
-           LEFT JOIN "order".order_status_history h ON h.order_id = o.id AND h.status = 'ORDER_STATUS_CONFIRMED'"#,
+           LEFT JOIN "order".order_status_history h ON h.order_id = o.id AND h.status = 'ORDER_STATUS_CONFIRMED' /* bench-saga */"#,
     )
     .fetch_all(&pool)
     .await?;
@@ -629,6 +685,11 @@ async fn load(
         place_rpc_ms_p99: percentile(&rpc, 0.99),
         stages,
         cpu_ms_per_order: Vec::new(),
+        statements_per_order: None,
+        transactions_per_order: 0.0,
+        top_statements: Vec::new(),
+        floor_tx_per_s: None,
+        floor_ratio: None,
     })
 }
 
@@ -641,7 +702,7 @@ async fn stages(pool: &sqlx::PgPool) -> anyhow::Result<Vec<Stage>> {
            FROM "order".order_status_history c
            JOIN "order".order_status_history p ON p.order_id = c.order_id AND p.status = 'ORDER_STATUS_PENDING'
            JOIN "order".order_status_history r ON r.order_id = c.order_id AND r.status = 'ORDER_STATUS_RESERVED'
-           WHERE c.status = 'ORDER_STATUS_CONFIRMED'"#,
+           WHERE c.status = 'ORDER_STATUS_CONFIRMED' /* bench-saga */"#,
     )
     .fetch_all(pool)
     .await?;
@@ -738,6 +799,36 @@ pub(crate) async fn run(args: &BenchSagaArgs) -> anyhow::Result<()> {
                 "{:<19}   CPU ms per confirmed order: {} (these processes: {total:.2})",
                 "",
                 parts.join(", ")
+            );
+        }
+        let postgres: f64 = f
+            .cpu_ms_per_order
+            .iter()
+            .filter(|c| c.process.starts_with("postgres"))
+            .map(|c| c.ms)
+            .sum();
+        println!(
+            "{:<19}   per confirmed order: {} SQL statements, {:.2} transactions, Postgres CPU {postgres:.2} ms",
+            "",
+            f.statements_per_order.map_or_else(
+                || "n/a (pg_stat_statements not loaded)".to_string(),
+                |n| format!("{n:.1}")
+            ),
+            f.transactions_per_order,
+        );
+        for st in f.top_statements.iter().take(12) {
+            println!(
+                "{:<19}     {:>5.2}/order {:>6.3} ms  {}",
+                "", st.per_order, st.mean_ms, st.query
+            );
+        }
+        if let (Some(tps), Some(ratio)) = (f.floor_tx_per_s, f.floor_ratio) {
+            println!(
+                "{:<19}   floor: pgbench of the saga's heaviest transaction {tps:.0} tx/s; this run {:.1} orders/s x {:.2} tx/order = {:.0} tx/s = {ratio:.2} x floor",
+                "",
+                f.confirmed_per_s,
+                f.transactions_per_order,
+                f.confirmed_per_s * f.transactions_per_order
             );
         }
         println!("{}", serde_json::to_string(&f)?);

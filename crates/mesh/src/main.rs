@@ -6,6 +6,7 @@ mod bench;
 mod bench_hop;
 mod bench_product;
 mod bench_saga;
+mod bench_saga_pg;
 mod edge_flags;
 mod envoy_config;
 mod load;

@@ -1,6 +1,10 @@
 //! CPU time by process, sampled from Linux's `/proc` while a benchmark runs, so that
-//! `mesh bench-saga` can say where an order's CPU goes: each `mesh serve` child, Postgres (all its
-//! backends), Redis, and the bench's own clients. Where there is no `/proc` it reports nothing.
+//! `mesh bench-saga` can say where an order's CPU goes: each `mesh serve` child, Postgres (the
+//! backends connected to the run's database, and apart from them the server's own processes:
+//! WAL writer, checkpointer, ...), Redis, and the bench's own clients. Backends of other
+//! databases (other work on a shared server) are left out: a backend's process title
+//! (`postgres: <user> <database> <client> <state>`) names its database. Where there is no `/proc`
+//! it reports nothing.
 //!
 //! Postgres backends come and go with connection pools, so the sampler reads every process every
 //! 250 ms and keeps each one's last reading; a process already running at the start counts from
@@ -33,18 +37,19 @@ pub(crate) struct CpuSampler {
 
 impl CpuSampler {
     /// Starts sampling. `named` gives the group of processes known by pid (the bench's
-    /// children); other processes count as `postgres` or `redis` by their command name, this
+    /// children); other processes count as `postgres` (backends of `database`), `postgres
+    /// server` (its processes that serve no one database) or `redis` by their command name, this
     /// process as `bench clients`, and the rest are ignored.
-    pub(crate) fn start(named: BTreeMap<u32, String>) -> Self {
+    pub(crate) fn start(named: BTreeMap<u32, String>, database: String) -> Self {
         let stop = CancellationToken::new();
         let token = stop.clone();
         // The first reading is taken now, so what runs after `start` returns is counted.
         let mut seen: BTreeMap<u32, Readings> = BTreeMap::new();
-        sample(&named, &mut seen, true);
+        sample(&named, &database, &mut seen, true);
         let task = tokio::task::spawn_blocking(move || {
             loop {
                 std::thread::sleep(Duration::from_millis(250));
-                sample(&named, &mut seen, false);
+                sample(&named, &database, &mut seen, false);
                 if token.is_cancelled() {
                     return seen;
                 }
@@ -71,27 +76,60 @@ impl CpuSampler {
 
 /// Reads every process once into `seen`; on the `first` reading a process's CPU so far is its
 /// baseline, later newcomers start from zero.
-fn sample(named: &BTreeMap<u32, String>, seen: &mut BTreeMap<u32, Readings>, first: bool) {
+fn sample(
+    named: &BTreeMap<u32, String>,
+    database: &str,
+    seen: &mut BTreeMap<u32, Readings>,
+    first: bool,
+) {
     let own = std::process::id();
     for (pid, comm, cpu) in processes() {
+        if let Some(r) = seen.get_mut(&pid) {
+            r.last = cpu;
+            continue;
+        }
         let group = if pid == own {
             "bench clients".to_string()
         } else if let Some(name) = named.get(&pid) {
             name.clone()
         } else if comm.starts_with("postgres") {
-            "postgres".to_string()
+            let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            match postgres_group(&String::from_utf8_lossy(&title), database) {
+                Some(g) => g.to_string(),
+                None => continue,
+            }
         } else if comm == "redis-server" {
             "redis".to_string()
         } else {
             continue;
         };
-        seen.entry(pid)
-            .or_insert(Readings {
+        seen.insert(
+            pid,
+            Readings {
                 group,
                 baseline: if first { cpu } else { 0.0 },
                 last: cpu,
-            })
-            .last = cpu;
+            },
+        );
+    }
+}
+
+/// The group of a Postgres process by its title: `postgres` for a backend of `database`,
+/// `None` for a backend of another database, `postgres server` for the rest (the postmaster,
+/// WAL writer, checkpointer, autovacuum, ...).
+fn postgres_group(title: &str, database: &str) -> Option<&'static str> {
+    let title = title.trim_end_matches('\0').replace('\0', " ");
+    let Some(rest) = title.strip_prefix("postgres: ") else {
+        return Some("postgres server");
+    };
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    // A backend: `<user> <database> <client>(<port>) <state>`; the client has a parenthesis
+    // or is `[local]`.
+    match words.as_slice() {
+        [_, db, client, ..] if client.contains('(') || *client == "[local]" => {
+            (*db == database).then_some("postgres")
+        }
+        _ => Some("postgres server"),
     }
 }
 
@@ -127,6 +165,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tells_the_runs_backends_from_other_databases_and_the_server() {
+        let mine = "postgres: postgres mesh_bench_1 127.0.0.1(40312) idle\0";
+        assert_eq!(postgres_group(mine, "mesh_bench_1"), Some("postgres"));
+        assert_eq!(postgres_group(mine, "mesh_bench_2"), None);
+        assert_eq!(
+            postgres_group("postgres: walwriter \0", "mesh_bench_1"),
+            Some("postgres server")
+        );
+        assert_eq!(
+            postgres_group("/usr/lib/postgresql/15/bin/postgres\0-D\0/var/lib", "x"),
+            Some("postgres server")
+        );
+    }
+
+    #[test]
     fn reads_the_name_and_cpu_time_even_with_odd_names() {
         let line = "4242 (postgres: mesh (x) idle) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 1 0 100 1000 10 18446744073709551615";
         let (comm, cpu) = parse_stat(line).expect("parses");
@@ -148,7 +201,7 @@ mod tests {
             return;
         }
         let before = own_cpu();
-        let sampler = CpuSampler::start(BTreeMap::new());
+        let sampler = CpuSampler::start(BTreeMap::new(), String::new());
         // Burn half a second of CPU (not of wall time: the machine may be busy with other tests).
         tokio::task::spawn_blocking(move || {
             let mut x = 0u64;

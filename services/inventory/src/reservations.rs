@@ -103,11 +103,10 @@ pub async fn finish_loaded(
             quantity: l.quantity,
         })
         .collect();
-    for line in crate::validate::merged(&lines) {
-        match to {
-            ReservationStatus::Committed => store::take(tx, &line, now).await?,
-            _ => store::unhold(tx, &line, now).await?,
-        }
+    let merged = crate::validate::merged(&lines);
+    match to {
+        ReservationStatus::Committed => store::take_all(tx, &merged, now).await?,
+        _ => store::unhold_all(tx, &merged, now).await?,
     }
     let reference_id = current.reference_id.clone();
     let event = match to {

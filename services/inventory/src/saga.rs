@@ -22,7 +22,6 @@ use mesh_runtime::auth::Clock;
 use mesh_runtime::consumer::{Consumer, EventHandler, HandlerError};
 use mesh_runtime::outbox::{Event, Tx};
 use prost::Message;
-use sqlx::Row as _;
 
 use crate::error::InventoryError;
 use crate::reservations::{self, Expiry, event_lines};
@@ -73,18 +72,6 @@ fn db_err(e: InventoryError) -> HandlerError {
         InventoryError::Database(d) => HandlerError::from(d),
         other => HandlerError::permanent(other),
     }
-}
-
-/// The saga row of `order`: its state, if any.
-async fn saga_state(tx: &mut Tx, order: &str) -> Result<Option<String>, HandlerError> {
-    let row = sqlx::query("SELECT state FROM saga_orders WHERE order_id = $1")
-        .bind(order)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(match row {
-        Some(r) => Some(r.try_get("state")?),
-        None => None,
-    })
 }
 
 async fn set_state(
@@ -141,10 +128,6 @@ impl EventHandler for Reserve {
                 tracing::debug!(order = %order, "order.created for a known order: nothing to do");
                 return Ok(());
             }
-            if let Some(existing) = store::reservation(tx, &order, true).await.map_err(db_err)? {
-                // Reserved through the RPC already: remember it.
-                return set_state(tx, &order, "RESERVED", &existing.id, now).await;
-            }
             let location = validate::location_id("location_id", &created.location_id, true);
             let mut lines = Vec::with_capacity(created.lines.len());
             let mut problems = Vec::new();
@@ -158,39 +141,51 @@ impl EventHandler for Reserve {
                     _ => problems.push(format!("line {i} is malformed")),
                 }
             }
+            let expires = now + self.0.reservation_ttl.as_secs() as i64;
+            // The reservation row claims the reference (unique): an order reserved through the
+            // RPC already keeps that reservation, found without a read in the common case.
+            if !store::claim_reservation(tx, &id, &order, now, expires)
+                .await
+                .map_err(db_err)?
+            {
+                let existing = store::reservation(tx, &order, true)
+                    .await
+                    .map_err(db_err)?
+                    .map(|r| r.id)
+                    .unwrap_or_default();
+                return set_state(tx, &order, "RESERVED", &existing, now).await;
+            }
             if lines.is_empty() || !problems.is_empty() {
                 problems.push("the order has no valid line".into());
+                store::unclaim_reservation(tx, &id).await.map_err(db_err)?;
                 return reject(tx, &order, Vec::new(), &problems.join("; "), now).await;
             }
-            let mut held = Vec::new();
-            let mut short = Vec::new();
-            for line in validate::merged(&lines) {
-                if store::hold(tx, &line, now).await.map_err(db_err)? {
-                    held.push(line);
-                } else {
+            // Every line held in one statement, rows in (product, location) order.
+            let merged = validate::merged(&lines);
+            let held = store::hold_all(tx, &merged, now).await.map_err(db_err)?;
+            if held.len() < merged.len() {
+                // All or nothing: give back what this order held a moment ago.
+                let (held, missing): (Vec<Line>, Vec<Line>) = merged
+                    .into_iter()
+                    .partition(|l| held.contains(&l.product_id));
+                let mut short = Vec::with_capacity(missing.len());
+                for line in missing {
                     let level = store::stock_in(tx, &line.product_id, &line.location_id)
                         .await
                         .map_err(db_err)?;
                     short.push(ShortLine {
-                        product_id: line.product_id.clone(),
-                        location_id: line.location_id.clone(),
+                        product_id: line.product_id,
+                        location_id: line.location_id,
                         requested: line.quantity,
                         available: level.available,
                     });
                 }
-            }
-            if !short.is_empty() {
-                // All or nothing: give back what this order held a moment ago.
-                for line in &held {
-                    store::unhold(tx, line, now).await.map_err(db_err)?;
-                }
+                store::unhold_all(tx, &held, now).await.map_err(db_err)?;
+                store::unclaim_reservation(tx, &id).await.map_err(db_err)?;
                 let reason = format!("{} line(s) short of stock", short.len());
                 return reject(tx, &order, short, &reason, now).await;
             }
-            let expires = now + self.0.reservation_ttl.as_secs() as i64;
-            store::insert_reservation(tx, &id, &order, &lines, now, expires)
-                .await
-                .map_err(db_err)?;
+            store::insert_lines(tx, &id, &lines).await.map_err(db_err)?;
             tx.emit(
                 Event::new(
                     "inventory.reserved",
@@ -296,7 +291,9 @@ impl EventHandler for Commit {
                     )));
                 }
             }
-            set_state(tx, &order, "COMMITTED", &reservation_id, now).await
+            // The reservation's COMMITTED status is the saga's memory of it: `order.cancelled`
+            // reads the reservation anyway, so no saga row update is needed here.
+            Ok(())
         })
     }
 }
@@ -315,11 +312,14 @@ impl EventHandler for Release {
             let cancelled: OrderCancelled = decode(event)?;
             let order = order_id(&cancelled.order_id, event)?;
             let now = self.0.clock.now_unix();
-            if saga_state(tx, &order).await?.as_deref() == Some("COMMITTED") {
+            let reservation = store::reservation(tx, &order, true).await.map_err(db_err)?;
+            if reservation
+                .as_ref()
+                .is_some_and(|r| r.status == ReservationStatus::Committed as i32)
+            {
                 tracing::warn!(order = %order, "order.cancelled for a committed order: stock stays sold");
                 return Ok(());
             }
-            let reservation = store::reservation(tx, &order, true).await.map_err(db_err)?;
             let reservation_id = reservation
                 .as_ref()
                 .map(|r| r.id.clone())

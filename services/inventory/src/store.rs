@@ -109,6 +109,93 @@ pub async fn take(tx: &mut Tx, line: &Line, now: i64) -> Result<()> {
     Ok(())
 }
 
+/// How a set-based stock update changes each of its lines' row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StockChange {
+    /// Hold more units ([`hold`] for many lines).
+    Hold,
+    /// Give held units back ([`unhold`] for many lines).
+    Unhold,
+    /// Turn held units into sold ones ([`take`] for many lines).
+    Take,
+}
+
+/// Applies `change` to the stock rows of `lines` (merged and sorted: [`crate::validate::merged`])
+/// in one statement (`UPDATE ... FROM (VALUES ...)`, on both databases); returns the product ids
+/// of the rows it changed. A row whose condition fails (not enough available, held or on hand)
+/// is left alone and not returned.
+async fn change_all(
+    tx: &mut Tx,
+    change: StockChange,
+    lines: &[Line],
+    now: i64,
+) -> Result<Vec<String>> {
+    if lines.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut held = Vec::with_capacity(lines.len());
+    // 3 parameters a line: 100 lines a statement stay far under both databases' limits.
+    for chunk in lines.chunks(100) {
+        let values = (0..chunk.len())
+            .map(|i| {
+                let p = 3 * i + 1;
+                format!("(${}, ${}, CAST(${} AS BIGINT))", p + 1, p + 2, p + 3)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (set, condition) = match change {
+            StockChange::Hold => (
+                "reserved = stock.reserved + v.column3",
+                "stock.on_hand - stock.reserved >= v.column3",
+            ),
+            StockChange::Unhold => (
+                "reserved = stock.reserved - v.column3",
+                "stock.reserved >= v.column3",
+            ),
+            StockChange::Take => (
+                "reserved = stock.reserved - v.column3, on_hand = stock.on_hand - v.column3",
+                "stock.reserved >= v.column3 AND stock.on_hand >= v.column3",
+            ),
+        };
+        let sql = format!(
+            "UPDATE stock SET {set}, updated_at = $1 FROM (VALUES {values}) AS v \
+             WHERE stock.product_id = v.column1 AND stock.location_id = v.column2 AND {condition} \
+             RETURNING stock.product_id"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for l in chunk {
+            query = query
+                .bind(&l.product_id)
+                .bind(&l.location_id)
+                .bind(l.quantity);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            held.push(row.try_get("product_id")?);
+        }
+    }
+    Ok(held)
+}
+
+/// [`hold`] for every line of `lines` (merged and sorted) in one statement; returns the product
+/// ids of the lines it held (all of them, unless some were short).
+pub async fn hold_all(tx: &mut Tx, lines: &[Line], now: i64) -> Result<Vec<String>> {
+    change_all(tx, StockChange::Hold, lines, now).await
+}
+
+/// [`unhold`] for every line of `lines` (merged and sorted) in one statement.
+pub async fn unhold_all(tx: &mut Tx, lines: &[Line], now: i64) -> Result<()> {
+    change_all(tx, StockChange::Unhold, lines, now)
+        .await
+        .map(drop)
+}
+
+/// [`take`] for every line of `lines` (merged and sorted) in one statement.
+pub async fn take_all(tx: &mut Tx, lines: &[Line], now: i64) -> Result<()> {
+    change_all(tx, StockChange::Take, lines, now)
+        .await
+        .map(drop)
+}
+
 /// Adds `delta` to on-hand stock; `false` when it would drop below what is reserved.
 pub async fn adjust(
     tx: &mut Tx,
@@ -236,7 +323,41 @@ pub async fn insert_reservation(
         .bind(expires)
         .execute(&mut **tx)
         .await?;
-    // One statement per 100 lines (one for any order the saga sees), not one per line.
+    insert_lines(tx, id, lines).await
+}
+
+/// Inserts an ACTIVE reservation with reference `reference` unless that reference has one
+/// already (`false`, nothing written): the saga's claim of the reference, without reading first.
+pub async fn claim_reservation(
+    tx: &mut Tx,
+    id: &str,
+    reference: &str,
+    now: i64,
+    expires: i64,
+) -> Result<bool> {
+    let done = sqlx::query("INSERT INTO reservations (id, reference_id, status, created_at, expires_at, updated_at) VALUES ($1, $2, 'ACTIVE', $3, $4, $3) ON CONFLICT (reference_id) DO NOTHING")
+        .bind(id)
+        .bind(reference)
+        .bind(now)
+        .bind(expires)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Deletes the reservation `id` that [`claim_reservation`] inserted in this transaction, before
+/// it has lines (its order turned out short of stock).
+pub async fn unclaim_reservation(tx: &mut Tx, id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM reservations WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Inserts the lines of reservation `id`: one statement per 100 lines (one for any order the
+/// saga sees), not one per line.
+pub async fn insert_lines(tx: &mut Tx, id: &str, lines: &[Line]) -> Result<()> {
     for (chunk_no, chunk) in lines.chunks(100).enumerate() {
         let values = (0..chunk.len())
             .map(|i| {

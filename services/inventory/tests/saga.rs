@@ -286,7 +286,21 @@ async fn saga(target: DatabaseTarget, bus: Arc<dyn EventBus>) {
         vec![(apple.clone(), 2), (pear.clone(), 1)]
     );
     deliver(&m, &confirmed(&o1)).await;
-    assert_eq!(saga_state(&m, &o1).await.as_deref(), Some("COMMITTED"));
+    let committed = m
+        .client
+        .clone()
+        .get_reservation(bearer(
+            &m.admin,
+            GetReservationRequest {
+                id: payload.reservation_id.clone(),
+            },
+        ))
+        .await
+        .expect("GetReservation")
+        .into_inner()
+        .reservation
+        .expect("reservation");
+    assert_eq!(committed.status, ReservationStatus::Committed as i32);
     deliver(&m, &confirmed(&o1)).await;
     // A cancellation arriving after the commit changes nothing.
     deliver(&m, &cancelled(&o1)).await;

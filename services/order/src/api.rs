@@ -176,8 +176,21 @@ impl OrderApi {
             req.reason.trim().to_string()
         };
         match transitions::cancel(&mut tx, &id, reason, &detail, "").await? {
-            Some(order) => {
+            Some(updated) => {
                 tx.commit().await?;
+                // The order read above, with what the cancellation wrote (no second read).
+                let mut order = order;
+                order.status_history.push(StatusChange {
+                    status: updated.status,
+                    time: updated.update_time.clone(),
+                    reason: updated.cancel_reason.clone(),
+                    event_id: String::new(),
+                });
+                order.status = updated.status;
+                order.cancel_reason = updated.cancel_reason;
+                order.reservation_id = updated.reservation_id;
+                order.payment_id = updated.payment_id;
+                order.update_time = updated.update_time;
                 Ok(order)
             }
             None => {

@@ -191,8 +191,8 @@ impl Placer {
             now_us: store::now_us(),
         };
         let mut tx = self.db.begin().await?;
-        match store::insert(&mut tx, &new).await {
-            Ok(()) => {}
+        let order = match store::insert(&mut tx, &new).await {
+            Ok(order) => order,
             Err(OrderError::Database(DatabaseError::Conflict(_))) => {
                 // A concurrent call with the same key won: answer with its order.
                 drop(tx);
@@ -202,10 +202,7 @@ impl Placer {
                     .ok_or_else(|| OrderError::Unavailable("idempotency_key: a concurrent request with this key did not finish; retry".into()));
             }
             Err(e) => return Err(e),
-        }
-        let order = store::get(&mut tx, &new.id)
-            .await?
-            .ok_or_else(|| OrderError::Unavailable("the order was not stored; retry".into()))?;
+        };
         transitions::created(&mut tx, &order).await?;
         tx.commit().await?;
         Ok(order)

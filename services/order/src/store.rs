@@ -107,8 +107,10 @@ pub struct NewOrder {
     pub now_us: i64,
 }
 
-/// Inserts `o` as PENDING with its lines and the first history entry.
-pub async fn insert(conn: &mut AnyConnection, o: &NewOrder) -> Result<()> {
+/// Inserts `o` as PENDING with its lines and the first history entry: three statements
+/// whatever the number of lines (the lines go in as one multi-row `INSERT`). Returns the order as
+/// written, built from `o` (nothing is read back).
+pub async fn insert(conn: &mut AnyConnection, o: &NewOrder) -> Result<Order> {
     let address = STANDARD.encode(o.shipping_address.encode_to_vec());
     sqlx::query(
         "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, status, currency_code, \
@@ -131,30 +133,123 @@ pub async fn insert(conn: &mut AnyConnection, o: &NewOrder) -> Result<()> {
     .bind(o.now_us)
     .execute(&mut *conn)
     .await?;
+    // At most 100 lines (validated): 700 parameters, under both databases' limits.
+    let values = (0..o.lines.len())
+        .map(|i| {
+            let p = 7 * i;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO order_lines (order_id, line_no, product_id, sku, name, quantity, unit_price_minor) VALUES {values}"
+    );
+    let mut lines = sqlx::query(sqlx::AssertSqlSafe(sql));
     for (i, l) in o.lines.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO order_lines (order_id, line_no, product_id, sku, name, quantity, unit_price_minor) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&o.id)
-        .bind(i as i64)
-        .bind(&l.product_id)
-        .bind(&l.sku)
-        .bind(&l.name)
-        .bind(l.quantity)
-        .bind(l.unit_price_minor)
-        .execute(&mut *conn)
-        .await?;
+        lines = lines
+            .bind(&o.id)
+            .bind(i as i64)
+            .bind(&l.product_id)
+            .bind(&l.sku)
+            .bind(&l.name)
+            .bind(l.quantity)
+            .bind(l.unit_price_minor);
     }
-    history(
-        conn,
-        &o.id,
-        OrderStatus::Pending,
-        "order placed",
-        "",
-        o.now_us,
+    if !o.lines.is_empty() {
+        lines.execute(&mut *conn).await?;
+    }
+    // The first entry of a new order's history is number 1: no need to look for the last one.
+    sqlx::query(
+        "INSERT INTO order_status_history (order_id, seq, status, reason, event_id, at_us) VALUES ($1, 1, $2, $3, '', $4)",
     )
-    .await
+    .bind(&o.id)
+    .bind(status_name(OrderStatus::Pending))
+    .bind(PLACED)
+    .bind(o.now_us)
+    .execute(&mut *conn)
+    .await?;
+    Ok(o.written())
+}
+
+/// The reason of an order's first history entry.
+const PLACED: &str = "order placed";
+
+impl NewOrder {
+    /// The order as [`insert`] writes it: PENDING, its lines, one history entry.
+    fn written(&self) -> Order {
+        let c = &self.currency_code;
+        Order {
+            id: self.id.clone(),
+            customer_id: self.customer_id.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            status: OrderStatus::Pending as i32,
+            lines: self
+                .lines
+                .iter()
+                .map(|l| {
+                    line(
+                        c,
+                        l.product_id.clone(),
+                        l.sku.clone(),
+                        l.name.clone(),
+                        l.quantity,
+                        l.unit_price_minor,
+                    )
+                })
+                .collect(),
+            subtotal: Some(money(c, self.subtotal_minor)),
+            discount_total: Some(money(c, 0)),
+            shipping_total: Some(money(c, 0)),
+            total: Some(money(c, self.total_minor)),
+            shipping_address: Some(self.shipping_address.clone()),
+            promo_code: self.promo_code.clone(),
+            applied_campaign_ids: Vec::new(),
+            card_token: self.card_token.clone(),
+            card_last4: self.card_last4.clone(),
+            payment_id: String::new(),
+            reservation_id: String::new(),
+            cancel_reason: String::new(),
+            status_history: vec![StatusChange {
+                status: OrderStatus::Pending as i32,
+                time: Some(ts(self.now_us)),
+                reason: PLACED.into(),
+                event_id: String::new(),
+            }],
+            create_time: Some(ts(self.now_us)),
+            update_time: Some(ts(self.now_us)),
+        }
+    }
+}
+
+/// An order line as the API shows it (no discounts are applied).
+fn line(
+    currency: &str,
+    product_id: String,
+    sku: String,
+    name: String,
+    quantity: i64,
+    unit: i64,
+) -> OrderLine {
+    let subtotal = unit.saturating_mul(quantity);
+    OrderLine {
+        product_id,
+        sku,
+        name,
+        quantity,
+        unit_price: Some(money(currency, unit)),
+        subtotal: Some(money(currency, subtotal)),
+        discount: Some(money(currency, 0)),
+        total: Some(money(currency, subtotal)),
+    }
 }
 
 /// Appends a history entry.
@@ -211,7 +306,9 @@ pub struct Changes<'a> {
 }
 
 /// Moves order `id` to `to` if its status is one of `from`, sets `changes`, and records the
-/// history entry. `false` when the order is missing or in another status (nothing changed).
+/// history entry: two statements. Returns the order as the update left it (read by `RETURNING`
+/// in the same statement; without its lines and history), or `None` when the order is missing
+/// or in another status (nothing changed).
 #[allow(clippy::too_many_arguments)]
 pub async fn transition(
     conn: &mut AnyConnection,
@@ -222,39 +319,46 @@ pub async fn transition(
     reason: &str,
     event_id: &str,
     now: i64,
-) -> Result<bool> {
+) -> Result<Option<Order>> {
     let sql = format!(
         "UPDATE orders SET status = $1, updated_at_us = $2, \
          reservation_id = COALESCE($3, reservation_id), payment_id = COALESCE($4, payment_id), \
          cancel_reason = COALESCE($5, cancel_reason) \
-         WHERE id = $6 AND status IN ({})",
+         WHERE id = $6 AND status IN ({}) RETURNING {ORDER_COLUMNS}",
         in_list(from)
     );
-    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(status_name(to))
         .bind(now)
         .bind(changes.reservation_id.map(str::to_string))
         .bind(changes.payment_id.map(str::to_string))
         .bind(changes.cancel_reason.map(str::to_string))
         .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    if done.rows_affected() != 1 {
-        return Ok(false);
-    }
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let order = order_of(&row)?;
     history(conn, id, to, reason, event_id, now).await?;
-    Ok(true)
+    Ok(Some(order))
 }
 
 /// Records the reservation id of order `id` without changing its status (it arrived after the
-/// order became final, or again).
-pub async fn set_reservation(conn: &mut AnyConnection, id: &str, reservation: &str) -> Result<()> {
-    sqlx::query("UPDATE orders SET reservation_id = $1 WHERE id = $2 AND reservation_id = ''")
-        .bind(reservation)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+/// order became final, or again). `false` when there is no such order.
+pub async fn set_reservation(
+    conn: &mut AnyConnection,
+    id: &str,
+    reservation: &str,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE orders SET reservation_id = CASE WHEN reservation_id = '' THEN $1 ELSE reservation_id END WHERE id = $2",
+    )
+    .bind(reservation)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 fn order_of(row: &AnyRow) -> Result<Order> {
@@ -293,8 +397,8 @@ const ORDER_COLUMNS: &str = "id, customer_id, idempotency_key, status, currency_
     discount_minor, shipping_minor, total_minor, shipping_address, promo_code, card_token, card_last4, \
     payment_id, reservation_id, cancel_reason, created_at_us, updated_at_us";
 
-/// Fills the lines and history of `order`.
-async fn details(conn: &mut AnyConnection, order: &mut Order) -> Result<()> {
+/// Fills the lines of `order` (one statement).
+pub async fn fill_lines(conn: &mut AnyConnection, order: &mut Order) -> Result<()> {
     let currency = order
         .total
         .as_ref()
@@ -307,20 +411,21 @@ async fn details(conn: &mut AnyConnection, order: &mut Order) -> Result<()> {
     .fetch_all(&mut *conn)
     .await?;
     for r in rows {
-        let quantity: i64 = r.try_get("quantity")?;
-        let unit: i64 = r.try_get("unit_price_minor")?;
-        let subtotal = unit.saturating_mul(quantity);
-        order.lines.push(OrderLine {
-            product_id: r.try_get("product_id")?,
-            sku: r.try_get("sku")?,
-            name: r.try_get("name")?,
-            quantity,
-            unit_price: Some(money(&currency, unit)),
-            subtotal: Some(money(&currency, subtotal)),
-            discount: Some(money(&currency, 0)),
-            total: Some(money(&currency, subtotal)),
-        });
+        order.lines.push(line(
+            &currency,
+            r.try_get("product_id")?,
+            r.try_get("sku")?,
+            r.try_get("name")?,
+            r.try_get("quantity")?,
+            r.try_get("unit_price_minor")?,
+        ));
     }
+    Ok(())
+}
+
+/// Fills the lines and history of `order`.
+async fn details(conn: &mut AnyConnection, order: &mut Order) -> Result<()> {
+    fill_lines(conn, order).await?;
     let rows = sqlx::query(
         "SELECT status, reason, event_id, at_us FROM order_status_history WHERE order_id = $1 ORDER BY seq",
     )

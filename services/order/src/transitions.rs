@@ -38,12 +38,6 @@ pub fn reason_name(reason: CancelReason) -> &'static str {
         .unwrap_or("UNSPECIFIED")
 }
 
-async fn load(tx: &mut Tx, id: &str) -> Result<Order> {
-    store::get(tx, id)
-        .await?
-        .ok_or_else(|| OrderError::not_found("id", format!("order `{id}` not found")))
-}
-
 /// Emits `order.created` for the freshly inserted `order`.
 pub async fn created(tx: &mut Tx, order: &Order) -> Result<()> {
     let payload = OrderCreated {
@@ -86,15 +80,17 @@ pub async fn reserved(tx: &mut Tx, id: &str, reservation: &str, event_id: &str) 
         now,
     )
     .await?
+    .is_some()
     {
         return Ok(true);
     }
-    store::set_reservation(tx, id, reservation).await?;
-    Ok(store::get(tx, id).await?.is_some())
+    store::set_reservation(tx, id, reservation).await
 }
 
-/// Confirms open order `id`, paid by `payment`, and emits `order.confirmed`. `None` when the
-/// order is unknown or already final (nothing changes).
+/// Confirms open order `id`, paid by `payment`, and emits `order.confirmed`: four statements
+/// (the update returning the order, its history entry, its lines for the event, the outbox
+/// row). Returns the order with its lines (no history); `None` when the order is unknown or
+/// already final (nothing changes).
 pub async fn confirm(
     tx: &mut Tx,
     id: &str,
@@ -106,7 +102,7 @@ pub async fn confirm(
         ..Changes::default()
     };
     let now = store::now_us();
-    if !store::transition(
+    let Some(mut order) = store::transition(
         tx,
         id,
         OPEN,
@@ -117,10 +113,10 @@ pub async fn confirm(
         now,
     )
     .await?
-    {
+    else {
         return Ok(None);
-    }
-    let order = load(tx, id).await?;
+    };
+    store::fill_lines(tx, &mut order).await?;
     let payload = OrderConfirmed {
         order_id: order.id.clone(),
         customer_id: order.customer_id.clone(),
@@ -137,8 +133,10 @@ pub async fn confirm(
     Ok(Some(order))
 }
 
-/// Cancels open order `id` for `reason` and emits `order.cancelled`. `None` when the order is
-/// unknown or already final (nothing changes).
+/// Cancels open order `id` for `reason` and emits `order.cancelled`: three statements (the
+/// update returning the order, its history entry, the outbox row). Returns the order as updated,
+/// without its lines and history; `None` when the order is unknown or already final (nothing
+/// changes).
 pub async fn cancel(
     tx: &mut Tx,
     id: &str,
@@ -156,7 +154,7 @@ pub async fn cancel(
         ..Changes::default()
     };
     let now = store::now_us();
-    if !store::transition(
+    let Some(order) = store::transition(
         tx,
         id,
         OPEN,
@@ -167,10 +165,9 @@ pub async fn cancel(
         now,
     )
     .await?
-    {
+    else {
         return Ok(None);
-    }
-    let order = load(tx, id).await?;
+    };
     let payload = OrderCancelled {
         order_id: order.id.clone(),
         customer_id: order.customer_id.clone(),

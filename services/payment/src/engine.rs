@@ -25,7 +25,7 @@ use mesh_runtime::{CallContext, Database};
 use crate::error::PaymentError;
 use crate::provider::{CardData, ChargeCall, Outcome, PaymentProvider, ProviderError, RefundCall};
 use crate::settings::PaymentSettings;
-use crate::store::{self, CardRow, PaymentRow, RefundRow, now_micros};
+use crate::store::{self, CardRow, PaymentRow, RefundRow, SagaOrder, now_micros};
 use crate::worker::Work;
 
 type Result<T> = std::result::Result<T, PaymentError>;
@@ -115,6 +115,62 @@ impl Engine {
         let mut c = self.db.acquire().await?;
         store::insert_card(&mut c, &row, card.exp_month, card.exp_year).await?;
         Ok(row)
+    }
+
+    /// The saga's charge request for order `o` (known, reserved, not cancelled) in `tx`: the
+    /// PENDING payment, due at once, inserted by one statement that copies the card's brand and
+    /// last 4 digits from its token and does nothing when the order has a payment already.
+    /// When that inserts nothing (the order has a payment, or the token is unknown) or the amount
+    /// is zero, [`Engine::create_charge`] decides as for a `Charge` call. Returns the order's
+    /// payment and whether this call created it.
+    pub async fn request_saga_charge(
+        &self,
+        tx: &mut Tx,
+        o: &SagaOrder,
+    ) -> Result<(PaymentRow, bool)> {
+        if o.amount_minor > 0 {
+            let now = now_micros();
+            let mut p = PaymentRow {
+                id: new_id(),
+                order_id: o.order_id.clone(),
+                customer_id: o.customer_id.clone(),
+                currency: o.currency.clone(),
+                amount_minor: o.amount_minor,
+                refund_held_minor: 0,
+                refunded_minor: 0,
+                status: PaymentStatus::Pending,
+                decline_reason: DeclineReason::Unspecified,
+                decline_message: String::new(),
+                card_token: o.card_token.clone(),
+                card_brand: String::new(),
+                card_last4: String::new(),
+                provider_reference: String::new(),
+                description: String::new(),
+                traceparent: current_traceparent(),
+                attempts: 0,
+                created_at: now,
+                updated_at: now,
+            };
+            if let Some((brand, last4)) = store::insert_payment_with_card(tx, &p, now).await? {
+                p.card_brand = brand;
+                p.card_last4 = last4;
+                self.work.push_after_commit(tx, Work::Charge(p.id.clone()));
+                return Ok((p, true));
+            }
+        }
+        let card = store::card(tx, &o.card_token).await?;
+        self.create_charge(
+            tx,
+            &o.order_id,
+            &o.customer_id,
+            &o.currency,
+            o.amount_minor,
+            card.as_ref(),
+            &o.card_token,
+            "",
+            true,
+        )
+        .await
     }
 
     /// Creates the payment of `order_id` in `tx` unless it has one: PENDING (due at once when
@@ -230,7 +286,7 @@ impl Engine {
             ),
         };
         // Saga row first, then the payment: the same lock order as the saga handlers.
-        store::lock_saga_order(tx, &p.order_id).await?;
+        let saga = store::lock_saga_order(tx, &p.order_id).await?;
         if !store::finish_payment(tx, &p.id, status, reason, &message, &reference, now).await? {
             return Ok(false);
         }
@@ -288,9 +344,7 @@ impl Engine {
         tx.emit(event.correlation(p.order_id.clone())).await?;
         if status == PaymentStatus::Succeeded
             && p.amount_minor > 0
-            && store::saga_order(tx, &p.order_id)
-                .await?
-                .is_some_and(|o| o.cancelled)
+            && saga.is_some_and(|o| o.cancelled)
         {
             let mut captured = p.clone();
             captured.status = PaymentStatus::Succeeded;
@@ -379,7 +433,7 @@ impl Engine {
             let mut c = self.db.acquire().await?;
             store::claim_payment(&mut c, id, now, lease_until, due_only).await?
         };
-        let Some(p) = claimed else {
+        let Some((p, card_ref)) = claimed else {
             if due_only {
                 // A worker lost the race for it (another replica has it, or it is finished).
                 return Ok(Attempt::Again {
@@ -399,13 +453,9 @@ impl Engine {
             });
         };
         let attempt = p.attempts;
-        let card = {
-            let mut c = self.db.acquire().await?;
-            store::card(&mut c, &p.card_token).await?
-        };
         let call = ChargeCall {
             idempotency_key: p.order_id.clone(),
-            card: card.map(|c| c.provider_ref).unwrap_or_default(),
+            card: card_ref,
             currency: p.currency.clone(),
             amount_minor: p.amount_minor,
         };

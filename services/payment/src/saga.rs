@@ -39,28 +39,13 @@ fn handler_error(e: PaymentError) -> HandlerError {
     }
 }
 
-/// Charges the order if every condition holds and it has no payment yet.
-async fn maybe_charge(engine: &Engine, tx: &mut Tx, order_id: &str) -> Result<(), PaymentError> {
-    let Some(o) = store::saga_order(tx, order_id).await? else {
-        return Ok(());
-    };
+/// Charges the order if every condition holds and it has no payment yet. `o` is the saga row as
+/// the handler's upsert returned it (no second read).
+async fn maybe_charge(engine: &Engine, tx: &mut Tx, o: &SagaOrder) -> Result<(), PaymentError> {
     if !o.known || !o.reserved || o.cancelled {
         return Ok(());
     }
-    let card = store::card(tx, &o.card_token).await?;
-    let (p, created) = engine
-        .create_charge(
-            tx,
-            &o.order_id,
-            &o.customer_id,
-            &o.currency,
-            o.amount_minor,
-            card.as_ref(),
-            &o.card_token,
-            "",
-            true,
-        )
-        .await?;
+    let (p, created) = engine.request_saga_charge(tx, o).await?;
     if created {
         tracing::info!(order = %o.order_id, payment = %p.id, status = ?p.status, "charge requested");
     }
@@ -92,8 +77,8 @@ impl EventHandler for OnOrderCreated {
                 reserved: false,
                 cancelled: false,
             };
-            store::saga_created(tx, &order).await?;
-            maybe_charge(&self.0, tx, &id).await.map_err(handler_error)
+            let now = store::saga_created(tx, &order).await?;
+            maybe_charge(&self.0, tx, &now).await.map_err(handler_error)
         })
     }
 }
@@ -112,8 +97,8 @@ impl EventHandler for OnInventoryReserved {
         Box::pin(async move {
             let e: InventoryReserved = decode(event)?;
             let id = order_id("reference_id", &e.reference_id)?;
-            store::saga_flag(tx, &id, true).await?;
-            maybe_charge(&self.0, tx, &id).await.map_err(handler_error)
+            let now = store::saga_flag(tx, &id, true).await?;
+            maybe_charge(&self.0, tx, &now).await.map_err(handler_error)
         })
     }
 }

@@ -295,6 +295,34 @@ pub async fn insert_payment(
     Ok(done.rows_affected() == 1)
 }
 
+/// Inserts the PENDING payment `p` (due at `now`) with the brand and last 4 digits of its card,
+/// copied from `cards` by token in the same statement; returns them, or `None` when nothing was
+/// inserted: the token is unknown or the order has a payment already.
+pub async fn insert_payment_with_card(
+    c: &mut AnyConnection,
+    p: &PaymentRow,
+    now: i64,
+) -> Result<Option<(String, String)>> {
+    let row = sqlx::query(
+        "INSERT INTO payments (id, order_id, customer_id, currency, amount_minor, status, decline_reason, decline_message, card_token, card_brand, card_last4, provider_reference, description, traceparent, next_attempt_at, created_at, updated_at) \
+         SELECT $1, $2, $3, $4, $5, 'PENDING', 0, '', token, brand, last4, '', $6, $7, $8, $8, $8 FROM cards WHERE token = $9 \
+         ON CONFLICT (order_id) DO NOTHING RETURNING card_brand, card_last4",
+    )
+    .bind(&p.id)
+    .bind(&p.order_id)
+    .bind(&p.customer_id)
+    .bind(&p.currency)
+    .bind(p.amount_minor)
+    .bind(&p.description)
+    .bind(&p.traceparent)
+    .bind(now)
+    .bind(&p.card_token)
+    .fetch_optional(c)
+    .await?;
+    row.map(|r| Ok((r.try_get("card_brand")?, r.try_get("card_last4")?)))
+        .transpose()
+}
+
 /// Counts an attempt at the PENDING payment `id` and leases it until `lease_until`; with
 /// `due_only`, only if it is due (a worker taking it over). Returns the payment as claimed
 /// (`attempts` is this attempt's number), or `None` if it is not PENDING (or not due).
@@ -304,14 +332,17 @@ pub async fn claim_payment(
     now: i64,
     lease_until: i64,
     due_only: bool,
-) -> Result<Option<PaymentRow>> {
+) -> Result<Option<(PaymentRow, String)>> {
     let due = if due_only {
         " AND next_attempt_at <= $2"
     } else {
         ""
     };
+    // The card's provider reference comes with the claim (a subquery in RETURNING), so the
+    // attempt needs no second statement to read the card.
     let sql = format!(
-        "UPDATE payments SET attempts = attempts + 1, next_attempt_at = $1, updated_at = $2 WHERE id = $3 AND status = 'PENDING'{due} RETURNING {PAYMENT_COLUMNS}"
+        "UPDATE payments SET attempts = attempts + 1, next_attempt_at = $1, updated_at = $2 WHERE id = $3 AND status = 'PENDING'{due} \
+         RETURNING {PAYMENT_COLUMNS}, COALESCE((SELECT provider_ref FROM cards WHERE cards.token = payments.card_token), '') AS card_ref"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(lease_until)
@@ -320,7 +351,7 @@ pub async fn claim_payment(
         .fetch_optional(c)
         .await?
         .as_ref()
-        .map(payment_row)
+        .map(|r| Ok((payment_row(r)?, r.try_get("card_ref")?)))
         .transpose()
 }
 
@@ -738,67 +769,78 @@ pub struct SagaOrder {
     pub cancelled: bool,
 }
 
-/// Records order.created's facts (idempotent).
-pub async fn saga_created(c: &mut AnyConnection, o: &SagaOrder) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO saga_orders (order_id, known, customer_id, currency, amount_minor, card_token, updated_at) VALUES ($1, 1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (order_id) DO UPDATE SET known = 1, customer_id = $2, currency = $3, amount_minor = $4, card_token = $5, updated_at = $6",
-    )
-    .bind(&o.order_id)
-    .bind(&o.customer_id)
-    .bind(&o.currency)
-    .bind(o.amount_minor)
-    .bind(&o.card_token)
-    .bind(now_micros())
-    .execute(c)
-    .await?;
-    Ok(())
+/// The columns of a saga row, as [`saga_row`] reads them.
+const SAGA_COLUMNS: &str =
+    "order_id, known, customer_id, currency, amount_minor, card_token, reserved, cancelled";
+
+fn saga_row(r: &AnyRow) -> Result<SagaOrder> {
+    Ok(SagaOrder {
+        order_id: r.try_get("order_id")?,
+        known: r.try_get::<i64, _>("known")? != 0,
+        customer_id: r.try_get("customer_id")?,
+        currency: r.try_get("currency")?,
+        amount_minor: r.try_get("amount_minor")?,
+        card_token: r.try_get("card_token")?,
+        reserved: r.try_get::<i64, _>("reserved")? != 0,
+        cancelled: r.try_get::<i64, _>("cancelled")? != 0,
+    })
 }
 
-/// Sets a flag (`reserved` or `cancelled`) of an order (idempotent).
-pub async fn saga_flag(c: &mut AnyConnection, order_id: &str, reserved: bool) -> Result<()> {
+/// Records what `order.created` says of the order (`known`, customer, amount, card) and returns
+/// the saga row as it is now, flags learnt earlier included: one upsert with `RETURNING`, no
+/// second read.
+pub async fn saga_created(c: &mut AnyConnection, o: &SagaOrder) -> Result<SagaOrder> {
+    let sql = format!(
+        "INSERT INTO saga_orders (order_id, known, customer_id, currency, amount_minor, card_token, updated_at) VALUES ($1, 1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (order_id) DO UPDATE SET known = 1, customer_id = $2, currency = $3, amount_minor = $4, card_token = $5, updated_at = $6 \
+         RETURNING {SAGA_COLUMNS}"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&o.order_id)
+        .bind(&o.customer_id)
+        .bind(&o.currency)
+        .bind(o.amount_minor)
+        .bind(&o.card_token)
+        .bind(now_micros())
+        .fetch_one(c)
+        .await?;
+    saga_row(&row)
+}
+
+/// Sets the `reserved` (or, with `reserved = false`, the `cancelled`) flag of `order_id` and
+/// returns the saga row as it is now: one upsert with `RETURNING`.
+pub async fn saga_flag(c: &mut AnyConnection, order_id: &str, reserved: bool) -> Result<SagaOrder> {
     let sql = if reserved {
-        "INSERT INTO saga_orders (order_id, reserved, updated_at) VALUES ($1, 1, $2) ON CONFLICT (order_id) DO UPDATE SET reserved = 1, updated_at = $2"
+        format!(
+            "INSERT INTO saga_orders (order_id, reserved, updated_at) VALUES ($1, 1, $2) ON CONFLICT (order_id) DO UPDATE SET reserved = 1, updated_at = $2 RETURNING {SAGA_COLUMNS}"
+        )
     } else {
-        "INSERT INTO saga_orders (order_id, cancelled, updated_at) VALUES ($1, 1, $2) ON CONFLICT (order_id) DO UPDATE SET cancelled = 1, updated_at = $2"
+        format!(
+            "INSERT INTO saga_orders (order_id, cancelled, updated_at) VALUES ($1, 1, $2) ON CONFLICT (order_id) DO UPDATE SET cancelled = 1, updated_at = $2 RETURNING {SAGA_COLUMNS}"
+        )
     };
-    sqlx::query(sql)
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(order_id)
         .bind(now_micros())
-        .execute(c)
+        .fetch_one(c)
         .await?;
-    Ok(())
+    saga_row(&row)
 }
 
-/// Locks the saga row of `order_id` (if any) until the transaction ends: taken first by every
-/// transaction that decides on an order's charge or refund (the saga handlers by their upserts,
-/// the charge's finish by this), so a cancellation and a capture finishing at the same time are
-/// serialized and one of them sees the other (on SQLite `BEGIN IMMEDIATE` serializes anyway).
-pub async fn lock_saga_order(c: &mut AnyConnection, order_id: &str) -> Result<()> {
-    sqlx::query("UPDATE saga_orders SET updated_at = updated_at WHERE order_id = $1")
-        .bind(order_id)
-        .execute(c)
-        .await?;
-    Ok(())
-}
-
-/// The saga state of `order_id`.
-pub async fn saga_order(c: &mut AnyConnection, order_id: &str) -> Result<Option<SagaOrder>> {
-    let row = sqlx::query("SELECT order_id, known, customer_id, currency, amount_minor, card_token, reserved, cancelled FROM saga_orders WHERE order_id = $1")
+/// Locks the saga row of `order_id` (if any) until the transaction ends and returns it: taken
+/// first by every transaction that decides on an order's charge or refund (the saga handlers by
+/// their upserts, the charge's finish by this), so a cancellation and a capture finishing at the
+/// same time are serialized and one of them sees the other (on SQLite `BEGIN IMMEDIATE`
+/// serializes anyway). The lock and the read are one statement.
+pub async fn lock_saga_order(c: &mut AnyConnection, order_id: &str) -> Result<Option<SagaOrder>> {
+    let sql = format!(
+        "UPDATE saga_orders SET updated_at = updated_at WHERE order_id = $1 RETURNING {SAGA_COLUMNS}"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(order_id)
         .fetch_optional(c)
-        .await?;
-    row.map(|r| {
-        Ok(SagaOrder {
-            order_id: r.try_get("order_id")?,
-            known: r.try_get::<i64, _>("known")? != 0,
-            customer_id: r.try_get("customer_id")?,
-            currency: r.try_get("currency")?,
-            amount_minor: r.try_get("amount_minor")?,
-            card_token: r.try_get("card_token")?,
-            reserved: r.try_get::<i64, _>("reserved")? != 0,
-            cancelled: r.try_get::<i64, _>("cancelled")? != 0,
-        })
-    })
-    .transpose()
+        .await?
+        .as_ref()
+        .map(saga_row)
+        .transpose()
 }
