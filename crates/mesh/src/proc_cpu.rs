@@ -122,7 +122,11 @@ fn postgres_group(title: &str, database: &str) -> Option<&'static str> {
     let Some(rest) = title.strip_prefix("postgres: ") else {
         return Some("postgres server");
     };
-    let words: Vec<&str> = rest.split_whitespace().collect();
+    let mut words: Vec<&str> = rest.split_whitespace().collect();
+    // With `cluster_name` set (Debian: `15/main`) the title starts with it and a colon.
+    if words.first().is_some_and(|w| w.ends_with(':')) {
+        words.remove(0);
+    }
     // A backend: `<user> <database> <client>(<port>) <state>`; the client has a parenthesis
     // or is `[local]`.
     match words.as_slice() {
@@ -169,6 +173,12 @@ mod tests {
         let mine = "postgres: postgres mesh_bench_1 127.0.0.1(40312) idle\0";
         assert_eq!(postgres_group(mine, "mesh_bench_1"), Some("postgres"));
         assert_eq!(postgres_group(mine, "mesh_bench_2"), None);
+        let named = "postgres: 15/main: postgres mesh_bench_1 127.0.0.1(40312) idle\0\0";
+        assert_eq!(postgres_group(named, "mesh_bench_1"), Some("postgres"));
+        assert_eq!(
+            postgres_group("postgres: 15/main: checkpointer \0", "mesh_bench_1"),
+            Some("postgres server")
+        );
         assert_eq!(
             postgres_group("postgres: walwriter \0", "mesh_bench_1"),
             Some("postgres server")
