@@ -12,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mesh_contracts::auth::v1::SignUpRequest;
 use mesh_contracts::auth::v1::auth_service_client::AuthServiceClient;
-use mesh_contracts::common::v1::{Money, PaymentCard, PaymentMethod, PostalAddress, payment_method};
+use mesh_contracts::common::v1::{
+    Money, PaymentCard, PaymentMethod, PostalAddress, payment_method,
+};
 use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_contracts::inventory::v1::{AdjustStockRequest, AdjustmentReason};
 use mesh_contracts::order::v1::order_service_client::OrderServiceClient;
@@ -255,6 +257,9 @@ async fn the_walkthrough_order_is_confirmed_moments_after_place_order_returns() 
         sorted[ORDERS - 1]
     );
     for (n, l) in latencies.iter().enumerate() {
-        assert!(*l <= BOUND, "order {n}: CONFIRMED {l:?} after PlaceOrder returned");
+        assert!(
+            *l <= BOUND,
+            "order {n}: CONFIRMED {l:?} after PlaceOrder returned"
+        );
     }
 }

@@ -182,7 +182,7 @@ impl OrderApi {
                 let mut order = order;
                 order.status_history.push(StatusChange {
                     status: updated.status,
-                    time: updated.update_time.clone(),
+                    time: updated.update_time,
                     reason: updated.cancel_reason.clone(),
                     event_id: String::new(),
                 });
