@@ -5,7 +5,7 @@
 //! `grpc_server_handling_seconds` (histogram) and `grpc_server_in_flight`, each labelled with
 //! `grpc_service` and `grpc_method`.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -115,6 +115,17 @@ impl RpcMetrics {
         rpc
     }
 
+    /// The series of one method, for a server layer that records many calls of it: looked up
+    /// in the families on its first call, then updated without a lock or an allocation.
+    pub fn method(&self, labels: MethodLabels) -> MethodMetrics {
+        MethodMetrics {
+            rpc: self.clone(),
+            labels,
+            series: OnceLock::new(),
+            handled: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
     /// Records the start of a call.
     pub fn start(&self, labels: &MethodLabels) {
         self.started.get_or_create(labels).inc();
@@ -130,6 +141,61 @@ impl RpcMetrics {
                 grpc_service: labels.grpc_service.clone(),
                 grpc_method: labels.grpc_method.clone(),
                 grpc_code: code_name(code).to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Handles on the series of one method (see [`RpcMetrics::method`]). The series appear in the
+/// families (and `/metrics`) on the method's first call, exactly as with [`RpcMetrics::start`].
+#[derive(Debug)]
+pub struct MethodMetrics {
+    rpc: RpcMetrics,
+    labels: MethodLabels,
+    series: OnceLock<MethodSeries>,
+    /// The handled counter of each status code (0..=16), fetched on its first use.
+    handled: [OnceLock<Counter>; 17],
+}
+
+#[derive(Debug)]
+struct MethodSeries {
+    started: Counter,
+    in_flight: Gauge,
+    latency: Histogram,
+}
+
+impl MethodMetrics {
+    fn series(&self) -> &MethodSeries {
+        self.series.get_or_init(|| MethodSeries {
+            started: self.rpc.started.get_or_create(&self.labels).clone(),
+            in_flight: self.rpc.in_flight.get_or_create(&self.labels).clone(),
+            latency: self.rpc.latency.get_or_create(&self.labels).clone(),
+        })
+    }
+
+    /// Records the start of a call.
+    pub fn start(&self) {
+        let series = self.series();
+        series.started.inc();
+        series.in_flight.inc();
+    }
+
+    /// Records the end of a call with its status code and duration.
+    pub fn finish(&self, code: tonic::Code, seconds: f64) {
+        let series = self.series();
+        series.in_flight.dec();
+        series.latency.observe(seconds);
+        let index = usize::try_from(code as i32).unwrap_or(0).min(16);
+        self.handled[index]
+            .get_or_init(|| {
+                self.rpc
+                    .handled
+                    .get_or_create(&HandledLabels {
+                        grpc_service: self.labels.grpc_service.clone(),
+                        grpc_method: self.labels.grpc_method.clone(),
+                        grpc_code: code_name(code).to_string(),
+                    })
+                    .clone()
             })
             .inc();
     }

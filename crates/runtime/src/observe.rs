@@ -7,7 +7,7 @@
 //! - records the RED metrics ([`RpcMetrics`]) when the response ends, by its `grpc-status`
 //!   (trailers-only errors are read from the headers, others from the trailers).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::call_context::CallContext;
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
-use crate::metrics::{MethodLabels, RpcMetrics, code_name};
+use crate::metrics::{MethodLabels, MethodMetrics, RpcMetrics, code_name};
 use crate::trace_context::{TRACEPARENT, TraceContext};
 
 /// The target of the per-call `rpc` and per-event `event` spans. They are `debug` spans, so the
@@ -43,20 +43,34 @@ pub struct ObserveLayer {
 
 #[derive(Debug)]
 struct Shared {
-    metrics: RpcMetrics,
-    /// Request paths that get their own metric labels; any other path is labelled `unknown`, so
-    /// a client cannot grow the metric series without bound.
-    known_paths: HashSet<String>,
+    /// The series of each request path that gets its own labels, by path.
+    known: HashMap<String, Arc<MethodMetrics>>,
+    /// Any other path is labelled `unknown`, so a client cannot grow the series without bound.
+    unknown: Arc<MethodMetrics>,
 }
 
 impl ObserveLayer {
     /// Observes calls into `metrics`, labelling the methods in `known_paths` by name.
     pub fn new(metrics: RpcMetrics, known_paths: impl IntoIterator<Item = String>) -> Self {
+        let known = known_paths
+            .into_iter()
+            .map(|path| {
+                let trimmed = path.strip_prefix('/').unwrap_or(&path);
+                let (service, method) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+                let labels = MethodLabels {
+                    grpc_service: service.to_string(),
+                    grpc_method: method.to_string(),
+                };
+                let series = Arc::new(metrics.method(labels));
+                (path, series)
+            })
+            .collect();
+        let unknown = Arc::new(metrics.method(MethodLabels {
+            grpc_service: "unknown".into(),
+            grpc_method: "unknown".into(),
+        }));
         Self {
-            shared: Arc::new(Shared {
-                metrics,
-                known_paths: known_paths.into_iter().collect(),
-            }),
+            shared: Arc::new(Shared { known, unknown }),
         }
     }
 }
@@ -93,18 +107,12 @@ where
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
         let path = req.uri().path();
-        let labels = if self.shared.known_paths.contains(path) {
-            let (service, method) = path[1..].split_once('/').unwrap_or((path, ""));
-            MethodLabels {
-                grpc_service: service.to_string(),
-                grpc_method: method.to_string(),
-            }
-        } else {
-            MethodLabels {
-                grpc_service: "unknown".into(),
-                grpc_method: "unknown".into(),
-            }
-        };
+        let metrics = self
+            .shared
+            .known
+            .get(path)
+            .unwrap_or(&self.shared.unknown)
+            .clone();
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let parent = header(TRACEPARENT).and_then(TraceContext::parse);
         let deadline = header(GRPC_TIMEOUT)
@@ -128,10 +136,9 @@ where
         );
         adopt_otel_ids(&span, parent, &mut trace);
 
-        self.shared.metrics.start(&labels);
+        metrics.start();
         let call = Call {
-            shared: self.shared.clone(),
-            labels,
+            metrics,
             start,
             span: span.clone(),
             context: CallContext { trace, deadline },
@@ -180,8 +187,7 @@ pub(crate) fn adopt_otel_ids(span: &Span, parent: Option<TraceContext>, trace: &
 
 /// One call being observed; records its metrics exactly once, when it ends or is dropped.
 struct Call {
-    shared: Arc<Shared>,
-    labels: MethodLabels,
+    metrics: Arc<MethodMetrics>,
     start: Instant,
     span: Span,
     /// The call's context, so that the lines logged when it ends (outside the handler's task
@@ -196,9 +202,7 @@ impl Call {
             return;
         }
         let elapsed = self.start.elapsed();
-        self.shared
-            .metrics
-            .finish(&self.labels, code, elapsed.as_secs_f64());
+        self.metrics.finish(code, elapsed.as_secs_f64());
         if !self.span.is_disabled() {
             self.span.record("rpc.grpc.status_code", code as i32);
         }
