@@ -6,8 +6,8 @@
 //!
 //! ```sh
 //! cargo test --release -p mesh-runtime --test call_cost --no-run   # prints the test binary
-//! MESH_CALLS=500 valgrind --tool=callgrind <binary> --ignored --test-threads 1
-//! MESH_CALLS=1500 valgrind --tool=callgrind <binary> --ignored --test-threads 1
+//! MESH_CALLS=300 valgrind --tool=callgrind <binary> --ignored --test-threads 1
+//! MESH_CALLS=1300 valgrind --tool=callgrind <binary> --ignored --test-threads 1
 //! ```
 //!
 //! The difference of the two totals over 1,000 is the instructions per call (server, client and
