@@ -797,84 +797,18 @@ async fn a_database_that_is_down_answers_unavailable() {
     }
 }
 
-/// A redis-server of this test's own, on a free port, with an append-only file fsynced on every
-/// write: killed with SIGKILL and restarted, it keeps every stream entry it acknowledged.
-struct OwnRedis {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<std::process::Child>,
-}
-
-impl OwnRedis {
-    fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let dir = std::env::temp_dir().join(unique("mesh-redis"));
-        std::fs::create_dir_all(&dir).ok()?;
-        let mut r = Self {
-            port,
-            dir,
-            child: None,
-        };
-        r.spawn().ok()?;
-        Some(r)
-    }
-
-    fn spawn(&mut self) -> std::io::Result<()> {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()?;
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(std::io::Error::other("redis-server did not start"))
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_commits_go_on_and_a_restart_during_ten_thousand_events_loses_none() {
     if redis_url("redis restart").is_none() {
         return;
     }
-    let Some(mut redis) = OwnRedis::start() else {
+    let Some(mut redis) = mesh_testkit::OwnRedis::start_durable() else {
         eprintln!("SKIPPED: redis restart: cannot start a redis-server of its own");
         return;
     };
     let target = postgres_target("redis restart").unwrap_or_else(sqlite_target);
     let db = open(&target).await;
-    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let url = redis.url();
     let options = DeliveryOptions {
         claim_idle: Duration::from_secs(2),
         ..DeliveryOptions::default()

