@@ -43,6 +43,7 @@ use mesh_contracts::order::v1::order_service_client::OrderServiceClient;
 use mesh_contracts::order::v1::{LineItem, PlaceOrderRequest};
 use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
 use mesh_contracts::product::v1::{CreateProductRequest, Product};
+use mesh_testkit::bearer;
 use sqlx::Row as _;
 use tokio::sync::Mutex;
 use tonic::Code;
@@ -66,15 +67,6 @@ const ADMIN: &str = "admin@example.com";
 const PASSWORD: &str = "correct horse battery";
 const GOOD_CARD: &str = "4242424242424242";
 const DECLINED_CARD: &str = "4000000000000002";
-
-fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    r
-}
 
 async fn sign_up(c: &Cluster, email: &str) -> (String, String) {
     let r = AuthServiceClient::new(c.channel("auth").await)

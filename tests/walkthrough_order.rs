@@ -22,6 +22,7 @@ use mesh_contracts::order::v1::{GetOrderRequest, LineItem, OrderStatus, PlaceOrd
 use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
 use mesh_contracts::product::v1::{CreateProductRequest, Product};
 use mesh_runtime::config::env_prefix;
+use mesh_testkit::bearer;
 use tonic::transport::Channel;
 
 const MESH: &str = env!("CARGO_BIN_EXE_mesh");
@@ -101,15 +102,6 @@ impl Mesh {
             .await
             .unwrap_or_else(|e| panic!("connect {name}: {e}"))
     }
-}
-
-fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    r
 }
 
 async fn sign_up(mesh: &Mesh, email: &str) -> String {
