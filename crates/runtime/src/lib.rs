@@ -15,6 +15,8 @@
 //! - data and events (see `docs/events.md`): [`storage`] (a database per service, migrations),
 //!   [`outbox`] (state change and event in one transaction), [`relay`] (outbox to bus), [`bus`]
 //!   (Redis Streams or in-process), [`consumer`] (idempotent handlers), [`audit`] (the trail);
+//! - [`domain`]: the domain kit (the service error shape, page tokens, timestamps, id, currency
+//!   and money rules);
 //! - [`auth`]: token verification and per-RPC access policies (see `docs/identity.md`).
 
 pub mod admin;
@@ -29,6 +31,7 @@ pub mod config;
 pub mod consumer;
 pub mod descriptors;
 pub mod dns;
+pub mod domain;
 pub mod endpoint_slices;
 pub mod faults;
 pub mod grpc_timeout;

@@ -1,0 +1,152 @@
+//! The error shape every service shares: the failures most RPCs can have (a bad field, an
+//! unknown id, a state that forbids the call, a duplicate, a peer or the database down), each
+//! mapped to its gRPC status once, here. A service's own `thiserror` enum wraps it
+//! (`#[error(transparent)] Common(#[from] ServiceError)`) and adds only what is its own.
+
+use crate::DatabaseError;
+
+/// A failure of an RPC that every service can have; [`tonic::Status`] from it in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A request field is missing or malformed: `INVALID_ARGUMENT`, "`field`: `reason`".
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The field's path, e.g. `lines[2].quantity` or `page_token`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Something the request names does not exist (or is not the caller's to see, so ids do
+    /// not leak): `NOT_FOUND`, "`what` `id` not found".
+    #[error("{what} `{id}` not found")]
+    NotFound {
+        /// What kind of thing, e.g. `product`.
+        what: String,
+        /// The id asked for.
+        id: String,
+    },
+    /// The request is valid but the current state forbids it: `FAILED_PRECONDITION`.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// What the request creates exists already: `ALREADY_EXISTS`.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The caller may not do this: `PERMISSION_DENIED`.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A peer or dependency cannot answer now; retrying later may work: `UNAVAILABLE`.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The database failed (`UNAVAILABLE`, `ABORTED` or `INTERNAL`, see [`DatabaseError`]).
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+}
+
+impl ServiceError {
+    /// A missing or malformed `field`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// No `what` with this `id` (or not one the caller may see).
+    pub fn not_found(what: impl Into<String>, id: impl Into<String>) -> Self {
+        Self::NotFound {
+            what: what.into(),
+            id: id.into(),
+        }
+    }
+
+    /// The state forbids the call; `message` says why (and names the field when there is one).
+    pub fn precondition(message: impl Into<String>) -> Self {
+        Self::FailedPrecondition(message.into())
+    }
+
+    /// The gRPC code this error answers with.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Self::InvalidArgument { .. } => tonic::Code::InvalidArgument,
+            Self::NotFound { .. } => tonic::Code::NotFound,
+            Self::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
+            Self::AlreadyExists(_) => tonic::Code::AlreadyExists,
+            Self::PermissionDenied(_) => tonic::Code::PermissionDenied,
+            Self::Unavailable(_) => tonic::Code::Unavailable,
+            Self::Database(DatabaseError::Unavailable(_)) => tonic::Code::Unavailable,
+            Self::Database(DatabaseError::Conflict(_)) => tonic::Code::Aborted,
+            Self::Database(_) => tonic::Code::Internal,
+        }
+    }
+}
+
+impl From<sqlx::Error> for ServiceError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(DatabaseError::from(e))
+    }
+}
+
+impl From<ServiceError> for tonic::Status {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Database(d) => d.into(),
+            other => tonic::Status::new(other.code(), other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_variant_answers_with_its_code_and_message() {
+        let cases = [
+            (
+                ServiceError::invalid("lines[1].quantity", "must be positive"),
+                tonic::Code::InvalidArgument,
+                "lines[1].quantity: must be positive",
+            ),
+            (
+                ServiceError::not_found("product", "p-1"),
+                tonic::Code::NotFound,
+                "product `p-1` not found",
+            ),
+            (
+                ServiceError::precondition("order `o` is CONFIRMED"),
+                tonic::Code::FailedPrecondition,
+                "order `o` is CONFIRMED",
+            ),
+            (
+                ServiceError::AlreadyExists("store `s` already exists".into()),
+                tonic::Code::AlreadyExists,
+                "store `s` already exists",
+            ),
+            (
+                ServiceError::PermissionDenied("customer_id: not yours".into()),
+                tonic::Code::PermissionDenied,
+                "customer_id: not yours",
+            ),
+            (
+                ServiceError::Unavailable("product: unreachable".into()),
+                tonic::Code::Unavailable,
+                "product: unreachable",
+            ),
+        ];
+        for (error, code, message) in cases {
+            assert_eq!(error.code(), code);
+            let status = tonic::Status::from(error);
+            assert_eq!(status.code(), code);
+            assert_eq!(status.message(), message);
+        }
+    }
+
+    #[test]
+    fn database_errors_keep_the_storage_mapping() {
+        let e = ServiceError::from(sqlx::Error::PoolTimedOut);
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unavailable);
+        let e = ServiceError::from(sqlx::Error::RowNotFound);
+        assert_eq!(tonic::Status::from(e).code(), tonic::Code::Internal);
+    }
+}
