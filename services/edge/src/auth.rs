@@ -26,8 +26,7 @@ use mesh_runtime::auth::{
 };
 use mesh_runtime::client::MeshChannel;
 
-use crate::config::RateLimit;
-use crate::rate_limit::RateLimiter;
+use crate::rate_limit::{RateLimit, RateLimiter};
 
 /// The RPCs open without a token.
 ///

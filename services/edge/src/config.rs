@@ -23,14 +23,8 @@ use http::Uri;
 use ipnet::IpNet;
 use mesh_runtime::config::{ConfigError, Problem};
 
-/// A token-bucket rate limit per client.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateLimit {
-    /// Tokens added per second.
-    pub per_second: f64,
-    /// Bucket size (the largest burst).
-    pub burst: u32,
-}
+use crate::auth::PublicRoutes;
+use crate::rate_limit::{RateLimit, parse_rate_limit};
 
 /// The validated edge settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -180,7 +174,7 @@ impl EdgeConfig {
             } else {
                 split(&raw).map(str::to_string).collect()
             };
-            if let Err(e) = crate::auth::PublicRoutes::parse(&config.public_routes) {
+            if let Err(e) = PublicRoutes::parse(&config.public_routes) {
                 problem("MESH_EDGE_PUBLIC_ROUTES", &raw, e);
             }
         }
@@ -311,38 +305,6 @@ fn parse_http_url(raw: &str) -> Result<Uri, String> {
         return Err("expected an http:// or https:// URL with a host".into());
     }
     Ok(uri)
-}
-
-/// `off`, `100/s`, `100/s,burst=200`, `600/m`.
-pub fn parse_rate_limit(raw: &str) -> Result<Option<RateLimit>, String> {
-    let raw = raw.trim();
-    if raw.is_empty() || raw == "off" {
-        return Ok(None);
-    }
-    let expected = "expected `off`, `RATE/s` or `RATE/s,burst=N` (or `/m`), e.g. `50/s,burst=100`";
-    let (rate, burst) = match raw.split_once(',') {
-        Some((rate, burst)) => (rate.trim(), Some(burst.trim())),
-        None => (raw, None),
-    };
-    let (n, unit) = rate.split_once('/').ok_or(expected)?;
-    let n: f64 = n.trim().parse().map_err(|_| expected)?;
-    let per_second = match unit.trim() {
-        "s" => n,
-        "m" => n / 60.0,
-        _ => return Err(expected.into()),
-    };
-    if !(per_second > 0.0 && per_second.is_finite()) {
-        return Err("the rate must be above zero".into());
-    }
-    let burst = match burst {
-        Some(b) => b
-            .strip_prefix("burst=")
-            .and_then(|b| b.parse::<u32>().ok())
-            .filter(|b| *b >= 1)
-            .ok_or(expected)?,
-        None => (per_second.ceil() as u32).max(1),
-    };
-    Ok(Some(RateLimit { per_second, burst }))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use axum::response::Response;
 use http::Request;
 use tower::{Layer as _, ServiceExt as _};
 
-use crate::Edge;
+use crate::edge::Edge;
 
 /// Serves the gRPC-Web call `req` from `peer` through `edge`'s gRPC path.
 pub async fn call(edge: Arc<Edge>, req: Request<Body>, peer: Option<SocketAddr>) -> Response {

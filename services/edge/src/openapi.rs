@@ -12,8 +12,8 @@ use crate::path_template::Segment;
 use crate::routes::{BodySpec, Route, RouteTable};
 
 /// The document of every route of the embedded contracts, as pretty JSON (`mesh openapi`).
-pub fn contracts_document() -> Result<String, crate::SetupError> {
-    let pool = crate::load_pool(&[])?;
+pub fn contracts_document() -> Result<String, crate::descriptors::SetupError> {
+    let pool = crate::descriptors::load_pool(&[])?;
     let routes = RouteTable::build(&pool, |_| true)?;
     Ok(serde_json::to_string_pretty(&document(&routes)).unwrap_or_default())
 }

@@ -1,6 +1,7 @@
-//! Per-client rate limiting with a token bucket: in process ([`RateLimiter`], each edge replica
-//! counts alone) or in Redis ([`crate::redis_limit::RedisLimiter`], one budget shared by every
-//! replica), behind one [`Limiter`].
+//! Per-client rate limiting with a token bucket: the limit ([`RateLimit`], parsed from
+//! `MESH_EDGE_RATE_LIMIT`) and the in-process buckets ([`RateLimiter`], each edge replica counts
+//! alone). The Redis buckets shared by replicas are [`crate::redis_limit`]; [`crate::limiter`]
+//! puts the two behind one type.
 //!
 //! The client ([`crate::client_key`]) is the `sub` of a verified token when there is one, else
 //! its IP address. A request over the limit gets `429` with `Retry-After` (gRPC:
@@ -11,7 +12,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::config::RateLimit;
+/// A token-bucket rate limit per client.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Bucket size (the largest burst).
+    pub burst: u32,
+}
 
 /// Buckets by client key.
 #[derive(Debug)]
@@ -70,25 +78,36 @@ impl RateLimiter {
     }
 }
 
-/// The limiter of an edge: in process, or in Redis with the in-process one as the fallback
-/// while Redis cannot be reached.
-#[derive(Debug)]
-pub enum Limiter {
-    /// Each replica counts alone.
-    Memory(RateLimiter),
-    /// Replicas share one budget per client.
-    Redis(crate::redis_limit::RedisLimiter),
-}
-
-impl Limiter {
-    /// Takes a token for the client `key`: `Ok` if it had one, else the whole seconds until it
-    /// will.
-    pub async fn check(&self, key: &str) -> Result<(), u64> {
-        match self {
-            Self::Memory(limiter) => limiter.check(key),
-            Self::Redis(limiter) => limiter.check(key).await,
-        }
+/// `off`, `100/s`, `100/s,burst=200`, `600/m`.
+pub fn parse_rate_limit(raw: &str) -> Result<Option<RateLimit>, String> {
+    let raw = raw.trim();
+    if raw.is_empty() || raw == "off" {
+        return Ok(None);
     }
+    let expected = "expected `off`, `RATE/s` or `RATE/s,burst=N` (or `/m`), e.g. `50/s,burst=100`";
+    let (rate, burst) = match raw.split_once(',') {
+        Some((rate, burst)) => (rate.trim(), Some(burst.trim())),
+        None => (raw, None),
+    };
+    let (n, unit) = rate.split_once('/').ok_or(expected)?;
+    let n: f64 = n.trim().parse().map_err(|_| expected)?;
+    let per_second = match unit.trim() {
+        "s" => n,
+        "m" => n / 60.0,
+        _ => return Err(expected.into()),
+    };
+    if !(per_second > 0.0 && per_second.is_finite()) {
+        return Err("the rate must be above zero".into());
+    }
+    let burst = match burst {
+        Some(b) => b
+            .strip_prefix("burst=")
+            .and_then(|b| b.parse::<u32>().ok())
+            .filter(|b| *b >= 1)
+            .ok_or(expected)?,
+        None => (per_second.ceil() as u32).max(1),
+    };
+    Ok(Some(RateLimit { per_second, burst }))
 }
 
 #[cfg(test)]

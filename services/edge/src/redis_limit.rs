@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use mesh_runtime::redis_guard::{GuardError, GuardOptions, GuardedRedis};
 
-use crate::config::RateLimit;
-use crate::rate_limit::RateLimiter;
+use crate::rate_limit::{RateLimit, RateLimiter};
 
 /// The bucket script: `KEYS[1]` the bucket, `ARGV[1]` tokens per ms, `ARGV[2]` burst.
 /// Returns `{allowed (0/1), wait_ms}`.

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use mesh_edge::config::{EdgeConfig, RateLimit};
+use mesh_edge::config::EdgeConfig;
+use mesh_edge::rate_limit::RateLimit;
 use serde_json::json;
 
 async fn setup(config: EdgeConfig) -> EdgeHandle {
