@@ -18,7 +18,7 @@ pub(crate) const MODULES: &[Module] = &[
         default_port: 50052,
         dependencies: &["auth"],
         constructor: mesh_user::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_user::MIGRATIONS,
     },
     Module {
         name: "product",

@@ -45,6 +45,7 @@ pub mod outbox;
 pub mod paging;
 pub(crate) mod publisher;
 pub mod readiness;
+pub mod redact;
 pub mod redis_guard;
 pub mod reflection;
 pub mod relay;

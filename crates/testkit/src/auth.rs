@@ -40,10 +40,20 @@ pub const PASSWORD: &str = "correct horse battery";
 impl TestAuth {
     /// Starts the auth service on `target` with `settings` (its bootstrap admin email set to
     /// [`ADMIN_EMAIL`]).
-    pub async fn start(target: &DatabaseTarget, mut settings: AuthSettings) -> Self {
+    pub async fn start(target: &DatabaseTarget, settings: AuthSettings) -> Self {
+        Self::start_on(target, settings, memory_bus()).await
+    }
+
+    /// Like [`TestAuth::start`], on `bus`: the services under test see auth's events
+    /// (`user.registered`, `auth.roles_changed`) and auth sees theirs (`user.updated`,
+    /// `user.deleted`).
+    pub async fn start_on(
+        target: &DatabaseTarget,
+        mut settings: AuthSettings,
+        bus: std::sync::Arc<dyn mesh_runtime::bus::EventBus>,
+    ) -> Self {
         settings.bootstrap_admin_email = Some(ADMIN_EMAIL.into());
         let db = database("auth", target, &mesh_auth::MIGRATIONS).await;
-        let bus = memory_bus();
         let shutdown = CancellationToken::new();
         let ctx = context(
             "auth",
