@@ -1,21 +1,21 @@
 //! The `user.v1.UserService` implementation.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_contracts::events::v1::UserDeleted;
 use mesh_contracts::user::v1::user_service_server::UserService;
 use mesh_contracts::user::v1::*;
 use mesh_runtime::Database;
+use mesh_runtime::domain::page_token;
 use mesh_runtime::outbox::{Event, Tx};
 use tonic::{Request, Response, Status};
 
 use crate::caller::Caller;
-use crate::error::UserError;
-use crate::profile::{Consent, Profile, now_micros};
+use crate::profile::{Consent, Profile};
 use crate::store::{self, Filter};
 use crate::{edit, validate};
+use mesh_runtime::domain::ServiceError;
+use mesh_runtime::domain::time::now_us;
 
-type Result<T> = std::result::Result<T, UserError>;
+type Result<T> = std::result::Result<T, ServiceError>;
 
 /// The user service.
 #[derive(Debug, Clone)]
@@ -52,14 +52,14 @@ impl UserApi {
         caller.may_see(id)?;
         match store::profile(c, id).await? {
             Some(p) if p.erased_at_us.is_none() => Ok(p),
-            _ => Err(UserError::NotFound(id.to_string())),
+            _ => Err(ServiceError::not_found("user", id)),
         }
     }
 
     async fn create(&self, caller: &Caller, req: CreateUserRequest) -> Result<Profile> {
         let u = req
             .user
-            .ok_or_else(|| UserError::invalid("user", "required"))?;
+            .ok_or_else(|| ServiceError::invalid("user", "required"))?;
         let id = if u.id.is_empty() {
             uuid::Uuid::now_v7().to_string()
         } else {
@@ -68,13 +68,13 @@ impl UserApi {
         let kind = match UserKind::try_from(u.kind) {
             Ok(k @ (UserKind::Customer | UserKind::Staff)) => k,
             _ => {
-                return Err(UserError::invalid(
+                return Err(ServiceError::invalid(
                     "user.kind",
                     "required: USER_KIND_CUSTOMER or USER_KIND_STAFF",
                 ));
             }
         };
-        let now = now_micros();
+        let now = now_us();
         let mut p = Profile {
             id: id.clone(),
             kind,
@@ -96,7 +96,9 @@ impl UserApi {
         edit::apply(&mut p, &u, &all, caller, now)?;
         let mut tx = self.db.begin().await?;
         if !store::insert(&mut tx, &p).await? {
-            return Err(UserError::AlreadyExists(id));
+            return Err(ServiceError::AlreadyExists(format!(
+                "user `{id}` already exists"
+            )));
         }
         emit_updated(&mut tx, &p, vec!["created".into()]).await?;
         tx.commit().await?;
@@ -106,12 +108,12 @@ impl UserApi {
     async fn update(&self, caller: &Caller, req: UpdateUserRequest) -> Result<Profile> {
         let u = req
             .user
-            .ok_or_else(|| UserError::invalid("user", "required"))?;
+            .ok_or_else(|| ServiceError::invalid("user", "required"))?;
         let id = validate::id("user.id", &u.id)?;
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let mut tx = self.db.begin().await?;
         let mut p = self.visible(&mut tx, caller, &id).await?;
-        let now = now_micros();
+        let now = now_us();
         let changed = edit::apply(&mut p, &u, &paths, caller, now)?;
         if changed.is_empty() {
             return Ok(p);
@@ -125,12 +127,11 @@ impl UserApi {
     }
 
     async fn list(&self, req: ListUsersRequest) -> Result<ListUsersResponse> {
-        let limit = mesh_runtime::paging::page_size(req.page_size, 50, 500)
-            .map_err(|reason| UserError::invalid("page_size", reason))?;
+        let limit = page_token::page_size(req.page_size, 50, 500)?;
         let kind = match UserKind::try_from(req.kind) {
             Ok(UserKind::Unspecified) => None,
             Ok(k) => Some(k),
-            Err(_) => return Err(UserError::invalid("kind", "unknown kind")),
+            Err(_) => return Err(ServiceError::invalid("kind", "unknown kind")),
         };
         let store_id = if req.store_id.is_empty() {
             None
@@ -138,27 +139,25 @@ impl UserApi {
             Some(validate::id("store_id", &req.store_id)?)
         };
         let query = validate::text("query", &req.query, 200)?.to_lowercase();
-        let before = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(decode_token(&req.page_token)?)
-        };
-        let filter = Filter {
+        let mut filter = Filter {
             kind,
             store_id,
             query: (!query.is_empty()).then_some(query),
-            before,
+            before: None,
         };
+        // The token is bound to the list and every filter.
+        let bound = (
+            "users",
+            req.kind,
+            filter.store_id.clone(),
+            filter.query.clone(),
+        );
+        filter.before = page_token::decode::<(i64, String), _>(&req.page_token, &bound)?;
         let mut c = self.db.acquire().await?;
         let mut rows = store::list(&mut c, &filter, limit + 1).await?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(usize::try_from(limit).unwrap_or(0));
-            rows.last()
-                .map(|p| URL_SAFE_NO_PAD.encode(format!("{}\n{}", p.created_at_us, p.id)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page_token::next_page(&mut rows, limit, &bound, |p| {
+            (p.created_at_us, p.id.clone())
+        });
         Ok(ListUsersResponse {
             users: rows.iter().map(Profile::to_proto).collect(),
             next_page_token,
@@ -174,11 +173,11 @@ impl UserApi {
         let mut tx = self.db.begin().await?;
         let p = store::profile(&mut tx, &id)
             .await?
-            .ok_or_else(|| UserError::NotFound(id.clone()))?;
+            .ok_or_else(|| ServiceError::not_found("user", id.clone()))?;
         if p.erased_at_us.is_some() {
             return Ok(());
         }
-        let now = now_micros();
+        let now = now_us();
         let erased = Profile {
             id: p.id.clone(),
             kind: p.kind,
@@ -210,20 +209,6 @@ impl UserApi {
     }
 }
 
-fn decode_token(token: &str) -> Result<(i64, String)> {
-    URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| {
-            let (t, id) = s.split_once('\n')?;
-            Some((t.parse().ok()?, id.to_string()))
-        })
-        .ok_or_else(|| {
-            UserError::invalid("page_token", "malformed; pass next_page_token unchanged")
-        })
-}
-
 #[tonic::async_trait]
 impl UserService for UserApi {
     async fn create_user(
@@ -243,7 +228,7 @@ impl UserService for UserApi {
     ) -> std::result::Result<Response<GetUserResponse>, Status> {
         let caller = Caller::of(&r);
         let id = validate::id("id", &r.get_ref().id)?;
-        let mut c = self.db.acquire().await.map_err(UserError::from)?;
+        let mut c = self.db.acquire().await.map_err(ServiceError::from)?;
         let p = self.visible(&mut c, &caller, &id).await?;
         Ok(Response::new(GetUserResponse {
             user: Some(p.to_proto()),

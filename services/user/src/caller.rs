@@ -3,7 +3,7 @@
 
 use mesh_runtime::auth::{Identity, Role};
 
-use crate::error::UserError;
+use mesh_runtime::domain::ServiceError;
 
 /// The caller of an RPC as the user service tells them apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,9 +45,9 @@ impl Caller {
     }
 
     /// `Ok` when the caller may see profile `id`; `NOT_FOUND` otherwise.
-    pub fn may_see(&self, id: &str) -> Result<(), UserError> {
+    pub fn may_see(&self, id: &str) -> Result<(), ServiceError> {
         match self {
-            Caller::Customer(me) if me != id => Err(UserError::NotFound(id.to_string())),
+            Caller::Customer(me) if me != id => Err(ServiceError::not_found("user", id)),
             _ => Ok(()),
         }
     }

@@ -4,9 +4,9 @@
 use mesh_contracts::user::v1::{User, UserKind};
 
 use crate::caller::Caller;
-use crate::error::UserError;
 use crate::profile::Profile;
 use crate::validate;
+use mesh_runtime::domain::ServiceError;
 
 /// Fields a customer or staff member may write on a profile they may see.
 const WRITABLE: [&str; 7] = [
@@ -38,9 +38,9 @@ pub fn apply(
     paths: &[String],
     caller: &Caller,
     now_us: i64,
-) -> Result<Vec<String>, UserError> {
+) -> Result<Vec<String>, ServiceError> {
     if paths.is_empty() {
-        return Err(UserError::invalid(
+        return Err(ServiceError::invalid(
             "update_mask",
             "required: the fields to update, or *",
         ));
@@ -57,13 +57,13 @@ pub fn apply(
             f if WRITABLE.contains(&f) => fields.push(f),
             "store_ids" => fields.push("store_ids"),
             f if READ_ONLY.contains(&f) => {
-                return Err(UserError::invalid(
+                return Err(ServiceError::invalid(
                     "update_mask",
                     format!("`{f}` cannot be changed (output only, or owned by auth)"),
                 ));
             }
             other => {
-                return Err(UserError::invalid(
+                return Err(ServiceError::invalid(
                     "update_mask",
                     format!(
                         "unknown field `{other}`; one of {}, store_ids",
@@ -121,13 +121,13 @@ pub fn apply(
             }
             "store_ids" => {
                 if !caller.is_admin() {
-                    return Err(UserError::PermissionDenied(
+                    return Err(ServiceError::PermissionDenied(
                         "only admins change store assignments".into(),
                     ));
                 }
                 let stores = validate::store_ids("user.store_ids", &new.store_ids)?;
                 if p.kind != UserKind::Staff && !stores.is_empty() {
-                    return Err(UserError::FailedPrecondition(format!(
+                    return Err(ServiceError::FailedPrecondition(format!(
                         "user `{}` is a customer; only staff work at stores",
                         p.id
                     )));

@@ -11,9 +11,10 @@ use mesh_runtime::outbox::Tx;
 use prost::Message;
 
 use crate::api::emit_updated;
-use crate::error::UserError;
-use crate::profile::{Consent, Profile, now_micros};
+use crate::profile::{Consent, Profile};
 use crate::{store, validate};
+use mesh_runtime::domain::ServiceError;
+use mesh_runtime::domain::time::now_us;
 
 fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
     M::decode(
@@ -26,9 +27,9 @@ fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
     .map_err(|e| HandlerError::permanent(format!("{} payload: {e}", event.r#type)))
 }
 
-fn failed(e: UserError) -> HandlerError {
+fn failed(e: ServiceError) -> HandlerError {
     match e {
-        UserError::Database(d) => HandlerError::retry(d),
+        ServiceError::Database(d) => HandlerError::retry(d),
         other => HandlerError::permanent(other),
     }
 }
@@ -63,7 +64,7 @@ impl EventHandler for OnRegistered {
                 return Ok(());
             }
             let id = validate::id("user_id", &e.user_id).map_err(failed)?;
-            let now = now_micros();
+            let now = now_us();
             let p = Profile {
                 id,
                 kind: kind_of_roles(&e.roles),
@@ -127,7 +128,7 @@ impl EventHandler for OnRolesChanged {
                 changed.push("store_ids".into());
             }
             p.version += 1;
-            p.updated_at_us = now_micros();
+            p.updated_at_us = now_us();
             store::update(tx, &p).await.map_err(HandlerError::retry)?;
             emit_updated(tx, &p, changed).await.map_err(failed)
         })

@@ -10,12 +10,11 @@
 //!
 //! - [`api`]: the RPCs; [`caller`]: who may see which profile; [`edit`]: update masks;
 //!   [`handlers`]: auth's events; [`profile`]: the domain type; [`store`]: SQL;
-//!   [`validate`], [`error`].
+//!   [`validate`]. Errors are the runtime's `ServiceError`.
 
 pub mod api;
 pub mod caller;
 pub mod edit;
-pub mod error;
 pub mod handlers;
 pub mod profile;
 pub mod store;

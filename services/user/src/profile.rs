@@ -2,6 +2,7 @@
 
 use mesh_contracts::events::v1::UserUpdated;
 use mesh_contracts::user::v1::{Address, MarketingConsent, User, UserKind};
+use mesh_runtime::domain::time::to_timestamp;
 
 /// Marketing consent per medium, when it last changed and where.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,21 +56,6 @@ pub struct Profile {
     pub updated_at_us: i64,
 }
 
-/// A protobuf timestamp of Unix microseconds.
-pub fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-    }
-}
-
-/// Microseconds since the Unix epoch, now.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
 impl Profile {
     /// The `user.v1.User` of this profile.
     pub fn to_proto(&self) -> User {
@@ -87,13 +73,13 @@ impl Profile {
                 email: self.consent.email,
                 sms: self.consent.sms,
                 push: self.consent.push,
-                update_time: Some(timestamp(self.consent.at_us)),
+                update_time: Some(to_timestamp(self.consent.at_us)),
                 source: self.consent.source.clone(),
             }),
             store_ids: self.store_ids.clone(),
             locale: self.locale.clone(),
-            create_time: Some(timestamp(self.created_at_us)),
-            update_time: Some(timestamp(self.updated_at_us)),
+            create_time: Some(to_timestamp(self.created_at_us)),
+            update_time: Some(to_timestamp(self.updated_at_us)),
         }
     }
 

@@ -7,8 +7,7 @@ use base64::engine::general_purpose::STANDARD;
 use mesh_contracts::common::v1::PostalAddress;
 use mesh_contracts::user::v1::{Address, UserKind};
 use prost::Message as _;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AssertSqlSafe, Row as _};
+use sqlx::{AnyConnection, AssertSqlSafe};
 
 use crate::profile::{Consent, Profile, kind_name, kind_of};
 
@@ -18,31 +17,66 @@ const COLUMNS: &str = "id, kind, display_name, given_name, family_name, email, e
     phone_number, locale, consent_email, consent_sms, consent_push, consent_source, consent_at_us, \
     version, erased_at_us, created_at_us, updated_at_us";
 
-fn profile_of(r: &AnyRow) -> Result<Profile> {
-    Ok(Profile {
-        id: r.try_get("id")?,
-        kind: kind_of(&r.try_get::<String, _>("kind")?),
-        display_name: r.try_get("display_name")?,
-        given_name: r.try_get("given_name")?,
-        family_name: r.try_get("family_name")?,
-        email: r.try_get("email")?,
-        email_verified: r.try_get::<i64, _>("email_verified")? != 0,
-        phone_number: r.try_get("phone_number")?,
-        locale: r.try_get("locale")?,
-        consent: Consent {
-            email: r.try_get::<i64, _>("consent_email")? != 0,
-            sms: r.try_get::<i64, _>("consent_sms")? != 0,
-            push: r.try_get::<i64, _>("consent_push")? != 0,
-            source: r.try_get("consent_source")?,
-            at_us: r.try_get("consent_at_us")?,
-        },
-        addresses: Vec::new(),
-        store_ids: Vec::new(),
-        version: r.try_get("version")?,
-        erased_at_us: r.try_get("erased_at_us")?,
-        created_at_us: r.try_get("created_at_us")?,
-        updated_at_us: r.try_get("updated_at_us")?,
-    })
+/// A `profiles` row as stored.
+#[derive(Debug, sqlx::FromRow)]
+struct ProfileRow {
+    id: String,
+    kind: String,
+    display_name: String,
+    given_name: String,
+    family_name: String,
+    email: String,
+    email_verified: i64,
+    phone_number: String,
+    locale: String,
+    consent_email: i64,
+    consent_sms: i64,
+    consent_push: i64,
+    consent_source: String,
+    consent_at_us: i64,
+    version: i64,
+    erased_at_us: Option<i64>,
+    created_at_us: i64,
+    updated_at_us: i64,
+}
+
+impl From<ProfileRow> for Profile {
+    fn from(r: ProfileRow) -> Self {
+        Profile {
+            id: r.id,
+            kind: kind_of(&r.kind),
+            display_name: r.display_name,
+            given_name: r.given_name,
+            family_name: r.family_name,
+            email: r.email,
+            email_verified: r.email_verified != 0,
+            phone_number: r.phone_number,
+            locale: r.locale,
+            consent: Consent {
+                email: r.consent_email != 0,
+                sms: r.consent_sms != 0,
+                push: r.consent_push != 0,
+                source: r.consent_source,
+                at_us: r.consent_at_us,
+            },
+            addresses: Vec::new(),
+            store_ids: Vec::new(),
+            version: r.version,
+            erased_at_us: r.erased_at_us,
+            created_at_us: r.created_at_us,
+            updated_at_us: r.updated_at_us,
+        }
+    }
+}
+
+/// An `addresses` row as stored.
+#[derive(Debug, sqlx::FromRow)]
+struct AddressRow {
+    user_id: String,
+    id: String,
+    label: String,
+    postal_address: String,
+    is_default: i64,
 }
 
 /// Inserts `p` with its addresses and stores; `false` (and nothing written) when its id exists.
@@ -163,26 +197,24 @@ async fn attach(c: &mut AnyConnection, profiles: &mut [Profile]) -> Result<()> {
             "SELECT user_id, id, label, postal_address, is_default FROM addresses \
              WHERE user_id IN ({marks}) ORDER BY user_id, position"
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        let mut q = sqlx::query_as::<_, AddressRow>(AssertSqlSafe(sql));
         for p in profiles.iter() {
             q = q.bind(&p.id);
         }
         q.fetch_all(&mut *c).await?
     };
-    for r in &addresses {
-        let user: String = r.try_get("user_id")?;
-        let encoded: String = r.try_get("postal_address")?;
+    for r in addresses {
         let postal = STANDARD
-            .decode(encoded)
+            .decode(r.postal_address)
             .ok()
             .and_then(|b| PostalAddress::decode(b.as_slice()).ok())
             .unwrap_or_default();
-        if let Some(p) = profiles.iter_mut().find(|p| p.id == user) {
+        if let Some(p) = profiles.iter_mut().find(|p| p.id == r.user_id) {
             p.addresses.push(Address {
-                id: r.try_get("id")?,
-                label: r.try_get("label")?,
+                id: r.id,
+                label: r.label,
                 postal_address: Some(postal),
-                is_default: r.try_get::<i64, _>("is_default")? != 0,
+                is_default: r.is_default != 0,
             });
         }
     }
@@ -190,14 +222,13 @@ async fn attach(c: &mut AnyConnection, profiles: &mut [Profile]) -> Result<()> {
         "SELECT user_id, store_id FROM store_assignments WHERE user_id IN ({marks}) \
          ORDER BY user_id, store_id"
     );
-    let mut q = sqlx::query(AssertSqlSafe(sql));
+    let mut q = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(sql));
     for p in profiles.iter() {
         q = q.bind(&p.id);
     }
-    for r in q.fetch_all(&mut *c).await? {
-        let user: String = r.try_get("user_id")?;
+    for (user, store) in q.fetch_all(&mut *c).await? {
         if let Some(p) = profiles.iter_mut().find(|p| p.id == user) {
-            p.store_ids.push(r.try_get("store_id")?);
+            p.store_ids.push(store);
         }
     }
     Ok(())
@@ -205,14 +236,14 @@ async fn attach(c: &mut AnyConnection, profiles: &mut [Profile]) -> Result<()> {
 
 /// The profile `id` (erased ones too), with its addresses and stores.
 pub async fn profile(c: &mut AnyConnection, id: &str) -> Result<Option<Profile>> {
-    let row = sqlx::query(AssertSqlSafe(format!(
+    let row = sqlx::query_as::<_, ProfileRow>(AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM profiles WHERE id = $1"
     )))
     .bind(id)
     .fetch_optional(&mut *c)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let mut one = [profile_of(&row)?];
+    let mut one = [Profile::from(row)];
     attach(c, &mut one).await?;
     let [p] = one;
     Ok(Some(p))
@@ -260,7 +291,7 @@ pub async fn list(c: &mut AnyConnection, f: &Filter, limit: i64) -> Result<Vec<P
         sql += &format!(" AND (created_at_us < {t} OR (created_at_us = {t} AND id < {i}))");
     }
     sql += &format!(" ORDER BY created_at_us DESC, id DESC LIMIT {}", next());
-    let mut q = sqlx::query(AssertSqlSafe(sql));
+    let mut q = sqlx::query_as::<_, ProfileRow>(AssertSqlSafe(sql));
     if let Some(k) = f.kind {
         q = q.bind(kind_name(k));
     }
@@ -278,7 +309,7 @@ pub async fn list(c: &mut AnyConnection, f: &Filter, limit: i64) -> Result<Vec<P
         q = q.bind(*t).bind(i.clone());
     }
     let rows = q.bind(limit).fetch_all(&mut *c).await?;
-    let mut out = rows.iter().map(profile_of).collect::<Result<Vec<_>>>()?;
+    let mut out: Vec<Profile> = rows.into_iter().map(Profile::from).collect();
     attach(c, &mut out).await?;
     Ok(out)
 }

@@ -3,51 +3,23 @@
 use mesh_contracts::common::v1::PostalAddress;
 use mesh_contracts::user::v1::Address;
 
-use crate::error::UserError;
+use mesh_runtime::domain::{ServiceError, ids};
 
-type Result<T> = std::result::Result<T, UserError>;
+type Result<T> = std::result::Result<T, ServiceError>;
 
 /// Most saved addresses per profile.
 pub const MAX_ADDRESSES: usize = 20;
 /// Most store assignments per staff member.
 pub const MAX_STORES: usize = 100;
 
-/// An id: 1..=128 characters of `A-Z a-z 0-9 - _ . : /`.
+/// An id (the kit's `KEY` format: 1..=128 characters of `A-Z a-z 0-9 - _ . : /`).
 pub fn id(field: &str, value: &str) -> Result<String> {
-    if value.is_empty() {
-        return Err(UserError::invalid(field, "required"));
-    }
-    if value.len() > 128 {
-        return Err(UserError::invalid(field, "at most 128 characters"));
-    }
-    if !value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'))
-    {
-        return Err(UserError::invalid(
-            field,
-            "only letters, digits and - _ . : / are allowed",
-        ));
-    }
-    Ok(value.to_string())
+    ids::KEY.check(field, value)
 }
 
-/// Free text of at most `max` characters without control characters, trimmed.
+/// Free text of at most `max` characters, trimmed.
 pub fn text(field: &str, value: &str, max: usize) -> Result<String> {
-    let value = value.trim();
-    if value.chars().count() > max {
-        return Err(UserError::invalid(
-            field,
-            format!("at most {max} characters"),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(UserError::invalid(
-            field,
-            "control characters are not allowed",
-        ));
-    }
-    Ok(value.to_string())
+    ids::text(field, value.trim(), max, false)
 }
 
 /// An email address (a light check: one `@`, something on both sides, a dot in the domain, no
@@ -55,7 +27,7 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<String> {
 pub fn email(field: &str, value: &str) -> Result<String> {
     let v = value.trim().to_lowercase();
     if v.is_empty() {
-        return Err(UserError::invalid(field, "required"));
+        return Err(ServiceError::invalid(field, "required"));
     }
     let ok = v.len() <= 254
         && !v.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -63,7 +35,7 @@ pub fn email(field: &str, value: &str) -> Result<String> {
             !local.is_empty() && domain.contains('.') && !domain.contains('@')
         });
     if !ok {
-        return Err(UserError::invalid(field, "not an email address"));
+        return Err(ServiceError::invalid(field, "not an email address"));
     }
     Ok(v)
 }
@@ -79,7 +51,7 @@ pub fn phone(field: &str, value: &str) -> Result<String> {
         || !digits.chars().all(|c| c.is_ascii_digit())
         || digits.starts_with('0')
     {
-        return Err(UserError::invalid(
+        return Err(ServiceError::invalid(
             field,
             "an E.164 number: + and 7 to 15 digits, e.g. +4930123456",
         ));
@@ -102,7 +74,7 @@ pub fn locale(field: &str, value: &str) -> Result<String> {
         && parts
             .all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()));
     if !ok {
-        return Err(UserError::invalid(
+        return Err(ServiceError::invalid(
             field,
             "a BCP 47 language tag, e.g. en-GB",
         ));
@@ -121,7 +93,7 @@ pub fn consent_source(field: &str, value: &str, default: &str) -> Result<String>
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
     {
-        return Err(UserError::invalid(
+        return Err(ServiceError::invalid(
             field,
             "at most 40 characters of a-z 0-9 _ -, e.g. profile",
         ));
@@ -132,22 +104,22 @@ pub fn consent_source(field: &str, value: &str, default: &str) -> Result<String>
 /// A postal address: a country (`region_code`, ISO 3166-1 alpha-2) and at least one line or a
 /// locality; lines and names of bounded length.
 pub fn postal_address(field: &str, a: Option<&PostalAddress>) -> Result<PostalAddress> {
-    let a = a.ok_or_else(|| UserError::invalid(field, "required"))?;
+    let a = a.ok_or_else(|| ServiceError::invalid(field, "required"))?;
     let region = a.region_code.trim().to_uppercase();
     if region.is_empty() {
-        return Err(UserError::invalid(
+        return Err(ServiceError::invalid(
             format!("{field}.region_code"),
             "required: the country (ISO 3166-1 alpha-2, e.g. DE)",
         ));
     }
     if region.len() != 2 || !region.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(UserError::invalid(
+        return Err(ServiceError::invalid(
             format!("{field}.region_code"),
             "an ISO 3166-1 alpha-2 country code, e.g. DE",
         ));
     }
     if a.address_lines.len() > 5 {
-        return Err(UserError::invalid(
+        return Err(ServiceError::invalid(
             format!("{field}.address_lines"),
             "at most 5 lines",
         ));
@@ -158,7 +130,7 @@ pub fn postal_address(field: &str, a: Option<&PostalAddress>) -> Result<PostalAd
     }
     let locality = text(&format!("{field}.locality"), &a.locality, 100)?;
     if lines.iter().all(String::is_empty) && locality.is_empty() {
-        return Err(UserError::invalid(
+        return Err(ServiceError::invalid(
             format!("{field}.address_lines"),
             "an address line or a locality is required",
         ));
@@ -182,13 +154,13 @@ pub fn postal_address(field: &str, a: Option<&PostalAddress>) -> Result<PostalAd
 /// default when none is), ids kept when given (unique) and made otherwise.
 pub fn addresses(field: &str, given: &[Address]) -> Result<Vec<Address>> {
     if given.len() > MAX_ADDRESSES {
-        return Err(UserError::invalid(
+        return Err(ServiceError::invalid(
             field,
             format!("at most {MAX_ADDRESSES} addresses"),
         ));
     }
     if given.iter().filter(|a| a.is_default).count() > 1 {
-        return Err(UserError::invalid(
+        return Err(ServiceError::invalid(
             field,
             "at most one address is the default",
         ));
@@ -202,7 +174,7 @@ pub fn addresses(field: &str, given: &[Address]) -> Result<Vec<Address>> {
             id(&format!("{f}.id"), &a.id)?
         };
         if out.iter().any(|o| o.id == id) {
-            return Err(UserError::invalid(format!("{f}.id"), "used twice"));
+            return Err(ServiceError::invalid(format!("{f}.id"), "used twice"));
         }
         out.push(Address {
             id,
@@ -225,7 +197,7 @@ pub fn addresses(field: &str, given: &[Address]) -> Result<Vec<Address>> {
 /// Store ids (unique, sorted).
 pub fn store_ids(field: &str, given: &[String]) -> Result<Vec<String>> {
     if given.len() > MAX_STORES {
-        return Err(UserError::invalid(
+        return Err(ServiceError::invalid(
             field,
             format!("at most {MAX_STORES} stores"),
         ));
@@ -243,9 +215,9 @@ pub fn store_ids(field: &str, given: &[String]) -> Result<Vec<String>> {
 mod tests {
     use super::*;
 
-    fn field_of(e: UserError) -> String {
+    fn field_of(e: ServiceError) -> String {
         match e {
-            UserError::InvalidArgument { field, .. } => field,
+            ServiceError::InvalidArgument { field, .. } => field,
             other => panic!("{other}"),
         }
     }
