@@ -67,7 +67,7 @@ pub(crate) const MODULES: &[Module] = &[
         default_port: 50059,
         dependencies: &["auth", "product"],
         constructor: mesh_campaign::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_campaign::MIGRATIONS,
     },
     Module {
         name: "report",

@@ -1,0 +1,341 @@
+//! The `campaign.v1.CampaignService` implementation: who may do what, and each RPC over
+//! [`crate::store`], [`crate::pricing`] and [`crate::redemption`].
+//!
+//! Staff create and end campaigns. Anyone with a token reads campaigns and prices carts;
+//! customers see campaigns without their promo codes, price only for themselves and never
+//! reserve. Reserving (order, while placing an order) is for staff and services.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mesh_contracts::campaign::v1::campaign_service_server::CampaignService;
+use mesh_contracts::campaign::v1::*;
+use mesh_contracts::events::v1::{CampaignCreated, CampaignEnded};
+use mesh_runtime::Database;
+use mesh_runtime::auth::{Identity, Role};
+use mesh_runtime::outbox::Event;
+use tonic::{Request, Response, Status};
+
+use crate::error::CampaignError;
+use crate::pricing::{self, Exclusions};
+use crate::store::{self, ListFilter};
+use crate::{redemption, time, validate};
+
+type Result<T> = std::result::Result<T, CampaignError>;
+
+/// Default page size of ListCampaigns.
+pub const DEFAULT_PAGE: i64 = 50;
+/// Largest page size of ListCampaigns.
+pub const MAX_PAGE: i64 = 500;
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+struct Caller {
+    subject: String,
+    privileged: bool,
+}
+
+impl Caller {
+    fn of<T>(request: &Request<T>) -> Result<Self> {
+        let id = Identity::of(request).ok_or_else(|| {
+            CampaignError::denied("authorization", "no caller identity on the request")
+        })?;
+        Ok(Self {
+            subject: id.subject.clone(),
+            privileged: id.has_any(&[Role::Staff, Role::Service]),
+        })
+    }
+
+    /// The campaign as this caller may see it: customers do not see promo codes.
+    fn view(&self, mut c: Campaign) -> Campaign {
+        if !self.privileged {
+            c.promo_codes.clear();
+        }
+        c
+    }
+}
+
+/// The campaign service.
+#[derive(Debug, Clone)]
+pub struct CampaignApi {
+    db: Database,
+    hold_ttl: Duration,
+}
+
+impl CampaignApi {
+    /// The service over `db`; holds live `hold_ttl`.
+    pub fn new(db: Database, hold_ttl: Duration) -> Self {
+        Self { db, hold_ttl }
+    }
+
+    async fn create(&self, req: CreateCampaignRequest) -> Result<Campaign> {
+        let spec = validate::campaign(req.campaign.as_ref())?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = time::now_us();
+        let mut tx = self.db.begin().await?;
+        let row = store::insert(&mut tx, &id, &spec, now).await?;
+        let campaign = row.to_proto(now);
+        tx.emit(Event::new(
+            "campaign.created",
+            &id,
+            "CampaignCreated",
+            &CampaignCreated {
+                campaign: Some(campaign.clone()),
+            },
+        ))
+        .await?;
+        tx.commit().await?;
+        Ok(campaign)
+    }
+
+    async fn get(&self, id: &str) -> Result<Campaign> {
+        let id = validate::id("id", id)?;
+        let mut conn = self.db.acquire().await?;
+        let row = store::get(&mut conn, &id)
+            .await?
+            .ok_or(CampaignError::NotFound(id))?;
+        Ok(row.to_proto(time::now_us()))
+    }
+
+    async fn list(&self, req: ListCampaignsRequest) -> Result<ListCampaignsResponse> {
+        let limit = mesh_runtime::paging::page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE)
+            .map_err(|reason| CampaignError::invalid("page_size", reason))?;
+        let state = match CampaignState::try_from(req.state) {
+            Ok(CampaignState::Unspecified) => None,
+            Ok(s) => Some(s),
+            Err(_) => return Err(CampaignError::invalid("state", "not a CampaignState value")),
+        };
+        let before = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(decode_token(&req.page_token, req.state)?)
+        };
+        let now = time::now_us();
+        let filter = ListFilter {
+            state,
+            before,
+            now_us: now,
+        };
+        let mut conn = self.db.acquire().await?;
+        let mut rows = store::list(&mut conn, &filter, limit + 1).await?;
+        let next_page_token = if rows.len() as i64 > limit {
+            rows.truncate(usize::try_from(limit).unwrap_or(0));
+            rows.last()
+                .map(|r| encode_token(r.created_us, &r.id, req.state))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(ListCampaignsResponse {
+            campaigns: rows.iter().map(|r| r.to_proto(now)).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn end(&self, req: EndCampaignRequest) -> Result<Campaign> {
+        let id = validate::id("id", &req.id)?;
+        if req.reason.chars().count() > 500 {
+            return Err(CampaignError::invalid("reason", "at most 500 characters"));
+        }
+        let now = time::now_us();
+        let mut tx = self.db.begin().await?;
+        let Some(row) = store::end(&mut tx, &id, now).await? else {
+            drop(tx);
+            // Already ended (or past its window), or unknown.
+            return self.get(&id).await;
+        };
+        tx.emit(Event::new(
+            "campaign.ended",
+            &id,
+            "CampaignEnded",
+            &CampaignEnded {
+                campaign_id: id.clone(),
+                reason: req.reason.trim().to_string(),
+                redemption_count: row.redemption_count,
+            },
+        ))
+        .await?;
+        tx.commit().await?;
+        Ok(row.to_proto(now))
+    }
+
+    async fn price(&self, caller: &Caller, req: PriceCartRequest) -> Result<PriceCartResponse> {
+        let now = time::now_us();
+        let mut cart = validate::cart(&req, now)?;
+        let customer = req.customer_id.trim().to_string();
+        let customer = if caller.privileged {
+            customer
+        } else if customer.is_empty() || customer == caller.subject {
+            caller.subject.clone()
+        } else {
+            return Err(CampaignError::denied(
+                "customer_id",
+                "a customer prices carts only for themselves",
+            ));
+        };
+        cart.has_customer = !customer.is_empty();
+        let order_id = req.order_id.trim().to_string();
+        if req.reserve {
+            if !caller.privileged {
+                return Err(CampaignError::denied(
+                    "reserve",
+                    "only staff and services reserve redemptions",
+                ));
+            }
+            if order_id.is_empty() {
+                return Err(CampaignError::invalid("order_id", "required with reserve"));
+            }
+        }
+        let codes: Vec<String> = cart
+            .codes
+            .iter()
+            .filter_map(|c| c.normalized.clone().ok())
+            .collect();
+        let mut excluded = Exclusions::new();
+        {
+            let mut conn = self.db.acquire().await?;
+            let missing: Vec<String> = cart
+                .lines
+                .iter()
+                .filter(|l| l.category_id.is_empty())
+                .map(|l| l.product_id.clone())
+                .collect();
+            let known = store::categories(&mut conn, &missing).await?;
+            for l in &mut cart.lines {
+                if l.category_id.is_empty() {
+                    l.category_id = known.get(&l.product_id).cloned().unwrap_or_default();
+                }
+            }
+        }
+        // Each refused hold excludes one campaign and prices again: at most one round per
+        // candidate, plus the last.
+        loop {
+            let candidates = {
+                let mut conn = self.db.acquire().await?;
+                let mut candidates =
+                    store::candidates(&mut conn, cart.at_us, &codes, &customer).await?;
+                if req.reserve {
+                    // What this order holds already does not count against it (a retry).
+                    let held = redemption::held_by_order(&mut conn, &order_id).await?;
+                    for c in &mut candidates {
+                        if let Some((_, discount)) = held.iter().find(|(id, _)| *id == c.id) {
+                            c.redemption_count -= 1;
+                            c.customer_count = (c.customer_count - 1).max(0);
+                            c.budget_used -= discount;
+                        }
+                    }
+                }
+                candidates
+            };
+            let priced = pricing::price(&cart, &candidates, &excluded);
+            if !req.reserve || priced.applied.is_empty() {
+                return Ok(priced.response);
+            }
+            let expires =
+                now.saturating_add(i64::try_from(self.hold_ttl.as_micros()).unwrap_or(i64::MAX));
+            let mut tx = self.db.begin().await?;
+            let mut refused = None;
+            for a in &priced.applied {
+                if let Some(why) =
+                    redemption::hold(&mut tx, a, &order_id, &customer, now, expires).await?
+                {
+                    refused = Some((a.campaign_id.clone(), why));
+                    break;
+                }
+            }
+            match refused {
+                None => {
+                    tx.commit().await?;
+                    return Ok(priced.response);
+                }
+                Some((id, why)) => {
+                    drop(tx);
+                    if excluded.insert(id, why).is_some() || excluded.len() > candidates.len() {
+                        return Err(CampaignError::Corrupt(
+                            "a refused hold was refused twice".into(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn encode_token(created_us: i64, id: &str, state: i32) -> String {
+    URL_SAFE_NO_PAD.encode(format!("v1\n{state}\n{created_us}\n{id}"))
+}
+
+fn decode_token(token: &str, state: i32) -> Result<(i64, String)> {
+    let bad = || CampaignError::invalid("page_token", "malformed; pass next_page_token unchanged");
+    let s = URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(bad)?;
+    let mut parts = s.splitn(4, '\n');
+    let (Some("v1"), Some(st), Some(at), Some(id)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    if st != state.to_string() {
+        return Err(CampaignError::invalid(
+            "page_token",
+            "belongs to a listing with another state filter",
+        ));
+    }
+    Ok((at.parse().map_err(|_| bad())?, id.to_string()))
+}
+
+#[tonic::async_trait]
+impl CampaignService for CampaignApi {
+    async fn create_campaign(
+        &self,
+        r: Request<CreateCampaignRequest>,
+    ) -> std::result::Result<Response<CreateCampaignResponse>, Status> {
+        let campaign = self.create(r.into_inner()).await?;
+        Ok(Response::new(CreateCampaignResponse {
+            campaign: Some(campaign),
+        }))
+    }
+
+    async fn get_campaign(
+        &self,
+        r: Request<GetCampaignRequest>,
+    ) -> std::result::Result<Response<GetCampaignResponse>, Status> {
+        let caller = Caller::of(&r)?;
+        let campaign = caller.view(self.get(&r.get_ref().id).await?);
+        Ok(Response::new(GetCampaignResponse {
+            campaign: Some(campaign),
+        }))
+    }
+
+    async fn list_campaigns(
+        &self,
+        r: Request<ListCampaignsRequest>,
+    ) -> std::result::Result<Response<ListCampaignsResponse>, Status> {
+        let caller = Caller::of(&r)?;
+        let mut page = self.list(r.into_inner()).await?;
+        page.campaigns = page.campaigns.into_iter().map(|c| caller.view(c)).collect();
+        Ok(Response::new(page))
+    }
+
+    async fn end_campaign(
+        &self,
+        r: Request<EndCampaignRequest>,
+    ) -> std::result::Result<Response<EndCampaignResponse>, Status> {
+        let campaign = self.end(r.into_inner()).await?;
+        Ok(Response::new(EndCampaignResponse {
+            campaign: Some(campaign),
+        }))
+    }
+
+    async fn price_cart(
+        &self,
+        r: Request<PriceCartRequest>,
+    ) -> std::result::Result<Response<PriceCartResponse>, Status> {
+        let caller = Caller::of(&r)?;
+        Ok(Response::new(self.price(&caller, r.into_inner()).await?))
+    }
+}

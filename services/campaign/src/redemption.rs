@@ -1,0 +1,342 @@
+//! Redemptions, counted exactly once per campaign and order: a PriceCart with `reserve` holds
+//! one for every applied campaign (HELD, with an expiry), `order.created` makes the holds of the
+//! campaigns the order kept RESERVED, `order.confirmed` CONSUMES them and `order.cancelled`
+//! RELEASES them; a hold no `order.created` followed is released when it expires.
+//!
+//! The counters live on the campaign row (`redemption_count`, `budget_used_minor`) and in
+//! `customer_redemptions`; a hold takes them with conditional updates (`... WHERE
+//! redemption_count < max_redemptions`), so concurrent holds serialize on the campaign's row
+//! and a limit of N lets exactly N through. Every transition is conditional on the status it
+//! leaves, so a redelivered event or a repeated call changes nothing.
+
+use mesh_contracts::campaign::v1::RejectionReason;
+use sqlx::{AnyConnection, Row as _};
+
+use crate::error::CampaignError;
+use crate::pricing::Applied;
+
+type Result<T> = std::result::Result<T, CampaignError>;
+
+/// Held by PriceCart, waiting for `order.created`.
+pub const HELD: &str = "HELD";
+/// The order exists.
+pub const RESERVED: &str = "RESERVED";
+/// The order is confirmed.
+pub const CONSUMED: &str = "CONSUMED";
+/// Given back (cancelled order, expired hold).
+pub const RELEASED: &str = "RELEASED";
+
+/// Takes one redemption of the campaign's counters (total, budget, this customer).
+async fn take(
+    conn: &mut AnyConnection,
+    campaign_id: &str,
+    customer_id: &str,
+    discount: i64,
+    enforce: bool,
+) -> Result<Option<(RejectionReason, String)>> {
+    let limit = if enforce {
+        " AND (max_redemptions = 0 OR redemption_count < max_redemptions) \
+          AND (budget_minor = 0 OR budget_used_minor + $2 <= budget_minor)"
+    } else {
+        " AND $2 = $2"
+    };
+    let done = sqlx::query(dyn_sql!(
+        "UPDATE campaigns SET redemption_count = redemption_count + 1, \
+         budget_used_minor = budget_used_minor + CASE WHEN budget_minor > 0 THEN $2 ELSE 0 END \
+         WHERE id = $1{limit}"
+    ))
+    .bind(campaign_id)
+    .bind(discount)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if done == 0 {
+        let r = sqlx::query(
+            "SELECT max_redemptions, redemption_count, budget_minor, budget_used_minor FROM campaigns WHERE id = $1",
+        )
+        .bind(campaign_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let (max, count): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+        let (budget, used): (i64, i64) = (r.try_get(2)?, r.try_get(3)?);
+        return Ok(Some(if max > 0 && count >= max {
+            (
+                RejectionReason::LimitReached,
+                format!("all {max} redemptions are used"),
+            )
+        } else {
+            (
+                RejectionReason::BudgetExhausted,
+                format!(
+                    "{} of its budget of {budget} is left, the discount would be {discount}",
+                    (budget - used).max(0)
+                ),
+            )
+        }));
+    }
+    if customer_id.is_empty() {
+        return Ok(None);
+    }
+    let per_customer = if enforce {
+        "WHERE (SELECT max_per_customer FROM campaigns WHERE id = $1) = 0 \
+         OR customer_redemptions.used < (SELECT max_per_customer FROM campaigns WHERE id = $1)"
+    } else {
+        ""
+    };
+    let done = sqlx::query(dyn_sql!(
+        "INSERT INTO customer_redemptions (campaign_id, customer_id, used) VALUES ($1, $2, 1) \
+         ON CONFLICT (campaign_id, customer_id) DO UPDATE SET used = customer_redemptions.used + 1 {per_customer}"
+    ))
+    .bind(campaign_id)
+    .bind(customer_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if done == 0 {
+        return Ok(Some((
+            RejectionReason::CustomerLimitReached,
+            "this customer used the campaign as often as it allows".into(),
+        )));
+    }
+    Ok(None)
+}
+
+/// Gives one redemption back to the campaign's counters.
+async fn give_back(
+    conn: &mut AnyConnection,
+    campaign_id: &str,
+    customer_id: &str,
+    discount: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE campaigns SET redemption_count = redemption_count - 1, \
+         budget_used_minor = budget_used_minor - CASE WHEN budget_minor > 0 THEN $2 ELSE 0 END \
+         WHERE id = $1 AND redemption_count > 0",
+    )
+    .bind(campaign_id)
+    .bind(discount)
+    .execute(&mut *conn)
+    .await?;
+    if !customer_id.is_empty() {
+        sqlx::query(
+            "UPDATE customer_redemptions SET used = used - 1 WHERE campaign_id = $1 AND customer_id = $2 AND used > 0",
+        )
+        .bind(campaign_id)
+        .bind(customer_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Holds a redemption of `applied` for `order_id` until `expires_us`. Already held (a repeated
+/// call for the order): nothing more. `Some(reason)` when the limit, budget or the customer's
+/// limit is used up; the caller then rolls its transaction back (nothing of this hold stays).
+pub async fn hold(
+    conn: &mut AnyConnection,
+    applied: &Applied,
+    order_id: &str,
+    customer_id: &str,
+    now_us: i64,
+    expires_us: i64,
+) -> Result<Option<(RejectionReason, String)>> {
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM redemptions WHERE campaign_id = $1 AND order_id = $2",
+    )
+    .bind(&applied.campaign_id)
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if status.as_deref().is_some_and(|s| s != RELEASED) {
+        return Ok(None);
+    }
+    if let Some(refused) = take(
+        conn,
+        &applied.campaign_id,
+        customer_id,
+        applied.discount,
+        true,
+    )
+    .await?
+    {
+        return Ok(Some(refused));
+    }
+    sqlx::query(
+        "INSERT INTO redemptions (campaign_id, order_id, customer_id, status, discount_minor, expires_us, created_us, updated_us) \
+         VALUES ($1, $2, $3, 'HELD', $4, $5, $6, $6) \
+         ON CONFLICT (campaign_id, order_id) DO UPDATE SET status = 'HELD', customer_id = excluded.customer_id, \
+         discount_minor = excluded.discount_minor, expires_us = excluded.expires_us, updated_us = excluded.updated_us",
+    )
+    .bind(&applied.campaign_id)
+    .bind(order_id)
+    .bind(customer_id)
+    .bind(applied.discount)
+    .bind(expires_us)
+    .bind(now_us)
+    .execute(&mut *conn)
+    .await?;
+    Ok(None)
+}
+
+/// Releases the redemption of (`campaign_id`, `order_id`) if it is in one of `from`; whether it
+/// was.
+async fn release(
+    conn: &mut AnyConnection,
+    campaign_id: &str,
+    order_id: &str,
+    from: &str,
+    now_us: i64,
+) -> Result<bool> {
+    let row = sqlx::query(dyn_sql!(
+        "UPDATE redemptions SET status = 'RELEASED', expires_us = 0, updated_us = $3 \
+         WHERE campaign_id = $1 AND order_id = $2 AND status IN ({from}) RETURNING customer_id, discount_minor"
+    ))
+    .bind(campaign_id)
+    .bind(order_id)
+    .bind(now_us)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let (customer, discount): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+    give_back(conn, campaign_id, &customer, discount).await?;
+    Ok(true)
+}
+
+async fn of_order(conn: &mut AnyConnection, order_id: &str) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as::<_, (String, String)>(
+        "SELECT campaign_id, status FROM redemptions WHERE order_id = $1 ORDER BY campaign_id",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// `order.created`: the holds of the campaigns the order kept become RESERVED (a hold that
+/// expired before the event arrived is counted again: the order has its discount); holds of
+/// campaigns it did not keep are released.
+pub async fn order_created(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    kept: &[String],
+    now_us: i64,
+) -> Result<()> {
+    for (campaign, status) in of_order(conn, order_id).await? {
+        let keep = kept.contains(&campaign);
+        match status.as_str() {
+            HELD if keep => {
+                sqlx::query(
+                    "UPDATE redemptions SET status = 'RESERVED', expires_us = 0, updated_us = $3 \
+                     WHERE campaign_id = $1 AND order_id = $2 AND status = 'HELD'",
+                )
+                .bind(&campaign)
+                .bind(order_id)
+                .bind(now_us)
+                .execute(&mut *conn)
+                .await?;
+            }
+            HELD => {
+                release(conn, &campaign, order_id, "'HELD'", now_us).await?;
+            }
+            RELEASED if keep => {
+                let row = sqlx::query(
+                    "UPDATE redemptions SET status = 'RESERVED', updated_us = $3 \
+                     WHERE campaign_id = $1 AND order_id = $2 AND status = 'RELEASED' RETURNING customer_id, discount_minor",
+                )
+                .bind(&campaign)
+                .bind(order_id)
+                .bind(now_us)
+                .fetch_one(&mut *conn)
+                .await?;
+                let (customer, discount): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+                tracing::warn!(order = order_id, campaign = %campaign, "a hold expired before order.created arrived; counted again, past the limit if it is full");
+                take(conn, &campaign, &customer, discount, false).await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `order.confirmed`: the order's redemptions are CONSUMED.
+pub async fn order_confirmed(conn: &mut AnyConnection, order_id: &str, now_us: i64) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE redemptions SET status = 'CONSUMED', expires_us = 0, updated_us = $2 \
+         WHERE order_id = $1 AND status IN ('HELD', 'RESERVED')",
+    )
+    .bind(order_id)
+    .bind(now_us)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+/// `order.cancelled`: the order's redemptions are RELEASED and counted back.
+pub async fn order_cancelled(conn: &mut AnyConnection, order_id: &str, now_us: i64) -> Result<()> {
+    for (campaign, status) in of_order(conn, order_id).await? {
+        if status != RELEASED {
+            release(
+                conn,
+                &campaign,
+                order_id,
+                "'HELD', 'RESERVED', 'CONSUMED'",
+                now_us,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Holds past their expiry (at most `limit`).
+pub async fn expired(
+    conn: &mut AnyConnection,
+    now_us: i64,
+    limit: i64,
+) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as::<_, (String, String)>(
+        "SELECT campaign_id, order_id FROM redemptions WHERE status = 'HELD' AND expires_us <= $1 \
+         ORDER BY expires_us LIMIT $2",
+    )
+    .bind(now_us)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Releases one expired hold (if it is still HELD); whether it was.
+pub async fn expire(
+    conn: &mut AnyConnection,
+    campaign_id: &str,
+    order_id: &str,
+    now_us: i64,
+) -> Result<bool> {
+    release(conn, campaign_id, order_id, "'HELD'", now_us).await
+}
+
+/// The status of a redemption (tests, audits).
+pub async fn status(
+    conn: &mut AnyConnection,
+    campaign_id: &str,
+    order_id: &str,
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT status FROM redemptions WHERE campaign_id = $1 AND order_id = $2",
+    )
+    .bind(campaign_id)
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// The redemptions `order_id` holds (HELD, RESERVED or CONSUMED) with their discounts: a
+/// repeated PriceCart for the order must not count them against it.
+pub async fn held_by_order(conn: &mut AnyConnection, order_id: &str) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as::<_, (String, i64)>(
+        "SELECT campaign_id, discount_minor FROM redemptions WHERE order_id = $1 AND status <> 'RELEASED'",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *conn)
+    .await?)
+}
