@@ -34,9 +34,8 @@ pub fn in_scope(rule: &DiscountRule, line: &Line) -> bool {
     if scope.product_ids.is_empty() && scope.category_ids.is_empty() {
         return true;
     }
-    scope.product_ids.iter().any(|p| *p == line.product_id)
-        || (!line.category_id.is_empty()
-            && scope.category_ids.iter().any(|c| *c == line.category_id))
+    scope.product_ids.contains(&line.product_id)
+        || (!line.category_id.is_empty() && scope.category_ids.contains(&line.category_id))
 }
 
 /// Splits `amount` over the lines `idx` in proportion to `weights` (same length), never more

@@ -196,13 +196,13 @@ pub fn campaign(c: Option<&Campaign>) -> Result<Campaign> {
         .as_ref()
         .ok_or_else(|| CampaignError::invalid("campaign.start_time", "required"))?;
     let start_us = time::micros("campaign.start_time", start)?;
-    if let Some(end) = c.end_time.as_ref() {
-        if time::micros("campaign.end_time", end)? <= start_us {
-            return Err(CampaignError::invalid(
-                "campaign.end_time",
-                "must be after start_time",
-            ));
-        }
+    if let Some(end) = c.end_time.as_ref()
+        && time::micros("campaign.end_time", end)? <= start_us
+    {
+        return Err(CampaignError::invalid(
+            "campaign.end_time",
+            "must be after start_time",
+        ));
     }
     if c.promo_codes.len() > MAX_CODES {
         return Err(CampaignError::invalid(
