@@ -1,11 +1,10 @@
 //! The `shop.v1.ShopService` implementation.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use mesh_contracts::events::v1::{MachineRegistered, MachineStatusChanged};
 use mesh_contracts::shop::v1::shop_service_server::ShopService;
 use mesh_contracts::shop::v1::*;
 use mesh_runtime::Database;
+use mesh_runtime::domain::{page_token, time};
 use mesh_runtime::outbox::Event;
 use tonic::{Request, Response, Status};
 
@@ -15,11 +14,10 @@ use crate::validate;
 
 type Result<T> = std::result::Result<T, ShopError>;
 
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
+/// Microseconds of a stored (hence valid) time; 0 when absent.
+fn stored_us(t: Option<&prost_types::Timestamp>) -> i64 {
+    t.and_then(|t| time::from_timestamp("", t).ok())
+        .unwrap_or(0)
 }
 
 /// The shop service.
@@ -67,13 +65,15 @@ impl ShopApi {
             ..Default::default()
         };
         let mut tx = self.db.begin().await?;
-        if !store::insert_store(&mut tx, &store, now_secs()).await? {
-            return Err(ShopError::AlreadyExists(format!("store `{id}`")));
+        if !store::insert_store(&mut tx, &store, time::now_us()).await? {
+            return Err(ShopError::AlreadyExists(format!(
+                "store `{id}` already exists"
+            )));
         }
         tx.commit().await?;
         store::store(self.db.pool(), &id)
             .await?
-            .ok_or_else(|| ShopError::NotFound(format!("store `{id}`")))
+            .ok_or_else(|| ShopError::not_found("store", &id))
     }
 
     async fn register_machine(&self, req: RegisterMachineRequest) -> Result<Machine> {
@@ -119,10 +119,12 @@ impl ShopApi {
         };
         let mut tx = self.db.begin().await?;
         if !store::store_exists(&mut tx, &store_id).await? {
-            return Err(ShopError::NotFound(format!("store `stores/{store_id}`")));
+            return Err(ShopError::not_found("store", format!("stores/{store_id}")));
         }
-        if !store::insert_machine(&mut tx, &machine, now_secs()).await? {
-            return Err(ShopError::AlreadyExists(format!("machine `{machine_id}`")));
+        if !store::insert_machine(&mut tx, &machine, time::now_us()).await? {
+            return Err(ShopError::AlreadyExists(format!(
+                "machine `{machine_id}` already exists"
+            )));
         }
         tx.emit(Event::new(
             "machine.registered",
@@ -139,7 +141,7 @@ impl ShopApi {
         .await?;
         let stored = store::machine_for_update(&mut tx, &machine_id)
             .await?
-            .ok_or_else(|| ShopError::NotFound(format!("machine `{machine_id}`")))?;
+            .ok_or_else(|| ShopError::not_found("machine", &machine_id))?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -148,34 +150,33 @@ impl ShopApi {
         let (store_id, machine_id) = validate::machine_name("name", &req.name)?;
         match store::machine(self.db.pool(), &machine_id).await? {
             Some(m) if store_id.as_ref().is_none_or(|s| *s == m.store_id) => Ok(m),
-            _ => Err(ShopError::NotFound(format!("machine `{}`", req.name))),
+            _ => Err(ShopError::not_found("machine", &req.name)),
         }
     }
 
     async fn list_machines(&self, req: ListMachinesRequest) -> Result<ListMachinesResponse> {
         let store_id = validate::list_parent("parent", &req.parent)?;
-        let limit = validate::page_size(req.page_size, 50, 500)?;
+        let limit = page_token::page_size(req.page_size, 50, 500)?;
         let connectivity = match Connectivity::try_from(req.connectivity) {
             Ok(Connectivity::Unspecified) => None,
             Ok(c) => Some(c),
             Err(_) => return Err(ShopError::invalid("connectivity", "unknown value")),
         };
+        let query = (
+            "machines",
+            store_id.clone(),
+            req.connectivity,
+            req.only_faulted,
+        );
         let filter = MachineFilter {
             store_id,
             connectivity,
             only_faulted: req.only_faulted,
-            after: validate::decode_token(&req.page_token)?,
+            after: page_token::decode(&req.page_token, &query)?,
         };
         let mut machines = store::machines(self.db.pool(), &filter, limit + 1).await?;
-        let next_page_token = if machines.len() as i64 > limit {
-            machines.truncate(limit as usize);
-            machines
-                .last()
-                .map(|m| validate::encode_token(&m.machine_id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            page_token::next_page(&mut machines, limit, &query, |m| m.machine_id.clone());
         Ok(ListMachinesResponse {
             machines,
             next_page_token,
@@ -183,9 +184,10 @@ impl ShopApi {
     }
 
     async fn list_stores(&self, req: ListStoresRequest) -> Result<ListStoresResponse> {
-        let limit = validate::page_size(req.page_size, 50, 500)?;
+        let limit = page_token::page_size(req.page_size, 50, 500)?;
         let region = validate::region_code("region_code", &req.region_code)?;
-        let after = validate::decode_token(&req.page_token)?;
+        let query = ("stores", &region);
+        let after: Option<String> = page_token::decode(&req.page_token, &query)?;
         let mut stores = store::stores(
             self.db.pool(),
             (!region.is_empty()).then_some(region.as_str()),
@@ -193,15 +195,8 @@ impl ShopApi {
             limit + 1,
         )
         .await?;
-        let next_page_token = if stores.len() as i64 > limit {
-            stores.truncate(limit as usize);
-            stores
-                .last()
-                .map(|s| validate::encode_token(&s.store_id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            page_token::next_page(&mut stores, limit, &query, |s| s.store_id.clone());
         Ok(ListStoresResponse {
             stores,
             next_page_token,
@@ -220,12 +215,15 @@ impl ShopApi {
             .ok()
             .filter(|c| *c != Connectivity::Unspecified)
             .ok_or_else(|| ShopError::invalid("status.connectivity", "required"))?;
-        let update_us = status
-            .update_time
-            .as_ref()
-            .map(store::micros)
-            .filter(|us| *us > 0)
-            .ok_or_else(|| ShopError::invalid("status.update_time", "required"))?;
+        let update_us =
+            time::from_optional_timestamp("status.update_time", status.update_time.as_ref())?
+                .filter(|us| *us > 0)
+                .ok_or_else(|| ShopError::invalid("status.update_time", "required"))?;
+        let mut heartbeat_us = time::from_optional_timestamp(
+            "status.last_heartbeat_time",
+            status.last_heartbeat_time.as_ref(),
+        )?
+        .unwrap_or(0);
         if !status.temperature_celsius.is_finite() {
             return Err(ShopError::invalid(
                 "status.temperature_celsius",
@@ -242,23 +240,27 @@ impl ShopApi {
         };
         let mut tx = self.db.begin().await?;
         let Some(machine) = store::machine_for_update(&mut tx, &machine_id).await? else {
-            return Err(ShopError::NotFound(format!("machine `{machine_id}`")));
+            return Err(ShopError::not_found("machine", &machine_id));
         };
         let previous = machine.status.unwrap_or_default();
-        let previous_us = previous
-            .update_time
-            .as_ref()
-            .map(store::micros)
-            .unwrap_or(0);
-        if update_us <= previous_us {
+        if update_us <= stored_us(previous.update_time.as_ref()) {
             return Ok(false);
         }
         // A heartbeat time never moves backwards.
-        let beat = |s: &MachineStatus| s.last_heartbeat_time.as_ref().map(store::micros);
-        if beat(&previous).unwrap_or(0) > beat(&status).unwrap_or(0) {
+        let previous_beat = stored_us(previous.last_heartbeat_time.as_ref());
+        if previous_beat > heartbeat_us {
             status.last_heartbeat_time = previous.last_heartbeat_time;
+            heartbeat_us = previous_beat;
         }
-        store::write_status(&mut tx, &machine_id, &status, &firmware, update_us).await?;
+        store::write_status(
+            &mut tx,
+            &machine_id,
+            &status,
+            &firmware,
+            heartbeat_us,
+            update_us,
+        )
+        .await?;
         let changed =
             previous.connectivity != status.connectivity || previous.faults != status.faults;
         if changed {
@@ -311,7 +313,7 @@ impl ShopService for ShopApi {
         let id = validate::store_name("name", &r.get_ref().name)?;
         let store = store::store(self.db.pool(), &id)
             .await?
-            .ok_or_else(|| ShopError::NotFound(format!("store `stores/{id}`")))?;
+            .ok_or_else(|| ShopError::not_found("store", format!("stores/{id}")))?;
         Ok(Response::new(GetStoreResponse { store: Some(store) }))
     }
 

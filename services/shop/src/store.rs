@@ -1,9 +1,9 @@
 //! The shop's SQL (portable: Postgres and SQLite): stores, machines and machine status.
 
 use mesh_contracts::shop::v1::{Connectivity, Location, Machine, MachineStatus, Store};
+use mesh_runtime::domain::time;
 use mesh_runtime::outbox::Tx;
-use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row as _};
+use sqlx::AnyPool;
 
 use crate::error::ShopError;
 
@@ -11,29 +11,10 @@ type Result<T> = std::result::Result<T, ShopError>;
 
 const MACHINE_COLUMNS: &str = "machine_id, store_id, model, slot_count, latitude, longitude, \
     location_description, firmware_version, connectivity, last_heartbeat_us, faults, \
-    temperature_celsius, door_open, session_id, status_updated_us, created_at, updated_at";
+    temperature_celsius, door_open, session_id, status_updated_us, created_us, updated_us";
 
-fn ts_secs(unix: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: unix,
-        nanos: 0,
-    }
-}
-
-/// A timestamp from Unix microseconds; `None` for 0 (never).
-pub fn ts_micros(us: i64) -> Option<prost_types::Timestamp> {
-    (us > 0).then(|| prost_types::Timestamp {
-        seconds: us.div_euclid(1_000_000),
-        nanos: (us.rem_euclid(1_000_000) * 1000) as i32,
-    })
-}
-
-/// Unix microseconds of a timestamp.
-pub fn micros(ts: &prost_types::Timestamp) -> i64 {
-    ts.seconds
-        .saturating_mul(1_000_000)
-        .saturating_add(i64::from(ts.nanos) / 1000)
-}
+const STORE_COLUMNS: &str = "store_id, display_name, address_lines, locality, region_code, \
+    time_zone, created_us, updated_us";
 
 /// The stored name of a connectivity.
 pub fn connectivity_name(c: Connectivity) -> &'static str {
@@ -65,63 +46,99 @@ fn split_faults(s: &str) -> Vec<String> {
     }
 }
 
-fn store_of(row: &AnyRow) -> std::result::Result<Store, sqlx::Error> {
-    let id: String = row.try_get("store_id")?;
-    let lines: String = row.try_get("address_lines")?;
-    Ok(Store {
-        name: format!("stores/{id}"),
-        store_id: id,
-        display_name: row.try_get("display_name")?,
-        address_lines: if lines.is_empty() {
-            Vec::new()
-        } else {
-            lines.split('\n').map(String::from).collect()
-        },
-        locality: row.try_get("locality")?,
-        region_code: row.try_get("region_code")?,
-        time_zone: row.try_get("time_zone")?,
-        create_time: Some(ts_secs(row.try_get("created_at")?)),
-        update_time: Some(ts_secs(row.try_get("updated_at")?)),
-    })
+/// A `stores` row.
+#[derive(sqlx::FromRow)]
+struct StoreRow {
+    store_id: String,
+    display_name: String,
+    address_lines: String,
+    locality: String,
+    region_code: String,
+    time_zone: String,
+    created_us: i64,
+    updated_us: i64,
 }
 
-fn machine_of(row: &AnyRow) -> std::result::Result<Machine, sqlx::Error> {
-    let id: String = row.try_get("machine_id")?;
-    let store: String = row.try_get("store_id")?;
-    let connectivity: String = row.try_get("connectivity")?;
-    let faults: String = row.try_get("faults")?;
-    let door: i64 = row.try_get("door_open")?;
-    let slot_count: i64 = row.try_get("slot_count")?;
-    Ok(Machine {
-        name: format!("stores/{store}/machines/{id}"),
-        machine_id: id,
-        store_id: store,
-        model: row.try_get("model")?,
-        slot_count: slot_count as i32,
-        location: Some(Location {
-            latitude: row.try_get("latitude")?,
-            longitude: row.try_get("longitude")?,
-            description: row.try_get("location_description")?,
-        }),
-        firmware_version: row.try_get("firmware_version")?,
-        status: Some(MachineStatus {
-            connectivity: connectivity_of(&connectivity) as i32,
-            last_heartbeat_time: ts_micros(row.try_get("last_heartbeat_us")?),
-            faults: split_faults(&faults),
-            temperature_celsius: row.try_get("temperature_celsius")?,
-            door_open: door != 0,
-            session_id: row.try_get("session_id")?,
-            update_time: ts_micros(row.try_get("status_updated_us")?),
-        }),
-        create_time: Some(ts_secs(row.try_get("created_at")?)),
-        update_time: Some(ts_secs(row.try_get("updated_at")?)),
-    })
+impl From<StoreRow> for Store {
+    fn from(r: StoreRow) -> Self {
+        Store {
+            name: format!("stores/{}", r.store_id),
+            store_id: r.store_id,
+            display_name: r.display_name,
+            address_lines: if r.address_lines.is_empty() {
+                Vec::new()
+            } else {
+                r.address_lines.split('\n').map(String::from).collect()
+            },
+            locality: r.locality,
+            region_code: r.region_code,
+            time_zone: r.time_zone,
+            create_time: Some(time::to_timestamp(r.created_us)),
+            update_time: Some(time::to_timestamp(r.updated_us)),
+        }
+    }
+}
+
+/// A `machines` row.
+#[derive(sqlx::FromRow)]
+struct MachineRow {
+    machine_id: String,
+    store_id: String,
+    model: String,
+    slot_count: i64,
+    latitude: f64,
+    longitude: f64,
+    location_description: String,
+    firmware_version: String,
+    connectivity: String,
+    last_heartbeat_us: i64,
+    faults: String,
+    temperature_celsius: f64,
+    door_open: i64,
+    session_id: String,
+    status_updated_us: i64,
+    created_us: i64,
+    updated_us: i64,
+}
+
+impl From<MachineRow> for Machine {
+    fn from(r: MachineRow) -> Self {
+        Machine {
+            name: format!("stores/{}/machines/{}", r.store_id, r.machine_id),
+            machine_id: r.machine_id,
+            store_id: r.store_id,
+            model: r.model,
+            slot_count: r.slot_count as i32,
+            location: Some(Location {
+                latitude: r.latitude,
+                longitude: r.longitude,
+                description: r.location_description,
+            }),
+            firmware_version: r.firmware_version,
+            status: Some(MachineStatus {
+                connectivity: connectivity_of(&r.connectivity) as i32,
+                last_heartbeat_time: ts_micros(r.last_heartbeat_us),
+                faults: split_faults(&r.faults),
+                temperature_celsius: r.temperature_celsius,
+                door_open: r.door_open != 0,
+                session_id: r.session_id,
+                update_time: ts_micros(r.status_updated_us),
+            }),
+            create_time: Some(time::to_timestamp(r.created_us)),
+            update_time: Some(time::to_timestamp(r.updated_us)),
+        }
+    }
+}
+
+/// A status time; `None` for 0 (never).
+fn ts_micros(us: i64) -> Option<prost_types::Timestamp> {
+    (us > 0).then(|| time::to_timestamp(us))
 }
 
 /// Inserts a store; `false` when its id is taken.
 pub async fn insert_store(tx: &mut Tx, s: &Store, now: i64) -> Result<bool> {
     let done = sqlx::query(
-        "INSERT INTO stores (store_id, display_name, address_lines, locality, region_code, time_zone, created_at, updated_at) \
+        "INSERT INTO stores (store_id, display_name, address_lines, locality, region_code, time_zone, created_us, updated_us) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (store_id) DO NOTHING",
     )
     .bind(&s.store_id)
@@ -138,11 +155,12 @@ pub async fn insert_store(tx: &mut Tx, s: &Store, now: i64) -> Result<bool> {
 
 /// One store.
 pub async fn store(pool: &AnyPool, id: &str) -> Result<Option<Store>> {
-    let row = sqlx::query("SELECT * FROM stores WHERE store_id = $1")
+    let sql = format!("SELECT {STORE_COLUMNS} FROM stores WHERE store_id = $1");
+    let row: Option<StoreRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .fetch_optional(pool)
         .await?;
-    Ok(row.as_ref().map(store_of).transpose()?)
+    Ok(row.map(Store::from))
 }
 
 /// Whether a store exists, in `tx`.
@@ -161,18 +179,17 @@ pub async fn stores(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Store>> {
-    let rows = sqlx::query(
-        "SELECT * FROM stores WHERE ($1 = '' OR region_code = $1) AND store_id > $2 ORDER BY store_id LIMIT $3",
-    )
-    .bind(region.unwrap_or(""))
-    .bind(after.unwrap_or(""))
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(store_of)
-        .collect::<std::result::Result<_, _>>()?)
+    let sql = format!(
+        "SELECT {STORE_COLUMNS} FROM stores WHERE ($1 = '' OR region_code = $1) AND store_id > $2 \
+         ORDER BY store_id LIMIT $3"
+    );
+    let rows: Vec<StoreRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(region.unwrap_or(""))
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(Store::from).collect())
 }
 
 /// Inserts a machine (status never seen); `false` when its id is taken.
@@ -200,11 +217,11 @@ pub async fn insert_machine(tx: &mut Tx, m: &Machine, now: i64) -> Result<bool> 
 /// One machine.
 pub async fn machine(pool: &AnyPool, id: &str) -> Result<Option<Machine>> {
     let sql = format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE machine_id = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let row: Option<MachineRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .fetch_optional(pool)
         .await?;
-    Ok(row.as_ref().map(machine_of).transpose()?)
+    Ok(row.map(Machine::from))
 }
 
 /// One machine, in `tx`, its row locked until the end of `tx` (on Postgres; SQLite's
@@ -215,11 +232,11 @@ pub async fn machine_for_update(tx: &mut Tx, id: &str) -> Result<Option<Machine>
         mesh_runtime::storage::Backend::Sqlite => "",
     };
     let sql = format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE machine_id = $1{lock}");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let row: Option<MachineRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .fetch_optional(&mut **tx)
         .await?;
-    Ok(row.as_ref().map(machine_of).transpose()?)
+    Ok(row.map(Machine::from))
 }
 
 /// Filters and position of a machine listing.
@@ -242,7 +259,7 @@ pub async fn machines(pool: &AnyPool, f: &MachineFilter, limit: i64) -> Result<V
          AND ($2 = '' OR connectivity = $2) AND ($3 = 0 OR faults <> '') AND machine_id > $4 \
          ORDER BY machine_id LIMIT $5"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let rows: Vec<MachineRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(f.store_id.clone().unwrap_or_default())
         .bind(f.connectivity.map(connectivity_name).unwrap_or(""))
         .bind(i64::from(f.only_faulted))
@@ -250,19 +267,17 @@ pub async fn machines(pool: &AnyPool, f: &MachineFilter, limit: i64) -> Result<V
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    Ok(rows
-        .iter()
-        .map(machine_of)
-        .collect::<std::result::Result<_, _>>()?)
+    Ok(rows.into_iter().map(Machine::from).collect())
 }
 
-/// Writes `status` (and the firmware version when not empty) as the machine's, applied at
-/// `update_us`.
+/// Writes `status` (its heartbeat time as `heartbeat_us`, and the firmware version when not
+/// empty) as the machine's, applied at `update_us`.
 pub async fn write_status(
     tx: &mut Tx,
     machine_id: &str,
     status: &MachineStatus,
     firmware: &str,
+    heartbeat_us: i64,
     update_us: i64,
 ) -> Result<()> {
     let connectivity =
@@ -274,13 +289,7 @@ pub async fn write_status(
          WHERE machine_id = $9",
     )
     .bind(connectivity)
-    .bind(
-        status
-            .last_heartbeat_time
-            .as_ref()
-            .map(micros)
-            .unwrap_or_default(),
-    )
+    .bind(heartbeat_us)
     .bind(join_faults(&status.faults))
     .bind(status.temperature_celsius)
     .bind(i64::from(status.door_open))

@@ -1,7 +1,6 @@
 //! Input checks of the shop RPCs and resource names; each failure names its field.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mesh_runtime::domain::ids::{self, Charset, IdFormat};
 
 use crate::error::ShopError;
 
@@ -10,56 +9,24 @@ type Result<T> = std::result::Result<T, ShopError>;
 /// Most active faults one report may carry.
 pub const MAX_FAULTS: usize = 32;
 
-/// A store id: 1 to 63 lower case letters, digits and `-`.
+/// Store ids: 1 to 63 lower case letters, digits and `-`.
+pub const STORE_ID: IdFormat = IdFormat::new(63, Charset::LowerAscii("-"));
+/// Machine (device) ids: 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
+pub const MACHINE_ID: IdFormat = IdFormat::new(64, Charset::Ascii("-_."));
+
+/// A store id in `field`.
 pub fn store_id(field: &str, value: &str) -> Result<String> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(value.to_string())
-    } else if value.is_empty() {
-        Err(ShopError::invalid(field, "required"))
-    } else {
-        Err(ShopError::invalid(
-            field,
-            "lower case letters, digits and '-', at most 63 characters",
-        ))
-    }
+    STORE_ID.check(field, value)
 }
 
-/// A machine (device) id: 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
+/// A machine (device) id in `field`.
 pub fn machine_id(field: &str, value: &str) -> Result<String> {
-    if value.is_empty() {
-        return Err(ShopError::invalid(field, "required"));
-    }
-    let ok = value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !ok {
-        return Err(ShopError::invalid(
-            field,
-            "letters, digits, '-', '_' and '.', at most 64 characters",
-        ));
-    }
-    Ok(value.to_string())
+    MACHINE_ID.check(field, value)
 }
 
-/// Free text of at most `max` characters; required when `required`.
+/// Free text of at most `max` characters, trimmed; required when `required`.
 pub fn text(field: &str, value: &str, required: bool, max: usize) -> Result<String> {
-    let v = value.trim();
-    if required && v.is_empty() {
-        return Err(ShopError::invalid(field, "required"));
-    }
-    if v.chars().count() > max {
-        return Err(ShopError::invalid(
-            field,
-            format!("at most {max} characters"),
-        ));
-    }
-    Ok(v.to_string())
+    ids::text(field, value.trim(), max, required)
 }
 
 /// An optional CLDR region code: two upper case letters.
@@ -130,33 +97,6 @@ pub fn faults(field: &str, faults: &[String]) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// The page size of a request: `default` for 0, refused when negative or over `max`.
-pub fn page_size(requested: i32, default: i64, max: i64) -> Result<i64> {
-    mesh_runtime::paging::page_size(requested, default, max)
-        .map_err(|reason| ShopError::invalid("page_size", reason))
-}
-
-/// A page token: the last id of the previous page, base64url (opaque to callers).
-pub fn encode_token(last_id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(last_id.as_bytes())
-}
-
-/// Decodes a page token (empty: the first page).
-pub fn decode_token(token: &str) -> Result<Option<String>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .filter(|s| !s.is_empty())
-        .map(Some)
-        .ok_or_else(|| {
-            ShopError::invalid("page_token", "malformed; pass next_page_token unchanged")
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,14 +123,5 @@ mod tests {
         assert_eq!(f, vec!["a", "b"]);
         let e = faults("status.faults", &["".into()]).unwrap_err();
         assert!(e.to_string().starts_with("status.faults[0]"));
-    }
-
-    #[test]
-    fn tokens_round_trip() {
-        assert_eq!(
-            decode_token(&encode_token("vm-9")).unwrap(),
-            Some("vm-9".into())
-        );
-        assert!(decode_token("!!").is_err());
     }
 }
