@@ -5,14 +5,15 @@ use mesh_contracts::product::v1::product_service_server::ProductService;
 use mesh_contracts::product::v1::*;
 use mesh_runtime::Database;
 use mesh_runtime::auth::{Identity, Role};
+use mesh_runtime::domain::time::{self, now_us};
+use mesh_runtime::domain::{ServiceError, page_token};
 use mesh_runtime::outbox::Event;
 use tonic::{Request, Response, Status};
 
 use crate::cache::ProductCache;
 use crate::error::ProductError;
 use crate::local_cache::LocalCache;
-use crate::page_token::{self, After};
-use crate::store::{self, Filter, now_us};
+use crate::store::{self, After, Filter};
 use crate::{events, validate};
 
 type Result<T> = std::result::Result<T, ProductError>;
@@ -35,10 +36,6 @@ pub struct ProductApi {
     db: Database,
     local: Option<LocalCache>,
     cache: Option<ProductCache>,
-}
-
-fn micros(t: Option<&prost_types::Timestamp>) -> i64 {
-    t.map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
 }
 
 impl ProductApi {
@@ -76,7 +73,7 @@ impl ProductApi {
         }
         let product = store::get(self.db.pool(), &id)
             .await?
-            .ok_or(ProductError::NotFound(id))?;
+            .ok_or_else(|| ProductError::not_found(id))?;
         if let Some(local) = &self.local {
             local.put(&product);
         }
@@ -141,7 +138,7 @@ impl ProductApi {
             .map_err(|e| sku_conflict(e, &product.sku))?;
         let product = store::get_in(&mut tx, &product.id)
             .await?
-            .ok_or_else(|| ProductError::NotFound(product.id.clone()))?;
+            .ok_or_else(|| ProductError::not_found(product.id.clone()))?;
         tx.emit(Event::new(
             events::CREATED,
             &product.id,
@@ -176,7 +173,7 @@ impl ProductApi {
         let mut tx = self.db.begin().await?;
         let mut p = store::get_in(&mut tx, &id)
             .await?
-            .ok_or_else(|| ProductError::NotFound(id.clone()))?;
+            .ok_or_else(|| ProductError::not_found(id.clone()))?;
         for path in &paths {
             match path.as_str() {
                 "sku" => p.sku = validate::sku(&input.sku)?,
@@ -201,13 +198,14 @@ impl ProductApi {
             }
         }
         self.check_refs(&mut tx, &p).await?;
-        let created = micros(p.create_time.as_ref());
+        let created =
+            time::from_optional_timestamp("create_time", p.create_time.as_ref())?.unwrap_or(0);
         store::upsert(&mut tx, &p, created, now_us(), false)
             .await
             .map_err(|e| sku_conflict(e, &p.sku))?;
         let p = store::get_in(&mut tx, &id)
             .await?
-            .ok_or_else(|| ProductError::NotFound(id.clone()))?;
+            .ok_or_else(|| ProductError::not_found(id.clone()))?;
         tx.emit(Event::new(
             events::UPDATED,
             &id,
@@ -228,7 +226,7 @@ impl ProductApi {
         let mut tx = self.db.begin().await?;
         let p = store::get_in(&mut tx, &id)
             .await?
-            .ok_or_else(|| ProductError::NotFound(id.clone()))?;
+            .ok_or_else(|| ProductError::not_found(id.clone()))?;
         store::delete(&mut tx, &id).await?;
         tx.emit(Event::new(
             events::DELETED,
@@ -247,11 +245,11 @@ impl ProductApi {
 
     async fn list(&self, staff: bool, req: ListProductsRequest) -> Result<ListProductsResponse> {
         let limit = page_token::page_size(req.page_size, 50, 500)?;
-        let after = page_token::decode(&req.page_token)?;
         if req.include_inactive && !staff {
-            return Err(ProductError::PermissionDenied(
+            return Err(ServiceError::PermissionDenied(
                 "include_inactive: only staff may list inactive products".into(),
-            ));
+            )
+            .into());
         }
         let query = req.query.trim();
         if query.chars().count() > 200 {
@@ -262,21 +260,17 @@ impl ProductApi {
             query: (!query.is_empty()).then(|| query.to_string()),
             include_inactive: req.include_inactive,
         };
+        let listing = (
+            "products",
+            &filter.category_id,
+            &filter.query,
+            filter.include_inactive,
+        );
+        let after: Option<After> = page_token::decode(&req.page_token, &listing)?;
         let mut products = store::list(self.db.pool(), &filter, after.as_ref(), limit + 1).await?;
-        let next_page_token = if products.len() as i64 > limit {
-            products.truncate(limit as usize);
-            products
-                .last()
-                .map(|p| {
-                    page_token::encode(&After {
-                        name: p.name.clone(),
-                        id: p.id.clone(),
-                    })
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page_token::next_page(&mut products, limit, &listing, |p| {
+            (p.name.clone(), p.id.clone())
+        });
         Ok(ListProductsResponse {
             products,
             next_page_token,
@@ -317,25 +311,15 @@ impl ProductApi {
 
     async fn list_categories(&self, req: ListCategoriesRequest) -> Result<ListCategoriesResponse> {
         let limit = page_token::page_size(req.page_size, 100, 1000)?;
-        let after = page_token::decode(&req.page_token)?;
         let parent = validate::optional_id("parent_id", &req.parent_id)?;
+        let query = ("categories", &parent);
+        let after: Option<After> = page_token::decode(&req.page_token, &query)?;
         let mut categories =
             store::list_categories(self.db.pool(), parent.as_deref(), after.as_ref(), limit + 1)
                 .await?;
-        let next_page_token = if categories.len() as i64 > limit {
-            categories.truncate(limit as usize);
-            categories
-                .last()
-                .map(|c| {
-                    page_token::encode(&After {
-                        name: c.name.clone(),
-                        id: c.id.clone(),
-                    })
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page_token::next_page(&mut categories, limit, &query, |c| {
+            (c.name.clone(), c.id.clone())
+        });
         Ok(ListCategoriesResponse {
             categories,
             next_page_token,
@@ -346,7 +330,7 @@ impl ProductApi {
 /// A unique violation on insert/update is the sku (the only unique column besides the id).
 fn sku_conflict(e: ProductError, sku: &str) -> ProductError {
     match e {
-        ProductError::Database(mesh_runtime::DatabaseError::Conflict(_)) => {
+        ProductError::Common(ServiceError::Database(mesh_runtime::DatabaseError::Conflict(_))) => {
             ProductError::SkuTaken(sku.to_string())
         }
         other => other,

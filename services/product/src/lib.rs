@@ -7,18 +7,16 @@
 //! by the service's own `product.updated` / `product.deleted` events. Every change emits its
 //! event through the outbox. See `docs/identity.md`.
 //!
-//! - [`api`]: the RPCs; [`store`]: SQL; [`validate`] and [`currency`]: input checks;
-//!   [`page_token`]: paging; [`local_cache`], [`cache`] and [`events`]: the cache tiers and
+//! - [`api`]: the RPCs; [`store`]: SQL; [`validate`]: input checks (ids, currencies and page
+//!   tokens come from the runtime's domain kit); [`local_cache`], [`cache`] and [`events`]: the cache tiers and
 //!   their invalidation;
 //!   [`error`]: errors to statuses.
 
 pub mod api;
 pub mod cache;
-pub mod currency;
 pub mod error;
 pub mod events;
 pub mod local_cache;
-pub mod page_token;
 pub mod store;
 pub mod validate;
 

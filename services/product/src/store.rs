@@ -4,73 +4,76 @@ use std::collections::HashMap;
 
 use mesh_contracts::common::v1::Money;
 use mesh_contracts::product::v1::{Category, Product};
+use mesh_runtime::domain::time;
 use mesh_runtime::outbox::Tx;
-use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row as _};
+use sqlx::AnyPool;
 
 use crate::error::ProductError;
-use crate::page_token::After;
+
+/// Where the next page of a name-ordered list starts: after the row with this name and id.
+pub type After = (String, String);
 
 const COLUMNS: &str = "id, sku, name, description, category_id, currency, amount_minor, active, image_url, attributes, created_us, updated_us";
 
-fn ts(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+/// A `products` row.
+#[derive(sqlx::FromRow)]
+struct ProductRow {
+    id: String,
+    sku: String,
+    name: String,
+    description: String,
+    category_id: Option<String>,
+    currency: String,
+    amount_minor: i64,
+    active: i64,
+    image_url: String,
+    attributes: String,
+    created_us: i64,
+    updated_us: i64,
+}
+
+impl From<ProductRow> for Product {
+    fn from(r: ProductRow) -> Self {
+        Product {
+            id: r.id,
+            sku: r.sku,
+            name: r.name,
+            description: r.description,
+            category_id: r.category_id.unwrap_or_default(),
+            price: Some(Money {
+                currency_code: r.currency,
+                amount_minor: r.amount_minor,
+            }),
+            active: r.active != 0,
+            image_url: r.image_url,
+            attributes: serde_json::from_str::<HashMap<String, String>>(&r.attributes)
+                .unwrap_or_default(),
+            create_time: Some(time::to_timestamp(r.created_us)),
+            update_time: Some(time::to_timestamp(r.updated_us)),
+        }
     }
-}
-
-/// Microseconds since the Unix epoch.
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
-fn product(row: &AnyRow) -> Result<Product, sqlx::Error> {
-    let attributes: String = row.try_get("attributes")?;
-    let active: i64 = row.try_get("active")?;
-    Ok(Product {
-        id: row.try_get("id")?,
-        sku: row.try_get("sku")?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
-        category_id: row
-            .try_get::<Option<String>, _>("category_id")?
-            .unwrap_or_default(),
-        price: Some(Money {
-            currency_code: row.try_get("currency")?,
-            amount_minor: row.try_get("amount_minor")?,
-        }),
-        active: active != 0,
-        image_url: row.try_get("image_url")?,
-        attributes: serde_json::from_str::<HashMap<String, String>>(&attributes)
-            .unwrap_or_default(),
-        create_time: Some(ts(row.try_get("created_us")?)),
-        update_time: Some(ts(row.try_get("updated_us")?)),
-    })
 }
 
 /// The product `id`.
 pub async fn get(pool: &AnyPool, id: &str) -> Result<Option<Product>, ProductError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let row: Option<ProductRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM products WHERE id = $1"
     )))
     .bind(id)
     .fetch_optional(pool)
     .await?;
-    Ok(row.as_ref().map(product).transpose()?)
+    Ok(row.map(Product::from))
 }
 
 /// The product `id` in `tx`.
 pub async fn get_in(tx: &mut Tx, id: &str) -> Result<Option<Product>, ProductError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let row: Option<ProductRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM products WHERE id = $1"
     )))
     .bind(id)
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.as_ref().map(product).transpose()?)
+    Ok(row.map(Product::from))
 }
 
 /// Whether another product than `except` has `sku`.
@@ -185,29 +188,38 @@ pub async fn list(
         sql += &format!(" AND (name > {a} OR (name = {a} AND id > {b}))");
     }
     sql += &format!(" ORDER BY name, id LIMIT {}", next());
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let mut q = sqlx::query_as::<_, ProductRow>(sqlx::AssertSqlSafe(sql));
     if let Some(c) = &filter.category_id {
         q = q.bind(c.clone());
     }
     if let Some(text) = &filter.query {
         q = q.bind(like_pattern(text));
     }
-    if let Some(a) = after {
-        q = q.bind(a.name.clone()).bind(a.id.clone());
+    if let Some((name, id)) = after {
+        q = q.bind(name.clone()).bind(id.clone());
     }
     let rows = q.bind(limit).fetch_all(pool).await?;
-    Ok(rows.iter().map(product).collect::<Result<_, _>>()?)
+    Ok(rows.into_iter().map(Product::from).collect())
 }
 
-fn category(row: &AnyRow) -> Result<Category, sqlx::Error> {
-    Ok(Category {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        parent_id: row
-            .try_get::<Option<String>, _>("parent_id")?
-            .unwrap_or_default(),
-        create_time: Some(ts(row.try_get("created_us")?)),
-    })
+/// A `categories` row.
+#[derive(sqlx::FromRow)]
+struct CategoryRow {
+    id: String,
+    name: String,
+    parent_id: Option<String>,
+    created_us: i64,
+}
+
+impl From<CategoryRow> for Category {
+    fn from(r: CategoryRow) -> Self {
+        Category {
+            id: r.id,
+            name: r.name,
+            parent_id: r.parent_id.unwrap_or_default(),
+            create_time: Some(time::to_timestamp(r.created_us)),
+        }
+    }
 }
 
 /// Inserts a category.
@@ -249,13 +261,13 @@ pub async fn list_categories(
         n += 2;
     }
     sql += &format!(" ORDER BY name, id LIMIT ${}", n + 1);
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let mut q = sqlx::query_as::<_, CategoryRow>(sqlx::AssertSqlSafe(sql));
     if let Some(p) = parent {
         q = q.bind(p.to_string());
     }
-    if let Some(a) = after {
-        q = q.bind(a.name.clone()).bind(a.id.clone());
+    if let Some((name, id)) = after {
+        q = q.bind(name.clone()).bind(id.clone());
     }
     let rows = q.bind(limit).fetch_all(pool).await?;
-    Ok(rows.iter().map(category).collect::<Result<_, _>>()?)
+    Ok(rows.into_iter().map(Category::from).collect())
 }

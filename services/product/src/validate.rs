@@ -2,27 +2,19 @@
 
 use mesh_contracts::common::v1::Money;
 
-use crate::currency;
+use mesh_runtime::domain::ids;
+use mesh_runtime::domain::money::{self, Amount};
+
 use crate::error::ProductError;
 
 /// A UUID-shaped id in `field`.
 pub fn id(field: &'static str, value: &str) -> Result<String, ProductError> {
-    let v = value.trim();
-    if v.is_empty() {
-        return Err(ProductError::invalid(field, "required"));
-    }
-    uuid::Uuid::parse_str(v)
-        .map(|u| u.to_string())
-        .map_err(|_| ProductError::invalid(field, "not a valid id (UUID)"))
+    Ok(ids::uuid(field, value)?)
 }
 
 /// An optional UUID-shaped id in `field` (empty is `None`).
 pub fn optional_id(field: &'static str, value: &str) -> Result<Option<String>, ProductError> {
-    if value.trim().is_empty() {
-        Ok(None)
-    } else {
-        id(field, value).map(Some)
-    }
+    Ok(ids::optional_uuid(field, value)?)
 }
 
 /// A SKU: 1 to 64 letters, digits, `-`, `_` or `.`.
@@ -58,26 +50,7 @@ pub fn name(field: &'static str, value: &str) -> Result<String, ProductError> {
 
 /// A price: a known ISO 4217 code and a non-negative amount in minor units.
 pub fn price(value: Option<&Money>) -> Result<(String, i64), ProductError> {
-    let money = value.ok_or_else(|| ProductError::invalid("product.price", "required"))?;
-    if money.currency_code.is_empty() {
-        return Err(ProductError::invalid(
-            "product.price.currency_code",
-            "required",
-        ));
-    }
-    if !currency::is_known(&money.currency_code) {
-        return Err(ProductError::invalid(
-            "product.price.currency_code",
-            format!("`{}` is not an ISO 4217 currency code", money.currency_code),
-        ));
-    }
-    if money.amount_minor < 0 {
-        return Err(ProductError::invalid(
-            "product.price.amount_minor",
-            "must not be negative",
-        ));
-    }
-    Ok((money.currency_code.clone(), money.amount_minor))
+    Ok(money::money("product.price", value, Amount::NonNegative)?)
 }
 
 /// A description of at most 10 000 characters.
