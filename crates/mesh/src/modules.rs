@@ -74,7 +74,7 @@ pub(crate) const MODULES: &[Module] = &[
         default_port: 50060,
         dependencies: &["auth"],
         constructor: mesh_report::build,
-        migrations: Migrations::NONE,
+        migrations: mesh_report::MIGRATIONS,
     },
     Module {
         name: "iot-gateway",

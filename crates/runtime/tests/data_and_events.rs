@@ -453,6 +453,13 @@ impl EventBus for DiesMidBatch {
     ) -> BoxFuture<'a, Result<Vec<mesh_runtime::bus::DeadLetter>, BusError>> {
         self.inner.dead_letters(group)
     }
+    fn group_lag<'a>(
+        &'a self,
+        group: &'a str,
+        domains: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<mesh_runtime::bus::GroupLag>, BusError>> {
+        self.inner.group_lag(group, domains)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -946,5 +953,70 @@ async fn housekeeping_prunes_old_handled_records_and_sent_rows_only() {
             .unwrap();
         assert_eq!(left, 1, "{name}: the recent sent row is kept");
         eprintln!("ok: housekeeping on {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_lag_counts_undelivered_and_pending_entries_and_dates_the_oldest() {
+    let mut buses: Vec<(&str, Arc<dyn EventBus>)> =
+        vec![("memory", Arc::new(MemoryBus::default()))];
+    if let Some(url) = redis_url("group lag") {
+        buses.push((
+            "redis",
+            Arc::new(
+                RedisBus::connect(
+                    &url,
+                    format!("{}:", unique("lag")),
+                    DeliveryOptions::default(),
+                )
+                .unwrap(),
+            ),
+        ));
+    }
+    let domains = vec!["lagged".to_string()];
+    for (name, bus) in buses {
+        let lag = |bus: Arc<dyn EventBus>| {
+            let domains = domains.clone();
+            async move {
+                let l = bus.group_lag("g", &domains).await.unwrap().remove(0);
+                (l.undelivered, l.pending, l.oldest_unhandled_age.is_some())
+            }
+        };
+        assert_eq!(
+            lag(bus.clone()).await,
+            (0, 0, false),
+            "{name}: no stream yet"
+        );
+        let events: Vec<OutgoingEvent> = (0..3u8)
+            .map(|i| OutgoingEvent {
+                domain: "lagged".into(),
+                event_id: i.to_string(),
+                payload: Bytes::from(vec![i]),
+            })
+            .collect();
+        bus.publish(&events).await.unwrap();
+        assert_eq!(lag(bus.clone()).await, (3, 0, true), "{name}: no group yet");
+        let mut sub = bus.subscribe("g", "c1", &domains).await.unwrap();
+        let got = sub.next_batch(2, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(got.len(), 2, "{name}");
+        assert_eq!(
+            lag(bus.clone()).await,
+            (1, 2, true),
+            "{name}: two pending, one undelivered"
+        );
+        sub.ack_all(&got).await.unwrap();
+        assert_eq!(
+            lag(bus.clone()).await,
+            (1, 0, true),
+            "{name}: one undelivered"
+        );
+        let rest = sub.next_batch(10, Duration::from_secs(1)).await.unwrap();
+        sub.ack_all(&rest).await.unwrap();
+        let l = bus.group_lag("g", &domains).await.unwrap().remove(0);
+        assert_eq!(
+            (l.behind(), l.oldest_unhandled_age),
+            (0, None),
+            "{name}: caught up"
+        );
     }
 }

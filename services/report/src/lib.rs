@@ -1,27 +1,76 @@
-//! The report service: CQRS read models built only from events: sales by shop and day, top products, stock.
+//! The report service: CQRS read models built only from events (sales by shop and day, top
+//! products, stock per location with low stock and days of cover), each answer saying how fresh
+//! it is, and rebuildable from report's own history of every event it handled
+//! (`docs/report.md`).
 //!
-//! Its domain logic is not built yet (it comes with a later issue (none is filed yet)): the generated
-//! `report.v1.ReportService` server is registered, so health, reflection and routing are real, and every
-//! RPC answers `UNIMPLEMENTED` with a message saying so. It never returns made-up data.
+//! - [`record`]: the consumer's handler (history + active generation, one transaction with the
+//!   handled-event record); [`apply`]: how each event changes the models; [`models`]: the models
+//!   and their tables;
+//! - [`rebuild`]: the shadow generation, replayed from the history and swapped in;
+//! - [`api`]: the RPCs; [`queries`]: the read side; [`freshness`]: newest event and lag;
+//!   [`validate`], [`page`], [`dates`], [`error`].
+
+pub mod api;
+pub mod apply;
+pub mod dates;
+pub mod error;
+pub mod freshness;
+pub mod models;
+pub mod page;
+pub mod queries;
+pub mod rebuild;
+pub mod record;
+pub mod validate;
 
 use futures::future::BoxFuture;
-use mesh_contracts::report::v1::report_service_server::{ReportService, ReportServiceServer};
-use mesh_runtime::{BuildError, NotBuilt, ServiceContext, ServiceRoutes};
+use mesh_contracts::report::v1::report_service_server::ReportServiceServer;
+use mesh_runtime::auth::{Policy, Role, guard};
+use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
-/// The report service's gRPC implementation.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ReportApi;
+pub use api::ReportApi;
 
-// Every method keeps the generated default (UNIMPLEMENTED) until the domain logic lands.
-impl ReportService for ReportApi {}
+/// Report's tables on Postgres.
+pub static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// Report's tables on SQLite (the same, with `BLOB` for `BYTEA`).
+pub static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// The module table's migrations for `report`.
+pub const MIGRATIONS: Migrations = Migrations {
+    postgres: &POSTGRES,
+    sqlite: &SQLITE,
+};
+
+/// Who may call each RPC of `report.v1.ReportService`: the reports are for staff and other
+/// services (admins pass every role check); a rebuild is for admins only.
+pub fn policy() -> Policy {
+    Policy::new("report.v1.ReportService")
+        .roles(
+            &["GetSalesByShopDay", "ListTopProducts", "GetStockSummary"],
+            &[Role::Staff, Role::Service],
+        )
+        .roles(&["RebuildReadModels"], &[Role::Admin])
+}
 
 /// Builds the service's routes; the module table's constructor for `report`.
 pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, BuildError>> {
-    Box::pin(async move {
-        let server = ReportServiceServer::new(ReportApi)
-            .max_decoding_message_size(ctx.max_message_bytes())
-            .max_encoding_message_size(ctx.max_message_bytes());
-        Ok(ServiceRoutes::new()
-            .add_service(NotBuilt::new(server, "a later issue (none is filed yet)")))
-    })
+    Box::pin(build_with(ctx))
+}
+
+/// Builds the service: its consumer (every type of [`record::EVENT_TYPES`], one transaction at a
+/// time: each records its event under the `report_state` row lock) and the gRPC server.
+pub async fn build_with(ctx: ServiceContext) -> Result<ServiceRoutes, BuildError> {
+    let db = ctx.database()?.clone();
+    let mut consumer = ctx.consumer()?.concurrency(1);
+    for event_type in record::EVENT_TYPES {
+        consumer = consumer.on(*event_type, record::Record);
+    }
+    let lag = freshness::LagSource {
+        bus: ctx.bus()?.clone(),
+        group: consumer.group().to_string(),
+        domains: consumer.domains(),
+    };
+    ctx.start_consumer(consumer);
+    let server = ReportServiceServer::new(ReportApi::new(db, lag))
+        .max_decoding_message_size(ctx.max_message_bytes())
+        .max_encoding_message_size(ctx.max_message_bytes());
+    Ok(ServiceRoutes::new().add_service(guard(&ctx, policy(), server)?))
 }

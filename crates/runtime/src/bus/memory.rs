@@ -12,7 +12,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    BusError, DeadLetter, Delivery, DeliveryOptions, EventBus, OutgoingEvent, Subscription,
+    BusError, DeadLetter, Delivery, DeliveryOptions, EventBus, GroupLag, OutgoingEvent,
+    Subscription,
 };
 
 /// The in-process bus. Cheap to clone; clones share the streams.
@@ -126,6 +127,56 @@ impl EventBus for MemoryBus {
         group: &'a str,
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, BusError>> {
         Box::pin(async move { Ok(self.lock().dead.get(group).cloned().unwrap_or_default()) })
+    }
+
+    fn group_lag<'a>(
+        &'a self,
+        group: &'a str,
+        domains: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<GroupLag>, BusError>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            let state = self.lock();
+            Ok(domains
+                .iter()
+                .map(|domain| {
+                    let stream = state.streams.get(domain);
+                    let g = stream.and_then(|s| s.groups.get(group));
+                    let (undelivered, pending, oldest) = match (stream, g) {
+                        (Some(s), Some(g)) => {
+                            let undelivered = s.next_id.saturating_sub(g.cursor);
+                            let oldest_id = g
+                                .pending
+                                .keys()
+                                .next()
+                                .copied()
+                                .or((undelivered > 0).then_some(g.cursor));
+                            let oldest = oldest_id.and_then(|id| {
+                                s.entries
+                                    .binary_search_by_key(&id, |e| e.0)
+                                    .ok()
+                                    .map(|i| now.duration_since(s.entries[i].2))
+                            });
+                            (undelivered, g.pending.len() as u64, oldest)
+                        }
+                        // A group not created yet will start at the stream's first entry.
+                        (Some(s), None) => (
+                            s.entries.len() as u64,
+                            0,
+                            s.entries.front().map(|e| now.duration_since(e.2)),
+                        ),
+                        _ => (0, 0, None),
+                    };
+                    GroupLag {
+                        domain: domain.clone(),
+                        group: group.to_string(),
+                        undelivered,
+                        pending,
+                        oldest_unhandled_age: oldest,
+                    }
+                })
+                .collect())
+        })
     }
 }
 

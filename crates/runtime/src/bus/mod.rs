@@ -63,6 +63,29 @@ pub struct DeadLetter {
     pub payload: Bytes,
 }
 
+/// How far a consumer group is behind on one stream: what it has not handled yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLag {
+    /// The domain stream.
+    pub domain: String,
+    /// The consumer group.
+    pub group: String,
+    /// Entries of the stream never delivered to the group.
+    pub undelivered: u64,
+    /// Entries delivered and not acknowledged yet (being handled, or waiting for a retry).
+    pub pending: u64,
+    /// How long the oldest entry the group has not handled (pending or undelivered) has been in
+    /// the stream; `None` when the group is caught up.
+    pub oldest_unhandled_age: Option<Duration>,
+}
+
+impl GroupLag {
+    /// Entries the group has not handled: undelivered plus pending.
+    pub fn behind(&self) -> u64 {
+        self.undelivered + self.pending
+    }
+}
+
 /// A failure of the bus.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -126,6 +149,14 @@ pub trait EventBus: Send + Sync + std::fmt::Debug {
         &'a self,
         group: &'a str,
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, BusError>>;
+
+    /// How far `group` is behind on each stream of `domains` (a stream or group that does not
+    /// exist yet counts as caught up).
+    fn group_lag<'a>(
+        &'a self,
+        group: &'a str,
+        domains: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<GroupLag>, BusError>>;
 }
 
 /// One consumer's membership in a group.

@@ -25,7 +25,8 @@ use redis::{Client, Value};
 use tokio::time::Instant;
 
 use super::{
-    BusError, DeadLetter, Delivery, DeliveryOptions, EventBus, OutgoingEvent, Subscription,
+    BusError, DeadLetter, Delivery, DeliveryOptions, EventBus, GroupLag, OutgoingEvent,
+    Subscription,
 };
 
 /// The Redis Streams bus. Cheap to clone.
@@ -214,6 +215,133 @@ impl EventBus for RedisBus {
                 .collect())
         })
     }
+
+    fn group_lag<'a>(
+        &'a self,
+        group: &'a str,
+        domains: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<GroupLag>, BusError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(domains.len());
+            for domain in domains {
+                out.push(self.lag_of(group, domain).await?);
+            }
+            Ok(out)
+        })
+    }
+}
+
+impl RedisBus {
+    /// `group`'s lag on the stream of `domain`: `XINFO GROUPS` (pending, lag, last delivered id),
+    /// then the id of the oldest unhandled entry (`XPENDING` summary, or the first entry after
+    /// the last delivered one), whose millisecond part dates it.
+    async fn lag_of(&self, group: &str, domain: &str) -> Result<GroupLag, BusError> {
+        let key = self.stream_key(domain);
+        let mut conn = self.conn.clone();
+        let mut lag = GroupLag {
+            domain: domain.to_string(),
+            group: group.to_string(),
+            undelivered: 0,
+            pending: 0,
+            oldest_unhandled_age: None,
+        };
+        let groups: Value = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(v) => v,
+            // No stream yet: nothing to be behind on.
+            Err(e) if e.to_string().contains("no such key") => return Ok(lag),
+            Err(e) => return Err(e.into()),
+        };
+        let info = fields_of(&groups)
+            .into_iter()
+            .find(|g| g.get("name").and_then(|v| text(v)).as_deref() == Some(group));
+        let oldest_id = match info {
+            None => {
+                // Not created yet: the group will start at the stream's first entry.
+                lag.undelivered = u64::try_from(
+                    redis::cmd("XLEN")
+                        .arg(&key)
+                        .query_async::<i64>(&mut conn)
+                        .await?,
+                )
+                .unwrap_or(0);
+                first_id(&mut conn, &key, "-").await?
+            }
+            Some(info) => {
+                let get = |k: &str| info.get(k).and_then(|v| int(v));
+                lag.pending = u64::try_from(get("pending").unwrap_or(0)).unwrap_or(0);
+                lag.undelivered = u64::try_from(get("lag").unwrap_or(0)).unwrap_or(0);
+                let last = info.get("last-delivered-id").and_then(|v| text(v));
+                if lag.pending > 0 {
+                    let summary: Value = redis::cmd("XPENDING")
+                        .arg(&key)
+                        .arg(group)
+                        .query_async(&mut conn)
+                        .await?;
+                    match summary {
+                        Value::Array(items) => items.get(1).and_then(text),
+                        _ => None,
+                    }
+                } else if lag.undelivered > 0 {
+                    let after = format!("({}", last.unwrap_or_else(|| "0-0".into()));
+                    first_id(&mut conn, &key, &after).await?
+                } else {
+                    None
+                }
+            }
+        };
+        lag.oldest_unhandled_age = oldest_id.and_then(|id| age_of_entry(&id));
+        Ok(lag)
+    }
+}
+
+/// The id of the first entry of stream `key` from `start` (`-`, or `(id` for after `id`).
+async fn first_id(
+    conn: &mut ConnectionManager,
+    key: &str,
+    start: &str,
+) -> Result<Option<String>, BusError> {
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(key)
+        .arg(start)
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(entries(&reply).into_iter().next().map(|(id, _)| id))
+}
+
+/// How long ago the entry `id` (`<unix ms>-<n>`) was added.
+fn age_of_entry(id: &str) -> Option<Duration> {
+    let ms: u64 = id.split('-').next()?.parse().ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(now.saturating_sub(Duration::from_millis(ms)))
+}
+
+/// The maps of a reply that is a list of maps (RESP3) or of flat key-value lists (RESP2).
+fn fields_of(reply: &Value) -> Vec<std::collections::HashMap<String, &Value>> {
+    let Value::Array(items) = reply else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| match item {
+            Value::Array(kv) => Some(
+                kv.chunks(2)
+                    .filter_map(|c| Some((text(c.first()?)?, c.get(1)?)))
+                    .collect(),
+            ),
+            Value::Map(kv) => Some(kv.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// One consumer of a Redis consumer group.
