@@ -11,8 +11,6 @@ pub const MAX_FAULTS: usize = 32;
 
 /// Store ids: 1 to 63 lower case letters, digits and `-`.
 pub const STORE_ID: IdFormat = IdFormat::new(63, Charset::LowerAscii("-"));
-/// Machine (device) ids: 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
-pub const MACHINE_ID: IdFormat = IdFormat::new(64, Charset::Ascii("-_."));
 
 /// A store id in `field`.
 pub fn store_id(field: &str, value: &str) -> Result<String> {
@@ -21,7 +19,7 @@ pub fn store_id(field: &str, value: &str) -> Result<String> {
 
 /// A machine (device) id in `field`.
 pub fn machine_id(field: &str, value: &str) -> Result<String> {
-    MACHINE_ID.check(field, value)
+    ids::MACHINE_ID.check(field, value)
 }
 
 /// Free text of at most `max` characters, trimmed; required when `required`.

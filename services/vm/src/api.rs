@@ -2,14 +2,15 @@
 
 use std::collections::HashSet;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_contracts::common::v1::payment_method::Method;
 use mesh_contracts::inventory::v1::{AdjustStockRequest, AdjustmentReason};
 use mesh_contracts::payment::v1::TokenizeCardRequest;
 use mesh_contracts::shop::v1::GetMachineRequest;
 use mesh_contracts::vm::v1::vending_machine_service_server::VendingMachineService;
 use mesh_contracts::vm::v1::*;
+use mesh_runtime::domain::ids::{self, Charset, IdFormat};
+use mesh_runtime::domain::money::{self, Amount};
+use mesh_runtime::domain::{page_token, time};
 use mesh_runtime::{CallContext, Database};
 use tonic::{Request, Response, Status};
 
@@ -28,33 +29,15 @@ pub struct VmApi {
     flow: Flow,
 }
 
+/// Slot codes: 1 to 8 letters and digits.
+const SLOT_CODE: IdFormat = IdFormat::new(8, Charset::Ascii(""));
+
 fn machine_id(value: &str) -> Result<String> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(value.to_string())
-    } else {
-        Err(VmError::invalid(
-            "machine_id",
-            "required: letters, digits, '-', '_' and '.', at most 64 characters",
-        ))
-    }
+    Ok(ids::MACHINE_ID.check("machine_id", value)?)
 }
 
 fn slot_code(field: &str, value: &str) -> Result<String> {
-    let ok =
-        !value.is_empty() && value.len() <= 8 && value.bytes().all(|b| b.is_ascii_alphanumeric());
-    if ok {
-        Ok(value.to_string())
-    } else {
-        Err(VmError::invalid(
-            field,
-            "required: 1 to 8 letters and digits",
-        ))
-    }
+    Ok(SLOT_CODE.check(field, value)?)
 }
 
 /// `request` carrying the caller's own `authorization` (a staff call forwarded as itself).
@@ -87,7 +70,7 @@ impl VmApi {
             .await
             .map_err(|s| {
                 if s.code() == tonic::Code::NotFound {
-                    VmError::NotFound(format!("machine `{machine}` (not registered in shop)"))
+                    VmError::not_found("machine", &machine)
                 } else {
                     VmError::peer("shop")(s)
                 }
@@ -115,19 +98,14 @@ impl VmApi {
                 return Err(VmError::invalid(f("quantity"), "between 0 and capacity"));
             }
             if !s.product_id.is_empty() {
-                uuid::Uuid::parse_str(&s.product_id)
-                    .map_err(|_| VmError::invalid(f("product_id"), "not a product id (UUID)"))?;
-                let price = s.price.as_ref().ok_or_else(|| {
-                    VmError::invalid(f("price"), "required when product_id is set")
-                })?;
-                let code_ok = price.currency_code.len() == 3
-                    && price.currency_code.bytes().all(|b| b.is_ascii_uppercase());
-                if !code_ok || price.amount_minor <= 0 {
+                ids::uuid(&f("product_id"), &s.product_id)?;
+                if s.price.is_none() {
                     return Err(VmError::invalid(
                         f("price"),
-                        "a positive amount with an ISO 4217 code",
+                        "required when product_id is set",
                     ));
                 }
+                money::money(&f("price"), s.price.as_ref(), Amount::Positive)?;
             }
         }
         let mut tx = self.db.begin().await?;
@@ -166,11 +144,9 @@ impl VmApi {
                 .slots
                 .iter()
                 .find(|s| s.code == code)
-                .ok_or_else(|| {
-                    VmError::NotFound(format!("slot `{code}` of machine `{machine}`"))
-                })?;
+                .ok_or_else(|| VmError::not_found(format!("machine `{machine}` slot"), &code))?;
             if slot.product_id.is_empty() {
-                return Err(VmError::FailedPrecondition(format!(
+                return Err(VmError::precondition(format!(
                     "slot `{code}` has no product; set the planogram first"
                 )));
             }
@@ -208,7 +184,7 @@ impl VmApi {
         }
         for (slot, added) in &refills {
             if !store::add_units(&mut tx, &machine, &slot.code, i64::from(*added)).await? {
-                return Err(VmError::FailedPrecondition(format!(
+                return Err(VmError::precondition(format!(
                     "slot `{}` holds at most {} units",
                     slot.code, slot.capacity
                 )));
@@ -256,12 +232,12 @@ impl VmApi {
         let mut tx = self.db.begin().await?;
         let slot = store::slot(&mut tx, &machine, &code)
             .await?
-            .ok_or_else(|| VmError::NotFound(format!("slot `{code}` of machine `{machine}`")))?;
+            .ok_or_else(|| VmError::not_found(format!("machine `{machine}` slot"), &code))?;
         let store_id = store::store_of(&mut tx, &machine)
             .await?
             .unwrap_or_default();
         if slot.product_id.is_empty() {
-            return Err(VmError::FailedPrecondition(format!(
+            return Err(VmError::precondition(format!(
                 "slot `{code}` sells nothing"
             )));
         }
@@ -286,7 +262,9 @@ impl VmApi {
             drop(tx);
             let v = store::vend_by_key(self.db.pool(), &machine, &req.idempotency_key)
                 .await?
-                .ok_or_else(|| VmError::NotFound("vend".into()))?;
+                .ok_or_else(|| {
+                    VmError::not_found("vend of idempotency_key", &req.idempotency_key)
+                })?;
             return self.finish_within(v.vend.id, deadline).await;
         }
         tx.commit().await?;
@@ -333,7 +311,7 @@ impl VmApi {
         store::vend(self.db.pool(), id)
             .await?
             .map(|v| v.vend)
-            .ok_or_else(|| VmError::NotFound(format!("vend `{id}`")))
+            .ok_or_else(|| VmError::not_found("vend", id))
     }
 
     async fn list(&self, req: ListVendsRequest) -> Result<ListVendsResponse> {
@@ -342,40 +320,21 @@ impl VmApi {
         } else {
             Some(machine_id(&req.machine_id)?)
         };
-        let limit = match req.page_size {
-            0 => 50,
-            n if (1..=500).contains(&n) => i64::from(n),
-            _ => return Err(VmError::invalid("page_size", "between 0 and 500")),
-        };
+        let limit = page_token::page_size(req.page_size, 50, 500)?;
         let status = match VendStatus::try_from(req.status) {
             Ok(VendStatus::Unspecified) => None,
             Ok(s) => Some(s),
             Err(_) => return Err(VmError::invalid("status", "unknown value")),
         };
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            let bad =
-                || VmError::invalid("page_token", "malformed; pass next_page_token unchanged");
-            let raw = URL_SAFE_NO_PAD.decode(&req.page_token).map_err(|_| bad())?;
-            let text = String::from_utf8(raw).map_err(|_| bad())?;
-            let (t, id) = text.split_once('/').ok_or_else(bad)?;
-            Some((t.parse::<i64>().map_err(|_| bad())?, id.to_string()))
-        };
+        let listing = ("vends", &machine, req.status);
+        let after = page_token::decode(&req.page_token, &listing)?;
         let mut vends =
             store::vends(self.db.pool(), machine.as_deref(), status, after, limit + 1).await?;
-        let next_page_token = if vends.len() as i64 > limit {
-            vends.truncate(limit as usize);
-            vends
-                .last()
-                .map(|v| {
-                    let t = v.create_time.map(|t| t.seconds).unwrap_or_default();
-                    URL_SAFE_NO_PAD.encode(format!("{t}/{}", v.id))
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page_token::next_page(&mut vends, limit, &listing, |v| {
+            let created = v.create_time.as_ref();
+            let us = created.map_or(0, |t| time::from_timestamp("", t).unwrap_or(0));
+            (us, v.id.clone())
+        });
         Ok(ListVendsResponse {
             vends,
             next_page_token,

@@ -1,24 +1,15 @@
-//! The vm service's errors, turned into gRPC statuses in one place.
+//! The vm service's errors, turned into gRPC statuses in one place: the kit's common failures
+//! ([`ServiceError`]) and the vm's own, a failed call to a peer.
 
 use mesh_runtime::DatabaseError;
+use mesh_runtime::domain::ServiceError;
 
 /// What can go wrong in a vm RPC.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    /// A request field is missing or malformed; the message names it.
-    #[error("{field}: {reason}")]
-    InvalidArgument {
-        /// The field.
-        field: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// No such machine, slot or vend; the message names it.
-    #[error("{0} not found")]
-    NotFound(String),
-    /// The request does not fit the current state (e.g. more units than capacity).
-    #[error("{0}")]
-    FailedPrecondition(String),
+    /// A bad field, an unknown machine, slot or vend, a state that forbids it, the database.
+    #[error(transparent)]
+    Common(#[from] ServiceError),
     /// A peer service failed.
     #[error("{service}: {status}")]
     Peer {
@@ -27,18 +18,22 @@ pub enum VmError {
         /// Its answer.
         status: tonic::Status,
     },
-    /// The database failed.
-    #[error(transparent)]
-    Database(#[from] DatabaseError),
 }
 
 impl VmError {
     /// A missing or malformed `field`.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        ServiceError::invalid(field, reason).into()
+    }
+
+    /// No `what` with this `id`.
+    pub fn not_found(what: impl Into<String>, id: impl Into<String>) -> Self {
+        ServiceError::not_found(what, id).into()
+    }
+
+    /// The state forbids the call; `message` says why.
+    pub fn precondition(message: impl Into<String>) -> Self {
+        ServiceError::precondition(message).into()
     }
 
     /// A failed call to `service`.
@@ -49,16 +44,20 @@ impl VmError {
 
 impl From<sqlx::Error> for VmError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Database(DatabaseError::from(e))
+        ServiceError::from(e).into()
+    }
+}
+
+impl From<DatabaseError> for VmError {
+    fn from(e: DatabaseError) -> Self {
+        ServiceError::from(e).into()
     }
 }
 
 impl From<VmError> for tonic::Status {
     fn from(e: VmError) -> Self {
         match e {
-            VmError::InvalidArgument { .. } => tonic::Status::invalid_argument(e.to_string()),
-            VmError::NotFound(_) => tonic::Status::not_found(e.to_string()),
-            VmError::FailedPrecondition(_) => tonic::Status::failed_precondition(e.to_string()),
+            VmError::Common(c) => c.into(),
             VmError::Peer { service, status } => match status.code() {
                 tonic::Code::InvalidArgument
                 | tonic::Code::NotFound
@@ -69,7 +68,6 @@ impl From<VmError> for tonic::Status {
                 }
                 _ => tonic::Status::unavailable(format!("{service}: {}", status.message())),
             },
-            VmError::Database(d) => d.into(),
         }
     }
 }

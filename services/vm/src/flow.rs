@@ -30,6 +30,7 @@ use mesh_contracts::iot::v1::{
 use mesh_contracts::payment::v1::{ChargeRequest, GetPaymentRequest, PaymentStatus, RefundRequest};
 use mesh_contracts::vm::v1::VendStatus;
 use mesh_runtime::Database;
+use mesh_runtime::domain::ServiceError;
 use mesh_runtime::outbox::Event;
 use tonic::Code;
 
@@ -108,7 +109,7 @@ impl Flow {
     async fn load(&self, id: &str) -> Result<VendRow> {
         store::vend(self.db.pool(), id)
             .await?
-            .ok_or_else(|| VmError::NotFound(format!("vend `{id}`")))
+            .ok_or_else(|| VmError::not_found("vend", id))
     }
 
     async fn run(&self, id: &str) -> Result<VendRow> {
@@ -125,7 +126,7 @@ impl Flow {
                 step::REFUND => self.refund(&mut v).await?,
                 step::RELEASE => return self.release(v).await,
                 other => {
-                    return Err(VmError::FailedPrecondition(format!(
+                    return Err(VmError::precondition(format!(
                         "vend `{id}` is at an unknown step `{other}`"
                     )));
                 }
@@ -466,7 +467,7 @@ impl WorkSource for Flow {
 
     fn is_transient(&self, error: &VmError) -> bool {
         match error {
-            VmError::Database(e) => e.is_unavailable(),
+            VmError::Common(ServiceError::Database(e)) => e.is_unavailable(),
             VmError::Peer { status, .. } => status.code() == tonic::Code::Unavailable,
             _ => false,
         }

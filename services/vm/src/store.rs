@@ -2,69 +2,66 @@
 
 use mesh_contracts::common::v1::Money;
 use mesh_contracts::vm::v1::{Planogram, Slot, Vend, VendStatus};
+use mesh_runtime::domain::time;
 use mesh_runtime::outbox::Tx;
-use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row as _};
+use sqlx::AnyPool;
 
 use crate::error::VmError;
 
 type Result<T> = std::result::Result<T, VmError>;
 
-/// Seconds since the Unix epoch.
+/// Now, in microseconds since the Unix epoch (the unit of every stored time).
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
+    time::now_us()
 }
 
-fn ts(unix: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: unix,
-        nanos: 0,
-    })
+/// A `slots` row.
+#[derive(sqlx::FromRow)]
+struct SlotRow {
+    code: String,
+    product_id: String,
+    currency: String,
+    price_minor: i64,
+    quantity: i64,
+    capacity: i64,
 }
 
-fn slot_of(row: &AnyRow) -> std::result::Result<Slot, sqlx::Error> {
-    let product: String = row.try_get("product_id")?;
-    let quantity: i64 = row.try_get("quantity")?;
-    let capacity: i64 = row.try_get("capacity")?;
-    Ok(Slot {
-        code: row.try_get("code")?,
-        price: (!product.is_empty())
-            .then(|| -> std::result::Result<Money, sqlx::Error> {
-                Ok(Money {
-                    currency_code: row.try_get("currency")?,
-                    amount_minor: row.try_get("price_minor")?,
-                })
-            })
-            .transpose()?,
-        product_id: product,
-        quantity: quantity as i32,
-        capacity: capacity as i32,
-    })
+impl From<SlotRow> for Slot {
+    fn from(r: SlotRow) -> Self {
+        Slot {
+            code: r.code,
+            price: (!r.product_id.is_empty()).then_some(Money {
+                currency_code: r.currency,
+                amount_minor: r.price_minor,
+            }),
+            product_id: r.product_id,
+            quantity: r.quantity as i32,
+            capacity: r.capacity as i32,
+        }
+    }
 }
+
+const SLOT_COLUMNS: &str = "code, product_id, currency, price_minor, quantity, capacity";
 
 /// The planogram of `machine` (no slots, version 0, when never set).
 pub async fn planogram(pool: &AnyPool, machine: &str) -> Result<Planogram> {
-    let head = sqlx::query("SELECT version, updated_at FROM planograms WHERE machine_id = $1")
-        .bind(machine)
-        .fetch_optional(pool)
-        .await?;
-    let rows = sqlx::query("SELECT * FROM slots WHERE machine_id = $1 ORDER BY code")
+    let head: Option<(i64, i64)> =
+        sqlx::query_as("SELECT version, updated_us FROM planograms WHERE machine_id = $1")
+            .bind(machine)
+            .fetch_optional(pool)
+            .await?;
+    let sql = format!("SELECT {SLOT_COLUMNS} FROM slots WHERE machine_id = $1 ORDER BY code");
+    let rows: Vec<SlotRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(machine)
         .fetch_all(pool)
         .await?;
     let (version, updated) = match head {
-        Some(h) => (h.try_get("version")?, ts(h.try_get("updated_at")?)),
+        Some((version, updated_us)) => (version, Some(time::to_timestamp(updated_us))),
         None => (0, None),
     };
     Ok(Planogram {
         machine_id: machine.to_string(),
-        slots: rows
-            .iter()
-            .map(slot_of)
-            .collect::<std::result::Result<_, _>>()?,
+        slots: rows.into_iter().map(Slot::from).collect(),
         version,
         update_time: updated,
     })
@@ -79,8 +76,8 @@ pub async fn replace_planogram(
 ) -> Result<()> {
     let now = now();
     sqlx::query(
-        "INSERT INTO planograms (machine_id, store_id, version, updated_at) VALUES ($1, $2, 1, $3) \
-         ON CONFLICT (machine_id) DO UPDATE SET version = planograms.version + 1, store_id = $2, updated_at = $3",
+        "INSERT INTO planograms (machine_id, store_id, version, updated_us) VALUES ($1, $2, 1, $3) \
+         ON CONFLICT (machine_id) DO UPDATE SET version = planograms.version + 1, store_id = $2, updated_us = $3",
     )
     .bind(machine)
     .bind(store)
@@ -112,21 +109,23 @@ pub async fn replace_planogram(
 
 /// One slot, in `tx`.
 pub async fn slot(tx: &mut Tx, machine: &str, code: &str) -> Result<Option<Slot>> {
-    let row = sqlx::query("SELECT * FROM slots WHERE machine_id = $1 AND code = $2")
+    let sql = format!("SELECT {SLOT_COLUMNS} FROM slots WHERE machine_id = $1 AND code = $2");
+    let row: Option<SlotRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(machine)
         .bind(code)
         .fetch_optional(&mut **tx)
         .await?;
-    Ok(row.as_ref().map(slot_of).transpose()?)
+    Ok(row.map(Slot::from))
 }
 
 /// The store of a machine with a planogram.
 pub async fn store_of(tx: &mut Tx, machine: &str) -> Result<Option<String>> {
-    let row = sqlx::query("SELECT store_id FROM planograms WHERE machine_id = $1")
-        .bind(machine)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(row.map(|r| r.try_get("store_id")).transpose()?)
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT store_id FROM planograms WHERE machine_id = $1")
+            .bind(machine)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(row.map(|(store,)| store))
 }
 
 /// Adds `delta` units to a slot (never above capacity nor below 0); `false` if it would.
@@ -142,7 +141,7 @@ pub async fn add_units(tx: &mut Tx, machine: &str, code: &str, delta: i64) -> Re
     .await?;
     if done.rows_affected() == 1 {
         sqlx::query(
-            "UPDATE planograms SET version = version + 1, updated_at = $1 WHERE machine_id = $2",
+            "UPDATE planograms SET version = version + 1, updated_us = $1 WHERE machine_id = $2",
         )
         .bind(now())
         .bind(machine)
@@ -155,7 +154,7 @@ pub async fn add_units(tx: &mut Tx, machine: &str, code: &str, delta: i64) -> Re
 /// Records a restock key; `false` when it was applied already.
 pub async fn claim_restock(tx: &mut Tx, machine: &str, key: &str) -> Result<bool> {
     let done = sqlx::query(
-        "INSERT INTO restocks (machine_id, idempotency_key, created_at) VALUES ($1, $2, $3) \
+        "INSERT INTO restocks (machine_id, idempotency_key, created_us) VALUES ($1, $2, $3) \
          ON CONFLICT (machine_id, idempotency_key) DO NOTHING",
     )
     .bind(machine)
@@ -205,34 +204,63 @@ pub struct VendRow {
     pub final_status: String,
 }
 
-fn vend_of(row: &AnyRow) -> std::result::Result<VendRow, sqlx::Error> {
-    let status: String = row.try_get("status")?;
-    Ok(VendRow {
-        vend: Vend {
-            id: row.try_get("id")?,
-            machine_id: row.try_get("machine_id")?,
-            slot: row.try_get("slot")?,
-            product_id: row.try_get("product_id")?,
-            price: Some(Money {
-                currency_code: row.try_get("currency")?,
-                amount_minor: row.try_get("price_minor")?,
-            }),
-            idempotency_key: row.try_get("idempotency_key")?,
-            status: status_of(&status) as i32,
-            failure_reason: row.try_get("failure_reason")?,
-            reservation_id: row.try_get("reservation_id")?,
-            payment_id: row.try_get("payment_id")?,
-            command_id: row.try_get("command_id")?,
-            customer_id: row.try_get("customer_id")?,
-            create_time: ts(row.try_get("created_at")?),
-            update_time: ts(row.try_get("updated_at")?),
-        },
-        store_id: row.try_get("store_id")?,
-        card_token: row.try_get("card_token")?,
-        step: row.try_get("step")?,
-        final_status: row.try_get("final_status")?,
-    })
+/// A `vends` row as stored.
+#[derive(sqlx::FromRow)]
+struct StoredVend {
+    id: String,
+    machine_id: String,
+    store_id: String,
+    slot: String,
+    product_id: String,
+    currency: String,
+    price_minor: i64,
+    idempotency_key: String,
+    customer_id: String,
+    card_token: String,
+    status: String,
+    step: String,
+    failure_reason: String,
+    final_status: String,
+    reservation_id: String,
+    payment_id: String,
+    command_id: String,
+    created_us: i64,
+    updated_us: i64,
 }
+
+impl From<StoredVend> for VendRow {
+    fn from(r: StoredVend) -> Self {
+        VendRow {
+            vend: Vend {
+                id: r.id,
+                machine_id: r.machine_id,
+                slot: r.slot,
+                product_id: r.product_id,
+                price: Some(Money {
+                    currency_code: r.currency,
+                    amount_minor: r.price_minor,
+                }),
+                idempotency_key: r.idempotency_key,
+                status: status_of(&r.status) as i32,
+                failure_reason: r.failure_reason,
+                reservation_id: r.reservation_id,
+                payment_id: r.payment_id,
+                command_id: r.command_id,
+                customer_id: r.customer_id,
+                create_time: Some(time::to_timestamp(r.created_us)),
+                update_time: Some(time::to_timestamp(r.updated_us)),
+            },
+            store_id: r.store_id,
+            card_token: r.card_token,
+            step: r.step,
+            final_status: r.final_status,
+        }
+    }
+}
+
+const VEND_COLUMNS: &str = "id, machine_id, store_id, slot, product_id, currency, price_minor, \
+    idempotency_key, customer_id, card_token, status, step, failure_reason, final_status, \
+    reservation_id, payment_id, command_id, created_us, updated_us";
 
 /// Inserts a new PENDING vend at step `step`; `false` when (machine, key) exists.
 pub async fn insert_vend(tx: &mut Tx, v: &VendRow) -> Result<bool> {
@@ -240,7 +268,7 @@ pub async fn insert_vend(tx: &mut Tx, v: &VendRow) -> Result<bool> {
     let now = now();
     let done = sqlx::query(
         "INSERT INTO vends (id, machine_id, store_id, slot, product_id, currency, price_minor, idempotency_key, \
-         customer_id, card_token, status, step, failure_reason, final_status, reservation_id, payment_id, command_id, created_at, updated_at) \
+         customer_id, card_token, status, step, failure_reason, final_status, reservation_id, payment_id, command_id, created_us, updated_us) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'PENDING', $11, '', '', '', '', '', $12, $12) \
          ON CONFLICT (machine_id, idempotency_key) DO NOTHING",
     )
@@ -263,32 +291,33 @@ pub async fn insert_vend(tx: &mut Tx, v: &VendRow) -> Result<bool> {
 
 /// One vend by id.
 pub async fn vend(pool: &AnyPool, id: &str) -> Result<Option<VendRow>> {
-    let row = sqlx::query("SELECT * FROM vends WHERE id = $1")
+    let sql = format!("SELECT {VEND_COLUMNS} FROM vends WHERE id = $1");
+    let row: Option<StoredVend> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .fetch_optional(pool)
         .await?;
-    Ok(row.as_ref().map(vend_of).transpose()?)
+    Ok(row.map(VendRow::from))
 }
 
 /// One vend by (machine, idempotency key).
 pub async fn vend_by_key(pool: &AnyPool, machine: &str, key: &str) -> Result<Option<VendRow>> {
-    let row = sqlx::query("SELECT * FROM vends WHERE machine_id = $1 AND idempotency_key = $2")
+    let sql =
+        format!("SELECT {VEND_COLUMNS} FROM vends WHERE machine_id = $1 AND idempotency_key = $2");
+    let row: Option<StoredVend> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(machine)
         .bind(key)
         .fetch_optional(pool)
         .await?;
-    Ok(row.as_ref().map(vend_of).transpose()?)
+    Ok(row.map(VendRow::from))
 }
 
 /// Ids of every PENDING vend, oldest first (the recovery sweep).
 pub async fn pending_vends(pool: &AnyPool) -> Result<Vec<String>> {
-    let rows = sqlx::query("SELECT id FROM vends WHERE status = 'PENDING' ORDER BY created_at, id")
-        .fetch_all(pool)
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| r.try_get("id"))
-        .collect::<std::result::Result<_, _>>()?)
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM vends WHERE status = 'PENDING' ORDER BY created_us, id")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// Moves a PENDING vend to `step`, recording references and the reason and final status it
@@ -296,7 +325,7 @@ pub async fn pending_vends(pool: &AnyPool) -> Result<Vec<String>> {
 pub async fn set_step(tx: &mut Tx, v: &VendRow) -> Result<()> {
     sqlx::query(
         "UPDATE vends SET step = $1, reservation_id = $2, payment_id = $3, command_id = $4, \
-         failure_reason = $5, final_status = $6, updated_at = $7 WHERE id = $8 AND status = 'PENDING'",
+         failure_reason = $5, final_status = $6, updated_us = $7 WHERE id = $8 AND status = 'PENDING'",
     )
     .bind(&v.step)
     .bind(&v.vend.reservation_id)
@@ -314,7 +343,7 @@ pub async fn set_step(tx: &mut Tx, v: &VendRow) -> Result<()> {
 /// Makes a vend final with `status`; `false` when it was final already.
 pub async fn finish(tx: &mut Tx, id: &str, status: VendStatus, reason: &str) -> Result<bool> {
     let done = sqlx::query(
-        "UPDATE vends SET status = $1, step = 'DONE', failure_reason = $2, updated_at = $3 \
+        "UPDATE vends SET status = $1, step = 'DONE', failure_reason = $2, updated_us = $3 \
          WHERE id = $4 AND status = 'PENDING'",
     )
     .bind(status_name(status))
@@ -326,7 +355,7 @@ pub async fn finish(tx: &mut Tx, id: &str, status: VendStatus, reason: &str) -> 
     Ok(done.rows_affected() == 1)
 }
 
-/// Up to `limit` vends, newest first, after (created_at, id) `after`.
+/// Up to `limit` vends, newest first, after (created_us, id) `after`.
 pub async fn vends(
     pool: &AnyPool,
     machine: Option<&str>,
@@ -335,20 +364,18 @@ pub async fn vends(
     limit: i64,
 ) -> Result<Vec<Vend>> {
     let (after_t, after_id) = after.unwrap_or((i64::MAX, String::new()));
-    let rows = sqlx::query(
-        "SELECT * FROM vends WHERE ($1 = '' OR machine_id = $1) AND ($2 = '' OR status = $2) \
-         AND (created_at < $3 OR (created_at = $3 AND id < $4) OR $4 = '') AND created_at <= $3 \
-         ORDER BY created_at DESC, id DESC LIMIT $5",
-    )
-    .bind(machine.unwrap_or(""))
-    .bind(status.map(status_name).unwrap_or(""))
-    .bind(after_t)
-    .bind(after_id)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|r| vend_of(r).map(|v| v.vend))
-        .collect::<std::result::Result<_, _>>()?)
+    let sql = format!(
+        "SELECT {VEND_COLUMNS} FROM vends WHERE ($1 = '' OR machine_id = $1) AND ($2 = '' OR status = $2) \
+         AND (created_us < $3 OR (created_us = $3 AND id < $4) OR $4 = '') AND created_us <= $3 \
+         ORDER BY created_us DESC, id DESC LIMIT $5"
+    );
+    let rows: Vec<StoredVend> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(machine.unwrap_or(""))
+        .bind(status.map(status_name).unwrap_or(""))
+        .bind(after_t)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|r| VendRow::from(r).vend).collect())
 }

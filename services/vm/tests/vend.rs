@@ -582,7 +582,7 @@ async fn vend_flow(target: DatabaseTarget) {
         .get("card_token");
     sqlx::query(
         "INSERT INTO vends (id, machine_id, store_id, slot, product_id, currency, price_minor, idempotency_key, \
-         customer_id, card_token, status, step, failure_reason, final_status, reservation_id, payment_id, command_id, created_at, updated_at) \
+         customer_id, card_token, status, step, failure_reason, final_status, reservation_id, payment_id, command_id, created_us, updated_us) \
          VALUES ($1, $2, 'hbf', 'A1', $3, 'EUR', 250, 'k-crash', '', $4, 'PENDING', 'RESERVE', '', '', '', '', '', 1, 1)",
     )
     .bind(&interrupted)

@@ -62,6 +62,14 @@ pub const REFERENCE: IdFormat = IdFormat {
     trim: true,
 };
 
+/// Vending machine (device) ids, shared by shop, vm and the gateway: 1..=64 of
+/// `A-Z a-z 0-9 - _ .`.
+pub const MACHINE_ID: IdFormat = IdFormat {
+    max: 64,
+    charset: Charset::Ascii("-_."),
+    trim: false,
+};
+
 impl IdFormat {
     /// A format of `max` characters of `charset`, not trimmed.
     pub const fn new(max: usize, charset: Charset) -> Self {
