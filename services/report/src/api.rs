@@ -5,12 +5,12 @@ use mesh_contracts::common::v1::Money;
 use mesh_contracts::report::v1::report_service_server::ReportService;
 use mesh_contracts::report::v1::*;
 use mesh_runtime::Database;
+use mesh_runtime::domain::{money::to_money, page_token, time};
 use tonic::{Request, Response, Status};
 
 use crate::dates;
 use crate::error::ReportError;
 use crate::freshness::{self, LagSource};
-use crate::page;
 use crate::queries::{self, TopFilter};
 use crate::rebuild;
 use crate::validate;
@@ -30,10 +30,7 @@ pub struct ReportApi {
 }
 
 fn money(currency: &str, amount_minor: i64) -> Option<Money> {
-    Some(Money {
-        currency_code: currency.to_string(),
-        amount_minor,
-    })
+    Some(to_money(currency, amount_minor))
 }
 
 impl ReportApi {
@@ -79,10 +76,16 @@ impl ReportApi {
             Ok(TopProductsOrder::Revenue) => true,
             Err(_) => return Err(ReportError::invalid("order_by", "unknown value")),
         };
-        let size = mesh_runtime::paging::page_size(req.page_size, 10, 100)
-            .map_err(|reason| ReportError::invalid("page_size", reason))?;
-        let query = page::fingerprint(&[&start, &end, &store, if by_revenue { "r" } else { "u" }]);
-        let offset = page::decode(&req.page_token, query)?;
+        let size = page_token::page_size(req.page_size, 10, 100)?;
+        // The cursor is the offset of the next page (a ranking has no stable keyset).
+        let query = ("top_products", &start, &end, &store, by_revenue);
+        let offset: i64 = page_token::decode(&req.page_token, &query)?.unwrap_or(0);
+        if offset < 0 {
+            return Err(ReportError::invalid(
+                "page_token",
+                "not a token of this query",
+            ));
+        }
         let filter = TopFilter {
             start: &start,
             end: &end,
@@ -107,7 +110,7 @@ impl ReportApi {
         Ok(ListTopProductsResponse {
             products,
             next_page_token: if more {
-                page::encode(query, offset + size)
+                page_token::encode(&(offset + size), &query)
             } else {
                 String::new()
             },
@@ -130,7 +133,7 @@ impl ReportApi {
             DEFAULT_COVER_WINDOW,
             validate::MAX_RANGE_DAYS,
         )?;
-        let today = dates::day_number(dates::now_us());
+        let today = dates::day_number(time::now_us());
         let since = dates::format_day(today - window + 1);
         let mut rows: Vec<StockSummaryRow> = queries::stock(&self.db, &location, &since)
             .await?
@@ -172,13 +175,13 @@ impl ReportApi {
 
     async fn rebuild(&self, req: RebuildReadModelsRequest) -> Result<RebuildReadModelsResponse> {
         let models = validate::models(&req.read_models)?;
-        let start = dates::now_us();
+        let start = time::now_us();
         let done = rebuild::rebuild(&self.db, &models).await?;
         Ok(RebuildReadModelsResponse {
             read_models: models.iter().map(|m| m.name().to_string()).collect(),
             events_replayed: done.events_replayed,
-            start_time: Some(freshness::timestamp(start)),
-            end_time: Some(freshness::timestamp(dates::now_us())),
+            start_time: Some(time::to_timestamp(start)),
+            end_time: Some(time::to_timestamp(time::now_us())),
         })
     }
 }

@@ -72,13 +72,6 @@ pub fn parse_day(text: &str) -> Result<i64, String> {
     Ok(days)
 }
 
-/// Now, in microseconds since the epoch.
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,48 +1,44 @@
-//! The report service's errors, turned into gRPC statuses in one place.
+//! The report service's errors, turned into gRPC statuses in one place: the runtime's common
+//! [`ServiceError`] and report's own case, a rebuild superseded by another.
 
 use mesh_runtime::DatabaseError;
+use mesh_runtime::domain::ServiceError;
 
 /// What can go wrong in a report RPC.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    /// A request field is missing or malformed; the message names it (e.g. `start_date`).
-    #[error("{field}: {reason}")]
-    InvalidArgument {
-        /// The field.
-        field: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    /// Bad input (naming the field), the database, ...
+    #[error(transparent)]
+    Common(#[from] ServiceError),
     /// Another rebuild took over while this one ran.
     #[error("{0}")]
-    Aborted(String),
-    /// The database failed.
-    #[error(transparent)]
-    Database(#[from] DatabaseError),
+    Superseded(String),
 }
 
 impl ReportError {
     /// A missing or malformed `field`.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        ServiceError::invalid(field, reason).into()
     }
 }
 
 impl From<sqlx::Error> for ReportError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Database(DatabaseError::from(e))
+        ServiceError::from(e).into()
+    }
+}
+
+impl From<DatabaseError> for ReportError {
+    fn from(e: DatabaseError) -> Self {
+        ServiceError::from(e).into()
     }
 }
 
 impl From<ReportError> for tonic::Status {
     fn from(e: ReportError) -> Self {
         match e {
-            ReportError::InvalidArgument { .. } => tonic::Status::invalid_argument(e.to_string()),
-            ReportError::Aborted(_) => tonic::Status::aborted(e.to_string()),
-            ReportError::Database(d) => d.into(),
+            ReportError::Common(c) => c.into(),
+            ReportError::Superseded(_) => tonic::Status::aborted(e.to_string()),
         }
     }
 }

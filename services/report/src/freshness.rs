@@ -8,6 +8,7 @@ use std::time::Duration;
 use mesh_contracts::report::v1::Freshness;
 use mesh_runtime::Database;
 use mesh_runtime::bus::EventBus;
+use mesh_runtime::domain::time;
 
 use crate::error::ReportError;
 use crate::queries;
@@ -26,19 +27,11 @@ pub struct LagSource {
     pub domains: Vec<String>,
 }
 
-/// A `Timestamp` of `us` microseconds since the epoch.
-pub fn timestamp(us: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: us.div_euclid(1_000_000),
-        nanos: i32::try_from(us.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-    }
-}
-
 /// The freshness of the read models now.
 pub async fn freshness(db: &Database, lag: &LagSource) -> Result<Freshness, ReportError> {
     let (newest, applied) = queries::progress(db).await?;
     let mut out = Freshness {
-        newest_event_time: newest.map(timestamp),
+        newest_event_time: newest.map(time::to_timestamp),
         events_behind: -1,
         oldest_unhandled_age: None,
         events_applied: applied,

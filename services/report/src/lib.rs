@@ -8,7 +8,8 @@
 //!   and their tables;
 //! - [`rebuild`]: the shadow generation, replayed from the history and swapped in;
 //! - [`api`]: the RPCs; [`queries`]: the read side; [`freshness`]: newest event and lag;
-//!   [`validate`], [`page`], [`dates`], [`error`].
+//!   [`validate`], [`dates`], [`error`]. Page tokens, time and the error shape are the runtime's
+//!   domain kit.
 
 pub mod api;
 pub mod apply;
@@ -16,7 +17,6 @@ pub mod dates;
 pub mod error;
 pub mod freshness;
 pub mod models;
-pub mod page;
 pub mod queries;
 pub mod rebuild;
 pub mod record;

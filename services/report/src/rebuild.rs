@@ -86,7 +86,7 @@ pub async fn rebuild(db: &Database, models: &[Model]) -> Result<Rebuilt, ReportE
         let (active, building, head): (i64, Option<i64>, i64) =
             (state.get(0), state.get(1), state.get(2));
         if building != Some(new_gen) {
-            return Err(ReportError::Aborted(format!(
+            return Err(ReportError::Superseded(format!(
                 "another rebuild took over (generation {building:?}); this one ({new_gen}) stopped"
             )));
         }

@@ -10,12 +10,12 @@
 use futures::future::BoxFuture;
 use mesh_contracts::events::v1::Envelope;
 use mesh_runtime::consumer::{EventHandler, HandlerError};
+use mesh_runtime::domain::time;
 use mesh_runtime::outbox::Tx;
 use prost::Message;
 use sqlx::Row as _;
 
 use crate::apply::{self, ApplyError, Gens};
-use crate::dates;
 
 /// Every event type report records (its consumer subscribes to these types' streams).
 pub const EVENT_TYPES: &[&str] = &[
@@ -46,12 +46,8 @@ pub fn event_time_us(event: &Envelope) -> i64 {
     event
         .time
         .as_ref()
-        .and_then(|t| {
-            t.seconds
-                .checked_mul(1_000_000)?
-                .checked_add(i64::from(t.nanos / 1000))
-        })
-        .unwrap_or_else(dates::now_us)
+        .and_then(|t| time::from_timestamp("time", t).ok())
+        .unwrap_or_else(time::now_us)
 }
 
 /// Records each event and applies it to the read models.

@@ -1,5 +1,7 @@
 //! Input checks of report's requests; each refusal names the field.
 
+use mesh_runtime::domain::ids;
+
 use crate::dates;
 use crate::error::ReportError;
 use crate::models::Model;
@@ -36,18 +38,9 @@ pub fn range(start: &str, end: &str) -> Result<(String, String)> {
     Ok((dates::format_day(s), dates::format_day(e)))
 }
 
-/// An optional id filter: empty, or up to 128 printable characters without spaces.
+/// An optional id filter: empty, or a reference (up to 128 characters without spaces).
 pub fn optional_id(field: &str, id: &str) -> Result<String> {
-    if id.len() > 128 {
-        return Err(ReportError::invalid(field, "at most 128 characters"));
-    }
-    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ReportError::invalid(
-            field,
-            "must not contain spaces or control characters",
-        ));
-    }
-    Ok(id.to_string())
+    Ok(ids::REFERENCE.optional(field, id)?.unwrap_or_default())
 }
 
 /// A count with a default for 0, refused when negative or above `max`.
