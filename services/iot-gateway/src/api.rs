@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_contracts::iot::v1::gateway_service_server::GatewayService;
 use mesh_contracts::iot::v1::*;
 use mesh_runtime::CallContext;
+use mesh_runtime::domain::money::{self, Amount};
+use mesh_runtime::domain::{ServiceError, page_token};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -94,43 +94,21 @@ impl GatewayApi {
     }
 
     fn list(&self, req: &ListDeviceSessionsRequest) -> Result<ListDeviceSessionsResponse> {
-        let limit = mesh_runtime::paging::page_size(req.page_size, 100, 1000)
-            .map_err(|reason| GatewayError::invalid("page_size", reason))?
-            as usize;
+        let limit = page_token::page_size(req.page_size, 100, 1000)?;
         let state = match SessionState::try_from(req.state) {
             Ok(SessionState::Unspecified) => None,
             Ok(s) => Some(s),
             Err(_) => return Err(GatewayError::invalid("state", "unknown value")),
         };
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(
-                URL_SAFE_NO_PAD
-                    .decode(&req.page_token)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| {
-                        GatewayError::invalid(
-                            "page_token",
-                            "malformed; pass next_page_token unchanged",
-                        )
-                    })?,
-            )
-        };
-        let mut sessions = self
-            .gateway
-            .registry
-            .sessions(after.as_deref(), limit + 1, state);
-        let next_page_token = if sessions.len() > limit {
-            sessions.truncate(limit);
-            sessions
-                .last()
-                .map(|s| URL_SAFE_NO_PAD.encode(s.machine_id.as_bytes()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let listing = ("device_sessions", req.state);
+        let after: Option<String> = page_token::decode(&req.page_token, &listing)?;
+        let mut sessions = self.gateway.registry.sessions(
+            after.as_deref(),
+            usize::try_from(limit).unwrap_or(0) + 1,
+            state,
+        );
+        let next_page_token =
+            page_token::next_page(&mut sessions, limit, &listing, |s| s.machine_id.clone());
         Ok(ListDeviceSessionsResponse {
             sessions,
             next_page_token,
@@ -155,15 +133,13 @@ fn validate_action(c: &Command) -> Result<()> {
                 "required, at most 8 characters",
             ))
         }
-        Some(Action::SetPriceDisplay(p))
-            if p.price
-                .as_ref()
-                .is_none_or(|m| m.currency_code.len() != 3 || m.amount_minor < 0) =>
-        {
-            Err(GatewayError::invalid(
+        Some(Action::SetPriceDisplay(p)) => {
+            money::money(
                 "command.set_price_display.price",
-                "required: a non-negative amount with an ISO 4217 code",
-            ))
+                p.price.as_ref(),
+                Amount::NonNegative,
+            )?;
+            Ok(())
         }
         Some(_) => Ok(()),
     }
@@ -205,7 +181,8 @@ impl GatewayService for GatewayApi {
             .gateway
             .registry
             .get(id)
-            .ok_or_else(|| GatewayError::NotFound(id.clone()))?;
+            .ok_or_else(|| ServiceError::not_found("session of machine", id))
+            .map_err(GatewayError::from)?;
         Ok(Response::new(GetDeviceSessionResponse {
             session: Some(self.gateway.registry.session(&device)),
         }))

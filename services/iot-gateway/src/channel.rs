@@ -102,22 +102,9 @@ impl Stream for Outbound {
 /// Why a session ended when the device closed its side (ends the response with OK).
 const CLOSED_BY_DEVICE: &str = "stream closed by the device";
 
-/// Checks the device id of a Hello.
+/// Checks the device id of a Hello (the kit's machine id format).
 pub fn device_id(value: &str) -> Result<String, GatewayError> {
-    if value.is_empty() {
-        return Err(GatewayError::invalid("hello.device_id", "required"));
-    }
-    let ok = value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !ok {
-        return Err(GatewayError::invalid(
-            "hello.device_id",
-            "letters, digits, '-', '_' and '.', at most 64 characters",
-        ));
-    }
-    Ok(value.to_string())
+    Ok(mesh_runtime::domain::ids::MACHINE_ID.check("hello.device_id", value)?)
 }
 
 /// Accepts a connection: returns its response stream at once; the stream first runs

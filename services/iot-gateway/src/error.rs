@@ -3,18 +3,14 @@
 use std::time::Duration;
 
 use mesh_runtime::DatabaseError;
+use mesh_runtime::domain::ServiceError;
 
 /// What can go wrong in a gateway RPC or device channel.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// A request field is missing or malformed; the message names it.
-    #[error("{field}: {reason}")]
-    InvalidArgument {
-        /// The field.
-        field: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    /// A bad field, an unknown machine, the database (the outbox): the kit's common failures.
+    #[error(transparent)]
+    Common(#[from] ServiceError),
     /// The device did not authenticate (bad, expired or foreign credential).
     #[error("device `{device}`: {reason}")]
     Unauthenticated {
@@ -54,21 +50,18 @@ pub enum GatewayError {
         /// The command.
         command_id: String,
     },
-    /// The gateway never saw the machine.
-    #[error("no session of machine `{0}` is known to this gateway")]
-    NotFound(String),
-    /// The database (the outbox) failed.
-    #[error(transparent)]
-    Database(#[from] DatabaseError),
 }
 
 impl GatewayError {
     /// A missing or malformed `field`.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        ServiceError::invalid(field, reason).into()
+    }
+}
+
+impl From<DatabaseError> for GatewayError {
+    fn from(e: DatabaseError) -> Self {
+        ServiceError::from(e).into()
     }
 }
 
@@ -76,13 +69,11 @@ impl From<GatewayError> for tonic::Status {
     fn from(e: GatewayError) -> Self {
         use GatewayError as E;
         match e {
-            E::InvalidArgument { .. } => tonic::Status::invalid_argument(e.to_string()),
+            E::Common(c) => c.into(),
             E::Unauthenticated { .. } => tonic::Status::unauthenticated(e.to_string()),
             E::Offline(_) | E::Expired { .. } => tonic::Status::unavailable(e.to_string()),
             E::QueueFull { .. } => tonic::Status::resource_exhausted(e.to_string()),
             E::AckTimeout { .. } => tonic::Status::deadline_exceeded(e.to_string()),
-            E::NotFound(_) => tonic::Status::not_found(e.to_string()),
-            E::Database(d) => d.into(),
         }
     }
 }
