@@ -49,6 +49,9 @@ pub fn policy() -> Policy {
     )
 }
 
+/// How long PlaceOrder waits for campaign when `MESH_ORDER_CAMPAIGN_TIMEOUT` is unset.
+pub const DEFAULT_CAMPAIGN_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Saga settings.
 #[derive(Debug, Clone)]
 pub struct OrderOptions {
@@ -56,6 +59,9 @@ pub struct OrderOptions {
     pub saga_timeout: Duration,
     /// How often the sweeper looks for overdue orders.
     pub sweep_every: Duration,
+    /// Longest wait for campaign's PriceCart; past it the order goes at list price
+    /// (`MESH_ORDER_CAMPAIGN_TIMEOUT`).
+    pub campaign_timeout: Duration,
 }
 
 impl OrderOptions {
@@ -65,21 +71,31 @@ impl OrderOptions {
             saga_timeout,
             sweep_every: (saga_timeout / 4)
                 .clamp(Duration::from_millis(50), Duration::from_secs(1)),
+            campaign_timeout: DEFAULT_CAMPAIGN_TIMEOUT,
         }
     }
 
-    /// From the environment: `MESH_ORDER_SAGA_TIMEOUT` (a duration such as `30s`; default 30s).
+    /// From the environment: `MESH_ORDER_SAGA_TIMEOUT` (a duration such as `30s`; default 30s)
+    /// and `MESH_ORDER_CAMPAIGN_TIMEOUT` (default 1s).
     pub fn from_env() -> Result<Self, BuildError> {
-        let timeout = match std::env::var("MESH_ORDER_SAGA_TIMEOUT") {
-            Ok(raw) if !raw.trim().is_empty() => humantime::parse_duration(raw.trim())
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    format!("MESH_ORDER_SAGA_TIMEOUT: expected a positive duration such as `30s`, got `{raw}`")
-                })?,
-            _ => DEFAULT_SAGA_TIMEOUT,
-        };
-        Ok(Self::with_timeout(timeout))
+        let timeout = positive("MESH_ORDER_SAGA_TIMEOUT", DEFAULT_SAGA_TIMEOUT)?;
+        let mut options = Self::with_timeout(timeout);
+        options.campaign_timeout =
+            positive("MESH_ORDER_CAMPAIGN_TIMEOUT", DEFAULT_CAMPAIGN_TIMEOUT)?;
+        Ok(options)
+    }
+}
+
+/// A positive duration from `variable`, `default` when unset.
+fn positive(variable: &str, default: Duration) -> Result<Duration, BuildError> {
+    match std::env::var(variable) {
+        Ok(raw) if !raw.trim().is_empty() => Ok(humantime::parse_duration(raw.trim())
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                format!("{variable}: expected a positive duration such as `30s`, got `{raw}`")
+            })?),
+        _ => Ok(default),
     }
 }
 
@@ -110,7 +126,15 @@ pub async fn build_with(
     ctx.start_consumer(saga::handlers(ctx.consumer()?.concurrency(1)));
     let sweeper = sweeper::Sweeper::new(db.clone(), options.saga_timeout);
     ctx.background_task(sweeper.queue(options.sweep_every).task());
-    let api = OrderApi::new(db.clone(), place::Placer::new(db, peers));
+    let fallbacks = prometheus_client::metrics::counter::Counter::default();
+    ctx.metrics().register(
+        "order_campaign_fallbacks",
+        "Orders placed at list price because campaign could not price them",
+        fallbacks.clone(),
+    );
+    let placer =
+        place::Placer::new(db.clone(), peers).with_campaign(options.campaign_timeout, fallbacks);
+    let api = OrderApi::new(db, placer);
     let server = OrderServiceServer::new(api)
         .max_decoding_message_size(ctx.max_message_bytes())
         .max_encoding_message_size(ctx.max_message_bytes());

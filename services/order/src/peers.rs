@@ -1,7 +1,12 @@
 //! Order's synchronous peers, called over gRPC with the service's own token
-//! (`ServiceTokenChannel`): product prices the lines, payment tokenizes raw cards. Their
-//! failures become statuses naming the request field they concern.
+//! (`ServiceTokenChannel`): product prices the lines, campaign discounts them, payment
+//! tokenizes raw cards. Product's and payment's failures become statuses naming the request
+//! field they concern; campaign's never fail an order (see [`crate::place`]).
 
+use std::time::Duration;
+
+use mesh_contracts::campaign::v1::campaign_service_client::CampaignServiceClient;
+use mesh_contracts::campaign::v1::{PriceCartRequest, PriceCartResponse};
 use mesh_contracts::common::v1::PaymentCard;
 use mesh_contracts::payment::v1::TokenizeCardRequest;
 use mesh_contracts::payment::v1::payment_service_client::PaymentServiceClient;
@@ -18,11 +23,12 @@ use crate::validate::Line;
 /// A channel that authenticates as the order service.
 pub type PeerChannel = ServiceTokenChannel<MeshChannel>;
 
-/// Clients of product and payment.
+/// Clients of product, payment and campaign.
 #[derive(Debug, Clone)]
 pub struct Peers {
     product: ProductServiceClient<PeerChannel>,
     payment: PaymentServiceClient<PeerChannel>,
+    campaign: CampaignServiceClient<PeerChannel>,
 }
 
 /// A tokenized card.
@@ -35,19 +41,39 @@ pub struct Card {
 }
 
 impl Peers {
-    /// Clients over the module table's channels to `product` and `payment`.
+    /// Clients over the module table's channels to `product`, `payment` and `campaign`.
     pub fn connect(ctx: &ServiceContext) -> Result<Self, mesh_runtime::ClientError> {
         Ok(Self::new(
             ServiceTokenChannel::connect(ctx, "product")?,
             ServiceTokenChannel::connect(ctx, "payment")?,
+            ServiceTokenChannel::connect(ctx, "campaign")?,
         ))
     }
 
     /// Clients over the given channels.
-    pub fn new(product: PeerChannel, payment: PeerChannel) -> Self {
+    pub fn new(product: PeerChannel, payment: PeerChannel, campaign: PeerChannel) -> Self {
         Self {
             product: ProductServiceClient::new(product),
             payment: PaymentServiceClient::new(payment),
+            campaign: CampaignServiceClient::new(campaign),
+        }
+    }
+
+    /// Prices `req` at campaign (holding its redemptions), within `within` at most (the client
+    /// stack's deadline and breaker apply as to every call; this bound keeps a slow campaign
+    /// from slowing PlaceOrder down).
+    pub async fn price(
+        &self,
+        req: PriceCartRequest,
+        within: Duration,
+    ) -> Result<PriceCartResponse, tonic::Status> {
+        let mut request = tonic::Request::new(req);
+        request.set_timeout(within);
+        match tokio::time::timeout(within, self.campaign.clone().price_cart(request)).await {
+            Ok(answer) => answer.map(tonic::Response::into_inner),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "campaign did not answer within {within:?}"
+            ))),
         }
     }
 

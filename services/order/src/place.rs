@@ -1,10 +1,19 @@
 //! PlaceOrder: check the request, return the existing order for a repeated idempotency key,
-//! price the lines at product, tokenize a raw card at payment, then store the order as PENDING
-//! and emit `order.created` in one transaction.
+//! price the lines at product, discount them at campaign, tokenize a raw card at payment, then
+//! store the order as PENDING and emit `order.created` in one transaction.
 //!
-//! Nothing is written before every check passed, so a refused order leaves no trace. Promo
-//! codes are recorded and not applied: the campaign service is not built (an invalid code does
-//! not fail an order, as the proto specifies).
+//! Nothing is written before every check passed, so a refused order leaves no trace. Campaign
+//! is asked with `reserve`, so the redemptions of the campaigns it applies are held for this
+//! order (`docs/campaign.md`). Campaign never fails an order: when it is down, slow (past
+//! `MESH_ORDER_CAMPAIGN_TIMEOUT`), refused by the client's breaker or answers nonsense, the
+//! order goes at list price with `discounts_unavailable` set and
+//! `order_campaign_fallbacks_total` counts it. A promo code that does not apply does not fail
+//! the order either, as the proto specifies.
+
+use std::time::Duration;
+
+use mesh_contracts::campaign::v1::{CartLine, PriceCartRequest, PriceCartResponse};
+use mesh_contracts::common::v1::Money;
 
 use mesh_contracts::common::v1::PaymentCard;
 use mesh_contracts::common::v1::payment_method::Method;
@@ -71,17 +80,129 @@ pub fn fingerprint(customer: &str, req: &PlaceOrderRequest) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What campaign took off the lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discounts {
+    /// Per line, in line order (minor units).
+    pub per_line: Vec<i64>,
+    /// The campaigns that gave them.
+    pub applied: Vec<String>,
+    /// Campaign could not price the order (all zero).
+    pub unavailable: bool,
+}
+
+/// Campaign's answer for `lines`, checked: one line per line, same products, discounts in the
+/// order's currency between 0 and the line's subtotal.
+pub fn discounts_of(
+    r: &PriceCartResponse,
+    lines: &[NewLine],
+    currency: &str,
+) -> std::result::Result<Discounts, String> {
+    if r.lines.len() != lines.len() {
+        return Err(format!(
+            "answered {} lines for {}",
+            r.lines.len(),
+            lines.len()
+        ));
+    }
+    let mut per_line = Vec::with_capacity(lines.len());
+    for (i, (priced, line)) in r.lines.iter().zip(lines).enumerate() {
+        let d = priced.discount.clone().unwrap_or_default();
+        let subtotal = line.unit_price_minor.saturating_mul(line.quantity);
+        if priced.product_id != line.product_id
+            || (d.amount_minor != 0 && d.currency_code != currency)
+            || !(0..=subtotal).contains(&d.amount_minor)
+        {
+            return Err(format!("line {i}'s discount does not fit the line"));
+        }
+        per_line.push(d.amount_minor);
+    }
+    Ok(Discounts {
+        per_line,
+        applied: r.applied_campaign_ids.clone(),
+        unavailable: false,
+    })
+}
+
 /// Places orders.
 #[derive(Debug, Clone)]
 pub struct Placer {
     db: Database,
     peers: Peers,
+    campaign_timeout: Duration,
+    fallbacks: prometheus_client::metrics::counter::Counter,
 }
 
 impl Placer {
-    /// A placer over `db`, calling `peers`.
+    /// A placer over `db`, calling `peers`, waiting for campaign at most the default 1s.
     pub fn new(db: Database, peers: Peers) -> Self {
-        Self { db, peers }
+        Self {
+            db,
+            peers,
+            campaign_timeout: crate::DEFAULT_CAMPAIGN_TIMEOUT,
+            fallbacks: Default::default(),
+        }
+    }
+
+    /// Waits for campaign at most `timeout`; counts list-price fallbacks in `fallbacks`.
+    pub fn with_campaign(
+        mut self,
+        timeout: Duration,
+        fallbacks: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.campaign_timeout = timeout;
+        self.fallbacks = fallbacks;
+        self
+    }
+
+    /// The discounts of `lines` at campaign, holding its redemptions for `order_id`; zero
+    /// discounts (and `unavailable`) when campaign cannot say.
+    async fn discounts(
+        &self,
+        order_id: &str,
+        customer: &str,
+        currency: &str,
+        lines: &[NewLine],
+        categories: &[String],
+        promo: &str,
+    ) -> Discounts {
+        let req = PriceCartRequest {
+            lines: lines
+                .iter()
+                .zip(categories)
+                .map(|(l, category)| CartLine {
+                    product_id: l.product_id.clone(),
+                    category_id: category.clone(),
+                    quantity: l.quantity,
+                    unit_price: Some(Money {
+                        currency_code: currency.to_string(),
+                        amount_minor: l.unit_price_minor,
+                    }),
+                })
+                .collect(),
+            promo_codes: if promo.is_empty() {
+                Vec::new()
+            } else {
+                vec![promo.to_string()]
+            },
+            customer_id: customer.to_string(),
+            order_id: order_id.to_string(),
+            price_time: None,
+            reserve: true,
+        };
+        let answer = match self.peers.price(req, self.campaign_timeout).await {
+            Ok(r) => discounts_of(&r, lines, currency),
+            Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+        };
+        answer.unwrap_or_else(|why| {
+            self.fallbacks.inc();
+            tracing::warn!(order = order_id, reason = %why, "campaign could not price the order: placed at list price");
+            Discounts {
+                per_line: vec![0; lines.len()],
+                applied: Vec::new(),
+                unavailable: true,
+            }
+        })
     }
 
     async fn existing(&self, customer: &str, key: &str, hash: &str) -> Result<Option<Order>> {
@@ -108,6 +229,7 @@ impl Placer {
         }
 
         let products = self.peers.products(&checked.lines).await?;
+        let id = uuid::Uuid::now_v7().to_string();
         let mut currency = checked.currency.clone();
         let mut lines = Vec::with_capacity(checked.lines.len());
         let mut subtotal: i64 = 0;
@@ -165,8 +287,25 @@ impl Placer {
                 name: product.name.clone(),
                 quantity: line.quantity,
                 unit_price_minor: price.amount_minor,
+                discount_minor: 0,
             });
         }
+        let currency = currency.unwrap_or_default();
+        let categories: Vec<String> = products.iter().map(|p| p.category_id.clone()).collect();
+        let discounts = self
+            .discounts(
+                &id,
+                customer,
+                &currency,
+                &lines,
+                &categories,
+                &checked.promo,
+            )
+            .await;
+        for (line, d) in lines.iter_mut().zip(&discounts.per_line) {
+            line.discount_minor = *d;
+        }
+        let discount: i64 = discounts.per_line.iter().sum();
 
         let card = match pay {
             Payment::Card(card) => self.peers.tokenize(card).await?,
@@ -176,14 +315,17 @@ impl Placer {
             },
         };
         let new = NewOrder {
-            id: uuid::Uuid::now_v7().to_string(),
+            id,
             customer_id: customer.to_string(),
             idempotency_key: checked.key.clone(),
             request_hash: hash.clone(),
-            currency_code: currency.unwrap_or_default(),
+            currency_code: currency,
             lines,
             subtotal_minor: subtotal,
-            total_minor: subtotal,
+            discount_minor: discount,
+            applied_campaign_ids: discounts.applied,
+            discounts_unavailable: discounts.unavailable,
+            total_minor: subtotal - discount,
             shipping_address: checked.address,
             promo_code: checked.promo,
             card_token: card.token,

@@ -74,6 +74,8 @@ pub struct NewLine {
     pub quantity: i64,
     /// List unit price in minor units.
     pub unit_price_minor: i64,
+    /// Discount on the line (campaign's), in minor units.
+    pub discount_minor: i64,
 }
 
 /// An order to store as PENDING.
@@ -93,11 +95,17 @@ pub struct NewOrder {
     pub lines: Vec<NewLine>,
     /// Sum of line subtotals.
     pub subtotal_minor: i64,
+    /// Sum of line discounts.
+    pub discount_minor: i64,
+    /// The campaigns that gave the discounts.
+    pub applied_campaign_ids: Vec<String>,
+    /// Campaign could not price the order: list prices, no discount.
+    pub discounts_unavailable: bool,
     /// Amount to charge.
     pub total_minor: i64,
     /// Where to ship.
     pub shipping_address: PostalAddress,
-    /// Promo code as entered (not applied).
+    /// Promo code as entered.
     pub promo_code: String,
     /// Card token.
     pub card_token: String,
@@ -115,8 +123,9 @@ pub async fn insert(conn: &mut AnyConnection, o: &NewOrder) -> Result<Order> {
     sqlx::query(
         "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, status, currency_code, \
          subtotal_minor, discount_minor, shipping_minor, total_minor, shipping_address, promo_code, \
-         card_token, card_last4, payment_id, reservation_id, cancel_reason, created_at_us, updated_at_us) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9, $10, $11, $12, '', '', '', $13, $13)",
+         card_token, card_last4, payment_id, reservation_id, cancel_reason, created_at_us, updated_at_us, \
+         applied_campaign_ids, discounts_unavailable) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $14, 0, $8, $9, $10, $11, $12, '', '', '', $13, $13, $15, $16)",
     )
     .bind(&o.id)
     .bind(&o.customer_id)
@@ -131,27 +140,31 @@ pub async fn insert(conn: &mut AnyConnection, o: &NewOrder) -> Result<Order> {
     .bind(&o.card_token)
     .bind(&o.card_last4)
     .bind(o.now_us)
+    .bind(o.discount_minor)
+    .bind(o.applied_campaign_ids.join(","))
+    .bind(i64::from(o.discounts_unavailable))
     .execute(&mut *conn)
     .await?;
-    // At most 100 lines (validated): 700 parameters, under both databases' limits.
+    // At most 100 lines (validated): 800 parameters, under both databases' limits.
     let values = (0..o.lines.len())
         .map(|i| {
-            let p = 7 * i;
+            let p = 8 * i;
             format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
                 p + 1,
                 p + 2,
                 p + 3,
                 p + 4,
                 p + 5,
                 p + 6,
-                p + 7
+                p + 7,
+                p + 8
             )
         })
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "INSERT INTO order_lines (order_id, line_no, product_id, sku, name, quantity, unit_price_minor) VALUES {values}"
+        "INSERT INTO order_lines (order_id, line_no, product_id, sku, name, quantity, unit_price_minor, discount_minor) VALUES {values}"
     );
     let mut lines = sqlx::query(sqlx::AssertSqlSafe(sql));
     for (i, l) in o.lines.iter().enumerate() {
@@ -162,7 +175,8 @@ pub async fn insert(conn: &mut AnyConnection, o: &NewOrder) -> Result<Order> {
             .bind(&l.sku)
             .bind(&l.name)
             .bind(l.quantity)
-            .bind(l.unit_price_minor);
+            .bind(l.unit_price_minor)
+            .bind(l.discount_minor);
     }
     if !o.lines.is_empty() {
         lines.execute(&mut *conn).await?;
@@ -203,16 +217,18 @@ impl NewOrder {
                         l.name.clone(),
                         l.quantity,
                         l.unit_price_minor,
+                        l.discount_minor,
                     )
                 })
                 .collect(),
             subtotal: Some(money(c, self.subtotal_minor)),
-            discount_total: Some(money(c, 0)),
+            discount_total: Some(money(c, self.discount_minor)),
             shipping_total: Some(money(c, 0)),
             total: Some(money(c, self.total_minor)),
             shipping_address: Some(self.shipping_address.clone()),
             promo_code: self.promo_code.clone(),
-            applied_campaign_ids: Vec::new(),
+            applied_campaign_ids: self.applied_campaign_ids.clone(),
+            discounts_unavailable: self.discounts_unavailable,
             card_token: self.card_token.clone(),
             card_last4: self.card_last4.clone(),
             payment_id: String::new(),
@@ -230,7 +246,7 @@ impl NewOrder {
     }
 }
 
-/// An order line as the API shows it (no discounts are applied).
+/// An order line as the API shows it.
 fn line(
     currency: &str,
     product_id: String,
@@ -238,6 +254,7 @@ fn line(
     name: String,
     quantity: i64,
     unit: i64,
+    discount: i64,
 ) -> OrderLine {
     let subtotal = unit.saturating_mul(quantity);
     OrderLine {
@@ -247,8 +264,8 @@ fn line(
         quantity,
         unit_price: Some(money(currency, unit)),
         subtotal: Some(money(currency, subtotal)),
-        discount: Some(money(currency, 0)),
-        total: Some(money(currency, subtotal)),
+        discount: Some(money(currency, discount)),
+        total: Some(money(currency, subtotal - discount)),
     }
 }
 
@@ -386,7 +403,14 @@ fn order_of(row: &AnyRow) -> Result<Order> {
         total: Some(money(&currency, row.try_get("total_minor")?)),
         shipping_address,
         promo_code: row.try_get("promo_code")?,
-        applied_campaign_ids: Vec::new(),
+        applied_campaign_ids: {
+            let ids: String = row.try_get("applied_campaign_ids")?;
+            ids.split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        },
+        discounts_unavailable: row.try_get::<i64, _>("discounts_unavailable")? != 0,
         card_token: row.try_get("card_token")?,
         card_last4: row.try_get("card_last4")?,
         payment_id: row.try_get("payment_id")?,
@@ -400,7 +424,8 @@ fn order_of(row: &AnyRow) -> Result<Order> {
 
 const ORDER_COLUMNS: &str = "id, customer_id, idempotency_key, status, currency_code, subtotal_minor, \
     discount_minor, shipping_minor, total_minor, shipping_address, promo_code, card_token, card_last4, \
-    payment_id, reservation_id, cancel_reason, created_at_us, updated_at_us";
+    payment_id, reservation_id, cancel_reason, created_at_us, updated_at_us, applied_campaign_ids, \
+    discounts_unavailable";
 
 /// Fills the lines of `order` (one statement).
 pub async fn fill_lines(conn: &mut AnyConnection, order: &mut Order) -> Result<()> {
@@ -410,7 +435,7 @@ pub async fn fill_lines(conn: &mut AnyConnection, order: &mut Order) -> Result<(
         .map(|m| m.currency_code.clone())
         .unwrap_or_default();
     let rows = sqlx::query(
-        "SELECT product_id, sku, name, quantity, unit_price_minor FROM order_lines WHERE order_id = $1 ORDER BY line_no",
+        "SELECT product_id, sku, name, quantity, unit_price_minor, discount_minor FROM order_lines WHERE order_id = $1 ORDER BY line_no",
     )
     .bind(&order.id)
     .fetch_all(&mut *conn)
@@ -423,6 +448,7 @@ pub async fn fill_lines(conn: &mut AnyConnection, order: &mut Order) -> Result<(
             r.try_get("name")?,
             r.try_get("quantity")?,
             r.try_get("unit_price_minor")?,
+            r.try_get("discount_minor")?,
         ));
     }
     Ok(())

@@ -52,7 +52,7 @@ pub async fn created(tx: &mut Tx, order: &Order) -> Result<()> {
         location_id: LOCATION.into(),
         shipping_address: order.shipping_address.clone(),
         promo_code: order.promo_code.clone(),
-        applied_campaign_ids: Vec::new(),
+        applied_campaign_ids: order.applied_campaign_ids.clone(),
     };
     tx.emit(
         Event::new("order.created", &order.id, "OrderCreated", &payload).correlation(&order.id),

@@ -122,8 +122,39 @@ pub enum Payment {
     Real(mesh_payment::PaymentSettings),
 }
 
+/// The stand-in for a slow campaign: PriceCart answers after 30 s.
+#[derive(Debug, Default, Clone)]
+pub struct SlowCampaign;
+
+#[tonic::async_trait]
+impl mesh_contracts::campaign::v1::campaign_service_server::CampaignService for SlowCampaign {
+    async fn price_cart(
+        &self,
+        _: Request<mesh_contracts::campaign::v1::PriceCartRequest>,
+    ) -> Result<Response<mesh_contracts::campaign::v1::PriceCartResponse>, Status> {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Err(Status::unavailable("too late"))
+    }
+}
+
+/// Which campaign order talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CampaignPeer {
+    /// The real campaign service.
+    Real,
+    /// Nothing listens at its address.
+    Down,
+    /// [`SlowCampaign`].
+    Slow,
+}
+
 /// The running mesh.
 pub struct Mesh {
+    pub campaign_db: Database,
+    pub campaigns:
+        mesh_contracts::campaign::v1::campaign_service_client::CampaignServiceClient<Channel>,
+    /// Order's metrics registry.
+    pub order_metrics: mesh_runtime::Metrics,
     pub payment_db: Database,
     pub auth: TestAuth,
     pub bus: Arc<dyn EventBus>,
@@ -180,6 +211,16 @@ pub async fn start(backend: &Backend, timeout: Duration) -> Mesh {
 
 /// Starts the mesh on `backend` with the saga timeout `timeout` and `payment`.
 pub async fn start_with(backend: &Backend, timeout: Duration, payment: Payment) -> Mesh {
+    start_full(backend, timeout, payment, CampaignPeer::Real).await
+}
+
+/// Starts the mesh on `backend` with the saga timeout `timeout`, `payment` and `campaign`.
+pub async fn start_full(
+    backend: &Backend,
+    timeout: Duration,
+    payment: Payment,
+    campaign: CampaignPeer,
+) -> Mesh {
     let mut settings = AuthSettings::default();
     settings
         .service_clients
@@ -243,8 +284,40 @@ pub async fn start_with(backend: &Backend, timeout: Duration, payment: Payment) 
         }
     }
 
+    let campaign_db =
+        testing::database("campaign", &backend.target(), &mesh_campaign::MIGRATIONS).await;
+    let campaign_addr = match campaign {
+        CampaignPeer::Real => {
+            let ctx = context("campaign", &auth, &campaign_db, &bus, &shutdown);
+            let routes = mesh_campaign::build_with(ctx, mesh_campaign::CampaignSettings::default())
+                .await
+                .expect("build campaign");
+            serve("campaign", routes, &campaign_db, &bus, &shutdown).await
+        }
+        CampaignPeer::Slow => {
+            let routes = ServiceRoutes::new().add_service(
+                mesh_contracts::campaign::v1::campaign_service_server::CampaignServiceServer::new(
+                    SlowCampaign,
+                ),
+            );
+            serve(
+                "campaign",
+                routes,
+                &campaign_db,
+                &testing::memory_bus(),
+                &shutdown,
+            )
+            .await
+        }
+        CampaignPeer::Down => {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr")
+        }
+    };
+
     let order_db = testing::database("order", &backend.target(), &mesh_order::MIGRATIONS).await;
     let ctx = context("order", &auth, &order_db, &bus, &shutdown);
+    let order_metrics = ctx.metrics().clone();
     let tokens = ServiceTokens::new(
         connect(auth.uri(), ClientOptions::default()),
         "order",
@@ -256,14 +329,29 @@ pub async fn start_with(backend: &Backend, timeout: Duration, payment: Payment) 
             Some(tokens.clone()),
         )
     };
-    let peers = Peers::new(channel(product_addr), channel(payment_addr));
-    let routes = mesh_order::build_with(ctx, OrderOptions::with_timeout(timeout), peers)
+    let peers = Peers::new(
+        channel(product_addr),
+        channel(payment_addr),
+        channel(campaign_addr),
+    );
+    let mut options = OrderOptions::with_timeout(timeout);
+    options.campaign_timeout = Duration::from_millis(500);
+    let routes = mesh_order::build_with(ctx, options, peers)
         .await
         .expect("build order");
     let order_addr = serve("order", routes, &order_db, &bus, &shutdown).await;
 
     let admin = auth.admin_token().await;
     Mesh {
+        campaign_db,
+        campaigns:
+            mesh_contracts::campaign::v1::campaign_service_client::CampaignServiceClient::new(
+                // Lazy: nothing listens when the campaign is down.
+                tonic::transport::Endpoint::from_shared(format!("http://{campaign_addr}"))
+                    .expect("uri")
+                    .connect_lazy(),
+            ),
+        order_metrics,
         payment_db,
         bus,
         order_db,
