@@ -5,13 +5,12 @@
 //! match it), and another customer's order answers `NOT_FOUND` naming `id`, exactly like a
 //! missing one, so order ids cannot be probed. Staff, admins and services act for anyone.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_contracts::events::v1::CancelReason;
 use mesh_contracts::order::v1::order_service_server::OrderService;
 use mesh_contracts::order::v1::*;
 use mesh_runtime::Database;
 use mesh_runtime::auth::{Identity, Role};
+use mesh_runtime::domain::page_token;
 use tonic::{Request, Response, Status};
 
 use crate::error::OrderError;
@@ -79,7 +78,7 @@ pub struct OrderApi {
 }
 
 fn not_found(id: &str) -> OrderError {
-    OrderError::not_found("id", format!("order `{id}` not found"))
+    OrderError::not_found("id", "order", id)
 }
 
 impl OrderApi {
@@ -111,18 +110,14 @@ impl OrderApi {
 
     async fn list(&self, caller: &Caller, req: ListOrdersRequest) -> Result<ListOrdersResponse> {
         let customer_id = caller.customer("customer_id", &req.customer_id)?;
-        let limit = mesh_runtime::paging::page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE)
-            .map_err(|reason| OrderError::invalid("page_size", reason))?;
+        let limit = page_token::page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let status = match OrderStatus::try_from(req.status) {
             Ok(OrderStatus::Unspecified) => None,
             Ok(s) => Some(s),
             Err(_) => return Err(OrderError::invalid("status", "not an OrderStatus value")),
         };
-        let before = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(decode_token(&req.page_token)?)
-        };
+        let listing = ("orders", customer_id.clone(), req.status);
+        let before = page_token::decode(&req.page_token, &listing)?;
         let filter = ListFilter {
             customer_id,
             status,
@@ -130,12 +125,9 @@ impl OrderApi {
         };
         let mut conn = self.db.acquire().await?;
         let mut orders = store::list(&mut conn, &filter, limit + 1).await?;
-        let next_page_token = if orders.len() as i64 > limit {
-            orders.truncate(limit as usize);
-            orders.last().map(encode_token).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page_token::next_page(&mut orders, limit, &listing, |o| {
+            (store::created_us(o), o.id.clone())
+        });
         Ok(ListOrdersResponse {
             orders,
             next_page_token,
@@ -210,24 +202,6 @@ impl OrderApi {
             }
         }
     }
-}
-
-fn encode_token(order: &Order) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}\n{}", store::created_us(order), order.id))
-}
-
-fn decode_token(token: &str) -> Result<(i64, String)> {
-    URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| {
-            let (at, id) = s.split_once('\n')?;
-            Some((at.parse().ok()?, id.to_string()))
-        })
-        .ok_or_else(|| {
-            OrderError::invalid("page_token", "malformed; pass next_page_token unchanged")
-        })
 }
 
 #[tonic::async_trait]

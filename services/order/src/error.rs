@@ -1,107 +1,77 @@
-//! The order service's errors, turned into gRPC statuses in one place. Every message that is
-//! about a request field starts with the field's path (e.g. `lines[2].quantity: ...`).
+//! The order service's errors, turned into gRPC statuses in one place: the kit's common
+//! failures ([`ServiceError`]) and the order's own, a reused idempotency key. Every message
+//! that is about a request field starts with the field's path (e.g. `lines[2].quantity: ...`).
 
 use mesh_runtime::DatabaseError;
+use mesh_runtime::domain::ServiceError;
 
 /// What can go wrong in an order RPC.
 #[derive(Debug, thiserror::Error)]
 pub enum OrderError {
-    /// A request field is missing or malformed.
-    #[error("{field}: {reason}")]
-    InvalidArgument {
-        /// The field.
-        field: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// Something the request names does not exist (or is not the caller's to see).
-    #[error("{field}: {reason}")]
-    NotFound {
-        /// The field naming it.
-        field: String,
-        /// What was not found.
-        reason: String,
-    },
-    /// The request is valid but the state forbids it (a confirmed order, an inactive product).
-    #[error("{field}: {reason}")]
-    FailedPrecondition {
-        /// The field at fault.
-        field: String,
-        /// Why.
-        reason: String,
-    },
+    /// A bad field, an unknown order or product, a state that forbids the call, a caller who
+    /// may not, a peer or the database down.
+    #[error(transparent)]
+    Common(#[from] ServiceError),
     /// The idempotency key was used before for a different request.
     #[error(
         "idempotency_key: `{0}` was already used by this customer for a different order request; use a new key for a new order"
     )]
     KeyReused(String),
-    /// The caller may not act for this customer.
-    #[error("{field}: {reason}")]
-    PermissionDenied {
-        /// The field at fault.
-        field: String,
-        /// Why.
-        reason: String,
-    },
-    /// A peer (product, payment) could not answer.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The database failed.
-    #[error(transparent)]
-    Database(#[from] DatabaseError),
 }
 
 impl OrderError {
     /// A missing or malformed `field`.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        ServiceError::invalid(field, reason).into()
     }
 
-    /// `field` names something that does not exist.
-    pub fn not_found(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::NotFound {
-            field: field.into(),
-            reason: reason.into(),
-        }
+    /// `field` names a `what` (e.g. `product`) with this `id` that does not exist:
+    /// "`field`: `what` `id` not found".
+    pub fn not_found(field: &str, what: &str, id: &str) -> Self {
+        ServiceError::not_found(format!("{field}: {what}"), id).into()
     }
 
     /// The state forbids what `field` asks.
-    pub fn precondition(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::FailedPrecondition {
-            field: field.into(),
-            reason: reason.into(),
-        }
+    pub fn precondition(field: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
+        ServiceError::precondition(format!("{field}: {reason}")).into()
     }
 
     /// The caller may not use `field`'s value.
-    pub fn denied(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::PermissionDenied {
-            field: field.into(),
-            reason: reason.into(),
+    pub fn denied(field: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
+        ServiceError::PermissionDenied(format!("{field}: {reason}")).into()
+    }
+
+    /// A peer (product, payment) or the order itself could not answer now; retrying may work.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ServiceError::Unavailable(message.into()).into()
+    }
+
+    /// The database failure behind this error, if that is what it is.
+    pub fn database(&self) -> Option<&DatabaseError> {
+        match self {
+            Self::Common(ServiceError::Database(d)) => Some(d),
+            _ => None,
         }
     }
 }
 
 impl From<sqlx::Error> for OrderError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Database(DatabaseError::from(e))
+        ServiceError::from(e).into()
+    }
+}
+
+impl From<DatabaseError> for OrderError {
+    fn from(e: DatabaseError) -> Self {
+        ServiceError::from(e).into()
     }
 }
 
 impl From<OrderError> for tonic::Status {
     fn from(e: OrderError) -> Self {
-        let message = e.to_string();
         match e {
-            OrderError::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
-            OrderError::NotFound { .. } => tonic::Status::not_found(message),
-            OrderError::FailedPrecondition { .. } => tonic::Status::failed_precondition(message),
-            OrderError::KeyReused(_) => tonic::Status::already_exists(message),
-            OrderError::PermissionDenied { .. } => tonic::Status::permission_denied(message),
-            OrderError::Unavailable(_) => tonic::Status::unavailable(message),
-            OrderError::Database(d) => d.into(),
+            OrderError::Common(c) => c.into(),
+            OrderError::KeyReused(_) => tonic::Status::already_exists(e.to_string()),
         }
     }
 }

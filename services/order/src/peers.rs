@@ -90,7 +90,7 @@ impl Peers {
             Ok(r) => {
                 let products = r.into_inner().products;
                 if products.len() != ids.len() {
-                    return Err(OrderError::Unavailable(format!(
+                    return Err(OrderError::unavailable(format!(
                         "lines: the product service answered {} products for {} lines",
                         products.len(),
                         ids.len()
@@ -114,17 +114,12 @@ impl Peers {
             {
                 Ok(_) => {}
                 Err(s) if s.code() == Code::NotFound => {
-                    return OrderError::not_found(
-                        format!("lines[{i}].product_id"),
-                        format!("product `{id}` not found"),
-                    );
+                    return OrderError::not_found(&format!("lines[{i}].product_id"), "product", id);
                 }
                 Err(s) => return unavailable("lines", "product", "price the order", &s),
             }
         }
-        OrderError::Unavailable(
-            "lines: a product went missing while the order was priced; retry".into(),
-        )
+        OrderError::unavailable("lines: a product went missing while the order was priced; retry")
     }
 
     /// Exchanges `card` for a token at payment.
@@ -159,7 +154,7 @@ impl Peers {
 }
 
 fn unavailable(field: &str, peer: &str, what: &str, s: &tonic::Status) -> OrderError {
-    OrderError::Unavailable(format!(
+    OrderError::unavailable(format!(
         "{field}: the {peer} service could not {what} ({:?}: {}); retry with the same idempotency_key",
         s.code(),
         s.message()

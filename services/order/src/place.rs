@@ -216,7 +216,7 @@ impl Placer {
         store::get(&mut conn, &id)
             .await?
             .map(Some)
-            .ok_or_else(|| OrderError::Unavailable(format!("id: order `{id}` vanished; retry")))
+            .ok_or_else(|| OrderError::unavailable(format!("id: order `{id}` vanished; retry")))
     }
 
     /// Places `req` for `customer` (already resolved from the caller's token).
@@ -335,13 +335,13 @@ impl Placer {
         let mut tx = self.db.begin().await?;
         let order = match store::insert(&mut tx, &new).await {
             Ok(order) => order,
-            Err(OrderError::Database(DatabaseError::Conflict(_))) => {
+            Err(e) if matches!(e.database(), Some(DatabaseError::Conflict(_))) => {
                 // A concurrent call with the same key won: answer with its order.
                 drop(tx);
                 return self
                     .existing(customer, &checked.key, &hash)
                     .await?
-                    .ok_or_else(|| OrderError::Unavailable("idempotency_key: a concurrent request with this key did not finish; retry".into()));
+                    .ok_or_else(|| OrderError::unavailable("idempotency_key: a concurrent request with this key did not finish; retry"));
             }
             Err(e) => return Err(e),
         };

@@ -36,7 +36,9 @@ fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
 
 fn handler_err(e: OrderError) -> HandlerError {
     match e {
-        OrderError::Database(d) => HandlerError::from(d),
+        OrderError::Common(mesh_runtime::domain::ServiceError::Database(d)) => {
+            HandlerError::from(d)
+        }
         other => HandlerError::retry(other),
     }
 }

@@ -69,6 +69,6 @@ impl WorkSource for Sweeper {
     }
 
     fn is_transient(&self, error: &OrderError) -> bool {
-        matches!(error, OrderError::Database(e) if e.is_unavailable())
+        error.database().is_some_and(|e| e.is_unavailable())
     }
 }

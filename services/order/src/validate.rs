@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use mesh_contracts::common::v1::PostalAddress;
 use mesh_contracts::order::v1::{LineItem, PlaceOrderRequest};
 
+use mesh_runtime::domain::{ids, money};
+
 use crate::error::OrderError;
 
 /// Most lines in one order.
@@ -19,30 +21,15 @@ pub const MAX_PROMO: usize = 64;
 
 type Result<T> = std::result::Result<T, OrderError>;
 
-/// A non-empty id of at most 128 characters without spaces (order ids, customer ids, keys).
+/// A non-empty id of at most 128 characters without spaces (order ids, customer ids, keys):
+/// the kit's reference format.
 pub fn id(field: &str, value: &str) -> Result<String> {
-    let v = value.trim();
-    if v.is_empty() {
-        return Err(OrderError::invalid(field, "required"));
-    }
-    if v.chars().count() > MAX_KEY || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(OrderError::invalid(
-            field,
-            format!("at most {MAX_KEY} characters, no spaces"),
-        ));
-    }
-    Ok(v.to_string())
+    Ok(ids::REFERENCE.check(field, value)?)
 }
 
 /// A product id (UUID) in `field`, normalised.
 pub fn product_id(field: &str, value: &str) -> Result<String> {
-    let v = value.trim();
-    if v.is_empty() {
-        return Err(OrderError::invalid(field, "required"));
-    }
-    uuid::Uuid::parse_str(v)
-        .map(|u| u.to_string())
-        .map_err(|_| OrderError::invalid(field, "not a valid product id (UUID)"))
+    Ok(ids::uuid(field, value)?)
 }
 
 /// A requested line, checked: product id and units.
@@ -130,19 +117,12 @@ pub fn address(address: Option<&PostalAddress>) -> Result<PostalAddress> {
     Ok(a)
 }
 
-/// An optional ISO 4217 code (three letters), upper-cased; `None` when empty.
+/// An optional ISO 4217 code (any case, upper-cased: `eur` is `EUR`); `None` when empty.
 pub fn currency(value: &str) -> Result<Option<String>> {
-    let v = value.trim();
-    if v.is_empty() {
-        return Ok(None);
-    }
-    if v.len() != 3 || !v.chars().all(|c| c.is_ascii_alphabetic()) {
-        return Err(OrderError::invalid(
-            "currency_code",
-            "a three-letter ISO 4217 code such as `EUR`",
-        ));
-    }
-    Ok(Some(v.to_ascii_uppercase()))
+    Ok(money::optional_currency(
+        "currency_code",
+        &value.trim().to_ascii_uppercase(),
+    )?)
 }
 
 /// The promo code: at most [`MAX_PROMO`] printable characters (it is recorded, not applied).
