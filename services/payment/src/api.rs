@@ -1,11 +1,10 @@
 //! The `payment.v1.PaymentService` implementation.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_contracts::common::v1::payment_method::Method;
 use mesh_contracts::payment::v1::payment_service_server::PaymentService;
 use mesh_contracts::payment::v1::*;
 use mesh_runtime::DatabaseError;
+use mesh_runtime::domain::{page_token, time};
 use tonic::{Request, Response, Status};
 
 use crate::engine::Engine;
@@ -112,14 +111,14 @@ impl PaymentApi {
                 drop(tx);
                 return self.refund_response(r).await;
             }
-            let p = store::payment(&mut tx, &payment_id).await?.ok_or_else(|| {
-                PaymentError::NotFound(format!("payment `{payment_id}` not found"))
-            })?;
+            let p = store::payment(&mut tx, &payment_id)
+                .await?
+                .ok_or_else(|| PaymentError::not_found("payment", &payment_id))?;
             if !matches!(
                 p.status,
                 PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded
             ) {
-                return Err(PaymentError::FailedPrecondition(format!(
+                return Err(PaymentError::precondition(format!(
                     "payment `{payment_id}` is {}; only a captured payment can be refunded",
                     store::payment_status_name(p.status)
                 )));
@@ -133,7 +132,7 @@ impl PaymentApi {
                 }
                 Some((_, a)) => *a,
                 None if p.refundable() == 0 => {
-                    return Err(PaymentError::FailedPrecondition(format!(
+                    return Err(PaymentError::precondition(format!(
                         "payment `{payment_id}` has nothing left to refund"
                     )));
                 }
@@ -145,7 +144,11 @@ impl PaymentApi {
                 .await;
             let refund = match created {
                 // The same key raced us: answer with its refund.
-                Err(PaymentError::Database(DatabaseError::Conflict(_))) if round == 0 => continue,
+                Err(e)
+                    if round == 0 && matches!(e.database(), Some(DatabaseError::Conflict(_))) =>
+                {
+                    continue;
+                }
                 other => other?,
             };
             match tx.commit().await {
@@ -154,7 +157,7 @@ impl PaymentApi {
             }
             return self.refund_response(refund).await;
         }
-        Err(PaymentError::FailedPrecondition(format!(
+        Err(PaymentError::precondition(format!(
             "idempotency_key `{key}` is being used concurrently; retry"
         )))
     }
@@ -173,23 +176,7 @@ impl PaymentApi {
     }
 
     async fn list(&self, req: ListTransactionsRequest) -> Result<ListTransactionsResponse> {
-        let limit = mesh_runtime::paging::page_size(req.page_size, 50, 500)
-            .map_err(|reason| PaymentError::invalid("page_size", reason))?;
-        let before = if req.page_token.is_empty() {
-            None
-        } else {
-            let decoded = URL_SAFE_NO_PAD
-                .decode(&req.page_token)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok());
-            let pair = decoded
-                .as_deref()
-                .and_then(|s| s.split_once('\n'))
-                .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.to_string())));
-            Some(pair.ok_or_else(|| {
-                PaymentError::invalid("page_token", "malformed; pass next_page_token unchanged")
-            })?)
-        };
+        let limit = page_token::page_size(req.page_size, 50, 500)?;
         let opt = |field: &str, v: &str| -> Result<Option<String>> {
             Ok(if v.is_empty() {
                 None
@@ -197,14 +184,23 @@ impl PaymentApi {
                 Some(validate::id(field, v)?)
             })
         };
-        let filter = TransactionFilter {
+        let mut filter = TransactionFilter {
             payment_id: opt("payment_id", &req.payment_id)?,
             order_id: opt("order_id", &req.order_id)?,
             customer_id: opt("customer_id", &req.customer_id)?,
-            start: req.start_time.as_ref().map(store::micros_of),
-            end: req.end_time.as_ref().map(store::micros_of),
-            before,
+            start: time::from_optional_timestamp("start_time", req.start_time.as_ref())?,
+            end: time::from_optional_timestamp("end_time", req.end_time.as_ref())?,
+            before: None,
         };
+        let listing = (
+            "transactions",
+            &filter.payment_id,
+            &filter.order_id,
+            &filter.customer_id,
+            filter.start,
+            filter.end,
+        );
+        filter.before = page_token::decode(&req.page_token, &listing)?;
         if let (Some(s), Some(e)) = (filter.start, filter.end)
             && e <= s
         {
@@ -215,14 +211,9 @@ impl PaymentApi {
         }
         let mut c = self.engine.db().acquire().await?;
         let mut rows = store::transactions(&mut c, &filter, limit + 1).await?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(usize::try_from(limit).unwrap_or(0));
-            rows.last()
-                .map(|(created, t)| URL_SAFE_NO_PAD.encode(format!("{created}\n{}", t.id)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page_token::next_page(&mut rows, limit, &listing, |(created, t)| {
+            (*created, t.id.clone())
+        });
         Ok(ListTransactionsResponse {
             transactions: rows.into_iter().map(|(_, t)| t).collect(),
             next_page_token,

@@ -224,7 +224,7 @@ impl Engine {
             // Created concurrently (same order id): answer with that one.
             let existing = store::payment_of_order(tx, order_id)
                 .await?
-                .ok_or_else(|| PaymentError::NotFound(format!("payment of order `{order_id}`")))?;
+                .ok_or_else(|| PaymentError::not_found("payment of order", order_id))?;
             return Ok((existing, false));
         }
         if card.is_none() {
@@ -384,7 +384,7 @@ impl Engine {
     ) -> Result<RefundRow> {
         let now = now_micros();
         if !store::hold_refund(tx, &p.id, amount, now).await? {
-            return Err(PaymentError::FailedPrecondition(format!(
+            return Err(PaymentError::precondition(format!(
                 "amount: {amount} exceeds the {} {} left to refund on payment `{}`",
                 p.refundable(),
                 p.currency,
@@ -421,7 +421,7 @@ impl Engine {
         let mut c = self.db.acquire().await?;
         store::payment(&mut c, id)
             .await?
-            .ok_or_else(|| PaymentError::NotFound(format!("payment `{id}` not found")))
+            .ok_or_else(|| PaymentError::not_found("payment", id))
     }
 
     /// One attempt at the PENDING payment `id`: claim it (with `due_only`, only if due: a
@@ -537,7 +537,7 @@ impl Engine {
         let mut c = self.db.acquire().await?;
         store::refund(&mut c, id)
             .await?
-            .ok_or_else(|| PaymentError::NotFound(format!("refund `{id}` not found")))
+            .ok_or_else(|| PaymentError::not_found("refund", id))
     }
 
     /// One attempt at the PENDING refund `id` (see [`Engine::attempt_charge`]).
@@ -646,7 +646,7 @@ impl Engine {
         if succeeded {
             let after = store::payment(tx, &p.id)
                 .await?
-                .ok_or_else(|| PaymentError::NotFound(format!("payment `{}`", p.id)))?;
+                .ok_or_else(|| PaymentError::not_found("payment", &p.id))?;
             let money = |amount_minor| {
                 Some(mesh_contracts::common::v1::Money {
                     currency_code: p.currency.clone(),

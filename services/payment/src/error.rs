@@ -1,62 +1,66 @@
-//! The payment service's errors, turned into gRPC statuses in one place.
+//! The payment service's errors, turned into gRPC statuses in one place: the kit's common
+//! failures ([`ServiceError`]) and the payment's own, a provider that cannot be reached.
 
 use mesh_runtime::DatabaseError;
+use mesh_runtime::domain::ServiceError;
 
 use crate::provider::ProviderError;
 
 /// What can go wrong in a payment RPC.
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentError {
-    /// A request field is missing or malformed; the message names it (e.g. `amount.currency_code`).
-    #[error("{field}: {reason}")]
-    InvalidArgument {
-        /// The field.
-        field: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The payment is in the wrong state, or a refund exceeds what is left.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// No such payment.
-    #[error("{0}")]
-    NotFound(String),
+    /// A bad field, an unknown payment or refund, a state that forbids it, the database.
+    #[error(transparent)]
+    Common(#[from] ServiceError),
     /// The provider could not be reached.
     #[error(transparent)]
     Provider(#[from] ProviderError),
-    /// The database failed.
-    #[error(transparent)]
-    Database(#[from] DatabaseError),
 }
 
 impl PaymentError {
     /// A missing or malformed `field`.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field: field.into(),
-            reason: reason.into(),
+        ServiceError::invalid(field, reason).into()
+    }
+
+    /// No `what` with this `id`.
+    pub fn not_found(what: impl Into<String>, id: impl Into<String>) -> Self {
+        ServiceError::not_found(what, id).into()
+    }
+
+    /// The payment's state forbids the call; `message` says why.
+    pub fn precondition(message: impl Into<String>) -> Self {
+        ServiceError::precondition(message).into()
+    }
+
+    /// The database failure behind this error, if that is what it is.
+    pub fn database(&self) -> Option<&DatabaseError> {
+        match self {
+            Self::Common(ServiceError::Database(d)) => Some(d),
+            _ => None,
         }
     }
 }
 
 impl From<sqlx::Error> for PaymentError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Database(DatabaseError::from(e))
+        ServiceError::from(e).into()
+    }
+}
+
+impl From<DatabaseError> for PaymentError {
+    fn from(e: DatabaseError) -> Self {
+        ServiceError::from(e).into()
     }
 }
 
 impl From<PaymentError> for tonic::Status {
     fn from(e: PaymentError) -> Self {
         match e {
-            PaymentError::InvalidArgument { .. } => tonic::Status::invalid_argument(e.to_string()),
-            PaymentError::FailedPrecondition(_) => {
-                tonic::Status::failed_precondition(e.to_string())
-            }
-            PaymentError::NotFound(_) => tonic::Status::not_found(e.to_string()),
+            PaymentError::Common(c) => c.into(),
             PaymentError::Provider(p) => tonic::Status::unavailable(format!(
                 "{p}; retry later with the same order id (charges are idempotent per order)"
             )),
-            PaymentError::Database(d) => d.into(),
         }
     }
 }

@@ -34,7 +34,9 @@ fn order_id(field: &str, id: &str) -> Result<String, HandlerError> {
 
 fn handler_error(e: PaymentError) -> HandlerError {
     match e {
-        PaymentError::Database(d) => HandlerError::retry(d),
+        PaymentError::Common(mesh_runtime::domain::ServiceError::Database(d)) => {
+            HandlerError::retry(d)
+        }
         other => HandlerError::retry(other),
     }
 }

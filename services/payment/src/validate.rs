@@ -2,30 +2,18 @@
 
 use mesh_contracts::common::v1::{Money, PaymentCard};
 
+use mesh_runtime::domain::ids;
+use mesh_runtime::domain::money::{self, Amount};
+
 use crate::cards;
 use crate::error::PaymentError;
 use crate::provider::CardData;
 
 type Result<T> = std::result::Result<T, PaymentError>;
 
-/// An id or key: 1..=128 characters of `A-Z a-z 0-9 - _ . : /`.
+/// An id or key: 1..=128 characters of `A-Z a-z 0-9 - _ . : /` (the kit's key format).
 pub fn id(field: &str, value: &str) -> Result<String> {
-    if value.is_empty() {
-        return Err(PaymentError::invalid(field, "required"));
-    }
-    if value.len() > 128 {
-        return Err(PaymentError::invalid(field, "at most 128 characters"));
-    }
-    if !value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'))
-    {
-        return Err(PaymentError::invalid(
-            field,
-            "only letters, digits and - _ . : / are allowed",
-        ));
-    }
-    Ok(value.to_string())
+    Ok(ids::KEY.check(field, value)?)
 }
 
 /// An optional id (empty allowed).
@@ -39,40 +27,17 @@ pub fn optional_id(field: &str, value: &str) -> Result<String> {
 
 /// Free text of at most `max` characters.
 pub fn text(field: &str, value: &str, max: usize) -> Result<String> {
-    if value.chars().count() > max {
-        return Err(PaymentError::invalid(
-            field,
-            format!("at most {max} characters"),
-        ));
-    }
-    Ok(value.to_string())
+    Ok(ids::text(field, value, max, false)?)
 }
 
-/// An ISO 4217 code: three upper-case letters.
+/// An ISO 4217 code the kit knows (upper case).
 pub fn currency(field: &str, value: &str) -> Result<String> {
-    if value.len() == 3 && value.chars().all(|c| c.is_ascii_uppercase()) {
-        Ok(value.to_string())
-    } else if value.is_empty() {
-        Err(PaymentError::invalid(field, "required"))
-    } else {
-        Err(PaymentError::invalid(
-            field,
-            "an ISO 4217 code in upper case, e.g. EUR",
-        ))
-    }
+    Ok(money::currency(field, value)?)
 }
 
 /// A positive amount: `(currency, amount_minor)`.
-pub fn positive_money(field: &str, money: Option<&Money>) -> Result<(String, i64)> {
-    let m = money.ok_or_else(|| PaymentError::invalid(field, "required"))?;
-    let currency = currency(&format!("{field}.currency_code"), &m.currency_code)?;
-    if m.amount_minor <= 0 {
-        return Err(PaymentError::invalid(
-            format!("{field}.amount_minor"),
-            "must be greater than zero",
-        ));
-    }
-    Ok((currency, m.amount_minor))
+pub fn positive_money(field: &str, value: Option<&Money>) -> Result<(String, i64)> {
+    Ok(money::money(field, value, Amount::Positive)?)
 }
 
 /// Raw card data: Luhn-valid number of 12..=19 digits (spaces and dashes tolerated), expiry
@@ -156,7 +121,10 @@ mod tests {
 
     fn field_of(r: Result<CardData>) -> String {
         match r {
-            Err(PaymentError::InvalidArgument { field, .. }) => field,
+            Err(PaymentError::Common(mesh_runtime::domain::ServiceError::InvalidArgument {
+                field,
+                ..
+            })) => field,
             other => panic!("expected invalid argument, got {other:?}"),
         }
     }

@@ -71,7 +71,7 @@ impl WorkSource for PaymentWork {
     }
 
     fn is_transient(&self, error: &PaymentError) -> bool {
-        matches!(error, PaymentError::Database(e) if e.is_unavailable())
+        error.database().is_some_and(|e| e.is_unavailable())
     }
 }
 

@@ -1,0 +1,115 @@
+//! What the saga's events told payment about each order, one row per order.
+
+use sqlx::AnyConnection;
+
+use super::{Result, now_micros};
+
+/// What the saga told payment about an order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SagaOrder {
+    /// Order id.
+    pub order_id: String,
+    /// order.created arrived.
+    pub known: bool,
+    /// Customer.
+    pub customer_id: String,
+    /// Currency of the total.
+    pub currency: String,
+    /// Total to charge.
+    pub amount_minor: i64,
+    /// Card token.
+    pub card_token: String,
+    /// inventory.reserved arrived.
+    pub reserved: bool,
+    /// order.cancelled arrived.
+    pub cancelled: bool,
+}
+
+/// A `saga_orders` row as stored (flags as 0/1).
+#[derive(sqlx::FromRow)]
+struct StoredSaga {
+    order_id: String,
+    known: i64,
+    customer_id: String,
+    currency: String,
+    amount_minor: i64,
+    card_token: String,
+    reserved: i64,
+    cancelled: i64,
+}
+
+impl From<StoredSaga> for SagaOrder {
+    fn from(r: StoredSaga) -> Self {
+        SagaOrder {
+            order_id: r.order_id,
+            known: r.known != 0,
+            customer_id: r.customer_id,
+            currency: r.currency,
+            amount_minor: r.amount_minor,
+            card_token: r.card_token,
+            reserved: r.reserved != 0,
+            cancelled: r.cancelled != 0,
+        }
+    }
+}
+
+/// The columns of a saga row, as [`StoredSaga`] reads them.
+const SAGA_COLUMNS: &str =
+    "order_id, known, customer_id, currency, amount_minor, card_token, reserved, cancelled";
+
+/// Records what `order.created` says of the order (`known`, customer, amount, card) and returns
+/// the saga row as it is now, flags learnt earlier included: one upsert with `RETURNING`, no
+/// second read.
+pub async fn saga_created(c: &mut AnyConnection, o: &SagaOrder) -> Result<SagaOrder> {
+    let sql = format!(
+        "INSERT INTO saga_orders (order_id, known, customer_id, currency, amount_minor, card_token, updated_at) VALUES ($1, 1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (order_id) DO UPDATE SET known = 1, customer_id = $2, currency = $3, amount_minor = $4, card_token = $5, updated_at = $6 \
+         RETURNING {SAGA_COLUMNS}"
+    );
+    let row: StoredSaga = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(&o.order_id)
+        .bind(&o.customer_id)
+        .bind(&o.currency)
+        .bind(o.amount_minor)
+        .bind(&o.card_token)
+        .bind(now_micros())
+        .fetch_one(c)
+        .await?;
+    Ok(row.into())
+}
+
+/// Sets the `reserved` (or, with `reserved = false`, the `cancelled`) flag of `order_id` and
+/// returns the saga row as it is now: one upsert with `RETURNING`.
+pub async fn saga_flag(c: &mut AnyConnection, order_id: &str, reserved: bool) -> Result<SagaOrder> {
+    let sql = if reserved {
+        format!(
+            "INSERT INTO saga_orders (order_id, reserved, updated_at) VALUES ($1, 1, $2) ON CONFLICT (order_id) DO UPDATE SET reserved = 1, updated_at = $2 RETURNING {SAGA_COLUMNS}"
+        )
+    } else {
+        format!(
+            "INSERT INTO saga_orders (order_id, cancelled, updated_at) VALUES ($1, 1, $2) ON CONFLICT (order_id) DO UPDATE SET cancelled = 1, updated_at = $2 RETURNING {SAGA_COLUMNS}"
+        )
+    };
+    let row: StoredSaga = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(order_id)
+        .bind(now_micros())
+        .fetch_one(c)
+        .await?;
+    Ok(row.into())
+}
+
+/// Locks the saga row of `order_id` (if any) until the transaction ends and returns it: taken
+/// first by every transaction that decides on an order's charge or refund (the saga handlers by
+/// their upserts, the charge's finish by this), so a cancellation and a capture finishing at the
+/// same time are serialized and one of them sees the other (on SQLite `BEGIN IMMEDIATE`
+/// serializes anyway). The lock and the read are one statement.
+pub async fn lock_saga_order(c: &mut AnyConnection, order_id: &str) -> Result<Option<SagaOrder>> {
+    let sql = format!(
+        "UPDATE saga_orders SET updated_at = updated_at WHERE order_id = $1 RETURNING {SAGA_COLUMNS}"
+    );
+    let row: Option<StoredSaga> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(order_id)
+        .fetch_optional(c)
+        .await?;
+    Ok(row.map(SagaOrder::from))
+}
