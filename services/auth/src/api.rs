@@ -17,7 +17,7 @@ use crate::keys::KeyRing;
 use crate::settings::AuthSettings;
 use crate::store::{self, AccountRow};
 use crate::tokens::{access_claims, hash_secret, new_secret, secrets_equal};
-use crate::{password, validate};
+use crate::{password, user_events, validate};
 
 /// The auth service.
 #[derive(Debug, Clone)]
@@ -59,11 +59,17 @@ impl AuthApi {
         self.settings.clock.now_unix()
     }
 
-    async fn access_token(&self, subject: &str, roles: &[Role]) -> Result<String> {
+    async fn access_token(
+        &self,
+        subject: &str,
+        roles: &[Role],
+        stores: &[String],
+    ) -> Result<String> {
         let claims = access_claims(
             &self.settings.verifier,
             subject,
             roles,
+            stores,
             self.now(),
             seconds(self.settings.access_ttl),
         );
@@ -78,6 +84,12 @@ impl AuthApi {
         account: &AccountRow,
         session_expires: i64,
     ) -> Result<TokenPair> {
+        // Staff tokens carry the stores the user service assigned them (`docs/identity.md`).
+        let stores = if account.roles.contains(&Role::Staff) {
+            user_events::stores_of(tx, &account.id).await?
+        } else {
+            Vec::new()
+        };
         let refresh = new_secret();
         store::insert_refresh(
             tx,
@@ -88,7 +100,9 @@ impl AuthApi {
         )
         .await?;
         Ok(TokenPair {
-            access_token: self.access_token(&account.id, &account.roles).await?,
+            access_token: self
+                .access_token(&account.id, &account.roles, &stores)
+                .await?,
             token_type: "Bearer".into(),
             expires_in: Some(prost_types::Duration {
                 seconds: seconds(self.settings.access_ttl),
@@ -289,7 +303,7 @@ impl AuthApi {
             return Err(AuthServiceError::BadClient);
         }
         Ok(IssueServiceTokenResponse {
-            access_token: self.access_token(client_id, &[Role::Service]).await?,
+            access_token: self.access_token(client_id, &[Role::Service], &[]).await?,
             token_type: "Bearer".into(),
             expires_in: Some(prost_types::Duration {
                 seconds: seconds(self.settings.access_ttl),
@@ -358,7 +372,7 @@ impl AuthApi {
             return Err(AuthServiceError::BadDeviceCredential);
         }
         Ok(ExchangeDeviceCredentialResponse {
-            access_token: self.access_token(device_id, &[Role::Device]).await?,
+            access_token: self.access_token(device_id, &[Role::Device], &[]).await?,
             expires_in: Some(prost_types::Duration {
                 seconds: seconds(self.settings.access_ttl),
                 nanos: 0,

@@ -6,7 +6,8 @@
 //! - [`settings`]: `MESH_JWT_PRIVATE_KEY_FILE`, `MESH_AUTH_*` and friends;
 //! - [`keys`]: the signing keys; [`tokens`]: token material; [`password`]: hashing;
 //! - [`store`]: SQL; [`validate`]: input checks; [`error`]: errors to statuses;
-//! - [`api`]: the RPCs; [`policy`]: who may call which; [`jwks_http`]: the JWKS over HTTP.
+//! - [`api`]: the RPCs; [`policy`]: who may call which; [`jwks_http`]: the JWKS over HTTP;
+//! - [`user_events`]: staff store assignments and erasure, from the user service's events.
 
 pub mod api;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod password;
 pub mod settings;
 pub mod store;
 pub mod tokens;
+pub mod user_events;
 pub mod validate;
 
 use std::sync::Arc;
@@ -86,6 +88,16 @@ pub async fn build_with(
     let verifier =
         Verifier::new(keys.clone(), settings.verifier.clone()).with_clock(settings.clock.clone());
     let jwks_http = jwks_http::router(keys.clone());
+    ctx.start_consumer(
+        ctx.consumer()?
+            .on("user.updated", user_events::OnUserUpdated)
+            .on(
+                "user.deleted",
+                user_events::OnUserDeleted {
+                    clock: settings.clock.clone(),
+                },
+            ),
+    );
     let api = AuthApi::new(db, keys, Arc::new(settings));
     let server = AuthServiceServer::new(api)
         .max_decoding_message_size(ctx.max_message_bytes())

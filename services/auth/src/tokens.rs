@@ -10,6 +10,7 @@ pub fn access_claims(
     settings: &VerifierSettings,
     subject: &str,
     roles: &[Role],
+    stores: &[String],
     now: i64,
     ttl: i64,
 ) -> Claims {
@@ -22,6 +23,7 @@ pub fn access_claims(
         nbf: now,
         jti: uuid::Uuid::now_v7().to_string(),
         roles: roles.iter().map(|r| r.as_str().to_string()).collect(),
+        stores: stores.to_vec(),
     }
 }
 

@@ -291,6 +291,7 @@ async fn roles_and_refusals(target: DatabaseTarget) {
         nbf: now,
         jti: "j".into(),
         roles: vec!["admin".into()],
+        stores: vec![],
     };
     let none = format!(
         "{}.{}.",

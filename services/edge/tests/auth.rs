@@ -129,6 +129,7 @@ async fn rest_and_grpc_need_valid_tokens_except_on_public_routes() {
         nbf: now,
         jti: "j".into(),
         roles: vec!["admin".into()],
+        stores: vec![],
     };
     let other = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
     let none = format!(
@@ -248,6 +249,7 @@ async fn rotated_keys_are_fetched_and_forged_kids_cannot_hammer_auth() {
             nbf: now,
             jti: format!("j{i}"),
             roles: vec![],
+            stores: vec![],
         };
         let r = rest(
             e.addr,
@@ -286,6 +288,7 @@ async fn auth_down_is_unavailable_not_unauthenticated() {
         nbf: now,
         jti: "j".into(),
         roles: vec![],
+        stores: vec![],
     };
     let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
     let r = rest(

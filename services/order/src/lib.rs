@@ -14,6 +14,7 @@
 //!   statuses.
 
 pub mod api;
+pub mod erasure;
 pub mod error;
 pub mod peers;
 pub mod place;
@@ -123,7 +124,9 @@ pub async fn build_with(
     let db = ctx.database()?.clone();
     // One transaction per batch: events of two orders in two concurrent batch transactions, in
     // opposite order, would deadlock on the order rows (docs/saga.md).
-    ctx.start_consumer(saga::handlers(ctx.consumer()?.concurrency(1)));
+    ctx.start_consumer(
+        saga::handlers(ctx.consumer()?.concurrency(1)).on("user.deleted", erasure::OnUserDeleted),
+    );
     let sweeper = sweeper::Sweeper::new(db.clone(), options.saga_timeout);
     ctx.background_task(sweeper.queue(options.sweep_every).task());
     let fallbacks = prometheus_client::metrics::counter::Counter::default();

@@ -4,6 +4,7 @@ use mesh_contracts::events::v1::{MachineRegistered, MachineStatusChanged};
 use mesh_contracts::shop::v1::shop_service_server::ShopService;
 use mesh_contracts::shop::v1::*;
 use mesh_runtime::Database;
+use mesh_runtime::auth::Identity;
 use mesh_runtime::domain::{page_token, time};
 use mesh_runtime::outbox::Event;
 use tonic::{Request, Response, Status};
@@ -76,8 +77,19 @@ impl ShopApi {
             .ok_or_else(|| ShopError::not_found("store", &id))
     }
 
-    async fn register_machine(&self, req: RegisterMachineRequest) -> Result<Machine> {
+    async fn register_machine(
+        &self,
+        caller: Option<&Identity>,
+        req: RegisterMachineRequest,
+    ) -> Result<Machine> {
         let store_id = validate::store_name("parent", &req.parent)?;
+        // Store staff register machines only at the stores they work at (their token's
+        // `stores` claim); admins and services anywhere.
+        if !caller.is_some_and(|i| i.may_act_at_store(&store_id)) {
+            return Err(ShopError::PermissionDenied(format!(
+                "parent: staff may register machines only at their own stores, not `stores/{store_id}`"
+            )));
+        }
         let m = req
             .machine
             .ok_or_else(|| ShopError::invalid("machine", "required"))?;
@@ -330,7 +342,8 @@ impl ShopService for ShopApi {
         &self,
         r: Request<RegisterMachineRequest>,
     ) -> std::result::Result<Response<RegisterMachineResponse>, Status> {
-        let machine = ShopApi::register_machine(self, r.into_inner()).await?;
+        let caller = Identity::of(&r).cloned();
+        let machine = ShopApi::register_machine(self, caller.as_ref(), r.into_inner()).await?;
         Ok(Response::new(RegisterMachineResponse {
             machine: Some(machine),
         }))

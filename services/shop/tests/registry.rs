@@ -18,7 +18,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 struct Shop {
-    _auth: TestAuth,
+    auth: TestAuth,
+    bus: std::sync::Arc<dyn mesh_runtime::bus::EventBus>,
     addr: SocketAddr,
     db: Database,
     admin: String,
@@ -32,10 +33,11 @@ async fn start(target: DatabaseTarget) -> Shop {
     settings
         .service_clients
         .insert("iot-gateway".into(), "gw-secret".into());
-    let auth = TestAuth::start(&testing::sqlite(), settings).await;
+    // One bus for auth and shop, so a test can feed auth the user service's events.
+    let bus = testing::memory_bus();
+    let auth = TestAuth::start_on(&testing::sqlite(), settings, bus.clone()).await;
     let shutdown = CancellationToken::new();
     let db = testing::database("shop", &target, &mesh_shop::MIGRATIONS).await;
-    let bus = testing::memory_bus();
     let ctx = testing::context(
         "shop",
         BTreeMap::from([("auth", auth.uri())]),
@@ -44,12 +46,13 @@ async fn start(target: DatabaseTarget) -> Shop {
         shutdown.clone(),
     );
     let routes = mesh_shop::build(ctx).await.expect("build shop");
-    let addr = testing::serve("shop", routes, db.clone(), bus, shutdown.clone()).await;
+    let addr = testing::serve("shop", routes, db.clone(), bus.clone(), shutdown.clone()).await;
     let admin = auth.admin_token().await;
     let customer = auth.customer_token().await;
     let service = auth.service_token("iot-gateway", "gw-secret").await;
     Shop {
-        _auth: auth,
+        auth,
+        bus,
         addr,
         db,
         admin,
@@ -536,5 +539,133 @@ async fn registry_and_status_on_sqlite() {
 async fn registry_and_status_on_postgres() {
     if let Some(target) = testing::postgres("shop registry and status") {
         registry_and_status(target).await;
+    }
+}
+
+/// Store staff register machines only at the stores the user service assigned them: auth keeps
+/// the assignments from `user.updated` and puts them into the staff token's `stores` claim;
+/// shop checks the claim (admins anywhere).
+async fn store_staff_act_only_at_their_stores(target: DatabaseTarget) {
+    use mesh_contracts::auth::v1::{LoginRequest, Role as AuthRole, SetRolesRequest};
+    use mesh_contracts::events::v1::UserUpdated;
+
+    let s = start(target).await;
+    let mut c = client(s.addr).await;
+    for id in ["north", "south"] {
+        c.create_store(bearer(
+            &s.admin,
+            CreateStoreRequest {
+                store: Some(Store {
+                    store_id: id.into(),
+                    display_name: id.into(),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("create store");
+    }
+    let auth = s.auth.client().await;
+    let staff = |email: String| {
+        let (mut auth, admin) = (auth.clone(), s.admin.clone());
+        let tester = &s.auth;
+        async move {
+            let id = tester.sign_up(&email).await.account.expect("account").id;
+            auth.set_roles(bearer(
+                &admin,
+                SetRolesRequest {
+                    account_id: id.clone(),
+                    roles: vec![AuthRole::Staff as i32],
+                },
+            ))
+            .await
+            .expect("staff");
+            id
+        }
+    };
+    let clerk_email = format!("{}@example.com", testing::unique("clerk"));
+    let clerk = staff(clerk_email.clone()).await;
+    let other_email = format!("{}@example.com", testing::unique("other"));
+    staff(other_email.clone()).await;
+    // The user service assigns the clerk to `north` (its user.updated snapshot).
+    testing::publish(
+        s.bus.as_ref(),
+        &testing::envelope(
+            "user.updated",
+            &clerk,
+            "UserUpdated",
+            &UserUpdated {
+                user_id: clerk.clone(),
+                changed_fields: vec!["store_ids".into()],
+                store_ids: vec!["north".into()],
+                version: 2,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    let login = |email: String| {
+        let mut auth = auth.clone();
+        async move {
+            auth.login(LoginRequest {
+                email,
+                password: mesh_testkit::PASSWORD.into(),
+            })
+            .await
+            .expect("login")
+            .into_inner()
+            .tokens
+            .expect("tokens")
+            .access_token
+        }
+    };
+    let machine = |store: &str, id: &str| RegisterMachineRequest {
+        parent: format!("stores/{store}"),
+        machine: Some(Machine {
+            machine_id: id.into(),
+            slot_count: 10,
+            ..Default::default()
+        }),
+    };
+    testing::eventually("the clerk registers a machine at their store", || {
+        let (c, login, email) = (c.clone(), &login, clerk_email.clone());
+        async move {
+            let token = login(email).await;
+            c.clone()
+                .register_machine(bearer(&token, machine("north", "vm-n1")))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let token = login(clerk_email).await;
+    let (code_, message) = code(
+        c.register_machine(bearer(&token, machine("south", "vm-s1")))
+            .await,
+    );
+    assert_eq!(code_, Code::PermissionDenied, "{message}");
+    assert!(message.starts_with("parent"), "{message}");
+    // Staff without assignments register nowhere; admins anywhere.
+    let other = login(other_email).await;
+    let (code_, _) = code(
+        c.register_machine(bearer(&other, machine("north", "vm-n2")))
+            .await,
+    );
+    assert_eq!(code_, Code::PermissionDenied);
+    c.register_machine(bearer(&s.admin, machine("south", "vm-s2")))
+        .await
+        .expect("admins register anywhere");
+    s.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn store_staff_on_sqlite() {
+    store_staff_act_only_at_their_stores(testing::sqlite()).await;
+}
+
+#[tokio::test]
+async fn store_staff_on_postgres() {
+    if let Some(target) = testing::postgres("shop store staff") {
+        store_staff_act_only_at_their_stores(target).await;
     }
 }

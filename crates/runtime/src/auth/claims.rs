@@ -27,4 +27,8 @@ pub struct Claims {
     /// Role names, e.g. `["customer"]`.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Staff: the shop store ids the account works at (from the user service's store
+    /// assignments; `docs/identity.md`). Left out of the token when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<String>,
 }

@@ -87,6 +87,8 @@ pub struct Identity {
     pub token_id: String,
     /// When the token expires (Unix seconds).
     pub expires_at: i64,
+    /// The `stores` claim: the stores a staff member works at.
+    pub store_ids: Vec<String>,
 }
 
 impl Identity {
@@ -98,6 +100,15 @@ impl Identity {
     /// Whether the caller holds any of `roles`, or is an admin.
     pub fn has_any(&self, roles: &[Role]) -> bool {
         self.has_role(Role::Admin) || roles.iter().any(|r| self.has_role(*r))
+    }
+
+    /// Whether the caller may act on store `store_id`'s machines, stock and orders: admins and
+    /// services anywhere, staff only at the stores of their `stores` claim, nobody else.
+    pub fn may_act_at_store(&self, store_id: &str) -> bool {
+        if self.has_role(Role::Admin) || self.has_role(Role::Service) {
+            return true;
+        }
+        self.has_role(Role::Staff) && self.store_ids.iter().any(|s| s == store_id)
     }
 
     /// The identity of a request, if the guard put one there.

@@ -156,6 +156,7 @@ impl Verifier {
             roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
             token_id: claims.jti,
             expires_at: claims.exp,
+            store_ids: claims.stores,
         })
     }
 }
