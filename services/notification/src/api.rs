@@ -242,11 +242,10 @@ impl NotificationApi {
                     prefs.muted_event_types = types;
                 }
                 "email" => {
-                    prefs.email = if new.email.is_empty() {
-                        String::new()
-                    } else {
-                        validate::email("preferences.email", &new.email)?
-                    };
+                    return Err(NotificationError::invalid(
+                        "preferences.email",
+                        "output only: the email is the user service's (from auth); notification follows user.updated",
+                    ));
                 }
                 "webhook_url" => {
                     prefs.webhook_url = if new.webhook_url.is_empty() {
@@ -260,7 +259,7 @@ impl NotificationApi {
                     return Err(NotificationError::invalid(
                         "update_mask",
                         format!(
-                            "unknown field `{other}`; one of opted_out_channels, muted_event_types, email, webhook_url"
+                            "unknown field `{other}`; one of opted_out_channels, muted_event_types, webhook_url"
                         ),
                     ));
                 }

@@ -2,12 +2,16 @@
 //! delivery log that is also the send queue, and user preferences; it tells customers about the
 //! order saga's outcomes (`order.confirmed`, `order.cancelled`).
 //!
-//! - [`api`]: the RPCs; [`handlers`]: event handlers; [`deliver`]: the queue and its worker;
+//! A customer's email and marketing consent are the user service's: [`contacts`] follows its
+//! `user.updated` events, and erases what notification holds of a user on `user.deleted`.
+//!
+//! - [`api`]: the RPCs; [`handlers`]: event handlers; [`contacts`]: the user service's events; [`deliver`]: the queue and its worker;
 //!   [`channels`]: sending; [`smtp`]: the SMTP client; [`render`]: templates; [`store`]: SQL;
 //!   [`validate`], [`error`], [`settings`].
 
 pub mod api;
 pub mod channels;
+pub mod contacts;
 pub mod deliver;
 pub mod error;
 pub mod handlers;
@@ -65,7 +69,9 @@ pub async fn build_with(
             .on(
                 "order.cancelled",
                 handlers::NotifyCustomer(deliverer.clone()),
-            ),
+            )
+            .on("user.updated", contacts::OnUserUpdated)
+            .on("user.deleted", contacts::OnUserDeleted),
     );
     ctx.background_task(deliverer.queue().task());
     let server = NotificationServiceServer::new(NotificationApi::new(db, deliverer))

@@ -139,15 +139,18 @@ fn split(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// The preferences of `user_id` (defaults: nothing opted out, no addresses).
+/// The preferences of `user_id` (defaults: nothing opted out, no addresses), with the email the
+/// user service holds for them ([`crate::contacts`]).
 pub async fn preferences(c: &mut AnyConnection, user_id: &str) -> Result<Preferences> {
-    let row = sqlx::query("SELECT opted_out_channels, muted_event_types, email, webhook_url, updated_at FROM preferences WHERE user_id = $1")
+    let email = crate::contacts::email_of(c, user_id).await?;
+    let row = sqlx::query("SELECT opted_out_channels, muted_event_types, webhook_url, updated_at FROM preferences WHERE user_id = $1")
         .bind(user_id)
         .fetch_optional(c)
         .await?;
     let Some(r) = row else {
         return Ok(Preferences {
             user_id: user_id.into(),
+            email,
             ..Default::default()
         });
     };
@@ -160,13 +163,13 @@ pub async fn preferences(c: &mut AnyConnection, user_id: &str) -> Result<Prefere
             .map(|c| channel_of(c) as i32)
             .collect(),
         muted_event_types: split(&muted),
-        email: r.try_get("email")?,
+        email,
         webhook_url: r.try_get("webhook_url")?,
         update_time: ts(r.try_get("updated_at")?),
     })
 }
 
-/// Stores `p` (all fields) for its user.
+/// Stores `p` (all fields but the email, which is the user service's) for its user.
 pub async fn save_preferences(c: &mut AnyConnection, p: &Preferences) -> Result<()> {
     let channels: Vec<&str> = p
         .opted_out_channels
@@ -174,13 +177,12 @@ pub async fn save_preferences(c: &mut AnyConnection, p: &Preferences) -> Result<
         .map(|c| channel_name(Channel::try_from(*c).unwrap_or_default()))
         .collect();
     sqlx::query(
-        "INSERT INTO preferences (user_id, opted_out_channels, muted_event_types, email, webhook_url, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (user_id) DO UPDATE SET opted_out_channels = $2, muted_event_types = $3, email = $4, webhook_url = $5, updated_at = $6",
+        "INSERT INTO preferences (user_id, opted_out_channels, muted_event_types, webhook_url, updated_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (user_id) DO UPDATE SET opted_out_channels = $2, muted_event_types = $3, webhook_url = $4, updated_at = $5",
     )
     .bind(&p.user_id)
     .bind(channels.join(","))
     .bind(p.muted_event_types.join(","))
-    .bind(&p.email)
     .bind(&p.webhook_url)
     .bind(now_micros())
     .execute(c)

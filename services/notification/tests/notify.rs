@@ -23,6 +23,7 @@ use mesh_runtime::bus::EventBus;
 use mesh_runtime::bus::redis::RedisBus;
 use mesh_runtime::config::DatabaseTarget;
 use mesh_testkit::{self as testing, TestAuth, bearer, eventually};
+use prost::Message as _;
 use sqlx::Row as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpListener;
@@ -299,8 +300,34 @@ async fn notifications(target: DatabaseTarget, redis: Option<&str>) {
     let mut c = m.client().await;
     let (alice, bob) = (testing::unique("alice"), testing::unique("bob"));
 
-    // Preferences: alice has an email and her own (flaky) webhook; bob opts out of webhook and
-    // email. Users manage their own only.
+    // Emails are the user service's: its user.updated snapshots (an older version never
+    // overwrites a newer one).
+    for (user, email, version) in [
+        (&alice, "alice@example.com", 2),
+        (&alice, "stale@example.com", 1),
+        (&bob, "bob@example.com", 1),
+    ] {
+        let before = m.handled().await;
+        m.publish(
+            &uuid::Uuid::now_v7().to_string(),
+            "user.updated",
+            user,
+            "UserUpdated",
+            &mesh_contracts::events::v1::UserUpdated {
+                user_id: user.clone(),
+                email: email.into(),
+                version,
+                ..Default::default()
+            },
+        )
+        .await;
+        eventually("user.updated handled", || async {
+            m.handled().await > before
+        })
+        .await;
+    }
+    // Preferences: alice has her own (flaky) webhook; bob opts out of webhook and email. Users
+    // manage their own only.
     let prefs = |user: &str, email: &str, hook: &str, out: Vec<i32>| UpdatePreferencesRequest {
         preferences: Some(Preferences {
             user_id: user.into(),
@@ -309,7 +336,7 @@ async fn notifications(target: DatabaseTarget, redis: Option<&str>) {
             webhook_url: hook.into(),
             ..Default::default()
         }),
-        update_mask: mask(&["email", "webhook_url", "opted_out_channels"]),
+        update_mask: mask(&["webhook_url", "opted_out_channels"]),
     };
     let flaky = format!("http://{}/flaky-{alice}", m.hooks_addr);
     c.update_preferences(bearer(
@@ -784,9 +811,11 @@ async fn notifications(target: DatabaseTarget, redis: Option<&str>) {
         c.update_preferences(bearer(&m.admin, bad)).await,
         "preferences.muted_event_types[0]",
     );
+    // The email is output only: the user service's.
+    let mut own_email = prefs(&alice, "alice@elsewhere.example", "", vec![]);
+    own_email.update_mask = mask(&["email"]);
     assert_invalid(
-        c.update_preferences(bearer(&m.admin, prefs(&alice, "nope", "", vec![])))
-            .await,
+        c.update_preferences(bearer(&m.admin, own_email)).await,
         "preferences.email",
     );
     assert_invalid(
@@ -815,6 +844,73 @@ async fn notifications(target: DatabaseTarget, redis: Option<&str>) {
         .await,
         "page_token",
     );
+
+    // Erasure: user.deleted leaves no trace of alice's email or webhook in notification, and
+    // a late snapshot does not bring the email back.
+    for (event_type, name, payload) in [
+        (
+            "user.deleted",
+            "UserDeleted",
+            mesh_contracts::events::v1::UserDeleted {
+                user_id: alice.clone(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "user.updated",
+            "UserUpdated",
+            mesh_contracts::events::v1::UserUpdated {
+                user_id: alice.clone(),
+                email: "alice@example.com".into(),
+                version: 9,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+    ] {
+        let before = m.handled().await;
+        let mut envelope = testing::envelope(event_type, &alice, name, &());
+        envelope.payload.as_mut().expect("payload").value = payload;
+        testing::publish(m.bus.as_ref(), &envelope).await;
+        eventually("handled", || async { m.handled().await > before }).await;
+    }
+    for table in ["contacts", "preferences", "deliveries", "mesh_outbox"] {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT * FROM {table}")))
+            .fetch_all(m.db.pool())
+            .await
+            .expect("rows");
+        for row in rows {
+            for i in 0..row.len() {
+                let text = row
+                    .try_get::<String, _>(i)
+                    .map(String::into_bytes)
+                    .or_else(|_| row.try_get::<Vec<u8>, _>(i))
+                    .unwrap_or_default();
+                let needle: &[&[u8]] = &[b"alice@example.com", flaky.as_bytes()];
+                for n in needle {
+                    assert!(
+                        !text.windows(n.len()).any(|w| w == *n),
+                        "{table} column {i} still holds {}",
+                        String::from_utf8_lossy(n)
+                    );
+                }
+            }
+        }
+    }
+    let got = c
+        .get_preferences(bearer(
+            &m.admin,
+            GetPreferencesRequest {
+                user_id: alice.clone(),
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner()
+        .preferences
+        .expect("prefs");
+    assert_eq!((got.email.as_str(), got.webhook_url.as_str()), ("", ""));
 
     m.shutdown.cancel();
     m.auth.shutdown.cancel();
