@@ -1,10 +1,9 @@
 //! The `notification.v1.NotificationService` implementation.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_contracts::notification::v1::notification_service_server::NotificationService;
 use mesh_contracts::notification::v1::*;
 use mesh_runtime::auth::{Identity, Role};
+use mesh_runtime::domain::page_token;
 use mesh_runtime::{CallContext, Database};
 use tonic::{Request, Response, Status};
 
@@ -31,25 +30,6 @@ fn may_act_for(identity: Option<&Identity>, user_id: &str) -> Result<()> {
             "only staff, services or the user `{user_id}` may do this"
         ))),
     }
-}
-
-fn page_size(value: i32, default: i64, max: i64) -> Result<i64> {
-    mesh_runtime::paging::page_size(value, default, max)
-        .map_err(|reason| NotificationError::invalid("page_size", reason))
-}
-
-fn decode_token(token: &str) -> Result<Option<String>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .map(Some)
-        .ok_or_else(|| {
-            NotificationError::invalid("page_token", "malformed; pass next_page_token unchanged")
-        })
 }
 
 impl NotificationApi {
@@ -97,8 +77,7 @@ impl NotificationApi {
     }
 
     async fn templates(&self, req: ListTemplatesRequest) -> Result<ListTemplatesResponse> {
-        let limit = page_size(req.page_size, 100, 1000)?;
-        let after = decode_token(&req.page_token)?.unwrap_or_default();
+        let limit = page_token::page_size(req.page_size, 100, 1000)?;
         let event_type = if req.event_type.is_empty() {
             None
         } else {
@@ -109,19 +88,14 @@ impl NotificationApi {
         } else {
             Some(validate::channel("channel", req.channel)?)
         };
+        let listing = ("templates", &event_type, req.channel);
+        let after: String = page_token::decode(&req.page_token, &listing)?.unwrap_or_default();
         let mut c = self.conn().await?;
         let mut templates =
             store::list_templates(&mut c, event_type.as_deref(), channel, &after, limit + 1)
                 .await?;
-        let next_page_token = if templates.len() as i64 > limit {
-            templates.truncate(usize::try_from(limit).unwrap_or(0));
-            templates
-                .last()
-                .map(|t| URL_SAFE_NO_PAD.encode(&t.id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            page_token::next_page(&mut templates, limit, &listing, |t| t.id.clone());
         Ok(ListTemplatesResponse {
             templates,
             next_page_token,
@@ -133,7 +107,7 @@ impl NotificationApi {
         identity: Option<&Identity>,
         req: ListDeliveriesRequest,
     ) -> Result<ListDeliveriesResponse> {
-        let limit = page_size(req.page_size, 50, 500)?;
+        let limit = page_token::page_size(req.page_size, 50, 500)?;
         if !identity.is_some_and(|i| i.has_any(&[Role::Staff, Role::Service])) {
             if req.user_id.is_empty() {
                 return Err(NotificationError::invalid(
@@ -143,19 +117,6 @@ impl NotificationApi {
             }
             may_act_for(identity, &req.user_id)?;
         }
-        let before = match decode_token(&req.page_token)? {
-            None => None,
-            Some(s) => Some(
-                s.split_once('\n')
-                    .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.to_string())))
-                    .ok_or_else(|| {
-                        NotificationError::invalid(
-                            "page_token",
-                            "malformed; pass next_page_token unchanged",
-                        )
-                    })?,
-            ),
-        };
         let status = match DeliveryStatus::try_from(req.status) {
             Ok(DeliveryStatus::Unspecified) => String::new(),
             Ok(s) => store::status_name(s).to_string(),
@@ -166,24 +127,27 @@ impl NotificationApi {
         } else {
             channel_name(validate::channel("channel", req.channel)?).to_string()
         };
-        let filter = DeliveryFilter {
+        let mut filter = DeliveryFilter {
             user_id: req.user_id,
             status,
             event_type: req.event_type,
             event_id: req.event_id,
             channel,
-            before,
+            before: None,
         };
+        let listing = (
+            "deliveries",
+            &filter.user_id,
+            &filter.status,
+            &filter.event_type,
+            &filter.event_id,
+            &filter.channel,
+        );
+        filter.before = page_token::decode(&req.page_token, &listing)?;
         let mut c = self.conn().await?;
         let mut rows = store::list_deliveries(&mut c, &filter, limit + 1).await?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(usize::try_from(limit).unwrap_or(0));
-            rows.last()
-                .map(|(at, d)| URL_SAFE_NO_PAD.encode(format!("{at}\n{}", d.id)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            page_token::next_page(&mut rows, limit, &listing, |(at, d)| (*at, d.id.clone()));
         Ok(ListDeliveriesResponse {
             deliveries: rows.into_iter().map(|(_, d)| d).collect(),
             next_page_token,

@@ -3,40 +3,49 @@
 //! (`WHERE status = 'QUEUED'`), so a delivery is finished once whoever races.
 
 use mesh_contracts::notification::v1::{Channel, Delivery, DeliveryStatus, Preferences, Template};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row as _};
+use mesh_runtime::domain::time;
+use sqlx::AnyConnection;
 
 use crate::validate::{channel_name, channel_of};
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
 
-/// Microseconds since the Unix epoch.
+/// Microseconds since the Unix epoch (the kit's time unit).
 pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    time::now_us()
 }
 
 /// A timestamp of Unix microseconds (`None` for 0: never).
 pub fn ts(micros: i64) -> Option<prost_types::Timestamp> {
-    (micros > 0).then(|| prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-    })
+    time::to_optional_timestamp(micros)
 }
 
-fn template_row(r: &AnyRow) -> Result<Template> {
-    let channel: String = r.try_get("channel")?;
-    Ok(Template {
-        id: r.try_get("id")?,
-        event_type: r.try_get("event_type")?,
-        channel: channel_of(&channel) as i32,
-        locale: r.try_get("locale")?,
-        subject: r.try_get("subject")?,
-        body: r.try_get("body")?,
-        enabled: r.try_get::<i64, _>("enabled")? != 0,
-        update_time: ts(r.try_get("updated_at")?),
-    })
+/// A `templates` row ([`TEMPLATE_COLUMNS`]).
+#[derive(sqlx::FromRow)]
+struct TemplateRow {
+    id: String,
+    event_type: String,
+    channel: String,
+    locale: String,
+    subject: String,
+    body: String,
+    enabled: i64,
+    updated_at: i64,
+}
+
+impl From<TemplateRow> for Template {
+    fn from(r: TemplateRow) -> Self {
+        Template {
+            id: r.id,
+            event_type: r.event_type,
+            channel: channel_of(&r.channel) as i32,
+            locale: r.locale,
+            subject: r.subject,
+            body: r.body,
+            enabled: r.enabled != 0,
+            update_time: ts(r.updated_at),
+        }
+    }
 }
 
 const TEMPLATE_COLUMNS: &str =
@@ -46,7 +55,7 @@ const TEMPLATE_COLUMNS: &str =
 pub async fn upsert_template(c: &mut AnyConnection, t: &Template) -> Result<(Template, bool)> {
     let channel = channel_name(Channel::try_from(t.channel).unwrap_or_default());
     let now = now_micros();
-    let existing: Option<String> = sqlx::query(
+    let existing: Option<String> = sqlx::query_as::<_, (String,)>(
         "SELECT id FROM templates WHERE event_type = $1 AND channel = $2 AND locale = $3",
     )
     .bind(&t.event_type)
@@ -54,8 +63,7 @@ pub async fn upsert_template(c: &mut AnyConnection, t: &Template) -> Result<(Tem
     .bind(&t.locale)
     .fetch_optional(&mut *c)
     .await?
-    .map(|r| r.try_get("id"))
-    .transpose()?;
+    .map(|(id,)| id);
     let id = match &existing {
         Some(id) => {
             sqlx::query("UPDATE templates SET subject = $1, body = $2, enabled = $3, updated_at = $4 WHERE id = $5")
@@ -85,11 +93,11 @@ pub async fn upsert_template(c: &mut AnyConnection, t: &Template) -> Result<(Tem
         }
     };
     let sql = format!("SELECT {TEMPLATE_COLUMNS} FROM templates WHERE id = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let row: TemplateRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(&id)
         .fetch_one(&mut *c)
         .await?;
-    Ok((template_row(&row)?, existing.is_some()))
+    Ok((row.into(), existing.is_some()))
 }
 
 /// Up to `limit` templates after id `after`, by id.
@@ -103,14 +111,14 @@ pub async fn list_templates(
     let sql = format!(
         "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE id > $1 AND ($2 = '' OR event_type = $2) AND ($3 = '' OR channel = $3) ORDER BY id LIMIT $4"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let rows: Vec<TemplateRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(after)
         .bind(event_type.unwrap_or_default())
         .bind(channel.map(channel_name).unwrap_or_default())
         .bind(limit)
         .fetch_all(c)
         .await?;
-    rows.iter().map(template_row).collect()
+    Ok(rows.into_iter().map(Template::from).collect())
 }
 
 /// The enabled fallback-locale template of `event_type` on `channel`.
@@ -122,14 +130,12 @@ pub async fn template_for(
     let sql = format!(
         "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE event_type = $1 AND channel = $2 AND locale = '' AND enabled = 1"
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+    let row: Option<TemplateRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(event_type)
         .bind(channel_name(channel))
         .fetch_optional(c)
-        .await?
-        .as_ref()
-        .map(template_row)
-        .transpose()
+        .await?;
+    Ok(row.map(Template::from))
 }
 
 fn split(list: &str) -> Vec<String> {
@@ -143,19 +149,17 @@ fn split(list: &str) -> Vec<String> {
 /// user service holds for them ([`crate::contacts`]).
 pub async fn preferences(c: &mut AnyConnection, user_id: &str) -> Result<Preferences> {
     let email = crate::contacts::email_of(c, user_id).await?;
-    let row = sqlx::query("SELECT opted_out_channels, muted_event_types, webhook_url, updated_at FROM preferences WHERE user_id = $1")
+    let row: Option<(String, String, String, i64)> = sqlx::query_as("SELECT opted_out_channels, muted_event_types, webhook_url, updated_at FROM preferences WHERE user_id = $1")
         .bind(user_id)
         .fetch_optional(c)
         .await?;
-    let Some(r) = row else {
+    let Some((channels, muted, webhook_url, updated_at)) = row else {
         return Ok(Preferences {
             user_id: user_id.into(),
             email,
             ..Default::default()
         });
     };
-    let channels: String = r.try_get("opted_out_channels")?;
-    let muted: String = r.try_get("muted_event_types")?;
     Ok(Preferences {
         user_id: user_id.into(),
         opted_out_channels: split(&channels)
@@ -164,8 +168,8 @@ pub async fn preferences(c: &mut AnyConnection, user_id: &str) -> Result<Prefere
             .collect(),
         muted_event_types: split(&muted),
         email,
-        webhook_url: r.try_get("webhook_url")?,
-        update_time: ts(r.try_get("updated_at")?),
+        webhook_url,
+        update_time: ts(updated_at),
     })
 }
 
@@ -222,29 +226,50 @@ pub struct DeliveryRow {
     pub traceparent: String,
 }
 
-fn delivery_row(r: &AnyRow) -> Result<DeliveryRow> {
-    let channel: String = r.try_get("channel")?;
-    let status: String = r.try_get("status")?;
-    Ok(DeliveryRow {
-        delivery: Delivery {
-            id: r.try_get("id")?,
-            user_id: r.try_get("user_id")?,
-            channel: channel_of(&channel) as i32,
-            recipient: r.try_get("recipient")?,
-            event_id: r.try_get("event_id")?,
-            event_type: r.try_get("event_type")?,
-            template_id: r.try_get("template_id")?,
-            subject: r.try_get("subject")?,
-            body: r.try_get("body")?,
-            status: status_of(&status) as i32,
-            attempts: i32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(i32::MAX),
-            last_error: r.try_get("last_error")?,
-            create_time: ts(r.try_get("created_at")?),
-            last_attempt_time: ts(r.try_get("last_attempt_at")?),
-            sent_time: ts(r.try_get("sent_at")?),
-        },
-        traceparent: r.try_get("traceparent")?,
-    })
+/// A `deliveries` row as stored ([`DELIVERY_COLUMNS`]).
+#[derive(sqlx::FromRow)]
+struct StoredDelivery {
+    id: String,
+    user_id: String,
+    channel: String,
+    recipient: String,
+    event_id: String,
+    event_type: String,
+    template_id: String,
+    subject: String,
+    body: String,
+    status: String,
+    attempts: i64,
+    last_error: String,
+    traceparent: String,
+    created_at: i64,
+    last_attempt_at: i64,
+    sent_at: i64,
+}
+
+impl From<StoredDelivery> for DeliveryRow {
+    fn from(r: StoredDelivery) -> Self {
+        DeliveryRow {
+            delivery: Delivery {
+                id: r.id,
+                user_id: r.user_id,
+                channel: channel_of(&r.channel) as i32,
+                recipient: r.recipient,
+                event_id: r.event_id,
+                event_type: r.event_type,
+                template_id: r.template_id,
+                subject: r.subject,
+                body: r.body,
+                status: status_of(&r.status) as i32,
+                attempts: i32::try_from(r.attempts).unwrap_or(i32::MAX),
+                last_error: r.last_error,
+                create_time: ts(r.created_at),
+                last_attempt_time: ts(r.last_attempt_at),
+                sent_time: ts(r.sent_at),
+            },
+            traceparent: r.traceparent,
+        }
+    }
 }
 
 /// Inserts `d` (QUEUED or SUPPRESSED) unless `dedupe_key` is taken; `true` if inserted.
@@ -280,25 +305,21 @@ pub async fn insert_delivery(
 /// The delivery with `dedupe_key`.
 pub async fn delivery_by_key(c: &mut AnyConnection, key: &str) -> Result<Option<DeliveryRow>> {
     let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE dedupe_key = $1");
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+    let row: Option<StoredDelivery> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(key)
         .fetch_optional(c)
-        .await?
-        .as_ref()
-        .map(delivery_row)
-        .transpose()
+        .await?;
+    Ok(row.map(DeliveryRow::from))
 }
 
 /// The delivery `id`.
 pub async fn delivery(c: &mut AnyConnection, id: &str) -> Result<Option<DeliveryRow>> {
     let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1");
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+    let row: Option<StoredDelivery> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .fetch_optional(c)
-        .await?
-        .as_ref()
-        .map(delivery_row)
-        .transpose()
+        .await?;
+    Ok(row.map(DeliveryRow::from))
 }
 
 /// Claims the due QUEUED delivery `id` until `lease_until`, counting an attempt; returns the
@@ -309,14 +330,13 @@ pub async fn claim(
     now: i64,
     lease_until: i64,
 ) -> Result<Option<i64>> {
-    sqlx::query("UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = $1, next_attempt_at = $2 WHERE id = $3 AND status = 'QUEUED' AND next_attempt_at <= $1 RETURNING attempts")
+    let row: Option<(i64,)> = sqlx::query_as("UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = $1, next_attempt_at = $2 WHERE id = $3 AND status = 'QUEUED' AND next_attempt_at <= $1 RETURNING attempts")
         .bind(now)
         .bind(lease_until)
         .bind(id)
         .fetch_optional(c)
-        .await?
-        .map(|r| r.try_get("attempts"))
-        .transpose()
+        .await?;
+    Ok(row.map(|(attempts,)| attempts))
 }
 
 /// As [`claim`], but whether due or not: the retry of an attempt that failed on a transient
@@ -327,14 +347,13 @@ pub async fn reclaim(
     now: i64,
     lease_until: i64,
 ) -> Result<Option<i64>> {
-    sqlx::query("UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = $1, next_attempt_at = $2 WHERE id = $3 AND status = 'QUEUED' RETURNING attempts")
+    let row: Option<(i64,)> = sqlx::query_as("UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = $1, next_attempt_at = $2 WHERE id = $3 AND status = 'QUEUED' RETURNING attempts")
         .bind(now)
         .bind(lease_until)
         .bind(id)
         .fetch_optional(c)
-        .await?
-        .map(|r| r.try_get("attempts"))
-        .transpose()
+        .await?;
+    Ok(row.map(|(attempts,)| attempts))
 }
 
 /// Finishes the QUEUED delivery `id` as SENT or FAILED; `false` if it was not QUEUED.
@@ -368,12 +387,12 @@ pub async fn defer(c: &mut AnyConnection, id: &str, at: i64, error: &str) -> Res
 
 /// Ids of up to `limit` QUEUED deliveries due at `now`.
 pub async fn due(c: &mut AnyConnection, now: i64, limit: i64) -> Result<Vec<String>> {
-    let rows = sqlx::query("SELECT id FROM deliveries WHERE status = 'QUEUED' AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2")
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM deliveries WHERE status = 'QUEUED' AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2")
         .bind(now)
         .bind(limit)
         .fetch_all(c)
         .await?;
-    rows.iter().map(|r| r.try_get("id")).collect()
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// Filters and position of a delivery listing.
@@ -405,7 +424,7 @@ pub async fn list_deliveries(
          AND ($4 = '' OR event_id = $4) AND ($5 = '' OR channel = $5) AND (created_at < $6 OR (created_at = $6 AND id < $7)) \
          ORDER BY created_at DESC, id DESC LIMIT $8"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let rows: Vec<StoredDelivery> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(&f.user_id)
         .bind(&f.status)
         .bind(&f.event_type)
@@ -420,7 +439,8 @@ pub async fn list_deliveries(
         .bind(limit)
         .fetch_all(c)
         .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get("created_at")?, delivery_row(r)?.delivery)))
-        .collect()
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.created_at, DeliveryRow::from(r).delivery))
+        .collect())
 }
