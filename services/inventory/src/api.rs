@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_contracts::events::v1::{InventoryAdjusted, InventoryReserved};
 use mesh_contracts::inventory::v1::inventory_service_server::InventoryService;
 use mesh_contracts::inventory::v1::*;
 use mesh_runtime::auth::{Clock, Identity};
+use mesh_runtime::domain::page_token;
 use mesh_runtime::outbox::Event;
 use mesh_runtime::{Database, DatabaseError};
 use tonic::{Request, Response, Status};
@@ -135,7 +134,7 @@ impl InventoryApi {
         .await?;
         let reservation = store::reservation(&mut tx, &id, false)
             .await?
-            .ok_or_else(|| InventoryError::NotFound(id.clone()))?;
+            .ok_or_else(|| InventoryError::not_found("reservation", &id))?;
         tx.commit().await?;
         Ok(reservation)
     }
@@ -261,24 +260,8 @@ impl InventoryApi {
     }
 
     async fn list(&self, req: ListStockRequest) -> Result<ListStockResponse> {
-        let limit = mesh_runtime::paging::page_size(req.page_size, 100, 1000)
-            .map_err(|reason| InventoryError::invalid("page_size", reason))?;
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            let decoded = URL_SAFE_NO_PAD
-                .decode(&req.page_token)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok());
-            let pair = decoded
-                .as_deref()
-                .and_then(|s| s.split_once('\n'))
-                .map(|(a, b)| (a.to_string(), b.to_string()));
-            Some(pair.ok_or_else(|| {
-                InventoryError::invalid("page_token", "malformed; pass next_page_token unchanged")
-            })?)
-        };
-        let filter = StockFilter {
+        let limit = page_token::page_size(req.page_size, 100, 1000)?;
+        let mut filter = StockFilter {
             location_id: if req.location_id.is_empty() {
                 None
             } else {
@@ -295,18 +278,19 @@ impl InventoryApi {
             },
             max_available: (req.only_low_stock || req.max_available != 0)
                 .then_some(req.max_available),
-            after,
+            after: None,
         };
+        let listing = (
+            "stock",
+            &filter.location_id,
+            &filter.product_id,
+            filter.max_available,
+        );
+        filter.after = page_token::decode(&req.page_token, &listing)?;
         let mut stock = store::list(self.db.pool(), &filter, limit + 1).await?;
-        let next_page_token = if stock.len() as i64 > limit {
-            stock.truncate(limit as usize);
-            stock
-                .last()
-                .map(|s| URL_SAFE_NO_PAD.encode(format!("{}\n{}", s.location_id, s.product_id)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page_token::next_page(&mut stock, limit, &listing, |s| {
+            (s.location_id.clone(), s.product_id.clone())
+        });
         Ok(ListStockResponse {
             stock,
             next_page_token,
@@ -390,7 +374,7 @@ impl InventoryService for InventoryApi {
         let mut tx = self.db.begin().await.map_err(InventoryError::from)?;
         let reservation = store::reservation(&mut tx, &id, false)
             .await?
-            .ok_or(InventoryError::NotFound(id))?;
+            .ok_or_else(|| InventoryError::not_found("reservation", &id))?;
         Ok(Response::new(GetReservationResponse {
             reservation: Some(reservation),
         }))

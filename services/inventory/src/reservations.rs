@@ -64,7 +64,7 @@ pub async fn finish_in(
 ) -> Result<Reservation, InventoryError> {
     let current = store::reservation(tx, id, false)
         .await?
-        .ok_or_else(|| InventoryError::NotFound(id.into()))?;
+        .ok_or_else(|| InventoryError::not_found("reservation", id))?;
     finish_loaded(tx, now, current, to, reason, expiry).await
 }
 
@@ -92,7 +92,7 @@ pub async fn finish_loaded(
         // Another writer ended it first (its commit is visible now); report its state.
         return store::reservation(tx, &id, false)
             .await?
-            .ok_or_else(|| InventoryError::NotFound(id.clone()));
+            .ok_or_else(|| InventoryError::not_found("reservation", &id));
     }
     let lines: Vec<Line> = current
         .lines

@@ -5,8 +5,7 @@
 
 use mesh_contracts::inventory::v1::{Reservation, ReservationStatus, StockLevel, StockLine};
 use mesh_runtime::outbox::Tx;
-use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row as _};
+use sqlx::AnyPool;
 
 use crate::error::InventoryError;
 use crate::validate::Line;
@@ -20,28 +19,52 @@ fn ts(unix: i64) -> prost_types::Timestamp {
     }
 }
 
-fn level(row: &AnyRow) -> std::result::Result<StockLevel, sqlx::Error> {
-    let on_hand: i64 = row.try_get("on_hand")?;
-    let reserved: i64 = row.try_get("reserved")?;
-    Ok(StockLevel {
-        product_id: row.try_get("product_id")?,
-        location_id: row.try_get("location_id")?,
-        on_hand,
-        reserved,
-        available: (on_hand - reserved).max(0),
-        update_time: Some(ts(row.try_get("updated_at")?)),
-    })
+/// A `stock` row.
+#[derive(sqlx::FromRow)]
+struct StockRow {
+    product_id: String,
+    location_id: String,
+    on_hand: i64,
+    reserved: i64,
+    updated_at: i64,
+}
+
+impl From<StockRow> for StockLevel {
+    fn from(r: StockRow) -> Self {
+        StockLevel {
+            product_id: r.product_id,
+            location_id: r.location_id,
+            on_hand: r.on_hand,
+            reserved: r.reserved,
+            available: (r.on_hand - r.reserved).max(0),
+            update_time: Some(ts(r.updated_at)),
+        }
+    }
+}
+
+/// A reservation joined with one of its lines (NULL line columns for one without lines).
+#[derive(sqlx::FromRow)]
+struct ReservationLineRow {
+    id: String,
+    reference_id: String,
+    status: String,
+    created_at: i64,
+    expires_at: i64,
+    updated_at: i64,
+    product_id: Option<String>,
+    location_id: Option<String>,
+    quantity: Option<i64>,
 }
 
 /// The stock of `product` at `location` (zeros when never stocked).
 pub async fn stock(pool: &AnyPool, product: &str, location: &str) -> Result<StockLevel> {
-    let row = sqlx::query("SELECT product_id, location_id, on_hand, reserved, updated_at FROM stock WHERE product_id = $1 AND location_id = $2")
+    let row: Option<StockRow> = sqlx::query_as("SELECT product_id, location_id, on_hand, reserved, updated_at FROM stock WHERE product_id = $1 AND location_id = $2")
         .bind(product)
         .bind(location)
         .fetch_optional(pool)
         .await?;
     Ok(match row {
-        Some(r) => level(&r)?,
+        Some(r) => r.into(),
         None => StockLevel {
             product_id: product.into(),
             location_id: location.into(),
@@ -52,13 +75,13 @@ pub async fn stock(pool: &AnyPool, product: &str, location: &str) -> Result<Stoc
 
 /// The stock of `product` at `location` in `tx`.
 pub async fn stock_in(tx: &mut Tx, product: &str, location: &str) -> Result<StockLevel> {
-    let row = sqlx::query("SELECT product_id, location_id, on_hand, reserved, updated_at FROM stock WHERE product_id = $1 AND location_id = $2")
+    let row: Option<StockRow> = sqlx::query_as("SELECT product_id, location_id, on_hand, reserved, updated_at FROM stock WHERE product_id = $1 AND location_id = $2")
         .bind(product)
         .bind(location)
         .fetch_optional(&mut **tx)
         .await?;
     Ok(match row {
-        Some(r) => level(&r)?,
+        Some(r) => r.into(),
         None => StockLevel {
             product_id: product.into(),
             location_id: location.into(),
@@ -162,15 +185,15 @@ async fn change_all(
              WHERE stock.product_id = v.column1 AND stock.location_id = v.column2 AND {condition} \
              RETURNING stock.product_id"
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        let mut query = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql)).bind(now);
         for l in chunk {
             query = query
                 .bind(&l.product_id)
                 .bind(&l.location_id)
                 .bind(l.quantity);
         }
-        for row in query.fetch_all(&mut **tx).await? {
-            held.push(row.try_get("product_id")?);
+        for (product_id,) in query.fetch_all(&mut **tx).await? {
+            held.push(product_id);
         }
     }
     Ok(held)
@@ -266,7 +289,7 @@ pub async fn list(pool: &AnyPool, f: &StockFilter, limit: i64) -> Result<Vec<Sto
         sql += &format!(" AND (location_id > {a} OR (location_id = {a} AND product_id > {b}))");
     }
     sql += &format!(" ORDER BY location_id, product_id LIMIT {}", p());
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let mut q = sqlx::query_as::<_, StockRow>(sqlx::AssertSqlSafe(sql));
     if let Some(v) = &f.location_id {
         q = q.bind(v.clone());
     }
@@ -280,10 +303,7 @@ pub async fn list(pool: &AnyPool, f: &StockFilter, limit: i64) -> Result<Vec<Sto
         q = q.bind(a.clone()).bind(b.clone());
     }
     let rows = q.bind(limit).fetch_all(pool).await?;
-    Ok(rows
-        .iter()
-        .map(level)
-        .collect::<std::result::Result<_, _>>()?)
+    Ok(rows.into_iter().map(StockLevel::from).collect())
 }
 
 /// The stored name of a status.
@@ -413,44 +433,40 @@ pub async fn reservation(tx: &mut Tx, id: &str, by_reference: bool) -> Result<Op
         "SELECT r.id, r.reference_id, r.status, r.created_at, r.expires_at, r.updated_at, l.product_id, l.location_id, l.quantity \
          FROM reservations r LEFT JOIN reservation_lines l ON l.reservation_id = r.id WHERE r.id = $1 ORDER BY l.line_no"
     };
-    let rows = sqlx::query(sql).bind(id).fetch_all(&mut **tx).await?;
+    let rows: Vec<ReservationLineRow> = sqlx::query_as(sql).bind(id).fetch_all(&mut **tx).await?;
     let Some(row) = rows.first() else {
         return Ok(None);
     };
-    let mut lines = Vec::with_capacity(rows.len());
-    for r in &rows {
+    let lines = rows
+        .iter()
         // A reservation without lines comes as one row of NULL line columns.
-        if let Some(product_id) = r.try_get::<Option<String>, _>("product_id")? {
-            lines.push(StockLine {
-                product_id,
-                location_id: r.try_get("location_id")?,
-                quantity: r.try_get("quantity")?,
-            });
-        }
-    }
-    let status: String = row.try_get("status")?;
+        .filter_map(|r| {
+            Some(StockLine {
+                product_id: r.product_id.clone()?,
+                location_id: r.location_id.clone().unwrap_or_default(),
+                quantity: r.quantity.unwrap_or_default(),
+            })
+        })
+        .collect();
     Ok(Some(Reservation {
-        id: row.try_get("id")?,
-        reference_id: row.try_get("reference_id")?,
+        id: row.id.clone(),
+        reference_id: row.reference_id.clone(),
         lines,
-        status: status_of(&status) as i32,
-        create_time: Some(ts(row.try_get("created_at")?)),
-        expire_time: Some(ts(row.try_get("expires_at")?)),
-        update_time: Some(ts(row.try_get("updated_at")?)),
+        status: status_of(&row.status) as i32,
+        create_time: Some(ts(row.created_at)),
+        expire_time: Some(ts(row.expires_at)),
+        update_time: Some(ts(row.updated_at)),
     }))
 }
 
 /// Ids of up to `limit` ACTIVE reservations that expired at or before `now`.
 pub async fn expired(pool: &AnyPool, now: i64, limit: i64) -> Result<Vec<String>> {
-    let rows = sqlx::query("SELECT id FROM reservations WHERE status = 'ACTIVE' AND expires_at <= $1 ORDER BY expires_at LIMIT $2")
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM reservations WHERE status = 'ACTIVE' AND expires_at <= $1 ORDER BY expires_at LIMIT $2")
         .bind(now)
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| r.try_get("id"))
-        .collect::<std::result::Result<_, _>>()?)
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// A recorded adjustment: its resulting on-hand and reserved units.
@@ -458,21 +474,12 @@ pub async fn adjustment_by_request(
     tx: &mut Tx,
     request_id: &str,
 ) -> Result<Option<(String, String, i64, i64)>> {
-    let row = sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT product_id, location_id, on_hand, reserved FROM adjustments WHERE request_id = $1",
     )
     .bind(request_id)
     .fetch_optional(&mut **tx)
-    .await?;
-    Ok(match row {
-        Some(r) => Some((
-            r.try_get("product_id")?,
-            r.try_get("location_id")?,
-            r.try_get("on_hand")?,
-            r.try_get("reserved")?,
-        )),
-        None => None,
-    })
+    .await?)
 }
 
 /// Records an adjustment.
