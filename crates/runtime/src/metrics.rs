@@ -20,6 +20,8 @@ pub struct Metrics {
     registry: Arc<RwLock<Registry>>,
     /// Client resilience series, registered on first use ([`crate::resilience::ClientMetrics::of`]).
     pub(crate) client: Arc<std::sync::OnceLock<crate::resilience::ClientMetrics>>,
+    /// Token refusals of every module, registered on first use ([`crate::auth::AuthRejections`]).
+    pub(crate) auth_rejections: Arc<std::sync::OnceLock<crate::auth::rejections::RejectionFamily>>,
 }
 
 impl Metrics {

@@ -30,6 +30,8 @@ pub struct TestAuth {
     pub db: Database,
     /// Stops it.
     pub shutdown: CancellationToken,
+    /// Its metrics registry (what its admin port's `/metrics` would show).
+    pub metrics: mesh_runtime::metrics::Metrics,
 }
 
 /// The email of the bootstrap admin of [`TestAuth`].
@@ -62,6 +64,7 @@ impl TestAuth {
             bus.clone(),
             shutdown.clone(),
         );
+        let metrics = ctx.metrics().clone();
         let mut routes = mesh_auth::build_with(ctx, settings)
             .await
             .expect("build auth");
@@ -76,6 +79,7 @@ impl TestAuth {
             admin_addr,
             db,
             shutdown,
+            metrics,
         }
     }
 

@@ -6,6 +6,7 @@
 //! the service's database (`signing_keys`), so it survives restarts and is shared by replicas on
 //! Postgres. Key ids are RFC 7638 thumbprints.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,10 @@ pub struct KeyRing {
     from_file: bool,
     active: RwLock<Arc<Active>>,
     published: StaticKeys,
+    /// The earliest end of publication among the published retired keys ([`i64::MAX`]: none):
+    /// past it, the published set is read again, so a key leaves verification here when it
+    /// leaves the JWKS.
+    next_expiry: AtomicI64,
     clock: Arc<dyn Clock>,
     /// How long a retired key stays published: the longest token lifetime plus clock leeway.
     retire_for: i64,
@@ -123,6 +128,7 @@ impl KeyRing {
                 loaded: Instant::now(),
             })),
             published: StaticKeys::default(),
+            next_expiry: AtomicI64::new(i64::MAX),
             clock,
             retire_for,
         });
@@ -153,7 +159,7 @@ impl KeyRing {
     pub async fn jwks(&self) -> Result<Vec<Jwk>, AuthServiceError> {
         let now = self.clock.now_unix();
         let rows = sqlx::query(
-            "SELECT kid, public_x FROM signing_keys WHERE retired_at IS NULL OR expires_at > $1 ORDER BY created_at DESC, kid",
+            "SELECT kid, public_x, expires_at FROM signing_keys WHERE retired_at IS NULL OR expires_at > $1 ORDER BY created_at DESC, kid",
         )
         .bind(now)
         .fetch_all(self.db.pool())
@@ -172,7 +178,13 @@ impl KeyRing {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?;
+        let next_expiry = rows
+            .iter()
+            .filter_map(|r| r.try_get::<Option<i64>, _>("expires_at").ok().flatten())
+            .min()
+            .unwrap_or(i64::MAX);
         self.published.replace(&keys);
+        self.next_expiry.store(next_expiry, Ordering::Release);
         Ok(keys)
     }
 
@@ -208,6 +220,10 @@ impl KeySource for KeyRing {
     ) -> futures::future::BoxFuture<'a, Result<Option<Arc<jsonwebtoken::DecodingKey>>, String>>
     {
         Box::pin(async move {
+            // A retired key whose publication has ended no longer verifies.
+            if self.clock.now_unix() >= self.next_expiry.load(Ordering::Acquire) {
+                self.jwks().await.map_err(|e| e.to_string())?;
+            }
             if let Some(key) = self.published.key(kid).await? {
                 return Ok(Some(key));
             }

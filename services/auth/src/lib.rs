@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use mesh_contracts::auth::v1::auth_service_server::AuthServiceServer;
-use mesh_runtime::auth::{Policy, Role, Verifier, guard_with};
+use mesh_runtime::auth::{AuthRejections, Policy, Role, Verifier, guard_with};
 use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
 pub use api::AuthApi;
@@ -103,6 +103,9 @@ pub async fn build_with(
         .max_decoding_message_size(ctx.max_message_bytes())
         .max_encoding_message_size(ctx.max_message_bytes());
     Ok(ServiceRoutes::new()
-        .add_service(guard_with(verifier, policy(), server)?)
+        .add_service(
+            guard_with(verifier, policy(), server)?
+                .counted(AuthRejections::of(ctx.metrics(), ctx.name())),
+        )
         .admin_routes(jwks_http))
 }

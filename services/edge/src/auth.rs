@@ -22,7 +22,8 @@ use futures::future::BoxFuture;
 use http::HeaderMap;
 use jsonwebtoken::DecodingKey;
 use mesh_runtime::auth::{
-    AuthError, Clock, Identity, JwksClient, KeySource, SystemClock, Verifier, VerifierSettings,
+    AuthError, AuthRejections, Clock, Identity, JwksClient, KeySource, SystemClock, Verifier,
+    VerifierSettings,
 };
 use mesh_runtime::client::MeshChannel;
 
@@ -168,6 +169,7 @@ pub struct EdgeAuth {
     clock: Arc<dyn Clock>,
     public: PublicRoutes,
     verified: Mutex<HashMap<String, Identity>>,
+    rejections: Option<AuthRejections>,
 }
 
 impl EdgeAuth {
@@ -195,7 +197,14 @@ impl EdgeAuth {
             clock,
             public,
             verified: Mutex::new(HashMap::new()),
+            rejections: None,
         }
+    }
+
+    /// Counts the calls refused for their token in `rejections`.
+    pub fn counted(mut self, rejections: AuthRejections) -> Self {
+        self.rejections = Some(rejections);
+        self
     }
 
     /// Whether `rpc` (`pkg.Service/Method`) is open without a token.
@@ -207,7 +216,7 @@ impl EdgeAuth {
     pub async fn identify(&self, headers: &HeaderMap) -> Option<Result<Identity, AuthError>> {
         let value = headers.get(http::header::AUTHORIZATION)?;
         let Some(token) = value.to_str().ok().and_then(bearer) else {
-            return Some(Err(AuthError::Malformed(
+            return Some(Err(AuthError::NotAJwt(
                 "the authorization header is not `Bearer <jwt>`".into(),
             )));
         };
@@ -238,18 +247,22 @@ impl EdgeAuth {
     }
 
     /// Decides a call of `rpc` (`None`: a path no RPC owns, which the edge does not guard)
-    /// given what [`identify`](Self::identify) found.
+    /// given what [`identify`](Self::identify) found; a refusal is counted.
     pub fn decide(
         &self,
         rpc: Option<&str>,
         token: Option<Result<Identity, AuthError>>,
     ) -> Result<(), AuthError> {
-        match (rpc, token) {
-            (None, _) | (_, Some(Ok(_))) => Ok(()),
-            (Some(rpc), _) if self.is_public(rpc) => Ok(()),
-            (Some(_), None) => Err(AuthError::Missing),
-            (Some(_), Some(Err(e))) => Err(e),
+        let refusal = match (rpc, token) {
+            (None, _) | (_, Some(Ok(_))) => return Ok(()),
+            (Some(rpc), _) if self.is_public(rpc) => return Ok(()),
+            (Some(_), None) => AuthError::Missing,
+            (Some(_), Some(Err(e))) => e,
+        };
+        if let Some(rejections) = &self.rejections {
+            rejections.record(&refusal);
         }
+        Err(refusal)
     }
 }
 

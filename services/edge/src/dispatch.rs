@@ -85,6 +85,7 @@ async fn handle(State(edge): State<Arc<Edge>>, mut req: Request<Body>) -> Respon
         .get::<tonic::transport::server::TcpConnectInfo>()
         .and_then(|i| i.remote_addr());
     let origin = req.headers().get(header::ORIGIN).cloned();
+    let (req, body) = crate::drain::share(req);
     let mut response = match call_kind(req.headers()) {
         CallKind::Grpc => edge.grpc(req, peer).await,
         CallKind::GrpcWeb => grpc_web::call(edge.clone(), req, peer).await,
@@ -93,6 +94,9 @@ async fn handle(State(edge): State<Arc<Edge>>, mut req: Request<Body>) -> Respon
             .await
             .unwrap_or_else(EdgeError::into_response),
     };
+    if let Some(body) = body {
+        crate::drain::settle(body, &mut response).await;
+    }
     cors(&edge, origin.as_ref(), response.headers_mut());
     response.headers_mut().insert(REQUEST_ID, id);
     response

@@ -13,7 +13,10 @@
 //! - Bearer tokens are verified with auth's JWKS on every RPC not declared public ([`auth`]),
 //!   and each client ([`client_key`]) has a token bucket, in process or in Redis
 //!   ([`rate_limit`], [`redis_limit`]); both apply to REST and gRPC alike.
-//! - Request ids, CORS and a body size limit apply to REST; settings come from [`config`].
+//! - Request ids, CORS ([`cors`]: the preflight echoes the headers policy allows) and a body
+//!   size limit apply to REST; settings come from [`config`].
+//! - On HTTP/1.1, a request body the edge did not read (it answered first) is discarded before
+//!   the answer goes out, so the connection stays usable ([`drain`]).
 //!
 //! The request path: [`dispatch`] (by content type) -> [`edge`] (admission) -> [`rest`],
 //! [`grpc_proxy`] or [`grpc_web`]; [`setup`] builds it all from the process context.
@@ -25,8 +28,10 @@ pub mod auth;
 pub mod client_key;
 pub mod codec;
 pub mod config;
+pub mod cors;
 pub mod descriptors;
 pub mod dispatch;
+pub mod drain;
 pub mod edge;
 pub mod envoy;
 pub mod error;

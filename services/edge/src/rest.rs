@@ -35,9 +35,7 @@ impl Edge {
             );
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static(
-                    "authorization, content-type, x-request-id, grpc-timeout, x-grpc-web, x-user-agent",
-                ),
+                crate::cors::allow_headers(req.headers()),
             );
             h.insert(
                 header::ACCESS_CONTROL_MAX_AGE,

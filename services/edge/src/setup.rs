@@ -110,7 +110,9 @@ pub fn from_context(ctx: &ServiceContext, config: EdgeConfig) -> Result<Edge, Bu
     let jwt = config.jwt;
     let mut edge = Edge::new(pool, config, upstreams, ctx.max_message_bytes())?;
     if jwt {
-        edge = edge.with_auth(EdgeAuth::from_auth(ctx.channel("auth")?, public));
+        let rejections = mesh_runtime::auth::AuthRejections::of(ctx.metrics(), ctx.name());
+        edge =
+            edge.with_auth(EdgeAuth::from_auth(ctx.channel("auth")?, public).counted(rejections));
     }
     if let Some(limiter) = limiter {
         edge = edge.with_limiter(limiter);

@@ -1,13 +1,16 @@
 //! Where verification keys come from.
 //!
 //! [`JwksClient`] fetches the auth service's JWK Set over gRPC (`GetJwks`, a public RPC), keeps
-//! it, and fetches again when a token names a `kid` it does not know (a key rotated in since).
-//! Fetches are single-flight (concurrent misses wait for one fetch), and a `kid` still unknown
+//! it, and fetches again when a token names a `kid` it does not know (a key rotated in since)
+//! and when the set is older than [`JWKS_MAX_AGE`] (so a key rotated out of the JWKS stops
+//! verifying here within that time; while auth cannot be reached the set fetched last is kept,
+//! asked again every [`RETRY_AFTER_FAILURE`]). Fetches are single-flight (concurrent misses wait for one fetch), and a `kid` still unknown
 //! after a fetch is remembered for [`NEGATIVE_TTL`], so forged `kid`s cannot make a service hammer
 //! the auth service. [`StaticKeys`] is a local set, used by the auth service itself (it verifies
 //! with its own keys, without calling itself) and by tests.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,10 +20,22 @@ use mesh_contracts::auth::v1::auth_service_client::AuthServiceClient;
 use mesh_contracts::auth::v1::{GetJwksRequest, Jwk};
 use tokio::time::Instant;
 
+use crate::auth::clock::{Clock, SystemClock};
 use crate::client::MeshChannel;
 
 /// How long a `kid` still unknown after a fetch is not fetched for again.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+
+/// How long a fetched JWK Set is used before it is fetched again, in seconds (the HTTP JWKS
+/// document's `Cache-Control: max-age` says the same).
+pub const JWKS_MAX_AGE: i64 = 60;
+
+/// After a failed fetch of a stale set, how long (seconds) the old set is used before asking
+/// again.
+pub const RETRY_AFTER_FAILURE: i64 = 5;
+
+/// `fetched_at` of a client that has never fetched.
+const NEVER: i64 = i64::MIN;
 
 /// A set of verification keys by `kid`.
 pub trait KeySource: Send + Sync + std::fmt::Debug + 'static {
@@ -85,13 +100,16 @@ impl KeySource for StaticKeys {
     }
 }
 
-/// The auth service's JWK Set, fetched over gRPC and cached.
+/// The auth service's JWK Set, fetched over gRPC and cached for [`JWKS_MAX_AGE`].
 #[derive(Debug, Clone)]
 pub struct JwksClient {
     client: AuthServiceClient<MeshChannel>,
     keys: StaticKeys,
     /// Held while fetching: concurrent misses wait here, then find the key.
     fetch: Arc<tokio::sync::Mutex<HashMap<String, Instant>>>,
+    /// When the cached set was fetched ([`Clock`] seconds), [`NEVER`] before the first fetch.
+    fetched_at: Arc<AtomicI64>,
+    clock: Arc<dyn Clock>,
 }
 
 impl JwksClient {
@@ -101,7 +119,21 @@ impl JwksClient {
             client: AuthServiceClient::new(channel),
             keys: StaticKeys::default(),
             fetch: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
+            fetched_at: Arc::new(AtomicI64::new(NEVER)),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Ages the cached set on `clock` instead of the system clock (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Whether the cached set is due to be fetched again.
+    fn stale(&self) -> bool {
+        let at = self.fetched_at.load(Ordering::Acquire);
+        at == NEVER || self.clock.now_unix().saturating_sub(at) >= JWKS_MAX_AGE
     }
 
     /// Fetches the JWK Set now and replaces the cached one.
@@ -114,6 +146,8 @@ impl JwksClient {
             .map_err(|s| format!("fetching the JWKS from the auth service: {}", s.message()))?;
         let jwks = response.into_inner().keys;
         self.keys.replace(&jwks);
+        self.fetched_at
+            .store(self.clock.now_unix(), Ordering::Release);
         Ok(jwks.len())
     }
 }
@@ -121,22 +155,38 @@ impl JwksClient {
 impl KeySource for JwksClient {
     fn key<'a>(&'a self, kid: &'a str) -> BoxFuture<'a, Result<Option<Arc<DecodingKey>>, String>> {
         Box::pin(async move {
-            if let Some(key) = self.keys.get(kid) {
+            if !self.stale()
+                && let Some(key) = self.keys.get(kid)
+            {
                 return Ok(Some(key));
             }
             let mut misses = self.fetch.lock().await;
-            // Another caller may have fetched while this one waited.
-            if let Some(key) = self.keys.get(kid) {
-                return Ok(Some(key));
-            }
             let now = Instant::now();
-            if misses
-                .get(kid)
-                .is_some_and(|at| now.duration_since(*at) < NEGATIVE_TTL)
-            {
-                return Ok(None);
+            // Another caller may have fetched while this one waited.
+            if !self.stale() {
+                if let Some(key) = self.keys.get(kid) {
+                    return Ok(Some(key));
+                }
+                if misses
+                    .get(kid)
+                    .is_some_and(|at| now.duration_since(*at) < NEGATIVE_TTL)
+                {
+                    return Ok(None);
+                }
             }
-            self.refresh().await?;
+            if let Err(e) = self.refresh().await {
+                // Auth unreachable: a set fetched before keeps verifying (its keys were valid a
+                // minute ago; refusing every call would turn an auth outage into a mesh outage).
+                let at = self.fetched_at.load(Ordering::Acquire);
+                let stale_key = self.keys.get(kid);
+                if at == NEVER || stale_key.is_none() {
+                    return Err(e);
+                }
+                let retry_at = self.clock.now_unix() - JWKS_MAX_AGE + RETRY_AFTER_FAILURE;
+                self.fetched_at.store(retry_at, Ordering::Release);
+                tracing::warn!(error = %e, "JWKS refresh failed; verifying with the set fetched before");
+                return Ok(stale_key);
+            }
             let key = self.keys.get(kid);
             if key.is_none() {
                 if misses.len() >= 1024 {

@@ -4,7 +4,8 @@
 //! method runs anonymously, or as the caller of a valid token it carries; otherwise the `authorization: Bearer <jwt>` metadata is verified
 //! (`UNAUTHENTICATED` when missing, malformed, forged, expired, not yet valid, or for another
 //! issuer or audience), the roles are checked (`PERMISSION_DENIED`), and the caller's
-//! [`Identity`] is put in the request extensions for the handler.
+//! [`Identity`] is put in the request extensions for the handler. Refusals for the token are
+//! counted ([`AuthRejections`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,16 +18,21 @@ use tower_service::Service;
 use crate::auth::identity::Identity;
 use crate::auth::jwks::JwksClient;
 use crate::auth::policy::{Access, Policy};
+use crate::auth::rejections::AuthRejections;
 use crate::auth::verify::{AuthError, Verifier, VerifierSettings};
 use crate::module::{BuildError, ServiceContext};
 
 /// Wraps `server` in `policy`, verifying tokens against the auth service's JWKS (fetched through
 /// the context's `auth` channel, cached, refreshed on an unknown `kid`). Fails when the policy
 /// does not cover exactly the service's methods.
+/// Refusals are counted in [`AuthRejections`] under the context's module name.
 pub fn guard<S>(ctx: &ServiceContext, policy: Policy, server: S) -> Result<Guarded<S>, BuildError> {
     let keys = JwksClient::new(ctx.channel("auth")?);
     let verifier = Verifier::new(Arc::new(keys), VerifierSettings::from_env());
-    guard_with(verifier, policy, server)
+    Ok(
+        guard_with(verifier, policy, server)?
+            .counted(AuthRejections::of(ctx.metrics(), ctx.name())),
+    )
 }
 
 /// Wraps `server` in `policy` with a verifier of your own (the auth service's own keys, an
@@ -41,6 +47,7 @@ pub fn guard_with<S>(
         inner: server,
         policy: Arc::new(policy),
         verifier: Arc::new(verifier),
+        rejections: None,
     })
 }
 
@@ -51,6 +58,15 @@ pub struct Guarded<S> {
     inner: S,
     policy: Arc<Policy>,
     verifier: Arc<Verifier>,
+    rejections: Option<AuthRejections>,
+}
+
+impl<S> Guarded<S> {
+    /// Counts the calls this guard refuses for their token in `rejections`.
+    pub fn counted(mut self, rejections: AuthRejections) -> Self {
+        self.rejections = Some(rejections);
+        self
+    }
 }
 
 impl<S: NamedService> NamedService for Guarded<S> {
@@ -67,12 +83,20 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
 }
 
 /// Decides a call: `Ok(Some(identity))` to run it as that caller, `Ok(None)` to run a public one.
+/// A call refused for its token is counted in `rejections`.
 pub async fn authorize(
     policy: &Policy,
     verifier: &Verifier,
+    rejections: Option<&AuthRejections>,
     path: &str,
     headers: &http::HeaderMap,
 ) -> Result<Option<Identity>, tonic::Status> {
+    let refuse = |e: AuthError| {
+        if let Some(r) = rejections {
+            r.record(&e);
+        }
+        tonic::Status::from(e)
+    };
     let Some(access) = policy.access(path) else {
         return Err(tonic::Status::permission_denied(format!(
             "{path} is not open to any caller (no access rule)"
@@ -86,9 +110,9 @@ pub async fn authorize(
         (Access::Public, None) => return Ok(None),
         (Access::Public, Some(token)) => return Ok(verifier.verify(token).await.ok()),
         (_, Some(token)) => token,
-        (_, None) => return Err(AuthError::Missing.into()),
+        (_, None) => return Err(refuse(AuthError::Missing)),
     };
-    let identity = verifier.verify(token).await?;
+    let identity = verifier.verify(token).await.map_err(refuse)?;
     if let Access::Roles(roles) = access
         && !identity.has_any(roles)
     {
@@ -123,9 +147,18 @@ where
         let mut inner = self.inner.clone();
         let policy = self.policy.clone();
         let verifier = self.verifier.clone();
+        let rejections = self.rejections.clone();
         Box::pin(async move {
             let path = req.uri().path().to_string();
-            match authorize(&policy, &verifier, &path, req.headers()).await {
+            match authorize(
+                &policy,
+                &verifier,
+                rejections.as_ref(),
+                &path,
+                req.headers(),
+            )
+            .await
+            {
                 Ok(identity) => {
                     if let Some(identity) = identity {
                         req.extensions_mut().insert(identity);

@@ -7,10 +7,11 @@
 //! - [`jwks`]: where verification keys come from: the auth service's JWKS over gRPC, cached and
 //!   refreshed on an unknown `kid` ([`JwksClient`]), or a local set ([`StaticKeys`]);
 //! - [`verify`]: the token checks ([`Verifier`]): EdDSA only (so `alg: none` and HMAC tricks
-//!   fail), signature, issuer, audience, expiry and not-before;
+//!   fail), signature, issuer, audience, expiry and not-before, each refusal its own [`AuthError`];
 //! - [`policy`]: a service's declarative per-RPC table ([`Policy`]): public, any authenticated
 //!   caller, or a set of roles;
 //! - [`layer`]: [`Guarded`], the wrapper that applies a policy to a generated tonic server;
+//! - [`rejections`]: [`AuthRejections`], the counter of refused calls by module and reason;
 //! - [`service_token`]: client credentials for service-to-service calls.
 //!
 //! A service applies all of it in one line of its `build`:
@@ -26,6 +27,7 @@ pub mod identity;
 pub mod jwks;
 pub mod layer;
 pub mod policy;
+pub mod rejections;
 pub mod service_token;
 pub mod verify;
 
@@ -35,5 +37,6 @@ pub use identity::{Identity, Role};
 pub use jwks::{JwksClient, KeySource, StaticKeys};
 pub use layer::{Guarded, guard, guard_with};
 pub use policy::{Access, Policy};
+pub use rejections::AuthRejections;
 pub use service_token::{ServiceTokenChannel, ServiceTokens};
 pub use verify::{AuthError, Verifier, VerifierSettings};

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 
 use crate::auth::claims::{Claims, DEFAULT_AUDIENCE, DEFAULT_ISSUER};
@@ -12,21 +13,50 @@ use crate::auth::identity::{Identity, Role};
 use crate::auth::jwks::KeySource;
 
 /// Why a token was refused. Every variant but [`AuthError::KeysUnavailable`] is
-/// `UNAUTHENTICATED`.
+/// `UNAUTHENTICATED`; each message says what was wrong without echoing the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No `authorization: Bearer` metadata.
     #[error("missing access token: send `authorization: Bearer <jwt>`")]
     Missing,
-    /// The header is not a JWT, or its algorithm is not EdDSA (`none`, HMAC, ...).
-    #[error("malformed access token or unsupported algorithm (only EdDSA is accepted): {0}")]
+    /// The bearer value is not a JWT at all: typically an opaque credential (a refresh token or a
+    /// device credential) sent where an access token belongs.
+    #[error(
+        "access token is not a JWT ({0}); opaque credentials (refresh tokens, device credentials) \
+         must first be exchanged for an access token"
+    )]
+    NotAJwt(String),
+    /// The header names an algorithm other than EdDSA (`none`, HMAC such as HS256 keyed with
+    /// the public key, RSA, ...).
+    #[error("access token algorithm `{0}` is refused: only EdDSA is accepted")]
+    UnsupportedAlgorithm(String),
+    /// A JWT whose header or claims cannot be used (no `kid`, a missing or mistyped claim).
+    #[error("malformed access token: {0}")]
     Malformed(String),
     /// No key of the JWKS has the token's `kid`.
-    #[error("access token signed by an unknown key `{0}`")]
+    #[error(
+        "access token signed by an unknown key `{0}` (never issued, or rotated out after its grace period)"
+    )]
     UnknownKey(String),
-    /// Bad signature, issuer, audience or missing claims.
-    #[error("invalid access token: {0}")]
-    Invalid(String),
+    /// The signature does not verify with the key the `kid` names.
+    #[error("access token signature does not verify with key `{0}`")]
+    BadSignature(String),
+    /// `iss` is not the expected issuer.
+    #[error("access token issued by `{found}`, expected `{expected}`")]
+    WrongIssuer {
+        /// The token's `iss`.
+        found: String,
+        /// The expected issuer.
+        expected: String,
+    },
+    /// `aud` is not this mesh's audience (a token minted for another system).
+    #[error("access token is for the audience `{found}`, expected `{expected}`")]
+    WrongAudience {
+        /// The token's `aud`.
+        found: String,
+        /// The expected audience.
+        expected: String,
+    },
     /// `exp` has passed.
     #[error("access token expired")]
     Expired,
@@ -36,6 +66,26 @@ pub enum AuthError {
     /// The verification keys could not be fetched.
     #[error("cannot verify access tokens right now: {0}")]
     KeysUnavailable(String),
+}
+
+impl AuthError {
+    /// A short, fixed name of the refusal: the `reason` label of
+    /// [`crate::auth::AuthRejections`].
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::NotAJwt(_) => "not_a_jwt",
+            AuthError::UnsupportedAlgorithm(_) => "algorithm",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::UnknownKey(_) => "unknown_key",
+            AuthError::BadSignature(_) => "bad_signature",
+            AuthError::WrongIssuer { .. } => "issuer",
+            AuthError::WrongAudience { .. } => "audience",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::KeysUnavailable(_) => "keys_unavailable",
+        }
+    }
 }
 
 impl From<AuthError> for tonic::Status {
@@ -118,9 +168,9 @@ impl Verifier {
     /// Verifies `token` and returns its caller.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+            jsonwebtoken::decode_header(token).map_err(|e| unreadable_header(token, &e))?;
         if header.alg != Algorithm::EdDSA {
-            return Err(AuthError::Malformed(format!("{:?}", header.alg)));
+            return Err(AuthError::UnsupportedAlgorithm(format!("{:?}", header.alg)));
         }
         let kid = header
             .kid
@@ -131,24 +181,41 @@ impl Verifier {
             .await
             .map_err(AuthError::KeysUnavailable)?
             .ok_or_else(|| AuthError::UnknownKey(kid.clone()))?;
+        // The library checks the signature and that the claims are present; issuer, audience
+        // and times are checked below, so each refusal can say what it found.
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.validate_exp = false;
         validation.validate_nbf = false;
+        validation.validate_aud = false;
         validation.leeway = 0;
         validation.required_spec_claims = ["exp", "nbf", "iss", "aud", "sub"]
             .into_iter()
             .map(String::from)
             .collect::<HashSet<_>>();
-        validation.set_issuer(&[&self.settings.issuer]);
-        validation.set_audience(&[&self.settings.audience]);
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e
+            .kind()
+        {
+            ErrorKind::InvalidSignature => AuthError::BadSignature(kid.clone()),
+            _ => AuthError::Malformed(e.to_string()),
+        })?;
         let claims = data.claims;
+        if claims.iss != self.settings.issuer {
+            return Err(AuthError::WrongIssuer {
+                found: printable(&claims.iss),
+                expected: self.settings.issuer.clone(),
+            });
+        }
+        if claims.aud != self.settings.audience {
+            return Err(AuthError::WrongAudience {
+                found: printable(&claims.aud),
+                expected: self.settings.audience.clone(),
+            });
+        }
         let now = self.clock.now_unix();
-        if now >= claims.exp + self.settings.leeway {
+        if now >= claims.exp.saturating_add(self.settings.leeway) {
             return Err(AuthError::Expired);
         }
-        if claims.nbf > now + self.settings.leeway {
+        if claims.nbf > now.saturating_add(self.settings.leeway) {
             return Err(AuthError::NotYetValid);
         }
         Ok(Identity {
@@ -159,4 +226,27 @@ impl Verifier {
             store_ids: claims.stores,
         })
     }
+}
+
+/// The refusal of a token whose header the library cannot read: an algorithm it does not know
+/// (`none`) is named as such; anything else is not a JWT (an opaque credential, say).
+fn unreadable_header(token: &str, e: &jsonwebtoken::errors::Error) -> AuthError {
+    use base64::Engine as _;
+    let Some((header, _)) = token.split_once('.') else {
+        return AuthError::NotAJwt("no `.`-separated header, claims and signature".into());
+    };
+    let alg = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|json| json.get("alg")?.as_str().map(printable));
+    match alg {
+        Some(alg) if alg != "EdDSA" => AuthError::UnsupportedAlgorithm(alg),
+        _ => AuthError::NotAJwt(e.to_string()),
+    }
+}
+
+/// A claim value quoted in a message: at most 64 characters, control characters dropped.
+fn printable(value: &str) -> String {
+    value.chars().filter(|c| !c.is_control()).take(64).collect()
 }
