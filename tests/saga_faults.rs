@@ -141,6 +141,7 @@ fn order_request(products: &[String], n: usize) -> PlaceOrderRequest {
         }),
         promo_code: String::new(),
         currency_code: String::new(),
+        store_id: String::new(),
     }
 }
 

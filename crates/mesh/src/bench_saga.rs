@@ -381,6 +381,7 @@ fn request(seed: &Seed, n: u64) -> PlaceOrderRequest {
         }),
         promo_code: String::new(),
         currency_code: String::new(),
+        store_id: String::new(),
     }
 }
 

@@ -116,11 +116,17 @@ impl OrderApi {
             Ok(s) => Some(s),
             Err(_) => return Err(OrderError::invalid("status", "not an OrderStatus value")),
         };
-        let listing = ("orders", customer_id.clone(), req.status);
+        let store_id = if req.store_id.trim().is_empty() {
+            None
+        } else {
+            Some(validate::store("store_id", &req.store_id)?)
+        };
+        let listing = ("orders", customer_id.clone(), req.status, store_id.clone());
         let before = page_token::decode(&req.page_token, &listing)?;
         let filter = ListFilter {
             customer_id,
             status,
+            store_id,
             before,
         };
         let mut conn = self.db.acquire().await?;

@@ -325,6 +325,7 @@ impl Placer {
             discount_minor: discount,
             applied_campaign_ids: discounts.applied,
             discounts_unavailable: discounts.unavailable,
+            store_id: checked.store.clone(),
             total_minor: subtotal - discount,
             shipping_address: checked.address,
             promo_code: checked.promo,

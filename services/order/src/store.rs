@@ -87,6 +87,8 @@ pub struct NewOrder {
     pub applied_campaign_ids: Vec<String>,
     /// Campaign could not price the order: list prices, no discount.
     pub discounts_unavailable: bool,
+    /// The store (empty: online).
+    pub store_id: String,
     /// Amount to charge.
     pub total_minor: i64,
     /// Where to ship.
@@ -110,8 +112,8 @@ pub async fn insert(conn: &mut AnyConnection, o: &NewOrder) -> Result<Order> {
         "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, status, currency_code, \
          subtotal_minor, discount_minor, shipping_minor, total_minor, shipping_address, promo_code, \
          card_token, card_last4, payment_id, reservation_id, cancel_reason, created_at_us, updated_at_us, \
-         applied_campaign_ids, discounts_unavailable) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $14, 0, $8, $9, $10, $11, $12, '', '', '', $13, $13, $15, $16)",
+         applied_campaign_ids, discounts_unavailable, store_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $14, 0, $8, $9, $10, $11, $12, '', '', '', $13, $13, $15, $16, $17)",
     )
     .bind(&o.id)
     .bind(&o.customer_id)
@@ -129,6 +131,7 @@ pub async fn insert(conn: &mut AnyConnection, o: &NewOrder) -> Result<Order> {
     .bind(o.discount_minor)
     .bind(o.applied_campaign_ids.join(","))
     .bind(i64::from(o.discounts_unavailable))
+    .bind(&o.store_id)
     .execute(&mut *conn)
     .await?;
     // At most 100 lines (validated): 800 parameters, under both databases' limits.
@@ -215,6 +218,7 @@ impl NewOrder {
             promo_code: self.promo_code.clone(),
             applied_campaign_ids: self.applied_campaign_ids.clone(),
             discounts_unavailable: self.discounts_unavailable,
+            store_id: self.store_id.clone(),
             card_token: self.card_token.clone(),
             card_last4: self.card_last4.clone(),
             payment_id: String::new(),
@@ -388,6 +392,7 @@ struct OrderRow {
     updated_at_us: i64,
     applied_campaign_ids: String,
     discounts_unavailable: i64,
+    store_id: String,
 }
 
 impl From<OrderRow> for Order {
@@ -416,6 +421,7 @@ impl From<OrderRow> for Order {
                 .map(String::from)
                 .collect(),
             discounts_unavailable: r.discounts_unavailable != 0,
+            store_id: r.store_id,
             card_token: r.card_token,
             card_last4: r.card_last4,
             payment_id: r.payment_id,
@@ -431,7 +437,7 @@ impl From<OrderRow> for Order {
 const ORDER_COLUMNS: &str = "id, customer_id, idempotency_key, status, currency_code, subtotal_minor, \
     discount_minor, shipping_minor, total_minor, shipping_address, promo_code, card_token, card_last4, \
     payment_id, reservation_id, cancel_reason, created_at_us, updated_at_us, applied_campaign_ids, \
-    discounts_unavailable";
+    discounts_unavailable, store_id";
 
 /// Fills the lines of `order` (one statement).
 pub async fn fill_lines(conn: &mut AnyConnection, order: &mut Order) -> Result<()> {
@@ -496,6 +502,8 @@ pub struct ListFilter {
     pub customer_id: Option<String>,
     /// Only this status.
     pub status: Option<OrderStatus>,
+    /// Only this store's orders ("" = online orders).
+    pub store_id: Option<String>,
     /// Strictly older than this (created_at_us, id).
     pub before: Option<(i64, String)>,
 }
@@ -514,6 +522,9 @@ pub async fn list(conn: &mut AnyConnection, f: &ListFilter, limit: i64) -> Resul
     if f.status.is_some() {
         sql += &format!(" AND status = {}", p());
     }
+    if f.store_id.is_some() {
+        sql += &format!(" AND store_id = {}", p());
+    }
     if f.before.is_some() {
         let (a, b) = (p(), p());
         sql += &format!(" AND (created_at_us < {a} OR (created_at_us = {a} AND id < {b}))");
@@ -525,6 +536,9 @@ pub async fn list(conn: &mut AnyConnection, f: &ListFilter, limit: i64) -> Resul
     }
     if let Some(s) = f.status {
         q = q.bind(status_name(s));
+    }
+    if let Some(store) = &f.store_id {
+        q = q.bind(store.clone());
     }
     if let Some((at, id)) = &f.before {
         q = q.bind(*at).bind(id.clone());

@@ -13,8 +13,17 @@ use crate::store::{self, Changes, OPEN};
 
 type Result<T> = std::result::Result<T, OrderError>;
 
-/// Where web orders reserve stock.
+/// Where online orders reserve stock.
 pub const LOCATION: &str = "default";
+
+/// Where `order` reserves stock: its store's location (the store id), or [`LOCATION`] online.
+pub fn location(order: &Order) -> &str {
+    if order.store_id.is_empty() {
+        LOCATION
+    } else {
+        &order.store_id
+    }
+}
 
 fn snapshots(order: &Order) -> Vec<OrderLineSnapshot> {
     order
@@ -49,7 +58,7 @@ pub async fn created(tx: &mut Tx, order: &Order) -> Result<()> {
         shipping_total: order.shipping_total.clone(),
         total: order.total.clone(),
         card_token: order.card_token.clone(),
-        location_id: LOCATION.into(),
+        location_id: location(order).into(),
         shipping_address: order.shipping_address.clone(),
         promo_code: order.promo_code.clone(),
         applied_campaign_ids: order.applied_campaign_ids.clone(),

@@ -137,6 +137,23 @@ pub fn promo(value: &str) -> Result<String> {
     Ok(v.to_string())
 }
 
+/// A store id in `field` (shop's format: lower case letters, digits and `-`, at most 63); empty
+/// is the online channel.
+pub fn store(field: &str, value: &str) -> Result<String> {
+    let v = value.trim();
+    if v.chars().count() > 63
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(OrderError::invalid(
+            field,
+            "a store id: lower case letters, digits and `-`, at most 63 characters",
+        ));
+    }
+    Ok(v.to_string())
+}
+
 /// Everything of a PlaceOrder request that needs no peer, checked in field order.
 #[derive(Debug, Clone)]
 pub struct Checked {
@@ -150,6 +167,8 @@ pub struct Checked {
     pub currency: Option<String>,
     /// The promo code (may be empty).
     pub promo: String,
+    /// The store (empty: online).
+    pub store: String,
 }
 
 /// Checks `req` (the customer and the payment method are checked by the caller).
@@ -160,6 +179,7 @@ pub fn place(req: &PlaceOrderRequest) -> Result<Checked> {
         address: address(req.shipping_address.as_ref())?,
         currency: currency(&req.currency_code)?,
         promo: promo(&req.promo_code)?,
+        store: store("store_id", &req.store_id)?,
     })
 }
 

@@ -401,12 +401,17 @@ impl Mesh {
 
     /// Adds `units` of `product` at the default location.
     pub async fn restock(&self, product: &str, units: i64) {
+        self.restock_at("default", product, units).await;
+    }
+
+    /// Adds `units` of `product` at `location`.
+    pub async fn restock_at(&self, location: &str, product: &str, units: i64) {
         self.inventory
             .clone()
             .adjust_stock(bearer(
                 &self.admin,
                 AdjustStockRequest {
-                    location_id: "default".into(),
+                    location_id: location.into(),
                     product_id: product.into(),
                     delta: units,
                     reason: AdjustmentReason::Restock as i32,
@@ -419,13 +424,18 @@ impl Mesh {
 
     /// (on hand, reserved) of `product` at the default location.
     pub async fn stock(&self, product: &str) -> (i64, i64) {
+        self.stock_at("default", product).await
+    }
+
+    /// (on hand, reserved) of `product` at `location`.
+    pub async fn stock_at(&self, location: &str, product: &str) -> (i64, i64) {
         let s = self
             .inventory
             .clone()
             .get_stock(bearer(
                 &self.admin,
                 GetStockRequest {
-                    location_id: "default".into(),
+                    location_id: location.into(),
                     product_id: product.into(),
                 },
             ))
@@ -582,5 +592,6 @@ pub fn request(lines: &[(&str, i64)]) -> PlaceOrderRequest {
         payment_method: token("tok_test"),
         promo_code: String::new(),
         currency_code: String::new(),
+        store_id: String::new(),
     }
 }
