@@ -123,6 +123,7 @@ async fn refusals(target: DatabaseTarget) {
         nbf: now,
         jti: "j".into(),
         roles: vec!["admin".into()],
+        stores: Vec::new(),
     };
     // A leaked old key: during the grace period its tokens still verify, everywhere.
     let leaked = sign(Algorithm::EdDSA, &eddsa(&old_key), &old_kid, &claims);
