@@ -116,6 +116,26 @@ async fn copies(data: &std::path::Path, needle: &str) -> Vec<String> {
     found
 }
 
+/// The user service's REST routes, derived by the edge from `google.api.http`, are in the
+/// OpenAPI document.
+#[test]
+fn user_routes_are_in_the_openapi_document() {
+    let out = Command::new(MESH).arg("openapi").output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (path, method) in [
+        ("/v1/users", "post"),
+        ("/v1/users", "get"),
+        ("/v1/users/{id}", "get"),
+        ("/v1/users/{user.id}", "patch"),
+        ("/v1/users/{id}", "delete"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} in `mesh openapi`"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_user_leaves_no_copy_of_the_email_in_any_service() {
     let data = tempfile::tempdir().unwrap();
