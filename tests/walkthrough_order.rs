@@ -5,6 +5,9 @@
 //! The figure is printed (`--no-capture`) and goes in `docs/BENCHMARKS.md`; the test asserts a
 //! bound far above it (a shared CI machine is slow and noisy), so it catches a saga that waits
 //! for a poll interval or a timeout instead of handing each step on at once.
+//!
+//! Then the README's promotion: staff create a campaign with the code `COLA10` and the
+//! customer's next order with it is confirmed at 10 % off.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -12,6 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mesh_contracts::auth::v1::SignUpRequest;
 use mesh_contracts::auth::v1::auth_service_client::AuthServiceClient;
+use mesh_contracts::campaign::v1::campaign_service_client::CampaignServiceClient;
+use mesh_contracts::campaign::v1::{
+    Campaign, CampaignState, CreateCampaignRequest, DiscountRule, PercentOff, Scope, discount_rule,
+};
 use mesh_contracts::common::v1::{
     Money, PaymentCard, PaymentMethod, PostalAddress, payment_method,
 };
@@ -157,7 +164,7 @@ async fn the_walkthrough_order_is_confirmed_moments_after_place_order_returns() 
             AdjustStockRequest {
                 location_id: "default".into(),
                 product_id: product.clone(),
-                delta: 2 * ORDERS as i64,
+                delta: 2 * (ORDERS as i64 + 1),
                 reason: AdjustmentReason::Restock as i32,
                 note: "first delivery".into(),
                 ..Default::default()
@@ -253,5 +260,118 @@ async fn the_walkthrough_order_is_confirmed_moments_after_place_order_returns() 
             *l <= BOUND,
             "order {n}: CONFIRMED {l:?} after PlaceOrder returned"
         );
+    }
+
+    promotion(&mesh, &admin, &customer, &product, &mut orders).await;
+}
+
+/// The README's promotion: 10 % off the cola with `COLA10`, applied to the next order.
+async fn promotion(
+    mesh: &Mesh,
+    admin: &str,
+    customer: &str,
+    product: &str,
+    orders: &mut OrderServiceClient<Channel>,
+) {
+    let campaign = CampaignServiceClient::new(mesh.channel("campaign").await)
+        .create_campaign(bearer(
+            admin,
+            CreateCampaignRequest {
+                campaign: Some(Campaign {
+                    name: "Cola week -10%".into(),
+                    start_time: Some(prost_types::Timestamp {
+                        seconds: 1_767_225_600,
+                        nanos: 0,
+                    }),
+                    promo_codes: vec!["COLA10".into()],
+                    stackable: true,
+                    max_redemptions: 100,
+                    rules: vec![DiscountRule {
+                        effect: Some(discount_rule::Effect::PercentOff(PercentOff {
+                            basis_points: 1000,
+                        })),
+                        scope: Some(Scope {
+                            product_ids: vec![product.to_string()],
+                            category_ids: vec![],
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("CreateCampaign")
+        .into_inner()
+        .campaign
+        .expect("campaign");
+    assert_eq!(campaign.state, CampaignState::Active as i32);
+    assert_eq!(campaign.promo_codes, vec!["COLA10"]);
+    let placed = orders
+        .place_order(bearer(
+            customer,
+            PlaceOrderRequest {
+                idempotency_key: "promo-order".into(),
+                promo_code: "cola10".into(),
+                lines: vec![LineItem {
+                    product_id: product.to_string(),
+                    quantity: 2,
+                }],
+                shipping_address: Some(PostalAddress {
+                    recipient_name: "Ada".into(),
+                    address_lines: vec!["1 Main St".into()],
+                    region_code: "DE".into(),
+                    ..Default::default()
+                }),
+                payment_method: Some(PaymentMethod {
+                    method: Some(payment_method::Method::Card(PaymentCard {
+                        number: "4242424242424242".into(),
+                        expiry: "12/39".into(),
+                        cvc: "123".into(),
+                        holder_name: String::new(),
+                    })),
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("PlaceOrder with a promo code")
+        .into_inner()
+        .order
+        .expect("order");
+    let amounts = |o: &mesh_contracts::order::v1::Order| {
+        (
+            o.subtotal.as_ref().map(|m| m.amount_minor),
+            o.discount_total.as_ref().map(|m| m.amount_minor),
+            o.total.as_ref().map(|m| m.amount_minor),
+        )
+    };
+    assert_eq!(amounts(&placed), (Some(500), Some(50), Some(450)));
+    assert_eq!(placed.applied_campaign_ids, vec![campaign.id.clone()]);
+    assert!(!placed.discounts_unavailable);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let order = orders
+            .get_order(bearer(
+                customer,
+                GetOrderRequest {
+                    id: placed.id.clone(),
+                },
+            ))
+            .await
+            .expect("GetOrder")
+            .into_inner()
+            .order
+            .expect("order");
+        if order.status == OrderStatus::Confirmed as i32 {
+            assert_eq!(amounts(&order), (Some(500), Some(50), Some(450)));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the promo order is {:?}",
+            order.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

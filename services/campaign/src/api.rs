@@ -7,20 +7,19 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mesh_contracts::campaign::v1::campaign_service_server::CampaignService;
 use mesh_contracts::campaign::v1::*;
 use mesh_contracts::events::v1::{CampaignCreated, CampaignEnded};
 use mesh_runtime::Database;
 use mesh_runtime::auth::{Identity, Role};
+use mesh_runtime::domain::{page_token, time};
 use mesh_runtime::outbox::Event;
 use tonic::{Request, Response, Status};
 
 use crate::error::CampaignError;
 use crate::pricing::{self, Exclusions};
 use crate::store::{self, ListFilter};
-use crate::{redemption, time, validate};
+use crate::{redemption, validate};
 
 type Result<T> = std::result::Result<T, CampaignError>;
 
@@ -94,23 +93,19 @@ impl CampaignApi {
         let mut conn = self.db.acquire().await?;
         let row = store::get(&mut conn, &id)
             .await?
-            .ok_or(CampaignError::NotFound(id))?;
+            .ok_or_else(|| CampaignError::not_found(id))?;
         Ok(row.to_proto(time::now_us()))
     }
 
     async fn list(&self, req: ListCampaignsRequest) -> Result<ListCampaignsResponse> {
-        let limit = mesh_runtime::paging::page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE)
-            .map_err(|reason| CampaignError::invalid("page_size", reason))?;
+        let limit = page_token::page_size(req.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let state = match CampaignState::try_from(req.state) {
             Ok(CampaignState::Unspecified) => None,
             Ok(s) => Some(s),
             Err(_) => return Err(CampaignError::invalid("state", "not a CampaignState value")),
         };
-        let before = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(decode_token(&req.page_token, req.state)?)
-        };
+        let listing = ("campaigns", req.state);
+        let before: Option<(i64, String)> = page_token::decode(&req.page_token, &listing)?;
         let now = time::now_us();
         let filter = ListFilter {
             state,
@@ -119,14 +114,8 @@ impl CampaignApi {
         };
         let mut conn = self.db.acquire().await?;
         let mut rows = store::list(&mut conn, &filter, limit + 1).await?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(usize::try_from(limit).unwrap_or(0));
-            rows.last()
-                .map(|r| encode_token(r.created_us, &r.id, req.state))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            page_token::next_page(&mut rows, limit, &listing, |r| (r.created_us, r.id.clone()));
         Ok(ListCampaignsResponse {
             campaigns: rows.iter().map(|r| r.to_proto(now)).collect(),
             next_page_token,
@@ -260,32 +249,6 @@ impl CampaignApi {
             }
         }
     }
-}
-
-fn encode_token(created_us: i64, id: &str, state: i32) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v1\n{state}\n{created_us}\n{id}"))
-}
-
-fn decode_token(token: &str, state: i32) -> Result<(i64, String)> {
-    let bad = || CampaignError::invalid("page_token", "malformed; pass next_page_token unchanged");
-    let s = URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(bad)?;
-    let mut parts = s.splitn(4, '\n');
-    let (Some("v1"), Some(st), Some(at), Some(id)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad());
-    };
-    if st != state.to_string() {
-        return Err(CampaignError::invalid(
-            "page_token",
-            "belongs to a listing with another state filter",
-        ));
-    }
-    Ok((at.parse().map_err(|_| bad())?, id.to_string()))
 }
 
 #[tonic::async_trait]

@@ -12,7 +12,9 @@ use mesh_runtime::outbox::Tx;
 use prost::Message;
 
 use crate::error::CampaignError;
-use crate::{redemption, store, time};
+use mesh_runtime::domain::time;
+
+use crate::{redemption, store};
 
 fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
     M::decode(

@@ -4,8 +4,9 @@
 //! - [`api`]: the RPCs and who may call them; [`pricing`]: which campaigns apply to a cart and
 //!   how they stack; [`rules`]: one rule on a cart's lines; [`redemption`]: holds,
 //!   reservations, consumption and release, and the counters behind the limits; [`events`]:
-//!   consumers of order's and product's events; [`store`]: SQL; [`validate`], [`time`],
-//!   [`error`], [`settings`].
+//!   consumers of order's and product's events; [`store`]: SQL; [`validate`], [`error`],
+//!   [`settings`]. Times, page tokens, currencies and the error shape are the runtime's domain
+//!   kit (`mesh_runtime::domain`).
 
 /// `format!` for SQL built from this crate's own fragments (column lists, status lists,
 /// placeholders), never from input: values are always bound.
@@ -23,7 +24,6 @@ pub mod redemption;
 pub mod rules;
 pub mod settings;
 pub mod store;
-pub mod time;
 pub mod validate;
 
 use futures::future::BoxFuture;
@@ -62,7 +62,7 @@ pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, Bu
 
 /// Releases expired holds in small batches, each release its own transaction.
 async fn release_expired(db: &Database) -> Result<usize, error::CampaignError> {
-    let now = time::now_us();
+    let now = mesh_runtime::domain::time::now_us();
     let due = {
         let mut conn = db.acquire().await?;
         redemption::expired(&mut conn, now, 100).await?

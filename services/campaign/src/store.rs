@@ -14,7 +14,7 @@ use sqlx::{AnyConnection, Row as _};
 
 use crate::error::CampaignError;
 use crate::pricing::Candidate;
-use crate::time;
+use mesh_runtime::domain::time;
 
 type Result<T> = std::result::Result<T, CampaignError>;
 
@@ -94,9 +94,9 @@ impl Row {
             currency_code: self.budget_currency.clone(),
             amount_minor: self.budget_used,
         });
-        c.create_time = Some(time::timestamp(self.created_us));
-        c.update_time = Some(time::timestamp(self.updated_us));
-        c.ended_time = time::optional(self.ended_us);
+        c.create_time = Some(time::to_timestamp(self.created_us));
+        c.update_time = Some(time::to_timestamp(self.updated_us));
+        c.ended_time = time::to_optional_timestamp(self.ended_us);
         c
     }
 
@@ -133,11 +133,11 @@ pub async fn insert(
     let start_us = spec
         .start_time
         .as_ref()
-        .map_or(Ok(0), |t| time::micros("campaign.start_time", t))?;
+        .map_or(Ok(0), |t| time::from_timestamp("campaign.start_time", t))?;
     let end_us = spec
         .end_time
         .as_ref()
-        .map_or(Ok(0), |t| time::micros("campaign.end_time", t))?;
+        .map_or(Ok(0), |t| time::from_timestamp("campaign.end_time", t))?;
     let budget = spec.budget.clone().unwrap_or_default();
     let row = sqlx::query(dyn_sql!(
         "INSERT INTO campaigns (id, spec, automatic, start_us, end_us, max_redemptions, max_per_customer, \

@@ -10,7 +10,7 @@ use mesh_contracts::common::v1::Money;
 use crate::error::CampaignError;
 use crate::pricing::{Cart, EnteredCode};
 use crate::rules::Line;
-use crate::time;
+use mesh_runtime::domain::{money as kit_money, time};
 
 type Result<T> = std::result::Result<T, CampaignError>;
 
@@ -64,16 +64,9 @@ pub fn code(value: &str) -> std::result::Result<String, String> {
     Ok(v.to_ascii_uppercase())
 }
 
-/// A three-letter currency code, upper-cased.
+/// An ISO 4217 currency code (the kit's list), upper-cased.
 pub fn currency(field: &str, value: &str) -> Result<String> {
-    let v = value.trim();
-    if v.len() != 3 || !v.chars().all(|c| c.is_ascii_alphabetic()) {
-        return Err(CampaignError::invalid(
-            field,
-            "a three-letter ISO 4217 code such as `EUR`",
-        ));
-    }
-    Ok(v.to_ascii_uppercase())
+    Ok(kit_money::currency(field, value)?)
 }
 
 /// An amount of money in `field`: its currency checked, its amount at least `min`.
@@ -195,9 +188,9 @@ pub fn campaign(c: Option<&Campaign>) -> Result<Campaign> {
         .start_time
         .as_ref()
         .ok_or_else(|| CampaignError::invalid("campaign.start_time", "required"))?;
-    let start_us = time::micros("campaign.start_time", start)?;
+    let start_us = time::from_timestamp("campaign.start_time", start)?;
     if let Some(end) = c.end_time.as_ref()
-        && time::micros("campaign.end_time", end)? <= start_us
+        && time::from_timestamp("campaign.end_time", end)? <= start_us
     {
         return Err(CampaignError::invalid(
             "campaign.end_time",
@@ -337,7 +330,7 @@ pub fn cart(r: &PriceCartRequest, now_us: i64) -> Result<Cart> {
     let customer = optional_id("customer_id", &r.customer_id)?;
     optional_id("order_id", &r.order_id)?;
     let at_us = match r.price_time.as_ref() {
-        Some(t) => time::micros("price_time", t)?,
+        Some(t) => time::from_timestamp("price_time", t)?,
         None => now_us,
     };
     Ok(Cart {
