@@ -6,9 +6,9 @@ use mesh_contracts::audit::v1::audit_service_server::{AuditService, AuditService
 use mesh_contracts::audit::v1::{ListEventsRequest, ListEventsResponse};
 use mesh_contracts::events::v1::Envelope;
 use prost::Message as _;
-use sqlx::Row as _;
 use tonic::{Request, Response, Status};
 
+use crate::domain::{page_token, time};
 use crate::outbox::with_sequence;
 use crate::storage::{Database, DatabaseError};
 
@@ -48,22 +48,11 @@ impl AuditApi {
             }
             n => i64::from(n).min(MAX_PAGE),
         };
-        let after: i64 = if request.page_token.is_empty() {
-            0
-        } else {
-            request
-                .page_token
-                .parse()
-                .ok()
-                .filter(|n: &i64| *n >= 0)
-                .ok_or_else(|| {
-                    Status::invalid_argument("page_token is not a token this service issued")
-                })?
-        };
-        let since_us = request.start_time.as_ref().map_or(i64::MIN, |t| {
-            t.seconds.saturating_mul(1_000_000) + i64::from(t.nanos / 1000)
-        });
-        let rows = sqlx::query(
+        let since_us = time::from_optional_timestamp("start_time", request.start_time.as_ref())?
+            .unwrap_or(i64::MIN);
+        let listing = ("audit", &request.subject, since_us, &request.types);
+        let after: i64 = page_token::decode(&request.page_token, &listing)?.unwrap_or(0);
+        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
             "SELECT sequence, event_type, envelope FROM mesh_outbox \
              WHERE subject = $1 AND sequence > $2 AND occurred_at_us >= $3 \
              ORDER BY sequence LIMIT $4",
@@ -78,18 +67,15 @@ impl AuditApi {
         let mut events = Vec::new();
         let mut last = after;
         let mut more = false;
-        for (i, row) in rows.iter().enumerate() {
+        for (i, (sequence, event_type, bytes)) in rows.into_iter().enumerate() {
             if i64::try_from(i).unwrap_or(i64::MAX) >= page {
                 more = true;
                 break;
             }
-            let sequence: i64 = row.try_get("sequence").map_err(DatabaseError::from)?;
             last = sequence;
-            let event_type: String = row.try_get("event_type").map_err(DatabaseError::from)?;
             if !request.types.is_empty() && !request.types.contains(&event_type) {
                 continue;
             }
-            let bytes: Vec<u8> = row.try_get("envelope").map_err(DatabaseError::from)?;
             let envelope =
                 Envelope::decode(with_sequence(bytes, sequence).as_slice()).map_err(|e| {
                     Status::data_loss(format!("outbox row {sequence} does not decode: {e}"))
@@ -99,7 +85,7 @@ impl AuditApi {
         Ok(ListEventsResponse {
             events,
             next_page_token: if more {
-                last.to_string()
+                page_token::encode(&last, &listing)
             } else {
                 String::new()
             },

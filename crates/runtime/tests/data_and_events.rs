@@ -265,6 +265,12 @@ async fn outbox_to_bus_to_consumer_round_trip_keeps_order_trace_and_audit() {
         let first = audit.list(&request).await.unwrap();
         assert_eq!(first.events.len(), 15, "{name}");
         request.page_token = first.next_page_token.clone();
+        // The token belongs to this aggregate's listing: another subject refuses it.
+        let mut other = request.clone();
+        other.subject = "p-4".into();
+        let refused = audit.list(&other).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{name}");
+        assert!(refused.message().starts_with("page_token: "), "{name}");
         let second = audit.list(&request).await.unwrap();
         assert_eq!(second.events.len(), 5, "{name}");
         assert!(second.next_page_token.is_empty());

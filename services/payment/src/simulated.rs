@@ -9,7 +9,6 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mesh_contracts::payment::v1::DeclineReason;
 use mesh_runtime::Database;
-use sqlx::Row as _;
 
 use crate::cards::{self, CardClass};
 use crate::provider::{
@@ -32,16 +31,16 @@ impl SimulatedProcessor {
 
     /// The recorded answer for `key`, if any.
     async fn recorded(&self, key: &str) -> Result<Option<Outcome>, ProviderError> {
-        let row = sqlx::query(
+        let row: Option<(String, String)> = sqlx::query_as(
             "SELECT outcome, reference FROM sim_processor_ops WHERE idempotency_key = $1",
         )
         .bind(key)
         .fetch_optional(self.db.pool())
         .await
         .map_err(unavailable)?;
-        let Some(row) = row else { return Ok(None) };
-        let outcome: String = row.try_get("outcome").map_err(unavailable)?;
-        let reference: String = row.try_get("reference").map_err(unavailable)?;
+        let Some((outcome, reference)) = row else {
+            return Ok(None);
+        };
         Ok(Some(decode(&outcome, reference)))
     }
 
@@ -184,23 +183,20 @@ impl PaymentProvider for SimulatedProcessor {
             if let Some(first) = self.recorded(&call.idempotency_key).await? {
                 return Ok(first);
             }
-            let charged: Option<i64> = sqlx::query(
+            let charged: Option<i64> = sqlx::query_as::<_, (i64,)>(
                 "SELECT amount_minor FROM sim_processor_ops WHERE kind = 'charge' AND reference = $1",
             )
             .bind(&call.charge_reference)
             .fetch_optional(self.db.pool())
             .await
             .map_err(unavailable)?
-            .map(|r| r.try_get("amount_minor"))
-            .transpose()
-            .map_err(unavailable)?;
-            let refunded: i64 = sqlx::query(
+            .map(|(amount,)| amount);
+            let (refunded,): (i64,) = sqlx::query_as(
                 "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) AS total FROM sim_processor_ops WHERE kind = 'refund' AND charge_ref = $1 AND outcome = 'done'",
             )
             .bind(&call.charge_reference)
             .fetch_one(self.db.pool())
             .await
-            .and_then(|r| r.try_get("total"))
             .map_err(unavailable)?;
             let decided = match charged {
                 None => Outcome::Declined {
