@@ -521,21 +521,40 @@ mod tests {
         proptest! {
             #[test]
             fn parse_never_panics(s in "\\PC{0,40}") {
-                let _ = PathTemplate::parse(&s);
+                // A template parses only from a path: anything accepted starts with `/`.
+                if PathTemplate::parse(&s).is_ok() {
+                    prop_assert!(s.starts_with('/'), "{s:?}");
+                }
             }
 
             #[test]
             fn parse_never_panics_on_template_alphabet(s in "[/{}*=:.a-c_0-9%]{0,30}") {
                 if let Ok(t) = PathTemplate::parse(&s) {
-                    let _ = t.matches(&s);
-                    let _ = t.matches("/a/b/c:d");
+                    for path in [s.as_str(), "/a/b/c:d"] {
+                        if let Some(bindings) = t.matches(path) {
+                            prop_assert!(bindings.len() <= t.variables.len(), "{s:?} on {path:?}");
+                            prop_assert!(bindings.iter().all(|b| b.variable < t.variables.len()));
+                        }
+                    }
                 }
             }
 
             #[test]
+            fn a_template_of_literals_matches_itself(t in "(/[a-c0-9._-]{1,6}){1,4}(:[a-z]{1,3})?") {
+                let template = PathTemplate::parse(&t);
+                prop_assert!(template.is_ok(), "{t:?}: {template:?}");
+                let template = template.unwrap();
+                prop_assert_eq!(template.matches(&t), Some(Vec::new()));
+                let other = format!("{t}x/y");
+                prop_assert_eq!(template.matches(&other), None);
+            }
+
+            #[test]
             fn match_never_panics(t in "/[a-c*{}=/.]{0,20}(:[a-z]{1,3})?", p in "[/a-c:%0-9F]{0,24}") {
-                if let Ok(t) = PathTemplate::parse(&t) {
-                    let _ = t.matches(&p);
+                if let Ok(t) = PathTemplate::parse(&t)
+                    && let Some(bindings) = t.matches(&p)
+                {
+                    prop_assert!(bindings.iter().all(|b| b.variable < t.variables.len()));
                 }
             }
         }
