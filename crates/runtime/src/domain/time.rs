@@ -1,5 +1,5 @@
 //! The one timestamp unit of every service: **microseconds since the Unix epoch, UTC, as `i64`**
-//! (columns named `*_us`, `BIGINT` on Postgres, `INTEGER` on SQLite), with the conversions to and
+//! (`BIGINT` columns; new ones are named `*_us`), with the conversions to and
 //! from `google.protobuf.Timestamp`. Microseconds keep the order of events written within one
 //! second (seconds did not), fit Postgres' own precision, and an `i64` of them spans ±292,000
 //! years, so every valid protobuf timestamp (years 1 to 9999) converts without loss of range.
