@@ -263,6 +263,7 @@ async fn the_walkthrough_order_is_confirmed_moments_after_place_order_returns() 
     }
 
     promotion(&mesh, &admin, &customer, &product, &mut orders).await;
+    bus_metrics_after_the_saga(&mesh).await;
 }
 
 /// The README's promotion: 10 % off the cola with `COLA10`, applied to the next order.
@@ -373,5 +374,89 @@ async fn promotion(
             order.status
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the series `series` (name and labels exactly as exported) in `body`.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The event metrics on the admin port after the sagas: order's group handled both saga steps
+/// of every order, nothing dead-lettered, every group caught up (lag sampled every 5 s), the
+/// outbox drained, direct publishes timed, report's consumer fed.
+async fn bus_metrics_after_the_saga(mesh: &Mesh) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let checks = |body: &str| -> Vec<String> {
+        let mut failed = Vec::new();
+        let mut expect = |series: &str, ok: &dyn Fn(f64) -> bool| {
+            if !sample(body, series).is_some_and(ok) {
+                failed.push(format!("{series} = {:?}", sample(body, series)));
+            }
+        };
+        let orders = ORDERS as f64;
+        expect(
+            r#"mesh_consumer_events_total{group="order",outcome="handled"}"#,
+            &|v| v >= 2.0 * orders,
+        );
+        expect(r#"mesh_consumer_dead_letters_total{group="order"}"#, &|v| {
+            v == 0.0
+        });
+        expect(
+            r#"mesh_consumer_lag_events{group="order",stream="payment"}"#,
+            &|v| v == 0.0,
+        );
+        expect(
+            r#"mesh_consumer_lag_events{group="payment",stream="inventory"}"#,
+            &|v| v == 0.0,
+        );
+        expect(
+            r#"mesh_consumer_oldest_unhandled_seconds{group="order",stream="inventory"}"#,
+            &|v| v == 0.0,
+        );
+        expect(
+            r#"mesh_consumer_batch_seconds_count{group="inventory"}"#,
+            &|v| v >= 1.0,
+        );
+        expect(
+            r#"mesh_consumer_events_total{group="report",outcome="handled"}"#,
+            &|v| v >= orders,
+        );
+        expect(r#"mesh_outbox_backlog_rows{service="order"}"#, &|v| {
+            v == 0.0
+        });
+        expect(
+            r#"mesh_outbox_oldest_unpublished_seconds{service="payment"}"#,
+            &|v| v == 0.0,
+        );
+        expect(
+            r#"mesh_relay_publish_seconds_count{service="order",path="direct"}"#,
+            &|v| v >= orders,
+        );
+        failed
+    };
+    loop {
+        let (status, body) = mesh_testkit::process::http(
+            mesh.addrs["admin"].trim_start_matches("http://"),
+            "GET",
+            "/metrics",
+            "",
+        );
+        assert_eq!(status, 200);
+        let failed = checks(&body);
+        if failed.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bus metrics after the saga: {failed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

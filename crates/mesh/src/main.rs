@@ -9,6 +9,7 @@ mod bench_saga;
 mod bench_saga_pg;
 mod edge_flags;
 mod envoy_config;
+mod events_cli;
 mod load;
 mod migrate;
 mod modules;
@@ -81,6 +82,9 @@ enum Command {
     /// Benchmark the order saga on Postgres + Redis: confirmed orders/s and PlaceOrder-to-confirmed
     /// latency, all services in one process and each in its own (docs/BENCHMARKS.md).
     BenchSaga(bench_saga::BenchSagaArgs),
+    /// Operate the Redis bus: list streams and consumer groups with their lag, show a group's
+    /// dead letters, replay them, tail a stream (docs/events.md).
+    Events(events_cli::EventsArgs),
     /// Print the module table: each target, its default gRPC port and the services it calls.
     Modules {
         /// Print JSON instead of a table.
@@ -140,6 +144,11 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(bench_saga::run(&args))),
+        Command::Events(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(events_cli::run(args))),
         Command::Modules { json } => {
             print_modules(json);
             Ok(())

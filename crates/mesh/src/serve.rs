@@ -145,7 +145,8 @@ pub(crate) async fn start(
                 handled_retention: config.events.retention + Duration::from_secs(24 * 3600),
                 ..RelayOptions::default()
             },
-        );
+        )
+        .with_metrics(&metrics);
         supervisor.start(
             module.name,
             Task::new("outbox-relay", move |stop| {

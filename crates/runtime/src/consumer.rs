@@ -100,6 +100,9 @@ pub enum Outcome {
     },
 }
 
+/// How often a running consumer samples its group's lag for the metrics.
+const LAG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
 /// Delivery settings of a consumer.
 #[derive(Debug, Clone, Copy)]
 pub struct ConsumerOptions {
@@ -136,6 +139,7 @@ pub struct Consumer {
     group: String,
     handlers: HashMap<String, Arc<dyn EventHandler>>,
     options: ConsumerOptions,
+    metrics: Option<crate::Metrics>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -156,7 +160,15 @@ impl Consumer {
             group: group.into(),
             handlers: HashMap::new(),
             options: ConsumerOptions::default(),
+            metrics: None,
         }
+    }
+
+    /// Records outcomes, batch times and the group's lag in `metrics`
+    /// ([`crate::event_metrics`]).
+    pub fn metrics(mut self, metrics: &crate::Metrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
     }
 
     /// Handles events of `event_type` (e.g. `payment.failed`) with `handler`; the consumer reads
@@ -209,7 +221,22 @@ impl Consumer {
         let mut sub: Option<Box<dyn Subscription>> = None;
         let mut failing = false;
         let mut backoff = Duration::from_millis(100);
+        let domains = self.domains();
+        let series = self
+            .metrics
+            .as_ref()
+            .map(|m| crate::event_metrics::EventMetrics::of(m).consumer(&self.group, &domains));
+        let mut lag_sampled: Option<tokio::time::Instant> = None;
         while !shutdown.is_cancelled() {
+            if let Some(series) = &series
+                && lag_sampled.is_none_or(|at| at.elapsed() >= LAG_SAMPLE_EVERY)
+            {
+                lag_sampled = Some(tokio::time::Instant::now());
+                let lag = self.bus.group_lag(&self.group, &domains);
+                if let Ok(Ok(lags)) = tokio::time::timeout(Duration::from_secs(1), lag).await {
+                    series.lag(&lags);
+                }
+            }
             let step = async {
                 if sub.is_none() {
                     sub = Some(self.subscribe(&instance).await?);
@@ -219,7 +246,17 @@ impl Consumer {
                     .next_batch(self.options.batch, Duration::from_secs(1))
                     .await?;
                 let mut acks = Vec::new();
-                for (delivery, outcome) in self.handle_batch(batch).await {
+                let started = std::time::Instant::now();
+                let handled = self.handle_batch(batch).await;
+                if let Some(series) = &series
+                    && !handled.is_empty()
+                {
+                    series.batch(started.elapsed().as_secs_f64());
+                    for (_, outcome) in &handled {
+                        series.outcome(outcome);
+                    }
+                }
+                for (delivery, outcome) in handled {
                     match outcome {
                         Outcome::Handled | Outcome::Duplicate | Outcome::Skipped => {
                             acks.push(delivery);

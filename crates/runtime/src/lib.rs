@@ -14,7 +14,8 @@
 //! - [`not_built`]: the honest `UNIMPLEMENTED` answer of a service whose logic is not built yet;
 //! - data and events (see `docs/events.md`): [`storage`] (a database per service, migrations),
 //!   [`outbox`] (state change and event in one transaction), [`relay`] (outbox to bus), [`bus`]
-//!   (Redis Streams or in-process), [`consumer`] (idempotent handlers), [`audit`] (the trail);
+//!   (Redis Streams or in-process), [`consumer`] (idempotent handlers), [`audit`] (the trail),
+//!   [`event_metrics`] (lag, outcomes, dead letters, outbox backlog, publish latency);
 //! - [`domain`]: the domain kit (the service error shape, page tokens, timestamps, id, currency
 //!   and money rules);
 //! - [`auth`]: token verification and per-RPC access policies (see `docs/identity.md`).
@@ -33,6 +34,7 @@ pub mod descriptors;
 pub mod dns;
 pub mod domain;
 pub mod endpoint_slices;
+pub mod event_metrics;
 pub mod faults;
 pub mod grpc_timeout;
 pub mod json_log;

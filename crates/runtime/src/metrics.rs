@@ -22,6 +22,8 @@ pub struct Metrics {
     pub(crate) client: Arc<std::sync::OnceLock<crate::resilience::ClientMetrics>>,
     /// Token refusals of every module, registered on first use ([`crate::auth::AuthRejections`]).
     pub(crate) auth_rejections: Arc<std::sync::OnceLock<crate::auth::rejections::RejectionFamily>>,
+    /// Event machinery series, registered on first use ([`crate::event_metrics::EventMetrics::of`]).
+    pub(crate) events: Arc<std::sync::OnceLock<crate::event_metrics::EventMetrics>>,
 }
 
 impl Metrics {

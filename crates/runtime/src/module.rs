@@ -173,12 +173,14 @@ impl ServiceContext {
     pub fn consumer(&self) -> Result<Consumer, NoData> {
         let (db, bus) = self.data.clone().ok_or(NoData(self.name))?;
         let events = &self.config.events;
-        Ok(Consumer::new(db, bus, self.name).options(ConsumerOptions {
-            max_deliveries: events.max_deliveries,
-            retry_backoff: events.retry_backoff,
-            max_backoff: (events.claim_idle / 2).min(std::time::Duration::from_secs(30)),
-            ..ConsumerOptions::default()
-        }))
+        Ok(Consumer::new(db, bus, self.name)
+            .metrics(&self.metrics)
+            .options(ConsumerOptions {
+                max_deliveries: events.max_deliveries,
+                retry_backoff: events.retry_backoff,
+                max_backoff: (events.claim_idle / 2).min(std::time::Duration::from_secs(30)),
+                ..ConsumerOptions::default()
+            }))
     }
 
     /// Runs `consumer` as a supervised background task (named `consumer`) until the process

@@ -281,6 +281,7 @@ impl Publisher {
     pub(crate) async fn run(
         self: Arc<Self>,
         bus: Arc<dyn EventBus>,
+        latency: Option<prometheus_client::metrics::histogram::Histogram>,
         marker: Arc<Marker>,
         service: String,
         shutdown: tokio_util::sync::CancellationToken,
@@ -308,8 +309,12 @@ impl Publisher {
                 continue;
             }
             let events: Vec<OutgoingEvent> = batch.iter().map(|(_, r)| r.event.clone()).collect();
+            let started = std::time::Instant::now();
             match bus.publish(&events).await {
                 Ok(()) => {
+                    if let Some(latency) = &latency {
+                        latency.observe(started.elapsed().as_secs_f64());
+                    }
                     if failing {
                         failing = false;
                         tracing::info!(%service, "direct publishing recovered");

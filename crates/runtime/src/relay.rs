@@ -95,12 +95,53 @@ pub struct Relay {
     db: Database,
     bus: Arc<dyn EventBus>,
     options: RelayOptions,
+    series: Option<crate::event_metrics::RelaySeries>,
 }
 
 impl Relay {
     /// A relay of `db`'s outbox to `bus`.
     pub fn new(db: Database, bus: Arc<dyn EventBus>, options: RelayOptions) -> Self {
-        Self { db, bus, options }
+        Self {
+            db,
+            bus,
+            options,
+            series: None,
+        }
+    }
+
+    /// Records publish latency and the outbox backlog in `metrics` ([`crate::event_metrics`]).
+    pub fn with_metrics(mut self, metrics: &crate::Metrics) -> Self {
+        self.series =
+            Some(crate::event_metrics::EventMetrics::of(metrics).relay(self.db.service()));
+        self
+    }
+
+    /// Publishes `events` to the bus, timing it as a sweep publish.
+    async fn publish(&self, events: &[OutgoingEvent]) -> Result<(), crate::bus::BusError> {
+        let started = std::time::Instant::now();
+        let result = self.bus.publish(events).await;
+        if let (Some(series), Ok(())) = (&self.series, &result) {
+            series.sweep.observe(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    /// Samples the outbox's unsent rows and the age of the oldest into the metrics.
+    async fn sample_backlog(&self) -> Result<(), RelayError> {
+        let Some(series) = &self.series else {
+            return Ok(());
+        };
+        let row = sqlx::query(
+            "SELECT COUNT(*), MIN(occurred_at_us) FROM mesh_outbox WHERE sent_at_us IS NULL",
+        )
+        .fetch_one(self.db.pool())
+        .await?;
+        let rows: i64 = row.try_get(0)?;
+        let oldest: Option<i64> = row.try_get(1)?;
+        #[allow(clippy::cast_precision_loss)]
+        let age = oldest.map_or(0.0, |at| (now_micros() - at).max(0) as f64 / 1e6);
+        series.backlog(rows, age);
+        Ok(())
     }
 
     /// Publishes up to one batch of rows left unsent for longer than `sweep_after`; returns how
@@ -142,7 +183,7 @@ impl Relay {
                 if seqs.is_empty() {
                     return Ok(0);
                 }
-                if let Err(e) = self.bus.publish(&events).await {
+                if let Err(e) = self.publish(&events).await {
                     // Release the partitions now, not whenever the dropped transaction's
                     // rollback gets to run.
                     let _ = tx.rollback().await;
@@ -169,7 +210,7 @@ impl Relay {
                 if seqs.is_empty() {
                     return Ok(0);
                 }
-                self.bus.publish(&events).await?;
+                self.publish(&events).await?;
                 let mut conn = self.db.pool().acquire().await?;
                 mark_sent(&mut conn, &seqs).await?;
                 Ok(seqs.len())
@@ -209,6 +250,7 @@ impl Relay {
         let publisher = self.db.publisher().clone();
         let direct = publisher.run(
             self.bus.clone(),
+            self.series.as_ref().map(|s| s.direct.clone()),
             marker.clone(),
             service.clone(),
             shutdown.clone(),
@@ -231,7 +273,14 @@ impl Relay {
         let mut failing: Option<String> = None;
         let mut backoff = Duration::from_millis(100);
         let mut last_cleanup = tokio::time::Instant::now();
+        let mut last_sample: Option<tokio::time::Instant> = None;
         loop {
+            if last_sample.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+                last_sample = Some(tokio::time::Instant::now());
+                if let Err(e) = self.sample_backlog().await {
+                    tracing::debug!(%service, error = %e, "outbox backlog not sampled");
+                }
+            }
             let result = async {
                 let mut total = 0;
                 loop {

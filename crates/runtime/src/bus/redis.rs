@@ -29,6 +29,10 @@ use super::{
     Subscription,
 };
 
+#[path = "redis_ops.rs"]
+mod ops;
+pub use ops::{Entry, StreamInfo};
+
 /// The Redis Streams bus. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisBus {
@@ -199,19 +203,7 @@ impl EventBus for RedisBus {
                 .await?;
             Ok(entries(&reply)
                 .into_iter()
-                .map(|(_, fields)| {
-                    let text = |k: &str| {
-                        String::from_utf8_lossy(field(&fields, k).unwrap_or_default()).into_owned()
-                    };
-                    DeadLetter {
-                        domain: text("domain"),
-                        entry_id: text("entry"),
-                        group: text("group"),
-                        reason: text("reason"),
-                        deliveries: text("deliveries").parse().unwrap_or(0),
-                        payload: Bytes::copy_from_slice(field(&fields, "e").unwrap_or_default()),
-                    }
-                })
+                .map(|(_, fields)| ops::dead_letter(&fields))
                 .collect())
         })
     }
