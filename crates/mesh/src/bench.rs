@@ -195,7 +195,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // The pool's size from `MESH_EDGE_UPSTREAM_CONNECTIONS`, as `mesh serve edge` reads it; the
     // bare hop (c0) gets as many connections.
     let upstream_connections =
-        EdgeConfig::from_env(|k| std::env::var(k).ok())?.upstream_connections;
+        EdgeConfig::from_env(mesh_runtime::settings::process_env)?.upstream_connections;
     let edge = edge_server(runtime, upstream_connections).await?;
 
     let mut scenarios = Vec::new();

@@ -15,6 +15,7 @@ mod migrate;
 mod modules;
 mod proc_cpu;
 mod serve;
+mod settings_doc;
 mod sim;
 mod targets;
 
@@ -26,9 +27,21 @@ use mesh_runtime::RuntimeArgs;
 const ENV_HELP: &str = "\
 Per-service settings (environment only; SERVICE is the target in upper snake case, e.g. IOT_GATEWAY):
   MESH_<SERVICE>_PORT   gRPC port the service listens on (default: the module table's port; 0 = any)
-  MESH_<SERVICE>_ADDR   URL other services use to reach it, e.g. http://inventory.mesh.svc.cluster.local:50054
-                        (default: this host and the service's port)
-  MESH_<SERVICE>_DATABASE_URL  Postgres URL of that service's own database (overrides --database-url)";
+  MESH_<SERVICE>_ADDR   how other services reach it: host:port or a URL such as
+                        http://inventory.mesh.svc.cluster.local:50054 (default: this host and its port)
+  MESH_<SERVICE>_DATABASE_URL  Postgres URL of that service's own database (overrides --database-url)
+Each service's own settings (MESH_PAYMENT_*, MESH_EDGE_*, ...): `mesh modules --settings`.
+--check-config checks every setting the targets would read and exits (0: valid, 1: every problem
+named), without binding a port or opening a database.
+
+One service per process on one host (each admin port follows its service: gRPC port + 1000; a
+process calls the services it does not serve at their default ports on this host, or at
+MESH_<SERVICE>_ADDR; the services share Postgres and Redis, since the in-process defaults only
+connect services of one process):
+  export MESH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres MESH_REDIS_URL=redis://127.0.0.1:6379
+  mesh serve auth &        # gRPC 50051, admin 51051
+  mesh serve product &     # gRPC 50053, admin 51053
+  mesh serve inventory &   # gRPC 50054, admin 51054";
 
 /// The Retail ERP service mesh: every service of the mesh in one binary.
 #[derive(Debug, Parser)]
@@ -50,6 +63,10 @@ enum Command {
         runtime: RuntimeArgs,
         #[command(flatten)]
         edge: edge_flags::EdgeArgs,
+        /// Check every setting the targets would read (flags, MESH_* variables, each service's
+        /// own) and exit: 0 when valid, 1 naming every problem. Binds nothing, opens no database.
+        #[arg(long)]
+        check_config: bool,
     },
     /// Apply the database migrations of `all` or the listed targets, then exit (the Helm chart's
     /// migration Job). `mesh serve` applies them at start too.
@@ -60,6 +77,9 @@ enum Command {
         targets: String,
         #[command(flatten)]
         runtime: RuntimeArgs,
+        /// Check the settings as `mesh serve --check-config` does, and exit.
+        #[arg(long)]
+        check_config: bool,
     },
     /// Write the OpenAPI 3 document of the edge's REST routes (from the embedded contracts).
     Openapi {
@@ -90,6 +110,13 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Print every setting instead, by the process that needs it (each service's own, and
+        /// those every service reads).
+        #[arg(long)]
+        settings: bool,
+        /// With --settings: Markdown (docs/settings.md).
+        #[arg(long, requires = "settings")]
+        markdown: bool,
     },
 }
 
@@ -100,15 +127,27 @@ fn main() -> ExitCode {
             targets,
             runtime,
             edge,
-        } => edge
-            .install(&targets)
-            .and_then(|()| {
-                Ok(tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()?)
-            })
-            .and_then(|rt| rt.block_on(serve::run(&targets, &runtime))),
-        Command::Migrate { targets, runtime } => tokio::runtime::Builder::new_multi_thread()
+            check_config,
+        } => edge.install(&targets).and_then(|()| {
+            if check_config {
+                return check_only(&targets, &runtime);
+            }
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(serve::run(&targets, &runtime)))
+        }),
+        Command::Migrate {
+            targets,
+            runtime,
+            check_config: true,
+        } => check_only(&targets, &runtime),
+        Command::Migrate {
+            targets,
+            runtime,
+            check_config: false,
+        } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
@@ -149,7 +188,19 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(events_cli::run(args))),
-        Command::Modules { json } => {
+        Command::Modules {
+            settings: true,
+            markdown,
+            ..
+        } => {
+            if markdown {
+                print!("{}", settings_doc::markdown());
+            } else {
+                print!("{}", settings_doc::text());
+            }
+            Ok(())
+        }
+        Command::Modules { json, .. } => {
             print_modules(json);
             Ok(())
         }
@@ -161,6 +212,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--check-config`: validates as `serve`/`migrate` would before binding and says so; the error
+/// names every problem.
+fn check_only(targets_spec: &str, runtime: &RuntimeArgs) -> anyhow::Result<()> {
+    let (config, targets) = targets::validate(targets_spec, runtime)?;
+    let names: Vec<&str> = targets.iter().map(|m| m.name).collect();
+    println!(
+        "configuration is valid for {} (admin port {})",
+        names.join(", "),
+        config.admin_port
+    );
+    Ok(())
 }
 
 fn print_modules(json: bool) {

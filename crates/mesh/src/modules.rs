@@ -1,8 +1,8 @@
 //! The module table: every target the binary can serve, with its default gRPC port, the services
-//! it calls, and its constructor. `mesh serve` and `mesh modules` read it; the Helm chart's
+//! it calls, its constructor, its migrations and its own settings. `mesh serve` and `mesh modules` read it; the Helm chart's
 //! `services:` values mirror it (a test compares the two).
 
-use mesh_runtime::{Migrations, Module};
+use mesh_runtime::{Migrations, Module, ModuleSettings};
 
 /// Every service, in start order (dependencies first is not required: clients connect lazily).
 pub(crate) const MODULES: &[Module] = &[
@@ -12,6 +12,7 @@ pub(crate) const MODULES: &[Module] = &[
         dependencies: &[],
         constructor: mesh_auth::build,
         migrations: mesh_auth::MIGRATIONS,
+        settings: mesh_auth::settings::SETTINGS,
     },
     Module {
         name: "user",
@@ -19,6 +20,7 @@ pub(crate) const MODULES: &[Module] = &[
         dependencies: &["auth"],
         constructor: mesh_user::build,
         migrations: mesh_user::MIGRATIONS,
+        settings: ModuleSettings::NONE,
     },
     Module {
         name: "product",
@@ -26,6 +28,7 @@ pub(crate) const MODULES: &[Module] = &[
         dependencies: &["auth"],
         constructor: mesh_product::build,
         migrations: mesh_product::MIGRATIONS,
+        settings: mesh_product::SETTINGS,
     },
     Module {
         name: "inventory",
@@ -33,6 +36,7 @@ pub(crate) const MODULES: &[Module] = &[
         dependencies: &["auth"],
         constructor: mesh_inventory::build,
         migrations: mesh_inventory::MIGRATIONS,
+        settings: mesh_inventory::SETTINGS,
     },
     Module {
         name: "order",
@@ -40,6 +44,7 @@ pub(crate) const MODULES: &[Module] = &[
         dependencies: &["auth", "product", "inventory", "campaign", "payment"],
         constructor: mesh_order::build,
         migrations: mesh_order::MIGRATIONS,
+        settings: mesh_order::SETTINGS,
     },
     Module {
         name: "payment",
@@ -47,6 +52,7 @@ pub(crate) const MODULES: &[Module] = &[
         dependencies: &["auth"],
         constructor: mesh_payment::build,
         migrations: mesh_payment::MIGRATIONS,
+        settings: mesh_payment::settings::SETTINGS,
     },
     Module {
         name: "shop",
@@ -54,6 +60,7 @@ pub(crate) const MODULES: &[Module] = &[
         dependencies: &["auth"],
         constructor: mesh_shop::build,
         migrations: mesh_shop::MIGRATIONS,
+        settings: ModuleSettings::NONE,
     },
     Module {
         name: "notification",
@@ -61,6 +68,7 @@ pub(crate) const MODULES: &[Module] = &[
         dependencies: &["auth", "user"],
         constructor: mesh_notification::build,
         migrations: mesh_notification::MIGRATIONS,
+        settings: mesh_notification::settings::SETTINGS,
     },
     Module {
         name: "campaign",
@@ -68,6 +76,7 @@ pub(crate) const MODULES: &[Module] = &[
         dependencies: &["auth", "product"],
         constructor: mesh_campaign::build,
         migrations: mesh_campaign::MIGRATIONS,
+        settings: mesh_campaign::settings::SETTINGS,
     },
     Module {
         name: "report",
@@ -75,6 +84,7 @@ pub(crate) const MODULES: &[Module] = &[
         dependencies: &["auth"],
         constructor: mesh_report::build,
         migrations: mesh_report::MIGRATIONS,
+        settings: ModuleSettings::NONE,
     },
     Module {
         name: "iot-gateway",
@@ -82,6 +92,7 @@ pub(crate) const MODULES: &[Module] = &[
         dependencies: &["auth", "shop"],
         constructor: mesh_iot_gateway::build,
         migrations: Migrations::NONE,
+        settings: ModuleSettings::NONE,
     },
     Module {
         name: "vm",
@@ -89,6 +100,7 @@ pub(crate) const MODULES: &[Module] = &[
         dependencies: &["auth", "shop", "iot-gateway", "inventory", "payment"],
         constructor: mesh_vm::build,
         migrations: mesh_vm::MIGRATIONS,
+        settings: mesh_vm::SETTINGS,
     },
     Module {
         name: "edge",
@@ -110,6 +122,7 @@ pub(crate) const MODULES: &[Module] = &[
         ],
         constructor: mesh_edge::build,
         migrations: Migrations::NONE,
+        settings: mesh_edge::config::SETTINGS,
     },
 ];
 

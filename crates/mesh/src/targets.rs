@@ -1,7 +1,14 @@
-//! Parsing the target list of `mesh serve`: `all`, or names separated by commas.
+//! Parsing the target list of `mesh serve`: `all`, or names separated by commas; and validating
+//! everything the targets will read before anything binds: the process configuration
+//! ([`MeshConfig`]), each target's own declared settings ([`Module::settings`]), its server
+//! protection and its fault switches, all problems in one error.
 
-use mesh_runtime::config::{ConfigError, Problem};
-use mesh_runtime::{MeshConfig, Module, RuntimeArgs, ServiceSpec};
+use std::collections::BTreeSet;
+
+use mesh_runtime::config::{ConfigError, Problem, admin_port_following};
+use mesh_runtime::settings::{Lookup, process_env};
+use mesh_runtime::shed::ProtectOptions;
+use mesh_runtime::{MeshConfig, Module, RuntimeArgs, ServiceSpec, faults};
 
 use crate::modules::{MODULES, find};
 
@@ -11,7 +18,7 @@ pub(crate) fn validate(
     spec: &str,
     args: &RuntimeArgs,
 ) -> Result<(MeshConfig, Vec<&'static Module>), ConfigError> {
-    validate_with(spec, args, |k| std::env::var(k).ok())
+    validate_with(spec, args, process_env)
 }
 
 /// [`validate`] with the environment read through `env` (the benchmarks override ports).
@@ -27,17 +34,52 @@ pub(crate) fn validate_with(
             default_port: m.default_port,
         })
         .collect();
-    let config = MeshConfig::from_args(args, &specs, env);
-    match (config, parse(spec)) {
-        (Ok(config), Ok(targets)) => Ok((config, targets)),
-        (config, targets) => {
-            let mut problems: Vec<Problem> = targets.err().into_iter().collect();
-            if let Err(e) = config {
-                problems.extend(e.problems);
+    let config = MeshConfig::from_args(args, &specs, &env);
+    let targets = parse(spec);
+    let mut problems: Vec<Problem> = targets.as_ref().err().cloned().into_iter().collect();
+    if let Err(e) = &config {
+        problems.extend(e.problems.iter().cloned());
+    }
+    if let Ok(targets) = &targets {
+        problems.extend(module_problems(targets, &env));
+    }
+    match (config, targets) {
+        (Ok(mut config), Ok(targets)) if problems.is_empty() => {
+            if args.admin_port.is_none() && targets.len() < MODULES.len() {
+                config.admin_port = admin_port_following(config.services[targets[0].name].port);
             }
-            Err(ConfigError { problems })
+            Ok((config, targets))
+        }
+        _ => Err(ConfigError { problems }),
+    }
+}
+
+/// Every problem with what `targets` read themselves: their declared settings, server
+/// protection (`MESH_<SERVICE>_MAX_CONCURRENCY`, `MESH_SHED*`) and fault switches
+/// (`MESH_FAULT_<SERVICE>`); a setting shared by several targets is named once.
+fn module_problems(targets: &[&'static Module], env: &Lookup<'_>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for module in targets {
+        if let Err(errors) = (module.settings.check)(env) {
+            problems.extend(errors.0.into_iter().map(Problem::from));
+        }
+        if let Err(bad) = ProtectOptions::from_env(module.name, env) {
+            problems.extend(bad);
+        }
+        let var = faults::env_var(module.name);
+        if let Some(spec) = env(&var)
+            && let Err(reason) = faults::parse(&spec)
+        {
+            problems.push(Problem {
+                setting: var,
+                value: spec,
+                reason,
+            });
         }
     }
+    let mut seen = BTreeSet::new();
+    problems.retain(|p| seen.insert((p.setting.clone(), p.value.clone(), p.reason.clone())));
+    problems
 }
 
 /// The modules named by `spec`, in module-table order, or the problem with it.

@@ -20,8 +20,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::{Problem, env_prefix};
 use crate::resilience::ResilienceOptions;
+use crate::settings::{Problem, env_prefix};
 
 /// The client settings of one process: a default and per-upstream overrides.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -11,7 +11,6 @@
 //! `--database-url` for it.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,6 +18,21 @@ use std::time::Duration;
 use http::Uri;
 
 use crate::client_config::ClientSettings;
+pub use crate::settings::{ConfigError, Problem, env_prefix};
+
+/// The admin port of a process serving every service, when `--admin-port` / `MESH_ADMIN_PORT`
+/// is not given.
+pub const DEFAULT_ADMIN_PORT: u16 = 9090;
+
+/// The admin port of a process serving some of the services (its first one on `service_port`)
+/// when `--admin-port` / `MESH_ADMIN_PORT` is not given: the service's port + 1000, or 0 (any
+/// free port) when the service's port is 0 or the sum is not a port.
+pub fn admin_port_following(service_port: u16) -> u16 {
+    match service_port {
+        0 => 0,
+        port => port.checked_add(1000).unwrap_or(0),
+    }
+}
 
 /// The flags (and their environment variables) every `mesh serve` target shares.
 #[derive(Debug, Clone, clap::Args)]
@@ -28,8 +42,11 @@ pub struct RuntimeArgs {
     pub host: String,
 
     /// Port of the admin HTTP server (/metrics, /healthz, /readyz); 0 picks a free port.
-    #[arg(long, env = "MESH_ADMIN_PORT", default_value = "9090")]
-    pub admin_port: String,
+    /// Default: 9090 when the process serves every service (`all`); otherwise its first
+    /// target's gRPC port + 1000 (product 50053 -> 51053, edge 8080 -> 9080), so processes of
+    /// one service each can share a host.
+    #[arg(long, env = "MESH_ADMIN_PORT")]
+    pub admin_port: Option<String>,
 
     /// Log filter in tracing's EnvFilter syntax, e.g. `info` or `info,mesh_runtime=debug`.
     #[arg(long, env = "MESH_LOG", default_value = "info")]
@@ -272,44 +289,6 @@ impl Default for DiscoveryConfig {
     }
 }
 
-/// One setting that failed validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The setting's names, e.g. `--admin-port / MESH_ADMIN_PORT`.
-    pub setting: String,
-    /// The value given.
-    pub value: String,
-    /// What is wrong and what is expected.
-    pub reason: String,
-}
-
-/// Every problem found in the configuration, reported together.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    /// The problems, in the order the settings were checked.
-    pub problems: Vec<Problem>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.problems.len();
-        write!(
-            f,
-            "invalid configuration ({n} problem{}):",
-            if n == 1 { "" } else { "s" }
-        )?;
-        for p in &self.problems {
-            write!(f, "\n  - {} = {:?}: {}", p.setting, p.value, p.reason)?;
-        }
-        Ok(())
-    }
-}
-
-/// The environment variable prefix of a service's settings: `iot-gateway` -> `MESH_IOT_GATEWAY`.
-pub fn env_prefix(service: &str) -> String {
-    format!("MESH_{}", service.to_ascii_uppercase().replace('-', "_"))
-}
-
 impl MeshConfig {
     /// Validates `args` and the per-service variables read through `env` (the process
     /// environment in production, a map in tests) for every service in `services`.
@@ -337,10 +316,13 @@ impl MeshConfig {
                 .err()
                 .map(|_| "expected an IP address such as 127.0.0.1 or 0.0.0.0".into()),
         );
-        let admin_port = parse_port(&args.admin_port);
+        let admin_port = args
+            .admin_port
+            .as_deref()
+            .map_or(Ok(DEFAULT_ADMIN_PORT), parse_port);
         check(
             "--admin-port / MESH_ADMIN_PORT",
-            &args.admin_port,
+            args.admin_port.as_deref().unwrap_or_default(),
             admin_port.as_ref().err().cloned(),
         );
         let filter = tracing_subscriber::EnvFilter::try_new(&args.log);
@@ -625,7 +607,7 @@ impl MeshConfig {
             let addr_var = format!("{prefix}_ADDR");
             let addr = match env(&addr_var) {
                 Some(raw) => {
-                    let addr = parse_url(&raw);
+                    let addr = parse_peer_addr(&raw);
                     check(&addr_var, &raw, addr.as_ref().err().cloned());
                     addr.ok()
                 }
@@ -716,6 +698,23 @@ fn parse_url(raw: &str) -> Result<Uri, String> {
     }
 }
 
+/// A peer's address: a URL (`http://host:port`, `https://...`) or a bare `host:port`, which
+/// means plain HTTP/2 (`http://host:port`).
+fn parse_peer_addr(raw: &str) -> Result<Uri, String> {
+    let raw = raw.trim();
+    if raw.contains("://") {
+        return parse_url(raw);
+    }
+    match raw.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            parse_url(&format!("http://{raw}"))
+        }
+        _ => Err(
+            "expected host:port (e.g. inventory:50054) or a URL such as http://host:port".into(),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -792,6 +791,47 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_address_is_a_url_or_a_bare_host_and_port() {
+        let config = parse(
+            &[],
+            &[
+                ("MESH_PRODUCT_ADDR", "product.mesh:50053"),
+                ("MESH_IOT_GATEWAY_ADDR", "https://gw.example.com"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(
+            config.services["product"]
+                .addr
+                .as_ref()
+                .unwrap()
+                .to_string(),
+            "http://product.mesh:50053/"
+        );
+        assert_eq!(
+            config.services["iot-gateway"]
+                .addr
+                .as_ref()
+                .unwrap()
+                .scheme_str(),
+            Some("https")
+        );
+        for bad in ["product", "product:http", ":50053", "ftp://x:1"] {
+            let err = parse(&[], &[("MESH_PRODUCT_ADDR", bad)]).expect_err(bad);
+            assert_eq!(err.problems[0].setting, "MESH_PRODUCT_ADDR", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_admin_port_defaults_to_9090_and_a_served_service_moves_it() {
+        assert_eq!(parse(&[], &[]).unwrap().admin_port, DEFAULT_ADMIN_PORT);
+        assert_eq!(admin_port_following(50053), 51053);
+        assert_eq!(admin_port_following(8080), 9080);
+        assert_eq!(admin_port_following(0), 0);
+        assert_eq!(admin_port_following(65000), 0);
+    }
+
+    #[test]
     fn every_bad_setting_is_named_in_one_error() {
         let err = parse(
             &[
@@ -804,7 +844,7 @@ mod tests {
             ],
             &[
                 ("MESH_PRODUCT_PORT", "70000"),
-                ("MESH_IOT_GATEWAY_ADDR", "gateway:50061"),
+                ("MESH_IOT_GATEWAY_ADDR", "gateway"),
             ],
         )
         .expect_err("invalid");

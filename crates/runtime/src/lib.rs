@@ -7,6 +7,7 @@
 //!   shutdown; [`admin`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`client`]: channels to peers that propagate trace context and deadlines;
 //! - [`module`]: the module-table row and build context a service crate provides and receives;
+//!   [`settings`]: a module's own settings, declared once, read and checked all together;
 //! - [`lifecycle`]: a service's background tasks, supervised (restarted with backoff, readiness
 //!   off while one keeps failing or the database is unreachable, drained on shutdown);
 //!   [`work_queue`]: the durable work queue they run on (hand-off in process, due scans,
@@ -68,5 +69,6 @@ pub use module::{BuildError, ClientError, Module, NoData, ServiceContext, Servic
 pub use not_built::NotBuilt;
 pub use readiness::Readiness;
 pub use server::GrpcServer;
+pub use settings::{ModuleSettings, Setting};
 pub use storage::{Database, DatabaseError, Migrations};
 pub use trace_context::TraceContext;

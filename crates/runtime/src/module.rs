@@ -18,6 +18,7 @@ use crate::consumer::{Consumer, ConsumerOptions};
 use crate::endpoint_slices::KubeClient;
 use crate::lifecycle::{Supervisor, Task, TaskError};
 use crate::metrics::Metrics;
+use crate::settings::ModuleSettings;
 use crate::storage::{Database, Migrations};
 
 /// Why a service could not be built.
@@ -42,6 +43,10 @@ pub struct Module {
     /// Its own tables ([`Migrations::NONE`] when it has none): applied, after the runtime's
     /// outbox tables, before the constructor runs and by `mesh migrate`.
     pub migrations: Migrations,
+    /// Its own `MESH_<NAME>_*` settings ([`ModuleSettings::NONE`] when it has none): listed by
+    /// `mesh modules --settings`, and checked with the process configuration by `mesh serve`,
+    /// `mesh migrate` and `mesh serve --check-config` before anything binds.
+    pub settings: ModuleSettings,
 }
 
 impl std::fmt::Debug for Module {

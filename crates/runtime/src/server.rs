@@ -121,7 +121,15 @@ impl GrpcServer {
         };
         let protect = match protect {
             Some(p) => p,
-            None => ProtectOptions::from_env(&name, env).map_err(config_err)?,
+            None => ProtectOptions::from_env(&name, env).map_err(|problems| {
+                config_err(
+                    problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })?,
         };
         let fault_var = crate::faults::env_var(&name);
         if let Some(spec) = env(&fault_var) {

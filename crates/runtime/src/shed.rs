@@ -35,6 +35,8 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::settings::{Kind, Problem, Setting, env_prefix};
+
 /// Settings of a port's protection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProtectOptions {
@@ -65,36 +67,83 @@ impl Default for ProtectOptions {
     }
 }
 
+/// `MESH_SHED`: the adaptive shedder of every port, `on` or `off`.
+pub const SHED: Setting = Setting {
+    name: "MESH_SHED",
+    kind: Kind::Text,
+    default: "on",
+    doc: "The adaptive load shedder of every gRPC port: `on` or `off`.",
+};
+/// `MESH_SHED_MIN_IN_FLIGHT`: the shedder never refuses below this many calls in flight.
+pub const SHED_MIN_IN_FLIGHT: Setting = Setting {
+    name: "MESH_SHED_MIN_IN_FLIGHT",
+    kind: Kind::Number {
+        min: 1,
+        max: u64::MAX,
+    },
+    default: "32",
+    doc: "The shedder never refuses while fewer calls than this are in flight.",
+};
+/// `MESH_SHED_QUEUE_TARGET`: how long callers may wait in line before the shedder refuses.
+pub const SHED_QUEUE_TARGET: Setting = Setting {
+    name: "MESH_SHED_QUEUE_TARGET",
+    kind: Kind::Duration,
+    default: "1s",
+    doc: "How much queueing the shedder allows before it refuses (callers that wait are served).",
+};
+
 impl ProtectOptions {
     /// The settings of `service` from the environment: `MESH_<SERVICE>_MAX_CONCURRENCY`
     /// (0 = off), `MESH_SHED` (`on`/`off`), `MESH_SHED_MIN_IN_FLIGHT` and
-    /// `MESH_SHED_QUEUE_TARGET` (a duration). The error names the variable.
-    pub fn from_env(service: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+    /// `MESH_SHED_QUEUE_TARGET` (a duration). Every bad one is named.
+    pub fn from_env(
+        service: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, Vec<Problem>> {
         let mut o = Self::default();
-        let var = format!("{}_MAX_CONCURRENCY", crate::config::env_prefix(service));
+        let mut problems = Vec::new();
+        let mut refuse = |setting: &str, value: &str, reason: &str| {
+            problems.push(Problem {
+                setting: setting.to_string(),
+                value: value.to_string(),
+                reason: reason.to_string(),
+            });
+        };
+        let var = format!("{}_MAX_CONCURRENCY", env_prefix(service));
         if let Some(v) = env(&var) {
-            o.max_concurrency = v
-                .parse()
-                .map_err(|_| format!("{var}={v}: expected a whole number (0 = no limit)"))?;
+            match v.trim().parse() {
+                Ok(n) => o.max_concurrency = n,
+                Err(_) => refuse(&var, &v, "expected a whole number (0 = no limit)"),
+            }
         }
-        if let Some(v) = env("MESH_SHED") {
-            o.shed = match v.as_str() {
-                "on" | "true" | "1" => true,
-                "off" | "false" | "0" => false,
-                _ => return Err(format!("MESH_SHED={v}: expected `on` or `off`")),
-            };
+        if let Some(v) = env(SHED.name) {
+            match v.trim() {
+                "on" | "true" | "1" => o.shed = true,
+                "off" | "false" | "0" => o.shed = false,
+                _ => refuse(SHED.name, &v, "expected `on` or `off`"),
+            }
         }
-        if let Some(v) = env("MESH_SHED_MIN_IN_FLIGHT") {
-            o.min_in_flight = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                format!("MESH_SHED_MIN_IN_FLIGHT={v}: expected a whole number >= 1")
-            })?;
+        if let Some(v) = env(SHED_MIN_IN_FLIGHT.name) {
+            match v.trim().parse().ok().filter(|n| *n >= 1) {
+                Some(n) => o.min_in_flight = n,
+                None => refuse(SHED_MIN_IN_FLIGHT.name, &v, "expected a whole number >= 1"),
+            }
         }
-        if let Some(v) = env("MESH_SHED_QUEUE_TARGET") {
-            o.queue_target = humantime::parse_duration(&v).map_err(|e| {
-                format!("MESH_SHED_QUEUE_TARGET={v}: expected a duration such as 50ms ({e})")
-            })?;
+        if let Some(v) = env(SHED_QUEUE_TARGET.name) {
+            match humantime::parse_duration(v.trim()) {
+                Ok(d) => o.queue_target = d,
+                Err(e) => refuse(
+                    SHED_QUEUE_TARGET.name,
+                    &v,
+                    &format!("expected a duration such as 50ms ({e})"),
+                ),
+            }
         }
-        Ok(o)
+        if problems.is_empty() {
+            Ok(o)
+        } else {
+            Err(problems)
+        }
     }
 }
 
@@ -456,10 +505,18 @@ mod tests {
             _ => None,
         };
         let err = ProtectOptions::from_env("iot-gateway", env).unwrap_err();
-        assert!(err.contains("MESH_IOT_GATEWAY_MAX_CONCURRENCY"), "{err}");
-        let err = ProtectOptions::from_env("a", |k| (k == "MESH_SHED").then(|| "maybe".into()))
-            .unwrap_err();
-        assert!(err.contains("MESH_SHED"));
+        assert_eq!(
+            err[0].setting, "MESH_IOT_GATEWAY_MAX_CONCURRENCY",
+            "{err:?}"
+        );
+        let err = ProtectOptions::from_env("a", |k| match k {
+            "MESH_SHED" => Some("maybe".into()),
+            "MESH_SHED_QUEUE_TARGET" => Some("soon".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        let named: Vec<_> = err.iter().map(|p| p.setting.as_str()).collect();
+        assert_eq!(named, ["MESH_SHED", "MESH_SHED_QUEUE_TARGET"]);
         assert_eq!(
             ProtectOptions::from_env("a", |_| None).unwrap(),
             ProtectOptions::default()

@@ -9,8 +9,8 @@ use mesh_runtime::bus::EventBus;
 use mesh_runtime::bus::memory::MemoryBus;
 use mesh_runtime::config::DatabaseTarget;
 use mesh_runtime::{
-    Database, MeshConfig, Metrics, Migrations, Module, RuntimeArgs, ServiceContext, ServiceRoutes,
-    ServiceSpec,
+    Database, MeshConfig, Metrics, Migrations, Module, ModuleSettings, RuntimeArgs, ServiceContext,
+    ServiceRoutes, ServiceSpec,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -67,6 +67,7 @@ pub fn context_with(
         dependencies,
         constructor: never,
         migrations: Migrations::NONE,
+        settings: ModuleSettings::NONE,
     };
     ServiceContext::new(
         &module,

@@ -47,46 +47,93 @@ impl Default for AuthSettings {
     }
 }
 
-pub use mesh_runtime::settings::SettingError;
-use mesh_runtime::settings::{Settings, process_env};
+use mesh_runtime::auth::SERVICE_CLIENT_SECRET;
+use mesh_runtime::settings::{Kind, ModuleSettings, Setting, Settings, process_env};
+pub use mesh_runtime::settings::{SettingError, SettingErrors};
+
+const PRIVATE_KEY_FILE: Setting = Setting {
+    name: "MESH_JWT_PRIVATE_KEY_FILE",
+    kind: Kind::Text,
+    default: "",
+    doc: "An Ed25519 PKCS#8 PEM private key file to sign with (read when the service is built); unset: a key is generated on first start and kept in the database.",
+};
+const ACCESS_TTL: Setting = Setting {
+    name: "MESH_AUTH_ACCESS_TTL",
+    kind: Kind::Duration,
+    default: "15m",
+    doc: "Lifetime of access and service tokens.",
+};
+const REFRESH_TTL: Setting = Setting {
+    name: "MESH_AUTH_REFRESH_TTL",
+    kind: Kind::Duration,
+    default: "30d",
+    doc: "Lifetime of a session's refresh tokens.",
+};
+const BOOTSTRAP_ADMIN_EMAIL: Setting = Setting {
+    name: "MESH_AUTH_BOOTSTRAP_ADMIN_EMAIL",
+    kind: Kind::Text,
+    default: "",
+    doc: "The account signing up with this email gets the admin role, as long as no admin exists yet.",
+};
+const SERVICE_CLIENTS: Setting = Setting {
+    name: "MESH_AUTH_SERVICE_CLIENTS",
+    kind: Kind::Secret,
+    default: "",
+    doc: "Client credentials of services, `order=secret,vm=secret`.",
+};
+
+/// The auth module's settings, for its module row.
+pub const SETTINGS: ModuleSettings = ModuleSettings {
+    declared: &[
+        PRIVATE_KEY_FILE,
+        ACCESS_TTL,
+        REFRESH_TTL,
+        BOOTSTRAP_ADMIN_EMAIL,
+        SERVICE_CLIENTS,
+    ],
+    check: |env| AuthSettings::from_lookup(env).map(drop),
+};
 
 impl AuthSettings {
     /// The settings from the process environment.
-    pub fn from_env() -> Result<Self, SettingError> {
+    pub fn from_env() -> Result<Self, SettingErrors> {
         Self::from_lookup(process_env)
     }
 
-    /// The settings from `env` (the environment, or a map in tests).
-    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingError> {
-        let mut s = Self {
-            verifier: VerifierSettings::from_env(),
+    /// The settings from `env` (the environment, or a map in tests); every bad one named.
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingErrors> {
+        let mut s = Settings::new(&env);
+        let mut settings = Self {
+            verifier: VerifierSettings::from_lookup(&env),
+            key_file: s.text(&PRIVATE_KEY_FILE).map(PathBuf::from),
+            access_ttl: s.duration(&ACCESS_TTL),
+            refresh_ttl: s.duration(&REFRESH_TTL),
+            bootstrap_admin_email: s.text(&BOOTSTRAP_ADMIN_EMAIL).map(|e| e.to_lowercase()),
+            shared_service_secret: s.text(&SERVICE_CLIENT_SECRET),
             ..Self::default()
         };
-        s.key_file = env("MESH_JWT_PRIVATE_KEY_FILE").map(PathBuf::from);
-        let settings = Settings::new(&env);
-        s.access_ttl = settings.duration("MESH_AUTH_ACCESS_TTL", s.access_ttl, false)?;
-        s.refresh_ttl = settings.duration("MESH_AUTH_REFRESH_TTL", s.refresh_ttl, false)?;
-        s.bootstrap_admin_email = env("MESH_AUTH_BOOTSTRAP_ADMIN_EMAIL").map(|e| e.to_lowercase());
-        if let Some(value) = env("MESH_AUTH_SERVICE_CLIENTS") {
-            for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                match pair.split_once('=') {
-                    Some((id, secret)) if !id.is_empty() && !secret.is_empty() => {
-                        s.service_clients.insert(id.to_string(), secret.to_string());
-                    }
-                    _ => {
-                        return Err(SettingError {
-                            variable: "MESH_AUTH_SERVICE_CLIENTS",
-                            value: "<redacted>".into(),
-                            reason: format!(
-                                "expected comma-separated client_id=secret pairs, got an entry without `=` near `{}`",
-                                pair.split('=').next().unwrap_or_default()
-                            ),
-                        });
-                    }
-                }
+        if let Some(clients) = s.parse(&SERVICE_CLIENTS, parse_service_clients) {
+            settings.service_clients = clients;
+        }
+        s.finish(settings)
+    }
+}
+
+/// `order=secret,vm=secret` as client ids and secrets; the error names the entry, not a secret.
+fn parse_service_clients(value: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut clients = BTreeMap::new();
+    for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((id, secret)) if !id.is_empty() && !secret.is_empty() => {
+                clients.insert(id.to_string(), secret.to_string());
+            }
+            _ => {
+                return Err(format!(
+                    "expected comma-separated client_id=secret pairs, got an entry without `=` near `{}`",
+                    pair.split('=').next().unwrap_or_default()
+                ));
             }
         }
-        s.shared_service_secret = env("MESH_SERVICE_CLIENT_SECRET");
-        Ok(s)
     }
+    Ok(clients)
 }

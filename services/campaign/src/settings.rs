@@ -1,10 +1,10 @@
-//! The campaign service's settings, from `MESH_CAMPAIGN_*` variables, validated when the service
-//! is built (an error names the variable).
+//! The campaign service's settings, from `MESH_CAMPAIGN_*` variables, each declared once, checked
+//! before anything binds (every bad one named) and read again when the service is built.
 
 use std::time::Duration;
 
-pub use mesh_runtime::settings::SettingError;
-use mesh_runtime::settings::{Settings, process_env};
+pub use mesh_runtime::settings::{SettingError, SettingErrors};
+use mesh_runtime::settings::{Kind, ModuleSettings, Setting, Settings, process_env};
 
 /// How long holds live and how often expired ones are released.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,20 +25,39 @@ impl Default for CampaignSettings {
     }
 }
 
+const HOLD_TTL: Setting = Setting {
+    name: "MESH_CAMPAIGN_HOLD_TTL",
+    kind: Kind::Duration,
+    default: "2m",
+    doc: "A redemption held by PriceCart with `reserve` is released when no `order.created` made it a reservation within this time.",
+};
+const HOLD_SWEEP: Setting = Setting {
+    name: "MESH_CAMPAIGN_HOLD_SWEEP",
+    kind: Kind::Duration,
+    default: "5s",
+    doc: "How often expired holds are looked for.",
+};
+
+/// The campaign module's settings, for its module row.
+pub const SETTINGS: ModuleSettings = ModuleSettings {
+    declared: &[HOLD_TTL, HOLD_SWEEP],
+    check: |env| CampaignSettings::from_lookup(env).map(drop),
+};
+
 impl CampaignSettings {
     /// The settings from the process environment.
-    pub fn from_env() -> Result<Self, SettingError> {
+    pub fn from_env() -> Result<Self, SettingErrors> {
         Self::from_lookup(process_env)
     }
 
-    /// The settings from `env` (the environment, or a map in tests).
-    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingError> {
-        let d = Self::default();
-        let s = Settings::new(env);
-        Ok(Self {
-            hold_ttl: s.duration("MESH_CAMPAIGN_HOLD_TTL", d.hold_ttl, false)?,
-            sweep_every: s.duration("MESH_CAMPAIGN_HOLD_SWEEP", d.sweep_every, false)?,
-        })
+    /// The settings from `env` (the environment, or a map in tests); every bad one named.
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingErrors> {
+        let mut s = Settings::new(env);
+        let settings = Self {
+            hold_ttl: s.duration(&HOLD_TTL),
+            sweep_every: s.duration(&HOLD_SWEEP),
+        };
+        s.finish(settings)
     }
 }
 

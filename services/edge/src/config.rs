@@ -1,27 +1,15 @@
-//! The edge's own settings, from `MESH_EDGE_*` environment variables, validated at start with
-//! one error naming every bad setting (the runtime's [`ConfigError`]).
+//! The edge's own settings, from `MESH_EDGE_*` environment variables, validated before anything
+//! binds with one error naming every bad setting.
 //!
-//! | variable | default | meaning |
-//! |---|---|---|
-//! | `MESH_EDGE_LEGACY_URL` | unset | strangler-fig upstream (`http://host:port`) for paths no rule owns; unset: 404 |
-//! | `MESH_EDGE_MAX_BODY_BYTES` | `1048576` | largest REST request body |
-//! | `MESH_EDGE_CORS_ORIGINS` | unset (CORS off) | allowed origins, comma-separated, or `*` |
-//! | `MESH_EDGE_RATE_LIMIT` | `off` | per-client token bucket: `RATE/s` or `RATE/s,burst=N` (also `/m`) |
-//! | `MESH_EDGE_DESCRIPTOR_SETS` | unset | extra encoded descriptor sets (`buf build -o`), comma-separated paths |
-//! | `MESH_EDGE_UPSTREAMS` | unset | `pkg.Service=http://host:port`, comma-separated: upstream per extra (or overridden) service |
-//! | `MESH_EDGE_AUTH` | `jwt` | `jwt`: verify bearer tokens with auth's JWKS on every RPC not public; `off`: no checks at the edge |
-//! | `MESH_EDGE_PUBLIC_ROUTES` | [`DEFAULT_PUBLIC_ROUTES`] | RPCs open without a token: `pkg.Service/Method`, `pkg.Service/Prefix*`, `pkg.Service/*`, comma-separated; `none` for none |
-//! | `MESH_EDGE_TRUSTED_PROXIES` | unset | IPs or CIDRs whose `X-Forwarded-For` is believed when keying rate limits |
-//! | `MESH_EDGE_RATE_LIMIT_REDIS_URL` | `MESH_REDIS_URL` | Redis shared by the edge replicas for rate limits; unset (both): in process |
-//! | `MESH_EDGE_UPSTREAM_CONNECTIONS` | `4` | HTTP/2 connections per upstream (addressed by IP) for REST calls, 1 to 64 ([`crate::pool`]) |
-//! | `MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT` | `1024` | REST calls in flight per upstream pool above which the edge answers `429` with `Retry-After` itself ([`crate::pool`]) |
+//! Each setting is declared once below (variable, kind, default, what it does); `mesh modules
+//! --settings` and `docs/settings.md` list them.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use http::Uri;
 use ipnet::IpNet;
-use mesh_runtime::config::{ConfigError, Problem};
+use mesh_runtime::settings::{Kind, ModuleSettings, Setting, SettingErrors, Settings};
 
 use crate::auth::PublicRoutes;
 use crate::rate_limit::{RateLimit, parse_rate_limit};
@@ -92,140 +80,191 @@ impl Default for EdgeConfig {
     }
 }
 
+const LEGACY_URL: Setting = Setting {
+    name: "MESH_EDGE_LEGACY_URL",
+    kind: Kind::Text,
+    default: "",
+    doc: "Strangler-fig upstream (`http://host:port`) for paths no rule owns; unset: 404.",
+};
+const MAX_BODY_BYTES: Setting = Setting {
+    name: "MESH_EDGE_MAX_BODY_BYTES",
+    kind: Kind::Number {
+        min: 1,
+        max: 1 << 30,
+    },
+    default: "1048576",
+    doc: "Largest REST request body, in bytes.",
+};
+const CORS_ORIGINS: Setting = Setting {
+    name: "MESH_EDGE_CORS_ORIGINS",
+    kind: Kind::Text,
+    default: "",
+    doc: "Allowed CORS origins, comma-separated (`http(s)://...`), or `*`; unset: CORS off.",
+};
+const RATE_LIMIT: Setting = Setting {
+    name: "MESH_EDGE_RATE_LIMIT",
+    kind: Kind::Text,
+    default: "off",
+    doc: "Per-client token bucket: `off`, `RATE/s` or `RATE/s,burst=N` (also `/m`).",
+};
+const DESCRIPTOR_SETS: Setting = Setting {
+    name: "MESH_EDGE_DESCRIPTOR_SETS",
+    kind: Kind::Text,
+    default: "",
+    doc: "Extra encoded descriptor sets (`buf build -o`), comma-separated readable files, whose services the edge fronts too.",
+};
+const UPSTREAMS: Setting = Setting {
+    name: "MESH_EDGE_UPSTREAMS",
+    kind: Kind::Text,
+    default: "",
+    doc: "`pkg.Service=http://host:port`, comma-separated: the upstream of each extra (or overridden) service.",
+};
+const AUTH: Setting = Setting {
+    name: "MESH_EDGE_AUTH",
+    kind: Kind::Text,
+    default: "jwt",
+    doc: "`jwt`: verify bearer tokens with auth's JWKS on every RPC not public; `off`: no checks at the edge.",
+};
+const PUBLIC_ROUTES: Setting = Setting {
+    name: "MESH_EDGE_PUBLIC_ROUTES",
+    kind: Kind::Text,
+    default: "",
+    doc: "RPCs open without a token, comma-separated `pkg.Service/Method`, `pkg.Service/Prefix*` or `pkg.Service/*`; `none` for none; unset: sign-up, login, refresh, logout, JWKS, service tokens and catalog reads.",
+};
+const TRUSTED_PROXIES: Setting = Setting {
+    name: "MESH_EDGE_TRUSTED_PROXIES",
+    kind: Kind::Text,
+    default: "",
+    doc: "IPs or CIDRs, comma-separated, whose `X-Forwarded-For` is believed when keying rate limits.",
+};
+const RATE_LIMIT_REDIS_URL: Setting = Setting {
+    name: "MESH_EDGE_RATE_LIMIT_REDIS_URL",
+    kind: Kind::Text,
+    default: "",
+    doc: "Redis shared by the edge replicas for rate limits (`redis://host:port`); unset: MESH_REDIS_URL, else in process.",
+};
+const UPSTREAM_CONNECTIONS: Setting = Setting {
+    name: "MESH_EDGE_UPSTREAM_CONNECTIONS",
+    kind: Kind::Number { min: 1, max: 64 },
+    default: "4",
+    doc: "HTTP/2 connections per upstream (addressed by IP) for REST calls.",
+};
+const UPSTREAM_MAX_IN_FLIGHT: Setting = Setting {
+    name: "MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT",
+    kind: Kind::Number {
+        min: 1,
+        max: 1_000_000,
+    },
+    default: "1024",
+    doc: "REST calls in flight per upstream pool above which the edge answers 429 with Retry-After itself.",
+};
+
+/// The edge module's settings, for its module row.
+pub const SETTINGS: ModuleSettings = ModuleSettings {
+    declared: &[
+        LEGACY_URL,
+        MAX_BODY_BYTES,
+        CORS_ORIGINS,
+        RATE_LIMIT,
+        DESCRIPTOR_SETS,
+        UPSTREAMS,
+        AUTH,
+        PUBLIC_ROUTES,
+        TRUSTED_PROXIES,
+        RATE_LIMIT_REDIS_URL,
+        UPSTREAM_CONNECTIONS,
+        UPSTREAM_MAX_IN_FLIGHT,
+    ],
+    check: |env| EdgeConfig::from_env(env).map(drop),
+};
+
 impl EdgeConfig {
-    /// Reads and validates the settings through `env` (the process environment in production).
-    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut problems = Vec::new();
-        let mut config = Self::default();
-        let mut problem = |setting: &str, value: &str, reason: String| {
-            problems.push(Problem {
-                setting: setting.into(),
-                value: value.into(),
-                reason,
-            });
+    /// Reads and validates the settings through `env` (the process environment in production);
+    /// every bad one named.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingErrors> {
+        let mut s = Settings::new(env);
+        let mut config = Self {
+            legacy_url: s
+                .parse(&LEGACY_URL, |raw| {
+                    if raw.trim().is_empty() {
+                        Ok(None)
+                    } else {
+                        parse_http_url(raw).map(Some)
+                    }
+                })
+                .flatten(),
+            max_body_bytes: s.number(&MAX_BODY_BYTES),
+            cors_origins: s
+                .parse(&CORS_ORIGINS, |raw| {
+                    let origins: Vec<String> = split(raw).map(str::to_string).collect();
+                    match origins.iter().find(|o| {
+                        *o != "*" && !(o.starts_with("http://") || o.starts_with("https://"))
+                    }) {
+                        Some(bad) => Err(format!(
+                            "origin {bad:?} must be `*` or start with http:// or https://"
+                        )),
+                        None => Ok(origins),
+                    }
+                })
+                .unwrap_or_default(),
+            rate_limit: s.parse(&RATE_LIMIT, parse_rate_limit).flatten(),
+            descriptor_sets: s
+                .parse(&DESCRIPTOR_SETS, |raw| {
+                    let paths: Vec<PathBuf> = split(raw).map(PathBuf::from).collect();
+                    match paths.iter().find(|p| !p.is_file()) {
+                        Some(bad) => Err(format!("{} is not a readable file", bad.display())),
+                        None => Ok(paths),
+                    }
+                })
+                .unwrap_or_default(),
+            upstreams: s
+                .parse(&UPSTREAMS, |raw| split(raw).map(parse_upstream).collect())
+                .unwrap_or_default(),
+            jwt: s
+                .parse(&AUTH, |raw| match raw.trim() {
+                    "jwt" | "" => Ok(true),
+                    "off" => Ok(false),
+                    _ => Err("expected `jwt` or `off`".to_string()),
+                })
+                .unwrap_or(true),
+            trusted_proxies: s
+                .parse(&TRUSTED_PROXIES, |raw| {
+                    split(raw)
+                        .map(|item| {
+                            parse_net(item).ok_or_else(|| {
+                                format!("{item:?} is not an IP address or CIDR (10.0.0.0/8)")
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            rate_limit_redis_url: s
+                .parse(&RATE_LIMIT_REDIS_URL, |raw| {
+                    let raw = raw.trim();
+                    if raw.is_empty() {
+                        Ok(None)
+                    } else if raw.starts_with("redis://") || raw.starts_with("rediss://") {
+                        Ok(Some(raw.to_string()))
+                    } else {
+                        Err("expected redis://host:port".to_string())
+                    }
+                })
+                .flatten(),
+            upstream_connections: s.number(&UPSTREAM_CONNECTIONS),
+            upstream_max_in_flight: s.number(&UPSTREAM_MAX_IN_FLIGHT),
+            ..Self::default()
         };
-        if let Some(raw) = env("MESH_EDGE_LEGACY_URL").filter(|s| !s.trim().is_empty()) {
-            match parse_http_url(&raw) {
-                Ok(uri) => config.legacy_url = Some(uri),
-                Err(e) => problem("MESH_EDGE_LEGACY_URL", &raw, e),
-            }
-        }
-        if let Some(raw) = env("MESH_EDGE_MAX_BODY_BYTES") {
-            match raw.trim().parse::<usize>() {
-                Ok(n) if n >= 1 => config.max_body_bytes = n,
-                _ => problem(
-                    "MESH_EDGE_MAX_BODY_BYTES",
-                    &raw,
-                    "expected a whole number of bytes, at least 1".into(),
-                ),
-            }
-        }
-        if let Some(raw) = env("MESH_EDGE_CORS_ORIGINS") {
-            config.cors_origins = split(&raw).map(str::to_string).collect();
-            if let Some(bad) = config
-                .cors_origins
-                .iter()
-                .find(|o| *o != "*" && !(o.starts_with("http://") || o.starts_with("https://")))
-            {
-                problem(
-                    "MESH_EDGE_CORS_ORIGINS",
-                    &raw,
-                    format!("origin {bad:?} must be `*` or start with http:// or https://"),
-                );
-            }
-        }
-        if let Some(raw) = env("MESH_EDGE_RATE_LIMIT") {
-            match parse_rate_limit(&raw) {
-                Ok(limit) => config.rate_limit = limit,
-                Err(e) => problem("MESH_EDGE_RATE_LIMIT", &raw, e),
-            }
-        }
-        if let Some(raw) = env("MESH_EDGE_DESCRIPTOR_SETS") {
-            for path in split(&raw) {
-                let path = PathBuf::from(path);
-                if !path.is_file() {
-                    problem(
-                        "MESH_EDGE_DESCRIPTOR_SETS",
-                        &raw,
-                        format!("{} is not a readable file", path.display()),
-                    );
-                }
-                config.descriptor_sets.push(path);
-            }
-        }
-        if let Some(raw) = env("MESH_EDGE_UPSTREAMS") {
-            for item in split(&raw) {
-                match parse_upstream(item) {
-                    Ok(upstream) => config.upstreams.push(upstream),
-                    Err(e) => problem("MESH_EDGE_UPSTREAMS", &raw, e),
-                }
-            }
-        }
-        if let Some(raw) = env("MESH_EDGE_AUTH") {
-            match raw.trim() {
-                "jwt" | "" => config.jwt = true,
-                "off" => config.jwt = false,
-                _ => problem("MESH_EDGE_AUTH", &raw, "expected `jwt` or `off`".into()),
-            }
-        }
-        if let Some(raw) = env("MESH_EDGE_PUBLIC_ROUTES") {
-            config.public_routes = if raw.trim() == "none" {
+        if let Some(routes) = s.parse(&PUBLIC_ROUTES, |raw| {
+            let routes: Vec<String> = if raw.trim() == "none" {
                 Vec::new()
             } else {
-                split(&raw).map(str::to_string).collect()
+                split(raw).map(str::to_string).collect()
             };
-            if let Err(e) = PublicRoutes::parse(&config.public_routes) {
-                problem("MESH_EDGE_PUBLIC_ROUTES", &raw, e);
-            }
+            PublicRoutes::parse(&routes).map(|_| routes)
+        }) {
+            config.public_routes = routes;
         }
-        if let Some(raw) = env("MESH_EDGE_TRUSTED_PROXIES") {
-            for item in split(&raw) {
-                match parse_net(item) {
-                    Some(net) => config.trusted_proxies.push(net),
-                    None => problem(
-                        "MESH_EDGE_TRUSTED_PROXIES",
-                        &raw,
-                        format!("{item:?} is not an IP address or CIDR (10.0.0.0/8)"),
-                    ),
-                }
-            }
-        }
-        if let Some(raw) = env("MESH_EDGE_UPSTREAM_CONNECTIONS") {
-            match raw.trim().parse::<usize>() {
-                Ok(n @ 1..=64) => config.upstream_connections = n,
-                _ => problem(
-                    "MESH_EDGE_UPSTREAM_CONNECTIONS",
-                    &raw,
-                    "expected a whole number from 1 to 64".into(),
-                ),
-            }
-        }
-        if let Some(raw) = env("MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT") {
-            match raw.trim().parse::<usize>() {
-                Ok(n @ 1..=1_000_000) => config.upstream_max_in_flight = n,
-                _ => problem(
-                    "MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT",
-                    &raw,
-                    "expected a whole number from 1 to 1000000".into(),
-                ),
-            }
-        }
-        if let Some(raw) = env("MESH_EDGE_RATE_LIMIT_REDIS_URL").filter(|s| !s.trim().is_empty()) {
-            if raw.starts_with("redis://") || raw.starts_with("rediss://") {
-                config.rate_limit_redis_url = Some(raw.trim().to_string());
-            } else {
-                problem(
-                    "MESH_EDGE_RATE_LIMIT_REDIS_URL",
-                    &raw,
-                    "expected redis://host:port".into(),
-                );
-            }
-        }
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError { problems })
-        }
+        s.finish(config)
     }
 }
 

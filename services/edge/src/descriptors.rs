@@ -18,7 +18,7 @@ pub enum SetupError {
     },
     /// The edge settings are invalid.
     #[error(transparent)]
-    Config(#[from] mesh_runtime::config::ConfigError),
+    Config(#[from] mesh_runtime::settings::SettingErrors),
     /// The `google.api.http` rules are invalid.
     #[error(transparent)]
     Routes(#[from] routes::RoutesError),

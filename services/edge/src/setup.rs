@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use mesh_runtime::client::ClientOptions;
+use mesh_runtime::settings::{SettingError, process_env};
 use mesh_runtime::{BuildError, ServiceContext, ServiceRoutes};
 
 use crate::auth::{EdgeAuth, PublicRoutes};
@@ -22,7 +23,7 @@ use crate::upstream::{Upstream, Upstreams};
 /// (`MESH_<SERVICE>_ADDR`), others' from `MESH_EDGE_UPSTREAMS` and `--upstream`.
 pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, BuildError>> {
     Box::pin(async move {
-        let config = EdgeConfig::from_env(|k| std::env::var(k).ok())?.with_flags();
+        let config = EdgeConfig::from_env(process_env)?.with_flags();
         let edge = from_context(&ctx, config)?;
         Ok(Arc::new(edge).service_routes())
     })
@@ -88,13 +89,11 @@ pub fn from_context(ctx: &ServiceContext, config: EdgeConfig) -> Result<Edge, Bu
         );
     }
     let public = PublicRoutes::parse(&config.public_routes).map_err(|reason| {
-        mesh_runtime::config::ConfigError {
-            problems: vec![mesh_runtime::config::Problem {
-                setting: "MESH_EDGE_PUBLIC_ROUTES".into(),
-                value: config.public_routes.join(","),
-                reason,
-            }],
-        }
+        SettingError::new(
+            "MESH_EDGE_PUBLIC_ROUTES",
+            config.public_routes.join(","),
+            reason,
+        )
     })?;
     let redis_url = config
         .rate_limit_redis_url

@@ -24,6 +24,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mesh_contracts::inventory::v1::inventory_service_server::InventoryServiceServer;
 use mesh_runtime::auth::{Clock, Policy, Role, SystemClock, guard};
+use mesh_runtime::settings::{Kind, ModuleSettings, Setting, SettingErrors, Settings, process_env};
 use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
 pub use api::InventoryApi;
@@ -82,27 +83,47 @@ pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, Bu
 /// The default order saga timeout (`MESH_ORDER_SAGA_TIMEOUT`), mirrored here to check the TTL.
 const DEFAULT_SAGA_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn env_duration(name: &str, default: Duration) -> Result<Duration, BuildError> {
-    match std::env::var(name) {
-        Ok(raw) if !raw.trim().is_empty() => humantime::parse_duration(raw.trim()).map_err(|e| {
-            format!("{name}: expected a duration such as `30s` or `15m` ({e})").into()
-        }),
-        _ => Ok(default),
-    }
-}
+const SAGA_RESERVATION_TTL: Setting = Setting {
+    name: "MESH_INVENTORY_SAGA_RESERVATION_TTL",
+    kind: Kind::Duration,
+    default: "15m",
+    doc: "Lifetime of the reservations the order saga makes: longer than MESH_ORDER_SAGA_TIMEOUT, at most 24h.",
+};
+
+/// The inventory module's settings, for its module row.
+pub const SETTINGS: ModuleSettings = ModuleSettings {
+    declared: &[SAGA_RESERVATION_TTL],
+    check: |env| saga_ttl_from_lookup(env).map(drop),
+};
 
 /// The saga reservation TTL from `MESH_INVENTORY_SAGA_RESERVATION_TTL`, checked to exceed the
 /// saga timeout `MESH_ORDER_SAGA_TIMEOUT` (both default when unset).
-pub fn saga_ttl_from_env() -> Result<Duration, BuildError> {
-    let ttl = env_duration("MESH_INVENTORY_SAGA_RESERVATION_TTL", api::DEFAULT_TTL)?;
-    let timeout = env_duration("MESH_ORDER_SAGA_TIMEOUT", DEFAULT_SAGA_TIMEOUT)?;
-    if ttl <= timeout || ttl > api::MAX_TTL || ttl.as_secs() == 0 {
-        return Err(format!(
-            "MESH_INVENTORY_SAGA_RESERVATION_TTL ({ttl:?}) must be longer than MESH_ORDER_SAGA_TIMEOUT ({timeout:?}) and at most 24h, or a reservation can lapse under an order being confirmed"
-        )
-        .into());
+pub fn saga_ttl_from_env() -> Result<Duration, SettingErrors> {
+    saga_ttl_from_lookup(process_env)
+}
+
+/// [`saga_ttl_from_env`] through `env`.
+pub fn saga_ttl_from_lookup(
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Duration, SettingErrors> {
+    let mut s = Settings::new(env);
+    let ttl = s.duration(&SAGA_RESERVATION_TTL);
+    // Order's setting, read here only to agree with it (order reports a bad value itself).
+    let timeout = s
+        .raw_variable("MESH_ORDER_SAGA_TIMEOUT")
+        .and_then(|raw| humantime::parse_duration(raw.trim()).ok())
+        .unwrap_or(DEFAULT_SAGA_TIMEOUT);
+    if ttl <= timeout || ttl > api::MAX_TTL {
+        let value = s.raw(&SAGA_RESERVATION_TTL).unwrap_or_default();
+        s.refuse(
+            &SAGA_RESERVATION_TTL,
+            &value,
+            format!(
+                "{ttl:?} must be longer than MESH_ORDER_SAGA_TIMEOUT ({timeout:?}) and at most 24h, or a reservation can lapse under an order being confirmed"
+            ),
+        );
     }
-    Ok(ttl)
+    s.finish(ttl)
 }
 
 /// Builds the service's routes with explicit `options` (tests inject a clock).

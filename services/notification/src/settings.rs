@@ -39,8 +39,65 @@ impl Default for NotificationSettings {
     }
 }
 
-pub use mesh_runtime::settings::SettingError;
-use mesh_runtime::settings::{Settings, process_env};
+use mesh_runtime::settings::{Kind, ModuleSettings, Setting, Settings, process_env};
+pub use mesh_runtime::settings::{SettingError, SettingErrors};
+
+const WEBHOOK_URL: Setting = Setting {
+    name: "MESH_NOTIFICATION_WEBHOOK_URL",
+    kind: Kind::Text,
+    default: "",
+    doc: "An http:// webhook every event notification is posted to, besides a user's own; unset: only users' own URLs.",
+};
+const SMTP_URL: Setting = Setting {
+    name: "MESH_NOTIFICATION_SMTP_URL",
+    kind: Kind::Text,
+    default: "",
+    doc: "The mail relay of the EMAIL channel, `smtp://host[:port]` (no TLS, no authentication); unset: no emails.",
+};
+const SMTP_FROM: Setting = Setting {
+    name: "MESH_NOTIFICATION_SMTP_FROM",
+    kind: Kind::Text,
+    default: "mesh@localhost",
+    doc: "The sender address of emails.",
+};
+const MAX_ATTEMPTS: Setting = Setting {
+    name: "MESH_NOTIFICATION_MAX_ATTEMPTS",
+    kind: Kind::Number { min: 1, max: 100 },
+    default: "5",
+    doc: "Attempts per delivery before it is FAILED.",
+};
+const RETRY_BACKOFF: Setting = Setting {
+    name: "MESH_NOTIFICATION_RETRY_BACKOFF",
+    kind: Kind::Duration,
+    default: "500ms",
+    doc: "First retry delay of a delivery, doubling, at most 60s.",
+};
+const SEND_TIMEOUT: Setting = Setting {
+    name: "MESH_NOTIFICATION_SEND_TIMEOUT",
+    kind: Kind::Duration,
+    default: "5s",
+    doc: "Longest wait for one send.",
+};
+const POLL_INTERVAL: Setting = Setting {
+    name: "MESH_NOTIFICATION_POLL_INTERVAL",
+    kind: Kind::Duration,
+    default: "500ms",
+    doc: "How often the worker looks for due deliveries besides being woken by new ones.",
+};
+
+/// The notification module's settings, for its module row.
+pub const SETTINGS: ModuleSettings = ModuleSettings {
+    declared: &[
+        WEBHOOK_URL,
+        SMTP_URL,
+        SMTP_FROM,
+        MAX_ATTEMPTS,
+        RETRY_BACKOFF,
+        SEND_TIMEOUT,
+        POLL_INTERVAL,
+    ],
+    check: |env| NotificationSettings::from_lookup(env).map(drop),
+};
 
 /// `host:port` of an `smtp://host:port` URL (port 25 when absent).
 pub fn parse_smtp(url: &str) -> Option<(String, u16)> {
@@ -55,44 +112,26 @@ pub fn parse_smtp(url: &str) -> Option<(String, u16)> {
 
 impl NotificationSettings {
     /// The settings from the process environment.
-    pub fn from_env() -> Result<Self, SettingError> {
+    pub fn from_env() -> Result<Self, SettingErrors> {
         Self::from_lookup(process_env)
     }
 
-    /// The settings from `env` (the environment, or a map in tests).
-    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingError> {
-        let d = Self::default();
-        let s = Settings::new(env);
-        let webhook_url = match s.raw("MESH_NOTIFICATION_WEBHOOK_URL") {
-            None => None,
-            Some(value) => {
-                Some(
-                    crate::validate::webhook_url(&value).map_err(|reason| SettingError {
-                        variable: "MESH_NOTIFICATION_WEBHOOK_URL",
-                        value: value.clone(),
-                        reason,
-                    })?,
-                )
-            }
+    /// The settings from `env` (the environment, or a map in tests); every bad one named.
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingErrors> {
+        let mut s = Settings::new(env);
+        let settings = Self {
+            webhook_url: s.parse(&WEBHOOK_URL, crate::validate::webhook_url),
+            smtp: s.parse(&SMTP_URL, |v| {
+                parse_smtp(v)
+                    .ok_or_else(|| "expected smtp://host[:port] (no TLS, no authentication)".into())
+            }),
+            smtp_from: s.text(&SMTP_FROM).unwrap_or_default(),
+            max_attempts: s.number(&MAX_ATTEMPTS),
+            retry_backoff: s.duration(&RETRY_BACKOFF),
+            send_timeout: s.duration(&SEND_TIMEOUT),
+            poll_interval: s.duration(&POLL_INTERVAL),
         };
-        let smtp = match s.raw("MESH_NOTIFICATION_SMTP_URL") {
-            None => None,
-            Some(value) => Some(parse_smtp(&value).ok_or_else(|| SettingError {
-                variable: "MESH_NOTIFICATION_SMTP_URL",
-                value: value.clone(),
-                reason: "expected smtp://host[:port] (no TLS, no authentication)".into(),
-            })?),
-        };
-        let max_attempts = s.number("MESH_NOTIFICATION_MAX_ATTEMPTS", d.max_attempts, 1, 100)?;
-        Ok(Self {
-            webhook_url,
-            smtp,
-            smtp_from: s.raw("MESH_NOTIFICATION_SMTP_FROM").unwrap_or(d.smtp_from),
-            max_attempts,
-            retry_backoff: s.duration("MESH_NOTIFICATION_RETRY_BACKOFF", d.retry_backoff, false)?,
-            send_timeout: s.duration("MESH_NOTIFICATION_SEND_TIMEOUT", d.send_timeout, false)?,
-            poll_interval: s.duration("MESH_NOTIFICATION_POLL_INTERVAL", d.poll_interval, false)?,
-        })
+        s.finish(settings)
     }
 
     /// The delay before attempt `attempt + 1`.
@@ -133,7 +172,8 @@ mod tests {
         ] {
             let e = NotificationSettings::from_lookup(|k| (k == var).then(|| value.to_string()))
                 .unwrap_err();
-            assert_eq!(e.variable, var);
+            assert_eq!(e.0.len(), 1);
+            assert_eq!(e.0[0].variable, var);
         }
     }
 }

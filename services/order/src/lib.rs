@@ -29,6 +29,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mesh_contracts::order::v1::order_service_server::OrderServiceServer;
 use mesh_runtime::auth::{Policy, Role, guard};
+use mesh_runtime::settings::{Kind, ModuleSettings, Setting, SettingErrors, Settings, process_env};
 use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
 pub use api::OrderApi;
@@ -78,27 +79,38 @@ impl OrderOptions {
 
     /// From the environment: `MESH_ORDER_SAGA_TIMEOUT` (a duration such as `30s`; default 30s)
     /// and `MESH_ORDER_CAMPAIGN_TIMEOUT` (default 1s).
-    pub fn from_env() -> Result<Self, BuildError> {
-        let timeout = positive("MESH_ORDER_SAGA_TIMEOUT", DEFAULT_SAGA_TIMEOUT)?;
-        let mut options = Self::with_timeout(timeout);
-        options.campaign_timeout =
-            positive("MESH_ORDER_CAMPAIGN_TIMEOUT", DEFAULT_CAMPAIGN_TIMEOUT)?;
-        Ok(options)
+    pub fn from_env() -> Result<Self, SettingErrors> {
+        Self::from_lookup(process_env)
+    }
+
+    /// From `env` (the environment, or a map in tests); every bad one named.
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingErrors> {
+        let mut s = Settings::new(env);
+        let mut options = Self::with_timeout(s.duration(&SAGA_TIMEOUT));
+        options.campaign_timeout = s.duration(&CAMPAIGN_TIMEOUT);
+        s.finish(options)
     }
 }
 
-/// A positive duration from `variable`, `default` when unset.
-fn positive(variable: &str, default: Duration) -> Result<Duration, BuildError> {
-    match std::env::var(variable) {
-        Ok(raw) if !raw.trim().is_empty() => Ok(humantime::parse_duration(raw.trim())
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                format!("{variable}: expected a positive duration such as `30s`, got `{raw}`")
-            })?),
-        _ => Ok(default),
-    }
-}
+const SAGA_TIMEOUT: Setting = Setting {
+    name: "MESH_ORDER_SAGA_TIMEOUT",
+    kind: Kind::Duration,
+    default: "30s",
+    doc: "An order with no outcome after this long is cancelled (and its stock released); at least twice MESH_EVENT_CLAIM_IDLE, below MESH_INVENTORY_SAGA_RESERVATION_TTL.",
+};
+
+const CAMPAIGN_TIMEOUT: Setting = Setting {
+    name: "MESH_ORDER_CAMPAIGN_TIMEOUT",
+    kind: Kind::Duration,
+    default: "1s",
+    doc: "Longest wait for campaign's price of a cart; past it (or with campaign down) the order goes on at list price, marked discounts_unavailable.",
+};
+
+/// The order module's settings, for its module row.
+pub const SETTINGS: ModuleSettings = ModuleSettings {
+    declared: &[SAGA_TIMEOUT, CAMPAIGN_TIMEOUT],
+    check: |env| OrderOptions::from_lookup(env).map(drop),
+};
 
 impl Default for OrderOptions {
     fn default() -> Self {

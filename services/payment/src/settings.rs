@@ -24,6 +24,7 @@ pub struct PaymentSettings {
 }
 
 impl Default for PaymentSettings {
+    /// The declared defaults (as with nothing set; a test holds the two together).
     fn default() -> Self {
         Self {
             provider_timeout: Duration::from_secs(10),
@@ -35,30 +36,69 @@ impl Default for PaymentSettings {
     }
 }
 
-pub use mesh_runtime::settings::SettingError;
-use mesh_runtime::settings::{Settings, process_env};
+use mesh_runtime::settings::{Kind, ModuleSettings, Setting, Settings, process_env};
+pub use mesh_runtime::settings::{SettingError, SettingErrors};
+
+const PROVIDER_TIMEOUT: Setting = Setting {
+    name: "MESH_PAYMENT_PROVIDER_TIMEOUT",
+    kind: Kind::Duration,
+    default: "10s",
+    doc: "Longest wait for one provider call; a call that times out is retried later with the same idempotency key.",
+};
+const MAX_ATTEMPTS: Setting = Setting {
+    name: "MESH_PAYMENT_MAX_ATTEMPTS",
+    kind: Kind::Number { min: 1, max: 100 },
+    default: "3",
+    doc: "Attempts at a charge the provider refuses with a retryable error before it is FAILED.",
+};
+const RETRY_BACKOFF: Setting = Setting {
+    name: "MESH_PAYMENT_RETRY_BACKOFF",
+    kind: Kind::Duration,
+    default: "200ms",
+    doc: "First delay between attempts, doubling, at most 5s.",
+};
+const POLL_INTERVAL: Setting = Setting {
+    name: "MESH_PAYMENT_POLL_INTERVAL",
+    kind: Kind::Duration,
+    default: "500ms",
+    doc: "How often the worker looks for due charges and refunds besides being woken by new ones.",
+};
+const SLOW_CARD_DELAY: Setting = Setting {
+    name: "MESH_PAYMENT_SLOW_CARD_DELAY",
+    kind: Kind::DurationOrOff,
+    default: "2s",
+    doc: "How late the simulated processor answers for the slow test card.",
+};
+
+/// The payment module's settings, for its module row.
+pub const SETTINGS: ModuleSettings = ModuleSettings {
+    declared: &[
+        PROVIDER_TIMEOUT,
+        MAX_ATTEMPTS,
+        RETRY_BACKOFF,
+        POLL_INTERVAL,
+        SLOW_CARD_DELAY,
+    ],
+    check: |env| PaymentSettings::from_lookup(env).map(drop),
+};
 
 impl PaymentSettings {
     /// The settings from the process environment.
-    pub fn from_env() -> Result<Self, SettingError> {
+    pub fn from_env() -> Result<Self, SettingErrors> {
         Self::from_lookup(process_env)
     }
 
-    /// The settings from `env` (the environment, or a map in tests).
-    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingError> {
-        let d = Self::default();
-        let s = Settings::new(env);
-        Ok(Self {
-            provider_timeout: s.duration(
-                "MESH_PAYMENT_PROVIDER_TIMEOUT",
-                d.provider_timeout,
-                false,
-            )?,
-            max_attempts: s.number("MESH_PAYMENT_MAX_ATTEMPTS", d.max_attempts, 1, 100)?,
-            retry_backoff: s.duration("MESH_PAYMENT_RETRY_BACKOFF", d.retry_backoff, false)?,
-            poll_interval: s.duration("MESH_PAYMENT_POLL_INTERVAL", d.poll_interval, false)?,
-            slow_card_delay: s.duration("MESH_PAYMENT_SLOW_CARD_DELAY", d.slow_card_delay, true)?,
-        })
+    /// The settings from `env` (the environment, or a map in tests); every bad one named.
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingErrors> {
+        let mut s = Settings::new(env);
+        let settings = Self {
+            provider_timeout: s.duration(&PROVIDER_TIMEOUT),
+            max_attempts: s.number(&MAX_ATTEMPTS),
+            retry_backoff: s.duration(&RETRY_BACKOFF),
+            poll_interval: s.duration(&POLL_INTERVAL),
+            slow_card_delay: s.duration(&SLOW_CARD_DELAY),
+        };
+        s.finish(settings)
     }
 
     /// The delay before attempt `attempt + 1` (attempt counted from 1).
@@ -91,12 +131,15 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!((s.slow_card_delay, s.max_attempts), (Duration::ZERO, 5));
-        let e =
-            PaymentSettings::from_lookup(lookup_in(&[("MESH_PAYMENT_PROVIDER_TIMEOUT", "soon")]))
-                .unwrap_err();
-        assert_eq!(e.variable, "MESH_PAYMENT_PROVIDER_TIMEOUT");
-        let e = PaymentSettings::from_lookup(lookup_in(&[("MESH_PAYMENT_MAX_ATTEMPTS", "0")]))
-            .unwrap_err();
-        assert_eq!(e.variable, "MESH_PAYMENT_MAX_ATTEMPTS");
+        let e = PaymentSettings::from_lookup(lookup_in(&[
+            ("MESH_PAYMENT_PROVIDER_TIMEOUT", "soon"),
+            ("MESH_PAYMENT_MAX_ATTEMPTS", "0"),
+        ]))
+        .unwrap_err();
+        let named: Vec<_> = e.0.iter().map(|e| e.variable).collect();
+        assert_eq!(
+            named,
+            ["MESH_PAYMENT_PROVIDER_TIMEOUT", "MESH_PAYMENT_MAX_ATTEMPTS"]
+        );
     }
 }

@@ -26,7 +26,7 @@ use futures::future::BoxFuture;
 use mesh_contracts::product::v1::product_service_server::ProductServiceServer;
 use mesh_runtime::auth::{Policy, Role, guard};
 use mesh_runtime::redis_guard::GuardOptions;
-use mesh_runtime::settings::{SettingError, Settings, process_env};
+use mesh_runtime::settings::{Kind, ModuleSettings, Setting, SettingErrors, Settings, process_env};
 use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
 pub use api::ProductApi;
@@ -90,6 +90,34 @@ impl Default for ProductOptions {
     }
 }
 
+const CACHE_TIMEOUT: Setting = Setting {
+    name: "MESH_PRODUCT_CACHE_TIMEOUT",
+    kind: Kind::Duration,
+    default: "250ms",
+    doc: "The longest a request waits for the Redis cache; after a failure Redis is skipped until a background ping answers again.",
+};
+const LOCAL_CACHE_TTL: Setting = Setting {
+    name: "MESH_PRODUCT_LOCAL_CACHE_TTL",
+    kind: Kind::DurationOrOff,
+    default: "2s",
+    doc: "How long an in-process cache entry lives (the staleness bound across replicas); 0 turns the in-process tier off.",
+};
+const LOCAL_CACHE_ENTRIES: Setting = Setting {
+    name: "MESH_PRODUCT_LOCAL_CACHE_ENTRIES",
+    kind: Kind::Number {
+        min: 0,
+        max: 10_000_000,
+    },
+    default: "10000",
+    doc: "How many products the in-process cache holds at most.",
+};
+
+/// The product module's settings, for its module row.
+pub const SETTINGS: ModuleSettings = ModuleSettings {
+    declared: &[CACHE_TIMEOUT, LOCAL_CACHE_TTL, LOCAL_CACHE_ENTRIES],
+    check: |env| ProductOptions::from_lookup(None, env).map(drop),
+};
+
 impl ProductOptions {
     /// The Redis tier on the process's Redis (`MESH_REDIS_URL`, keys under `mesh:cache:`,
     /// 5 minutes, each command bounded by `MESH_PRODUCT_CACHE_TIMEOUT`, default 250 ms) and the
@@ -98,23 +126,24 @@ impl ProductOptions {
     pub fn from_context(
         ctx: &ServiceContext,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, SettingError> {
-        let d = Self {
-            redis_url: ctx.config().events.redis_url.clone(),
+    ) -> Result<Self, SettingErrors> {
+        Self::from_lookup(ctx.config().events.redis_url.clone(), env)
+    }
+
+    /// [`from_context`](Self::from_context) with the Redis URL given; every bad setting named.
+    pub fn from_lookup(
+        redis_url: Option<String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, SettingErrors> {
+        let mut s = Settings::new(env);
+        let options = Self {
+            redis_url,
+            cache_timeout: s.duration(&CACHE_TIMEOUT),
+            local_ttl: s.duration(&LOCAL_CACHE_TTL),
+            local_entries: s.number(&LOCAL_CACHE_ENTRIES),
             ..Self::default()
         };
-        let s = Settings::new(env);
-        Ok(Self {
-            cache_timeout: s.duration("MESH_PRODUCT_CACHE_TIMEOUT", d.cache_timeout, false)?,
-            local_ttl: s.duration("MESH_PRODUCT_LOCAL_CACHE_TTL", d.local_ttl, true)?,
-            local_entries: s.number(
-                "MESH_PRODUCT_LOCAL_CACHE_ENTRIES",
-                d.local_entries,
-                0,
-                10_000_000,
-            )?,
-            ..d
-        })
+        s.finish(options)
     }
 }
 

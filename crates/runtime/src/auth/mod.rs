@@ -38,5 +38,5 @@ pub use jwks::{JwksClient, KeySource, StaticKeys};
 pub use layer::{Guarded, guard, guard_with};
 pub use policy::{Access, Policy};
 pub use rejections::AuthRejections;
-pub use service_token::{ServiceTokenChannel, ServiceTokens};
-pub use verify::{AuthError, Verifier, VerifierSettings};
+pub use service_token::{SERVICE_CLIENT_SECRET, ServiceTokenChannel, ServiceTokens};
+pub use verify::{AuthError, JWT_AUDIENCE, JWT_ISSUER, Verifier, VerifierSettings};

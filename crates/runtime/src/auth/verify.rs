@@ -11,6 +11,7 @@ use crate::auth::claims::{Claims, DEFAULT_AUDIENCE, DEFAULT_ISSUER};
 use crate::auth::clock::{Clock, SystemClock};
 use crate::auth::identity::{Identity, Role};
 use crate::auth::jwks::KeySource;
+use crate::settings::{Kind, Setting, Settings, process_env};
 
 /// Why a token was refused. Every variant but [`AuthError::KeysUnavailable`] is
 /// `UNAUTHENTICATED`; each message says what was wrong without echoing the token.
@@ -118,18 +119,36 @@ impl Default for VerifierSettings {
     }
 }
 
+/// `MESH_JWT_ISSUER`: the `iss` every token must carry (every service that checks tokens).
+pub const JWT_ISSUER: Setting = Setting {
+    name: "MESH_JWT_ISSUER",
+    kind: Kind::Text,
+    default: DEFAULT_ISSUER,
+    doc: "The `iss` auth writes into tokens and every service expects.",
+};
+
+/// `MESH_JWT_AUDIENCE`: the `aud` every token must carry.
+pub const JWT_AUDIENCE: Setting = Setting {
+    name: "MESH_JWT_AUDIENCE",
+    kind: Kind::Text,
+    default: DEFAULT_AUDIENCE,
+    doc: "The `aud` auth writes into tokens and every service expects.",
+};
+
 impl VerifierSettings {
     /// The defaults, with `MESH_JWT_ISSUER` / `MESH_JWT_AUDIENCE` when set.
     pub fn from_env() -> Self {
+        Self::from_lookup(process_env)
+    }
+
+    /// The defaults, with [`JWT_ISSUER`] / [`JWT_AUDIENCE`] when `env` sets them.
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Self {
+        let s = Settings::new(env);
         let mut settings = Self::default();
-        if let Ok(v) = std::env::var("MESH_JWT_ISSUER")
-            && !v.is_empty()
-        {
+        if let Some(v) = s.text(&JWT_ISSUER) {
             settings.issuer = v;
         }
-        if let Ok(v) = std::env::var("MESH_JWT_AUDIENCE")
-            && !v.is_empty()
-        {
+        if let Some(v) = s.text(&JWT_AUDIENCE) {
             settings.audience = v;
         }
         settings
