@@ -1,7 +1,7 @@
 //! Client-side load balancing across every address of a peer, as Kubernetes headless Services
 //! need. The addresses come from a source: the peer's DNS name re-resolved every `refresh`
 //! ([`Balanced::dns`]), or its EndpointSlices watched through the Kubernetes API
-//! ([`Balanced::endpoint_slices`], see [`crate::endpoint_slices`]). New addresses join the
+//! ([`Balanced::endpoint_slices`], defined in [`crate::endpoint_slices`]). New addresses join the
 //! rotation, vanished ones leave it, and an address whose connection fails is ejected for a while
 //! (exponential backoff, like Envoy's outlier detection) so the next calls go elsewhere.
 //!
@@ -101,29 +101,8 @@ impl Balanced {
         balanced
     }
 
-    /// Balances over the ready endpoints of the Kubernetes Service `service` in `namespace`,
-    /// watched through the API server with `client`; `port` is used for slices that name none.
-    /// Must be called inside a tokio runtime.
-    pub fn endpoint_slices(
-        origin: Uri,
-        client: kube::Client,
-        service: &str,
-        namespace: &str,
-        port: u16,
-        options: BalanceOptions,
-    ) -> Self {
-        let balanced = Self::empty(origin, format!("{service}.{namespace}:{port}"), options);
-        tokio::spawn(crate::endpoint_slices::watch(
-            balanced.source(),
-            client,
-            service.to_string(),
-            namespace.to_string(),
-            port,
-        ));
-        balanced
-    }
-
-    fn empty(origin: Uri, authority: String, options: BalanceOptions) -> Self {
+    /// A pool with no addresses yet, for a source to fill.
+    pub(crate) fn empty(origin: Uri, authority: String, options: BalanceOptions) -> Self {
         let (resolved, _) = watch::channel(false);
         Self {
             pool: Arc::new(Pool {
@@ -138,7 +117,8 @@ impl Balanced {
         }
     }
 
-    fn source(&self) -> Source {
+    /// What feeds this pool its addresses.
+    pub(crate) fn source(&self) -> Source {
         Source(Arc::downgrade(&self.pool))
     }
 

@@ -12,7 +12,9 @@ use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 
-use crate::balance::Source;
+use http::Uri;
+
+use crate::balance::{BalanceOptions, Balanced, Source};
 
 /// A Kubernetes API client for discovery (`MESH_DISCOVERY=endpoints`).
 #[derive(Clone)]
@@ -29,6 +31,30 @@ impl KubeClient {
     /// or the local kubeconfig outside a cluster.
     pub async fn from_environment() -> Result<Self, kube::Error> {
         kube::Client::try_default().await.map(Self)
+    }
+}
+
+impl Balanced {
+    /// Balances over the ready endpoints of the Kubernetes Service `service` in `namespace`,
+    /// watched through the API server with `client`; `port` is used for slices that name none.
+    /// Must be called inside a tokio runtime.
+    pub fn endpoint_slices(
+        origin: Uri,
+        client: kube::Client,
+        service: &str,
+        namespace: &str,
+        port: u16,
+        options: BalanceOptions,
+    ) -> Self {
+        let balanced = Self::empty(origin, format!("{service}.{namespace}:{port}"), options);
+        tokio::spawn(watch(
+            balanced.source(),
+            client,
+            service.to_string(),
+            namespace.to_string(),
+            port,
+        ));
+        balanced
     }
 }
 

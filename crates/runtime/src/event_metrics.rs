@@ -104,62 +104,59 @@ fn outcome_index(outcome: &Outcome) -> usize {
 impl EventMetrics {
     /// The event metrics of `metrics`' registry.
     pub fn of(metrics: &Metrics) -> Self {
-        metrics
-            .events
-            .get_or_init(|| {
-                let m = Self {
-                    lag: Family::default(),
-                    oldest: Family::default(),
-                    outcomes: Family::default(),
-                    dead_letters: Family::default(),
-                    batch: Family::new_with_constructor(latency_buckets),
-                    backlog: Family::default(),
-                    oldest_unpublished: Family::default(),
-                    publish: Family::new_with_constructor(latency_buckets),
-                };
-                metrics.register(
-                    "mesh_consumer_lag_events",
-                    "Entries of the stream the consumer group has not handled (undelivered + pending)",
-                    m.lag.clone(),
-                );
-                metrics.register(
-                    "mesh_consumer_oldest_unhandled_seconds",
-                    "Age of the oldest entry the consumer group has not handled (0 when caught up)",
-                    m.oldest.clone(),
-                );
-                metrics.register(
-                    "mesh_consumer_events",
-                    "Deliveries handled by the consumer group, by outcome",
-                    m.outcomes.clone(),
-                );
-                metrics.register(
-                    "mesh_consumer_dead_letters",
-                    "Events the consumer group moved to its dead-letter stream",
-                    m.dead_letters.clone(),
-                );
-                metrics.register(
-                    "mesh_consumer_batch_seconds",
-                    "Time to handle one batch of deliveries, transactions included",
-                    m.batch.clone(),
-                );
-                metrics.register(
-                    "mesh_outbox_backlog_rows",
-                    "Outbox rows of the service not marked sent yet",
-                    m.backlog.clone(),
-                );
-                metrics.register(
-                    "mesh_outbox_oldest_unpublished_seconds",
-                    "Age of the service's oldest outbox row not marked sent (0 when none)",
-                    m.oldest_unpublished.clone(),
-                );
-                metrics.register(
-                    "mesh_relay_publish_seconds",
-                    "One publish of outbox rows to the bus, by path (direct after commit, or sweep)",
-                    m.publish.clone(),
-                );
-                m
-            })
-            .clone()
+        metrics.once(|metrics| {
+            let m = Self {
+                lag: Family::default(),
+                oldest: Family::default(),
+                outcomes: Family::default(),
+                dead_letters: Family::default(),
+                batch: Family::new_with_constructor(latency_buckets),
+                backlog: Family::default(),
+                oldest_unpublished: Family::default(),
+                publish: Family::new_with_constructor(latency_buckets),
+            };
+            metrics.register(
+                "mesh_consumer_lag_events",
+                "Entries of the stream the consumer group has not handled (undelivered + pending)",
+                m.lag.clone(),
+            );
+            metrics.register(
+                "mesh_consumer_oldest_unhandled_seconds",
+                "Age of the oldest entry the consumer group has not handled (0 when caught up)",
+                m.oldest.clone(),
+            );
+            metrics.register(
+                "mesh_consumer_events",
+                "Deliveries handled by the consumer group, by outcome",
+                m.outcomes.clone(),
+            );
+            metrics.register(
+                "mesh_consumer_dead_letters",
+                "Events the consumer group moved to its dead-letter stream",
+                m.dead_letters.clone(),
+            );
+            metrics.register(
+                "mesh_consumer_batch_seconds",
+                "Time to handle one batch of deliveries, transactions included",
+                m.batch.clone(),
+            );
+            metrics.register(
+                "mesh_outbox_backlog_rows",
+                "Outbox rows of the service not marked sent yet",
+                m.backlog.clone(),
+            );
+            metrics.register(
+                "mesh_outbox_oldest_unpublished_seconds",
+                "Age of the service's oldest outbox row not marked sent (0 when none)",
+                m.oldest_unpublished.clone(),
+            );
+            metrics.register(
+                "mesh_relay_publish_seconds",
+                "One publish of outbox rows to the bus, by path (direct after commit, or sweep)",
+                m.publish.clone(),
+            );
+            m
+        })
     }
 
     /// The handles of consumer group `group` reading `streams`.

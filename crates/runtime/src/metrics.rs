@@ -5,7 +5,9 @@
 //! `grpc_server_handling_seconds` (histogram) and `grpc_server_in_flight`, each labelled with
 //! `grpc_service` and `grpc_method`.
 
-use std::sync::{Arc, OnceLock, RwLock};
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,18 +17,42 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// The process's metrics registry. Cheap to clone; every clone is the same registry.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Metrics {
     registry: Arc<RwLock<Registry>>,
-    /// Client resilience series, registered on first use ([`crate::resilience::ClientMetrics::of`]).
-    pub(crate) client: Arc<std::sync::OnceLock<crate::resilience::ClientMetrics>>,
-    /// Token refusals of every module, registered on first use ([`crate::auth::AuthRejections`]).
-    pub(crate) auth_rejections: Arc<std::sync::OnceLock<crate::auth::rejections::RejectionFamily>>,
-    /// Event machinery series, registered on first use ([`crate::event_metrics::EventMetrics::of`]).
-    pub(crate) events: Arc<std::sync::OnceLock<crate::event_metrics::EventMetrics>>,
+    /// Sets of series registered once per registry, by type (e.g. the client resilience series
+    /// of [`crate::resilience::ClientMetrics::of`], the token refusals of
+    /// [`crate::auth::AuthRejections`], the event series of
+    /// [`crate::event_metrics::EventMetrics::of`]), see [`Metrics::once`].
+    sets: Arc<Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
+    /// The set of series of type `T` of this registry: built (and registered) by `init` on the
+    /// first call, a clone of it afterwards. Lets a layer above keep its series here without
+    /// this module knowing its type.
+    pub fn once<T>(&self, init: impl FnOnce(&Self) -> T) -> T
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let mut sets = self.sets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = sets
+            .get(&TypeId::of::<T>())
+            .and_then(|s| s.downcast_ref::<T>())
+        {
+            return set.clone();
+        }
+        let set = init(self);
+        sets.insert(TypeId::of::<T>(), Box::new(set.clone()));
+        set
+    }
+
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()

@@ -116,7 +116,7 @@ impl ServiceContext {
             config,
             peers,
             metrics,
-            supervisor: Supervisor::new(crate::Readiness::new(), shutdown.clone()),
+            supervisor: Supervisor::new(crate::readiness::Readiness::new(), shutdown.clone()),
             shutdown,
             data: None,
             kube: None,

@@ -13,7 +13,7 @@ use sqlx::{Any, AnyConnection, Row as _, Transaction};
 use crate::bus::OutgoingEvent;
 use crate::call_context::CallContext;
 use crate::publisher::{Row, Ticket};
-use crate::storage::{Database, DatabaseError, now_micros};
+use crate::storage::{Backend, Database, DatabaseError, now_micros};
 
 /// Number of relay partitions (rows of `mesh_outbox_partitions` on Postgres).
 pub const PARTITIONS: u64 = 16;
@@ -134,6 +134,19 @@ impl Drop for Pending {
         if let Some(db) = &self.db {
             db.publisher().discard(&self.tickets);
         }
+    }
+}
+
+impl Database {
+    /// Begins a transaction (`BEGIN IMMEDIATE` on SQLite, so concurrent writers queue on the busy
+    /// timeout instead of failing). Events emitted in it are published after it commits. (Defined
+    /// here, beside [`Tx`], so the storage layer does not depend on the outbox above it.)
+    pub async fn begin(&self) -> Result<Tx, DatabaseError> {
+        let tx = match self.backend() {
+            Backend::Postgres { .. } => self.pool().begin().await?,
+            Backend::Sqlite => self.pool().begin_with("BEGIN IMMEDIATE").await?,
+        };
+        Ok(Tx::new(tx, self.clone()))
     }
 }
 

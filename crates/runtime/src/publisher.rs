@@ -390,7 +390,7 @@ impl Marker {
         mark: F,
     ) where
         F: Fn(Vec<i64>) -> Fut,
-        Fut: std::future::Future<Output = Result<(), crate::storage::DatabaseError>>,
+        Fut: std::future::Future<Output = Result<(), crate::storage::error::DatabaseError>>,
     {
         let mut failing = false;
         let mut backoff = Duration::from_millis(100);

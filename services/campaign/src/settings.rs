@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-pub use mesh_runtime::settings::{SettingError, SettingErrors};
 use mesh_runtime::settings::{Kind, ModuleSettings, Setting, Settings, process_env};
+pub use mesh_runtime::settings::{SettingError, SettingErrors};
 
 /// How long holds live and how often expired ones are released.
 #[derive(Debug, Clone, PartialEq, Eq)]

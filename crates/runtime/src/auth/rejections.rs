@@ -38,18 +38,15 @@ pub struct AuthRejections {
 impl AuthRejections {
     /// The counter of `service` in the process's `metrics`, registered on first use.
     pub fn of(metrics: &Metrics, service: &str) -> Self {
-        let family = metrics
-            .auth_rejections
-            .get_or_init(|| {
-                let family = RejectionFamily::default();
-                metrics.register(
-                    METRIC,
-                    "Calls refused for their access token, by refusing module and reason",
-                    family.clone(),
-                );
-                family
-            })
-            .clone();
+        let family = metrics.once(|metrics| {
+            let family = RejectionFamily::default();
+            metrics.register(
+                METRIC,
+                "Calls refused for their access token, by refusing module and reason",
+                family.clone(),
+            );
+            family
+        });
         Self {
             family,
             service: service.into(),

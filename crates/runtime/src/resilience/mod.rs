@@ -93,9 +93,7 @@ pub struct ClientMetrics {
 impl ClientMetrics {
     /// The client metrics of `metrics`' registry (registered on first use).
     pub fn of(metrics: &Metrics) -> Self {
-        metrics
-            .client
-            .get_or_init(|| {
+        metrics.once(|metrics| {
                 let m = Self {
                     retries: Family::default(),
                     budget_exhausted: Family::default(),
@@ -124,6 +122,5 @@ impl ClientMetrics {
                 );
                 m
             })
-            .clone()
     }
 }

@@ -6,9 +6,10 @@
 //! portable SQL with `$1`-style parameters (SQLite accepts them) and branch on
 //! [`Database::backend`] only where the dialects differ (e.g. `FOR UPDATE SKIP LOCKED`).
 
-mod error;
+pub(crate) mod error;
 
 use std::borrow::Cow;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -18,8 +19,6 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 
 pub use error::DatabaseError;
-
-use crate::config::DatabaseTarget;
 
 /// Migration versions up to this one belong to the runtime (its outbox and handled-events
 /// tables); a service's own migrations must use larger versions (`sqlx migrate add` uses
@@ -59,6 +58,30 @@ impl Migrations {
 
 /// Postgres connections per service unless `--database-pool-size` says otherwise.
 pub const DEFAULT_POOL_SIZE: u32 = 10;
+
+/// Where one service keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    /// An embedded SQLite file.
+    Sqlite {
+        /// The database file, `<data-dir>/<service>.db`.
+        path: PathBuf,
+    },
+    /// A Postgres database, the service's tables in their own schema.
+    Postgres {
+        /// The connection URL.
+        url: String,
+        /// The schema: the service name with `-` as `_`.
+        schema: String,
+    },
+}
+
+impl DatabaseTarget {
+    /// The Postgres schema of `service`: its name with `-` as `_` (`iot-gateway` -> `iot_gateway`).
+    pub fn schema_name(service: &str) -> String {
+        service.replace('-', "_")
+    }
+}
 
 /// Which database a [`Database`] talks to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,16 +242,6 @@ impl Database {
     /// [`DatabaseError`], which services answer as `UNAVAILABLE`.
     pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, DatabaseError> {
         Ok(self.pool.acquire().await?)
-    }
-
-    /// Begins a transaction (`BEGIN IMMEDIATE` on SQLite, so concurrent writers queue on the busy
-    /// timeout instead of failing). Events emitted in it are published after it commits.
-    pub async fn begin(&self) -> Result<crate::outbox::Tx, DatabaseError> {
-        let tx = match self.backend {
-            Backend::Postgres { .. } => self.pool.begin().await?,
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-        };
-        Ok(crate::outbox::Tx::new(tx, self.clone()))
     }
 
     /// The direct publisher of this database's outbox (run by its relay).
