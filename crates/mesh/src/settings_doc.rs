@@ -68,6 +68,12 @@ const SHARED: &[Setting] = &[
     mesh_runtime::shed::SHED,
     mesh_runtime::shed::SHED_MIN_IN_FLIGHT,
     mesh_runtime::shed::SHED_QUEUE_TARGET,
+    Setting {
+        name: mesh_runtime::domain::page_token::KEY_VARIABLE,
+        kind: Kind::Secret,
+        default: "",
+        doc: "The key page tokens are HMAC-checked with; give every replica the same value. Unset: a built-in key (tokens are checksummed, not secret).",
+    },
 ];
 
 fn default_text(s: &Setting) -> &str {
