@@ -56,7 +56,6 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .generate_default_stubs(true)
         .compile_fds(fds)?;
 
     std::fs::write(out_dir.join("packages.rs"), module_tree(&packages))?;

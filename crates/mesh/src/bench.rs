@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use mesh_contracts::product::v1::product_service_server::{ProductService, ProductServiceServer};
-use mesh_contracts::product::v1::{GetProductRequest, GetProductResponse, Product};
+use mesh_contracts::product::v1::{self as pb, GetProductRequest, GetProductResponse, Product};
 use mesh_edge::config::EdgeConfig;
 use mesh_edge::upstream::{Upstream, Upstreams};
 use mesh_runtime::client::ClientOptions;
@@ -67,9 +67,18 @@ pub(crate) struct BenchArgs {
     log: String,
 }
 
-/// The test product service: answers every id from memory.
+/// The benchmark's product service: answers `GetProduct` for every id from memory, the one RPC
+/// the scenarios measure; the others answer `UNIMPLEMENTED` naming themselves, so a scenario
+/// that called one by mistake would fail instead of measuring made-up work.
 #[derive(Debug, Default, Clone)]
 struct MemoryProducts;
+
+/// The answer of an RPC the benchmark's product service does not serve.
+fn not_benchmarked(method: &str) -> Status {
+    Status::unimplemented(format!(
+        "{method} is not served by the benchmark's product service"
+    ))
+}
 
 #[tonic::async_trait]
 impl ProductService for MemoryProducts {
@@ -86,6 +95,55 @@ impl ProductService for MemoryProducts {
                 ..Default::default()
             }),
         }))
+    }
+
+    async fn create_product(
+        &self,
+        _request: Request<pb::CreateProductRequest>,
+    ) -> Result<Response<pb::CreateProductResponse>, Status> {
+        Err(not_benchmarked("CreateProduct"))
+    }
+
+    async fn batch_get_products(
+        &self,
+        _request: Request<pb::BatchGetProductsRequest>,
+    ) -> Result<Response<pb::BatchGetProductsResponse>, Status> {
+        Err(not_benchmarked("BatchGetProducts"))
+    }
+
+    async fn list_products(
+        &self,
+        _request: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        Err(not_benchmarked("ListProducts"))
+    }
+
+    async fn update_product(
+        &self,
+        _request: Request<pb::UpdateProductRequest>,
+    ) -> Result<Response<pb::UpdateProductResponse>, Status> {
+        Err(not_benchmarked("UpdateProduct"))
+    }
+
+    async fn delete_product(
+        &self,
+        _request: Request<pb::DeleteProductRequest>,
+    ) -> Result<Response<pb::DeleteProductResponse>, Status> {
+        Err(not_benchmarked("DeleteProduct"))
+    }
+
+    async fn create_category(
+        &self,
+        _request: Request<pb::CreateCategoryRequest>,
+    ) -> Result<Response<pb::CreateCategoryResponse>, Status> {
+        Err(not_benchmarked("CreateCategory"))
+    }
+
+    async fn list_categories(
+        &self,
+        _request: Request<pb::ListCategoriesRequest>,
+    ) -> Result<Response<pb::ListCategoriesResponse>, Status> {
+        Err(not_benchmarked("ListCategories"))
     }
 }
 

@@ -12,7 +12,6 @@
 //!   off while one keeps failing or the database is unreachable, drained on shutdown);
 //!   [`work_queue`]: the durable work queue they run on (hand-off in process, due scans,
 //!   retries after transient errors);
-//! - [`not_built`]: the honest `UNIMPLEMENTED` answer of a service whose logic is not built yet;
 //! - data and events (see `docs/events.md`): [`storage`] (a database per service, migrations),
 //!   [`outbox`] (state change and event in one transaction), [`relay`] (outbox to bus), [`bus`]
 //!   (Redis Streams or in-process), [`consumer`] (idempotent handlers), [`audit`] (the trail),
@@ -42,7 +41,6 @@ pub mod json_log;
 pub mod lifecycle;
 pub mod metrics;
 pub mod module;
-pub mod not_built;
 pub mod observe;
 pub mod outbox;
 pub mod paging;
@@ -66,7 +64,6 @@ pub use call_context::CallContext;
 pub use config::{MeshConfig, RuntimeArgs, ServiceSpec};
 pub use metrics::{Metrics, RpcMetrics};
 pub use module::{BuildError, ClientError, Module, NoData, ServiceContext, ServiceRoutes};
-pub use not_built::NotBuilt;
 pub use readiness::Readiness;
 pub use server::GrpcServer;
 pub use settings::{ModuleSettings, Setting};

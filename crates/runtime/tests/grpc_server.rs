@@ -1,15 +1,13 @@
-//! The gRPC server bootstrap over a real socket: health, reflection (v1 and v1alpha), the
-//! not-built answer, metrics, readiness, and graceful draining bounded by the grace period.
+//! The gRPC server bootstrap over a real socket: health, reflection (v1 and v1alpha), an
+//! unknown method, metrics, readiness, and graceful draining bounded by the grace period.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{Gate, TestProducts, product_routes, start};
-use mesh_contracts::product::v1::GetProductRequest;
 use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
-use mesh_contracts::product::v1::product_service_server::{ProductService, ProductServiceServer};
-use mesh_runtime::{NotBuilt, ServiceRoutes};
+use mesh_contracts::product::v1::{GetProductRequest, GetProductResponse};
 use tokio::sync::{mpsc, oneshot};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -122,34 +120,32 @@ async fn reflection_lists_only_this_port_services_in_both_versions() {
     assert!(files >= 1, "v1 reflection returns the file and its imports");
 }
 
-#[derive(Clone, Copy, Default)]
-struct Unbuilt;
-impl ProductService for Unbuilt {}
-
 #[tokio::test]
-async fn a_service_not_built_yet_says_so_and_metrics_count_it() {
+async fn an_unknown_method_answers_unimplemented_and_metrics_count_it_as_unknown() {
     let (_stop, stopped) = oneshot::channel::<()>();
-    let routes = ServiceRoutes::new().add_service(NotBuilt::new(
-        ProductServiceServer::new(Unbuilt),
-        "the identity and catalog issue",
-    ));
-    let server = start("product", routes, Duration::from_secs(5), async {
-        let _ = stopped.await;
-    })
+    let server = start(
+        "product",
+        product_routes(TestProducts::default()),
+        Duration::from_secs(5),
+        async {
+            let _ = stopped.await;
+        },
+    )
     .await;
-    let mut client = ProductServiceClient::new(server.channel().await);
-    let status = client
-        .get_product(GetProductRequest { id: "p-1".into() })
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.expect("channel ready");
+    let status = grpc
+        .unary::<GetProductRequest, GetProductResponse, _>(
+            tonic::Request::new(GetProductRequest { id: "p-1".into() }),
+            "/product.v1.ProductService/NoSuchMethod".parse().unwrap(),
+            tonic_prost::ProstCodec::default(),
+        )
         .await
-        .expect_err("not built");
+        .expect_err("no such method");
     assert_eq!(status.code(), tonic::Code::Unimplemented);
-    assert_eq!(
-        status.message(),
-        "/product.v1.ProductService/GetProduct is not built yet: this service's domain logic comes with the identity and catalog issue"
-    );
     let text = server.metrics.encode();
     assert!(
-        text.contains(r#"grpc_server_handled_total{grpc_service="product.v1.ProductService",grpc_method="GetProduct",grpc_code="UNIMPLEMENTED"} 1"#),
+        text.contains(r#"grpc_server_handled_total{grpc_service="unknown",grpc_method="unknown",grpc_code="UNIMPLEMENTED"} 1"#),
         "{text}"
     );
 }

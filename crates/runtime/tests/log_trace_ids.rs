@@ -55,25 +55,35 @@ impl Captured {
 #[derive(Clone)]
 struct Logging;
 
-#[tonic::async_trait]
-impl ProductService for Logging {
-    async fn get_product(
-        &self,
-        request: Request<GetProductRequest>,
-    ) -> Result<Response<GetProductResponse>, Status> {
-        let id = request.into_inner().id;
-        tracing::info!(product = %id, "handler started");
-        tokio::task::yield_now().await;
-        tracing::warn!(product = %id, "handler after an await");
-        if id == "boom" {
-            return Err(Status::internal("it broke"));
+mesh_testkit::test_double! {
+    impl ProductService for Logging {
+        async fn get_product(
+            &self,
+            request: Request<GetProductRequest>,
+        ) -> Result<Response<GetProductResponse>, Status> {
+            let id = request.into_inner().id;
+            tracing::info!(product = %id, "handler started");
+            tokio::task::yield_now().await;
+            tracing::warn!(product = %id, "handler after an await");
+            if id == "boom" {
+                return Err(Status::internal("it broke"));
+            }
+            Ok(Response::new(GetProductResponse {
+                product: Some(Product {
+                    id,
+                    ..Default::default()
+                }),
+            }))
         }
-        Ok(Response::new(GetProductResponse {
-            product: Some(Product {
-                id,
-                ..Default::default()
-            }),
-        }))
+    }
+    unused {
+        create_product(mesh_contracts::product::v1::CreateProductRequest) -> mesh_contracts::product::v1::CreateProductResponse;
+        batch_get_products(mesh_contracts::product::v1::BatchGetProductsRequest) -> mesh_contracts::product::v1::BatchGetProductsResponse;
+        list_products(mesh_contracts::product::v1::ListProductsRequest) -> mesh_contracts::product::v1::ListProductsResponse;
+        update_product(mesh_contracts::product::v1::UpdateProductRequest) -> mesh_contracts::product::v1::UpdateProductResponse;
+        delete_product(mesh_contracts::product::v1::DeleteProductRequest) -> mesh_contracts::product::v1::DeleteProductResponse;
+        create_category(mesh_contracts::product::v1::CreateCategoryRequest) -> mesh_contracts::product::v1::CreateCategoryResponse;
+        list_categories(mesh_contracts::product::v1::ListCategoriesRequest) -> mesh_contracts::product::v1::ListCategoriesResponse;
     }
 }
 

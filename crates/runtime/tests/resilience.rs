@@ -25,30 +25,39 @@ struct Flaky {
     failing: Arc<AtomicBool>,
 }
 
-#[tonic::async_trait]
-impl ProductService for Flaky {
-    async fn get_product(
-        &self,
-        request: Request<GetProductRequest>,
-    ) -> Result<Response<GetProductResponse>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(Status::unavailable("test upstream is failing"));
+mesh_testkit::test_double! {
+    impl ProductService for Flaky {
+        async fn get_product(
+            &self,
+            request: Request<GetProductRequest>,
+        ) -> Result<Response<GetProductResponse>, Status> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(Status::unavailable("test upstream is failing"));
+            }
+            Ok(Response::new(GetProductResponse {
+                product: Some(Product {
+                    id: request.into_inner().id,
+                    ..Default::default()
+                }),
+            }))
         }
-        Ok(Response::new(GetProductResponse {
-            product: Some(Product {
-                id: request.into_inner().id,
-                ..Default::default()
-            }),
-        }))
-    }
 
-    async fn create_product(
-        &self,
-        _request: Request<CreateProductRequest>,
-    ) -> Result<Response<CreateProductResponse>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        Err(Status::unavailable("test upstream is failing"))
+        async fn create_product(
+            &self,
+            _request: Request<CreateProductRequest>,
+        ) -> Result<Response<CreateProductResponse>, Status> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Err(Status::unavailable("test upstream is failing"))
+        }
+    }
+    unused {
+        batch_get_products(mesh_contracts::product::v1::BatchGetProductsRequest) -> mesh_contracts::product::v1::BatchGetProductsResponse;
+        list_products(mesh_contracts::product::v1::ListProductsRequest) -> mesh_contracts::product::v1::ListProductsResponse;
+        update_product(mesh_contracts::product::v1::UpdateProductRequest) -> mesh_contracts::product::v1::UpdateProductResponse;
+        delete_product(mesh_contracts::product::v1::DeleteProductRequest) -> mesh_contracts::product::v1::DeleteProductResponse;
+        create_category(mesh_contracts::product::v1::CreateCategoryRequest) -> mesh_contracts::product::v1::CreateCategoryResponse;
+        list_categories(mesh_contracts::product::v1::ListCategoriesRequest) -> mesh_contracts::product::v1::ListCategoriesResponse;
     }
 }
 

@@ -25,20 +25,30 @@ struct Bounded {
     work: Duration,
 }
 
-#[tonic::async_trait]
-impl ProductService for Bounded {
-    async fn get_product(
-        &self,
-        request: Request<GetProductRequest>,
-    ) -> Result<Response<GetProductResponse>, Status> {
-        let _worker = self.workers.acquire().await.unwrap();
-        tokio::time::sleep(self.work).await;
-        Ok(Response::new(GetProductResponse {
-            product: Some(Product {
-                id: request.into_inner().id,
-                ..Default::default()
-            }),
-        }))
+mesh_testkit::test_double! {
+    impl ProductService for Bounded {
+        async fn get_product(
+            &self,
+            request: Request<GetProductRequest>,
+        ) -> Result<Response<GetProductResponse>, Status> {
+            let _worker = self.workers.acquire().await.unwrap();
+            tokio::time::sleep(self.work).await;
+            Ok(Response::new(GetProductResponse {
+                product: Some(Product {
+                    id: request.into_inner().id,
+                    ..Default::default()
+                }),
+            }))
+        }
+    }
+    unused {
+        create_product(mesh_contracts::product::v1::CreateProductRequest) -> mesh_contracts::product::v1::CreateProductResponse;
+        batch_get_products(mesh_contracts::product::v1::BatchGetProductsRequest) -> mesh_contracts::product::v1::BatchGetProductsResponse;
+        list_products(mesh_contracts::product::v1::ListProductsRequest) -> mesh_contracts::product::v1::ListProductsResponse;
+        update_product(mesh_contracts::product::v1::UpdateProductRequest) -> mesh_contracts::product::v1::UpdateProductResponse;
+        delete_product(mesh_contracts::product::v1::DeleteProductRequest) -> mesh_contracts::product::v1::DeleteProductResponse;
+        create_category(mesh_contracts::product::v1::CreateCategoryRequest) -> mesh_contracts::product::v1::CreateCategoryResponse;
+        list_categories(mesh_contracts::product::v1::ListCategoriesRequest) -> mesh_contracts::product::v1::ListCategoriesResponse;
     }
 }
 

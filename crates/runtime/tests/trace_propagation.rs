@@ -63,28 +63,38 @@ struct Inventory {
     seen: mpsc::UnboundedSender<Seen>,
 }
 
-#[tonic::async_trait]
-impl InventoryService for Inventory {
-    async fn check_stock(
-        &self,
-        request: Request<CheckStockRequest>,
-    ) -> Result<Response<CheckStockResponse>, Status> {
-        let header = |k: &str| {
-            request
-                .metadata()
-                .get(k)
-                .and_then(|v| v.to_str().ok())
-                .map(String::from)
-        };
-        let _ = self.seen.send(Seen {
-            traceparent: header("traceparent"),
-            grpc_timeout: header("grpc-timeout"),
-        });
-        tracing::info!("stock checked");
-        Ok(Response::new(CheckStockResponse {
-            all_available: true,
-            results: vec![],
-        }))
+mesh_testkit::test_double! {
+    impl InventoryService for Inventory {
+        async fn check_stock(
+            &self,
+            request: Request<CheckStockRequest>,
+        ) -> Result<Response<CheckStockResponse>, Status> {
+            let header = |k: &str| {
+                request
+                    .metadata()
+                    .get(k)
+                    .and_then(|v| v.to_str().ok())
+                    .map(String::from)
+            };
+            let _ = self.seen.send(Seen {
+                traceparent: header("traceparent"),
+                grpc_timeout: header("grpc-timeout"),
+            });
+            tracing::info!("stock checked");
+            Ok(Response::new(CheckStockResponse {
+                all_available: true,
+                results: vec![],
+            }))
+        }
+    }
+    unused {
+        get_stock(mesh_contracts::inventory::v1::GetStockRequest) -> mesh_contracts::inventory::v1::GetStockResponse;
+        list_stock(mesh_contracts::inventory::v1::ListStockRequest) -> mesh_contracts::inventory::v1::ListStockResponse;
+        reserve(mesh_contracts::inventory::v1::ReserveRequest) -> mesh_contracts::inventory::v1::ReserveResponse;
+        commit_reservation(mesh_contracts::inventory::v1::CommitReservationRequest) -> mesh_contracts::inventory::v1::CommitReservationResponse;
+        release_reservation(mesh_contracts::inventory::v1::ReleaseReservationRequest) -> mesh_contracts::inventory::v1::ReleaseReservationResponse;
+        adjust_stock(mesh_contracts::inventory::v1::AdjustStockRequest) -> mesh_contracts::inventory::v1::AdjustStockResponse;
+        get_reservation(mesh_contracts::inventory::v1::GetReservationRequest) -> mesh_contracts::inventory::v1::GetReservationResponse;
     }
 }
 
@@ -94,22 +104,32 @@ struct Products {
     inventory: MeshChannel,
 }
 
-#[tonic::async_trait]
-impl ProductService for Products {
-    async fn get_product(
-        &self,
-        request: Request<GetProductRequest>,
-    ) -> Result<Response<GetProductResponse>, Status> {
-        tracing::info!("asking inventory");
-        InventoryServiceClient::new(self.inventory.clone())
-            .check_stock(CheckStockRequest { lines: vec![] })
-            .await?;
-        Ok(Response::new(GetProductResponse {
-            product: Some(Product {
-                id: request.into_inner().id,
-                ..Default::default()
-            }),
-        }))
+mesh_testkit::test_double! {
+    impl ProductService for Products {
+        async fn get_product(
+            &self,
+            request: Request<GetProductRequest>,
+        ) -> Result<Response<GetProductResponse>, Status> {
+            tracing::info!("asking inventory");
+            InventoryServiceClient::new(self.inventory.clone())
+                .check_stock(CheckStockRequest { lines: vec![] })
+                .await?;
+            Ok(Response::new(GetProductResponse {
+                product: Some(Product {
+                    id: request.into_inner().id,
+                    ..Default::default()
+                }),
+            }))
+        }
+    }
+    unused {
+        create_product(mesh_contracts::product::v1::CreateProductRequest) -> mesh_contracts::product::v1::CreateProductResponse;
+        batch_get_products(mesh_contracts::product::v1::BatchGetProductsRequest) -> mesh_contracts::product::v1::BatchGetProductsResponse;
+        list_products(mesh_contracts::product::v1::ListProductsRequest) -> mesh_contracts::product::v1::ListProductsResponse;
+        update_product(mesh_contracts::product::v1::UpdateProductRequest) -> mesh_contracts::product::v1::UpdateProductResponse;
+        delete_product(mesh_contracts::product::v1::DeleteProductRequest) -> mesh_contracts::product::v1::DeleteProductResponse;
+        create_category(mesh_contracts::product::v1::CreateCategoryRequest) -> mesh_contracts::product::v1::CreateCategoryResponse;
+        list_categories(mesh_contracts::product::v1::ListCategoriesRequest) -> mesh_contracts::product::v1::ListCategoriesResponse;
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`context`]: the default configuration, a migrated database, a service context, a bus;
 //! - [`serve`]: a service on `127.0.0.1:0` with its outbox relayed, and channels to it;
 //! - [`auth`]: a running auth service with a bootstrap admin, and tokens;
+//! - [`double`]: [`test_double!`], a generated server's trait for a test double that serves
+//!   only the RPCs its test calls;
 //! - [`poll`]: [`eventually`], which replaces sleeps;
 //! - [`events`]: publishing an event envelope as its producer's relay would;
 //! - [`process`]: the real `mesh` binary as a child process, and plain HTTP to its admin port;
@@ -15,6 +17,7 @@
 pub mod auth;
 pub mod backends;
 pub mod context;
+pub mod double;
 pub mod events;
 pub mod poll;
 pub mod process;

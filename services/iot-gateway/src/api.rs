@@ -147,15 +147,13 @@ fn validate_action(c: &Command) -> Result<()> {
 
 #[tonic::async_trait]
 impl GatewayService for GatewayApi {
+    type OpenChannelStream =
+        futures::stream::BoxStream<'static, std::result::Result<OpenChannelResponse, Status>>;
+
     async fn open_channel(
         &self,
         request: Request<Streaming<OpenChannelRequest>>,
-    ) -> std::result::Result<
-        Response<
-            futures::stream::BoxStream<'static, std::result::Result<OpenChannelResponse, Status>>,
-        >,
-        Status,
-    > {
+    ) -> std::result::Result<Response<Self::OpenChannelStream>, Status> {
         Ok(Response::new(Box::pin(channel::open(
             self.gateway.clone(),
             request,

@@ -50,27 +50,37 @@ impl Gate {
     }
 }
 
-#[tonic::async_trait]
-impl ProductService for TestProducts {
-    async fn get_product(
-        &self,
-        request: Request<GetProductRequest>,
-    ) -> Result<Response<GetProductResponse>, Status> {
-        let id = request.into_inner().id;
-        if let Some(started) = &self.started {
-            let _ = started.send(id.clone());
+mesh_testkit::test_double! {
+    impl ProductService for TestProducts {
+        async fn get_product(
+            &self,
+            request: Request<GetProductRequest>,
+        ) -> Result<Response<GetProductResponse>, Status> {
+            let id = request.into_inner().id;
+            if let Some(started) = &self.started {
+                let _ = started.send(id.clone());
+            }
+            if let Some(gate) = &self.gate {
+                gate.wait().await;
+            }
+            tracing::info!(product_id = %id, "product looked up");
+            Ok(Response::new(GetProductResponse {
+                product: Some(Product {
+                    id,
+                    name: "Sparkling water 0.5 l".into(),
+                    ..Default::default()
+                }),
+            }))
         }
-        if let Some(gate) = &self.gate {
-            gate.wait().await;
-        }
-        tracing::info!(product_id = %id, "product looked up");
-        Ok(Response::new(GetProductResponse {
-            product: Some(Product {
-                id,
-                name: "Sparkling water 0.5 l".into(),
-                ..Default::default()
-            }),
-        }))
+    }
+    unused {
+        create_product(mesh_contracts::product::v1::CreateProductRequest) -> mesh_contracts::product::v1::CreateProductResponse;
+        batch_get_products(mesh_contracts::product::v1::BatchGetProductsRequest) -> mesh_contracts::product::v1::BatchGetProductsResponse;
+        list_products(mesh_contracts::product::v1::ListProductsRequest) -> mesh_contracts::product::v1::ListProductsResponse;
+        update_product(mesh_contracts::product::v1::UpdateProductRequest) -> mesh_contracts::product::v1::UpdateProductResponse;
+        delete_product(mesh_contracts::product::v1::DeleteProductRequest) -> mesh_contracts::product::v1::DeleteProductResponse;
+        create_category(mesh_contracts::product::v1::CreateCategoryRequest) -> mesh_contracts::product::v1::CreateCategoryResponse;
+        list_categories(mesh_contracts::product::v1::ListCategoriesRequest) -> mesh_contracts::product::v1::ListCategoriesResponse;
     }
 }
 

@@ -36,104 +36,118 @@ use tonic::{Request, Response, Status, Streaming};
 #[derive(Default)]
 struct Products;
 
-#[tonic::async_trait]
-impl ProductService for Products {
-    async fn get_product(
-        &self,
-        request: Request<GetProductRequest>,
-    ) -> Result<Response<GetProductResponse>, Status> {
-        let md = request.metadata();
-        let seen = |k: &str| {
-            md.get(k)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string()
-        };
-        let (auth, rid, tp, timeout) = (
-            seen("authorization"),
-            seen("x-request-id"),
-            seen("traceparent"),
-            seen("grpc-timeout"),
-        );
-        let id = request.into_inner().id;
-        match id.as_str() {
-            "missing" => Err(Status::not_found("product missing does not exist")),
-            "slow" => {
-                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                Err(Status::internal("too late"))
+mesh_testkit::test_double! {
+    impl ProductService for Products {
+        async fn get_product(
+            &self,
+            request: Request<GetProductRequest>,
+        ) -> Result<Response<GetProductResponse>, Status> {
+            let md = request.metadata();
+            let seen = |k: &str| {
+                md.get(k)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let (auth, rid, tp, timeout) = (
+                seen("authorization"),
+                seen("x-request-id"),
+                seen("traceparent"),
+                seen("grpc-timeout"),
+            );
+            let id = request.into_inner().id;
+            match id.as_str() {
+                "missing" => Err(Status::not_found("product missing does not exist")),
+                "slow" => {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    Err(Status::internal("too late"))
+                }
+                "conflict" => Err(Status::already_exists("dup")),
+                "denied" => Err(Status::permission_denied("no")),
+                "busy" => Err(Status::unavailable("try later")),
+                _ => Ok(Response::new(GetProductResponse {
+                    product: Some(Product {
+                        id,
+                        name: "Widget".into(),
+                        description: format!("auth={auth};rid={rid};tp={tp};timeout={timeout}"),
+                        active: true,
+                        ..Default::default()
+                    }),
+                })),
             }
-            "conflict" => Err(Status::already_exists("dup")),
-            "denied" => Err(Status::permission_denied("no")),
-            "busy" => Err(Status::unavailable("try later")),
-            _ => Ok(Response::new(GetProductResponse {
-                product: Some(Product {
+        }
+
+        async fn create_product(
+            &self,
+            request: Request<CreateProductRequest>,
+        ) -> Result<Response<CreateProductResponse>, Status> {
+            let mut product = request.into_inner().product.unwrap_or_default();
+            product.id = "p-new".into();
+            Ok(Response::new(CreateProductResponse {
+                product: Some(product),
+            }))
+        }
+
+        async fn batch_get_products(
+            &self,
+            request: Request<BatchGetProductsRequest>,
+        ) -> Result<Response<BatchGetProductsResponse>, Status> {
+            let products = request
+                .into_inner()
+                .ids
+                .into_iter()
+                .map(|id| Product {
                     id,
-                    name: "Widget".into(),
-                    description: format!("auth={auth};rid={rid};tp={tp};timeout={timeout}"),
-                    active: true,
                     ..Default::default()
-                }),
-            })),
+                })
+                .collect();
+            Ok(Response::new(BatchGetProductsResponse { products }))
         }
     }
-
-    async fn create_product(
-        &self,
-        request: Request<CreateProductRequest>,
-    ) -> Result<Response<CreateProductResponse>, Status> {
-        let mut product = request.into_inner().product.unwrap_or_default();
-        product.id = "p-new".into();
-        Ok(Response::new(CreateProductResponse {
-            product: Some(product),
-        }))
-    }
-
-    async fn batch_get_products(
-        &self,
-        request: Request<BatchGetProductsRequest>,
-    ) -> Result<Response<BatchGetProductsResponse>, Status> {
-        let products = request
-            .into_inner()
-            .ids
-            .into_iter()
-            .map(|id| Product {
-                id,
-                ..Default::default()
-            })
-            .collect();
-        Ok(Response::new(BatchGetProductsResponse { products }))
+    unused {
+        list_products(mesh_contracts::product::v1::ListProductsRequest) -> mesh_contracts::product::v1::ListProductsResponse;
+        update_product(mesh_contracts::product::v1::UpdateProductRequest) -> mesh_contracts::product::v1::UpdateProductResponse;
+        delete_product(mesh_contracts::product::v1::DeleteProductRequest) -> mesh_contracts::product::v1::DeleteProductResponse;
+        create_category(mesh_contracts::product::v1::CreateCategoryRequest) -> mesh_contracts::product::v1::CreateCategoryResponse;
+        list_categories(mesh_contracts::product::v1::ListCategoriesRequest) -> mesh_contracts::product::v1::ListCategoriesResponse;
     }
 }
 
 #[derive(Default)]
 struct Gateway;
 
-#[tonic::async_trait]
-impl GatewayService for Gateway {
-    async fn open_channel(
-        &self,
-        request: Request<Streaming<OpenChannelRequest>>,
-    ) -> Result<
-        Response<Pin<Box<dyn Stream<Item = Result<OpenChannelResponse, Status>> + Send + 'static>>>,
-        Status,
-    > {
-        let mut inbound = request.into_inner();
-        let out = async_stream(move |tx| async move {
-            while let Ok(Some(frame)) = inbound.message().await {
-                if let Some(open_channel_request::Frame::Hello(h)) = frame.frame {
-                    let reply = OpenChannelResponse {
-                        frame: Some(open_channel_response::Frame::Welcome(Welcome {
-                            session_id: format!("session-{}", h.device_id),
-                            ..Default::default()
-                        })),
-                    };
-                    if tx.send(Ok(reply)).await.is_err() {
-                        break;
+mesh_testkit::test_double! {
+    impl GatewayService for Gateway {
+        type OpenChannelStream =
+            Pin<Box<dyn Stream<Item = Result<OpenChannelResponse, Status>> + Send + 'static>>;
+
+        async fn open_channel(
+            &self,
+            request: Request<Streaming<OpenChannelRequest>>,
+        ) -> Result<Response<Self::OpenChannelStream>, Status> {
+            let mut inbound = request.into_inner();
+            let out = async_stream(move |tx| async move {
+                while let Ok(Some(frame)) = inbound.message().await {
+                    if let Some(open_channel_request::Frame::Hello(h)) = frame.frame {
+                        let reply = OpenChannelResponse {
+                            frame: Some(open_channel_response::Frame::Welcome(Welcome {
+                                session_id: format!("session-{}", h.device_id),
+                                ..Default::default()
+                            })),
+                        };
+                        if tx.send(Ok(reply)).await.is_err() {
+                            break;
+                        }
                     }
                 }
-            }
-        });
-        Ok(Response::new(out))
+            });
+            Ok(Response::new(out))
+        }
+    }
+    unused {
+        send_command(mesh_contracts::iot::v1::SendCommandRequest) -> mesh_contracts::iot::v1::SendCommandResponse;
+        get_device_session(mesh_contracts::iot::v1::GetDeviceSessionRequest) -> mesh_contracts::iot::v1::GetDeviceSessionResponse;
+        list_device_sessions(mesh_contracts::iot::v1::ListDeviceSessionsRequest) -> mesh_contracts::iot::v1::ListDeviceSessionsResponse;
     }
 }
 

@@ -92,24 +92,31 @@ impl Backend {
 #[derive(Debug, Default, Clone)]
 pub struct FakePayment;
 
-#[tonic::async_trait]
-impl PaymentService for FakePayment {
-    async fn tokenize_card(
-        &self,
-        r: Request<TokenizeCardRequest>,
-    ) -> Result<Response<TokenizeCardResponse>, Status> {
-        let card = r.into_inner().card.unwrap_or_default();
-        let digits: String = card.number.chars().filter(char::is_ascii_digit).collect();
-        if digits.len() != 16 {
-            return Err(Status::invalid_argument(
-                "card.number: 12 to 19 digits, Luhn-valid",
-            ));
+mesh_testkit::test_double! {
+    impl PaymentService for FakePayment {
+        async fn tokenize_card(
+            &self,
+            r: Request<TokenizeCardRequest>,
+        ) -> Result<Response<TokenizeCardResponse>, Status> {
+            let card = r.into_inner().card.unwrap_or_default();
+            let digits: String = card.number.chars().filter(char::is_ascii_digit).collect();
+            if digits.len() != 16 {
+                return Err(Status::invalid_argument(
+                    "card.number: 12 to 19 digits, Luhn-valid",
+                ));
+            }
+            Ok(Response::new(TokenizeCardResponse {
+                card_token: format!("tok_{}_{}", &digits[12..], uuid::Uuid::now_v7().simple()),
+                card_brand: "visa".into(),
+                card_last4: digits[12..].to_string(),
+            }))
         }
-        Ok(Response::new(TokenizeCardResponse {
-            card_token: format!("tok_{}_{}", &digits[12..], uuid::Uuid::now_v7().simple()),
-            card_brand: "visa".into(),
-            card_last4: digits[12..].to_string(),
-        }))
+    }
+    unused {
+        charge(mesh_contracts::payment::v1::ChargeRequest) -> mesh_contracts::payment::v1::ChargeResponse;
+        get_payment(mesh_contracts::payment::v1::GetPaymentRequest) -> mesh_contracts::payment::v1::GetPaymentResponse;
+        list_transactions(mesh_contracts::payment::v1::ListTransactionsRequest) -> mesh_contracts::payment::v1::ListTransactionsResponse;
+        refund(mesh_contracts::payment::v1::RefundRequest) -> mesh_contracts::payment::v1::RefundResponse;
     }
 }
 
@@ -126,14 +133,24 @@ pub enum Payment {
 #[derive(Debug, Default, Clone)]
 pub struct SlowCampaign;
 
-#[tonic::async_trait]
-impl mesh_contracts::campaign::v1::campaign_service_server::CampaignService for SlowCampaign {
-    async fn price_cart(
-        &self,
-        _: Request<mesh_contracts::campaign::v1::PriceCartRequest>,
-    ) -> Result<Response<mesh_contracts::campaign::v1::PriceCartResponse>, Status> {
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        Err(Status::unavailable("too late"))
+use mesh_contracts::campaign::v1 as campaign_pb;
+use mesh_contracts::campaign::v1::campaign_service_server::CampaignService;
+
+mesh_testkit::test_double! {
+    impl CampaignService for SlowCampaign {
+        async fn price_cart(
+            &self,
+            _: Request<mesh_contracts::campaign::v1::PriceCartRequest>,
+        ) -> Result<Response<mesh_contracts::campaign::v1::PriceCartResponse>, Status> {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Err(Status::unavailable("too late"))
+        }
+    }
+    unused {
+        create_campaign(campaign_pb::CreateCampaignRequest) -> campaign_pb::CreateCampaignResponse;
+        get_campaign(campaign_pb::GetCampaignRequest) -> campaign_pb::GetCampaignResponse;
+        list_campaigns(campaign_pb::ListCampaignsRequest) -> campaign_pb::ListCampaignsResponse;
+        end_campaign(campaign_pb::EndCampaignRequest) -> campaign_pb::EndCampaignResponse;
     }
 }
 
