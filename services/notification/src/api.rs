@@ -215,8 +215,11 @@ impl NotificationApi {
                     prefs.webhook_url = if new.webhook_url.is_empty() {
                         String::new()
                     } else {
-                        validate::webhook_url(&new.webhook_url)
-                            .map_err(|r| NotificationError::invalid("preferences.webhook_url", r))?
+                        validate::webhook_url(
+                            &new.webhook_url,
+                            self.deliverer.settings().webhook_allow_http,
+                        )
+                        .map_err(|r| NotificationError::invalid("preferences.webhook_url", r))?
                     };
                 }
                 other => {
@@ -262,6 +265,11 @@ impl NotificationApi {
                 "channel: CHANNEL_EMAIL is not configured (set MESH_NOTIFICATION_SMTP_URL)".into(),
             ));
         }
+        if channel == Channel::Webhook && self.deliverer.settings().webhook_secret.is_none() {
+            return Err(NotificationError::FailedPrecondition(
+                "channel: CHANNEL_WEBHOOK is not configured (set MESH_NOTIFICATION_WEBHOOK_SECRET to sign with)".into(),
+            ));
+        }
         let mut tx = self.db.begin().await?;
         if let Some(k) = &key
             && let Some(existing) = store::delivery_by_key(&mut tx, k).await?
@@ -271,8 +279,11 @@ impl NotificationApi {
         let prefs = store::preferences(&mut tx, &user_id).await?;
         let recipient = if !req.recipient.is_empty() {
             match channel {
-                Channel::Webhook => validate::webhook_url(&req.recipient)
-                    .map_err(|r| NotificationError::invalid("recipient", r))?,
+                Channel::Webhook => validate::webhook_url(
+                    &req.recipient,
+                    self.deliverer.settings().webhook_allow_http,
+                )
+                .map_err(|r| NotificationError::invalid("recipient", r))?,
                 Channel::Email => validate::email("recipient", &req.recipient)?,
                 _ => validate::text("recipient", &req.recipient, 200, true)?,
             }

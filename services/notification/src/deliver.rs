@@ -1,7 +1,8 @@
 //! The delivery queue: deliveries are rows first (QUEUED, or SUPPRESSED for opt-outs), written
 //! in the transaction of what caused them (the consumer's, or the RPC's) and keyed so that one
 //! event fact on one channel makes one row. The [`Deliverer`] sends QUEUED rows outside any
-//! transaction, retrying with backoff, and finishes each with a conditional update that emits
+//! transaction, retrying transient failures with backoff (a permanent one, such as a 5xx SMTP reply, fails
+//! the delivery at once), and finishes each with a conditional update that emits
 //! `notification.sent` / `notification.failed` in the same transaction. A crash between a send
 //! and its finish sends again after the lease (at-least-once on the wire; the webhook carries the
 //! delivery id as `Idempotency-Key`), but never makes a second delivery record.
@@ -43,14 +44,14 @@ fn micros(d: Duration) -> i64 {
 }
 
 impl Deliverer {
-    /// A deliverer over `db`.
-    pub fn new(db: Database, settings: NotificationSettings) -> Self {
-        Self {
+    /// A deliverer over `db`. Fails when the sender cannot be built ([`Sender::new`]).
+    pub fn new(db: Database, settings: NotificationSettings) -> Result<Self, String> {
+        Ok(Self {
             db,
-            sender: Sender::new(settings.clone()),
+            sender: Sender::new(settings.clone())?,
             settings,
             work: WorkHandle::new(),
-        }
+        })
     }
 
     /// Its queue's handle: deliveries queued by a transaction are handed to it after commit.
@@ -99,8 +100,11 @@ impl Deliverer {
             let attempts = u32::try_from(attempt).unwrap_or(u32::MAX);
             let (status, error) = match result {
                 Ok(()) => (DeliveryStatus::Sent, String::new()),
-                Err(e) if attempts >= self.settings.max_attempts => (DeliveryStatus::Failed, e),
+                Err(e) if e.permanent || attempts >= self.settings.max_attempts => {
+                    (DeliveryStatus::Failed, e.message)
+                }
                 Err(e) => {
+                    let e = e.message;
                     tracing::warn!(delivery = %d.id, attempt = attempts, error = %e, "delivery failed; will retry");
                     let mut c = self.db.acquire().await?;
                     let at = now_micros() + micros(self.settings.backoff(attempts));

@@ -1,13 +1,14 @@
-//! The notification service: templates per event type, channels (log, webhook, SMTP email), a
-//! delivery log that is also the send queue, and user preferences; it tells customers about the
-//! order saga's outcomes (`order.confirmed`, `order.cancelled`).
+//! The notification service: templates per event type, channels (log, signed https webhook,
+//! SMTP email over TLS), a delivery log that is also the send queue, and user preferences; it
+//! tells customers about the order saga's outcomes (`order.confirmed`, `order.cancelled`).
 //!
 //! A customer's email and marketing consent are the user service's: [`contacts`] follows its
 //! `user.updated` events, and erases what notification holds of a user on `user.deleted`.
 //!
 //! - [`api`]: the RPCs; [`handlers`]: event handlers; [`contacts`]: the user service's events; [`deliver`]: the queue and its worker;
-//!   [`channels`]: sending; [`smtp`]: the SMTP client; [`render`]: templates; [`store`]: SQL;
-//!   [`validate`], [`error`], [`settings`].
+//!   [`channels`]: sending; [`smtp`]: email over TLS; [`webhook`]: signed https posts; [`tls`]:
+//!   outbound trust; [`secret`]: secrets from values or files; [`render`]: templates;
+//!   [`store`]: SQL; [`validate`], [`error`], [`settings`].
 
 pub mod api;
 pub mod channels;
@@ -16,10 +17,13 @@ pub mod deliver;
 pub mod error;
 pub mod handlers;
 pub mod render;
+pub mod secret;
 pub mod settings;
 pub mod smtp;
 pub mod store;
+pub mod tls;
 pub mod validate;
+pub mod webhook;
 
 use futures::future::BoxFuture;
 use mesh_contracts::notification::v1::notification_service_server::NotificationServiceServer;
@@ -59,7 +63,7 @@ pub async fn build_with(
     settings: NotificationSettings,
 ) -> Result<ServiceRoutes, BuildError> {
     let db = ctx.database()?.clone();
-    let deliverer = deliver::Deliverer::new(db.clone(), settings);
+    let deliverer = deliver::Deliverer::new(db.clone(), settings)?;
     ctx.start_consumer(
         ctx.consumer()?
             .on(

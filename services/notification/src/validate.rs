@@ -6,13 +6,15 @@ use crate::error::NotificationError;
 
 type Result<T> = std::result::Result<T, NotificationError>;
 
-/// A webhook URL: `http://host[:port][/path]` (TLS is not supported by the built-in client).
-pub fn webhook_url(value: &str) -> std::result::Result<String, String> {
+/// A webhook URL: `https://host[:port][/path]`, or `http://` as well when `allow_http`
+/// (`MESH_NOTIFICATION_WEBHOOK_ALLOW_HTTP`, local development only).
+pub fn webhook_url(value: &str, allow_http: bool) -> std::result::Result<String, String> {
     let uri: http::Uri = value.parse().map_err(|e| format!("not a URL: {e}"))?;
     match (uri.scheme_str(), uri.host()) {
-        (Some("http"), Some(h)) if !h.is_empty() => Ok(value.to_string()),
-        (Some("https"), _) => Err("https is not supported by the built-in webhook client; use http (e.g. behind a TLS-originating proxy)".into()),
-        _ => Err("expected http://host[:port][/path]".into()),
+        (Some("https"), Some(h)) if !h.is_empty() => Ok(value.to_string()),
+        (Some("http"), Some(h)) if !h.is_empty() && allow_http => Ok(value.to_string()),
+        (Some("http"), _) => Err("plain http is refused (bodies and signatures would cross the network in clear); use https, or set MESH_NOTIFICATION_WEBHOOK_ALLOW_HTTP=true for local development".into()),
+        _ => Err("expected https://host[:port][/path]".into()),
     }
 }
 

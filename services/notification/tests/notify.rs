@@ -18,6 +18,8 @@ use mesh_contracts::events::v1::{OrderCancelled, OrderConfirmed};
 use mesh_contracts::notification::v1::notification_service_client::NotificationServiceClient;
 use mesh_contracts::notification::v1::*;
 use mesh_notification::NotificationSettings;
+use mesh_notification::secret::Secret;
+use mesh_notification::settings::{SmtpSettings, SmtpTls};
 use mesh_runtime::Database;
 use mesh_runtime::bus::EventBus;
 use mesh_runtime::bus::redis::RedisBus;
@@ -30,6 +32,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel as GrpcChannel;
+
+/// The key webhooks are signed with.
+const WEBHOOK_KEY: &str = "notify-test-key-0123456789";
 
 /// The webhook receiver: `/flaky/<name>` fails the first two posts per name, `/fail` always
 /// fails, anything else accepts. Records accepted bodies per path.
@@ -195,7 +200,15 @@ async fn start_with(target: DatabaseTarget, redis: Option<&str>, send_timeout: D
     let (smtp_addr, mails) = start_smtp().await;
     let settings = NotificationSettings {
         webhook_url: Some(format!("http://{hooks_addr}/global")),
-        smtp: Some(("127.0.0.1".into(), smtp_addr.port())),
+        // The local receivers speak plain http and SMTP (outbound_tls.rs covers TLS).
+        webhook_allow_http: true,
+        webhook_secret: Some(Secret::Value(WEBHOOK_KEY.into())),
+        webhook_ca_file: None,
+        smtp: Some(SmtpSettings::new(
+            "127.0.0.1",
+            smtp_addr.port(),
+            SmtpTls::None,
+        )),
         smtp_from: "shop@example.com".into(),
         max_attempts: 4,
         retry_backoff: Duration::from_millis(20),
@@ -777,7 +790,7 @@ async fn notifications(target: DatabaseTarget, redis: Option<&str>) {
     assert_invalid(
         c.send_notification(bearer(
             &m.admin,
-            send(Channel::Webhook, "https://x.example/h", "hi", ""),
+            send(Channel::Webhook, "ftp://x.example/h", "hi", ""),
         ))
         .await,
         "recipient",
@@ -981,6 +994,8 @@ async fn crash_mid_send(target: DatabaseTarget) {
     m.shutdown.cancel();
     let settings = NotificationSettings {
         webhook_url: None,
+        webhook_allow_http: true,
+        webhook_secret: Some(Secret::Value(WEBHOOK_KEY.into())),
         send_timeout: Duration::from_millis(300),
         retry_backoff: Duration::from_millis(20),
         poll_interval: Duration::from_millis(50),
