@@ -34,6 +34,22 @@ pub async fn database(name: &str, target: &DatabaseTarget, migrations: &Migratio
     db
 }
 
+/// A service's database at `target` migrated only up to (not including) migration `version`:
+/// the schema an older release left, for writing rows in their old shape before
+/// [`database`] (or the service's start) applies the rest.
+pub async fn database_before(
+    name: &str,
+    target: &DatabaseTarget,
+    migrations: &Migrations,
+    version: i64,
+) -> Database {
+    let db = Database::connect(name, target).await.expect("connect");
+    db.migrate_before(migrations, version)
+        .await
+        .expect("migrate the older schema");
+    db
+}
+
 /// A context for service `name` (depending on `auth`), with `peers` and its data. Its
 /// background tasks run under a supervisor of its own until `shutdown`.
 pub fn context(

@@ -26,7 +26,7 @@ pub mod serve;
 
 pub use auth::{ADMIN_EMAIL, PASSWORD, TestAuth, bearer};
 pub use backends::{postgres, postgres_url, redis, require_backends, sqlite, unique};
-pub use context::{config, context, context_with, database, memory_bus};
+pub use context::{config, context, context_with, database, database_before, memory_bus};
 pub use events::{envelope, publish};
 pub use poll::{eventually, eventually_within};
 pub use redis_server::OwnRedis;

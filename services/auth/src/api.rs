@@ -9,6 +9,7 @@ use mesh_contracts::events::v1::{
 };
 use mesh_runtime::Database;
 use mesh_runtime::auth::{Identity, Role};
+use mesh_runtime::domain::time;
 use mesh_runtime::outbox::Event;
 use tonic::{Request, Response, Status};
 
@@ -33,19 +34,12 @@ fn seconds(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
 }
 
-fn timestamp(unix: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: unix,
-        nanos: 0,
-    }
-}
-
 fn account_message(a: &AccountRow) -> Account {
     Account {
         id: a.id.clone(),
         email: a.email.clone(),
         roles: a.roles.iter().map(|r| r.to_proto() as i32).collect(),
-        create_time: Some(timestamp(a.created_at)),
+        create_time: Some(time::to_timestamp(a.created_us)),
     }
 }
 
@@ -55,8 +49,14 @@ impl AuthApi {
         Self { db, keys, settings }
     }
 
+    /// Now in Unix seconds, for token claims.
     fn now(&self) -> i64 {
         self.settings.clock.now_unix()
+    }
+
+    /// Now in microseconds, for stored times.
+    fn now_us(&self) -> i64 {
+        self.settings.clock.now_us()
     }
 
     async fn access_token(
@@ -95,7 +95,7 @@ impl AuthApi {
             tx,
             &hash_secret(&refresh),
             session_id,
-            self.now(),
+            self.now_us(),
             session_expires,
         )
         .await?;
@@ -109,7 +109,7 @@ impl AuthApi {
                 nanos: 0,
             }),
             refresh_token: refresh,
-            refresh_expire_time: Some(timestamp(session_expires)),
+            refresh_expire_time: Some(time::to_timestamp(session_expires)),
         })
     }
 
@@ -120,8 +120,9 @@ impl AuthApi {
         account: &AccountRow,
     ) -> Result<TokenPair> {
         let session = uuid::Uuid::now_v7().to_string();
-        let expires = self.now() + seconds(self.settings.refresh_ttl);
-        store::insert_session(tx, &session, &account.id, self.now(), expires).await?;
+        let now = self.now_us();
+        let expires = now.saturating_add(time::duration_us(self.settings.refresh_ttl));
+        store::insert_session(tx, &session, &account.id, now, expires).await?;
         self.token_pair(tx, &session, account, expires).await
     }
 
@@ -138,7 +139,7 @@ impl AuthApi {
             .await?
             .is_some()
         {
-            return Err(AuthServiceError::EmailTaken);
+            return Err(AuthServiceError::email_taken());
         }
         let hash = password::hash(req.password).await?;
         let mut tx = self.db.begin().await?;
@@ -154,12 +155,10 @@ impl AuthApi {
             email,
             password_hash: hash,
             roles,
-            created_at: self.now(),
+            created_us: self.now_us(),
         };
         match store::insert_account(&mut tx, &account, req.display_name.trim()).await {
-            Err(AuthServiceError::Database(mesh_runtime::DatabaseError::Conflict(_))) => {
-                return Err(AuthServiceError::EmailTaken);
-            }
+            Err(e) if e.is_conflict() => return Err(AuthServiceError::email_taken()),
             other => other?,
         }
         let tokens = self.new_session(&mut tx, &account).await?;
@@ -207,15 +206,15 @@ impl AuthApi {
     async fn refresh(&self, req: RefreshRequest) -> Result<RefreshResponse> {
         let token = validate::required("refresh_token", &req.refresh_token)?;
         let hash = hash_secret(token);
-        let now = self.now();
+        let now = self.now_us();
         let mut tx = self.db.begin().await?;
         let row = store::refresh_by_hash(&mut tx, &hash)
             .await?
             .ok_or(AuthServiceError::BadRefreshToken("unknown token"))?;
-        if row.revoked_at.is_some() {
+        if row.revoked_us.is_some() {
             return Err(AuthServiceError::BadRefreshToken("the session has ended"));
         }
-        if row.used_at.is_some() || !store::consume_refresh(&mut tx, &hash, now).await? {
+        if row.used_us.is_some() || !store::consume_refresh(&mut tx, &hash, now).await? {
             // Reuse of a rotated token: someone holds a copy. End the whole family.
             store::revoke_session(&mut tx, &row.session_id, now, "refresh token reuse").await?;
             tx.emit(Event::new(
@@ -233,7 +232,7 @@ impl AuthApi {
             tracing::warn!(session = %row.session_id, "refresh token reuse detected; session revoked");
             return Err(AuthServiceError::RefreshReuse);
         }
-        if row.expires_at <= now {
+        if row.expires_us <= now {
             return Err(AuthServiceError::BadRefreshToken("expired"));
         }
         let account = store::account_by_id(&mut tx, &row.account_id)
@@ -242,7 +241,7 @@ impl AuthApi {
                 "the account no longer exists",
             ))?;
         let tokens = self
-            .token_pair(&mut tx, &row.session_id, &account, row.expires_at)
+            .token_pair(&mut tx, &row.session_id, &account, row.expires_us)
             .await?;
         tx.commit().await?;
         Ok(RefreshResponse {
@@ -256,7 +255,7 @@ impl AuthApi {
         let Some(row) = store::refresh_by_hash(&mut tx, &hash_secret(token)).await? else {
             return Err(AuthServiceError::BadRefreshToken("unknown token"));
         };
-        if store::revoke_session(&mut tx, &row.session_id, self.now(), "logout").await? {
+        if store::revoke_session(&mut tx, &row.session_id, self.now_us(), "logout").await? {
             tx.emit(Event::new(
                 "auth.session_revoked",
                 &row.account_id,
@@ -330,14 +329,15 @@ impl AuthApi {
             }
         };
         let credential = new_secret();
-        let now = self.now();
+        let now = self.now_us();
+        let expires = now.saturating_add(ttl.saturating_mul(1_000_000));
         let mut tx = self.db.begin().await?;
         store::upsert_device_credential(
             &mut tx,
             &device_id,
             &hash_secret(&credential),
             now,
-            now + ttl,
+            expires,
         )
         .await?;
         tx.emit(Event::new(
@@ -354,7 +354,7 @@ impl AuthApi {
         Ok(IssueDeviceCredentialResponse {
             device_id,
             credential_token: credential,
-            expire_time: Some(timestamp(now + ttl)),
+            expire_time: Some(time::to_timestamp(expires)),
         })
     }
 
@@ -368,7 +368,7 @@ impl AuthApi {
         // Compare hashes in constant time; an unknown device compares against a dummy.
         let (hash, expires_at) = stored.unwrap_or_else(|| (String::new(), 0));
         let matches = secrets_equal(&hash_secret(token), &hash);
-        if !matches || expires_at <= self.now() {
+        if !matches || expires_at <= self.now_us() {
             return Err(AuthServiceError::BadDeviceCredential);
         }
         Ok(ExchangeDeviceCredentialResponse {
@@ -400,7 +400,7 @@ impl AuthApi {
         let mut tx = self.db.begin().await?;
         let mut account = store::account_by_id(&mut tx, &id)
             .await?
-            .ok_or_else(|| AuthServiceError::AccountNotFound(id.clone()))?;
+            .ok_or_else(|| AuthServiceError::account_not_found(id.clone()))?;
         let previous = std::mem::replace(&mut account.roles, roles);
         store::set_roles(&mut tx, &id, &account.roles).await?;
         tx.emit(Event::new(

@@ -1,22 +1,17 @@
-//! The auth service's errors, turned into gRPC statuses in one place.
+//! The auth service's errors, turned into gRPC statuses in one place: the kit's common failures
+//! ([`ServiceError`]: a bad field, an unknown account, a taken email, a state that forbids the
+//! call, the database) and auth's own, the credentials it refuses (`UNAUTHENTICATED`).
 
 use mesh_runtime::DatabaseError;
 use mesh_runtime::auth::AuthError;
+use mesh_runtime::domain::ServiceError;
 
 /// What can go wrong in an auth RPC.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthServiceError {
-    /// A request field is missing or malformed; the message names it.
-    #[error("{field}: {reason}")]
-    InvalidArgument {
-        /// The field, e.g. `email`.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The email is taken.
-    #[error("email: an account with this email already exists")]
-    EmailTaken,
+    /// A bad field, an unknown account, a taken email, a precondition, the database.
+    #[error(transparent)]
+    Common(#[from] ServiceError),
     /// Wrong email or password (never says which).
     #[error("wrong email or password")]
     BadCredentials,
@@ -32,18 +27,9 @@ pub enum AuthServiceError {
     /// A consumed refresh token was presented again: its session was revoked.
     #[error("refresh token was already used; the session is revoked (possible token theft)")]
     RefreshReuse,
-    /// No account with this id.
-    #[error("account `{0}` not found")]
-    AccountNotFound(String),
-    /// The operation does not apply in this configuration.
-    #[error("{0}")]
-    FailedPrecondition(String),
     /// A token failed verification.
     #[error(transparent)]
     Token(#[from] AuthError),
-    /// The database failed.
-    #[error(transparent)]
-    Database(#[from] DatabaseError),
     /// Signing or hashing failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -52,16 +38,43 @@ pub enum AuthServiceError {
 impl AuthServiceError {
     /// A missing or malformed `field`.
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field,
-            reason: reason.into(),
-        }
+        ServiceError::invalid(field, reason).into()
+    }
+
+    /// The email is taken.
+    pub fn email_taken() -> Self {
+        ServiceError::AlreadyExists("email: an account with this email already exists".into())
+            .into()
+    }
+
+    /// No account with this id.
+    pub fn account_not_found(id: impl Into<String>) -> Self {
+        ServiceError::not_found("account", id).into()
+    }
+
+    /// The operation does not apply in this configuration; `message` says why.
+    pub fn precondition(message: impl Into<String>) -> Self {
+        ServiceError::precondition(message).into()
+    }
+
+    /// Whether this is a unique-constraint conflict in the database.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            Self::Common(ServiceError::Database(DatabaseError::Conflict(_)))
+        )
     }
 }
 
 impl From<sqlx::Error> for AuthServiceError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Database(DatabaseError::from(e))
+        ServiceError::from(e).into()
+    }
+}
+
+impl From<DatabaseError> for AuthServiceError {
+    fn from(e: DatabaseError) -> Self {
+        ServiceError::from(e).into()
     }
 }
 
@@ -69,17 +82,13 @@ impl From<AuthServiceError> for tonic::Status {
     fn from(e: AuthServiceError) -> Self {
         use AuthServiceError as E;
         match e {
-            E::InvalidArgument { .. } => tonic::Status::invalid_argument(e.to_string()),
-            E::EmailTaken => tonic::Status::already_exists(e.to_string()),
+            E::Common(c) => c.into(),
             E::BadCredentials
             | E::BadClient
             | E::BadDeviceCredential
             | E::BadRefreshToken(_)
             | E::RefreshReuse => tonic::Status::unauthenticated(e.to_string()),
-            E::AccountNotFound(_) => tonic::Status::not_found(e.to_string()),
-            E::FailedPrecondition(_) => tonic::Status::failed_precondition(e.to_string()),
             E::Token(t) => t.into(),
-            E::Database(d) => d.into(),
             E::Internal(m) => {
                 tracing::error!(error = %m, "auth internal error");
                 tonic::Status::internal("internal error")

@@ -20,7 +20,6 @@ use mesh_contracts::auth::v1::Jwk;
 use mesh_runtime::Database;
 use mesh_runtime::auth::{Claims, Clock, KeySource, StaticKeys};
 use sha2::{Digest, Sha256};
-use sqlx::Row as _;
 
 use crate::error::AuthServiceError;
 
@@ -77,6 +76,14 @@ fn internal(e: impl std::fmt::Display) -> AuthServiceError {
     AuthServiceError::Internal(e.to_string())
 }
 
+/// A published key's row.
+#[derive(sqlx::FromRow)]
+struct PublishedKey {
+    kid: String,
+    public_x: String,
+    expires_us: Option<i64>,
+}
+
 impl KeyRing {
     /// Loads (or creates) the keys. `pem` is the content of `MESH_JWT_PRIVATE_KEY_FILE`, if set.
     pub async fn open(
@@ -85,8 +92,8 @@ impl KeyRing {
         clock: Arc<dyn Clock>,
         retire_for: Duration,
     ) -> Result<Arc<Self>, AuthServiceError> {
-        let retire_for = i64::try_from(retire_for.as_secs()).unwrap_or(i64::MAX / 4);
-        let now = clock.now_unix();
+        let retire_for = mesh_runtime::domain::time::duration_us(retire_for);
+        let now = clock.now_us();
         let (kid, key) = match pem {
             Some(pem) => {
                 let key = SigningKey::from_pkcs8_pem(pem).map_err(|e| {
@@ -103,7 +110,7 @@ impl KeyRing {
                 if known.is_none() {
                     retire_others(&mut tx, &kid, now, retire_for).await?;
                     sqlx::query(
-                        "INSERT INTO signing_keys (kid, public_x, private_pem, created_at) VALUES ($1, $2, NULL, $3)",
+                        "INSERT INTO signing_keys (kid, public_x, private_pem, created_us) VALUES ($1, $2, NULL, $3)",
                     )
                     .bind(&kid)
                     .bind(&x)
@@ -157,32 +164,30 @@ impl KeyRing {
 
     /// The published keys: the active one and retired ones whose tokens may still be valid.
     pub async fn jwks(&self) -> Result<Vec<Jwk>, AuthServiceError> {
-        let now = self.clock.now_unix();
-        let rows = sqlx::query(
-            "SELECT kid, public_x, expires_at FROM signing_keys WHERE retired_at IS NULL OR expires_at > $1 ORDER BY created_at DESC, kid",
+        let now = self.clock.now_us();
+        let rows: Vec<PublishedKey> = sqlx::query_as(
+            "SELECT kid, public_x, expires_us FROM signing_keys WHERE retired_us IS NULL OR expires_us > $1 ORDER BY created_us DESC, kid",
         )
         .bind(now)
         .fetch_all(self.db.pool())
         .await?;
-        let keys: Vec<Jwk> = rows
-            .iter()
-            .map(|r| {
-                Ok(Jwk {
-                    kty: "OKP".into(),
-                    kid: r.try_get("kid")?,
-                    alg: "EdDSA".into(),
-                    r#use: "sig".into(),
-                    crv: "Ed25519".into(),
-                    x: r.try_get("public_x")?,
-                    ..Jwk::default()
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
         let next_expiry = rows
             .iter()
-            .filter_map(|r| r.try_get::<Option<i64>, _>("expires_at").ok().flatten())
+            .filter_map(|r| r.expires_us)
             .min()
             .unwrap_or(i64::MAX);
+        let keys: Vec<Jwk> = rows
+            .into_iter()
+            .map(|r| Jwk {
+                kty: "OKP".into(),
+                kid: r.kid,
+                alg: "EdDSA".into(),
+                r#use: "sig".into(),
+                crv: "Ed25519".into(),
+                x: r.public_x,
+                ..Jwk::default()
+            })
+            .collect();
         self.published.replace(&keys);
         self.next_expiry.store(next_expiry, Ordering::Release);
         Ok(keys)
@@ -191,11 +196,11 @@ impl KeyRing {
     /// Generates a new active key and retires the current one (published for `retire_for`).
     pub async fn rotate(&self) -> Result<(String, Vec<String>), AuthServiceError> {
         if self.from_file {
-            return Err(AuthServiceError::FailedPrecondition(
-                "the signing key comes from MESH_JWT_PRIVATE_KEY_FILE; rotate by replacing the file (the Secret) and restarting".into(),
+            return Err(AuthServiceError::precondition(
+                "the signing key comes from MESH_JWT_PRIVATE_KEY_FILE; rotate by replacing the file (the Secret) and restarting",
             ));
         }
-        let now = self.clock.now_unix();
+        let now = self.clock.now_us();
         let (kid, key) = generate(&self.db, now, self.retire_for).await?;
         *self.active.write().map_err(internal)? = Arc::new(Active {
             kid: kid.clone(),
@@ -221,7 +226,7 @@ impl KeySource for KeyRing {
     {
         Box::pin(async move {
             // A retired key whose publication has ended no longer verifies.
-            if self.clock.now_unix() >= self.next_expiry.load(Ordering::Acquire) {
+            if self.clock.now_us() >= self.next_expiry.load(Ordering::Acquire) {
                 self.jwks().await.map_err(|e| e.to_string())?;
             }
             if let Some(key) = self.published.key(kid).await? {
@@ -236,14 +241,14 @@ impl KeySource for KeyRing {
 
 /// The newest active key stored with its private half.
 async fn load_active(db: &Database) -> Result<Option<(String, EncodingKey)>, AuthServiceError> {
-    let row = sqlx::query(
-        "SELECT kid, private_pem FROM signing_keys WHERE retired_at IS NULL AND private_pem IS NOT NULL ORDER BY created_at DESC, kid LIMIT 1",
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT kid, private_pem FROM signing_keys WHERE retired_us IS NULL AND private_pem IS NOT NULL ORDER BY created_us DESC, kid LIMIT 1",
     )
     .fetch_optional(db.pool())
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let kid: String = row.try_get("kid")?;
-    let pem: String = row.try_get("private_pem")?;
+    let Some((kid, pem)) = row else {
+        return Ok(None);
+    };
     let key = SigningKey::from_pkcs8_pem(&pem).map_err(internal)?;
     Ok(Some((kid, encoding_key(&key)?)))
 }
@@ -260,7 +265,7 @@ async fn generate(
     let mut tx = db.begin().await?;
     retire_others(&mut tx, &kid, now, retire_for).await?;
     sqlx::query(
-        "INSERT INTO signing_keys (kid, public_x, private_pem, created_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO signing_keys (kid, public_x, private_pem, created_us) VALUES ($1, $2, $3, $4)",
     )
     .bind(&kid)
     .bind(&x)
@@ -282,7 +287,7 @@ async fn retire_others(
     retire_for: i64,
 ) -> Result<(), AuthServiceError> {
     sqlx::query(
-        "UPDATE signing_keys SET retired_at = $1, expires_at = $2, private_pem = NULL WHERE retired_at IS NULL AND kid <> $3",
+        "UPDATE signing_keys SET retired_us = $1, expires_us = $2, private_pem = NULL WHERE retired_us IS NULL AND kid <> $3",
     )
     .bind(now)
     .bind(now.saturating_add(retire_for))

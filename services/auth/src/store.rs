@@ -1,10 +1,10 @@
 //! The auth service's SQL: accounts, sessions (refresh-token families), refresh tokens and
-//! device credentials. Portable SQL (Postgres and SQLite).
+//! device credentials. Portable SQL (Postgres and SQLite); rows read by `sqlx::FromRow`, times
+//! in microseconds since the epoch (`mesh_runtime::domain::time`).
 
 use mesh_runtime::auth::Role;
 use mesh_runtime::outbox::Tx;
-use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row as _};
+use sqlx::AnyPool;
 
 use crate::error::AuthServiceError;
 
@@ -19,8 +19,8 @@ pub struct AccountRow {
     pub password_hash: String,
     /// Granted roles.
     pub roles: Vec<Role>,
-    /// Creation time (Unix seconds).
-    pub created_at: i64,
+    /// Creation time (microseconds since the epoch).
+    pub created_us: i64,
 }
 
 /// Comma-separated role names.
@@ -32,53 +32,64 @@ pub fn roles_to_text(roles: &[Role]) -> String {
         .join(",")
 }
 
-fn account(row: &AnyRow) -> Result<AccountRow, sqlx::Error> {
-    let roles: String = row.try_get("roles")?;
-    Ok(AccountRow {
-        id: row.try_get("id")?,
-        email: row.try_get("email")?,
-        password_hash: row.try_get("password_hash")?,
-        roles: roles.split(',').filter_map(Role::parse).collect(),
-        created_at: row.try_get("created_at")?,
-    })
+/// An `accounts` row as stored: roles as their comma-separated text.
+#[derive(sqlx::FromRow)]
+struct StoredAccount {
+    id: String,
+    email: String,
+    password_hash: String,
+    roles: String,
+    created_us: i64,
 }
 
-const ACCOUNT_COLUMNS: &str = "id, email, password_hash, roles, created_at";
+impl From<StoredAccount> for AccountRow {
+    fn from(a: StoredAccount) -> Self {
+        Self {
+            id: a.id,
+            email: a.email,
+            password_hash: a.password_hash,
+            roles: a.roles.split(',').filter_map(Role::parse).collect(),
+            created_us: a.created_us,
+        }
+    }
+}
+
+const ACCOUNT_COLUMNS: &str = "id, email, password_hash, roles, created_us";
 
 /// The account with `email`.
 pub async fn account_by_email(
     pool: &AnyPool,
     email: &str,
 ) -> Result<Option<AccountRow>, AuthServiceError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let row: Option<StoredAccount> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE email = $1"
     )))
     .bind(email)
     .fetch_optional(pool)
     .await?;
-    Ok(row.as_ref().map(account).transpose()?)
+    Ok(row.map(AccountRow::from))
 }
 
 /// The account `id`, in `tx`.
 pub async fn account_by_id(tx: &mut Tx, id: &str) -> Result<Option<AccountRow>, AuthServiceError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let row: Option<StoredAccount> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"
     )))
     .bind(id)
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.as_ref().map(account).transpose()?)
+    Ok(row.map(AccountRow::from))
 }
 
 /// Whether any account holds the admin role.
 pub async fn any_admin(tx: &mut Tx) -> Result<bool, AuthServiceError> {
-    let rows = sqlx::query("SELECT roles FROM accounts WHERE roles LIKE '%admin%'")
-        .fetch_all(&mut **tx)
-        .await?;
-    Ok(rows.iter().any(|r| {
-        r.try_get::<String, _>("roles")
-            .is_ok_and(|roles| roles.split(',').any(|x| x == "admin"))
-    }))
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT roles FROM accounts WHERE roles LIKE '%admin%'")
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows
+        .iter()
+        .any(|(roles,)| roles.split(',').any(|x| x == "admin")))
 }
 
 /// Inserts an account.
@@ -88,14 +99,14 @@ pub async fn insert_account(
     display_name: &str,
 ) -> Result<(), AuthServiceError> {
     sqlx::query(
-        "INSERT INTO accounts (id, email, password_hash, display_name, roles, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO accounts (id, email, password_hash, display_name, roles, created_us) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&a.id)
     .bind(&a.email)
     .bind(&a.password_hash)
     .bind(display_name)
     .bind(roles_to_text(&a.roles))
-    .bind(a.created_at)
+    .bind(a.created_us)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -120,7 +131,7 @@ pub async fn insert_session(
     expires_at: i64,
 ) -> Result<(), AuthServiceError> {
     sqlx::query(
-        "INSERT INTO sessions (id, account_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO sessions (id, account_id, created_us, expires_us) VALUES ($1, $2, $3, $4)",
     )
     .bind(id)
     .bind(account_id)
@@ -140,7 +151,7 @@ pub async fn insert_refresh(
     expires_at: i64,
 ) -> Result<(), AuthServiceError> {
     sqlx::query(
-        "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO refresh_tokens (token_hash, session_id, created_us, expires_us) VALUES ($1, $2, $3, $4)",
     )
     .bind(hash)
     .bind(session_id)
@@ -152,18 +163,18 @@ pub async fn insert_refresh(
 }
 
 /// A refresh token and its session.
-#[derive(Debug)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct RefreshRow {
     /// The session (family).
     pub session_id: String,
     /// The account.
     pub account_id: String,
-    /// Token expiry.
-    pub expires_at: i64,
+    /// Token expiry (microseconds).
+    pub expires_us: i64,
     /// Set once rotated.
-    pub used_at: Option<i64>,
+    pub used_us: Option<i64>,
     /// Set once the session ended.
-    pub revoked_at: Option<i64>,
+    pub revoked_us: Option<i64>,
 }
 
 /// The refresh token with `hash`.
@@ -171,27 +182,19 @@ pub async fn refresh_by_hash(
     tx: &mut Tx,
     hash: &str,
 ) -> Result<Option<RefreshRow>, AuthServiceError> {
-    let row = sqlx::query(
-        "SELECT r.session_id, s.account_id, r.expires_at, r.used_at, s.revoked_at \
+    Ok(sqlx::query_as(
+        "SELECT r.session_id, s.account_id, r.expires_us, r.used_us, s.revoked_us \
          FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = $1",
     )
     .bind(hash)
     .fetch_optional(&mut **tx)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    Ok(Some(RefreshRow {
-        session_id: row.try_get("session_id")?,
-        account_id: row.try_get("account_id")?,
-        expires_at: row.try_get("expires_at")?,
-        used_at: row.try_get("used_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-    }))
+    .await?)
 }
 
 /// Consumes the refresh token with `hash`; `false` if someone consumed it first.
 pub async fn consume_refresh(tx: &mut Tx, hash: &str, now: i64) -> Result<bool, AuthServiceError> {
     let done = sqlx::query(
-        "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
+        "UPDATE refresh_tokens SET used_us = $1 WHERE token_hash = $2 AND used_us IS NULL",
     )
     .bind(now)
     .bind(hash)
@@ -208,7 +211,7 @@ pub async fn revoke_session(
     reason: &str,
 ) -> Result<bool, AuthServiceError> {
     let done = sqlx::query(
-        "UPDATE sessions SET revoked_at = $1, revoke_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+        "UPDATE sessions SET revoked_us = $1, revoke_reason = $2 WHERE id = $3 AND revoked_us IS NULL",
     )
     .bind(now)
     .bind(reason)
@@ -231,7 +234,7 @@ pub async fn upsert_device_credential(
         .execute(&mut **tx)
         .await?;
     sqlx::query(
-        "INSERT INTO device_credentials (device_id, token_hash, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO device_credentials (device_id, token_hash, issued_us, expires_us) VALUES ($1, $2, $3, $4)",
     )
     .bind(device_id)
     .bind(hash)
@@ -247,13 +250,12 @@ pub async fn device_credential(
     pool: &sqlx::AnyPool,
     device_id: &str,
 ) -> Result<Option<(String, i64)>, AuthServiceError> {
-    let row =
-        sqlx::query("SELECT token_hash, expires_at FROM device_credentials WHERE device_id = $1")
-            .bind(device_id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(match row {
-        Some(r) => Some((r.try_get("token_hash")?, r.try_get("expires_at")?)),
-        None => None,
-    })
+    Ok(
+        sqlx::query_as(
+            "SELECT token_hash, expires_us FROM device_credentials WHERE device_id = $1",
+        )
+        .bind(device_id)
+        .fetch_optional(pool)
+        .await?,
+    )
 }

@@ -11,7 +11,6 @@ use mesh_contracts::events::v1::{Envelope, UserDeleted, UserUpdated};
 use mesh_runtime::consumer::{EventHandler, HandlerError};
 use mesh_runtime::outbox::Tx;
 use prost::Message;
-use sqlx::Row as _;
 
 use crate::error::AuthServiceError;
 
@@ -22,19 +21,17 @@ pub fn erased_email(account_id: &str) -> String {
 
 /// The stores `account_id` works at (none when unknown).
 pub async fn stores_of(tx: &mut Tx, account_id: &str) -> Result<Vec<String>, AuthServiceError> {
-    let row = sqlx::query("SELECT store_ids FROM account_stores WHERE account_id = $1")
-        .bind(account_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(match row {
-        Some(r) => r
-            .try_get::<String, _>("store_ids")?
-            .split(',')
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT store_ids FROM account_stores WHERE account_id = $1")
+            .bind(account_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(row.map_or_else(Vec::new, |(ids,)| {
+        ids.split(',')
             .filter(|s| !s.is_empty())
             .map(str::to_string)
-            .collect(),
-        None => Vec::new(),
-    })
+            .collect()
+    }))
 }
 
 fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
@@ -49,14 +46,12 @@ fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
 }
 
 async fn is_erased(tx: &mut Tx, account_id: &str) -> Result<bool, sqlx::Error> {
-    let row = sqlx::query("SELECT disabled_at FROM accounts WHERE id = $1")
-        .bind(account_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(match row {
-        Some(r) => r.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
-        None => false,
-    })
+    let row: Option<(Option<i64>,)> =
+        sqlx::query_as("SELECT disabled_us FROM accounts WHERE id = $1")
+            .bind(account_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(row.is_some_and(|(disabled,)| disabled.is_some()))
 }
 
 /// `user.updated`: stores the snapshot's store ids unless a newer snapshot was stored already
@@ -99,7 +94,7 @@ impl EventHandler for OnUserUpdated {
 /// `user.deleted`: disables and anonymises the account.
 #[derive(Debug, Clone)]
 pub struct OnUserDeleted {
-    /// The clock of the service (Unix seconds).
+    /// The clock of the service.
     pub clock: std::sync::Arc<dyn mesh_runtime::auth::Clock>,
 }
 
@@ -115,10 +110,10 @@ impl EventHandler for OnUserDeleted {
                 return Ok(());
             }
             let id = e.user_id;
-            let now = self.clock.now_unix();
+            let now = self.clock.now_us();
             let done = sqlx::query(
                 "UPDATE accounts SET email = $2, display_name = '', password_hash = '', \
-                 disabled_at = $3 WHERE id = $1 AND disabled_at IS NULL",
+                 disabled_us = $3 WHERE id = $1 AND disabled_us IS NULL",
             )
             .bind(&id)
             .bind(erased_email(&id))
@@ -130,8 +125,8 @@ impl EventHandler for OnUserDeleted {
                 return Ok(());
             }
             sqlx::query(
-                "UPDATE sessions SET revoked_at = $2, revoke_reason = 'erased' \
-                 WHERE account_id = $1 AND revoked_at IS NULL",
+                "UPDATE sessions SET revoked_us = $2, revoke_reason = 'erased' \
+                 WHERE account_id = $1 AND revoked_us IS NULL",
             )
             .bind(&id)
             .bind(now)

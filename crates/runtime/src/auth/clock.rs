@@ -6,8 +6,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
-    /// Seconds since the Unix epoch.
+    /// Seconds since the Unix epoch (token claims).
     fn now_unix(&self) -> i64;
+
+    /// Microseconds since the Unix epoch, the runtime's stored time unit
+    /// (`domain::time`); by default [`Clock::now_unix`] in microseconds.
+    fn now_us(&self) -> i64 {
+        self.now_unix().saturating_mul(1_000_000)
+    }
 }
 
 /// The system clock.
@@ -19,6 +25,10 @@ impl Clock for SystemClock {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    }
+
+    fn now_us(&self) -> i64 {
+        crate::domain::time::now_us()
     }
 }
 

@@ -197,6 +197,21 @@ impl Database {
     /// Applies the runtime's migrations and then `service`'s, each once (recorded in
     /// `_sqlx_migrations` of the service's schema or file).
     pub async fn migrate(&self, service: &Migrations) -> Result<(), DatabaseError> {
+        self.migrate_until(service, i64::MAX).await
+    }
+
+    /// Applies the runtime's and `service`'s migrations older than `version` only: the schema
+    /// a running service had before that migration, so a test can write rows in their old shape
+    /// and then [`Database::migrate`] to see them converted.
+    pub async fn migrate_before(
+        &self,
+        service: &Migrations,
+        version: i64,
+    ) -> Result<(), DatabaseError> {
+        self.migrate_until(service, version).await
+    }
+
+    async fn migrate_until(&self, service: &Migrations, before: i64) -> Result<(), DatabaseError> {
         let (runtime, own) = match self.backend {
             Backend::Postgres { .. } => (&RUNTIME_POSTGRES, service.postgres),
             Backend::Sqlite => (&RUNTIME_SQLITE, service.sqlite),
@@ -213,6 +228,7 @@ impl Database {
         }
         let mut all: Vec<_> = runtime.migrations.iter().cloned().collect();
         all.extend(own.migrations.iter().cloned());
+        all.retain(|m| m.version < before);
         all.sort_by_key(|m| m.version);
         let migrator = Migrator {
             migrations: Cow::Owned(all),
