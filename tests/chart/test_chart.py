@@ -86,6 +86,12 @@ VARIANTS: dict[str, dict] = {
         },
     },
 }
+# Notification's outbound channels: a relay with AUTH and a private CA, a signed webhook.
+VARIANTS["everything"]["notification"] = {
+    "smtp": {"url": "smtp://mail.example:587", "user": "mesh", "passwordSecret": "smtp-password",
+             "caSecret": "relay-ca"},
+    "webhook": {"url": "https://hooks.example/mesh", "secretName": "webhook-key"},
+}
 # A per-service pool size (rendered into order's env; external database, so no guard).
 VARIANTS["everything"]["services"]["order"]["databasePoolSize"] = 8
 
@@ -467,10 +473,14 @@ def test_network_policies_allow_exactly_declared_calls(case, variant):
             elif any("namespaceSelector" in p for p in rule["from"]):
                 assert ports == {9090}
         # Egress outside the release: DNS, data stores, OTLP, API server only.
+        notification = merged["notification"]
+        outbound = notification["smtp"]["url"] or notification["webhook"]["secretName"]
         for rule in pol["spec"].get("egress") or []:
             ports = {p["port"] for p in rule.get("ports", [])}
             if peer_modules(rule.get("to"), release_selector):
                 continue
+            if me == "notification" and outbound and ports == set(notification["egress"]["ports"]):
+                continue  # its relay and webhook receivers
             assert ports and ports <= {53, 5432, 6379, 4317, 443, 6443}, (me, rule)
             if 4317 in ports:
                 assert merged["config"]["otlpEndpoint"]
@@ -489,6 +499,84 @@ def test_network_policies_allow_exactly_declared_calls(case, variant):
         for d in by_kind(objs, "Deployment").values():
             env = env_of(d["spec"]["template"]["spec"]["containers"][0])
             assert f"MESH_{name.upper().replace('-', '_')}_ADDR" not in env
+
+
+def notification_pod(objs):
+    pod = deployments_by_module(objs)["notification"]["spec"]["template"]["spec"]
+    return pod, env_of(pod["containers"][0])
+
+
+def notification_egress(objs):
+    pol = next(p for p in by_kind(objs, "NetworkPolicy").values()
+               if component(p["spec"]["podSelector"]["matchLabels"]) == "notification")
+    return [r for r in pol["spec"]["egress"] if {p["port"] for p in r["ports"]} == {443, 465, 587}]
+
+
+def test_notification_outbound_channels_use_mounted_secrets():
+    objs, _, _ = render(VARIANTS["everything"])
+    pod, env = notification_pod(objs)
+    assert env["MESH_NOTIFICATION_SMTP_URL"]["value"] == "smtp://mail.example:587"
+    assert env["MESH_NOTIFICATION_SMTP_TLS"]["value"] == "starttls"
+    assert env["MESH_NOTIFICATION_SMTP_USER"]["value"] == "mesh"
+    assert env["MESH_NOTIFICATION_WEBHOOK_URL"]["value"] == "https://hooks.example/mesh"
+    assert "MESH_NOTIFICATION_WEBHOOK_ALLOW_HTTP" not in env
+    assert not [v for v in env if v.endswith(("_PASSWORD", "_SECRET"))], "secrets are files, never env values"
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for var, secret, key in [
+        ("MESH_NOTIFICATION_SMTP_PASSWORD_FILE", "smtp-password", "password"),
+        ("MESH_NOTIFICATION_SMTP_CA_FILE", "relay-ca", "ca.crt"),
+        ("MESH_NOTIFICATION_WEBHOOK_SECRET_FILE", "webhook-key", "webhook-secret"),
+    ]:
+        path = env[var]["value"]
+        [(name, mount)] = [(n, m) for n, m in mounts.items() if path.startswith(m["mountPath"] + "/")]
+        assert mount["readOnly"]
+        assert path == f"{mount['mountPath']}/{key}"
+        assert volumes[name]["secret"]["secretName"] == secret
+        assert volumes[name]["secret"]["items"] == [{"key": key, "path": key}]
+    assert len(notification_egress(objs)) == 1, "the relay and receivers are reachable"
+    for name, d in deployments_by_module(objs).items():
+        if name != "notification":
+            other = env_of(d["spec"]["template"]["spec"]["containers"][0])
+            assert not [v for v in other if v.startswith("MESH_NOTIFICATION_") and v != "MESH_NOTIFICATION_ADDR"], name
+    # Defaults: nothing sent beyond the log, nothing mounted, no egress.
+    objs, _, _ = render()
+    pod, env = notification_pod(objs)
+    assert [v for v in env if v.startswith("MESH_NOTIFICATION_")] == ["MESH_NOTIFICATION_PORT"]
+    assert not [v for v in pod["volumes"] if v["name"].startswith("notification-")]
+    assert not notification_egress(objs)
+    # Local development: plain http webhooks said out loud.
+    objs, _, _ = render({"notification": {"webhook": {"secretName": "k", "allowHttp": True}}})
+    assert notification_pod(objs)[1]["MESH_NOTIFICATION_WEBHOOK_ALLOW_HTTP"]["value"] == "true"
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"smtp": {"url": "smtp://m.example", "tls": "none", "user": "u", "passwordSecret": "p"}},
+         "only sent over TLS"),
+        ({"smtp": {"url": "smtp://m.example", "user": "u"}}, "passwordSecret"),
+        ({"webhook": {"url": "https://h.example/x"}}, "secretName"),
+    ],
+)
+def test_notification_refuses_unsafe_combinations(values, message):
+    with pytest.raises(Exception, match=message):
+        render({"notification": values})
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"smtp": {"tls": "maybe"}},
+        {"smtp": {"url": "mail.example:25"}},
+        {"webhook": {"url": "ftp://h.example"}},
+        {"webhook": {"allowHttp": "yes"}},
+        {"egress": {"ports": [0]}},
+    ],
+)
+def test_values_schema_rejects_bad_notification_settings(values):
+    with pytest.raises(helm_python.HelmValuesError):
+        render({"notification": values})
 
 
 def test_data_store_policies_admit_only_their_clients():
