@@ -11,6 +11,7 @@ use crate::deliver::Deliverer;
 use crate::error::NotificationError;
 use crate::store::{self, DeliveryFilter};
 use crate::validate::{self, channel_name};
+use crate::webhook::user_signing_key;
 
 type Result<T> = std::result::Result<T, NotificationError>;
 
@@ -205,6 +206,12 @@ impl NotificationApi {
                     }
                     prefs.muted_event_types = types;
                 }
+                "webhook_signing_key" => {
+                    return Err(NotificationError::invalid(
+                        "preferences.webhook_signing_key",
+                        "output only: derived from the service's signing key and webhook_url",
+                    ));
+                }
                 "email" => {
                     return Err(NotificationError::invalid(
                         "preferences.email",
@@ -389,9 +396,11 @@ impl NotificationService for NotificationApi {
         let user_id = validate::id("user_id", &r.get_ref().user_id)?;
         may_act_for(Identity::of(&r), &user_id)?;
         let mut c = self.conn().await?;
-        let preferences = store::preferences(&mut c, &user_id)
+        let mut preferences = store::preferences(&mut c, &user_id)
             .await
             .map_err(NotificationError::from)?;
+        preferences.webhook_signing_key =
+            user_signing_key(self.deliverer.settings(), &preferences.webhook_url);
         Ok(Response::new(GetPreferencesResponse {
             preferences: Some(preferences),
         }))
@@ -402,7 +411,9 @@ impl NotificationService for NotificationApi {
         r: Request<UpdatePreferencesRequest>,
     ) -> std::result::Result<Response<UpdatePreferencesResponse>, Status> {
         let identity = Identity::of(&r).cloned();
-        let preferences = self.update(identity.as_ref(), r.into_inner()).await?;
+        let mut preferences = self.update(identity.as_ref(), r.into_inner()).await?;
+        preferences.webhook_signing_key =
+            user_signing_key(self.deliverer.settings(), &preferences.webhook_url);
         Ok(Response::new(UpdatePreferencesResponse {
             preferences: Some(preferences),
         }))

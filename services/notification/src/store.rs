@@ -170,6 +170,7 @@ pub async fn preferences(c: &mut AnyConnection, user_id: &str) -> Result<Prefere
         email,
         webhook_url,
         update_time: ts(updated_at),
+        ..Default::default()
     })
 }
 

@@ -3,7 +3,9 @@
 //! carrying `Idempotency-Key: <delivery id>` so receivers can drop a retried post and
 //! `X-Mesh-Signature: t=<unix seconds>,v1=<hex HMAC-SHA-256 of "<t>.<body>">` (one `v1` per
 //! configured key, so a key can be rotated) so receivers can tell the body is ours and recent
-//! (docs/security.md shows how to check it).
+//! (docs/security.md shows how to check it). The operator's webhook is signed with the
+//! configured keys; any other (a user's own) with keys derived from them and its URL
+//! ([`derived_key`]), which the user reads from GetPreferences.
 //!
 //! Every failure to reach the receiver or an answer other than 2xx is transient (retried with
 //! backoff: a receiver that refuses a signature during a key rotation gets the post again); a
@@ -28,22 +30,66 @@ use crate::settings::{NotificationSettings, webhook_keys};
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "x-mesh-signature";
 
+/// The lower-case hex HMAC-SHA-256 of `parts` (concatenated) under `key`.
+fn hmac_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// `t=<timestamp>,v1=<hex>[,v1=<hex>...]`: the HMAC-SHA-256 of `"<timestamp>.<body>"` under each
 /// of `keys`.
 pub fn signature(keys: &[String], timestamp: u64, body: &[u8]) -> String {
     let mut header = format!("t={timestamp}");
     for key in keys {
-        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes())
-            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
+        let t = timestamp.to_string();
         header.push_str(",v1=");
-        for byte in mac.finalize().into_bytes() {
-            header.push_str(&format!("{byte:02x}"));
-        }
+        header.push_str(&hmac_hex(key.as_bytes(), &[t.as_bytes(), b".", body]));
     }
     header
+}
+
+/// The key posts to `url` are signed with when `key` is the service's: the hex HMAC-SHA-256 of
+/// `"mesh webhook key v1:" + url` under `key`. A user's receiver is given this one (through
+/// GetPreferences), never the service's key, so it can neither learn that key nor sign for
+/// another URL.
+pub fn derived_key(key: &str, url: &str) -> String {
+    hmac_hex(key.as_bytes(), &[b"mesh webhook key v1:", url.as_bytes()])
+}
+
+/// The keys a post to `url` is signed with: the service's own `keys` for the operator's webhook
+/// (`global`, `MESH_NOTIFICATION_WEBHOOK_URL`), for any other URL the keys derived from them.
+pub fn keys_for(keys: Vec<String>, url: &str, global: Option<&str>) -> Vec<String> {
+    if global == Some(url) {
+        keys
+    } else {
+        keys.iter().map(|k| derived_key(k, url)).collect()
+    }
+}
+
+/// What GetPreferences shows a user for their webhook `url`: the key derived from the newest
+/// (last) configured key; empty without a URL or a key, and for the operator's own webhook.
+pub fn user_signing_key(settings: &NotificationSettings, url: &str) -> String {
+    let Some(secret) = &settings.webhook_secret else {
+        return String::new();
+    };
+    if url.is_empty() || settings.webhook_url.as_deref() == Some(url) {
+        return String::new();
+    }
+    match secret.read().and_then(|text| webhook_keys(&text)) {
+        Ok(keys) => keys.last().map(|k| derived_key(k, url)).unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook secret unreadable; no signing key shown");
+            String::new()
+        }
+    }
 }
 
 /// Posts deliveries to webhooks.
@@ -52,6 +98,7 @@ pub struct Webhooks {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     allow_http: bool,
     secret: Option<Secret>,
+    global: Option<String>,
 }
 
 impl Webhooks {
@@ -69,6 +116,7 @@ impl Webhooks {
             http: Client::builder(TokioExecutor::new()).build(connector),
             allow_http: settings.webhook_allow_http,
             secret: settings.webhook_secret.clone(),
+            global: settings.webhook_url.clone(),
         })
     }
 
@@ -80,6 +128,7 @@ impl Webhooks {
             Some(secret) => secret
                 .read()
                 .and_then(|text| webhook_keys(&text))
+                .map(|keys| keys_for(keys, &d.recipient, self.global.as_deref()))
                 .map_err(|e| SendError::transient(format!("webhook secret: {e}")))?,
             None => {
                 return Err(SendError::permanent(
@@ -168,6 +217,28 @@ mod tests {
                 .collect();
             mac.verify_slice(&bytes).expect("verifies");
         }
+        let derived = derived_key(&keys[0], "https://a.example/h");
+        assert_eq!(derived.len(), 64);
+        assert_eq!(derived, derived_key(&keys[0], "https://a.example/h"));
+        assert_ne!(derived, derived_key(&keys[0], "https://b.example/h"));
+        assert_ne!(derived, derived_key(&keys[1], "https://a.example/h"));
+        assert_eq!(
+            keys_for(
+                keys.clone(),
+                "https://ops.example",
+                Some("https://ops.example")
+            ),
+            keys,
+            "the operator's webhook: the keys themselves"
+        );
+        assert_eq!(
+            keys_for(
+                keys.clone(),
+                "https://a.example/h",
+                Some("https://ops.example")
+            ),
+            [derived, derived_key(&keys[1], "https://a.example/h")]
+        );
         assert_ne!(
             signature(&keys[..1], 1_700_000_001, b"{\"a\":1}"),
             signature(&keys[..1], 1_700_000_000, b"{\"a\":1}"),

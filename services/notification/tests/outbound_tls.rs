@@ -24,13 +24,14 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use mesh_auth::AuthSettings;
 use mesh_contracts::notification::v1::notification_service_client::NotificationServiceClient;
 use mesh_contracts::notification::v1::{
-    Channel, Delivery, DeliveryStatus, ListDeliveriesRequest, SendNotificationRequest,
+    Channel, Delivery, DeliveryStatus, GetPreferencesRequest, ListDeliveriesRequest, Preferences,
+    SendNotificationRequest, UpdatePreferencesRequest,
 };
 use mesh_notification::error::SendError;
 use mesh_notification::secret::Secret;
 use mesh_notification::settings::{NotificationSettings, SmtpSettings, SmtpTls};
 use mesh_notification::smtp::{Mail, Mailer};
-use mesh_notification::webhook::Webhooks;
+use mesh_notification::webhook::{Webhooks, derived_key};
 use mesh_testkit::{self as testing, TestAuth, bearer, eventually};
 
 use pki::Pki;
@@ -419,6 +420,9 @@ async fn webhooks_go_over_verified_https_signed_for_the_receiver() {
     let ca = pki.ca_file();
     let receiver = Receiver::start(KEY, Some(pki.server.clone())).await;
     let url = format!("https://127.0.0.1:{}/hooks/orders", receiver.addr.port());
+    // Not the operator's webhook: signed with the key derived for this URL.
+    let key = derived_key(KEY, &url);
+    *receiver.key.lock().unwrap() = key.clone();
     webhooks(&ca, KEY, false)
         .post(&delivery("w-1", url.clone()))
         .await
@@ -486,6 +490,7 @@ async fn plain_http_webhooks_are_refused_unless_allowed() {
     let ca = pki.ca_file();
     let receiver = Receiver::start(KEY, None).await;
     let url = format!("http://127.0.0.1:{}/hook", receiver.addr.port());
+    *receiver.key.lock().unwrap() = derived_key(KEY, &url);
     let e = webhooks(&ca, KEY, false)
         .post(&delivery("w-5", url.clone()))
         .await
@@ -511,6 +516,33 @@ async fn plain_http_webhooks_are_refused_unless_allowed() {
     assert_eq!(receiver.received().len(), 1);
 }
 
+/// Notification built with `settings` and served, with its auth: (address, auth, shutdown).
+async fn start_service(
+    settings: NotificationSettings,
+) -> (
+    std::net::SocketAddr,
+    TestAuth,
+    tokio_util::sync::CancellationToken,
+) {
+    let auth = TestAuth::start(&testing::sqlite(), AuthSettings::default()).await;
+    let target = testing::sqlite();
+    let db = testing::database("notification", &target, &mesh_notification::MIGRATIONS).await;
+    let bus = testing::memory_bus();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let ctx = testing::context(
+        "notification",
+        BTreeMap::from([("auth", auth.uri())]),
+        db.clone(),
+        bus.clone(),
+        shutdown.clone(),
+    );
+    let routes = mesh_notification::build_with(ctx, settings)
+        .await
+        .expect("build");
+    let addr = testing::serve("notification", routes, db, bus, shutdown.clone()).await;
+    (addr, auth, shutdown)
+}
+
 /// Through the running service: a wrong SMTP password (535) fails the email at its first
 /// attempt, while an untrusted webhook certificate is retried up to the attempt limit; both end
 /// FAILED with the reason recorded.
@@ -522,11 +554,6 @@ async fn the_queue_fails_permanent_errors_at_once_and_retries_certificate_failur
     let relay = relay(&pki, Mode::StartTls(true), "PLAIN").await;
     let receiver = Receiver::start(KEY, Some(other.server.clone())).await;
 
-    let auth = TestAuth::start(&testing::sqlite(), AuthSettings::default()).await;
-    let target = testing::sqlite();
-    let db = testing::database("notification", &target, &mesh_notification::MIGRATIONS).await;
-    let bus = testing::memory_bus();
-    let shutdown = tokio_util::sync::CancellationToken::new();
     let settings = NotificationSettings {
         smtp: Some(smtp(
             &relay,
@@ -543,17 +570,7 @@ async fn the_queue_fails_permanent_errors_at_once_and_retries_certificate_failur
         poll_interval: Duration::from_millis(50),
         ..NotificationSettings::default()
     };
-    let ctx = testing::context(
-        "notification",
-        BTreeMap::from([("auth", auth.uri())]),
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
-    );
-    let routes = mesh_notification::build_with(ctx, settings)
-        .await
-        .expect("build");
-    let addr = testing::serve("notification", routes, db, bus, shutdown.clone()).await;
+    let (addr, auth, shutdown) = start_service(settings).await;
     let admin = auth.admin_token().await;
     let mut c = NotificationServiceClient::new(testing::channel(addr).await);
     let send = |channel: Channel, recipient: String| SendNotificationRequest {
@@ -627,6 +644,107 @@ async fn the_queue_fails_permanent_errors_at_once_and_retries_certificate_failur
     );
     assert!(receiver.received().is_empty());
     assert!(relay.sessions().iter().all(|s| s.messages.is_empty()));
+    shutdown.cancel();
+    auth.shutdown.cancel();
+}
+
+/// A user's own webhook is signed with a key of its own, derived from the service's key and the
+/// URL, which GetPreferences shows the user; the operator's webhook is signed with the service's
+/// key itself. Neither receiver could verify with the other's key.
+#[tokio::test]
+async fn a_users_webhook_is_signed_with_the_key_their_preferences_show() {
+    let pki = Pki::new("mesh test CA");
+    let ca = pki.ca_file();
+    let users = Receiver::start("not known yet", Some(pki.server.clone())).await;
+    let operators = Receiver::start(KEY, Some(pki.server.clone())).await;
+    let global = format!("https://127.0.0.1:{}/ops", operators.addr.port());
+    let settings = NotificationSettings {
+        webhook_url: Some(global.clone()),
+        webhook_secret: Some(Secret::Value(format!("old-key-0123456789abcdef,{KEY}"))),
+        webhook_ca_file: Some(ca.to_path_buf()),
+        retry_backoff: Duration::from_millis(20),
+        poll_interval: Duration::from_millis(50),
+        ..NotificationSettings::default()
+    };
+    let (addr, auth, shutdown) = start_service(settings).await;
+    let admin = auth.admin_token().await;
+    let mut c = NotificationServiceClient::new(testing::channel(addr).await);
+    let user = testing::unique("carol");
+    let url = format!("https://127.0.0.1:{}/{user}", users.addr.port());
+    let prefs = c
+        .update_preferences(bearer(
+            &admin,
+            UpdatePreferencesRequest {
+                preferences: Some(Preferences {
+                    user_id: user.clone(),
+                    webhook_url: url.clone(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["webhook_url".into()],
+                }),
+            },
+        ))
+        .await
+        .expect("preferences")
+        .into_inner()
+        .preferences
+        .unwrap();
+    let key = prefs.webhook_signing_key;
+    assert_eq!(key.len(), 64, "a hex HMAC-SHA-256: {key}");
+    assert!(!key.contains(KEY));
+    let shown = c
+        .get_preferences(bearer(
+            &admin,
+            GetPreferencesRequest {
+                user_id: user.clone(),
+            },
+        ))
+        .await
+        .expect("get")
+        .into_inner()
+        .preferences
+        .unwrap()
+        .webhook_signing_key;
+    assert_eq!(shown, key);
+    *users.key.lock().unwrap() = key.clone();
+
+    let send = |user_id: &str| SendNotificationRequest {
+        user_id: user_id.into(),
+        channel: Channel::Webhook as i32,
+        subject: "hello".into(),
+        body: "signed".into(),
+        ..Default::default()
+    };
+    c.send_notification(bearer(&admin, send(&user)))
+        .await
+        .expect("to the user's webhook");
+    c.send_notification(bearer(&admin, send(&testing::unique("dave"))))
+        .await
+        .expect("to the operator's webhook");
+    eventually("both posts accepted", || async {
+        users.received().iter().any(|r| r.verified)
+            && operators.received().iter().any(|r| r.verified)
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_user = &users.received()[0];
+    assert!(!receiver::verify(
+        &to_user.signature,
+        to_user.body.as_bytes(),
+        KEY.as_bytes(),
+        now
+    ));
+    let to_ops = &operators.received()[0];
+    assert!(!receiver::verify(
+        &to_ops.signature,
+        to_ops.body.as_bytes(),
+        key.as_bytes(),
+        now
+    ));
     shutdown.cancel();
     auth.shutdown.cancel();
 }

@@ -70,6 +70,8 @@ pub(crate) struct Receiver {
     pub received: Arc<Mutex<Vec<Received>>>,
     /// TLS handshakes that failed.
     pub failed_handshakes: Arc<Mutex<usize>>,
+    /// The key it verifies with (a test may set it once it learns it).
+    pub key: Arc<Mutex<String>>,
 }
 
 impl Receiver {
@@ -79,11 +81,12 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let failed_handshakes = Arc::new(Mutex::new(0));
-        let (all, failed, key) = (received.clone(), failed_handshakes.clone(), key.to_string());
+        let key = Arc::new(Mutex::new(key.to_string()));
+        let (all, failed, shared_key) = (received.clone(), failed_handshakes.clone(), key.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (all, failed, key, tls) =
-                    (all.clone(), failed.clone(), key.clone(), tls.clone());
+                    (all.clone(), failed.clone(), shared_key.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service =
                         service_fn(move |request: http::Request<hyper::body::Incoming>| {
@@ -104,6 +107,7 @@ impl Receiver {
                                     .duration_since(UNIX_EPOCH)
                                     .unwrap()
                                     .as_secs();
+                                let key = key.lock().unwrap().clone();
                                 let verified = verify(&signature, &body, key.as_bytes(), now);
                                 all.lock().unwrap().push(Received {
                                     signature,
@@ -139,6 +143,7 @@ impl Receiver {
             addr,
             received,
             failed_handshakes,
+            key,
         }
     }
 
