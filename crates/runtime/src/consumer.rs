@@ -77,28 +77,7 @@ pub trait EventHandler: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
-/// What became of one delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The handler's effect committed.
-    Handled,
-    /// Already handled before (a redelivery): no second effect.
-    Duplicate,
-    /// A known type this consumer has no handler for.
-    Skipped,
-    /// Failed; deliver again after the delay.
-    Retry {
-        /// Why it failed.
-        reason: String,
-        /// The backoff.
-        after: Duration,
-    },
-    /// Give up: move to the dead-letter stream.
-    DeadLetter {
-        /// Why.
-        reason: String,
-    },
-}
+pub use crate::event_metrics::Outcome;
 
 /// How often a running consumer samples its group's lag for the metrics.
 const LAG_SAMPLE_EVERY: Duration = Duration::from_secs(5);

@@ -15,6 +15,7 @@
 //! ([`EventMetrics::consumer`], [`EventMetrics::relay`]) and then only update atomics.
 
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,7 +24,30 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use crate::Metrics;
-use crate::consumer::Outcome;
+
+/// What became of one delivery to a consumer (defined here, below the consumer, because the
+/// metrics count it; `consumer::Outcome` is the same type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler's effect committed.
+    Handled,
+    /// Already handled before (a redelivery): no second effect.
+    Duplicate,
+    /// A known type this consumer has no handler for.
+    Skipped,
+    /// Failed; deliver again after the delay.
+    Retry {
+        /// Why it failed.
+        reason: String,
+        /// The backoff.
+        after: Duration,
+    },
+    /// Give up: move to the dead-letter stream.
+    DeadLetter {
+        /// Why.
+        reason: String,
+    },
+}
 
 /// Labels of per-group, per-stream series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

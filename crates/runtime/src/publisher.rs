@@ -382,7 +382,7 @@ impl Marker {
 
     /// Marks rows until `shutdown` (then once more): waits for published rows, lets `gather`
     /// pass so one statement covers many, and marks them with `mark`.
-    pub(crate) async fn run<F, Fut>(
+    pub(crate) async fn run<F, Fut, E>(
         self: Arc<Self>,
         gather: Duration,
         service: String,
@@ -390,7 +390,8 @@ impl Marker {
         mark: F,
     ) where
         F: Fn(Vec<i64>) -> Fut,
-        Fut: std::future::Future<Output = Result<(), crate::storage::error::DatabaseError>>,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
     {
         let mut failing = false;
         let mut backoff = Duration::from_millis(100);
