@@ -8,10 +8,12 @@
 //! stock ([`saga`]). See `docs/identity.md` and `docs/saga.md`.
 //!
 //! - [`api`]: the RPCs; [`reservations`]: ending a reservation; [`saga`]: the order saga's
-//!   consumers; [`store`]: SQL; [`validate`]: input checks; [`error`]: errors to statuses.
+//!   consumers; [`refunds`]: refunded units restocked or written off; [`store`]: SQL;
+//!   [`validate`]: input checks; [`error`]: errors to statuses.
 
 pub mod api;
 pub mod error;
+pub mod refunds;
 pub mod reservations;
 pub mod saga;
 pub mod store;

@@ -51,6 +51,10 @@ pub fn handlers(consumer: Consumer, options: &SagaOptions) -> Consumer {
         .on(ORDER_CREATED, Reserve(options.clone()))
         .on(ORDER_CONFIRMED, Commit(options.clone()))
         .on(ORDER_CANCELLED, Release(options.clone()))
+        .on(
+            crate::refunds::ORDER_REFUND_REQUESTED,
+            crate::refunds::Return(options.clone()),
+        )
 }
 
 fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {

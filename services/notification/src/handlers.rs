@@ -1,8 +1,9 @@
-//! Notification's part of the order saga: `order.confirmed` and `order.cancelled` become one
-//! delivery per channel for the order's customer, rendered from the event type's templates and
-//! respecting the customer's preferences. The deliveries are written in the consumer's
-//! transaction with the key `<event type>:<order id>:<channel>`, so the same fact delivered
-//! again (same or new event id) makes no second delivery; sending is the
+//! Notification's part of the order saga: `order.confirmed`, `order.cancelled` and
+//! `order.refunded` become one delivery per channel for the order's customer, rendered from the
+//! event type's templates and respecting the customer's preferences. The deliveries are written
+//! in the consumer's transaction with the key `<event type>:<order id>:<channel>` (an order has
+//! several refunds: `order.refunded:<order id>:<refund id>:<channel>`), so the same fact
+//! delivered again (same or new event id) makes no second delivery; sending is the
 //! [`crate::deliver::Deliverer`]'s job.
 
 use futures::future::BoxFuture;
@@ -38,6 +39,11 @@ impl EventHandler for NotifyCustomer {
                 .cloned()
                 .filter(|o| !o.is_empty())
                 .unwrap_or_else(|| event.subject.clone());
+            // The fact a delivery is about: the order, or one of its refunds.
+            let fact = match fields.get("refundId").filter(|r| !r.is_empty()) {
+                Some(refund) => format!("{order_id}:{refund}"),
+                None => order_id,
+            };
             let user_id = fields.get("customerId").cloned().unwrap_or_default();
             let prefs = store::preferences(tx, &user_id).await?;
             if prefs.muted_event_types.contains(&event.r#type) {
@@ -84,7 +90,7 @@ impl EventHandler for NotifyCustomer {
                     status: status as i32,
                     ..Default::default()
                 };
-                let key = format!("{}:{order_id}:{}", event.r#type, channel_name(channel));
+                let key = format!("{}:{fact}:{}", event.r#type, channel_name(channel));
                 let inserted =
                     store::insert_delivery(tx, &delivery, Some(&key), &traceparent).await?;
                 if inserted && !opted_out {

@@ -74,6 +74,10 @@ pub async fn build_with(
                 "order.cancelled",
                 handlers::NotifyCustomer(deliverer.clone()),
             )
+            .on(
+                "order.refunded",
+                handlers::NotifyCustomer(deliverer.clone()),
+            )
             .on("user.updated", contacts::OnUserUpdated)
             .on("user.deleted", contacts::OnUserDeleted),
     );

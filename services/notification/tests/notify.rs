@@ -735,7 +735,9 @@ async fn notifications(target: DatabaseTarget, redis: Option<&str>) {
         }
         token = page.next_page_token;
     }
-    assert_eq!(all.len(), 7);
+    // The 9 built-in ones (order.confirmed, order.cancelled, order.refunded on 3 channels) and
+    // the new one.
+    assert_eq!(all.len(), 10);
 
     // Bad input names the field.
     assert_invalid(

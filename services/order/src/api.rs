@@ -3,7 +3,9 @@
 //!
 //! Customers act only for themselves: their `customer_id` is taken from the token (or must
 //! match it), and another customer's order answers `NOT_FOUND` naming `id`, exactly like a
-//! missing one, so order ids cannot be probed. Staff, admins and services act for anyone.
+//! missing one, so order ids cannot be probed. Staff, admins and services act for anyone, but
+//! refund (RefundOrder, CancelOrder of a confirmed order) only orders of stores they may act at
+//! (`Identity::may_act_at_store`; online orders: any staff).
 
 use mesh_contracts::events::v1::CancelReason;
 use mesh_contracts::order::v1::order_service_server::OrderService;
@@ -16,7 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::error::OrderError;
 use crate::place::Placer;
 use crate::store::{self, ListFilter, OPEN};
-use crate::{transitions, validate};
+use crate::{refund, transitions, validate};
 
 type Result<T> = std::result::Result<T, OrderError>;
 
@@ -32,6 +34,8 @@ pub struct Caller {
     pub subject: String,
     /// Staff, admin or a service: may act for any customer.
     pub privileged: bool,
+    /// The caller's identity (roles, the staff `stores` claim).
+    pub identity: Identity,
 }
 
 impl Caller {
@@ -43,6 +47,7 @@ impl Caller {
         Ok(Self {
             subject: id.subject.clone(),
             privileged: id.has_any(&[Role::Staff, Role::Service]),
+            identity: id.clone(),
         })
     }
 
@@ -67,6 +72,24 @@ impl Caller {
 
     fn may_see(&self, order: &Order) -> bool {
         self.privileged || order.customer_id == self.subject
+    }
+
+    /// Whether the caller may refund `order`: staff, admins and services; staff only at the
+    /// order's store (any staff for an online order). `PERMISSION_DENIED` naming `field`.
+    pub fn may_refund(&self, field: &str, order: &Order) -> Result<()> {
+        if !self.privileged {
+            return Err(OrderError::denied(field, "only staff may refund an order"));
+        }
+        if !order.store_id.is_empty() && !self.identity.may_act_at_store(&order.store_id) {
+            return Err(OrderError::denied(
+                field,
+                format!(
+                    "order `{}` was placed at store `{}`, which the caller's token does not name",
+                    order.id, order.store_id
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -154,6 +177,27 @@ impl OrderApi {
         if status == OrderStatus::Cancelled {
             return Ok(order);
         }
+        if caller.privileged && matches!(status, OrderStatus::Confirmed | OrderStatus::Refunded) {
+            // Staff cancel a confirmed order by refunding it whole, stock restocked.
+            drop(tx);
+            if status == OrderStatus::Refunded {
+                caller.may_refund("id", &order)?;
+                return Ok(order);
+            }
+            let detail = if req.reason.trim().is_empty() {
+                "cancelled by staff".to_string()
+            } else {
+                req.reason.trim().to_string()
+            };
+            let refund = RefundOrderRequest {
+                id: id.clone(),
+                idempotency_key: refund::CANCEL_KEY.into(),
+                lines: Vec::new(),
+                disposition: StockDisposition::Restock as i32,
+                reason: detail,
+            };
+            return Ok(self.refund(caller, refund, true).await?.0);
+        }
         if !OPEN.contains(&status) {
             return Err(OrderError::precondition(
                 "id",
@@ -210,6 +254,58 @@ impl OrderApi {
     }
 }
 
+impl OrderApi {
+    /// RefundOrder (`from_cancel`: a staff CancelOrder, the only caller of the key "cancel").
+    async fn refund(
+        &self,
+        caller: &Caller,
+        req: RefundOrderRequest,
+        from_cancel: bool,
+    ) -> Result<(Order, OrderRefund)> {
+        let id = validate::id("id", &req.id)?;
+        let key = validate::id("idempotency_key", &req.idempotency_key)?;
+        if key == refund::CANCEL_KEY && !from_cancel {
+            return Err(OrderError::invalid(
+                "idempotency_key",
+                "`cancel` is the key of CancelOrder's refund; choose another",
+            ));
+        }
+        let reason = req.reason.trim();
+        if reason.is_empty() {
+            return Err(OrderError::invalid("reason", "required"));
+        }
+        if reason.chars().count() > 500 {
+            return Err(OrderError::invalid("reason", "at most 500 characters"));
+        }
+        if !caller.privileged {
+            return Err(OrderError::denied("id", "only staff may refund an order"));
+        }
+        let hash = refund::fingerprint(&id, &req);
+        let mut tx = self.db.begin().await?;
+        let order = match store::lock(&mut tx, &id).await? {
+            Some(o) => o,
+            None => return Err(not_found(&id)),
+        };
+        caller.may_refund("id", &order)?;
+        let ask = refund::Ask {
+            key: &key,
+            request_hash: &hash,
+            request: &req,
+            reason,
+        };
+        let refund_id = refund::request(&mut tx, &order, &ask).await?;
+        tx.commit().await?;
+        let order = self.get(caller, &id).await?;
+        let refund = order
+            .refunds
+            .iter()
+            .find(|r| r.id == refund_id)
+            .cloned()
+            .ok_or_else(|| OrderError::not_found("id", "refund", &refund_id))?;
+        Ok((order, refund))
+    }
+}
+
 #[tonic::async_trait]
 impl OrderService for OrderApi {
     async fn place_order(
@@ -245,5 +341,17 @@ impl OrderService for OrderApi {
         let caller = Caller::of(&r)?;
         let order = self.cancel(&caller, r.into_inner()).await?;
         Ok(Response::new(CancelOrderResponse { order: Some(order) }))
+    }
+
+    async fn refund_order(
+        &self,
+        r: Request<RefundOrderRequest>,
+    ) -> std::result::Result<Response<RefundOrderResponse>, Status> {
+        let caller = Caller::of(&r)?;
+        let (order, refund) = self.refund(&caller, r.into_inner(), false).await?;
+        Ok(Response::new(RefundOrderResponse {
+            order: Some(order),
+            refund: Some(refund),
+        }))
     }
 }

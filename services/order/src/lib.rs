@@ -9,7 +9,8 @@
 //! transaction.
 //!
 //! - [`api`]: the RPCs and who may act for whom; [`place`]: PlaceOrder; [`peers`]: product and
-//!   payment clients; [`transitions`]: status changes and their events; [`saga`]: consumers;
+//!   payment clients; [`transitions`]: status changes and their events; [`refund`],
+//!   [`refund_plan`], [`refund_store`]: refunds of confirmed orders; [`saga`]: consumers;
 //!   [`sweeper`]: the timeout; [`store`]: SQL; [`validate`]: input checks; [`error`]: errors to
 //!   statuses.
 
@@ -18,6 +19,9 @@ pub mod erasure;
 pub mod error;
 pub mod peers;
 pub mod place;
+pub mod refund;
+pub mod refund_plan;
+pub mod refund_store;
 pub mod saga;
 pub mod store;
 pub mod sweeper;
@@ -43,12 +47,14 @@ pub const MIGRATIONS: Migrations = Migrations::same(&MIGRATOR);
 pub const DEFAULT_SAGA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who may call each RPC of `order.v1.OrderService`: customers (for themselves), staff and
-/// services (for anyone); admins pass every check.
+/// services (for anyone); RefundOrder staff and services only; admins pass every check.
 pub fn policy() -> Policy {
-    Policy::new("order.v1.OrderService").roles(
-        &["PlaceOrder", "GetOrder", "ListOrders", "CancelOrder"],
-        &[Role::Customer, Role::Staff, Role::Service],
-    )
+    Policy::new("order.v1.OrderService")
+        .roles(
+            &["PlaceOrder", "GetOrder", "ListOrders", "CancelOrder"],
+            &[Role::Customer, Role::Staff, Role::Service],
+        )
+        .roles(&["RefundOrder"], &[Role::Staff, Role::Service])
 }
 
 /// How long PlaceOrder waits for campaign when `MESH_ORDER_CAMPAIGN_TIMEOUT` is unset.

@@ -7,6 +7,8 @@
 //! | `inventory.reservation_expired` | cancel, TIMEOUT (if still open) |
 //! | `payment.succeeded` | confirm -> `order.confirmed` (ignored when already final) |
 //! | `payment.failed` | cancel, PAYMENT_FAILED |
+//! | `payment.refunded` | an order refund (key `order-refund:<id>`) COMPLETED -> `order.refunded` |
+//! | `payment.refund_failed` | an order refund FAILED |
 //!
 //! Events of different streams arrive in any order, so every handler is a conditional
 //! transition from the open statuses: whichever of "confirm" and "cancel" comes first wins, the
@@ -16,14 +18,14 @@
 use futures::future::BoxFuture;
 use mesh_contracts::events::v1::{
     CancelReason, Envelope, InventoryRejected, InventoryReservationExpired, InventoryReserved,
-    PaymentFailed, PaymentSucceeded,
+    PaymentFailed, PaymentRefundFailed, PaymentRefunded, PaymentSucceeded,
 };
 use mesh_runtime::consumer::{Consumer, EventHandler, HandlerError};
 use mesh_runtime::outbox::Tx;
 use prost::Message;
 
 use crate::error::OrderError;
-use crate::transitions;
+use crate::{refund, transitions};
 
 fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
     let bytes = event
@@ -51,6 +53,8 @@ pub fn handlers(consumer: Consumer) -> Consumer {
         .on("inventory.reservation_expired", Expired)
         .on("payment.succeeded", Succeeded)
         .on("payment.failed", Failed)
+        .on("payment.refunded", Refunded)
+        .on("payment.refund_failed", RefundFailed)
 }
 
 /// `inventory.reserved`.
@@ -182,6 +186,59 @@ impl EventHandler for Failed {
             )
             .await
             .map_err(handler_err)?;
+            Ok(())
+        })
+    }
+}
+
+/// The order refund id in payment's idempotency key, if the refund is an order refund.
+fn order_refund(key: &str) -> Option<&str> {
+    key.strip_prefix(refund::PAYMENT_KEY_PREFIX)
+        .filter(|id| !id.is_empty())
+}
+
+/// `payment.refunded`: an order refund's money went back; other refunds (a cancelled order's
+/// capture, a Refund call) are not order refunds and are ignored.
+#[derive(Debug, Clone, Copy)]
+pub struct Refunded;
+
+impl EventHandler for Refunded {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let p: PaymentRefunded = decode(event)?;
+            let Some(id) = order_refund(&p.idempotency_key) else {
+                return Ok(());
+            };
+            refund::finish(tx, &p.order_id, id, &p.refund_id, true)
+                .await
+                .map_err(handler_err)?;
+            Ok(())
+        })
+    }
+}
+
+/// `payment.refund_failed`: the processor refused an order refund.
+#[derive(Debug, Clone, Copy)]
+pub struct RefundFailed;
+
+impl EventHandler for RefundFailed {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let p: PaymentRefundFailed = decode(event)?;
+            let Some(id) = order_refund(&p.idempotency_key) else {
+                return Ok(());
+            };
+            refund::finish(tx, &p.order_id, id, &p.refund_id, false)
+                .await
+                .map_err(handler_err)?;
             Ok(())
         })
     }

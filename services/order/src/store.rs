@@ -207,6 +207,7 @@ impl NewOrder {
                         l.quantity,
                         l.unit_price_minor,
                         l.discount_minor,
+                        0,
                     )
                 })
                 .collect(),
@@ -232,11 +233,14 @@ impl NewOrder {
             }],
             create_time: Some(ts(self.now_us)),
             update_time: Some(ts(self.now_us)),
+            refunds: Vec::new(),
+            refunded_total: Some(money(c, 0)),
         }
     }
 }
 
 /// An order line as the API shows it.
+#[allow(clippy::too_many_arguments)]
 fn line(
     currency: &str,
     product_id: String,
@@ -245,6 +249,7 @@ fn line(
     quantity: i64,
     unit: i64,
     discount: i64,
+    refunded_quantity: i64,
 ) -> OrderLine {
     let subtotal = unit.saturating_mul(quantity);
     OrderLine {
@@ -256,6 +261,7 @@ fn line(
         subtotal: Some(money(currency, subtotal)),
         discount: Some(money(currency, discount)),
         total: Some(money(currency, subtotal - discount)),
+        refunded_quantity,
     }
 }
 
@@ -393,6 +399,7 @@ struct OrderRow {
     applied_campaign_ids: String,
     discounts_unavailable: i64,
     store_id: String,
+    refunded_minor: i64,
 }
 
 impl From<OrderRow> for Order {
@@ -430,6 +437,8 @@ impl From<OrderRow> for Order {
             status_history: Vec::new(),
             create_time: Some(ts(r.created_at_us)),
             update_time: Some(ts(r.updated_at_us)),
+            refunds: Vec::new(),
+            refunded_total: Some(money(&currency, r.refunded_minor)),
         }
     }
 }
@@ -437,7 +446,7 @@ impl From<OrderRow> for Order {
 const ORDER_COLUMNS: &str = "id, customer_id, idempotency_key, status, currency_code, subtotal_minor, \
     discount_minor, shipping_minor, total_minor, shipping_address, promo_code, card_token, card_last4, \
     payment_id, reservation_id, cancel_reason, created_at_us, updated_at_us, applied_campaign_ids, \
-    discounts_unavailable, store_id";
+    discounts_unavailable, store_id, refunded_minor";
 
 /// Fills the lines of `order` (one statement).
 pub async fn fill_lines(conn: &mut AnyConnection, order: &mut Order) -> Result<()> {
@@ -446,23 +455,33 @@ pub async fn fill_lines(conn: &mut AnyConnection, order: &mut Order) -> Result<(
         .as_ref()
         .map(|m| m.currency_code.clone())
         .unwrap_or_default();
-    let rows: Vec<(String, String, String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT product_id, sku, name, quantity, unit_price_minor, discount_minor FROM order_lines WHERE order_id = $1 ORDER BY line_no",
+    let rows: Vec<(String, String, String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT product_id, sku, name, quantity, unit_price_minor, discount_minor, refunded_quantity FROM order_lines WHERE order_id = $1 ORDER BY line_no",
     )
     .bind(&order.id)
     .fetch_all(&mut *conn)
     .await?;
-    for (product_id, sku, name, quantity, unit, discount) in rows {
+    for (product_id, sku, name, quantity, unit, discount, refunded) in rows {
         order.lines.push(line(
-            &currency, product_id, sku, name, quantity, unit, discount,
+            &currency, product_id, sku, name, quantity, unit, discount, refunded,
         ));
     }
     Ok(())
 }
 
-/// Fills the lines and history of `order`.
+/// Fills the lines, history and refunds of `order` (refunds only of orders that can have any:
+/// CONFIRMED or REFUNDED).
 async fn details(conn: &mut AnyConnection, order: &mut Order) -> Result<()> {
     fill_lines(conn, order).await?;
+    let status = OrderStatus::try_from(order.status).unwrap_or_default();
+    if matches!(status, OrderStatus::Confirmed | OrderStatus::Refunded) {
+        let currency = order
+            .total
+            .as_ref()
+            .map(|m| m.currency_code.clone())
+            .unwrap_or_default();
+        order.refunds = crate::refund_store::of_order(conn, &order.id, &currency).await?;
+    }
     let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
         "SELECT status, reason, event_id, at_us FROM order_status_history WHERE order_id = $1 ORDER BY seq",
     )
@@ -478,6 +497,20 @@ async fn details(conn: &mut AnyConnection, order: &mut Order) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Locks order `id` until the transaction ends and returns it (without lines, history and
+/// refunds): a no-op update, so concurrent refunds of one order serialize on its row (on SQLite
+/// `BEGIN IMMEDIATE` serializes anyway). The lock and the read are one statement.
+pub async fn lock(conn: &mut AnyConnection, id: &str) -> Result<Option<Order>> {
+    let sql = format!(
+        "UPDATE orders SET updated_at_us = updated_at_us WHERE id = $1 RETURNING {ORDER_COLUMNS}"
+    );
+    Ok(sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(Order::from))
 }
 
 /// Order `id` with its lines and history.

@@ -1,6 +1,7 @@
 //! PlaceOrder prices through campaign: a promo code's discount lands on the lines, the totals,
 //! the stored order and `order.created`; the campaign's limit holds across orders and the saga's
-//! events reserve and release its redemptions; a campaign that is down or slow never fails an
+//! events reserve and release its redemptions; 150 concurrent PlaceOrder calls against a usage
+//! limit of 100 get exactly 100 discounts; a campaign that is down or slow never fails an
 //! order: it goes at list price with `discounts_unavailable` and the fallback metric counts it
 //! (SQLite, and Postgres + Redis).
 
@@ -8,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, CampaignPeer, Mesh, Payment, request, start_full};
+use common::{Backend, CampaignPeer, Mesh, Payment, request, start_campaign_timeout, start_full};
 use mesh_contracts::campaign::v1::discount_rule::Effect;
 use mesh_contracts::campaign::v1::*;
 use mesh_contracts::common::v1::Money;
@@ -200,6 +201,102 @@ async fn discounts_on_sqlite() {
 async fn discounts_on_postgres_and_redis() {
     if let Some(backend) = Backend::real("order discounts") {
         discounts(backend).await;
+    }
+}
+
+/// 150 customers place an order with the code of a campaign limited to 100 redemptions, all at
+/// once: of their orders campaign priced, exactly 100 carry the discount and the other 50 go at
+/// list price (refused by the limit), and the campaign counts 100. (Under this load campaign
+/// sheds some calls; those orders go at list price marked `discounts_unavailable`, hold nothing,
+/// and their customer orders again.)
+async fn limit_under_concurrent_orders(backend: Backend) {
+    // Campaign is given all the time it needs: an order that timed out waiting could leave a
+    // hold behind until its order.created released it.
+    let m = start_campaign_timeout(
+        &backend,
+        Duration::from_secs(300),
+        Payment::Fake,
+        CampaignPeer::Real,
+        Duration::from_secs(60),
+    )
+    .await;
+    // Stock for every order, those placed again included: a rejected (cancelled) order would
+    // give its redemption back.
+    let tea = m.product(1000, "EUR", 1000).await;
+    let limited = campaign(
+        &m,
+        Campaign {
+            name: "First hundred".into(),
+            start_time: Some(prost_types::Timestamp {
+                seconds: 1,
+                nanos: 0,
+            }),
+            promo_codes: vec!["HUNDRED".into()],
+            max_redemptions: 100,
+            rules: vec![DiscountRule {
+                effect: Some(Effect::AmountOff(AmountOff { amount: eur(100) })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut calls = Vec::new();
+    for i in 0..150 {
+        let mut req = request(&[(&tea.id, 1)]);
+        req.customer_id = format!("cust-{i}");
+        req.promo_code = "HUNDRED".into();
+        let (orders, admin) = (m.orders.clone(), m.admin.clone());
+        calls.push(tokio::spawn(async move {
+            // A call the server sheds is sent again (the same key: never a second order). An
+            // order campaign could not price (it shed the call under this load: nothing was
+            // held) is placed again under a new key, until campaign answers.
+            for _ in 0..200 {
+                match orders
+                    .clone()
+                    .place_order(bearer(&admin, req.clone()))
+                    .await
+                {
+                    Ok(r) => {
+                        let order = r.into_inner().order.expect("order");
+                        if !order.discounts_unavailable {
+                            return order;
+                        }
+                        req.idempotency_key = uuid::Uuid::now_v7().to_string();
+                    }
+                    Err(s) if s.code() == tonic::Code::ResourceExhausted => {}
+                    Err(s) => panic!("place order: {s:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("campaign never priced the order of {}", req.customer_id);
+        }));
+    }
+    let (mut discounted, mut full_price) = (0, 0);
+    for call in calls {
+        let order = call.await.expect("task");
+        if order.applied_campaign_ids == vec![limited.id.clone()] {
+            assert_eq!(order.total, eur(900));
+            discounted += 1;
+        } else {
+            assert!(order.applied_campaign_ids.is_empty(), "{order:?}");
+            assert_eq!(order.total, eur(1000));
+            full_price += 1;
+        }
+    }
+    assert_eq!((discounted, full_price), (100, 50));
+    assert_eq!(redemptions(&m, &limited.id).await, 100);
+}
+
+#[tokio::test]
+async fn limit_holds_under_150_concurrent_orders_on_sqlite() {
+    limit_under_concurrent_orders(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn limit_holds_under_150_concurrent_orders_on_postgres_and_redis() {
+    if let Some(backend) = Backend::real("order campaign limit under concurrency") {
+        limit_under_concurrent_orders(backend).await;
     }
 }
 

@@ -13,7 +13,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_contracts::events::v1::{PaymentFailed, PaymentRefunded, PaymentSucceeded};
+use mesh_contracts::events::v1::{
+    PaymentFailed, PaymentRefundFailed, PaymentRefunded, PaymentSucceeded,
+};
 use mesh_contracts::payment::v1::{
     DeclineReason, PaymentStatus, TransactionKind, TransactionStatus,
 };
@@ -666,6 +668,7 @@ impl Engine {
                         amount: money(r.amount_minor),
                         refunded_total: money(after.refunded_minor),
                         reason: r.reason.clone(),
+                        idempotency_key: r.idempotency_key.clone(),
                     },
                 )
                 .correlation(p.order_id.clone()),
@@ -673,8 +676,83 @@ impl Engine {
             .await?;
         } else {
             tracing::error!(refund = %r.id, payment = %p.id, %reason, "the provider refused a refund");
+            let message = match outcome {
+                Outcome::Declined { message, .. } => message.clone(),
+                Outcome::Done { .. } => String::new(),
+            };
+            self.refund_failed(tx, p, &r.id, r.amount_minor, &message, &r.idempotency_key)
+                .await?;
         }
         Ok(())
+    }
+
+    /// Emits `payment.refund_failed` for refund `refund_id` of `p` (made with `key`): nothing
+    /// moved.
+    async fn refund_failed(
+        &self,
+        tx: &mut Tx,
+        p: &PaymentRow,
+        refund_id: &str,
+        amount_minor: i64,
+        message: &str,
+        key: &str,
+    ) -> Result<()> {
+        tx.emit(
+            Event::new(
+                "payment.refund_failed",
+                &p.id,
+                "PaymentRefundFailed",
+                &PaymentRefundFailed {
+                    payment_id: p.id.clone(),
+                    refund_id: refund_id.into(),
+                    order_id: p.order_id.clone(),
+                    customer_id: p.customer_id.clone(),
+                    amount: Some(mesh_contracts::common::v1::Money {
+                        currency_code: p.currency.clone(),
+                        amount_minor,
+                    }),
+                    message: message.into(),
+                    idempotency_key: key.into(),
+                },
+            )
+            .correlation(p.order_id.clone()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// In `tx`: refunds `amount` of `p` for order refund `refund_id` (order's
+    /// `order.refund_requested`), key `order-refund:<refund id>`, so it happens once; the worker
+    /// pays it back after the commit (and after a crash, from its scan). When less than `amount`
+    /// is left to refund, nothing is held and `payment.refund_failed` tells order.
+    pub async fn refund_order(
+        &self,
+        tx: &mut Tx,
+        p: &PaymentRow,
+        refund_id: &str,
+        amount: i64,
+        reason: &str,
+    ) -> Result<Option<RefundRow>> {
+        let key = format!("order-refund:{refund_id}");
+        if let Some(existing) = store::refund_by_key(tx, &p.id, &key).await? {
+            return Ok(Some(existing));
+        }
+        if amount > p.refundable() {
+            let message = format!(
+                "{amount} {} asked, {} left to refund on payment `{}`",
+                p.currency,
+                p.refundable(),
+                p.id
+            );
+            tracing::error!(payment = %p.id, order = %p.order_id, refund = %refund_id, %message, "order refund refused");
+            self.refund_failed(tx, p, "", amount, &message, &key)
+                .await?;
+            return Ok(None);
+        }
+        let refund = self
+            .create_refund(tx, p, amount, reason, &key, true)
+            .await?;
+        Ok(Some(refund))
     }
 
     /// Drives the refund `id` from a caller's request (see [`Engine::drive_charge`]).

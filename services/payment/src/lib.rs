@@ -109,7 +109,11 @@ pub async fn build_with(
                 "inventory.reserved",
                 saga::OnInventoryReserved(engine.clone()),
             )
-            .on("order.cancelled", saga::OnOrderCancelled(engine.clone())),
+            .on("order.cancelled", saga::OnOrderCancelled(engine.clone()))
+            .on(
+                "order.refund_requested",
+                saga::OnOrderRefundRequested(engine.clone()),
+            ),
     );
     ctx.background_task(worker::queue(engine.clone(), work).task());
     let server = PaymentServiceServer::new(PaymentApi::new(engine))

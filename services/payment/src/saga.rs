@@ -4,10 +4,13 @@
 //!
 //! Every handler is idempotent by event id (the runtime's consumer) and by order id: the facts
 //! are flags set with upserts, the charge is the order's unique payment row, the cancel refund
-//! has the key `cancel:<order id>`. The same fact under a new event id has no second effect.
+//! has the key `cancel:<order id>`, an order refund `order-refund:<refund id>`. The same fact
+//! under a new event id has no second effect.
 
 use futures::future::BoxFuture;
-use mesh_contracts::events::v1::{Envelope, InventoryReserved, OrderCancelled, OrderCreated};
+use mesh_contracts::events::v1::{
+    Envelope, InventoryReserved, OrderCancelled, OrderCreated, OrderRefundRequested,
+};
 use mesh_contracts::payment::v1::PaymentStatus;
 use mesh_runtime::consumer::{EventHandler, HandlerError};
 use mesh_runtime::outbox::Tx;
@@ -136,6 +139,47 @@ impl EventHandler for OnOrderCancelled {
                     tracing::info!(order = %id, payment = %p.id, "charge voided: the order was cancelled first");
                 }
                 _ => {}
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `order.refund_requested`: staff refunded (some of) a confirmed order; its amount is paid back
+/// from the order's payment with the key `order-refund:<refund id>` (once, whatever the
+/// deliveries), by the worker after the commit. A refund of nothing needs no payment.
+#[derive(Debug, Clone)]
+pub struct OnOrderRefundRequested(pub Engine);
+
+impl EventHandler for OnOrderRefundRequested {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let e: OrderRefundRequested = decode(event)?;
+            let id = order_id("order_id", &e.order_id)?;
+            let refund_id = order_id("refund_id", &e.refund_id)?;
+            let amount = e.amount.map_or(0, |m| m.amount_minor);
+            if amount <= 0 {
+                return Ok(());
+            }
+            // Saga row first, then the payment: the lock order of every charge and refund.
+            store::lock_saga_order(tx, &id).await?;
+            let Some(p) = store::payment_of_order(tx, &id).await? else {
+                // A confirmed order always has its payment; retried, then dead-lettered loudly.
+                return Err(HandlerError::retry(format!(
+                    "order `{id}` has no payment to refund"
+                )));
+            };
+            let refund = self
+                .0
+                .refund_order(tx, &p, &refund_id, amount, &e.reason)
+                .await
+                .map_err(handler_error)?;
+            if let Some(r) = refund {
+                tracing::info!(order = %id, payment = %p.id, refund = %r.id, amount, "order refund requested");
             }
             Ok(())
         })

@@ -1,7 +1,8 @@
-//! A small mesh for order's tests: auth, product, inventory and order over real gRPC on
-//! loopback, on one bus (in-process, or Redis) and one database target per service (SQLite, or
-//! Postgres schemas). Payment is a stand-in that only tokenizes cards; the tests play payment's
-//! part of the saga by publishing `payment.succeeded` / `payment.failed` themselves.
+//! A small mesh for order's tests: auth, product, inventory, campaign, notification (log
+//! channel) and order over real gRPC on loopback, on one bus (in-process, or Redis) and one
+//! database target per service (SQLite, or Postgres schemas). Payment is the real service or a
+//! stand-in that only tokenizes cards; with the stand-in the tests play payment's part of the
+//! saga by publishing `payment.succeeded` / `payment.failed` themselves.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -173,6 +174,8 @@ pub struct Mesh {
     /// Order's metrics registry.
     pub order_metrics: mesh_runtime::Metrics,
     pub payment_db: Database,
+    /// Notification's database (its delivery log).
+    pub notification_db: Database,
     pub auth: TestAuth,
     pub bus: Arc<dyn EventBus>,
     pub order_db: Database,
@@ -231,12 +234,31 @@ pub async fn start_with(backend: &Backend, timeout: Duration, payment: Payment) 
     start_full(backend, timeout, payment, CampaignPeer::Real).await
 }
 
-/// Starts the mesh on `backend` with the saga timeout `timeout`, `payment` and `campaign`.
+/// Starts the mesh on `backend` with the saga timeout `timeout`, `payment` and `campaign`
+/// (order waits 500 ms for campaign's price).
 pub async fn start_full(
     backend: &Backend,
     timeout: Duration,
     payment: Payment,
     campaign: CampaignPeer,
+) -> Mesh {
+    start_campaign_timeout(
+        backend,
+        timeout,
+        payment,
+        campaign,
+        Duration::from_millis(500),
+    )
+    .await
+}
+
+/// Like [`start_full`], order waiting at most `campaign_timeout` for campaign's price.
+pub async fn start_campaign_timeout(
+    backend: &Backend,
+    timeout: Duration,
+    payment: Payment,
+    campaign: CampaignPeer,
+    campaign_timeout: Duration,
 ) -> Mesh {
     let mut settings = AuthSettings::default();
     settings
@@ -332,6 +354,18 @@ pub async fn start_full(
         }
     };
 
+    let notification_db = testing::database(
+        "notification",
+        &backend.target(),
+        &mesh_notification::MIGRATIONS,
+    )
+    .await;
+    let ctx = context("notification", &auth, &notification_db, &bus, &shutdown);
+    let routes = mesh_notification::build_with(ctx, Default::default())
+        .await
+        .expect("build notification");
+    serve("notification", routes, &notification_db, &bus, &shutdown).await;
+
     let order_db = testing::database("order", &backend.target(), &mesh_order::MIGRATIONS).await;
     let ctx = context("order", &auth, &order_db, &bus, &shutdown);
     let order_metrics = ctx.metrics().clone();
@@ -352,7 +386,7 @@ pub async fn start_full(
         channel(campaign_addr),
     );
     let mut options = OrderOptions::with_timeout(timeout);
-    options.campaign_timeout = Duration::from_millis(500);
+    options.campaign_timeout = campaign_timeout;
     let routes = mesh_order::build_with(ctx, options, peers)
         .await
         .expect("build order");
@@ -370,6 +404,7 @@ pub async fn start_full(
             ),
         order_metrics,
         payment_db,
+        notification_db,
         bus,
         order_db,
         inventory_db,
