@@ -248,7 +248,8 @@ async fn limit_under_concurrent_orders(backend: Backend) {
         req.promo_code = "HUNDRED".into();
         let (orders, admin) = (m.orders.clone(), m.admin.clone());
         calls.push(tokio::spawn(async move {
-            // A call the server sheds is sent again (the same key: never a second order). An
+            // A call the server sheds or cannot serve now is sent again (the same key: never a
+            // second order). An
             // order campaign could not price (it shed the call under this load: nothing was
             // held) is placed again under a new key, until campaign answers.
             for _ in 0..200 {
@@ -264,7 +265,12 @@ async fn limit_under_concurrent_orders(backend: Backend) {
                         }
                         req.idempotency_key = uuid::Uuid::now_v7().to_string();
                     }
-                    Err(s) if s.code() == tonic::Code::ResourceExhausted => {}
+                    // Shed, or the order's database busy under this load: the same key again.
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+                        ) => {}
                     Err(s) => panic!("place order: {s:?}"),
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
