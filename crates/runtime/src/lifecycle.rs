@@ -13,6 +13,10 @@
 //! - A task that returns `Ok` has finished its work and is not restarted.
 //! - On shutdown every task sees its cancellation token; [`Supervisor::drain`] waits for them
 //!   within the grace period and aborts what is left.
+//! - [`Supervisor::tracker`] gives a service a [`TaskTracker`] for short-lived work that may
+//!   outlive the call that started it (vm's vend drive, the gateway's per-connection tasks):
+//!   not restarted, but owned: on shutdown the tracker is closed and [`Supervisor::drain`] waits
+//!   for its tasks within the same grace period.
 //! - [`Supervisor::watch_database`] checks the service's database periodically with a cheap
 //!   query and reports it not ready while the database cannot be reached.
 //!
@@ -28,6 +32,7 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::readiness::Readiness;
 use crate::storage::Database;
@@ -163,6 +168,28 @@ impl Supervisor {
         let mut handles = self.inner.handles.lock().unwrap_or_else(|e| e.into_inner());
         handles.retain(|h| !h.is_finished());
         handles.push(handle);
+    }
+
+    /// A tracker for `service`'s short-lived tasks named `name` (spawn them with
+    /// [`TaskTracker::spawn`]): on shutdown it is closed and [`drain`](Self::drain) waits for
+    /// its tasks like for the supervised ones, aborting them after the grace period.
+    pub fn tracker(&self, service: &str, name: &str) -> TaskTracker {
+        let tracker = TaskTracker::new();
+        let owned = tracker.clone();
+        let shutdown = self.inner.shutdown.clone();
+        let (service, name) = (service.to_string(), name.to_string());
+        let handle = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            owned.close();
+            if !owned.is_empty() {
+                tracing::info!(%service, tasks = %name, running = owned.len(), "waiting for tracked tasks");
+            }
+            owned.wait().await;
+        });
+        let mut handles = self.inner.handles.lock().unwrap_or_else(|e| e.into_inner());
+        handles.retain(|h| !h.is_finished());
+        handles.push(handle);
+        tracker
     }
 
     /// Checks `service`'s database every [`SupervisorOptions::database_check_every`] (a
@@ -436,6 +463,42 @@ mod tests {
         assert!(waited < Duration::from_millis(1700), "{waited:?}");
         shutdown.cancel();
         sup.drain(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_for_tracked_tasks_then_aborts_them_after_the_grace() {
+        let shutdown = CancellationToken::new();
+        let sup = Supervisor::with_options(Readiness::new(), shutdown.clone(), options());
+        let tracker = sup.tracker("svc", "vends");
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let finished = Arc::new(AtomicU32::new(0));
+        let f = finished.clone();
+        tracker.spawn(async move {
+            let _ = released.await;
+            f.fetch_add(1, Ordering::SeqCst);
+        });
+        shutdown.cancel();
+        let drain = sup.drain(Duration::from_secs(30));
+        tokio::pin!(drain);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), &mut drain)
+                .await
+                .is_err(),
+            "the drain waits for the tracked task"
+        );
+        release.send(()).unwrap();
+        drain.await;
+        assert_eq!(finished.load(Ordering::SeqCst), 1, "it ran to its end");
+
+        // One that never ends is aborted once the grace period is over.
+        let shutdown = CancellationToken::new();
+        let sup = Supervisor::with_options(Readiness::new(), shutdown.clone(), options());
+        let tracker = sup.tracker("svc", "stuck");
+        tracker.spawn(std::future::pending::<()>());
+        shutdown.cancel();
+        let started = tokio::time::Instant::now();
+        sup.drain(Duration::from_secs(30)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
     }
 
     #[tokio::test(start_paused = true)]

@@ -144,6 +144,13 @@ impl ServiceContext {
         self.background_task(Task::new(name, start));
     }
 
+    /// A tracker for short-lived tasks of the service that may outlive the call that started
+    /// them (never `tokio::spawn`): drained at shutdown within the grace period
+    /// ([`Supervisor::tracker`](crate::lifecycle::Supervisor::tracker)).
+    pub fn tracker(&self, name: &str) -> tokio_util::task::TaskTracker {
+        self.supervisor.tracker(self.name, name)
+    }
+
     /// Declares `task` (see [`background`](Self::background)).
     pub fn background_task(&self, task: Task) {
         self.supervisor.start(self.name, task);

@@ -27,6 +27,8 @@ pub struct VmApi {
     db: Database,
     peers: Peers,
     flow: Flow,
+    /// Owns the vend drives that outlive their call; drained at shutdown.
+    drives: tokio_util::task::TaskTracker,
 }
 
 /// Slot codes: 1 to 8 letters and digits.
@@ -50,9 +52,20 @@ fn as_caller<T, U>(from: &Request<T>, message: U) -> Request<U> {
 }
 
 impl VmApi {
-    /// The service over `db`, calling `peers`, running vends with `flow`.
-    pub fn new(db: Database, peers: Peers, flow: Flow) -> Self {
-        Self { db, peers, flow }
+    /// The service over `db`; vend drives run on `drives` (a tracker from
+    /// `ServiceContext::tracker`, drained at shutdown).
+    pub fn new(
+        db: Database,
+        peers: Peers,
+        flow: Flow,
+        drives: tokio_util::task::TaskTracker,
+    ) -> Self {
+        Self {
+            db,
+            peers,
+            flow,
+            drives,
+        }
     }
 
     async fn set_planogram(&self, req: SetPlanogramRequest) -> Result<Planogram> {
@@ -277,8 +290,9 @@ impl VmApi {
         self.finish_within(row.vend.id, deadline).await
     }
 
-    /// Drives the vend in its own task (outliving this call if need be) and returns it when
-    /// final, or as PENDING when the call's deadline comes first.
+    /// Drives the vend in a task of its own, owned by the service's tracker (it may outlive this
+    /// call, never the service: shutdown waits for it), and returns the vend when final, or as
+    /// PENDING when the call's deadline comes first.
     async fn finish_within(
         &self,
         id: String,
@@ -286,7 +300,7 @@ impl VmApi {
     ) -> Result<Vend> {
         let flow = self.flow.clone();
         let vend_id = id.clone();
-        let task = tokio::spawn(async move { flow.drive(&vend_id).await });
+        let task = self.drives.spawn(async move { flow.drive(&vend_id).await });
         let outcome = match deadline {
             // Leave a little of the deadline for the answer.
             Some(d) => {

@@ -117,9 +117,10 @@ pub async fn build_with(
     let peers = peers::Peers::new(&ctx, options.client_secret.as_deref())?;
     let flow = flow::Flow::new(db.clone(), peers.clone(), options.dispense_timeout);
     ctx.background_task(flow.clone().recovery_queue(options.sweep_every).task());
-    let server = VendingMachineServiceServer::new(VmApi::new(db, peers, flow))
-        .max_decoding_message_size(ctx.max_message_bytes())
-        .max_encoding_message_size(ctx.max_message_bytes());
+    let server =
+        VendingMachineServiceServer::new(VmApi::new(db, peers, flow, ctx.tracker("vend-drives")))
+            .max_decoding_message_size(ctx.max_message_bytes())
+            .max_encoding_message_size(ctx.max_message_bytes());
     Ok(ServiceRoutes::new().add_service(guard(&ctx, policy(), server)?))
 }
 
