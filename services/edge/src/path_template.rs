@@ -388,11 +388,18 @@ pub fn decode(s: &str) -> String {
     percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
-/// Percent-decodes `s` except `%2F`, which stays encoded (reserved expansion).
+/// Percent-decodes `s` except `%2F` (either case), which stays encoded as `%2F` (reserved
+/// expansion).
 fn decode_keep_slash(s: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
-    while let Some(i) = rest.find("%2F").or_else(|| rest.find("%2f")) {
+    // The first encoded slash of either case: taking `%2F` before an earlier `%2f` decoded
+    // that one into a separator.
+    while let Some(i) = rest
+        .as_bytes()
+        .windows(3)
+        .position(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
+    {
         out.push_str(&decode(&rest[..i]));
         out.push_str("%2F");
         rest = &rest[i + 3..];
@@ -504,6 +511,20 @@ mod tests {
                 "/v1/stores/s%2F1/machines"
             ),
             pairs(&[("parent", "stores/s%2F1")])
+        );
+    }
+
+    #[test]
+    fn an_encoded_slash_of_either_case_stays_encoded_in_a_multi_segment_value() {
+        // A lowercase `%2f` before an uppercase `%2F` was decoded into a `/`, so the value had
+        // one segment more than the path.
+        assert_eq!(
+            vars("/v1/{name=messages/**}", "/v1/messages/x%2fy%2Fz"),
+            pairs(&[("name", "messages/x%2Fy%2Fz")])
+        );
+        assert_eq!(
+            vars("/v1/{name=messages/*}", "/v1/messages/%2f%2F%2f"),
+            pairs(&[("name", "messages/%2F%2F%2F")])
         );
     }
 
