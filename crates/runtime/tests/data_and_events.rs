@@ -785,6 +785,34 @@ async fn a_failing_handler_in_a_batch_is_retried_alone_and_the_rest_take_effect_
     }
 }
 
+/// An envelope id with a NUL character cannot be recorded as handled in Postgres (`TEXT`
+/// refuses it), so before the consumer checked ids such an event failed its transaction on every
+/// delivery until it was dead-lettered. The `event_envelope` fuzz target asserts the same: an
+/// envelope the consumer accepts has an id it can record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_id_holding_a_nul_is_dead_lettered_at_once_and_its_batch_takes_effect() {
+    for (name, target, bus) in combinations("nul event id", DeliveryOptions::default()) {
+        let db = open(&target).await;
+        let consumer = recorder_with_poison(&db, bus, unique("g"));
+        let outcomes: HashMap<String, Outcome> = consumer
+            .handle_batch(vec![
+                delivery("1-0", "e-\0nul", "product.deleted", "a"),
+                delivery("1-1", "e-ok", "product.deleted", "b"),
+            ])
+            .await
+            .into_iter()
+            .map(|(d, o)| (d.entry_id, o))
+            .collect();
+        assert!(
+            matches!(&outcomes["1-0"], Outcome::DeadLetter { reason } if reason.contains("NUL")),
+            "{name}: {:?}",
+            outcomes["1-0"]
+        );
+        assert_eq!(outcomes["1-1"], Outcome::Handled, "{name}");
+        assert_eq!(effect_counts(&db).await, (1, 1), "{name}");
+    }
+}
+
 #[tokio::test]
 async fn a_database_that_is_down_answers_unavailable() {
     let db = open(&sqlite_target()).await;
