@@ -25,13 +25,21 @@ pub fn document(routes: &RouteTable) -> Value {
     let mut sorted: Vec<_> = routes.routes().collect();
     sorted.sort_by(|a, b| (a.rpc.full_name(), &a.label).cmp(&(b.rpc.full_name(), &b.label)));
     let mut operation_ids = BTreeMap::<String, usize>::new();
+    // OpenAPI forbids two paths that differ only in their parameters' names
+    // (`/v1/products/{id}` and `/v1/products/{product.id}`): every route of one shape takes the
+    // path, and the parameter names, of the first.
+    let mut shapes = BTreeMap::<String, (String, Vec<String>)>::new();
     for route in sorted {
-        let path = openapi_path(route);
+        let (path, names) = openapi_path(route);
+        let (path, names) = shapes
+            .entry(without_names(&path))
+            .or_insert((path, names))
+            .clone();
         let base = format!("{}_{}", route.rpc.parent_service().name(), route.rpc.name());
         let n = operation_ids.entry(base.clone()).or_default();
         let operation_id = if *n == 0 { base } else { format!("{base}{n}") };
         *n += 1;
-        let operation = operation(route, operation_id, &mut schemas);
+        let operation = operation(route, operation_id, &names, &mut schemas);
         paths
             .entry(path)
             .or_default()
@@ -62,15 +70,17 @@ pub fn document(routes: &RouteTable) -> Value {
     })
 }
 
-/// `/v1/{name=stores/*}:get` -> `/v1/{name}:get`.
-fn openapi_path(route: &Route) -> String {
+/// `/v1/{name=stores/*}:get` -> `/v1/{name}:get`, and the names of its parameters in order.
+fn openapi_path(route: &Route) -> (String, Vec<String>) {
     let t = &route.template;
     let mut out = String::new();
+    let mut names = Vec::new();
     let mut i = 0;
     while i < t.segments.len() {
         out.push('/');
         if let Some(v) = t.variables.iter().find(|v| v.start == i) {
             out.push_str(&format!("{{{}}}", v.name()));
+            names.push(v.name());
             i = v.end;
             continue;
         }
@@ -85,13 +95,47 @@ fn openapi_path(route: &Route) -> String {
         out.push(':');
         out.push_str(verb);
     }
+    (out, names)
+}
+
+/// An OpenAPI path with its parameters' names left out: `/v1/{id}` -> `/v1/{}`.
+fn without_names(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_name = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_name = true;
+                out.push('{');
+            }
+            '}' => {
+                in_name = false;
+                out.push('}');
+            }
+            _ if in_name => {}
+            _ => out.push(c),
+        }
+    }
     out
 }
 
-fn operation(route: &Route, operation_id: String, schemas: &mut BTreeMap<String, Value>) -> Value {
+/// The operation of `route`; its path parameters are called `names` (the path's, which may
+/// differ from the route's own variable names, see [`document`]).
+fn operation(
+    route: &Route,
+    operation_id: String,
+    names: &[String],
+    schemas: &mut BTreeMap<String, Value>,
+) -> Value {
     let input = route.rpc.input();
     let mut parameters = Vec::new();
-    for (v, chain) in route.template.variables.iter().zip(&route.path_fields) {
+    for ((v, chain), name) in route
+        .template
+        .variables
+        .iter()
+        .zip(&route.path_fields)
+        .zip(names)
+    {
         let pattern: Vec<String> = route.template.segments[v.start..v.end]
             .iter()
             .map(|s| match s {
@@ -102,7 +146,7 @@ fn operation(route: &Route, operation_id: String, schemas: &mut BTreeMap<String,
             .collect();
         let last = chain.last().expect("path chains are never empty");
         parameters.push(json!({
-            "name": v.name(),
+            "name": name,
             "in": "path",
             "required": true,
             "description": format!("Field `{}`; pattern `{}`.", v.name(), pattern.join("/")),

@@ -22,3 +22,36 @@ fn contracts_document_validates() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// OpenAPI forbids paths that differ only in their parameters' names; the document had
+/// `/v1/products/{id}` (get, delete) beside `/v1/products/{product.id}` (patch), which
+/// Schemathesis could not load (tests/schemathesis.sh). Each shape is one path now, and the
+/// update's parameter takes the path's name.
+#[test]
+fn no_two_paths_differ_only_in_parameter_names() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&mesh_edge::openapi::contracts_document().unwrap()).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let mut shapes = std::collections::BTreeMap::new();
+    for path in paths.keys() {
+        let mut shape = String::new();
+        let mut in_name = false;
+        for c in path.chars() {
+            match c {
+                '{' => in_name = true,
+                '}' => in_name = false,
+                _ if in_name => continue,
+                _ => {}
+            }
+            shape.push(c);
+        }
+        if let Some(other) = shapes.insert(shape, path.clone()) {
+            panic!("{path} and {other} differ only in parameter names");
+        }
+    }
+    let update = &paths["/v1/products/{id}"]["patch"];
+    assert_eq!(update["parameters"][0]["name"], "id", "{update}");
+    assert_eq!(update["parameters"][0]["in"], "path");
+    assert!(paths["/v1/products/{id}"].get("get").is_some());
+    assert!(!paths.contains_key("/v1/products/{product.id}"));
+}
