@@ -19,8 +19,25 @@ use crate::edge::Edge;
 
 /// Serves the gRPC-Web call `req` from `peer` through `edge`'s gRPC path.
 pub async fn call(edge: Arc<Edge>, req: Request<Body>, peer: Option<SocketAddr>) -> Response {
-    let inner = tower::service_fn(move |req: Request<tonic::body::Body>| {
+    translate(req, move |req| {
         let edge = edge.clone();
+        async move { edge.grpc(req, peer).await }
+    })
+    .await
+}
+
+/// Serves the gRPC-Web call `req` with `grpc`, a handler of native gRPC calls: the request is
+/// translated to gRPC for it (base64 text decoded, headers rewritten) and its answer back to
+/// gRPC-Web (trailers as the last body frame, base64 again for text). [`call`] passes the edge's
+/// gRPC path; this is also the parsing entry point the `grpc_web` fuzz target drives with an
+/// echo handler.
+pub async fn translate<F, Fut>(req: Request<Body>, grpc: F) -> Response
+where
+    F: Fn(Request<Body>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    let inner = tower::service_fn(move |req: Request<tonic::body::Body>| {
+        let grpc = grpc.clone();
         // The translated body reports the size of the *encoded* one (base64 is longer than
         // what it decodes to), which would become a wrong content-length upstream: forget it.
         let req = req.map(|body| {
@@ -28,7 +45,7 @@ pub async fn call(edge: Arc<Edge>, req: Request<Body>, peer: Option<SocketAddr>)
                 http_body_util::BodyStream::new(body),
             ))
         });
-        async move { Ok::<_, Infallible>(edge.grpc(req, peer).await) }
+        async move { Ok::<_, Infallible>(grpc(req).await) }
     });
     match tonic_web::GrpcWebLayer::new()
         .layer(inner)
