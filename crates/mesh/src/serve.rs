@@ -35,7 +35,8 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
     } else {
         targets.iter().map(|m| m.name).collect::<Vec<_>>().join(",")
     };
-    let _telemetry = mesh_runtime::telemetry::init(&config, &process_name)?;
+    let names: Vec<&str> = targets.iter().map(|m| m.name).collect();
+    let _telemetry = mesh_runtime::telemetry::init(&config, &process_name, &names)?;
     let stop_signal = mesh_runtime::shutdown::signal().context("listening for SIGTERM/SIGINT")?;
     let mesh = start(Arc::new(config), &targets).await?;
     for (name, addr) in &mesh.grpc {

@@ -68,6 +68,8 @@ const SHARED: &[Setting] = &[
     mesh_runtime::shed::SHED,
     mesh_runtime::shed::SHED_MIN_IN_FLIGHT,
     mesh_runtime::shed::SHED_QUEUE_TARGET,
+    mesh_runtime::sampler::TRACES_SAMPLER,
+    mesh_runtime::sampler::TRACES_SAMPLER_ARG,
     Setting {
         name: mesh_runtime::domain::page_token::KEY_VARIABLE,
         kind: Kind::Secret,
@@ -162,7 +164,7 @@ pub(crate) fn markdown() -> String {
     );
     section(
         "Shared",
-        "Read by every service that checks tokens, calls with service tokens or serves a port.",
+        "Read by every service that checks tokens, calls with service tokens or serves a port, and by every process exporting traces.",
         SHARED,
     );
     for m in MODULES {

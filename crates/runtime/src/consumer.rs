@@ -595,21 +595,29 @@ impl Consumer {
         let span = tracing::debug_span!(
             target: crate::observe::SPAN_TARGET,
             "event",
+            otel.name = %format_args!("handle {}", envelope.r#type),
             otel.kind = "consumer",
             event.r#type = %envelope.r#type,
             event.id = %envelope.id,
             consumer = %self.group,
+            mesh.service = %self.db.service(),
             attempt,
             trace_id = %trace.trace_id_hex(),
             span_id = %trace.span_id_hex(),
             parent_span_id = parent.map(|p| tracing::field::display(p.span_id_hex())),
         );
         crate::observe::adopt_otel_ids(&span, parent, &mut trace);
+        let event_type = envelope.r#type.as_str();
         CallContext {
             trace,
             deadline: None,
         }
-        .scope(fut)
+        .scope(async move {
+            let output = fut.await;
+            // In the event's context, so the line carries its trace (`mesh_runtime=debug`).
+            tracing::debug!(event_type, attempt, "event handler returned");
+            output
+        })
         .instrument(span)
         .await
     }

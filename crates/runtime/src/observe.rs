@@ -43,6 +43,8 @@ pub struct ObserveLayer {
 
 #[derive(Debug)]
 struct Shared {
+    /// The service the port serves (the spans' [`crate::otlp_export::SERVICE_ATTRIBUTE`]).
+    service: Option<String>,
     /// The series of each request path that gets its own labels, by path.
     known: HashMap<String, Arc<MethodMetrics>>,
     /// Any other path is labelled `unknown`, so a client cannot grow the series without bound.
@@ -70,8 +72,21 @@ impl ObserveLayer {
             grpc_method: "unknown".into(),
         }));
         Self {
-            shared: Arc::new(Shared { known, unknown }),
+            shared: Arc::new(Shared {
+                service: None,
+                known,
+                unknown,
+            }),
         }
+    }
+
+    /// Names the service the observed port serves on its spans, so that they are exported under
+    /// that service's name ([`crate::otlp_export`]).
+    pub fn for_service(mut self, service: impl Into<String>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.service = Some(service.into());
+        }
+        self
     }
 }
 
@@ -132,6 +147,7 @@ where
             parent_span_id = parent.map(|p| field::display(p.span_id_hex())),
             otel.name = %path,
             otel.kind = "server",
+            mesh.service = self.shared.service.as_deref(),
             rpc.grpc.status_code = field::Empty,
         );
         adopt_otel_ids(&span, parent, &mut trace);
@@ -154,7 +170,7 @@ where
 
 /// When OpenTelemetry export is on, makes the exported span a child of the caller's and uses the
 /// exported span's ids in logs and propagation, so both tell one story: `trace` takes the exported
-/// ids, and so do the span's `trace_id` and `span_id` fields. A no-op otherwise, and when no
+/// ids and sampling decision, and the span's `trace_id` and `span_id` fields the ids. A no-op otherwise, and when no
 /// subscriber wants the span (this runs on every call and every handled event).
 pub(crate) fn adopt_otel_ids(span: &Span, parent: Option<TraceContext>, trace: &mut TraceContext) {
     if span.is_disabled() {
@@ -180,6 +196,9 @@ pub(crate) fn adopt_otel_ids(span: &Span, parent: Option<TraceContext>, trace: &
     if otel.is_valid() {
         trace.trace_id = otel.trace_id().to_bytes();
         trace.span_id = otel.span_id().to_bytes();
+        // The sampler's decision travels on with the trace, so the next process's
+        // parent-based sampler follows it.
+        trace.flags = otel.trace_flags().to_u8();
         span.record("trace_id", trace.trace_id_hex());
         span.record("span_id", trace.span_id_hex());
     }

@@ -309,8 +309,15 @@ impl Publisher {
                 continue;
             }
             let events: Vec<OutgoingEvent> = batch.iter().map(|(_, r)| r.event.clone()).collect();
+            // One `publish` span per event, ending when the bus answered.
+            let spans = crate::spans::publish_spans(&service, &events);
             let started = std::time::Instant::now();
-            match bus.publish(&events).await {
+            let published = bus.publish(&events).await;
+            if published.is_err() {
+                crate::spans::publish_failed(&spans);
+            }
+            drop(spans);
+            match published {
                 Ok(()) => {
                     if let Some(latency) = &latency {
                         latency.observe(started.elapsed().as_secs_f64());

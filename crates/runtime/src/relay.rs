@@ -116,10 +116,15 @@ impl Relay {
         self
     }
 
-    /// Publishes `events` to the bus, timing it as a sweep publish.
+    /// Publishes `events` to the bus, timing it as a sweep publish, each in its `publish` span
+    /// ([`crate::spans`]).
     async fn publish(&self, events: &[OutgoingEvent]) -> Result<(), crate::bus::BusError> {
+        let spans = crate::spans::publish_spans(self.db.service(), events);
         let started = std::time::Instant::now();
         let result = self.bus.publish(events).await;
+        if result.is_err() {
+            crate::spans::publish_failed(&spans);
+        }
         if let (Some(series), Ok(())) = (&self.series, &result) {
             series.sweep.observe(started.elapsed().as_secs_f64());
         }

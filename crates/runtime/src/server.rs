@@ -242,7 +242,7 @@ impl GrpcServer {
         readiness.set(&name, true);
         let serve = tonic::transport::Server::builder()
             .accept_http1(accept_http1)
-            .layer(ObserveLayer::new(metrics, known_paths))
+            .layer(ObserveLayer::new(metrics, known_paths).for_service(name.clone()))
             .layer(ProtectLayer::new(&name, protect))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal);

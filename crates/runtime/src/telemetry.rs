@@ -7,12 +7,14 @@
 //! Per-call spans (`rpc`, `event`) are `debug` spans of [`SPAN_TARGET`]: with the production
 //! filter (`info`) they are never created, and log lines take the call's trace ids from its
 //! [`crate::CallContext`]. OTLP export adds `mesh::span=debug` to the filter, so every call is
-//! exported as a span (and logs then also carry the span's fields).
+//! exported as a span (and logs then also carry the span's fields). Each span is exported under
+//! the `service.name` of the service it belongs to ([`crate::otlp_export`]), and the standard
+//! `OTEL_TRACES_SAMPLER` variables choose which traces are kept ([`crate::sampler`]).
 
 use std::io::IsTerminal;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::WithTonicConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Subscriber;
@@ -25,6 +27,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::config::{LogConfig, LogFormat, MeshConfig};
 use crate::json_log::JsonLines;
 use crate::observe::SPAN_TARGET;
+use crate::otlp_export::ServiceRoutedExporter;
+use crate::sampler::TraceSampler;
 
 /// Failure to set up telemetry.
 #[derive(Debug, thiserror::Error)]
@@ -60,43 +64,78 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber for a process named `service_name` (e.g. `mesh` or `order`).
-pub fn init(config: &MeshConfig, service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
-    init_with(&config.log, config.otlp_endpoint.as_ref(), service_name)
+/// What [`init_with`] exports spans to, and which.
+#[derive(Debug, Clone, Copy)]
+pub struct Export<'a> {
+    /// The OTLP/gRPC endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub endpoint: &'a http::Uri,
+    /// Which traces are exported.
+    pub sampler: TraceSampler,
+    /// The services this process serves: each one's spans are exported under its own
+    /// `service.name` ([`crate::otlp_export`]).
+    pub services: &'a [&'a str],
 }
 
-/// [`init`] from the logging settings and the OTLP endpoint alone (benchmarks install the same
-/// subscriber as `mesh serve` without a whole [`MeshConfig`]).
+/// Installs the global subscriber for a process named `process_name` (e.g. `mesh` or `order`)
+/// serving `services`; spans are exported when `config` has an OTLP endpoint.
+pub fn init(
+    config: &MeshConfig,
+    process_name: &str,
+    services: &[&str],
+) -> Result<TelemetryGuard, TelemetryError> {
+    let export = config.otlp_endpoint.as_ref().map(|endpoint| Export {
+        endpoint,
+        sampler: config.trace_sampler,
+        services,
+    });
+    init_with(&config.log, export, process_name)
+}
+
+/// [`init`] from the logging settings and the export alone (benchmarks install the same
+/// subscriber as `mesh serve` without a whole [`MeshConfig`]). Must run inside a tokio runtime
+/// when exporting (the exporters' channel is made here).
 pub fn init_with(
     log: &LogConfig,
-    otlp_endpoint: Option<&http::Uri>,
-    service_name: &str,
+    export: Option<Export<'_>>,
+    process_name: &str,
 ) -> Result<TelemetryGuard, TelemetryError> {
-    let provider = match otlp_endpoint {
-        Some(endpoint) => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint.to_string())
-                .build()
-                .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-            Some(
-                SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(
-                        Resource::builder()
-                            .with_service_name(service_name.to_string())
-                            .build(),
-                    )
-                    .build(),
-            )
-        }
-        None => None,
-    };
+    let provider = export
+        .map(|export| provider(export, process_name))
+        .transpose()?;
     let ansi = std::io::stderr().is_terminal();
     subscriber(log, provider.as_ref(), std::io::stderr, ansi)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(TelemetryGuard { provider })
+}
+
+/// The tracer provider of [`init_with`]: batches of spans go over one lazily connected channel
+/// to the endpoint, through one OTLP exporter per service (its own `service.name`) and one for
+/// the process's other spans.
+fn provider(export: Export<'_>, process_name: &str) -> Result<SdkTracerProvider, TelemetryError> {
+    let channel = tonic::transport::Endpoint::from(export.endpoint.clone()).connect_lazy();
+    let exporter = || {
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_channel(channel.clone())
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))
+    };
+    let services = export
+        .services
+        .iter()
+        .map(|s| Ok((s.to_string(), exporter()?)))
+        .collect::<Result<Vec<_>, TelemetryError>>()?;
+    let routed = ServiceRoutedExporter::new(exporter()?, services);
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(routed)
+        .with_sampler(export.sampler.sdk())
+        .with_resource(
+            Resource::builder()
+                .with_service_name(process_name.to_string())
+                .build(),
+        )
+        .build())
 }
 
 /// The subscriber [`init_with`] installs, writing lines to `writer` (tests capture them):

@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use mesh_contracts::events::v1::{NotificationFailed, NotificationSent};
 use mesh_contracts::notification::v1::DeliveryStatus;
+use mesh_runtime::Database;
 use mesh_runtime::outbox::Event;
-use mesh_runtime::trace_context::TraceContext;
+use mesh_runtime::spans::TracedWork;
 use mesh_runtime::work_queue::{WorkHandle, WorkQueue, WorkQueueOptions, WorkSource};
-use mesh_runtime::{CallContext, Database};
 
 use crate::channels::Sender;
 use crate::error::NotificationError;
@@ -91,10 +91,8 @@ impl Deliverer {
         };
         drop(c);
         let d = row.delivery;
-        let context = TraceContext::parse(&row.traceparent).map(|p| CallContext {
-            trace: p.child(),
-            deadline: None,
-        });
+        // A `delivery` span, a child of what queued the delivery: the send and its event.
+        let traced = TracedWork::continuing(self.db.service(), "delivery", &row.traceparent);
         let work = async {
             let result = self.sender.send(&d).await;
             let attempts = u32::try_from(attempt).unwrap_or(u32::MAX);
@@ -152,10 +150,7 @@ impl Deliverer {
             tx.commit().await?;
             Ok(())
         };
-        match context {
-            Some(ctx) => ctx.scope(work).await,
-            None => work.await,
-        }
+        traced.run(work).await
     }
 }
 

@@ -20,7 +20,7 @@ use mesh_contracts::payment::v1::{
     DeclineReason, PaymentStatus, TransactionKind, TransactionStatus,
 };
 use mesh_runtime::outbox::{Event, Tx};
-use mesh_runtime::trace_context::TraceContext;
+use mesh_runtime::spans::TracedWork;
 use mesh_runtime::work_queue::WorkHandle;
 use mesh_runtime::{CallContext, Database};
 
@@ -461,8 +461,10 @@ impl Engine {
             currency: p.currency.clone(),
             amount_minor: p.amount_minor,
         };
-        let answer = self
-            .in_trace(&p.traceparent, async {
+        // One `charge` span for the provider call and the transaction recording its outcome.
+        let work = TracedWork::continuing(self.db.service(), "charge", &p.traceparent);
+        let answer = work
+            .run(async {
                 tokio::time::timeout(self.settings.provider_timeout, self.provider.charge(&call))
                     .await
                     .unwrap_or(Err(ProviderError::Timeout))
@@ -495,11 +497,8 @@ impl Engine {
         };
         let mut tx = self.db.begin().await?;
         let finished_at = now_micros();
-        let finished = self
-            .in_trace(
-                &p.traceparent,
-                self.finish_in(&mut tx, &p, &outcome, retryable, finished_at),
-            )
+        let finished = work
+            .run(self.finish_in(&mut tx, &p, &outcome, retryable, finished_at))
             .await?;
         tx.commit().await?;
         if !finished {
@@ -568,8 +567,9 @@ impl Engine {
             currency: r.currency.clone(),
             amount_minor: r.amount_minor,
         };
-        let answer = self
-            .in_trace(&r.traceparent, async {
+        let work = TracedWork::continuing(self.db.service(), "refund", &r.traceparent);
+        let answer = work
+            .run(async {
                 tokio::time::timeout(self.settings.provider_timeout, self.provider.refund(&call))
                     .await
                     .unwrap_or(Err(ProviderError::Timeout))
@@ -597,11 +597,8 @@ impl Engine {
             }
         };
         let mut tx = self.db.begin().await?;
-        self.in_trace(
-            &r.traceparent,
-            self.finish_refund_in(&mut tx, &r, &p, &outcome),
-        )
-        .await?;
+        work.run(self.finish_refund_in(&mut tx, &r, &p, &outcome))
+            .await?;
         tx.commit().await?;
         Ok(Attempt::Final(self.refund(id).await?))
     }
@@ -768,22 +765,6 @@ impl Engine {
                     tokio::time::sleep(after).await;
                 }
             }
-        }
-    }
-
-    /// Runs `fut` as a child of the stored `traceparent` (the request or event that created the
-    /// work), so the provider call and the events it leads to continue that trace.
-    async fn in_trace<F: std::future::Future>(&self, traceparent: &str, fut: F) -> F::Output {
-        match TraceContext::parse(traceparent) {
-            Some(parent) => {
-                CallContext {
-                    trace: parent.child(),
-                    deadline: None,
-                }
-                .scope(fut)
-                .await
-            }
-            None => fut.await,
         }
     }
 }

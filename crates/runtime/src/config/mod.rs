@@ -121,6 +121,8 @@ pub struct MeshConfig {
     pub default_deadline: Duration,
     /// OTLP endpoint, when trace export is on.
     pub otlp_endpoint: Option<Uri>,
+    /// Which traces are exported (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+    pub trace_sampler: crate::sampler::TraceSampler,
     /// How peers are found.
     pub discovery: DiscoveryConfig,
     /// Every service of the module table, by name.

@@ -342,6 +342,10 @@ impl MeshConfig {
             };
             endpoints.insert(spec.name, ServiceEndpoint { port, addr });
         }
+        let trace_sampler = crate::sampler::TraceSampler::from_env(&env).unwrap_or_else(|bad| {
+            problems.extend(bad.0.into_iter().map(Problem::from));
+            crate::sampler::TraceSampler::default()
+        });
         let names: Vec<&'static str> = services.iter().map(|s| s.name).collect();
         let clients = ClientSettings::from_env(&names, &env).unwrap_or_else(|bad| {
             problems.extend(bad);
@@ -372,6 +376,7 @@ impl MeshConfig {
                     max_message_bytes: max,
                     default_deadline: dl,
                     otlp_endpoint: otlp,
+                    trace_sampler,
                     discovery,
                     services: endpoints,
                     databases,
