@@ -132,11 +132,14 @@ mod tests {
 
     use super::*;
 
-    /// Records what it is given: (its resource's service.name, the names of the spans).
+    /// One export: the exporter's resource's service.name and the names of the spans.
+    type Export = (String, Vec<String>);
+
+    /// Records what it is given.
     #[derive(Debug, Default, Clone)]
     struct Recording {
         service: Option<String>,
-        exported: Arc<Mutex<Vec<(String, Vec<String>)>>>,
+        exported: Arc<Mutex<Vec<Export>>>,
     }
 
     impl SpanExporter for Recording {

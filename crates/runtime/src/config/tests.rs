@@ -285,3 +285,35 @@ fn zero_deadline_and_bad_host_are_rejected() {
         ]
     );
 }
+
+#[test]
+fn the_trace_sampler_is_read_and_a_bad_one_named_in_the_one_error() {
+    assert_eq!(
+        parse(&[], &[]).expect("valid").trace_sampler,
+        crate::sampler::TraceSampler::default()
+    );
+    let config = parse(
+        &[],
+        &[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(
+        config.trace_sampler.root,
+        crate::sampler::RootSampling::Ratio(0.1)
+    );
+    assert!(!config.trace_sampler.parent_based);
+    let err = parse(
+        &["--database-pool-size", "0"],
+        &[("OTEL_TRACES_SAMPLER", "parentbased_sometimes")],
+    )
+    .expect_err("invalid");
+    let text = err.to_string();
+    assert!(
+        text.contains("OTEL_TRACES_SAMPLER = \"parentbased_sometimes\""),
+        "{text}"
+    );
+    assert!(text.contains("MESH_DATABASE_POOL_SIZE"), "{text}");
+}
