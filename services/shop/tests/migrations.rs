@@ -1,19 +1,12 @@
 //! The migration to microseconds converts the rows a running shop already has.
 
-use sqlx::any::AnyPoolOptions;
+use mesh_runtime::config::DatabaseTarget;
+use mesh_testkit as testing;
 
-#[tokio::test]
-async fn registration_times_in_seconds_become_microseconds() {
-    sqlx::any::install_default_drivers();
-    let pool = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .expect("sqlite");
-    sqlx::raw_sql(include_str!("../migrations/20260301000000_shop.sql"))
-        .execute(&pool)
-        .await
-        .expect("first migration");
+async fn registration_times_in_seconds_become_microseconds_on(target: DatabaseTarget) {
+    let db =
+        testing::database_before("shop", &target, &mesh_shop::MIGRATIONS, 20261203000000).await;
+    let pool = db.pool().clone();
     sqlx::raw_sql(
         "INSERT INTO stores VALUES ('hbf', 'Hbf', '', 'Berlin', 'DE', 'Europe/Berlin', 1767225600, 1767225601); \
          INSERT INTO machines VALUES ('vm-1', 'hbf', 'm', 8, 0, 0, '', '', 'ONLINE', 1767225602000000, '', 4.5, 0, 's', 1767225602000000, 1767225600, 1767225603);",
@@ -21,8 +14,7 @@ async fn registration_times_in_seconds_become_microseconds() {
     .execute(&pool)
     .await
     .expect("rows in seconds");
-    sqlx::raw_sql(include_str!("../migrations/20261203000000_micros.sql"))
-        .execute(&pool)
+    db.migrate(&mesh_shop::MIGRATIONS)
         .await
         .expect("micros migration");
     let store: (i64, i64) = sqlx::query_as("SELECT created_us, updated_us FROM stores")
@@ -44,4 +36,17 @@ async fn registration_times_in_seconds_become_microseconds() {
             1_767_225_602_000_000
         )
     );
+}
+
+#[tokio::test]
+async fn registration_times_in_seconds_become_microseconds_on_sqlite() {
+    registration_times_in_seconds_become_microseconds_on(testing::sqlite()).await;
+}
+
+#[tokio::test]
+async fn registration_times_in_seconds_become_microseconds_on_postgres() {
+    let Some(target) = testing::postgres("shop seconds to microseconds on postgres") else {
+        return;
+    };
+    registration_times_in_seconds_become_microseconds_on(target).await;
 }

@@ -1,19 +1,11 @@
 //! The migration to microseconds converts the rows a running vm already has.
 
-use sqlx::any::AnyPoolOptions;
+use mesh_runtime::config::DatabaseTarget;
+use mesh_testkit as testing;
 
-#[tokio::test]
-async fn times_in_seconds_become_microseconds() {
-    sqlx::any::install_default_drivers();
-    let pool = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .expect("sqlite");
-    sqlx::raw_sql(include_str!("../migrations/20260301000001_vm.sql"))
-        .execute(&pool)
-        .await
-        .expect("first migration");
+async fn times_in_seconds_become_microseconds_on(target: DatabaseTarget) {
+    let db = testing::database_before("vm", &target, &mesh_vm::MIGRATIONS, 20261203000001).await;
+    let pool = db.pool().clone();
     sqlx::raw_sql(
         "INSERT INTO planograms VALUES ('vm-1', 'hbf', 3, 1767225600); \
          INSERT INTO restocks VALUES ('vm-1', 'k', 1767225601); \
@@ -22,8 +14,7 @@ async fn times_in_seconds_become_microseconds() {
     .execute(&pool)
     .await
     .expect("rows in seconds");
-    sqlx::raw_sql(include_str!("../migrations/20261203000001_micros.sql"))
-        .execute(&pool)
+    db.migrate(&mesh_vm::MIGRATIONS)
         .await
         .expect("micros migration");
     let (planogram,): (i64,) = sqlx::query_as("SELECT updated_us FROM planograms")
@@ -41,4 +32,17 @@ async fn times_in_seconds_become_microseconds() {
         .await
         .expect("vend");
     assert_eq!(vend, (1_767_225_602_000_000, 1_767_225_603_000_000));
+}
+
+#[tokio::test]
+async fn times_in_seconds_become_microseconds_on_sqlite() {
+    times_in_seconds_become_microseconds_on(testing::sqlite()).await;
+}
+
+#[tokio::test]
+async fn times_in_seconds_become_microseconds_on_postgres() {
+    let Some(target) = testing::postgres("vm seconds to microseconds on postgres") else {
+        return;
+    };
+    times_in_seconds_become_microseconds_on(target).await;
 }
