@@ -7,7 +7,9 @@
 //! for a poll interval or a timeout instead of handing each step on at once.
 //!
 //! Then the README's promotion: staff create a campaign with the code `COLA10` and the
-//! customer's next order with it is confirmed at 10 % off.
+//! customer's next order with it is confirmed at 10 % off; the bus metrics after the sagas; and
+//! "what happened to this order": report's timeline of the last order over gRPC, REST (the edge)
+//! and `mesh events timeline`, guarded like the audit trail.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -176,6 +178,7 @@ async fn the_walkthrough_order_is_confirmed_moments_after_place_order_returns() 
     let mut orders = OrderServiceClient::new(mesh.channel("order").await);
 
     let mut latencies = Vec::new();
+    let mut last_order = String::new();
     for n in 0..ORDERS {
         let placed = orders
             .place_order(bearer(
@@ -210,6 +213,7 @@ async fn the_walkthrough_order_is_confirmed_moments_after_place_order_returns() 
             .expect("order");
         let returned = now_us();
         assert_eq!(placed.status, OrderStatus::Pending as i32);
+        last_order = placed.id.clone();
         let deadline = Instant::now() + Duration::from_secs(30);
         let confirmed_at = loop {
             let order = orders
@@ -264,6 +268,183 @@ async fn the_walkthrough_order_is_confirmed_moments_after_place_order_returns() 
 
     promotion(&mesh, &admin, &customer, &product, &mut orders).await;
     bus_metrics_after_the_saga(&mesh).await;
+    order_timeline(&mesh, &admin, &customer, &last_order).await;
+}
+
+/// The event types of `events`, checked to be in time order.
+fn types_in_time_order(events: &[mesh_contracts::events::v1::Envelope]) -> Vec<String> {
+    let times: Vec<(i64, i32)> = events
+        .iter()
+        .map(|e| e.time.map_or((0, 0), |t| (t.seconds, t.nanos)))
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "not in time order: {times:?}"
+    );
+    events.iter().map(|e| e.r#type.clone()).collect()
+}
+
+/// Where `wanted` is in `types` (panics naming both when it is missing).
+fn position(types: &[String], wanted: &str) -> usize {
+    types
+        .iter()
+        .position(|t| t == wanted)
+        .unwrap_or_else(|| panic!("{wanted} missing from the timeline {types:?}"))
+}
+
+/// "What happened to order X": report's timeline of the confirmed `order` holds the order's,
+/// inventory's and payment's events in the saga's order; the customer who placed it may read
+/// it, another customer may not, nor a caller without a token; the edge serves it as JSON and
+/// `mesh events timeline` prints it for an auditor.
+async fn order_timeline(mesh: &Mesh, admin: &str, customer: &str, order: &str) {
+    use mesh_contracts::report::v1::GetAggregateTimelineRequest;
+    use mesh_contracts::report::v1::report_service_client::ReportServiceClient;
+
+    let mut report = ReportServiceClient::new(mesh.channel("report").await);
+    let request = || GetAggregateTimelineRequest {
+        aggregate_id: order.to_string(),
+        max_events: 0,
+    };
+    // Report consumes the events asynchronously: wait until the saga's last steps arrived.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let timeline = loop {
+        let answer = report
+            .get_aggregate_timeline(bearer(admin, request()))
+            .await
+            .expect("GetAggregateTimeline")
+            .into_inner();
+        let types = types_in_time_order(&answer.events);
+        if ["order.confirmed", "inventory.committed"]
+            .iter()
+            .all(|t| types.iter().any(|have| have == t))
+        {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the timeline of {order} after 20 s: {types:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let types = types_in_time_order(&timeline.events);
+    assert_eq!(types[0], "order.created", "{types:?}");
+    assert!(position(&types, "order.created") < position(&types, "inventory.reserved"));
+    assert!(position(&types, "inventory.reserved") < position(&types, "payment.succeeded"));
+    assert!(position(&types, "payment.succeeded") < position(&types, "order.confirmed"));
+    assert!(position(&types, "order.confirmed") < position(&types, "inventory.committed"));
+    let sources: std::collections::BTreeSet<&str> =
+        timeline.events.iter().map(|e| e.source.as_str()).collect();
+    assert!(
+        ["order", "inventory", "payment"]
+            .iter()
+            .all(|s| sources.contains(s)),
+        "{sources:?}"
+    );
+    // The order first, then the related aggregates (reservation, payment, ...).
+    assert_eq!(timeline.subjects[0], order);
+    assert!(timeline.subjects.len() >= 2, "{:?}", timeline.subjects);
+    assert!(!timeline.truncated);
+
+    // The customer who placed it sees the same; another customer and no token do not.
+    let own = report
+        .get_aggregate_timeline(bearer(customer, request()))
+        .await
+        .expect("the customer's own order")
+        .into_inner();
+    assert_eq!(types_in_time_order(&own.events), types);
+    let stranger = sign_up(mesh, "grace@example.com").await;
+    let refused = report
+        .get_aggregate_timeline(bearer(&stranger, request()))
+        .await
+        .expect_err("another customer's order");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let refused = report
+        .get_aggregate_timeline(tonic::Request::new(request()))
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    // Over REST through the edge, as JSON with the payloads decoded.
+    let (status, body) = mesh_testkit::process::http_with(
+        mesh.addrs["edge"].trim_start_matches("http://"),
+        "GET",
+        &format!("/v1/reports/timeline/{order}"),
+        &[("authorization", &format!("Bearer {admin}"))],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let rest_types: Vec<&str> = json["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(rest_types, types);
+    assert_eq!(json["events"][0]["payload"]["orderId"], order, "{body}");
+
+    // `mesh events timeline` for an auditor (an account the admin gave the role).
+    let auditor = auditor_token(mesh, admin).await;
+    let out = Command::new(MESH)
+        .args([
+            "events",
+            "timeline",
+            order,
+            "--report",
+            &mesh.addrs["report"],
+        ])
+        .env("MESH_EVENTS_TOKEN", &auditor)
+        .output()
+        .expect("mesh events timeline runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let cli_types: Vec<&str> = json["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(cli_types, types);
+    assert_eq!(json["events"][0]["payload"]["orderId"], order);
+}
+
+/// An access token of a fresh account with the `auditor` role, given by `admin`.
+async fn auditor_token(mesh: &Mesh, admin: &str) -> String {
+    use mesh_contracts::auth::v1::{LoginRequest, Role, SetRolesRequest};
+
+    let mut auth = AuthServiceClient::new(mesh.channel("auth").await);
+    let signed = auth
+        .sign_up(SignUpRequest {
+            email: "auditor@example.com".into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("sign up")
+        .into_inner();
+    auth.set_roles(bearer(
+        admin,
+        SetRolesRequest {
+            account_id: signed.account.expect("account").id,
+            roles: vec![Role::Auditor as i32],
+        },
+    ))
+    .await
+    .expect("SetRoles auditor");
+    auth.login(LoginRequest {
+        email: "auditor@example.com".into(),
+        password: PASSWORD.into(),
+    })
+    .await
+    .expect("login")
+    .into_inner()
+    .tokens
+    .expect("tokens")
+    .access_token
 }
 
 /// The README's promotion: 10 % off the cola with `COLA10`, applied to the next order.

@@ -73,7 +73,8 @@ VARIANTS: dict[str, dict] = {
             "databaseUrl": "postgres://mesh:pw@db.example:5432/mesh",
             "redisUrl": "redis://cache.example:6379",
         },
-        "metrics": {"serviceMonitor": {"enabled": True}},
+        "metrics": {"serviceMonitor": {"enabled": True}, "dashboard": {"enabled": True},
+                    "alerts": {"enabled": True}},
         "networkPolicy": {"monitoring": {"enabled": True}},
         "edge": {
             "ingress": {"enabled": True, "className": "nginx"},
@@ -191,6 +192,14 @@ def check_crd(obj):
             assert set(ep) <= {"port", "path", "interval", "scheme", "scrapeTimeout"}
             assert ep["port"] == "admin" and ep["path"] == "/metrics"
             assert re.fullmatch(r"\d+(s|m)", ep["interval"])
+    elif obj["kind"] == "PrometheusRule":
+        assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(spec) == {"groups"} and spec["groups"]
+        for group in spec["groups"]:
+            assert set(group) <= {"name", "interval", "rules"} and group["rules"]
+            for rule in group["rules"]:
+                assert set(rule) <= {"alert", "record", "expr", "for", "labels", "annotations"}
+                assert isinstance(rule["expr"], str) and ("alert" in rule) != ("record" in rule)
     elif obj["kind"] == "HTTPRoute":
         assert obj["apiVersion"] == "gateway.networking.k8s.io/v1"
         assert set(spec) <= {"parentRefs", "hostnames", "rules"}

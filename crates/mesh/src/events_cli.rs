@@ -2,7 +2,8 @@
 //! consumer group's lag and pending entries; `dead --group G` prints the group's dead letters
 //! (reason, deliveries, the envelope with its payload decoded) as JSON; `replay --group G`
 //! replays one dead letter (`--id`), those of one event type (`--type`) or all (`--all`) to
-//! their stream; `tail --stream D` prints a stream's entries as JSON lines.
+//! their stream; `tail --stream D` prints a stream's entries as JSON lines. `timeline ID` asks
+//! report instead of Redis (`crate::events_timeline`).
 //!
 //! Envelopes and payloads are decoded with the embedded descriptor set, so the JSON is the
 //! proto3 JSON mapping of the real messages.
@@ -19,9 +20,9 @@ use serde_json::{Value, json};
 /// `mesh events` arguments.
 #[derive(Debug, Args)]
 pub(crate) struct EventsArgs {
-    /// The Redis of the bus.
+    /// The Redis of the bus (every command but `timeline`).
     #[arg(long, env = "MESH_REDIS_URL", value_name = "URL")]
-    redis_url: String,
+    redis_url: Option<String>,
     /// The bus's key prefix.
     #[arg(long, default_value = crate::migrate::REDIS_NAMESPACE)]
     namespace: String,
@@ -67,10 +68,13 @@ enum EventsCommand {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// What happened to an aggregate, e.g. an order: report's merged timeline of every
+    /// service's events for it and its related aggregates, as JSON.
+    Timeline(crate::events_timeline::TimelineArgs),
 }
 
-/// An envelope as JSON: its fields and its payload decoded by type (or base64 if unknown).
-fn envelope_json(pool: &DescriptorPool, bytes: &[u8]) -> Value {
+/// An envelope as JSON: its fields and its payload decoded by type (or its size if unknown).
+pub(crate) fn envelope_json(pool: &DescriptorPool, bytes: &[u8]) -> Value {
     let Ok(e) = Envelope::decode(bytes) else {
         return json!({ "malformed": true, "bytes": bytes.len() });
     };
@@ -115,11 +119,17 @@ fn event_type(bytes: &[u8]) -> String {
 
 /// Runs `mesh events`.
 pub(crate) async fn run(args: EventsArgs) -> anyhow::Result<()> {
-    let bus = RedisBus::connect(&args.redis_url, &args.namespace, DeliveryOptions::default())
-        .context("--redis-url")?;
+    let (redis_url, namespace) = (args.redis_url, args.namespace);
+    let connect = || -> anyhow::Result<RedisBus> {
+        let url = redis_url
+            .as_deref()
+            .context("--redis-url (or MESH_REDIS_URL) is required: the bus's Redis")?;
+        RedisBus::connect(url, &namespace, DeliveryOptions::default()).context("--redis-url")
+    };
     let pool = DescriptorPool::decode(mesh_contracts::FILE_DESCRIPTOR_SET)?;
     match args.command {
         EventsCommand::List => {
+            let bus = connect()?;
             let streams = bus.streams().await?;
             let out: Vec<Value> = streams
                 .iter()
@@ -143,6 +153,7 @@ pub(crate) async fn run(args: EventsArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         EventsCommand::Dead { group } => {
+            let bus = connect()?;
             let dead = bus.dead_letter_entries(&group).await?;
             let out: Vec<Value> = dead
                 .iter()
@@ -169,6 +180,7 @@ pub(crate) async fn run(args: EventsArgs) -> anyhow::Result<()> {
             if id.is_none() && wanted.is_none() && !all {
                 anyhow::bail!("replay: say which dead letters: --id, --type or --all");
             }
+            let bus = connect()?;
             let mut replayed = Vec::new();
             for (dead_id, d) in bus.dead_letter_entries(&group).await? {
                 let chosen = match (&id, &wanted) {
@@ -187,11 +199,13 @@ pub(crate) async fn run(args: EventsArgs) -> anyhow::Result<()> {
             }
             println!("{}", json!({ "group": group, "replayed": replayed }));
         }
+        EventsCommand::Timeline(timeline) => crate::events_timeline::run(timeline).await?,
         EventsCommand::Tail {
             stream,
             from_start,
             count,
         } => {
+            let bus = connect()?;
             let mut after = if from_start {
                 "0".to_string()
             } else {

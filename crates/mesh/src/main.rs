@@ -10,6 +10,7 @@ mod bench_saga_pg;
 mod edge_flags;
 mod envoy_config;
 mod events_cli;
+mod events_timeline;
 mod load;
 mod migrate;
 mod modules;

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use http::Uri;
-use mesh_runtime::audit::AuditApi;
 use mesh_runtime::config::{DiscoveryMode, env_prefix};
 use mesh_runtime::endpoint_slices::KubeClient;
 use mesh_runtime::lifecycle::{Supervisor, Task};
@@ -127,12 +126,15 @@ pub(crate) async fn start(
             Some(kube) => ctx.with_kube(kube.clone()),
             None => ctx,
         };
-        let routes = (module.constructor)(ctx)
+        let mut routes = (module.constructor)(ctx.clone())
             .await
             .map_err(|e| anyhow::anyhow!("building the {} service: {e}", module.name))?;
-        // Every service answers for its audit trail, from its own outbox.
-        let mut routes =
-            routes.add_service(AuditApi::new(db.clone()).server(config.max_message_bytes));
+        // Every service answers for its audit trail, from its own outbox, to callers allowed
+        // to read it (`mesh_runtime::audit_access`); auth with its own keys.
+        let verifier = routes.take_extension::<mesh_runtime::auth::Verifier>();
+        let audit = mesh_runtime::audit::guarded(&ctx, db.clone(), verifier)
+            .map_err(|e| anyhow::anyhow!("building the {} audit trail: {e}", module.name))?;
+        let mut routes = routes.add_service(audit);
         if let Some(extra) = routes.take_admin_routes() {
             admin_router = admin_router.merge(extra);
         }

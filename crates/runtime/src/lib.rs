@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod audit_access;
 pub mod auth;
 pub mod balance;
 pub mod bus;

@@ -249,6 +249,19 @@ impl ServiceContext {
                 declared: self.dependencies,
             });
         }
+        self.peer_unchecked(peer)
+    }
+
+    /// A lazily connecting channel to the auth service, whose JWKS verifies callers' tokens.
+    /// Every port verifies some callers (the runtime's audit trail at least), so this needs no
+    /// declared dependency; auth's own port reaches its own public `GetJwks`.
+    pub fn auth_channel(&self) -> Result<MeshChannel, ClientError> {
+        let (uri, options) = self.peer_unchecked("auth")?;
+        Ok(client::connect(uri, options))
+    }
+
+    /// [`peer`](Self::peer) without the dependency check.
+    fn peer_unchecked(&self, peer: &str) -> Result<(Uri, ClientOptions), ClientError> {
         let uri = self
             .peers
             .get(peer)
@@ -285,6 +298,7 @@ pub struct ServiceRoutes {
     fallback: Option<axum::Router>,
     descriptor_set: Option<Arc<[u8]>>,
     admin: Option<axum::Router>,
+    extensions: http::Extensions,
 }
 
 impl ServiceRoutes {
@@ -335,6 +349,19 @@ impl ServiceRoutes {
             None => router,
         });
         self
+    }
+
+    /// Hands `value` to what the binary adds to this port after the service is built, one value
+    /// per type: the auth service's own token verifier (`auth::Verifier`), which the runtime's
+    /// audit trail then uses instead of the JWKS over gRPC, so auth never calls itself.
+    pub fn extension<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.extensions.insert(value);
+        self
+    }
+
+    /// Takes the value of type `T` set with [`extension`](Self::extension), if any.
+    pub fn take_extension<T: Clone + Send + Sync + 'static>(&mut self) -> Option<T> {
+        self.extensions.remove::<T>()
     }
 
     /// Takes the admin routes added with [`admin_routes`](Self::admin_routes), for the binary to

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use mesh_auth::AuthSettings;
 use mesh_contracts::auth::v1::auth_service_client::AuthServiceClient;
 use mesh_contracts::auth::v1::{
-    IssueServiceTokenRequest, LoginRequest, SignUpRequest, SignUpResponse,
+    IssueServiceTokenRequest, LoginRequest, SetRolesRequest, SignUpRequest, SignUpResponse,
 };
 use mesh_runtime::Database;
 use mesh_runtime::config::DatabaseTarget;
@@ -137,6 +137,37 @@ impl TestAuth {
             .expect("service token")
             .into_inner()
             .access_token
+    }
+
+    /// A fresh account given `roles` by the bootstrap admin (`SetRoles`), logged in again so
+    /// its token carries them: its account id and access token.
+    pub async fn token_with_roles(&self, roles: &[mesh_runtime::auth::Role]) -> (String, String) {
+        let email = format!("{}@example.com", unique("r"));
+        let id = self.sign_up(&email).await.account.expect("account").id;
+        let admin = self.admin_token().await;
+        let mut client = self.client().await;
+        client
+            .set_roles(bearer(
+                &admin,
+                SetRolesRequest {
+                    account_id: id.clone(),
+                    roles: roles.iter().map(|r| r.to_proto() as i32).collect(),
+                },
+            ))
+            .await
+            .expect("set roles");
+        let token = client
+            .login(LoginRequest {
+                email,
+                password: PASSWORD.into(),
+            })
+            .await
+            .expect("login")
+            .into_inner()
+            .tokens
+            .expect("tokens")
+            .access_token;
+        (id, token)
     }
 
     /// An access token of a fresh customer.

@@ -104,8 +104,9 @@ pub async fn build_with(
         .max_encoding_message_size(ctx.max_message_bytes());
     Ok(ServiceRoutes::new()
         .add_service(
-            guard_with(verifier, policy(), server)?
+            guard_with(verifier.clone(), policy(), server)?
                 .counted(AuthRejections::of(ctx.metrics(), ctx.name())),
         )
+        .extension(verifier)
         .admin_routes(jwks_http))
 }

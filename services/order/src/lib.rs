@@ -145,7 +145,13 @@ pub async fn build_with(
     ctx.start_consumer(
         saga::handlers(ctx.consumer()?.concurrency(1)).on("user.deleted", erasure::OnUserDeleted),
     );
-    let sweeper = sweeper::Sweeper::new(db.clone(), options.saga_timeout);
+    let timeouts = prometheus_client::metrics::counter::Counter::default();
+    ctx.metrics().register(
+        "order_saga_timeouts",
+        "Orders cancelled by the saga timeout (no outcome within MESH_ORDER_SAGA_TIMEOUT)",
+        timeouts.clone(),
+    );
+    let sweeper = sweeper::Sweeper::new(db.clone(), options.saga_timeout).counted(timeouts);
     ctx.background_task(sweeper.queue(options.sweep_every).task());
     let fallbacks = prometheus_client::metrics::counter::Counter::default();
     ctx.metrics().register(

@@ -3,13 +3,14 @@
 //! payment refunds. A [`WorkSource`] of the runtime's work queue: its scan finds the overdue
 //! orders every sweep interval. Every replica may run it: each cancellation is a conditional
 //! transition, so an order is cancelled once, and a confirmation that wins the race is never
-//! overwritten.
+//! overwritten. Each cancellation counts in `order_saga_timeouts_total` (the chart's alert).
 
 use std::time::Duration;
 
 use mesh_contracts::events::v1::CancelReason;
 use mesh_runtime::Database;
 use mesh_runtime::work_queue::{WorkHandle, WorkQueue, WorkQueueOptions, WorkSource};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::error::OrderError;
 use crate::{store, transitions};
@@ -19,12 +20,23 @@ use crate::{store, transitions};
 pub struct Sweeper {
     db: Database,
     timeout: Duration,
+    timeouts: Counter,
 }
 
 impl Sweeper {
     /// A sweeper over `db` cancelling orders open longer than `timeout`.
     pub fn new(db: Database, timeout: Duration) -> Self {
-        Self { db, timeout }
+        Self {
+            db,
+            timeout,
+            timeouts: Counter::default(),
+        }
+    }
+
+    /// Counts the orders it cancels in `timeouts`.
+    pub fn counted(mut self, timeouts: Counter) -> Self {
+        self.timeouts = timeouts;
+        self
     }
 
     /// Cancels order `id` if it is still open; whether it did.
@@ -39,6 +51,7 @@ impl Sweeper {
             .is_some();
         tx.commit().await?;
         if cancelled {
+            self.timeouts.inc();
             tracing::info!(order = %id, "order cancelled by the saga timeout");
         }
         Ok(cancelled)

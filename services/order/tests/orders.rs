@@ -482,6 +482,12 @@ async fn timeout(backend: Backend) {
         "{}",
         timed_out.cancel_reason
     );
+    // The chart's MeshSagaTimeouts alert counts these.
+    let metrics = m.order_metrics.encode();
+    assert!(
+        metrics.lines().any(|l| l == "order_saga_timeouts_total 1"),
+        "{metrics}"
+    );
     m.until_stock(&apple.id, (5, 0)).await;
     // A late success is ignored (payment refunds it on order.cancelled).
     m.payment_event(&reserved, true).await;

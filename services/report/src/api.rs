@@ -5,6 +5,8 @@ use mesh_contracts::common::v1::Money;
 use mesh_contracts::report::v1::report_service_server::ReportService;
 use mesh_contracts::report::v1::*;
 use mesh_runtime::Database;
+use mesh_runtime::audit_access::AuditScope;
+use mesh_runtime::auth::Identity;
 use mesh_runtime::domain::{money::to_money, page_token, time};
 use tonic::{Request, Response, Status};
 
@@ -13,6 +15,7 @@ use crate::error::ReportError;
 use crate::freshness::{self, LagSource};
 use crate::queries::{self, TopFilter};
 use crate::rebuild;
+use crate::timeline;
 use crate::validate;
 
 type Result<T> = std::result::Result<T, ReportError>;
@@ -21,6 +24,9 @@ type Result<T> = std::result::Result<T, ReportError>;
 const DEFAULT_LOW_STOCK: i64 = 5;
 /// Default days of the days-of-cover window.
 const DEFAULT_COVER_WINDOW: i64 = 28;
+/// Default and largest `max_events` of a timeline.
+const DEFAULT_TIMELINE: i64 = 1000;
+const MAX_TIMELINE: i64 = 5000;
 
 /// The report service.
 #[derive(Debug, Clone)]
@@ -186,8 +192,46 @@ impl ReportApi {
     }
 }
 
+impl ReportApi {
+    /// The timeline of `req.aggregate_id` for a caller of `scope` (a customer's only when the
+    /// aggregate is theirs).
+    pub async fn timeline(
+        &self,
+        scope: &AuditScope,
+        req: GetAggregateTimelineRequest,
+    ) -> std::result::Result<GetAggregateTimelineResponse, Status> {
+        let id = validate::required_id("aggregate_id", &req.aggregate_id)?;
+        let max = validate::bounded(
+            "max_events",
+            i64::from(req.max_events),
+            DEFAULT_TIMELINE,
+            MAX_TIMELINE,
+        )?;
+        let found =
+            timeline::timeline(&self.db, &id, usize::try_from(max).unwrap_or(usize::MAX)).await?;
+        scope.check(&id, &found.events)?;
+        let fresh = freshness::freshness(&self.db, &self.lag).await?;
+        Ok(GetAggregateTimelineResponse {
+            events: found.events,
+            subjects: found.subjects,
+            truncated: found.truncated,
+            freshness: Some(fresh),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl ReportService for ReportApi {
+    async fn get_aggregate_timeline(
+        &self,
+        request: Request<GetAggregateTimelineRequest>,
+    ) -> std::result::Result<Response<GetAggregateTimelineResponse>, Status> {
+        let scope = AuditScope::of(Identity::of(&request))?;
+        Ok(Response::new(
+            self.timeline(&scope, request.into_inner()).await?,
+        ))
+    }
+
     async fn get_sales_by_shop_day(
         &self,
         request: Request<GetSalesByShopDayRequest>,

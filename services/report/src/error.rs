@@ -13,6 +13,9 @@ pub enum ReportError {
     /// Another rebuild took over while this one ran.
     #[error("{0}")]
     Superseded(String),
+    /// A row of report's event history does not decode: `DATA_LOSS`.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 impl ReportError {
@@ -39,6 +42,7 @@ impl From<ReportError> for tonic::Status {
         match e {
             ReportError::Common(c) => c.into(),
             ReportError::Superseded(_) => tonic::Status::aborted(e.to_string()),
+            ReportError::Corrupt(_) => tonic::Status::data_loss(e.to_string()),
         }
     }
 }

@@ -7,6 +7,8 @@
 //!   handled-event record); [`apply`]: how each event changes the models; [`models`]: the models
 //!   and their tables;
 //! - [`rebuild`]: the shadow generation, replayed from the history and swapped in;
+//! - [`timeline`]: an aggregate's events and its related aggregates' from the history, merged
+//!   in time order ("what happened to order X");
 //! - [`api`]: the RPCs; [`queries`]: the read side; [`freshness`]: newest event and lag;
 //!   [`validate`], [`dates`], [`error`]. Page tokens, time and the error shape are the runtime's
 //!   domain kit.
@@ -20,6 +22,7 @@ pub mod models;
 pub mod queries;
 pub mod rebuild;
 pub mod record;
+pub mod timeline;
 pub mod validate;
 
 use futures::future::BoxFuture;
@@ -40,9 +43,11 @@ pub const MIGRATIONS: Migrations = Migrations {
 };
 
 /// Who may call each RPC of `report.v1.ReportService`: the reports are for staff and other
-/// services (admins pass every role check); a rebuild is for admins only.
+/// services (admins pass every role check); a rebuild is for admins only; a timeline for any
+/// valid token, then decided like the audit trail (`mesh_runtime::audit_access`).
 pub fn policy() -> Policy {
     Policy::new("report.v1.ReportService")
+        .authenticated(&["GetAggregateTimeline"])
         .roles(
             &["GetSalesByShopDay", "ListTopProducts", "GetStockSummary"],
             &[Role::Staff, Role::Service],

@@ -43,6 +43,11 @@ pub fn optional_id(field: &str, id: &str) -> Result<String> {
     Ok(ids::REFERENCE.optional(field, id)?.unwrap_or_default())
 }
 
+/// A required id: a reference (up to 128 characters without spaces).
+pub fn required_id(field: &str, id: &str) -> Result<String> {
+    Ok(ids::REFERENCE.check(field, id)?)
+}
+
 /// A count with a default for 0, refused when negative or above `max`.
 pub fn bounded(field: &str, value: i64, default: i64, max: i64) -> Result<i64> {
     match value {

@@ -15,16 +15,19 @@ pub enum Role {
     Device,
     /// Another service of the mesh (client-credentials tokens).
     Service,
+    /// An auditor: reads the audit trail of every aggregate, nothing else.
+    Auditor,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Customer,
         Role::Staff,
         Role::Admin,
         Role::Device,
         Role::Service,
+        Role::Auditor,
     ];
 
     /// The claim value, e.g. `staff`.
@@ -35,6 +38,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Device => "device",
             Role::Service => "service",
+            Role::Auditor => "auditor",
         }
     }
 
@@ -52,6 +56,7 @@ impl Role {
             Role::Admin => P::Admin,
             Role::Device => P::Device,
             Role::Service => P::Service,
+            Role::Auditor => P::Auditor,
         }
     }
 
@@ -65,6 +70,7 @@ impl Role {
             P::Admin => Some(Role::Admin),
             P::Device => Some(Role::Device),
             P::Service => Some(Role::Service),
+            P::Auditor => Some(Role::Auditor),
         }
     }
 }
