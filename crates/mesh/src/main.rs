@@ -7,6 +7,7 @@ mod bench_hop;
 mod bench_product;
 mod bench_saga;
 mod bench_saga_pg;
+mod certs;
 mod edge_flags;
 mod envoy_config;
 mod events_cli;
@@ -106,6 +107,10 @@ enum Command {
     /// Operate the Redis bus: list streams and consumer groups with their lag, show a group's
     /// dead letters, replay them, tail a stream (docs/events.md).
     Events(events_cli::EventsArgs),
+    /// Write a development CA and a certificate per service (and one naming every service, for
+    /// `mesh serve all`) for mTLS on one machine; reuses the CA already in the folder
+    /// (docs/security.md).
+    Certs(certs::CertsArgs),
     /// Print the module table: each target, its default gRPC port and the services it calls.
     Modules {
         /// Print JSON instead of a table.
@@ -164,6 +169,7 @@ fn main() -> ExitCode {
                 }
             }),
         Command::EnvoyConfig(args) => envoy_config::run(&args),
+        Command::Certs(args) => certs::run(&args),
         Command::Load(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

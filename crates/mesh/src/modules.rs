@@ -4,6 +4,11 @@
 
 use mesh_runtime::{Migrations, Module, ModuleSettings};
 
+/// Targets whose port is public (browsers, apps, the ingress): they serve plaintext even when
+/// mTLS is on (`MESH_TLS_*`), public TLS being the ingress's job; their own calls to upstreams
+/// still use mTLS (docs/security.md).
+pub(crate) const PUBLIC: &[&str] = &["edge"];
+
 /// Every service, in start order (dependencies first is not required: clients connect lazily).
 pub(crate) const MODULES: &[Module] = &[
     Module {

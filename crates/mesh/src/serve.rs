@@ -16,6 +16,8 @@ use mesh_runtime::config::{DiscoveryMode, env_prefix};
 use mesh_runtime::endpoint_slices::KubeClient;
 use mesh_runtime::lifecycle::{Supervisor, Task};
 use mesh_runtime::relay::{Relay, RelayOptions};
+use mesh_runtime::settings::process_env;
+use mesh_runtime::tls::{MeshTls, TlsSettings};
 use mesh_runtime::{
     GrpcServer, MeshConfig, Metrics, Module, Readiness, RpcMetrics, RuntimeArgs, ServiceContext,
 };
@@ -23,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::modules::MODULES;
+use crate::modules::{MODULES, PUBLIC};
 use crate::targets;
 
 /// Runs the targets named by `targets` with the settings in `args`.
@@ -38,8 +40,14 @@ pub(crate) async fn run(targets_spec: &str, args: &RuntimeArgs) -> anyhow::Resul
     let _telemetry = mesh_runtime::telemetry::init(&config, &process_name, &names)?;
     let stop_signal = mesh_runtime::shutdown::signal().context("listening for SIGTERM/SIGINT")?;
     let mesh = start(Arc::new(config), &targets).await?;
+    let tls = process_env(mesh_runtime::tls::settings::TLS_CERT.name).is_some();
     for (name, addr) in &mesh.grpc {
-        println!("ready  {name:<13} grpc://{addr}");
+        let mtls = if tls && !PUBLIC.contains(name) {
+            "  (mTLS)"
+        } else {
+            ""
+        };
+        println!("ready  {name:<13} grpc://{addr}{mtls}");
     }
     println!(
         "ready  {:<13} http://{}  (/metrics /healthz /readyz)",
@@ -105,6 +113,10 @@ pub(crate) async fn start(
     let rpc_metrics = RpcMetrics::register(&metrics);
     let readiness = Readiness::new();
     let shutdown = CancellationToken::new();
+    let tls = tls_material()?;
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(shutdown.clone()));
+    }
 
     // One bus per process; each service its own database, migrated, its outbox relayed.
     let bus = crate::migrate::bus(&config)?;
@@ -124,6 +136,10 @@ pub(crate) async fn start(
         .with_supervisor(supervisor.clone());
         let ctx = match &kube {
             Some(kube) => ctx.with_kube(kube.clone()),
+            None => ctx,
+        };
+        let ctx = match &tls {
+            Some(tls) => ctx.with_tls(tls.clone()),
             None => ctx,
         };
         let mut routes = (module.constructor)(ctx.clone())
@@ -172,6 +188,10 @@ pub(crate) async fn start(
         let server = GrpcServer::new(module.name, routes, rpc_metrics.clone())
             .readiness(readiness.clone())
             .grace(config.shutdown_grace);
+        let server = match &tls {
+            Some(tls) if !PUBLIC.contains(&module.name) => server.tls(tls.clone()),
+            _ => server,
+        };
         let stop = shutdown.clone().cancelled_owned();
         tasks.spawn(async move {
             server
@@ -197,6 +217,23 @@ pub(crate) async fn start(
         supervisor,
         grace: config.shutdown_grace,
     })
+}
+
+/// The process's mTLS material when `MESH_TLS_*` turn it on (checked before, by
+/// [`targets::validate`]); its files are re-read every `MESH_TLS_RELOAD` while the mesh runs.
+fn tls_material() -> anyhow::Result<Option<MeshTls>> {
+    match TlsSettings::from_env(process_env) {
+        Ok(None) => Ok(None),
+        Ok(Some(settings)) => Ok(Some(MeshTls::load(settings)?)),
+        Err(problems) => bail!(
+            "{}",
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
 }
 
 impl Running {

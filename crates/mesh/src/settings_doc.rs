@@ -76,6 +76,11 @@ const SHARED: &[Setting] = &[
         default: "",
         doc: "The key page tokens are HMAC-checked with; give every replica the same value. Unset: a built-in key (tokens are checksummed, not secret).",
     },
+    mesh_runtime::tls::settings::TLS_CERT,
+    mesh_runtime::tls::settings::TLS_KEY,
+    mesh_runtime::tls::settings::TLS_CA,
+    mesh_runtime::tls::settings::TLS_NAMESPACE,
+    mesh_runtime::tls::settings::TLS_RELOAD,
 ];
 
 fn default_text(s: &Setting) -> &str {

@@ -1,7 +1,7 @@
 //! Parsing the target list of `mesh serve`: `all`, or names separated by commas; and validating
 //! everything the targets will read before anything binds: the process configuration
 //! ([`MeshConfig`]), each target's own declared settings ([`Module::settings`]), its server
-//! protection and its fault switches, all problems in one error.
+//! protection, its fault switches and the process's mTLS files, all problems in one error.
 
 use std::collections::BTreeSet;
 
@@ -42,6 +42,9 @@ pub(crate) fn validate_with(
     }
     if let Ok(targets) = &targets {
         problems.extend(module_problems(targets, &env));
+    }
+    if let Err(tls) = mesh_runtime::tls::TlsSettings::from_env(&env) {
+        problems.extend(tls);
     }
     match (config, targets) {
         (Ok(mut config), Ok(targets)) if problems.is_empty() => {

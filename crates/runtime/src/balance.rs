@@ -23,9 +23,10 @@ use tonic::transport::{Channel, Endpoint};
 use tower_service::Service;
 
 use crate::dns::DnsResolver;
+use crate::tls::ClientTls;
 
 /// Settings of a balanced channel.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BalanceOptions {
     /// How often the name is resolved again.
     pub refresh: Duration,
@@ -35,6 +36,8 @@ pub struct BalanceOptions {
     pub eject_max: Duration,
     /// Time allowed to open a TCP connection to one address.
     pub connect_timeout: Duration,
+    /// mTLS toward every address ([`crate::tls`]); `None` speaks plaintext HTTP/2.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for BalanceOptions {
@@ -44,6 +47,7 @@ impl Default for BalanceOptions {
             eject_base: Duration::from_secs(1),
             eject_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -90,13 +94,14 @@ impl Balanced {
         resolver: DnsResolver,
         options: BalanceOptions,
     ) -> Self {
+        let every = options.refresh;
         let balanced = Self::empty(origin, format!("{host}:{port}"), options);
         tokio::spawn(refresh(
             balanced.source(),
             host.to_string(),
             port,
             resolver,
-            options.refresh,
+            every,
         ));
         balanced
     }
@@ -208,14 +213,17 @@ impl Pool {
     }
 
     fn channel_to(&self, addr: SocketAddr) -> Channel {
-        Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .expect("a socket address makes a valid URI")
             .origin(self.origin.clone())
             .connect_timeout(self.options.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect_lazy()
+            .keep_alive_timeout(Duration::from_secs(10));
+        match &self.options.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
+            None => endpoint.connect_lazy(),
+        }
     }
 
     /// The next address in rotation that is not ejected; when all are, the one back soonest.

@@ -10,6 +10,9 @@
 //!   being served, and the configured default; a call whose deadline has already passed fails
 //!   with `DEADLINE_EXCEEDED` without touching the network. No outgoing call is unbounded.
 //!
+//! With [`ClientOptions::tls`], every connection is mTLS and the peer must prove the module
+//! table's identity for it ([`crate::tls`]).
+//!
 //! Under `Propagate`, the resilience layers of [`crate::resilience`]: retries of idempotent unary
 //! calls within a budget, then the upstream's circuit breaker (adaptive throttling).
 
@@ -32,6 +35,7 @@ use crate::resilience::{
     Breaker, BreakerOptions, ClientMetrics, ResilienceOptions, Retry, RetryBudget, RetryOptions,
     RetryPolicy, Throttle,
 };
+use crate::tls::ClientTls;
 use crate::trace_context::TRACEPARENT;
 
 /// The channel type service code holds for calling a peer.
@@ -59,6 +63,8 @@ pub struct ClientOptions {
     pub resilience: ResilienceOptions,
     /// Where retries and breaker state are counted; `None` counts nothing.
     pub metrics: Option<ClientMetrics>,
+    /// mTLS toward the upstream ([`crate::tls`]); `None` speaks plaintext HTTP/2.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -72,6 +78,7 @@ impl Default for ClientOptions {
             name: None,
             resilience: ResilienceOptions::default(),
             metrics: None,
+            tls: None,
         }
     }
 }
@@ -98,7 +105,8 @@ pub fn connect(uri: Uri, options: ClientOptions) -> MeshChannel {
         });
         let balance = BalanceOptions {
             connect_timeout: options.connect_timeout,
-            ..options.balance
+            tls: options.tls.clone(),
+            ..options.balance.clone()
         };
         let watched = options.kube.as_ref().zip(service_and_namespace(&host)).map(
             |(kube, (service, namespace))| {
@@ -108,7 +116,7 @@ pub fn connect(uri: Uri, options: ClientOptions) -> MeshChannel {
                     service,
                     namespace,
                     port,
-                    balance,
+                    balance.clone(),
                 )
             },
         );
@@ -129,15 +137,18 @@ pub fn connect(uri: Uri, options: ClientOptions) -> MeshChannel {
     };
     let channel = match balanced {
         Some(balanced) => PeerChannel::Balanced(balanced),
-        None => PeerChannel::Direct(
-            Endpoint::from(uri)
+        None => {
+            let endpoint = Endpoint::from(uri)
                 .connect_timeout(options.connect_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(10))
-                .keep_alive_while_idle(true)
-                .connect_lazy(),
-        ),
+                .keep_alive_while_idle(true);
+            PeerChannel::Direct(match &options.tls {
+                Some(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
+                None => endpoint.connect_lazy(),
+            })
+        }
     };
     layered(
         channel,

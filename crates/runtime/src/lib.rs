@@ -18,7 +18,9 @@
 //!   [`event_metrics`] (lag, outcomes, dead letters, outbox backlog, publish latency);
 //! - [`domain`]: the domain kit (the service error shape, page tokens, timestamps, id, currency
 //!   and money rules);
-//! - [`auth`]: token verification and per-RPC access policies (see `docs/identity.md`).
+//! - [`auth`]: token verification and per-RPC access policies (see `docs/identity.md`);
+//! - [`tls`]: mTLS on every gRPC port and channel, reloaded when the files change
+//!   (see `docs/security.md`).
 
 pub mod admin;
 pub mod audit;
@@ -61,6 +63,7 @@ pub mod shutdown;
 pub mod spans;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 pub mod trace_context;
 pub mod work_queue;
 

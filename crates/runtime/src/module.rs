@@ -20,6 +20,7 @@ use crate::lifecycle::{Supervisor, Task, TaskError};
 use crate::metrics::Metrics;
 use crate::settings::ModuleSettings;
 use crate::storage::{Database, Migrations};
+use crate::tls::{ClientTls, MeshTls};
 
 /// Why a service could not be built.
 pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
@@ -77,6 +78,14 @@ pub enum ClientError {
     /// No address is known for the peer.
     #[error("no address is known for service `{0}`; set MESH_<SERVICE>_ADDR")]
     NoAddress(String),
+    /// The peer's mTLS identity is not a valid DNS name.
+    #[error("service `{peer}` cannot be named in a TLS identity: {reason}")]
+    Identity {
+        /// The peer.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The service was built without a database or bus (a context made by hand, e.g. in a test).
@@ -99,6 +108,7 @@ pub struct ServiceContext {
     data: Option<(Database, Arc<dyn EventBus>)>,
     kube: Option<KubeClient>,
     supervisor: Supervisor,
+    tls: Option<MeshTls>,
 }
 
 impl ServiceContext {
@@ -120,7 +130,15 @@ impl ServiceContext {
             shutdown,
             data: None,
             kube: None,
+            tls: None,
         }
+    }
+
+    /// Calls peers over mTLS with the process's material ([`crate::tls`]): each channel checks
+    /// that its peer proves the module table's identity for it.
+    pub fn with_tls(mut self, tls: MeshTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Runs the service's background tasks under `supervisor` (the process's: its readiness is
@@ -267,6 +285,15 @@ impl ServiceContext {
             .get(peer)
             .cloned()
             .ok_or_else(|| ClientError::NoAddress(peer.to_string()))?;
+        let tls = match &self.tls {
+            Some(tls) => Some(ClientTls::for_service(tls.clone(), peer).map_err(|e| {
+                ClientError::Identity {
+                    peer: peer.to_string(),
+                    reason: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
         Ok((
             uri,
             ClientOptions {
@@ -279,6 +306,7 @@ impl ServiceContext {
                 name: Some(peer.to_string()),
                 metrics: Some(crate::resilience::ClientMetrics::of(&self.metrics)),
                 resilience: self.config.clients.for_upstream(peer),
+                tls,
                 ..ClientOptions::default()
             },
         ))

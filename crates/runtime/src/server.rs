@@ -1,6 +1,6 @@
 //! The gRPC server of one mesh service: its routes plus `grpc.health.v1`, server reflection (v1
 //! and v1alpha, since grpcurl 1.8 asks v1alpha; [`crate::reflection`]), the [`ObserveLayer`] (traces, call context,
-//! metrics), and graceful shutdown.
+//! metrics), graceful shutdown, and mTLS when given the process's material ([`GrpcServer::tls`]).
 //!
 //! Shutdown: when the `shutdown` future resolves, health turns `NOT_SERVING` (and `/readyz` 503),
 //! the listener closes, in-flight calls run to completion, and [`GrpcServer::run`] returns. If they
@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tonic::transport::server::TcpIncoming;
@@ -21,6 +22,7 @@ use crate::observe::ObserveLayer;
 use crate::readiness::Readiness;
 use crate::reflection::{Reflection, ReflectionIndex};
 use crate::shed::{ProtectLayer, ProtectOptions};
+use crate::tls::MeshTls;
 
 /// Service names of the protocol services every port serves besides its own.
 const HEALTH: &str = "grpc.health.v1.Health";
@@ -65,6 +67,7 @@ pub struct GrpcServer {
     readiness: Readiness,
     grace: Duration,
     protect: Option<ProtectOptions>,
+    tls: Option<MeshTls>,
 }
 
 impl GrpcServer {
@@ -77,6 +80,7 @@ impl GrpcServer {
             readiness: Readiness::new(),
             grace: Duration::from_secs(25),
             protect: None,
+            tls: None,
         }
     }
 
@@ -100,6 +104,13 @@ impl GrpcServer {
         self
     }
 
+    /// Serves mTLS with `tls`'s current material ([`crate::tls`]): every connection completes a
+    /// TLS handshake with a client certificate from the CA before it is served.
+    pub fn tls(mut self, tls: MeshTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Serves on `listener` until `shutdown` resolves, then drains (see the module docs).
     pub async fn run(
         self,
@@ -113,6 +124,7 @@ impl GrpcServer {
             readiness,
             grace,
             protect,
+            tls,
         } = self;
         let env = |k: &str| std::env::var(k).ok();
         let config_err = |problem| ServeError::Config {
@@ -238,14 +250,26 @@ impl GrpcServer {
             }
         };
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         readiness.set(&name, true);
-        let serve = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .accept_http1(accept_http1)
             .layer(ObserveLayer::new(metrics, known_paths).for_service(name.clone()))
             .layer(ProtectLayer::new(&name, protect))
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, signal);
+            .add_routes(routes);
+        let serve = match tls {
+            Some(tls) => router
+                .serve_with_incoming_shutdown(
+                    crate::tls::incoming(listener, tls, accept_http1, name.clone()),
+                    signal,
+                )
+                .left_future(),
+            None => router
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    signal,
+                )
+                .right_future(),
+        };
         tokio::pin!(serve);
         let deadline = async {
             draining.notified().await;

@@ -16,6 +16,10 @@
 //! `Retry-After`), marked [`LocalRejection`]: it is not the upstream's answer, so the circuit
 //! breaker does not count it and the retry layer does not retry it.
 //!
+//! With mTLS on ([`ConnectionPool::with_tls`]), each pooled connection runs the same handshake as
+//! the runtime's channels ([`mesh_runtime::tls::ClientTls`]): the upstream proves its identity,
+//! the edge presents its certificate.
+//!
 //! Only upstreams addressed by IP get a pool: a DNS name is balanced over all of its addresses by
 //! the runtime's channel (re-resolved, failing addresses ejected), which the pool does not do.
 
@@ -28,6 +32,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
+use mesh_runtime::tls::ClientTls;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_runtime::resilience::LocalRejection;
@@ -91,6 +96,8 @@ struct Shared {
     /// Calls in flight over every slot, and the most allowed.
     in_flight: AtomicUsize,
     max_in_flight: usize,
+    /// mTLS toward the upstream, when on.
+    tls: Option<ClientTls>,
 }
 
 #[derive(Default)]
@@ -139,6 +146,7 @@ impl ConnectionPool {
                 slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
                 in_flight: AtomicUsize::new(0),
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+                tls: None,
             }),
         })
     }
@@ -147,6 +155,14 @@ impl ConnectionPool {
     pub fn with_max_in_flight(mut self, max: usize) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.max_in_flight = max.max(1);
+        }
+        self
+    }
+
+    /// The same pool speaking mTLS with `tls` (none: plaintext); call before cloning.
+    pub fn with_tls(mut self, tls: Option<ClientTls>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.tls = tls;
         }
         self
     }
@@ -199,6 +215,22 @@ impl Shared {
         stream
             .set_nodelay(true)
             .map_err(|e| transport_status(connecting.clone(), e, true))?;
+        match &self.tls {
+            Some(tls) => {
+                let stream = tls.handshake(stream).await.map_err(|e| {
+                    transport_status(format!("TLS handshake with {}", self.authority), e, true)
+                })?;
+                self.handshake(stream).await
+            }
+            None => self.handshake(stream).await,
+        }
+    }
+
+    /// The HTTP/2 handshake on an open stream; the connection then runs in its own task.
+    async fn handshake<T>(&self, stream: T) -> Result<SendRequest<tonic::body::Body>, Status>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         // The keep-alive settings of the runtime's channels.
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

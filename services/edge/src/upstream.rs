@@ -81,8 +81,13 @@ impl Upstream {
         pool_size: usize,
         max_in_flight: usize,
     ) -> Self {
-        let pooled = ConnectionPool::for_ip(&uri, pool_size, options.connect_timeout)
-            .map(|pool| client::layered(pool.with_max_in_flight(max_in_flight), options.clone()));
+        let pooled = ConnectionPool::for_ip(&uri, pool_size, options.connect_timeout).map(|pool| {
+            client::layered(
+                pool.with_max_in_flight(max_in_flight)
+                    .with_tls(options.tls.clone()),
+                options.clone(),
+            )
+        });
         Self {
             name: name.into(),
             channel: client::connect(uri, options),
