@@ -101,7 +101,14 @@ async fn mtls_between_processes_refuses_strangers_and_rotates_without_dropping_c
     let foreign = dir.path().join("foreign");
     certs(&certs_dir);
     certs(&foreign);
-    for file in ["ca.pem", "ca.key", "all.pem", "all.key", "product.pem", "edge.key"] {
+    for file in [
+        "ca.pem",
+        "ca.key",
+        "all.pem",
+        "all.key",
+        "product.pem",
+        "edge.key",
+    ] {
         assert!(certs_dir.join(file).exists(), "mesh certs wrote no {file}");
     }
     let data = tempfile::tempdir().unwrap();
@@ -138,7 +145,10 @@ async fn mtls_between_processes_refuses_strangers_and_rotates_without_dropping_c
     let stranger_data = tempfile::tempdir().unwrap();
     let stranger = serve("edge", &foreign, "edge", stranger_data.path(), &edge_env);
     let (status, body) = http(stranger.addr("edge"), "GET", unknown, "");
-    assert!(status >= 500, "a stranger's call was answered {status}: {body}");
+    assert!(
+        status >= 500,
+        "a stranger's call was answered {status}: {body}"
+    );
     drop(stranger);
 
     // Rotation: `mesh certs` again issues new certificates from the same CA; product reloads
@@ -166,7 +176,11 @@ async fn mtls_between_processes_refuses_strangers_and_rotates_without_dropping_c
     assert_eq!(after, rotated_der);
     // ... and the connection opened before the rotation still serves calls, not reopened.
     assert_eq!(health(open).await.unwrap(), 1);
-    assert_eq!(opened.load(Ordering::SeqCst), 1, "the open connection was replaced");
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        1,
+        "the open connection was replaced"
+    );
     // The edge's pooled connection to product also keeps working.
     let (status, _) = http(edge.addr("edge"), "GET", unknown, "");
     assert_eq!(status, 404);

@@ -49,7 +49,7 @@ K8S_VERSIONS = sorted(
     {"1.29.0", kubernetes_validate.utils.latest_version()},
     key=lambda v: tuple(int(x) for x in v.split(".")),
 )
-CRD_API_VERSIONS = {"monitoring.coreos.com/v1", "gateway.networking.k8s.io/v1"}
+CRD_API_VERSIONS = {"monitoring.coreos.com/v1", "gateway.networking.k8s.io/v1", "cert-manager.io/v1"}
 
 
 def profile(name: str) -> dict:
@@ -92,6 +92,14 @@ VARIANTS["everything"]["notification"] = {
     "smtp": {"url": "smtp://mail.example:587", "user": "mesh", "passwordSecret": "smtp-password",
              "caSecret": "relay-ca"},
     "webhook": {"url": "https://hooks.example/mesh", "secretName": "webhook-key"},
+}
+# mTLS (docs/security.md): certificates from a cert-manager issuer, or your own Secrets.
+VARIANTS["mtls"] = {
+    "tls": {"enabled": True, "certManager": {"issuerRef": {"name": "mesh-ca", "kind": "ClusterIssuer"}}},
+}
+VARIANTS["mtls-own-secrets"] = {
+    "serviceNaming": "prefixed",
+    "tls": {"enabled": True, "secretPrefix": "workload-", "reload": "10s"},
 }
 # A per-service pool size (rendered into order's env; external database, so no guard).
 VARIANTS["everything"]["services"]["order"]["databasePoolSize"] = 8
@@ -200,6 +208,14 @@ def check_crd(obj):
             for rule in group["rules"]:
                 assert set(rule) <= {"alert", "record", "expr", "for", "labels", "annotations"}
                 assert isinstance(rule["expr"], str) and ("alert" in rule) != ("record" in rule)
+    elif obj["kind"] == "Certificate":
+        assert obj["apiVersion"] == "cert-manager.io/v1"
+        assert set(spec) <= {"secretName", "duration", "renewBefore", "commonName", "dnsNames",
+                             "usages", "privateKey", "issuerRef"}
+        assert spec["secretName"] and spec["dnsNames"] and spec["issuerRef"]["name"]
+        assert set(spec["issuerRef"]) <= {"name", "kind", "group"}
+        assert re.fullmatch(r"(\d+[hms])+", spec["duration"]) and re.fullmatch(r"(\d+[hms])+", spec["renewBefore"])
+        assert {"server auth", "client auth"} <= set(spec["usages"])
     elif obj["kind"] == "HTTPRoute":
         assert obj["apiVersion"] == "gateway.networking.k8s.io/v1"
         assert set(spec) <= {"parentRefs", "hostnames", "rules"}
@@ -255,7 +271,12 @@ def test_every_enabled_service_has_deployment_service_probes_security(variant):
         assert c["command"] == ["/usr/local/bin/mesh"] and c["args"] == ["serve", name]
         assert svc["port"] == MODULES[name][0]
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-            assert c[probe]["grpc"] == {"port": svc["port"]}, (name, probe)
+            if merged["tls"]["enabled"] and name != "edge":
+                # The service port wants a client certificate: probes use the admin port.
+                path = "/readyz" if probe == "readinessProbe" else "/healthz"
+                assert c[probe]["httpGet"] == {"path": path, "port": "admin"}, (name, probe)
+            else:
+                assert c[probe]["grpc"] == {"port": svc["port"]}, (name, probe)
         assert c["resources"]["requests"] and c["resources"]["limits"]
         sc = c["securityContext"]
         assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 65532
@@ -906,3 +927,60 @@ def test_dockerfile_contract():
     assert "org.opencontainers.image.title" in text
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert "target/" in ignore and ".git/" in ignore
+
+
+# --------------------------------------------------------------------- mTLS
+
+
+@pytest.mark.parametrize("variant", ["mtls", "mtls-own-secrets"])
+def test_mtls_mounts_each_services_secret_and_sets_the_tls_env(variant):
+    objs, _, merged = render(VARIANTS[variant])
+    prefix = merged["tls"]["secretPrefix"] or f"{RELEASE}-tls-"
+    for name, d in deployments_by_module(objs).items():
+        pod = d["spec"]["template"]["spec"]
+        [c] = pod["containers"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == "tls"]
+        assert volume["secret"]["secretName"] == f"{prefix}{name}", name
+        assert {"name": "tls", "mountPath": "/etc/mesh/tls", "readOnly": True} in c["volumeMounts"]
+        env = env_of(c)
+        assert env["MESH_TLS_CERT"]["value"] == "/etc/mesh/tls/tls.crt"
+        assert env["MESH_TLS_KEY"]["value"] == "/etc/mesh/tls/tls.key"
+        assert env["MESH_TLS_CA"]["value"] == "/etc/mesh/tls/ca.crt"
+        assert env["MESH_TLS_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+        assert env["MESH_TLS_RELOAD"]["value"] == merged["tls"]["reload"]
+
+
+def test_mtls_with_cert_manager_renders_a_certificate_per_service_naming_its_identity():
+    objs, _, merged = render(VARIANTS["mtls"])
+    certificates = {component(c): c for c in by_kind(objs, "Certificate").values()}
+    assert set(certificates) == set(enabled(merged)) == set(MODULES)
+    for name, cert in certificates.items():
+        spec = cert["spec"]
+        assert spec["secretName"] == f"{RELEASE}-tls-{name}"
+        assert spec["dnsNames"][0] == f"{name}.{NAMESPACE}.svc", "the identity peers check comes first"
+        assert f"{name}.{NAMESPACE}.svc.cluster.local" in spec["dnsNames"]
+        assert spec["issuerRef"] == {"name": "mesh-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+        assert spec["privateKey"]["rotationPolicy"] == "Always"
+
+
+def test_mtls_with_own_secrets_renders_no_certificate_and_without_tls_nothing_changes():
+    objs, _, _ = render(VARIANTS["mtls-own-secrets"])
+    assert not by_kind(objs, "Certificate")
+    objs, _, _ = render()
+    assert not by_kind(objs, "Certificate")
+    for d in by_kind(objs, "Deployment").values():
+        pod = d["spec"]["template"]["spec"]
+        assert all(v["name"] != "tls" for v in pod["volumes"])
+        [c] = pod["containers"]
+        assert not [e for e in c.get("env", []) if e["name"].startswith("MESH_TLS_")]
+
+
+@pytest.mark.parametrize("bad", [
+    {"tls": {"enabled": "yes"}},
+    {"tls": {"reload": "often"}},
+    {"tls": {"certManager": {"issuerRef": {"kind": "Vault"}}}},
+    {"tls": {"certificates": {}}},
+])
+def test_values_schema_rejects_bad_tls_settings(bad):
+    with pytest.raises(Exception):
+        _chart().render(values=bad, name=RELEASE, namespace=NAMESPACE, is_install=True)

@@ -12,13 +12,16 @@ opening a database, and exits 0, or 1 naming every bad setting. A bad value in a
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from test_chart import VARIANTS, by_kind, render
+from test_chart import NAMESPACE, VARIANTS, by_kind, render
 from test_module_table import mesh_binary
 
 # What a secretKeyRef stands for: values of the shape the Secret must hold.
@@ -53,10 +56,35 @@ def container_env(container: dict, configmaps: dict) -> dict[str, str]:
         if "value" in item:
             # $(VAR) refers to a variable defined before this one; others stay as written.
             env[name] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"])
+        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[name] = NAMESPACE
         else:
             assert "secretKeyRef" in item.get("valueFrom", {}), f"{name}: {item}"
             env[name] = SECRET_STAND_INS.get(name, "a-secret")
     return env
+
+
+@functools.lru_cache(maxsize=None)
+def dev_certs() -> Path:
+    """Certificates from `mesh certs`, standing in for the mounted TLS Secrets."""
+    out = Path(tempfile.mkdtemp(prefix="mesh-chart-certs-"))
+    subprocess.run([binary(), "certs", "--out", str(out), "--namespace", NAMESPACE],
+                   check=True, capture_output=True, timeout=60)
+    return out
+
+
+def with_mounted_tls(argv: list[str], env: dict[str, str]) -> dict[str, str]:
+    """`env` with the TLS Secret's mount point (/etc/mesh/tls) standing for real files: the
+    service's certificate from `mesh certs`."""
+    if "MESH_TLS_CERT" not in env:
+        return env
+    certs = dev_certs()
+    files = {
+        "/etc/mesh/tls/tls.crt": certs / f"{argv[1]}.pem",
+        "/etc/mesh/tls/tls.key": certs / f"{argv[1]}.key",
+        "/etc/mesh/tls/ca.crt": certs / "ca.pem",
+    }
+    return {k: str(files.get(v, v)) for k, v in env.items()}
 
 
 def processes(objs) -> list[tuple[str, list[str], dict[str, str]]]:
@@ -68,7 +96,8 @@ def processes(objs) -> list[tuple[str, list[str], dict[str, str]]]:
             for c in obj["spec"]["template"]["spec"]["containers"]:
                 if c.get("command") != ["/usr/local/bin/mesh"]:
                     continue
-                found.append((f"{kind}/{name}", list(c["args"]), container_env(c, configmaps)))
+                argv = list(c["args"])
+                found.append((f"{kind}/{name}", argv, with_mounted_tls(argv, container_env(c, configmaps))))
     return found
 
 

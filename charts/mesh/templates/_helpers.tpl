@@ -270,3 +270,20 @@ release may open (mesh.databaseConnections) exceed postgresql.maxConnections.
 {{- fail (printf "postgresql.maxConnections (%d) is below the %d connections the release may open (services' pools at their most replicas %d, migration Job %d, reserved %d): raise postgresql.maxConnections or lower config.databasePoolSize / services.<name>.databasePoolSize" $max (int $c.total) (int $c.services) (int $c.migrations) (int $c.reserved)) }}
 {{- end }}
 {{- end }}
+
+{{/*
+The Secret with a service's mTLS certificate, key and CA (tls.crt, tls.key, ca.crt).
+(dict "root" $ "name" "product")
+*/}}
+{{- define "mesh.tlsSecretName" -}}
+{{- $prefix := .root.Values.tls.secretPrefix | default (printf "%s-tls-" (include "mesh.fullname" .root)) }}
+{{- printf "%s%s" $prefix .name | trunc 253 }}
+{{- end }}
+
+{{/*
+The mTLS identity of a module: <module>.<namespace>.svc (MESH_TLS_NAMESPACE is the pod's
+namespace). (dict "root" $ "name" "product")
+*/}}
+{{- define "mesh.tlsIdentity" -}}
+{{- printf "%s.%s.svc" .name .root.Release.Namespace }}
+{{- end }}

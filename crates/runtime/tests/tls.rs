@@ -108,7 +108,10 @@ async fn the_right_certificates_call_and_every_wrong_one_is_refused() {
 
     // order calls product: product proves `product.default.svc`, order presents its certificate.
     let right = ClientTls::for_service(order.clone(), "product").unwrap();
-    assert_eq!(get(channel(addr, right.clone()), "p-1").await.unwrap(), "p-1");
+    assert_eq!(
+        get(channel(addr, right.clone()), "p-1").await.unwrap(),
+        "p-1"
+    );
 
     // Expecting another service at that address: the client refuses product's certificate.
     let wrong_identity = ClientTls::for_service(order.clone(), "inventory").unwrap();
@@ -154,9 +157,7 @@ async fn the_right_certificates_call_and_every_wrong_one_is_refused() {
     {
         Err(_) => true,
         Ok(mut stream) => {
-            let _ = stream
-                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-                .await;
+            let _ = stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
             let mut buf = [0u8; 64];
             !matches!(stream.read(&mut buf).await, Ok(n) if n > 0)
         }

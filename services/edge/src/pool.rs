@@ -32,10 +32,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
-use mesh_runtime::tls::ClientTls;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_runtime::resilience::LocalRejection;
+use mesh_runtime::tls::ClientTls;
 use tokio::net::TcpStream;
 use tonic::Status;
 

@@ -82,7 +82,6 @@ fn day_of(t: SystemTime) -> (i32, u8, u8) {
     civil_from_days(secs.div_euclid(86_400))
 }
 
-
 impl DevCa {
     /// A new CA with a fresh key.
     pub fn generate() -> Result<Self, rcgen::Error> {

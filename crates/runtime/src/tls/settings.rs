@@ -162,11 +162,14 @@ mod tests {
 
     #[test]
     fn one_file_alone_is_refused_naming_the_missing_ones() {
-        let problems = TlsSettings::from_env(lookup_in(&[("MESH_TLS_CERT", "/x.pem")])).unwrap_err();
+        let problems =
+            TlsSettings::from_env(lookup_in(&[("MESH_TLS_CERT", "/x.pem")])).unwrap_err();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].setting, "MESH_TLS_CERT");
         assert!(
-            problems[0].reason.contains("MESH_TLS_KEY and MESH_TLS_CA unset"),
+            problems[0]
+                .reason
+                .contains("MESH_TLS_KEY and MESH_TLS_CA unset"),
             "{}",
             problems[0].reason
         );
