@@ -10,6 +10,8 @@
 //! customer's next order with it is confirmed at 10 % off; the bus metrics after the sagas; and
 //! "what happened to this order": report's timeline of the last order over gRPC, REST (the edge)
 //! and `mesh events timeline`, guarded like the audit trail.
+//! Then the README's staff refund: one can of the first order refunded and written off, the
+//! refund completed by payment, the order still CONFIRMED with the refunded amount.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -27,7 +29,10 @@ use mesh_contracts::common::v1::{
 use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_contracts::inventory::v1::{AdjustStockRequest, AdjustmentReason};
 use mesh_contracts::order::v1::order_service_client::OrderServiceClient;
-use mesh_contracts::order::v1::{GetOrderRequest, LineItem, OrderStatus, PlaceOrderRequest};
+use mesh_contracts::order::v1::{
+    GetOrderRequest, LineItem, OrderStatus, PlaceOrderRequest, RefundLine, RefundOrderRequest,
+    RefundStatus, StockDisposition,
+};
 use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
 use mesh_contracts::product::v1::{CreateProductRequest, Product};
 use mesh_runtime::config::env_prefix;
@@ -179,6 +184,7 @@ async fn the_walkthrough_order_is_confirmed_moments_after_place_order_returns() 
 
     let mut latencies = Vec::new();
     let mut last_order = String::new();
+    let mut first = String::new();
     for n in 0..ORDERS {
         let placed = orders
             .place_order(bearer(
@@ -214,6 +220,9 @@ async fn the_walkthrough_order_is_confirmed_moments_after_place_order_returns() 
         let returned = now_us();
         assert_eq!(placed.status, OrderStatus::Pending as i32);
         last_order = placed.id.clone();
+        if n == 0 {
+            first = placed.id.clone();
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         let confirmed_at = loop {
             let order = orders
@@ -269,6 +278,60 @@ async fn the_walkthrough_order_is_confirmed_moments_after_place_order_returns() 
     promotion(&mesh, &admin, &customer, &product, &mut orders).await;
     bus_metrics_after_the_saga(&mesh).await;
     order_timeline(&mesh, &admin, &customer, &last_order).await;
+    staff_refund(&admin, &customer, &product, &first, &mut orders).await;
+}
+
+/// The README's staff refund: one can of the first order (2 × 250) refunded, written off.
+async fn staff_refund(
+    admin: &str,
+    customer: &str,
+    product: &str,
+    order: &str,
+    orders: &mut OrderServiceClient<Channel>,
+) {
+    let answer = orders
+        .refund_order(bearer(
+            admin,
+            RefundOrderRequest {
+                id: order.into(),
+                idempotency_key: "refund-1".into(),
+                lines: vec![RefundLine {
+                    product_id: product.into(),
+                    quantity: 1,
+                    disposition: StockDisposition::WriteOff as i32,
+                    amount: None,
+                }],
+                disposition: StockDisposition::Unspecified as i32,
+                reason: "dented can".into(),
+            },
+        ))
+        .await
+        .expect("RefundOrder")
+        .into_inner();
+    let refund = answer.refund.expect("refund");
+    assert_eq!(refund.status, RefundStatus::Requested as i32);
+    assert_eq!(refund.amount.map(|m| m.amount_minor), Some(250));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = orders
+            .get_order(bearer(customer, GetOrderRequest { id: order.into() }))
+            .await
+            .expect("GetOrder")
+            .into_inner()
+            .order
+            .expect("order");
+        if o.refunds
+            .iter()
+            .all(|r| r.status == RefundStatus::Completed as i32)
+        {
+            assert_eq!(o.status, OrderStatus::Confirmed as i32);
+            assert_eq!(o.refunded_total.map(|m| m.amount_minor), Some(250));
+            assert_eq!(o.refunds.len(), 1);
+            return;
+        }
+        assert!(Instant::now() < deadline, "the refund is {:?}", o.refunds);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The event types of `events`, checked to be in time order.
