@@ -73,9 +73,30 @@ def dev_certs() -> Path:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def secret_file(content: str) -> Path:
+    """A file holding `content`, standing in for one key of a mounted Secret."""
+    fd, path = tempfile.mkstemp(prefix="mesh-chart-secret-")
+    with open(fd, "w") as f:
+        f.write(content)
+    return Path(path)
+
+
+# Notification's settings naming files of mounted Secrets, and what a file of that shape holds
+# (the check reads them: a CA file must hold certificates, webhook keys are 16+ characters).
+NOTIFICATION_FILES = {
+    "MESH_NOTIFICATION_SMTP_PASSWORD_FILE": lambda: secret_file("a-smtp-password"),
+    "MESH_NOTIFICATION_WEBHOOK_SECRET_FILE": lambda: secret_file("a-webhook-key-of-32-characters!!"),
+    "MESH_NOTIFICATION_SMTP_CA_FILE": lambda: dev_certs() / "ca.pem",
+    "MESH_NOTIFICATION_WEBHOOK_CA_FILE": lambda: dev_certs() / "ca.pem",
+}
+
+
 def with_mounted_tls(argv: list[str], env: dict[str, str]) -> dict[str, str]:
-    """`env` with the TLS Secret's mount point (/etc/mesh/tls) standing for real files: the
-    service's certificate from `mesh certs`."""
+    """`env` with the mounted Secrets standing for real files: the TLS Secret's mount point
+    (/etc/mesh/tls) the service's certificate from `mesh certs`, notification's SMTP and webhook
+    Secrets files of the right shape."""
+    env = {k: str(NOTIFICATION_FILES[k]()) if k in NOTIFICATION_FILES else v for k, v in env.items()}
     if "MESH_TLS_CERT" not in env:
         return env
     certs = dev_certs()
