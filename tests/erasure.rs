@@ -117,7 +117,8 @@ async fn copies(data: &std::path::Path, needle: &str) -> Vec<String> {
 }
 
 /// The user service's REST routes, derived by the edge from `google.api.http`, are in the
-/// OpenAPI document.
+/// OpenAPI document. UpdateUser's `/v1/users/{user.id}` has the shape of GetUser's path, so it is
+/// listed under `/v1/users/{id}` (OpenAPI forbids two paths differing only in names).
 #[test]
 fn user_routes_are_in_the_openapi_document() {
     let out = Command::new(MESH).arg("openapi").output().unwrap();
@@ -126,7 +127,7 @@ fn user_routes_are_in_the_openapi_document() {
         ("/v1/users", "post"),
         ("/v1/users", "get"),
         ("/v1/users/{id}", "get"),
-        ("/v1/users/{user.id}", "patch"),
+        ("/v1/users/{id}", "patch"),
         ("/v1/users/{id}", "delete"),
     ] {
         assert!(
