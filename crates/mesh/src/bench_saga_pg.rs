@@ -118,9 +118,9 @@ const SCRIPT: &str = r"\set p random(0, 49)
 \set n random(1, 2000000000)
 BEGIN;
 INSERT INTO floor.mesh_handled_events (consumer, event_id, handled_at_us) VALUES ('inventory', 'e' || :client_id || '-' || :n, 0) ON CONFLICT DO NOTHING;
-INSERT INTO floor.saga_orders (order_id, state, reservation_id, updated_at) VALUES ('o' || :client_id || '-' || :n, 'RESERVED', 'r' || :client_id || '-' || :n, 0) ON CONFLICT (order_id) DO NOTHING;
-INSERT INTO floor.reservations (id, reference_id, status, created_at, expires_at, updated_at) VALUES ('r' || :client_id || '-' || :n, 'o' || :client_id || '-' || :n, 'ACTIVE', 0, 900, 0) ON CONFLICT DO NOTHING;
-UPDATE floor.stock SET reserved = stock.reserved + v.column3, updated_at = 0 FROM (VALUES ('p' || :p, 'default', CAST(1 AS BIGINT))) AS v WHERE stock.product_id = v.column1 AND stock.location_id = v.column2 AND stock.on_hand - stock.reserved >= v.column3 RETURNING stock.product_id;
+INSERT INTO floor.saga_orders (order_id, state, reservation_id, updated_us) VALUES ('o' || :client_id || '-' || :n, 'RESERVED', 'r' || :client_id || '-' || :n, 0) ON CONFLICT (order_id) DO NOTHING;
+INSERT INTO floor.reservations (id, reference_id, status, created_us, expires_us, updated_us) VALUES ('r' || :client_id || '-' || :n, 'o' || :client_id || '-' || :n, 'ACTIVE', 0, 900000000, 0) ON CONFLICT DO NOTHING;
+UPDATE floor.stock SET reserved = stock.reserved + v.column3, updated_us = 0 FROM (VALUES ('p' || :p, 'default', CAST(1 AS BIGINT))) AS v WHERE stock.product_id = v.column1 AND stock.location_id = v.column2 AND stock.on_hand - stock.reserved >= v.column3 RETURNING stock.product_id;
 INSERT INTO floor.reservation_lines (reservation_id, line_no, product_id, location_id, quantity) VALUES ('r' || :client_id || '-' || :n, 0, 'p' || :p, 'default', 1) ON CONFLICT DO NOTHING;
 INSERT INTO floor.mesh_outbox (event_id, event_type, subject, sequence, part, occurred_at_us, envelope) SELECT 'x' || :client_id || '-' || :n, 'inventory.reserved', 'r' || :client_id || '-' || :n, COALESCE(MAX(sequence), 0) + 1, 3, 0, '\x0a24' FROM floor.mesh_outbox WHERE subject = 'r' || :client_id || '-' || :n RETURNING sequence;
 COMMIT;
@@ -139,7 +139,7 @@ pub(crate) async fn floor(db_url: &str, seconds: u64) -> anyhow::Result<f64> {
         "CREATE TABLE floor.reservation_lines (LIKE inventory.reservation_lines INCLUDING ALL)",
         "CREATE TABLE floor.stock (LIKE inventory.stock INCLUDING ALL)",
         "CREATE TABLE floor.mesh_outbox (LIKE inventory.mesh_outbox INCLUDING ALL)",
-        "INSERT INTO floor.stock (product_id, location_id, on_hand, reserved, updated_at) \
+        "INSERT INTO floor.stock (product_id, location_id, on_hand, reserved, updated_us) \
          SELECT 'p' || i, 'default', 1000000000, 0, 0 FROM generate_series(0, 49) AS i",
     ];
     for sql in setup {

@@ -8,6 +8,7 @@ use mesh_contracts::inventory::v1::inventory_service_server::InventoryService;
 use mesh_contracts::inventory::v1::*;
 use mesh_runtime::auth::{Clock, Identity};
 use mesh_runtime::domain::page_token;
+use mesh_runtime::domain::time::{duration_us, to_timestamp};
 use mesh_runtime::outbox::Event;
 use mesh_runtime::{Database, DatabaseError};
 use tonic::{Request, Response, Status};
@@ -76,7 +77,7 @@ impl InventoryApi {
         } else {
             validate::reference("reservation_id", &req.reservation_id)?
         };
-        let now = self.clock.now_unix();
+        let now = self.clock.now_us();
         let mut tx = self.db.begin().await?;
         if let Some(existing) = store::reservation(&mut tx, &reference, true).await? {
             return Ok(existing);
@@ -97,7 +98,7 @@ impl InventoryApi {
                 short.join("; ")
             )));
         }
-        let expires = now + ttl.as_secs() as i64;
+        let expires = now.saturating_add(duration_us(ttl));
         match store::insert_reservation(&mut tx, &id, &reference, &lines, now, expires).await {
             // A concurrent Reserve for the same reference (or id) won: answer with its reservation.
             Err(InventoryError::Database(DatabaseError::Conflict(_))) => {
@@ -123,10 +124,7 @@ impl InventoryApi {
                     reservation_id: id.clone(),
                     reference_id: reference.clone(),
                     lines: event_lines(&lines),
-                    expire_time: Some(prost_types::Timestamp {
-                        seconds: expires,
-                        nanos: 0,
-                    }),
+                    expire_time: Some(to_timestamp(expires)),
                 },
             )
             .correlation(reference.clone()),
@@ -205,7 +203,7 @@ impl InventoryApi {
         } else {
             Some(validate::reference("request_id", &req.request_id)?)
         };
-        let now = self.clock.now_unix();
+        let now = self.clock.now_us();
         let mut tx = self.db.begin().await?;
         if let Some(rid) = &request_id
             && let Some((p, l, on_hand, reserved)) =

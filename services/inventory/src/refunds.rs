@@ -61,7 +61,7 @@ impl EventHandler for Return {
                 .map_err(|err| permanent(event, err))?;
             let location = validate::location_id("location_id", &e.location_id, true)
                 .map_err(|err| permanent(event, err))?;
-            let now = self.0.clock.now_unix();
+            let now = self.0.clock.now_us();
             let mut lines = e.lines.clone();
             // Sorted, so concurrent adjustments lock stock rows in one order.
             lines.sort_by(|a, b| a.product_id.cmp(&b.product_id));

@@ -10,6 +10,7 @@ use mesh_contracts::events::v1::{
 use mesh_contracts::inventory::v1::{Reservation, ReservationStatus};
 use mesh_runtime::Database;
 use mesh_runtime::auth::Clock;
+use mesh_runtime::domain::time::{from_timestamp, to_timestamp};
 use mesh_runtime::outbox::{Event, Tx};
 
 use crate::error::InventoryError;
@@ -39,7 +40,7 @@ pub async fn finish(
     reason: &str,
 ) -> Result<Reservation, InventoryError> {
     let mut tx = db.begin().await?;
-    let after = finish_in(&mut tx, clock.now_unix(), id, to, reason, Expiry::Enforce).await?;
+    let after = finish_in(&mut tx, clock.now_us(), id, to, reason, Expiry::Enforce).await?;
     tx.commit().await?;
     Ok(after)
 }
@@ -53,7 +54,7 @@ pub enum Expiry {
     Ignore,
 }
 
-/// [`finish`] inside `tx` (a consumer's transaction, or the RPC's), at Unix time `now`.
+/// [`finish`] inside `tx` (a consumer's transaction, or the RPC's), at `now` (microseconds since the epoch).
 pub async fn finish_in(
     tx: &mut Tx,
     now: i64,
@@ -82,10 +83,16 @@ pub async fn finish_loaded(
     if current.status != ReservationStatus::Active as i32 {
         return Ok(current);
     }
-    let expire_at = current.expire_time.as_ref().map_or(0, |t| t.seconds);
-    if to == ReservationStatus::Committed && expiry == Expiry::Enforce && expire_at <= now {
+    // A stored expiry always converts; one that did not would count as past.
+    let expired = current.expire_time.as_ref().is_none_or(|t| {
+        from_timestamp("expire_time", t)
+            .map(|us| us <= now)
+            .unwrap_or(true)
+    });
+    if to == ReservationStatus::Committed && expiry == Expiry::Enforce && expired {
+        let at = current.expire_time.as_ref().map_or(0, |t| t.seconds);
         return Err(InventoryError::FailedPrecondition(format!(
-            "reservation `{id}` expired at {expire_at}; its stock is being returned"
+            "reservation `{id}` expired at {at} (Unix seconds); its stock is being returned"
         )));
     }
     if !store::transition(tx, &id, to, now).await? {
@@ -148,10 +155,7 @@ pub async fn finish_loaded(
     // What `transition` wrote: the new status, updated now.
     Ok(Reservation {
         status: to as i32,
-        update_time: Some(prost_types::Timestamp {
-            seconds: now,
-            nanos: 0,
-        }),
+        update_time: Some(to_timestamp(now)),
         ..current
     })
 }

@@ -20,6 +20,7 @@ use mesh_contracts::events::v1::{
 use mesh_contracts::inventory::v1::ReservationStatus;
 use mesh_runtime::auth::Clock;
 use mesh_runtime::consumer::{Consumer, EventHandler, HandlerError};
+use mesh_runtime::domain::time::{duration_us, to_timestamp};
 use mesh_runtime::outbox::{Event, Tx};
 use prost::Message;
 
@@ -86,9 +87,9 @@ async fn set_state(
     now: i64,
 ) -> Result<(), HandlerError> {
     sqlx::query(
-        "INSERT INTO saga_orders (order_id, state, reservation_id, updated_at) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO saga_orders (order_id, state, reservation_id, updated_us) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (order_id) DO UPDATE SET state = $2, \
-         reservation_id = CASE WHEN $3 = '' THEN saga_orders.reservation_id ELSE $3 END, updated_at = $4",
+         reservation_id = CASE WHEN $3 = '' THEN saga_orders.reservation_id ELSE $3 END, updated_us = $4",
     )
     .bind(order)
     .bind(state)
@@ -112,14 +113,14 @@ impl EventHandler for Reserve {
         Box::pin(async move {
             let created: OrderCreated = decode(event)?;
             let order = order_id(&created.order_id, event)?;
-            let now = self.0.clock.now_unix();
+            let now = self.0.clock.now_us();
             // Idempotent by order id: claim the order; a known order (reserved, rejected, or
             // cancelled before it arrived) gets nothing more. The claim already records the
             // outcome of the common case (reserved under `id`); the other outcomes overwrite it
             // in this transaction, so no one sees it.
             let id = uuid::Uuid::now_v7().to_string();
             let claimed = sqlx::query(
-                "INSERT INTO saga_orders (order_id, state, reservation_id, updated_at) VALUES ($1, 'RESERVED', $2, $3) \
+                "INSERT INTO saga_orders (order_id, state, reservation_id, updated_us) VALUES ($1, 'RESERVED', $2, $3) \
                  ON CONFLICT (order_id) DO NOTHING",
             )
             .bind(&order)
@@ -145,7 +146,7 @@ impl EventHandler for Reserve {
                     _ => problems.push(format!("line {i} is malformed")),
                 }
             }
-            let expires = now + self.0.reservation_ttl.as_secs() as i64;
+            let expires = now.saturating_add(duration_us(self.0.reservation_ttl));
             // The reservation row claims the reference (unique): an order reserved through the
             // RPC already keeps that reservation, found without a read in the common case.
             if !store::claim_reservation(tx, &id, &order, now, expires)
@@ -199,10 +200,7 @@ impl EventHandler for Reserve {
                         reservation_id: id.clone(),
                         reference_id: order.clone(),
                         lines: event_lines(&lines),
-                        expire_time: Some(prost_types::Timestamp {
-                            seconds: expires,
-                            nanos: 0,
-                        }),
+                        expire_time: Some(to_timestamp(expires)),
                     },
                 )
                 .correlation(order.clone()),
@@ -221,7 +219,7 @@ async fn reject(
     now: i64,
 ) -> Result<(), HandlerError> {
     // No reservation: clear the one the claim named.
-    sqlx::query("UPDATE saga_orders SET state = 'REJECTED', reservation_id = '', updated_at = $1 WHERE order_id = $2")
+    sqlx::query("UPDATE saga_orders SET state = 'REJECTED', reservation_id = '', updated_us = $1 WHERE order_id = $2")
         .bind(now)
         .bind(order)
         .execute(&mut **tx)
@@ -256,7 +254,7 @@ impl EventHandler for Commit {
         Box::pin(async move {
             let confirmed: OrderConfirmed = decode(event)?;
             let order = order_id(&confirmed.order_id, event)?;
-            let now = self.0.clock.now_unix();
+            let now = self.0.clock.now_us();
             let Some(reservation) = store::reservation(tx, &order, true).await.map_err(db_err)?
             else {
                 // Payment charges only after inventory.reserved, so this cannot normally happen;
@@ -315,7 +313,7 @@ impl EventHandler for Release {
         Box::pin(async move {
             let cancelled: OrderCancelled = decode(event)?;
             let order = order_id(&cancelled.order_id, event)?;
-            let now = self.0.clock.now_unix();
+            let now = self.0.clock.now_us();
             let reservation = store::reservation(tx, &order, true).await.map_err(db_err)?;
             if reservation
                 .as_ref()

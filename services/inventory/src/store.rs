@@ -1,9 +1,12 @@
 //! The inventory's SQL (portable: Postgres and SQLite). Every change of `reserved` or `on_hand`
 //! is one conditional `UPDATE` whose `WHERE` keeps `0 <= reserved <= on_hand`: under concurrent
 //! writers the database re-checks the condition on the row it locked, so stock never goes
-//! negative and the last unit is reserved once.
+//! negative and the last unit is reserved once. Every time (`now`, `expires`, the `*_us`
+//! columns) is in microseconds since the Unix epoch, the runtime's one unit
+//! ([`mesh_runtime::domain::time`]).
 
 use mesh_contracts::inventory::v1::{Reservation, ReservationStatus, StockLevel, StockLine};
+use mesh_runtime::domain::time::to_timestamp;
 use mesh_runtime::outbox::Tx;
 use sqlx::AnyPool;
 
@@ -12,13 +15,6 @@ use crate::validate::Line;
 
 type Result<T> = std::result::Result<T, InventoryError>;
 
-fn ts(unix: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: unix,
-        nanos: 0,
-    }
-}
-
 /// A `stock` row.
 #[derive(sqlx::FromRow)]
 struct StockRow {
@@ -26,7 +22,7 @@ struct StockRow {
     location_id: String,
     on_hand: i64,
     reserved: i64,
-    updated_at: i64,
+    updated_us: i64,
 }
 
 impl From<StockRow> for StockLevel {
@@ -37,7 +33,7 @@ impl From<StockRow> for StockLevel {
             on_hand: r.on_hand,
             reserved: r.reserved,
             available: (r.on_hand - r.reserved).max(0),
-            update_time: Some(ts(r.updated_at)),
+            update_time: Some(to_timestamp(r.updated_us)),
         }
     }
 }
@@ -48,9 +44,9 @@ struct ReservationLineRow {
     id: String,
     reference_id: String,
     status: String,
-    created_at: i64,
-    expires_at: i64,
-    updated_at: i64,
+    created_us: i64,
+    expires_us: i64,
+    updated_us: i64,
     product_id: Option<String>,
     location_id: Option<String>,
     quantity: Option<i64>,
@@ -58,7 +54,7 @@ struct ReservationLineRow {
 
 /// The stock of `product` at `location` (zeros when never stocked).
 pub async fn stock(pool: &AnyPool, product: &str, location: &str) -> Result<StockLevel> {
-    let row: Option<StockRow> = sqlx::query_as("SELECT product_id, location_id, on_hand, reserved, updated_at FROM stock WHERE product_id = $1 AND location_id = $2")
+    let row: Option<StockRow> = sqlx::query_as("SELECT product_id, location_id, on_hand, reserved, updated_us FROM stock WHERE product_id = $1 AND location_id = $2")
         .bind(product)
         .bind(location)
         .fetch_optional(pool)
@@ -75,7 +71,7 @@ pub async fn stock(pool: &AnyPool, product: &str, location: &str) -> Result<Stoc
 
 /// The stock of `product` at `location` in `tx`.
 pub async fn stock_in(tx: &mut Tx, product: &str, location: &str) -> Result<StockLevel> {
-    let row: Option<StockRow> = sqlx::query_as("SELECT product_id, location_id, on_hand, reserved, updated_at FROM stock WHERE product_id = $1 AND location_id = $2")
+    let row: Option<StockRow> = sqlx::query_as("SELECT product_id, location_id, on_hand, reserved, updated_us FROM stock WHERE product_id = $1 AND location_id = $2")
         .bind(product)
         .bind(location)
         .fetch_optional(&mut **tx)
@@ -93,7 +89,7 @@ pub async fn stock_in(tx: &mut Tx, product: &str, location: &str) -> Result<Stoc
 /// Holds `line.quantity` more units; `false` when fewer are available.
 pub async fn hold(tx: &mut Tx, line: &Line, now: i64) -> Result<bool> {
     let done = sqlx::query(
-        "UPDATE stock SET reserved = reserved + $1, updated_at = $2 WHERE product_id = $3 AND location_id = $4 AND on_hand - reserved >= $1",
+        "UPDATE stock SET reserved = reserved + $1, updated_us = $2 WHERE product_id = $3 AND location_id = $4 AND on_hand - reserved >= $1",
     )
     .bind(line.quantity)
     .bind(now)
@@ -107,7 +103,7 @@ pub async fn hold(tx: &mut Tx, line: &Line, now: i64) -> Result<bool> {
 /// Returns `line.quantity` held units to available (release, expiry).
 pub async fn unhold(tx: &mut Tx, line: &Line, now: i64) -> Result<()> {
     sqlx::query(
-        "UPDATE stock SET reserved = reserved - $1, updated_at = $2 WHERE product_id = $3 AND location_id = $4 AND reserved >= $1",
+        "UPDATE stock SET reserved = reserved - $1, updated_us = $2 WHERE product_id = $3 AND location_id = $4 AND reserved >= $1",
     )
     .bind(line.quantity)
     .bind(now)
@@ -121,7 +117,7 @@ pub async fn unhold(tx: &mut Tx, line: &Line, now: i64) -> Result<()> {
 /// Turns `line.quantity` held units into a decrement of on-hand stock (commit).
 pub async fn take(tx: &mut Tx, line: &Line, now: i64) -> Result<()> {
     sqlx::query(
-        "UPDATE stock SET reserved = reserved - $1, on_hand = on_hand - $1, updated_at = $2 WHERE product_id = $3 AND location_id = $4 AND reserved >= $1 AND on_hand >= $1",
+        "UPDATE stock SET reserved = reserved - $1, on_hand = on_hand - $1, updated_us = $2 WHERE product_id = $3 AND location_id = $4 AND reserved >= $1 AND on_hand >= $1",
     )
     .bind(line.quantity)
     .bind(now)
@@ -181,7 +177,7 @@ async fn change_all(
             ),
         };
         let sql = format!(
-            "UPDATE stock SET {set}, updated_at = $1 FROM (VALUES {values}) AS v \
+            "UPDATE stock SET {set}, updated_us = $1 FROM (VALUES {values}) AS v \
              WHERE stock.product_id = v.column1 AND stock.location_id = v.column2 AND {condition} \
              RETURNING stock.product_id"
         );
@@ -229,8 +225,8 @@ pub async fn adjust(
 ) -> Result<bool> {
     if delta > 0 {
         sqlx::query(
-            "INSERT INTO stock (product_id, location_id, on_hand, reserved, updated_at) VALUES ($1, $2, $3, 0, $4) \
-             ON CONFLICT (product_id, location_id) DO UPDATE SET on_hand = stock.on_hand + $3, updated_at = $4",
+            "INSERT INTO stock (product_id, location_id, on_hand, reserved, updated_us) VALUES ($1, $2, $3, 0, $4) \
+             ON CONFLICT (product_id, location_id) DO UPDATE SET on_hand = stock.on_hand + $3, updated_us = $4",
         )
         .bind(product)
         .bind(location)
@@ -241,7 +237,7 @@ pub async fn adjust(
         return Ok(true);
     }
     let done = sqlx::query(
-        "UPDATE stock SET on_hand = on_hand + $1, updated_at = $2 WHERE product_id = $3 AND location_id = $4 AND on_hand + $1 >= reserved",
+        "UPDATE stock SET on_hand = on_hand + $1, updated_us = $2 WHERE product_id = $3 AND location_id = $4 AND on_hand + $1 >= reserved",
     )
     .bind(delta)
     .bind(now)
@@ -268,7 +264,7 @@ pub struct StockFilter {
 /// Up to `limit` stock levels, by location then product.
 pub async fn list(pool: &AnyPool, f: &StockFilter, limit: i64) -> Result<Vec<StockLevel>> {
     let mut sql =
-        "SELECT product_id, location_id, on_hand, reserved, updated_at FROM stock WHERE 1 = 1"
+        "SELECT product_id, location_id, on_hand, reserved, updated_us FROM stock WHERE 1 = 1"
             .to_string();
     let mut n = 0;
     let mut p = || {
@@ -336,7 +332,7 @@ pub async fn insert_reservation(
     now: i64,
     expires: i64,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO reservations (id, reference_id, status, created_at, expires_at, updated_at) VALUES ($1, $2, 'ACTIVE', $3, $4, $3)")
+    sqlx::query("INSERT INTO reservations (id, reference_id, status, created_us, expires_us, updated_us) VALUES ($1, $2, 'ACTIVE', $3, $4, $3)")
         .bind(id)
         .bind(reference)
         .bind(now)
@@ -355,7 +351,7 @@ pub async fn claim_reservation(
     now: i64,
     expires: i64,
 ) -> Result<bool> {
-    let done = sqlx::query("INSERT INTO reservations (id, reference_id, status, created_at, expires_at, updated_at) VALUES ($1, $2, 'ACTIVE', $3, $4, $3) ON CONFLICT (reference_id) DO NOTHING")
+    let done = sqlx::query("INSERT INTO reservations (id, reference_id, status, created_us, expires_us, updated_us) VALUES ($1, $2, 'ACTIVE', $3, $4, $3) ON CONFLICT (reference_id) DO NOTHING")
         .bind(id)
         .bind(reference)
         .bind(now)
@@ -413,7 +409,7 @@ pub async fn insert_lines(tx: &mut Tx, id: &str, lines: &[Line]) -> Result<()> {
 /// Moves reservation `id` from ACTIVE to `to`; `false` if it was not ACTIVE any more.
 pub async fn transition(tx: &mut Tx, id: &str, to: ReservationStatus, now: i64) -> Result<bool> {
     let done = sqlx::query(
-        "UPDATE reservations SET status = $1, updated_at = $2 WHERE id = $3 AND status = 'ACTIVE'",
+        "UPDATE reservations SET status = $1, updated_us = $2 WHERE id = $3 AND status = 'ACTIVE'",
     )
     .bind(status_name(to))
     .bind(now)
@@ -427,10 +423,10 @@ pub async fn transition(tx: &mut Tx, id: &str, to: ReservationStatus, now: i64) 
 /// in one statement.
 pub async fn reservation(tx: &mut Tx, id: &str, by_reference: bool) -> Result<Option<Reservation>> {
     let sql = if by_reference {
-        "SELECT r.id, r.reference_id, r.status, r.created_at, r.expires_at, r.updated_at, l.product_id, l.location_id, l.quantity \
+        "SELECT r.id, r.reference_id, r.status, r.created_us, r.expires_us, r.updated_us, l.product_id, l.location_id, l.quantity \
          FROM reservations r LEFT JOIN reservation_lines l ON l.reservation_id = r.id WHERE r.reference_id = $1 ORDER BY l.line_no"
     } else {
-        "SELECT r.id, r.reference_id, r.status, r.created_at, r.expires_at, r.updated_at, l.product_id, l.location_id, l.quantity \
+        "SELECT r.id, r.reference_id, r.status, r.created_us, r.expires_us, r.updated_us, l.product_id, l.location_id, l.quantity \
          FROM reservations r LEFT JOIN reservation_lines l ON l.reservation_id = r.id WHERE r.id = $1 ORDER BY l.line_no"
     };
     let rows: Vec<ReservationLineRow> = sqlx::query_as(sql).bind(id).fetch_all(&mut **tx).await?;
@@ -453,15 +449,15 @@ pub async fn reservation(tx: &mut Tx, id: &str, by_reference: bool) -> Result<Op
         reference_id: row.reference_id.clone(),
         lines,
         status: status_of(&row.status) as i32,
-        create_time: Some(ts(row.created_at)),
-        expire_time: Some(ts(row.expires_at)),
-        update_time: Some(ts(row.updated_at)),
+        create_time: Some(to_timestamp(row.created_us)),
+        expire_time: Some(to_timestamp(row.expires_us)),
+        update_time: Some(to_timestamp(row.updated_us)),
     }))
 }
 
 /// Ids of up to `limit` ACTIVE reservations that expired at or before `now`.
 pub async fn expired(pool: &AnyPool, now: i64, limit: i64) -> Result<Vec<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM reservations WHERE status = 'ACTIVE' AND expires_at <= $1 ORDER BY expires_at LIMIT $2")
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM reservations WHERE status = 'ACTIVE' AND expires_us <= $1 ORDER BY expires_us LIMIT $2")
         .bind(now)
         .bind(limit)
         .fetch_all(pool)
@@ -495,7 +491,7 @@ pub async fn insert_adjustment(
     now: i64,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO adjustments (id, request_id, product_id, location_id, delta, reason, note, actor_id, on_hand, reserved, created_at) \
+        "INSERT INTO adjustments (id, request_id, product_id, location_id, delta, reason, note, actor_id, on_hand, reserved, created_us) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(uuid::Uuid::now_v7().to_string())

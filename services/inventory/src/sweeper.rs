@@ -43,7 +43,7 @@ impl WorkSource for Sweeper {
 
     async fn due(&self, limit: usize) -> Result<Vec<String>, InventoryError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        store::expired(self.db.pool(), self.clock.now_unix(), limit).await
+        store::expired(self.db.pool(), self.clock.now_us(), limit).await
     }
 
     async fn process(&self, id: String, _retry: u32) -> Result<(), InventoryError> {

@@ -3,79 +3,19 @@
 //! reserve/commit/release/adjust with every bad-input status, reservation expiry on an injected
 //! clock, and the last unit reserved once by 24 concurrent callers (SQLite and Postgres).
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use mesh_auth::AuthSettings;
+use common::{client, start};
 use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_contracts::inventory::v1::*;
-use mesh_inventory::InventoryOptions;
-use mesh_runtime::Database;
-use mesh_runtime::auth::{ManualClock, ServiceTokenChannel, ServiceTokens};
+use mesh_runtime::auth::{ServiceTokenChannel, ServiceTokens};
 use mesh_runtime::client::{ClientOptions, connect};
 use mesh_runtime::config::DatabaseTarget;
-use mesh_testkit::{self as testing, TestAuth, bearer};
-use tokio_util::sync::CancellationToken;
+use mesh_testkit::{self as testing, bearer};
 use tonic::Code;
 use tonic::transport::Channel;
-
-struct Mesh {
-    auth: TestAuth,
-    addr: SocketAddr,
-    db: Database,
-    clock: ManualClock,
-    admin: String,
-    service: String,
-    customer: String,
-    shutdown: CancellationToken,
-}
-
-async fn start(target: DatabaseTarget) -> Mesh {
-    let mut settings = AuthSettings::default();
-    settings
-        .service_clients
-        .insert("order".into(), "order-secret".into());
-    let auth = TestAuth::start(&testing::sqlite(), settings).await;
-    let shutdown = CancellationToken::new();
-    let db = testing::database("inventory", &target, &mesh_inventory::MIGRATIONS).await;
-    let bus = testing::memory_bus();
-    let ctx = testing::context(
-        "inventory",
-        BTreeMap::from([("auth", auth.uri())]),
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
-    );
-    let clock = ManualClock::new();
-    let options = InventoryOptions {
-        clock: Arc::new(clock.clone()),
-        sweep_every: Duration::from_millis(20),
-        ..InventoryOptions::default()
-    };
-    let routes = mesh_inventory::build_with(ctx, options)
-        .await
-        .expect("build inventory");
-    let addr = testing::serve("inventory", routes, db.clone(), bus, shutdown.clone()).await;
-    let admin = auth.admin_token().await;
-    let customer = auth.customer_token().await;
-    let service = auth.service_token("order", "order-secret").await;
-    Mesh {
-        auth,
-        addr,
-        db,
-        clock,
-        admin,
-        service,
-        customer,
-        shutdown,
-    }
-}
-
-async fn client(addr: SocketAddr) -> InventoryServiceClient<Channel> {
-    InventoryServiceClient::new(testing::channel(addr).await)
-}
 
 fn status<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
     let s = r.expect_err("expected an error status");
