@@ -1,24 +1,39 @@
-//! The cost of one REST call through the edge, for A/B comparisons of the edge's code under
-//! `valgrind --tool=callgrind` (instruction counts do not move with the machine's load, wall
-//! times do). Ignored by default; see `docs/BENCHMARKS.md`, "Edge speed (session 3)":
+//! The cost of one REST call through the edge (`mesh bench`'s scenario (c)) and through a bare
+//! hyper-to-tonic hop (scenario (c0), the floor of a hop), for A/B comparisons of the edge's code
+//! under `valgrind --tool=callgrind` (instruction counts do not move with the machine's load,
+//! wall times do). Both run with the production subscriber, built as `mesh serve` builds it
+//! (JSON lines, filter `info`; `MESH_HOP_LOG` overrides the filter), the same test upstream and
+//! the same client. Ignored by default; see `docs/BENCHMARKS.md`, "Session 8: the edge's own path
+//! in instructions":
 //!
 //! ```sh
 //! cargo test --release -p mesh-edge --test hop_cost --no-run   # prints the test binary
-//! MESH_HOP_REQUESTS=1000 valgrind --tool=callgrind <binary> --ignored --test-threads 1
-//! MESH_HOP_REQUESTS=3000 valgrind --tool=callgrind <binary> --ignored --test-threads 1
+//! MESH_HOP_REQUESTS=500  valgrind --tool=callgrind <binary> --ignored --exact rest_call_cost
+//! MESH_HOP_REQUESTS=2500 valgrind --tool=callgrind <binary> --ignored --exact rest_call_cost
+//! # the same two with bare_hop_cost for (c0)
 //! ```
 //!
 //! The difference of the two totals over 2,000 is the instructions per call (the test upstream,
-//! the edge and this client, all in the process), start-up cancelled out.
+//! the edge or the bare hop, and this client, all in the process), start-up cancelled out; (c)
+//! minus (c0) is the edge's own cost.
 
 mod common;
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::Instant;
 
+use bytes::Bytes;
 use common::*;
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use mesh_contracts::product::v1::GetProductRequest;
+use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
 use mesh_edge::config::EdgeConfig;
+use mesh_runtime::config::{LogConfig, LogFormat};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::Channel;
 
 /// One keep-alive HTTP/1.1 GET; returns the status code.
 async fn get(stream: &mut TcpStream, buf: &mut Vec<u8>, path: &str) -> u16 {
@@ -28,7 +43,7 @@ async fn get(stream: &mut TcpStream, buf: &mut Vec<u8>, path: &str) -> u16 {
     loop {
         let mut chunk = [0u8; 4096];
         let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "the edge closed the connection");
+        assert!(n > 0, "the server closed the connection");
         buf.extend_from_slice(&chunk[..n]);
         let text = String::from_utf8_lossy(buf);
         if let Some(end) = text.find("\r\n\r\n") {
@@ -47,16 +62,28 @@ async fn get(stream: &mut TcpStream, buf: &mut Vec<u8>, path: &str) -> u16 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement, run by hand (see the module docs)"]
-async fn rest_call_cost() {
+/// Installs `mesh serve`'s subscriber, its lines thrown away.
+fn production_subscriber() {
+    let log = LogConfig {
+        filter: std::env::var("MESH_HOP_LOG").unwrap_or_else(|_| "info".into()),
+        format: LogFormat::Json,
+    };
+    // A second test in the same process keeps the first one's subscriber.
+    let _ = tracing::subscriber::set_global_default(mesh_runtime::telemetry::subscriber(
+        &log,
+        None,
+        std::io::sink,
+        false,
+    ));
+}
+
+/// `MESH_HOP_REQUESTS` GETs of `/v1/products/p<i>`, one at a time on one connection to `addr`.
+async fn drive(addr: SocketAddr, what: &str) {
     let requests: usize = std::env::var("MESH_HOP_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let upstream = start_upstream().await;
-    let edge = start_edge(EdgeConfig::default(), upstream).await;
-    let mut stream = TcpStream::connect(edge.addr).await.unwrap();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
     let mut buf = Vec::with_capacity(4096);
     let start = Instant::now();
@@ -68,7 +95,67 @@ async fn rest_call_cost() {
     }
     let elapsed = start.elapsed();
     println!(
-        "{requests} REST calls through the edge, one at a time: {:.1} us each",
+        "{requests} REST calls through {what}, one at a time: {:.1} us each",
         elapsed.as_secs_f64() * 1e6 / requests as f64
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand (see the module docs)"]
+async fn rest_call_cost() {
+    production_subscriber();
+    let upstream = start_upstream().await;
+    let edge = start_edge(EdgeConfig::default(), upstream).await;
+    drive(edge.addr, "the edge").await;
+}
+
+/// The bare hop's answer to `GET /v1/products/{id}`: `GetProduct` upstream, the product's id and
+/// name as JSON (as `mesh bench`'s (c0), `crates/mesh/src/bench_hop.rs`, answers it).
+async fn bare_answer(
+    mut client: ProductServiceClient<Channel>,
+    request: http::Request<hyper::body::Incoming>,
+) -> http::Response<Full<Bytes>> {
+    let id = request.uri().path().trim_start_matches("/v1/products/");
+    let product = client
+        .get_product(GetProductRequest { id: id.into() })
+        .await
+        .expect("the test upstream answers")
+        .into_inner()
+        .product
+        .unwrap_or_default();
+    let body = serde_json::json!({"product": {"id": product.id, "name": product.name}});
+    let mut response = http::Response::new(Full::new(Bytes::from(body.to_string())));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand (see the module docs)"]
+async fn bare_hop_cost() {
+    production_subscriber();
+    let upstream = start_upstream().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{upstream}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap();
+    let client = ProductServiceClient::new(channel);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let service = hyper::service::service_fn(move |request| {
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(bare_answer(client, request).await) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+    drive(addr, "the bare hop").await;
 }
