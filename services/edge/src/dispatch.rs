@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
-use http::{HeaderMap, HeaderValue, Request, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use mesh_runtime::ServiceRoutes;
 
 use crate::edge::Edge;
@@ -16,6 +16,9 @@ use crate::grpc_web;
 
 /// The request id header, set on every request (kept from the client when valid) and response.
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// [`REQUEST_ID`] as a header name: used per request without parsing the name each time.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
 
 impl Edge {
     /// The edge as the routes of a runtime server: health and reflection for every fronted
@@ -60,7 +63,7 @@ fn call_kind(headers: &HeaderMap) -> CallKind {
 
 /// A client's request id if it is sane (visible ASCII, at most 128 bytes), else a new one.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(REQUEST_ID)
+    if let Some(v) = headers.get(&REQUEST_ID_HEADER)
         && !v.is_empty()
         && v.len() <= 128
         && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
@@ -79,7 +82,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 
 async fn handle(State(edge): State<Arc<Edge>>, mut req: Request<Body>) -> Response {
     let id = request_id(req.headers());
-    req.headers_mut().insert(REQUEST_ID, id.clone());
+    req.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
     let peer = req
         .extensions()
         .get::<tonic::transport::server::TcpConnectInfo>()
@@ -98,7 +101,7 @@ async fn handle(State(edge): State<Arc<Edge>>, mut req: Request<Body>) -> Respon
         crate::drain::settle(body, &mut response).await;
     }
     cors(&edge, origin.as_ref(), response.headers_mut());
-    response.headers_mut().insert(REQUEST_ID, id);
+    response.headers_mut().insert(REQUEST_ID_HEADER, id);
     response
 }
 

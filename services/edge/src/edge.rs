@@ -3,6 +3,7 @@
 //! then auth) before it goes upstream.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::Response;
@@ -21,12 +22,15 @@ use crate::limiter::Limiter;
 use crate::openapi;
 use crate::rate_limit::RateLimiter;
 use crate::routes::RouteTable;
-use crate::upstream::Upstreams;
+use crate::upstream::{Upstream, Upstreams};
 
 /// Everything a request needs: routes, upstreams, the descriptor pool and the settings.
 #[derive(Debug)]
 pub struct Edge {
     pub(crate) routes: RouteTable,
+    /// The upstream of each route, by [`Route::index`](crate::routes::Route::index): resolved
+    /// once here instead of by service name per request.
+    pub(crate) route_upstreams: Vec<Option<Arc<Upstream>>>,
     pub(crate) upstreams: Upstreams,
     pub(crate) pool: DescriptorPool,
     pub(crate) config: EdgeConfig,
@@ -56,6 +60,10 @@ impl Edge {
                 return Err(SetupError::NoUpstream(service.full_name().to_string()));
             }
         }
+        let mut route_upstreams = vec![None; routes.len()];
+        for route in routes.routes() {
+            route_upstreams[route.index] = upstreams.shared(route.service());
+        }
         let openapi = serde_json::to_vec_pretty(&openapi::document(&routes)).unwrap_or_default();
         Ok(Self {
             legacy: config.legacy_url.clone().map(Legacy::new),
@@ -64,6 +72,7 @@ impl Edge {
                 .map(|l| Limiter::Memory(RateLimiter::new(l))),
             auth: None,
             routes,
+            route_upstreams,
             upstreams,
             pool,
             config,

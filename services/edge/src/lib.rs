@@ -1,7 +1,7 @@
 //! The edge: the public entry point of the mesh, on one port (8080 by default).
 //!
 //! - REST/JSON: every RPC with a `google.api.http` rule in the descriptor set is a route
-//!   ([`routes`]); the request becomes a protobuf message ([`transcode`]), goes to the owning
+//!   ([`routes`], looked up through [`route_index`]); the request becomes a protobuf message ([`transcode`]), goes to the owning
 //!   service over gRPC ([`upstream`], [`codec`]; a [`pool`] of connections per upstream), and the answer or the error comes back as JSON
 //!   ([`status_map`], [`error`]).
 //! - gRPC: health and reflection are answered by the edge itself (from the descriptor set, so
@@ -46,6 +46,7 @@ pub mod pool;
 pub mod rate_limit;
 pub mod redis_limit;
 pub mod rest;
+pub mod route_index;
 pub mod routes;
 pub mod setup;
 pub mod status_map;

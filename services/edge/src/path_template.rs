@@ -287,13 +287,24 @@ impl PathTemplate {
 
     /// Matches the raw (still percent-encoded) request `path`; the variables' values on success.
     ///
-    /// Lookup tries many templates per request, so the check allocates nothing; only a match
-    /// splits the path into a vector to read the variables' values.
+    /// A route lookup checks its candidates with [`is_match`](Self::is_match), which allocates
+    /// nothing; only the route found reads the variables' values here.
     pub fn matches(&self, path: &str) -> Option<Vec<Binding>> {
         let rest = self.strip_verb(path)?;
         if !self.fits(rest) {
             return None;
         }
+        Some(self.bindings(rest))
+    }
+
+    /// Whether [`matches`](Self::matches) matches `path`, without reading the values (nothing
+    /// allocated).
+    pub fn is_match(&self, path: &str) -> bool {
+        self.strip_verb(path).is_some_and(|rest| self.fits(rest))
+    }
+
+    /// The variables' values of `rest` (the path less `/` and verb), which fits the template.
+    fn bindings(&self, rest: &str) -> Vec<Binding> {
         let parts: Vec<&str> = rest.split('/').collect();
         // The parts segment `k` consumed (`**` is always last and takes the rest).
         let span = |k: usize| -> (usize, usize) {
@@ -307,8 +318,7 @@ impl PathTemplate {
                 (k, k + 1)
             }
         };
-        let bindings = self
-            .variables
+        self.variables
             .iter()
             .enumerate()
             .map(|(n, v)| {
@@ -326,8 +336,7 @@ impl PathTemplate {
                 };
                 Binding { variable: n, value }
             })
-            .collect();
-        Some(bindings)
+            .collect()
     }
 
     /// The path without its leading `/` and this template's verb (`None`: no such verb).

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http_body::Body as _;
 
 use crate::edge::Edge;
 use crate::error::{EdgeError, json_bytes_response};
@@ -77,8 +78,9 @@ impl Edge {
         let body = self.read_body(&parts.headers, body).await?;
         let message = transcode::request_message(&route, &bindings, parts.uri.query(), &body)?;
         let upstream = self
-            .upstreams
-            .get(route.service())
+            .route_upstreams
+            .get(route.index)
+            .and_then(Option::as_deref)
             .ok_or_else(|| EdgeError::Internal(format!("no upstream for {}", route.service())))?;
         let response = upstream::unary(
             upstream,
@@ -118,6 +120,10 @@ impl Edge {
             {
                 return Err(EdgeError::UnsupportedMediaType(essence.to_string()));
             }
+        }
+        if body.is_end_stream() {
+            // Nothing to read (a GET): no collecting future, no buffer.
+            return Ok(bytes::Bytes::new());
         }
         axum::body::to_bytes(body, limit).await.map_err(|e| {
             let text = format!("{e}");

@@ -1,12 +1,13 @@
 //! The route table: every `google.api.http` binding of every served RPC, checked against the
 //! message types at start, and looked up per request.
 //!
-//! Lookup tries the routes of the request's method from the most specific template to the least
-//! (a literal segment beats `*`, which beats `**`; a verb beats none), so `GET /v1/stores/x` and
-//! `GET /v1/{name=**}` can coexist. Two bindings with the same method, segments and verb are a
-//! conflict and fail the start, naming both RPCs.
+//! Lookup takes the first route of the request's method, from the most specific template to the
+//! least (a literal segment beats `*`, which beats `**`; a verb beats none), that matches, so
+//! `GET /v1/stores/x` and `GET /v1/{name=**}` can coexist; only the templates whose leading
+//! literal segments fit the path are checked ([`crate::route_index`]). Two bindings with the same
+//! method, segments and verb are a conflict and fail the start, naming both RPCs.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::Method;
@@ -16,6 +17,7 @@ use prost_reflect::{
 
 use crate::http_rule::{self, HTTP_EXTENSION, HttpBinding, RuleError};
 use crate::path_template::{Binding, PathTemplate};
+use crate::route_index::RouteIndex;
 
 /// Where a request's body goes.
 #[derive(Debug, Clone)]
@@ -47,6 +49,9 @@ pub struct Route {
     pub grpc_path: http::uri::PathAndQuery,
     /// `rule (GET /v1/...)`, for messages.
     pub label: String,
+    /// Its position in the table, below [`RouteTable::len`]: what the edge keeps per route
+    /// (the upstream) is held in a list by this position.
+    pub index: usize,
 }
 
 impl Route {
@@ -67,10 +72,27 @@ pub enum Lookup<'a> {
     NotFound,
 }
 
-/// Every route, by method.
+/// The routes of one HTTP method, most specific first, and their index.
+#[derive(Debug)]
+struct MethodRoutes {
+    method: Method,
+    routes: Vec<Arc<Route>>,
+    index: RouteIndex,
+}
+
+impl MethodRoutes {
+    /// The first route that matches `path`.
+    fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        self.index
+            .first_match(path, |p, path| self.routes[p].template.is_match(path))
+            .map(|p| &self.routes[p])
+    }
+}
+
+/// Every route, by method (a handful of methods: a short list beats hashing).
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    by_method: HashMap<Method, Vec<Arc<Route>>>,
+    by_method: Vec<MethodRoutes>,
 }
 
 /// Every problem found in the rules, reported together.
@@ -120,10 +142,11 @@ impl RouteTable {
                                 });
                                 continue;
                             }
+                            let index = by_method.values().map(Vec::len).sum();
                             by_method
                                 .entry(route.method.clone())
                                 .or_default()
-                                .push(Arc::new(route));
+                                .push(Arc::new(Route { index, ..route }));
                         }
                         Err(e) => problems.push(e),
                     }
@@ -133,20 +156,29 @@ impl RouteTable {
         if !problems.is_empty() {
             return Err(RoutesError(problems));
         }
-        for routes in by_method.values_mut() {
-            routes.sort_by_key(|r| r.template.specificity());
-        }
+        let by_method = by_method
+            .into_iter()
+            .map(|(method, mut routes)| {
+                routes.sort_by_key(|r| r.template.specificity());
+                let index = RouteIndex::build(routes.iter().map(|r| &r.template));
+                MethodRoutes {
+                    method,
+                    routes,
+                    index,
+                }
+            })
+            .collect();
         Ok(Self { by_method })
     }
 
     /// Every route, in no particular order.
     pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.by_method.values().flatten()
+        self.by_method.iter().flat_map(|m| &m.routes)
     }
 
     /// The number of routes.
     pub fn len(&self) -> usize {
-        self.by_method.values().map(Vec::len).sum()
+        self.by_method.iter().map(|m| m.routes.len()).sum()
     }
 
     /// Whether there are no routes.
@@ -156,30 +188,24 @@ impl RouteTable {
 
     /// Finds the route for `method` and the raw request `path`.
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
-        if let Some(routes) = self.by_method.get(method) {
-            for route in routes {
-                if let Some(bindings) = route.template.matches(path) {
-                    return Lookup::Found(route, bindings);
-                }
-            }
+        if let Some(routes) = self.by_method.iter().find(|m| m.method == *method)
+            && let Some(route) = routes.find(path)
+            && let Some(bindings) = route.template.matches(path)
+        {
+            return Lookup::Found(route, bindings);
         }
-        let allowed: BTreeSet<String> = self
+        let mut allowed: Vec<Method> = self
             .by_method
             .iter()
-            .filter(|(m, routes)| {
-                *m != method && routes.iter().any(|r| r.template.matches(path).is_some())
-            })
-            .map(|(m, _)| m.to_string())
+            .filter(|m| m.method != *method && m.find(path).is_some())
+            .map(|m| m.method.clone())
             .collect();
         if allowed.is_empty() {
             Lookup::NotFound
         } else {
-            Lookup::MethodNotAllowed(
-                allowed
-                    .into_iter()
-                    .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
-                    .collect(),
-            )
+            // In the order of their names, as before.
+            allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            Lookup::MethodNotAllowed(allowed)
         }
     }
 }
@@ -243,6 +269,7 @@ fn route(rpc: &MethodDescriptor, binding: &HttpBinding) -> Result<Route, RuleErr
         response_body,
         grpc_path,
         label: binding.label.clone(),
+        index: 0,
     })
 }
 
@@ -346,5 +373,54 @@ mod tests {
             Lookup::MethodNotAllowed(_)
         ));
         assert!(matches!(t.lookup(&Method::GET, "/nope"), Lookup::NotFound));
+    }
+
+    /// What `lookup` answered before the index: the first route of the method (most specific
+    /// first) whose template matches, else the other methods with a route that matches.
+    fn scan(t: &RouteTable, method: &Method, path: &str) -> Result<String, Vec<Method>> {
+        if let Some(m) = t.by_method.iter().find(|m| m.method == *method)
+            && let Some(route) = m.routes.iter().find(|r| r.template.matches(path).is_some())
+        {
+            return Ok(route.label.clone());
+        }
+        let mut allowed: Vec<Method> = t
+            .by_method
+            .iter()
+            .filter(|m| {
+                m.method != *method && m.routes.iter().any(|r| r.template.matches(path).is_some())
+            })
+            .map(|m| m.method.clone())
+            .collect();
+        allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Err(allowed)
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn the_indexed_lookup_answers_as_a_scan_of_every_route(
+                segments in proptest::collection::vec(
+                    "v1|products|stores|orders|users|machines|x|p%31|v%31|%2F|a:b|", 0..6),
+                verb in "(:(cancel|batchGet|restart|x))?",
+            ) {
+                static TABLE: std::sync::LazyLock<RouteTable> = std::sync::LazyLock::new(table);
+                let t = &*TABLE;
+                let path = format!("/{}{verb}", segments.join("/"));
+                for method in [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+                    let indexed = match t.lookup(&method, &path) {
+                        Lookup::Found(route, bindings) => {
+                            prop_assert_eq!(Some(bindings), route.template.matches(&path));
+                            Ok(route.label.clone())
+                        }
+                        Lookup::MethodNotAllowed(allowed) => Err(allowed),
+                        Lookup::NotFound => Err(Vec::new()),
+                    };
+                    prop_assert_eq!(indexed, scan(t, &method, &path), "{} {}", method, path);
+                }
+            }
+        }
     }
 }

@@ -9,19 +9,24 @@
 
 use std::collections::BTreeMap;
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, Uri};
+use http::{HeaderMap, HeaderName, Uri, header};
 use mesh_runtime::client::{self, ClientOptions, MeshChannel, Propagate};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
-use tonic::metadata::{MetadataKey, MetadataValue};
+use tonic::metadata::MetadataMap;
 
 use crate::codec::DynamicCodec;
 use crate::error::EdgeError;
 use crate::pool::ConnectionPool;
 
 /// Request headers the edge passes to upstreams as gRPC metadata.
-pub const FORWARDED_HEADERS: &[&str] = &["authorization", "x-request-id", "accept-language"];
+pub const FORWARDED_HEADERS: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-request-id"),
+    header::ACCEPT_LANGUAGE,
+];
 
 /// How many HTTP/2 connections the REST path opens to each upstream, by default
 /// (`MESH_EDGE_UPSTREAM_CONNECTIONS`).
@@ -99,7 +104,7 @@ impl Upstream {
 /// Upstreams by fully qualified gRPC service name.
 #[derive(Debug, Clone, Default)]
 pub struct Upstreams {
-    by_service: BTreeMap<String, Upstream>,
+    by_service: BTreeMap<String, Arc<Upstream>>,
 }
 
 impl Upstreams {
@@ -110,12 +115,17 @@ impl Upstreams {
 
     /// Routes `service` to `upstream`.
     pub fn insert(&mut self, service: impl Into<String>, upstream: Upstream) {
-        self.by_service.insert(service.into(), upstream);
+        self.by_service.insert(service.into(), Arc::new(upstream));
     }
 
     /// The upstream of `service`.
     pub fn get(&self, service: &str) -> Option<&Upstream> {
-        self.by_service.get(service)
+        self.by_service.get(service).map(Arc::as_ref)
+    }
+
+    /// The upstream of `service`, shared (the edge holds it on each route of the service).
+    pub fn shared(&self, service: &str) -> Option<Arc<Upstream>> {
+        self.by_service.get(service).cloned()
     }
 
     /// The services with an upstream, sorted.
@@ -160,17 +170,19 @@ pub async fn unary(
         service: service.to_string(),
         detail,
     };
-    let mut request = tonic::Request::new(message);
+    // Static names and shared values: no name parsed, no value validated or copied per request
+    // (a header value the edge received is a valid metadata value as it is).
+    let mut forwarded = HeaderMap::new();
     for name in FORWARDED_HEADERS {
-        if let Some(value) = headers.get(*name)
-            && let Ok(value) = MetadataValue::try_from(value.as_bytes())
-        {
-            // Static names: no validation or copy of the key per request.
-            request
-                .metadata_mut()
-                .insert(MetadataKey::from_static(name), value);
+        if let Some(value) = headers.get(&name) {
+            forwarded.insert(name, value.clone());
         }
     }
+    let request = tonic::Request::from_parts(
+        MetadataMap::from_headers(forwarded),
+        Default::default(),
+        message,
+    );
     let deadline = mesh_runtime::CallContext::current().and_then(|c| c.deadline);
     let codec = DynamicCodec::new(output);
     let attempt = async {
