@@ -7,7 +7,8 @@ Three changes make the output usable without Helm and reproducible:
 
 * the chart's Secret is replaced by a kustomize secretGenerator reading
   k8s/secrets/ (git-ignored; see docs/kubernetes.md), because the chart
-  generates the JWT key and the Postgres password at install time;
+  generates the JWT key, the page-token key and the Postgres password at
+  install time;
 * Helm hook annotations are dropped (kubectl has no hooks: the migration Job
   simply retries until Postgres is up);
 * a Namespace object is added.
@@ -110,8 +111,9 @@ def render_files() -> dict[str, str]:
                 "name": secret_meta["name"],
                 "type": "Opaque",
                 "files": [f"{keys['jwtPrivateKey']}=secrets/{keys['jwtPrivateKey']}"],
-                # One line: `postgres-password=<url-safe password>`.
-                "envs": ["secrets/postgres.env"],
+                # One line each: `postgres-password=<url-safe password>`,
+                # `page-token-key=<32+ random characters>`.
+                "envs": ["secrets/postgres.env", "secrets/page-token.env"],
             }
         ],
     }

@@ -11,6 +11,7 @@ sets.
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import json
@@ -411,7 +412,35 @@ def test_auth_gets_jwt_key_file():
                 assert "MESH_JWT_PRIVATE_KEY_FILE" not in env_of(dd["spec"]["template"]["spec"]["containers"][0])
     objs, _, _ = render()
     secret = by_kind(objs, "Secret")[RELEASE]
-    assert set(secret["data"]) == {"jwt-private-key.pem", "postgres-password"}
+    assert set(secret["data"]) == {"jwt-private-key.pem", "page-token-key", "postgres-password"}
+
+
+def test_every_service_gets_the_one_page_token_key_from_the_secret():
+    for variant in ("default", "eks"):
+        objs, _, merged = render(VARIANTS[variant])
+        expected = {"name": merged["secrets"]["existingSecret"] or RELEASE, "key": "page-token-key"}
+        deps = deployments_by_module(objs)
+        assert set(deps) == set(enabled(merged))
+        for name, d in deps.items():
+            env = env_of(d["spec"]["template"]["spec"]["containers"][0])
+            assert env["MESH_PAGE_TOKEN_KEY"]["valueFrom"]["secretKeyRef"] == expected, name
+    # Generated once per release: 48 random characters (a new install gets another key).
+    keys = set()
+    for namespace in (NAMESPACE, "other"):
+        objs, _, _ = render(None, namespace)
+        key = base64.b64decode(by_kind(objs, "Secret")[RELEASE]["data"]["page-token-key"]).decode()
+        assert len(key) == 48 and key.isalnum(), key
+        keys.add(key)
+    assert len(keys) == 2, "two installs share a page-token key"
+    given = "a-page-token-key-chosen-by-the-operator-0123"
+    objs, _, _ = render({"secrets": {"pageTokenKey": given}})
+    assert base64.b64decode(by_kind(objs, "Secret")[RELEASE]["data"]["page-token-key"]).decode() == given
+
+
+@pytest.mark.parametrize("bad", ["short", " " + "k" * 40, "k" * 40 + "\n", "k" * 1025])
+def test_values_schema_rejects_bad_page_token_keys(bad):
+    with pytest.raises(helm_python.HelmValuesError):
+        render({"secrets": {"pageTokenKey": bad}})
 
 
 # --------------------------------------------------------------------- network policies

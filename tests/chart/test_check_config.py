@@ -29,6 +29,7 @@ SECRET_STAND_INS = {
     "MESH_DATABASE_URL": "postgres://mesh:pw@db.example:5432/mesh",
     "MESH_REDIS_URL": "redis://cache.example:6379",
     "POSTGRES_PASSWORD": "pw",
+    "MESH_PAGE_TOKEN_KEY": "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL",
 }
 
 
@@ -162,3 +163,12 @@ def test_a_bad_service_setting_in_the_chart_is_named_by_the_check():
     assert out.returncode == 1, f"{what}: {out.stdout}{out.stderr}"
     for name in ("MESH_PAYMENT_MAX_ATTEMPTS", "MESH_PAYMENT_PROVIDER_TIMEOUT"):
         assert name in out.stderr, out.stderr
+
+
+def test_a_bad_page_token_key_in_the_secret_is_named_by_the_check():
+    objs, _, _ = render()
+    [(what, argv, env)] = [p for p in processes(objs) if p[1][:2] == ["serve", "order"]]
+    out = check(argv, {**env, "MESH_PAGE_TOKEN_KEY": "too-short-a-key"})
+    assert out.returncode == 1, f"{what}: {out.stdout}{out.stderr}"
+    assert "MESH_PAGE_TOKEN_KEY" in out.stderr and "too short" in out.stderr, out.stderr
+    assert "too-short-a-key" not in out.stderr, "the key is printed"

@@ -109,6 +109,16 @@ pub(crate) async fn start(
         )?),
     };
 
+    // Page tokens are keyed once per process, before any service hands one out.
+    match &config.page_token_key {
+        Some(key) => key
+            .clone()
+            .install()
+            .context("installing MESH_PAGE_TOKEN_KEY")?,
+        None => tracing::warn!(
+            "MESH_PAGE_TOKEN_KEY is unset: page tokens use the built-in public key (checksummed, not secret); set the same random key on every replica"
+        ),
+    }
     let metrics = Metrics::new();
     let rpc_metrics = RpcMetrics::register(&metrics);
     let readiness = Readiness::new();

@@ -70,12 +70,7 @@ const SHARED: &[Setting] = &[
     mesh_runtime::shed::SHED_QUEUE_TARGET,
     mesh_runtime::sampler::TRACES_SAMPLER,
     mesh_runtime::sampler::TRACES_SAMPLER_ARG,
-    Setting {
-        name: mesh_runtime::domain::page_token::KEY_VARIABLE,
-        kind: Kind::Secret,
-        default: "",
-        doc: "The key page tokens are HMAC-checked with; give every replica the same value. Unset: a built-in key (tokens are checksummed, not secret).",
-    },
+    mesh_runtime::domain::page_token_key::PAGE_TOKEN_KEY,
     mesh_runtime::tls::settings::TLS_CERT,
     mesh_runtime::tls::settings::TLS_KEY,
     mesh_runtime::tls::settings::TLS_CA,

@@ -135,6 +135,9 @@ pub struct MeshConfig {
     pub events: EventConfig,
     /// Client resilience settings per upstream (`MESH_CLIENT_*`, `MESH_<UPSTREAM>_CLIENT_*`).
     pub clients: ClientSettings,
+    /// The checked `MESH_PAGE_TOKEN_KEY`; `None`: the built-in public key. The binary installs
+    /// it before any service starts.
+    pub page_token_key: Option<crate::domain::page_token_key::PageTokenKey>,
 }
 
 /// Where the addresses of a peer addressed by DNS name come from.

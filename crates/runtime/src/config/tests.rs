@@ -317,3 +317,26 @@ fn the_trace_sampler_is_read_and_a_bad_one_named_in_the_one_error() {
     );
     assert!(text.contains("MESH_DATABASE_POOL_SIZE"), "{text}");
 }
+
+#[test]
+fn the_page_token_key_is_checked_with_the_rest_and_never_printed() {
+    assert_eq!(parse(&[], &[]).expect("valid").page_token_key, None);
+    let key = "a-random-page-token-key-of-40-characters";
+    let config = parse(&[], &[("MESH_PAGE_TOKEN_KEY", key)]).expect("valid");
+    assert_eq!(
+        config.page_token_key,
+        Some(crate::domain::page_token_key::PageTokenKey::from_text(key).unwrap())
+    );
+    let err = parse(
+        &["--database-pool-size", "0"],
+        &[("MESH_PAGE_TOKEN_KEY", "hunter2")],
+    )
+    .expect_err("invalid");
+    let text = err.to_string();
+    assert!(
+        text.contains("MESH_PAGE_TOKEN_KEY = \"<redacted>\": too short"),
+        "{text}"
+    );
+    assert!(text.contains("MESH_DATABASE_POOL_SIZE"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}

@@ -15,6 +15,7 @@ use super::{
     MeshConfig, Problem, ServiceEndpoint, ServiceSpec, env_prefix,
 };
 use crate::client_config::ClientSettings;
+use crate::domain::page_token_key::PageTokenKey;
 
 impl MeshConfig {
     /// Validates `args` and the per-service variables read through `env` (the process
@@ -346,6 +347,10 @@ impl MeshConfig {
             problems.extend(bad.0.into_iter().map(Problem::from));
             crate::sampler::TraceSampler::default()
         });
+        let page_token_key = PageTokenKey::from_env(&env).unwrap_or_else(|bad| {
+            problems.extend(bad.0.into_iter().map(Problem::from));
+            None
+        });
         let names: Vec<&'static str> = services.iter().map(|s| s.name).collect();
         let clients = ClientSettings::from_env(&names, &env).unwrap_or_else(|bad| {
             problems.extend(bad);
@@ -383,6 +388,7 @@ impl MeshConfig {
                     database_pool_size: pool_size.unwrap_or(crate::storage::DEFAULT_POOL_SIZE),
                     events: events.unwrap_or_default(),
                     clients,
+                    page_token_key,
                 })
             }
             _ => Err(ConfigError { problems }),

@@ -4,7 +4,8 @@
 //! - [`error`]: [`ServiceError`], the common failures (bad field, unknown id, state, duplicate,
 //!   peer or database down) and their gRPC statuses; a service's error enum wraps it;
 //! - [`page_token`]: the keyset page token of every list RPC (opaque, versioned, tamper-evident,
-//!   bound to its query) and page sizes;
+//!   bound to its query) and page sizes; [`page_token_key`]: its key (`MESH_PAGE_TOKEN_KEY`),
+//!   checked with the configuration and installed once per process;
 //! - [`time`]: the timestamp unit (microseconds since the epoch, `i64`) and its protobuf
 //!   conversions;
 //! - [`ids`]: UUIDs, id formats and free text;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod ids;
 pub mod money;
 pub mod page_token;
+pub mod page_token_key;
 pub mod time;
 
 pub use error::ServiceError;

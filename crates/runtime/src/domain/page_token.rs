@@ -11,14 +11,12 @@
 //! - the query tag is the first 8 bytes of SHA-256 over the query (the list's name and its
 //!   filters, any `serde` value), so a token used with other filters is refused;
 //! - the MAC is HMAC-SHA-256 (truncated to 16 bytes) over version, tag and cursor, keyed by
-//!   the process's page-token key, so an altered token is refused. The key is SHA-256 of
-//!   `MESH_PAGE_TOKEN_KEY` when that is set (give every replica the same value), else a fixed
-//!   built-in key: the cursor is then only checksummed, not secret. A cursor holds no
+//!   the process's page-token key ([`super::page_token_key`]: `MESH_PAGE_TOKEN_KEY`, checked
+//!   with the configuration and installed by the binary; give every replica the same value),
+//!   else a built-in public key: the cursor is then only checksummed, not secret. A cursor holds no
 //!   authorisation: services check who may see each row whatever the token says.
 //!
 //! Every refusal is `INVALID_ARGUMENT` naming `page_token`. Empty means the first page.
-
-use std::sync::OnceLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -31,22 +29,11 @@ use super::ServiceError;
 
 /// The format version this build writes and reads.
 pub const VERSION: u8 = 1;
-/// The variable holding the page-token key (any non-empty text, the same on every replica).
-pub const KEY_VARIABLE: &str = "MESH_PAGE_TOKEN_KEY";
 
 const TAG_LEN: usize = 8;
 const MAC_LEN: usize = 16;
 const HEADER_LEN: usize = 1 + TAG_LEN + MAC_LEN;
-const DEFAULT_KEY: &[u8] = b"mesh page token v1 (set MESH_PAGE_TOKEN_KEY for a secret key)";
 const FIELD: &str = "page_token";
-
-fn key() -> &'static [u8; 32] {
-    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let configured = std::env::var(KEY_VARIABLE).ok().filter(|k| !k.is_empty());
-        Sha256::digest(configured.as_deref().map_or(DEFAULT_KEY, str::as_bytes)).into()
-    })
-}
 
 fn query_tag(query: &impl Serialize) -> [u8; TAG_LEN] {
     let json = serde_json::to_vec(query).unwrap_or_default();
@@ -60,7 +47,8 @@ fn query_tag(query: &impl Serialize) -> [u8; TAG_LEN] {
 }
 
 fn mac(version: u8, tag: &[u8], cursor: &[u8]) -> Hmac<Sha256> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key()).expect("HMAC accepts any key length");
+    let mut mac = Hmac::<Sha256>::new_from_slice(super::page_token_key::current().bytes())
+        .expect("HMAC accepts any key length");
     mac.update(&[version]);
     mac.update(tag);
     mac.update(cursor);
