@@ -42,6 +42,8 @@ PATHS = [
     ("/v1/**", "/v1/"),
     ("/v1/a%41/*", "/v1/aA/x"),
     ("/v1/auth:login", "/v1/auth:login"),
+    # Found by CI's fuzz run: `**` as the whole path before a verb (the renderer gave `/:v`).
+    ("/**:2ogviln", "/x:2ogviln"),
 ]
 for i, (template, path) in enumerate(PATHS):
     write("path_template", f"seed-{i:02}", f"{template}\n{path}")

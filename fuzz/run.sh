@@ -5,7 +5,9 @@
 # fuzz/artifacts/<target>/ (reproduce: docs/fuzzing.md).
 # Usage: fuzz/run.sh [seconds per target, default 20] [target...]   (default: every target)
 # Environment: MESH_FUZZ_TARGET_DIR (default /var/tmp/mesh-fuzz-target, reused between runs),
-#   MESH_FUZZ_CORPUS_OUT (keep the grown corpus there instead of a temporary folder).
+#   MESH_FUZZ_CORPUS_OUT (keep the grown corpus there instead of a temporary folder),
+#   MESH_FUZZ_SEED (libFuzzer's -seed: the same number explores the same inputs in the same order,
+#   so a gating run is repeatable; unset, every run explores differently).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-20}"
@@ -41,8 +43,10 @@ for target in "${targets[@]}"; do
   echo "fuzz: $target for ${seconds} s"
   # -timeout: an input taking over 10 s is a hang; -rss_limit_mb: a leak or a blow-up.
   status=0
+  seed=()
+  [ -z "${MESH_FUZZ_SEED:-}" ] || seed=(-seed="$MESH_FUZZ_SEED")
   fuzz run "$target" "$out" "fuzz/corpus/$target" -- \
-    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${seed[@]}" \
     >"$scratch/$target.log" 2>&1 || status=$?
   if [ "$status" -ne 0 ]; then
     tail -n 60 "$scratch/$target.log" >&2

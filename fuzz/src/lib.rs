@@ -43,8 +43,10 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// A request path that `template` matches with `values` as its variables' values (in the
 /// order of [`PathTemplate::variables`]): literals as written, `*` outside a variable as `x`,
-/// `**` outside a variable as nothing, a single-segment value percent-encoded whole (its `/`
-/// included), a multi-segment value split at `/` and each part percent-encoded.
+/// `**` outside a variable as nothing (or as `x` when nothing else precedes a verb: a verb must
+/// follow a segment, so `/**:v` matches `/x:v` but not `/:v`), a single-segment value
+/// percent-encoded whole (its `/` included), a multi-segment value split at `/` and each part
+/// percent-encoded.
 pub fn render(template: &PathTemplate, values: &[String]) -> String {
     let mut out = String::new();
     let mut k = 0;
@@ -77,6 +79,7 @@ pub fn render(template: &PathTemplate, values: &[String]) -> String {
                 out.push_str(text);
             }
             Segment::Single => out.push_str("/x"),
+            Segment::Multi if out.is_empty() && template.verb.is_some() => out.push_str("/x"),
             Segment::Multi => {}
         }
         k += 1;
