@@ -473,6 +473,36 @@ async fn order_timeline(mesh: &Mesh, admin: &str, customer: &str, order: &str) {
         .collect();
     assert_eq!(cli_types, types);
     assert_eq!(json["events"][0]["payload"]["orderId"], order);
+
+    // `mesh events list` on the in-process bus, through the admin port: the order stream with
+    // the groups that consume it, all caught up once the order is confirmed.
+    let out = Command::new(MESH)
+        .args(["events", "--admin", &mesh.addrs["admin"], "list"])
+        .env("MESH_EVENTS_TOKEN", &auditor)
+        .env_remove("MESH_REDIS_URL")
+        .output()
+        .expect("mesh events list runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let streams: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let order_stream = streams
+        .as_array()
+        .expect("streams")
+        .iter()
+        .find(|s| s["stream"] == "order")
+        .expect("the order stream is listed");
+    let groups: Vec<&str> = order_stream["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| g["group"].as_str().unwrap_or_default())
+        .collect();
+    for consumer in ["inventory", "payment", "notification"] {
+        assert!(groups.contains(&consumer), "{consumer} in {groups:?}");
+    }
 }
 
 /// An access token of a fresh account with the `auditor` role, given by `admin`.

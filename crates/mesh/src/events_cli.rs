@@ -1,29 +1,46 @@
-//! `mesh events`: the operator's tools for the Redis bus. `list` shows every stream and each
-//! consumer group's lag and pending entries; `dead --group G` prints the group's dead letters
-//! (reason, deliveries, the envelope with its payload decoded) as JSON; `replay --group G`
-//! replays one dead letter (`--id`), those of one event type (`--type`) or all (`--all`) to
-//! their stream; `tail --stream D` prints a stream's entries as JSON lines. `timeline ID` asks
-//! report instead of Redis (`crate::events_timeline`).
+//! `mesh events`: the operator's tools for the bus. `list` shows every stream and each consumer
+//! group's lag and pending entries; `dead --group G` prints the group's dead letters (reason,
+//! deliveries, the envelope with its payload decoded) as JSON; `replay --group G` replays one
+//! dead letter (`--id`), those of one event type (`--type`) or all (`--all`) to their stream;
+//! `tail --stream D` prints a stream's entries as JSON lines. `timeline ID` asks report instead
+//! (`crate::events_timeline`).
 //!
-//! Envelopes and payloads are decoded with the embedded descriptor set, so the JSON is the
-//! proto3 JSON mapping of the real messages.
+//! Two ways to reach the bus, with the same JSON: `--redis-url` reads Redis itself, and
+//! `--admin URL` asks a process's admin port (`mesh_runtime::bus_admin`, with `--token` of an
+//! auditor, admin or service), which is the only way into the in-process bus of `mesh serve all`.
+
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use mesh_contracts::events::v1::Envelope;
 use mesh_runtime::bus::DeliveryOptions;
+use mesh_runtime::bus::inspect::{BusInspect, ReadFrom};
+use mesh_runtime::bus::inspect_json::{self, ReplaySelection};
 use mesh_runtime::bus::redis::RedisBus;
-use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage};
 use serde_json::{Value, json};
+
+use crate::admin_client::AdminClient;
 
 /// `mesh events` arguments.
 #[derive(Debug, Args)]
 pub(crate) struct EventsArgs {
-    /// The Redis of the bus (every command but `timeline`).
-    #[arg(long, env = "MESH_REDIS_URL", value_name = "URL")]
+    /// The Redis of the bus.
+    #[arg(
+        long,
+        env = "MESH_REDIS_URL",
+        value_name = "URL",
+        conflicts_with = "admin"
+    )]
     redis_url: Option<String>,
-    /// The bus's key prefix.
+    /// Ask this admin port instead of Redis (e.g. `http://127.0.0.1:9090` of `mesh serve all`,
+    /// whose bus is in-process); needs `--token`.
+    #[arg(long, env = "MESH_ADMIN_URL", value_name = "URL")]
+    admin: Option<String>,
+    /// An access token of an auditor, an admin or a service: for `--admin` and `timeline` (a
+    /// customer's shows only their own aggregates in `timeline`).
+    #[arg(long, global = true, env = "MESH_EVENTS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The bus's key prefix (Redis).
     #[arg(long, default_value = crate::migrate::REDIS_NAMESPACE)]
     namespace: String,
     #[command(subcommand)]
@@ -73,159 +90,139 @@ enum EventsCommand {
     Timeline(crate::events_timeline::TimelineArgs),
 }
 
-/// An envelope as JSON: its fields and its payload decoded by type (or its size if unknown).
-pub(crate) fn envelope_json(pool: &DescriptorPool, bytes: &[u8]) -> Value {
-    let Ok(e) = Envelope::decode(bytes) else {
-        return json!({ "malformed": true, "bytes": bytes.len() });
-    };
-    let payload = e.payload.as_ref().map_or(Value::Null, |any| {
-        let name = any.type_url.rsplit('/').next().unwrap_or_default();
-        pool.get_message_by_name(name)
-            .and_then(|d| DynamicMessage::decode(d, any.value.as_slice()).ok())
-            .and_then(|m| serde_json::to_value(&m).ok())
-            .unwrap_or_else(
-                || json!({ "type_url": any.type_url, "undecoded_bytes": any.value.len() }),
-            )
-    });
-    let time = e.time.map(|t| {
-        humantime::format_rfc3339_micros(
-            std::time::UNIX_EPOCH
-                + std::time::Duration::new(
-                    u64::try_from(t.seconds).unwrap_or(0),
-                    u32::try_from(t.nanos).unwrap_or(0),
-                ),
-        )
-        .to_string()
-    });
-    json!({
-        "id": e.id,
-        "type": e.r#type,
-        "source": e.source,
-        "subject": e.subject,
-        "sequence": e.sequence,
-        "time": time,
-        "correlation_id": e.correlation_id,
-        "causation_id": e.causation_id,
-        "traceparent": e.traceparent,
-        "payload": payload,
-    })
-}
-
-fn event_type(bytes: &[u8]) -> String {
-    Envelope::decode(bytes)
-        .map(|e| e.r#type)
-        .unwrap_or_default()
+/// Where the bus is.
+enum Source {
+    /// Redis, read directly.
+    Redis(RedisBus),
+    /// A process's admin port.
+    Admin(AdminClient),
 }
 
 /// Runs `mesh events`.
 pub(crate) async fn run(args: EventsArgs) -> anyhow::Result<()> {
-    let (redis_url, namespace) = (args.redis_url, args.namespace);
-    let connect = || -> anyhow::Result<RedisBus> {
-        let url = redis_url
-            .as_deref()
-            .context("--redis-url (or MESH_REDIS_URL) is required: the bus's Redis")?;
-        RedisBus::connect(url, &namespace, DeliveryOptions::default()).context("--redis-url")
+    let (redis_url, admin, token) = (args.redis_url, args.admin, args.token);
+    let connect = || -> anyhow::Result<Source> {
+        match (&redis_url, &admin) {
+            (_, Some(admin)) => {
+                let token = token.clone().context(
+                    "--admin needs --token (or MESH_EVENTS_TOKEN): an auditor's, admin's or service's",
+                )?;
+                Ok(Source::Admin(AdminClient::new(admin, token)?))
+            }
+            (Some(url), None) => Ok(Source::Redis(
+                RedisBus::connect(url, &args.namespace, DeliveryOptions::default())
+                    .context("--redis-url")?,
+            )),
+            (None, None) => anyhow::bail!(
+                "say where the bus is: --redis-url (or MESH_REDIS_URL) for Redis, or --admin URL \
+                 for a process's admin port (the in-process bus of `mesh serve all`)"
+            ),
+        }
     };
-    let pool = DescriptorPool::decode(mesh_contracts::FILE_DESCRIPTOR_SET)?;
     match args.command {
+        EventsCommand::Timeline(timeline) => {
+            let token = token.context("timeline: --token (or MESH_EVENTS_TOKEN) is required")?;
+            crate::events_timeline::run(timeline, token).await?;
+        }
         EventsCommand::List => {
-            let bus = connect()?;
-            let streams = bus.streams().await?;
-            let out: Vec<Value> = streams
-                .iter()
-                .map(|s| {
-                    let groups: Vec<Value> = s
-                        .groups
-                        .iter()
-                        .map(|g| {
-                            json!({
-                                "group": g.group,
-                                "lag": g.behind(),
-                                "undelivered": g.undelivered,
-                                "pending": g.pending,
-                                "oldest_unhandled_seconds": g.oldest_unhandled_age.map(|d| d.as_secs_f64()),
-                            })
-                        })
-                        .collect();
-                    json!({ "stream": s.domain, "length": s.length, "groups": groups })
-                })
-                .collect();
+            let out = match &connect()? {
+                Source::Redis(bus) => inspect_json::streams_json(&bus.streams().await?),
+                Source::Admin(admin) => admin.get("/bus/streams").await?,
+            };
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         EventsCommand::Dead { group } => {
-            let bus = connect()?;
-            let dead = bus.dead_letter_entries(&group).await?;
-            let out: Vec<Value> = dead
-                .iter()
-                .map(|(id, d)| {
-                    json!({
-                        "dead_id": id,
-                        "stream": d.domain,
-                        "entry": d.entry_id,
-                        "group": d.group,
-                        "reason": d.reason,
-                        "deliveries": d.deliveries,
-                        "event": envelope_json(&pool, &d.payload),
-                    })
-                })
-                .collect();
+            let out = match &connect()? {
+                Source::Redis(bus) => inspect_json::dead_letters_json(bus, &group).await?,
+                Source::Admin(admin) => admin.get(&format!("/bus/groups/{group}/dead")).await?,
+            };
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         EventsCommand::Replay {
             group,
             id,
-            event_type: wanted,
+            event_type,
             all,
         } => {
-            if id.is_none() && wanted.is_none() && !all {
-                anyhow::bail!("replay: say which dead letters: --id, --type or --all");
-            }
-            let bus = connect()?;
-            let mut replayed = Vec::new();
-            for (dead_id, d) in bus.dead_letter_entries(&group).await? {
-                let chosen = match (&id, &wanted) {
-                    (Some(one), _) => *one == dead_id,
-                    (None, Some(t)) => event_type(&d.payload) == *t,
-                    (None, None) => true,
-                };
-                if chosen && bus.replay_dead_letter(&group, &dead_id).await? {
-                    replayed.push(dead_id);
+            let selection = match (id, event_type, all) {
+                (Some(id), _, _) => ReplaySelection::One(id),
+                (None, Some(t), _) => ReplaySelection::OfType(t),
+                (None, None, true) => ReplaySelection::All,
+                (None, None, false) => {
+                    anyhow::bail!("replay: say which dead letters: --id, --type or --all")
                 }
-            }
-            if let Some(one) = &id
-                && replayed.is_empty()
-            {
-                anyhow::bail!("replay: group `{group}` has no dead letter `{one}`");
-            }
-            println!("{}", json!({ "group": group, "replayed": replayed }));
+            };
+            let out = match &connect()? {
+                Source::Redis(bus) => inspect_json::replay_json(bus, &group, &selection)
+                    .await
+                    .context("replay")?,
+                Source::Admin(admin) => {
+                    let body = match &selection {
+                        ReplaySelection::One(id) => json!({ "id": id }),
+                        ReplaySelection::OfType(t) => json!({ "type": t }),
+                        ReplaySelection::All => json!({ "all": true }),
+                    };
+                    admin
+                        .post(&format!("/bus/groups/{group}/replay"), &body)
+                        .await
+                        .context("replay")?
+                }
+            };
+            println!("{out}");
         }
-        EventsCommand::Timeline(timeline) => crate::events_timeline::run(timeline).await?,
         EventsCommand::Tail {
             stream,
             from_start,
             count,
-        } => {
-            let bus = connect()?;
-            let mut after = if from_start {
-                "0".to_string()
-            } else {
-                "$".to_string()
-            };
-            let mut printed = 0usize;
-            loop {
-                for (id, payload) in bus.read_stream(&stream, &after, 100, 1000).await? {
-                    println!(
-                        "{}",
-                        json!({ "stream": stream, "entry": id, "event": envelope_json(&pool, &payload) })
-                    );
-                    after = id;
-                    printed += 1;
-                    if count.is_some_and(|c| printed >= c) {
-                        return Ok(());
-                    }
-                }
+        } => tail(&connect()?, &stream, from_start, count).await?,
+    }
+    Ok(())
+}
+
+/// Prints the entries of `stream` as JSON lines, following it until `count` are printed.
+async fn tail(
+    source: &Source,
+    stream: &str,
+    from_start: bool,
+    count: Option<usize>,
+) -> anyhow::Result<()> {
+    let mut from = if from_start {
+        ReadFrom::Start
+    } else {
+        ReadFrom::New
+    };
+    let mut printed = 0usize;
+    loop {
+        let entries: Vec<Value> = match source {
+            Source::Redis(bus) => bus
+                .read_stream(stream, &from, 100, Duration::from_secs(1))
+                .await?
+                .iter()
+                .map(|e| inspect_json::entry_json(stream, e))
+                .collect(),
+            Source::Admin(admin) => {
+                let from = match &from {
+                    ReadFrom::Start => "start".to_string(),
+                    ReadFrom::New => "new".to_string(),
+                    ReadFrom::After(id) => id.clone(),
+                };
+                let answer = admin
+                    .get(&format!(
+                        "/bus/streams/{stream}/entries?from={from}&count=100&wait_ms=1000"
+                    ))
+                    .await?;
+                answer["entries"].as_array().cloned().unwrap_or_default()
+            }
+        };
+        for entry in entries {
+            println!("{entry}");
+            if let Some(id) = entry["entry"].as_str() {
+                from = ReadFrom::After(id.to_string());
+            }
+            printed += 1;
+            if count.is_some_and(|c| printed >= c) {
+                return Ok(());
             }
         }
     }
-    Ok(())
 }

@@ -6,11 +6,9 @@ use anyhow::Context as _;
 use clap::Args;
 use mesh_contracts::report::v1::GetAggregateTimelineRequest;
 use mesh_contracts::report::v1::report_service_client::ReportServiceClient;
+use mesh_runtime::bus::inspect_json::envelope_json;
 use prost::Message as _;
-use prost_reflect::DescriptorPool;
 use serde_json::json;
-
-use crate::events_cli::envelope_json;
 
 /// `mesh events timeline` arguments.
 #[derive(Debug, Args)]
@@ -25,17 +23,13 @@ pub(crate) struct TimelineArgs {
         value_name = "ADDR"
     )]
     report: String,
-    /// An access token of an auditor, an admin or a service (a customer's shows only their own
-    /// aggregates).
-    #[arg(long, env = "MESH_EVENTS_TOKEN", hide_env_values = true)]
-    token: String,
     /// At most this many events (report's default 1000 when 0).
     #[arg(long, default_value_t = 0)]
     max_events: i32,
 }
 
-/// Asks report for the timeline and prints it.
-pub(crate) async fn run(args: TimelineArgs) -> anyhow::Result<()> {
+/// Asks report for the timeline, as the caller of `token`, and prints it.
+pub(crate) async fn run(args: TimelineArgs, token: String) -> anyhow::Result<()> {
     let url = if args.report.contains("://") {
         args.report.clone()
     } else {
@@ -52,7 +46,7 @@ pub(crate) async fn run(args: TimelineArgs) -> anyhow::Result<()> {
     });
     request.metadata_mut().insert(
         "authorization",
-        format!("Bearer {}", args.token)
+        format!("Bearer {token}")
             .parse()
             .context("--token is not a valid header value")?,
     );
@@ -61,11 +55,10 @@ pub(crate) async fn run(args: TimelineArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| anyhow::anyhow!("report answered {:?}: {}", s.code(), s.message()))?
         .into_inner();
-    let pool = DescriptorPool::decode(mesh_contracts::FILE_DESCRIPTOR_SET)?;
     let events: Vec<serde_json::Value> = answer
         .events
         .iter()
-        .map(|e| envelope_json(&pool, &e.encode_to_vec()))
+        .map(|e| envelope_json(&e.encode_to_vec()))
         .collect();
     let freshness = answer.freshness.unwrap_or_default();
     let out = json!({

@@ -2,6 +2,7 @@
 //! process (each on its own gRPC port, calling each other over real gRPC on loopback);
 //! `mesh serve order` runs one, as each Kubernetes Deployment does.
 
+mod admin_client;
 mod bench;
 mod bench_hop;
 mod bench_product;

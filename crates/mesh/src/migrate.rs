@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use mesh_runtime::bus::inspect::BusInspect;
 use mesh_runtime::bus::memory::MemoryBus;
 use mesh_runtime::bus::redis::RedisBus;
 use mesh_runtime::bus::{DeliveryOptions, EventBus};
@@ -57,19 +58,24 @@ pub(crate) async fn open_and_migrate(
     Ok(db)
 }
 
-/// The process's event bus: Redis Streams when `--redis-url` is set, else in-process.
-pub(crate) fn bus(config: &MeshConfig) -> anyhow::Result<Arc<dyn EventBus>> {
+/// The process's event bus: Redis Streams when `--redis-url` is set, else in-process; and the
+/// same bus's operator view, for the admin port's `/bus` routes.
+pub(crate) fn bus(config: &MeshConfig) -> anyhow::Result<(Arc<dyn EventBus>, Arc<dyn BusInspect>)> {
     let options = DeliveryOptions {
         claim_idle: config.events.claim_idle,
         dead_after: config.events.dead_after,
         retention: config.events.retention,
     };
     Ok(match &config.events.redis_url {
-        Some(url) => Arc::new(
-            RedisBus::connect(url, REDIS_NAMESPACE, options)
-                .context("--redis-url / MESH_REDIS_URL")?,
-        ),
-        None => Arc::new(MemoryBus::new(options)),
+        Some(url) => {
+            let bus = RedisBus::connect(url, REDIS_NAMESPACE, options)
+                .context("--redis-url / MESH_REDIS_URL")?;
+            (Arc::new(bus.clone()), Arc::new(bus))
+        }
+        None => {
+            let bus = MemoryBus::new(options);
+            (Arc::new(bus.clone()), Arc::new(bus))
+        }
     })
 }
 

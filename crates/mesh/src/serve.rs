@@ -129,7 +129,10 @@ pub(crate) async fn start(
     }
 
     // One bus per process; each service its own database, migrated, its outbox relayed.
-    let bus = crate::migrate::bus(&config)?;
+    let (bus, bus_view) = crate::migrate::bus(&config)?;
+    // The first service's token checker guards the admin port's `/bus` routes (auth's own keys
+    // when auth is served here, else auth's JWKS).
+    let mut bus_verifier: Option<mesh_runtime::auth::Verifier> = None;
     let supervisor = Supervisor::new(readiness.clone(), shutdown.clone());
     let mut admin_router = mesh_runtime::admin::router(metrics.clone(), readiness.clone());
     let mut servers = Vec::new();
@@ -158,6 +161,19 @@ pub(crate) async fn start(
         // Every service answers for its audit trail, from its own outbox, to callers allowed
         // to read it (`mesh_runtime::audit_access`); auth with its own keys.
         let verifier = routes.take_extension::<mesh_runtime::auth::Verifier>();
+        if bus_verifier.is_none() || verifier.is_some() {
+            bus_verifier = Some(match &verifier {
+                Some(v) => v.clone(),
+                None => mesh_runtime::auth::Verifier::new(
+                    Arc::new(mesh_runtime::auth::JwksClient::new(
+                        ctx.auth_channel().map_err(|e| {
+                            anyhow::anyhow!("the admin port's bus routes need auth: {e}")
+                        })?,
+                    )),
+                    mesh_runtime::auth::VerifierSettings::from_env(),
+                ),
+            });
+        }
         let audit = mesh_runtime::audit::guarded(&ctx, db.clone(), verifier)
             .map_err(|e| anyhow::anyhow!("building the {} audit trail: {e}", module.name))?;
         let mut routes = routes.add_service(audit);
@@ -189,6 +205,9 @@ pub(crate) async fn start(
         supervisor.watch_database(module.name, db.clone());
         readiness.set(module.name, false);
         servers.push((module, listener, routes));
+    }
+    if let Some(verifier) = bus_verifier {
+        admin_router = admin_router.merge(mesh_runtime::bus_admin::router(bus_view, verifier));
     }
 
     let mut tasks = JoinSet::new();

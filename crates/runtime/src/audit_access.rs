@@ -12,10 +12,8 @@
 //! An aggregate whose payloads were redacted by an erasure no longer names its customer, so it is
 //! no longer shown to them.
 
-use std::sync::OnceLock;
-
 use mesh_contracts::events::v1::Envelope;
-use prost_reflect::{DescriptorPool, DynamicMessage, Value};
+use prost_reflect::{DynamicMessage, Value};
 use tonic::Status;
 
 use crate::auth::{Identity, Role};
@@ -80,20 +78,12 @@ impl AuditScope {
     }
 }
 
-fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(mesh_contracts::FILE_DESCRIPTOR_SET)
-            .expect("the descriptor set embedded by build.rs decodes")
-    })
-}
-
 /// The top-level `customer_id` of `event`'s payload, when its type has that field and it is set;
 /// `None` for payloads without it, of unknown types, or that do not decode.
 pub fn customer_of(event: &Envelope) -> Option<String> {
     let payload = event.payload.as_ref()?;
     let name = payload.type_url.rsplit('/').next()?;
-    let descriptor = pool().get_message_by_name(name)?;
+    let descriptor = crate::descriptors::pool().get_message_by_name(name)?;
     let field = descriptor.get_field_by_name("customer_id")?;
     let message = DynamicMessage::decode(descriptor, payload.value.as_slice()).ok()?;
     match message.get_field(&field).as_ref() {

@@ -5,6 +5,16 @@ use std::sync::OnceLock;
 use prost::Message;
 use prost_types::FileDescriptorSet;
 
+/// The contracts as a reflection pool (options intact), decoded once per process: for decoding
+/// payloads by type name.
+pub fn pool() -> &'static prost_reflect::DescriptorPool {
+    static POOL: OnceLock<prost_reflect::DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        prost_reflect::DescriptorPool::decode(mesh_contracts::FILE_DESCRIPTOR_SET)
+            .expect("the descriptor set embedded by build.rs decodes")
+    })
+}
+
 fn descriptor_set() -> &'static FileDescriptorSet {
     static SET: OnceLock<FileDescriptorSet> = OnceLock::new();
     SET.get_or_init(|| {

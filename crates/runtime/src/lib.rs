@@ -28,6 +28,7 @@ pub mod audit_access;
 pub mod auth;
 pub mod balance;
 pub mod bus;
+pub mod bus_admin;
 pub mod call_context;
 pub mod client;
 pub mod client_config;

@@ -73,8 +73,8 @@ impl<S: NamedService> NamedService for Guarded<S> {
     const NAME: &'static str = S::NAME;
 }
 
-/// The bearer token of `headers`, if any.
-fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+/// The bearer token of `headers` (`authorization: Bearer <token>`), if any.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme

@@ -16,6 +16,9 @@ use super::{
     Subscription,
 };
 
+#[path = "memory_ops.rs"]
+mod ops;
+
 /// The in-process bus. Cheap to clone; clones share the streams.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBus {
@@ -32,7 +35,9 @@ struct Shared {
 #[derive(Debug, Default)]
 struct State {
     streams: HashMap<String, Stream>,
-    dead: HashMap<String, Vec<DeadLetter>>,
+    /// Each group's dead letters with their ids (numbered across groups), oldest first.
+    dead: HashMap<String, Vec<(u64, DeadLetter)>>,
+    next_dead_id: u64,
 }
 
 #[derive(Debug, Default)]
@@ -83,10 +88,12 @@ impl EventBus for MemoryBus {
                 let mut state = self.lock();
                 for event in events {
                     let stream = state.streams.entry(event.domain.clone()).or_default();
-                    let id = stream.next_id;
-                    stream.next_id += 1;
-                    stream.entries.push_back((id, event.payload.clone(), now));
-                    trim(stream, now, self.shared.options.retention);
+                    append(
+                        stream,
+                        event.payload.clone(),
+                        now,
+                        self.shared.options.retention,
+                    );
                 }
             }
             self.shared.published.notify_waiters();
@@ -126,7 +133,14 @@ impl EventBus for MemoryBus {
         &'a self,
         group: &'a str,
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, BusError>> {
-        Box::pin(async move { Ok(self.lock().dead.get(group).cloned().unwrap_or_default()) })
+        Box::pin(async move {
+            Ok(self
+                .lock()
+                .dead
+                .get(group)
+                .map(|letters| letters.iter().map(|(_, d)| d.clone()).collect())
+                .unwrap_or_default())
+        })
     }
 
     fn group_lag<'a>(
@@ -139,45 +153,55 @@ impl EventBus for MemoryBus {
             let state = self.lock();
             Ok(domains
                 .iter()
-                .map(|domain| {
-                    let stream = state.streams.get(domain);
-                    let g = stream.and_then(|s| s.groups.get(group));
-                    let (undelivered, pending, oldest) = match (stream, g) {
-                        (Some(s), Some(g)) => {
-                            let undelivered = s.next_id.saturating_sub(g.cursor);
-                            let oldest_id = g
-                                .pending
-                                .keys()
-                                .next()
-                                .copied()
-                                .or((undelivered > 0).then_some(g.cursor));
-                            let oldest = oldest_id.and_then(|id| {
-                                s.entries
-                                    .binary_search_by_key(&id, |e| e.0)
-                                    .ok()
-                                    .map(|i| now.duration_since(s.entries[i].2))
-                            });
-                            (undelivered, g.pending.len() as u64, oldest)
-                        }
-                        // A group not created yet will start at the stream's first entry.
-                        (Some(s), None) => (
-                            s.entries.len() as u64,
-                            0,
-                            s.entries.front().map(|e| now.duration_since(e.2)),
-                        ),
-                        _ => (0, 0, None),
-                    };
-                    GroupLag {
-                        domain: domain.clone(),
-                        group: group.to_string(),
-                        undelivered,
-                        pending,
-                        oldest_unhandled_age: oldest,
-                    }
-                })
+                .map(|domain| lag(state.streams.get(domain), domain, group, now))
                 .collect())
         })
     }
+}
+
+/// How far `group` is behind on `stream` (of `domain`; `None`: no such stream yet).
+fn lag(stream: Option<&Stream>, domain: &str, group: &str, now: Instant) -> GroupLag {
+    let g = stream.and_then(|s| s.groups.get(group));
+    let (undelivered, pending, oldest) = match (stream, g) {
+        (Some(s), Some(g)) => {
+            let undelivered = s.next_id.saturating_sub(g.cursor);
+            let oldest_id = g
+                .pending
+                .keys()
+                .next()
+                .copied()
+                .or((undelivered > 0).then_some(g.cursor));
+            let oldest = oldest_id.and_then(|id| {
+                s.entries
+                    .binary_search_by_key(&id, |e| e.0)
+                    .ok()
+                    .map(|i| now.duration_since(s.entries[i].2))
+            });
+            (undelivered, g.pending.len() as u64, oldest)
+        }
+        // A group not created yet will start at the stream's first entry.
+        (Some(s), None) => (
+            s.entries.len() as u64,
+            0,
+            s.entries.front().map(|e| now.duration_since(e.2)),
+        ),
+        _ => (0, 0, None),
+    };
+    GroupLag {
+        domain: domain.to_string(),
+        group: group.to_string(),
+        undelivered,
+        pending,
+        oldest_unhandled_age: oldest,
+    }
+}
+
+/// Appends `payload` to `stream` as its next entry, then trims it.
+fn append(stream: &mut Stream, payload: bytes::Bytes, now: Instant, retention: Duration) {
+    let id = stream.next_id;
+    stream.next_id += 1;
+    stream.entries.push_back((id, payload, now));
+    trim(stream, now, retention);
 }
 
 /// Drops entries older than the retention that no group still needs.
@@ -192,6 +216,12 @@ fn trim(stream: &mut Stream, now: Instant, retention: Duration) {
         }
         stream.entries.pop_front();
     }
+}
+
+/// The dead letters of every group and the id the next one gets.
+struct DeadLetters<'a> {
+    by_group: &'a mut HashMap<String, Vec<(u64, DeadLetter)>>,
+    next_id: &'a mut u64,
 }
 
 /// One consumer of the in-process bus.
@@ -285,16 +315,27 @@ impl MemorySubscription {
     fn with_pending<R>(
         &self,
         delivery: &Delivery,
-        f: impl FnOnce(&mut Group, u64, &mut HashMap<String, Vec<DeadLetter>>) -> R,
+        f: impl FnOnce(&mut Group, u64, &mut DeadLetters<'_>) -> R,
     ) -> Option<R> {
         let id: u64 = delivery.entry_id.parse().ok()?;
         let mut state = self.bus.lock();
-        let State { streams, dead } = &mut *state;
+        let State {
+            streams,
+            dead,
+            next_dead_id,
+        } = &mut *state;
         let group = streams
             .get_mut(&delivery.domain)?
             .groups
             .get_mut(&self.group)?;
-        Some(f(group, id, dead))
+        Some(f(
+            group,
+            id,
+            &mut DeadLetters {
+                by_group: dead,
+                next_id: next_dead_id,
+            },
+        ))
     }
 }
 
@@ -388,16 +429,19 @@ impl Subscription for MemorySubscription {
             let group_name = self.group.clone();
             self.with_pending(delivery, |group, id, dead| {
                 group.pending.remove(&id);
-                dead.entry(group_name.clone())
-                    .or_default()
-                    .push(DeadLetter {
+                let dead_id = *dead.next_id;
+                *dead.next_id += 1;
+                dead.by_group.entry(group_name.clone()).or_default().push((
+                    dead_id,
+                    DeadLetter {
                         domain: delivery.domain.clone(),
                         entry_id: delivery.entry_id.clone(),
                         group: group_name,
                         reason: reason.to_string(),
                         deliveries: delivery.attempt,
                         payload: delivery.payload.clone(),
-                    });
+                    },
+                ));
             });
             Ok(())
         })

@@ -13,7 +13,11 @@
 //!   [`Subscription::retry`] redelivers it to the same consumer after a delay;
 //! - [`Subscription::dead_letter`] moves an event to the group's dead-letter stream with the
 //!   reason and acknowledges it.
+//!
+//! Both also implement [`inspect::BusInspect`], the operator's view (`mesh events`).
 
+pub mod inspect;
+pub mod inspect_json;
 pub mod memory;
 pub mod redis;
 

@@ -31,7 +31,6 @@ use super::{
 
 #[path = "redis_ops.rs"]
 mod ops;
-pub use ops::{Entry, StreamInfo};
 
 /// The Redis Streams bus. Cheap to clone.
 #[derive(Clone)]

@@ -1,34 +1,49 @@
-//! Operator's view of the Redis bus (`mesh events`): the streams under the namespace with each
-//! group's lag, the dead letters with their own entry ids, replaying one, and reading a stream.
-//!
-//! Replaying appends the dead letter's envelope to its stream again (a new entry, the same event
-//! id) and deletes the dead letter. Every group of the stream gets the copy; groups that handled
-//! the event already drop it by id (`mesh_handled_events`), so only the group that gave up on it
-//! sees an effect.
+//! [`BusInspect`] on Redis: the streams under the namespace (`SCAN`) with each group's lag, the
+//! dead-letter streams, replaying one (`XADD` and `XDEL` in one transaction), and `XREAD`.
+
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use redis::Value;
 
 use super::{RedisBus, entries, field, fields_of, text};
-use crate::bus::{BusError, DeadLetter, GroupLag};
+use crate::bus::inspect::{BusInspect, Entry, ReadFrom, StreamInfo};
+use crate::bus::{BusError, DeadLetter};
 
-/// One stream and its consumer groups' lag.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamInfo {
-    /// The domain.
-    pub domain: String,
-    /// Entries in the stream (after trimming).
-    pub length: u64,
-    /// Each consumer group's lag.
-    pub groups: Vec<GroupLag>,
+impl BusInspect for RedisBus {
+    fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamInfo>, BusError>> {
+        Box::pin(self.all_streams())
+    }
+
+    fn dead_letter_entries<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, DeadLetter)>, BusError>> {
+        Box::pin(self.dead_of(group))
+    }
+
+    fn replay_dead_letter<'a>(
+        &'a self,
+        group: &'a str,
+        dead_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, BusError>> {
+        Box::pin(self.replay(group, dead_id))
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        domain: &'a str,
+        from: &'a ReadFrom,
+        count: usize,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Entry>, BusError>> {
+        Box::pin(self.xread(domain, from, count, wait))
+    }
 }
 
-/// A stream entry: its id and the encoded envelope.
-pub type Entry = (String, Bytes);
-
 impl RedisBus {
-    /// The streams under the namespace, by domain, with their groups.
-    pub async fn streams(&self) -> Result<Vec<StreamInfo>, BusError> {
+    async fn all_streams(&self) -> Result<Vec<StreamInfo>, BusError> {
         let mut conn = self.conn.clone();
         let prefix = self.stream_key("");
         let mut keys: Vec<String> = Vec::new();
@@ -74,11 +89,7 @@ impl RedisBus {
         Ok(out)
     }
 
-    /// The dead letters of `group` with the id of each in the dead-letter stream, oldest first.
-    pub async fn dead_letter_entries(
-        &self,
-        group: &str,
-    ) -> Result<Vec<(String, DeadLetter)>, BusError> {
+    async fn dead_of(&self, group: &str) -> Result<Vec<(String, DeadLetter)>, BusError> {
         let mut conn = self.conn.clone();
         let reply: Value = redis::cmd("XRANGE")
             .arg(self.dead_key(group))
@@ -92,9 +103,7 @@ impl RedisBus {
             .collect())
     }
 
-    /// Replays dead letter `dead_id` of `group` to its stream and deletes it; `false` when there
-    /// is no such dead letter (already replayed).
-    pub async fn replay_dead_letter(&self, group: &str, dead_id: &str) -> Result<bool, BusError> {
+    async fn replay(&self, group: &str, dead_id: &str) -> Result<bool, BusError> {
         let mut conn = self.conn.clone();
         let reply: Value = redis::cmd("XRANGE")
             .arg(self.dead_key(group))
@@ -121,21 +130,27 @@ impl RedisBus {
         Ok(true)
     }
 
-    /// Up to `count` entries of the stream of `domain` after entry `after` (`0` for the start,
-    /// `$` for only new ones), waiting up to `block_ms` for the first.
-    pub async fn read_stream(
+    async fn xread(
         &self,
         domain: &str,
-        after: &str,
+        from: &ReadFrom,
         count: usize,
-        block_ms: u64,
+        wait: Duration,
     ) -> Result<Vec<Entry>, BusError> {
         let mut conn = self.conn.clone();
-        let reply: Value = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(count.max(1))
-            .arg("BLOCK")
-            .arg(block_ms)
+        let after = match from {
+            ReadFrom::Start => "0",
+            ReadFrom::New => "$",
+            ReadFrom::After(id) => id.as_str(),
+        };
+        let mut xread = redis::cmd("XREAD");
+        xread.arg("COUNT").arg(count.max(1));
+        // `BLOCK 0` would wait forever: no wait is no `BLOCK`.
+        let block_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        if block_ms > 0 {
+            xread.arg("BLOCK").arg(block_ms);
+        }
+        let reply: Value = xread
             .arg("STREAMS")
             .arg(self.stream_key(domain))
             .arg(after)
