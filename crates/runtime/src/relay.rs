@@ -15,9 +15,13 @@
 //!
 //! Crash safety: a row is marked sent in a transaction that commits after the bus acknowledged
 //! the publish; a crash in between publishes it again on restart (consumers deduplicate by event
-//! id), so nothing is lost and duplicates are harmless. For the same reason the marking commit
-//! does not wait for the disk (Postgres `synchronous_commit = off` for that transaction only):
-//! a mark lost in a database crash is one more duplicate, never a lost event.
+//! id), so nothing is lost and duplicates are harmless. For the same reason the batched mark of
+//! directly published rows does not wait for the disk (it runs on a connection of its own with
+//! `synchronous_commit = off` set once for the session, so each mark is one statement): a mark
+//! lost in a database crash is one more duplicate, never a lost event.
+//!
+//! A sweep pass that finds nothing (the usual case) is one autocommit probe; only a pass with
+//! old unsent rows opens a transaction and locks partitions.
 //!
 //! Several replicas (Postgres): each batch locks some of the 16 rows of `mesh_outbox_partitions`
 //! with `FOR UPDATE SKIP LOCKED` and relays only the subjects hashed to them, so replicas work at
@@ -64,7 +68,9 @@ pub struct RelayOptions {
     /// gets them to the bus within milliseconds; a row still unsent after this was missed).
     /// Zero sweeps every unsent row (tests, tools).
     pub sweep_after: Duration,
-    /// How long the batched mark of directly published rows waits to gather more rows.
+    /// How long the batched mark of directly published rows waits to gather more rows (well
+    /// under `sweep_after`, or the sweep publishes rows again that were published and not yet
+    /// marked).
     pub mark_gather: Duration,
     /// Longest wait between retries while the bus or database is down.
     pub max_backoff: Duration,
@@ -81,7 +87,7 @@ impl Default for RelayOptions {
             batch: 256,
             poll: Duration::from_millis(250),
             sweep_after: Duration::from_secs(1),
-            mark_gather: Duration::from_millis(10),
+            mark_gather: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             retention: None,
             handled_retention: Duration::from_secs(8 * 24 * 3600),
@@ -157,13 +163,13 @@ impl Relay {
             now_micros() - i64::try_from(self.options.sweep_after.as_micros()).unwrap_or(0);
         match self.db.backend() {
             Backend::Postgres { .. } => {
-                // Marking rows sent need not wait for the disk: if a crash loses the mark, the
-                // rows are published again and consumers drop the duplicates by event id.
-                let mut tx = self
-                    .db
-                    .pool()
-                    .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-                    .await?;
+                // Most passes find nothing (the direct path published everything): one
+                // autocommit probe says so, without a transaction (no BEGIN, partition lock or
+                // ROLLBACK for an empty pass).
+                if !has_old_unsent(self.db.pool(), cutoff).await? {
+                    return Ok(0);
+                }
+                let mut tx = self.db.pool().begin().await?;
                 // One statement: lock partitions with work that no other relay holds (up to
                 // half of them, so a second replica finds work too), then read their oldest
                 // unsent rows.
@@ -260,14 +266,14 @@ impl Relay {
             service.clone(),
             shutdown.clone(),
         );
-        let db = self.db.clone();
+        let marks = Arc::new(MarkConnection::new(self.db.clone()));
         let marking = marker.run(
             self.options.mark_gather,
             service.clone(),
             shutdown.clone(),
             move |seqs| {
-                let db = db.clone();
-                async move { mark_published(&db, &seqs).await }
+                let marks = marks.clone();
+                async move { marks.mark(&seqs).await }
             },
         );
         tokio::join!(direct, marking, self.sweep(service, shutdown.clone()));
@@ -360,27 +366,77 @@ fn decode_rows(rows: &[sqlx::any::AnyRow]) -> Result<Decoded, sqlx::Error> {
     Ok((seqs, events))
 }
 
-/// Marks rows the direct publisher published, in chunks of one statement each; on Postgres
-/// without waiting for the disk (a lost mark is one more duplicate, never a lost event).
-async fn mark_published(db: &Database, seqs: &[i64]) -> Result<(), DatabaseError> {
-    for chunk in seqs.chunks(2000) {
-        let update = format!(
-            "UPDATE mesh_outbox SET sent_at_us = {} WHERE seq IN ({}) AND sent_at_us IS NULL",
-            now_micros(),
-            join(chunk)
-        );
-        let sql = match db.backend() {
-            Backend::Postgres { .. } => {
-                format!("BEGIN; SET LOCAL synchronous_commit = off; {update}; COMMIT")
-            }
-            Backend::Sqlite => update,
-        };
-        let mut conn = db.acquire().await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *conn)
-            .await?;
+/// Whether the outbox holds a row unsent since before `cutoff` (one autocommit statement on
+/// the `mesh_outbox_unsent` partial index, which holds only the few rows not yet marked).
+async fn has_old_unsent(pool: &sqlx::AnyPool, cutoff: i64) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM (SELECT 1 FROM mesh_outbox \
+         WHERE sent_at_us IS NULL AND occurred_at_us <= $1 LIMIT 1) AS old",
+    )
+    .bind(cutoff)
+    .fetch_one(pool)
+    .await?;
+    Ok(row.try_get::<i64, _>("n")? > 0)
+}
+
+/// The marker's way to the database. On Postgres it keeps a connection of its own, detached
+/// from the service's pool, whose session has `synchronous_commit = off`: each mark is then
+/// one autocommit `UPDATE` (no `BEGIN`, `SET LOCAL`, `COMMIT` around it) that does not wait for
+/// the disk, and the setting never reaches a connection the service's transactions use. A
+/// failed statement drops the connection; the next mark opens another.
+#[derive(Debug)]
+struct MarkConnection {
+    db: Database,
+    conn: tokio::sync::Mutex<Option<sqlx::AnyConnection>>,
+}
+
+impl MarkConnection {
+    fn new(db: Database) -> Self {
+        Self {
+            db,
+            conn: tokio::sync::Mutex::new(None),
+        }
     }
-    Ok(())
+
+    /// Marks rows the direct publisher published, in chunks of one statement each.
+    async fn mark(&self, seqs: &[i64]) -> Result<(), DatabaseError> {
+        let mut held = self.conn.lock().await;
+        for chunk in seqs.chunks(2000) {
+            let update = format!(
+                "UPDATE mesh_outbox SET sent_at_us = {} WHERE seq IN ({}) AND sent_at_us IS NULL",
+                now_micros(),
+                join(chunk)
+            );
+            match self.db.backend() {
+                Backend::Postgres { .. } => {
+                    let conn = match held.as_mut() {
+                        Some(conn) => conn,
+                        None => {
+                            let mut conn = self.db.acquire().await?.detach();
+                            sqlx::raw_sql("SET synchronous_commit = off")
+                                .execute(&mut conn)
+                                .await?;
+                            held.insert(conn)
+                        }
+                    };
+                    if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(update))
+                        .execute(&mut *conn)
+                        .await
+                    {
+                        *held = None;
+                        return Err(e.into());
+                    }
+                }
+                Backend::Sqlite => {
+                    let mut conn = self.db.acquire().await?;
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(update))
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 async fn mark_sent(conn: &mut sqlx::AnyConnection, seqs: &[i64]) -> Result<(), sqlx::Error> {
