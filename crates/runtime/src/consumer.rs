@@ -1,6 +1,7 @@
 //! Idempotent event consumers: a service's [`EventHandler`]s run in a transaction that also
-//! records the event id in `mesh_handled_events`, and the event is acknowledged on the bus only
-//! after that transaction commits.
+//! records the event id in `mesh_handled_events` (on Postgres in the statement of the first event
+//! a handler emits, so the record costs no statement of its own), and the event is acknowledged
+//! on the bus only after that transaction commits. A batch below saturation is one transaction.
 //!
 //! - A redelivered event (the consumer crashed before acknowledging, or the relay published it
 //!   twice) finds its id recorded and is acknowledged without a second effect.
@@ -25,8 +26,8 @@ use tracing::Instrument as _;
 
 use crate::bus::{BusError, Delivery, EventBus, Subscription};
 use crate::call_context::CallContext;
-use crate::outbox::{Cause, Tx, domain_of};
-use crate::storage::{Database, DatabaseError, now_micros};
+use crate::outbox::{Cause, HandledIds, Tx, domain_of, handled_values};
+use crate::storage::{Backend, Database, DatabaseError, now_micros};
 use crate::trace_context::TraceContext;
 
 /// Why a handler did not handle an event.
@@ -79,6 +80,10 @@ pub trait EventHandler: Send + Sync + 'static {
 
 pub use crate::event_metrics::Outcome;
 
+/// Events of a batch per transaction before the batch is spread over one more (up to
+/// [`ConsumerOptions::concurrency`]).
+const GROUP_MIN: usize = 8;
+
 /// How often a running consumer samples its group's lag for the metrics.
 const LAG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
@@ -93,8 +98,8 @@ pub struct ConsumerOptions {
     pub max_backoff: Duration,
     /// Deliveries fetched at once.
     pub batch: usize,
-    /// Subjects handled at once within a batch (events of one subject always one at a time,
-    /// in order).
+    /// Transactions run at once within a batch (events of one subject always in one of them,
+    /// one at a time, in order); a batch gets one transaction per 8 events, up to this many.
     pub concurrency: usize,
 }
 
@@ -294,7 +299,7 @@ impl Consumer {
     }
 
     /// Handles a batch: events of one subject in order, different subjects spread over up to
-    /// `concurrency` transactions run at once. Each transaction handles its events one after
+    /// `concurrency` transactions run at once (one per 8 events: a small batch is one). Each transaction handles its events one after
     /// another, each inside a savepoint (a failing event is rolled back alone), and commits once,
     /// so a batch costs one commit per group instead of one per event. Returns each delivery with
     /// its outcome; nothing is `Handled` before its transaction committed.
@@ -310,7 +315,16 @@ impl Consumer {
                 None => chains.push((subject, vec![delivery])),
             }
         }
-        let groups_n = self.options.concurrency.max(1).min(chains.len().max(1));
+        // A small batch (the usual one below saturation) is one transaction: a transaction
+        // costs a BEGIN and a COMMIT whatever it holds, so a batch is spread over another one
+        // only for every GROUP_MIN events.
+        let events: usize = chains.iter().map(|(_, chain)| chain.len()).sum();
+        let groups_n = self
+            .options
+            .concurrency
+            .max(1)
+            .min(chains.len().max(1))
+            .min(events.div_ceil(GROUP_MIN).max(1));
         let mut groups: Vec<Vec<Delivery>> = vec![Vec::new(); groups_n];
         for (i, (_, chain)) in chains.into_iter().enumerate() {
             groups[i % groups_n].extend(chain);
@@ -383,9 +397,10 @@ impl Consumer {
         }
     }
 
-    /// Handles `group` in one transaction: one statement records every event id as handled (ids
-    /// recorded before are duplicates), then the handlers of the new events run one after
-    /// another. If a handler fails, or the transaction does, it is rolled back and the group is
+    /// Handles `group` in one transaction: its event ids are recorded as handled (ids recorded
+    /// before are duplicates) and the handlers of the new events run one after another; on
+    /// Postgres the record is joined to the effect ([`Consumer::try_group_joined`]), elsewhere
+    /// (and when that finds a redelivery) it comes first ([`Consumer::try_group`]). If a handler fails, or the transaction does, it is rolled back and the group is
     /// handled again by [`Consumer::handle_group_isolated`], so that only the failing event is
     /// retried. Handlers therefore may run twice for one delivery; their effects count once.
     async fn handle_group(&self, group: Vec<Delivery>) -> Vec<(Delivery, Outcome)> {
@@ -393,7 +408,17 @@ impl Consumer {
         if work.is_empty() {
             return finish(done);
         }
-        match self.try_group(&work).await {
+        let first_try = match self.db.backend() {
+            Backend::Postgres { .. } => self.try_group_joined(&work).await,
+            Backend::Sqlite => self.try_group(&work).await.map(Some),
+        };
+        // `None`: an event of the group was handled before; its duplicate effects were rolled
+        // back, and the record-first path sorts the group out.
+        let first_try = match first_try {
+            Ok(None) => self.try_group(&work).await,
+            other => other.map(|h| h.unwrap_or_default()),
+        };
+        match first_try {
             Ok(handled) => {
                 for (w, first) in work.iter().zip(handled) {
                     done[w.index].1 = Some(if first {
@@ -411,12 +436,70 @@ impl Consumer {
         }
     }
 
-    /// The fast path of [`Consumer::handle_group`]: records the ids and runs the handlers in one
+    /// The fast path of [`Consumer::handle_group`] on Postgres: runs the handlers of the group's
+    /// events (each id once) in one transaction and records their ids as handled in the same
+    /// transaction, joined to the first event any handler emits (one statement writes the outbox
+    /// row and the records, [`Tx::emit`]), or in one statement after the handlers when none
+    /// emitted. Handlers run before the record is checked: if any id was recorded before (a
+    /// redelivery), the transaction is rolled back and `None` returned, so a duplicate's effect
+    /// never commits. Redeliveries are rare; the common case saves the record's own statement.
+    async fn try_group_joined(&self, work: &[Work]) -> Result<Option<Vec<bool>>, HandlerError> {
+        let ids = distinct_ids(work);
+        let mut tx = self.db.begin().await?;
+        tx.handled = Some(HandledIds {
+            consumer: self.group.clone(),
+            ids: ids.clone(),
+            written: None,
+        });
+        let mut first: HashSet<&str> = HashSet::with_capacity(ids.len());
+        let mut handled = Vec::with_capacity(work.len());
+        for w in work {
+            // A second copy of an id in the group is a duplicate of the first.
+            if !first.insert(w.envelope.id.as_str()) {
+                handled.push(false);
+                continue;
+            }
+            tx.cause = Some(Cause {
+                event_id: w.envelope.id.clone(),
+                correlation_id: w.envelope.correlation_id.clone(),
+            });
+            let result = self
+                .in_span(
+                    &w.envelope,
+                    w.attempt,
+                    w.handler.handle(&w.envelope, &mut tx),
+                )
+                .await;
+            tx.cause = None;
+            result?;
+            if tx
+                .handled
+                .as_ref()
+                .and_then(|h| h.written)
+                .is_some_and(|new| new < ids.len())
+            {
+                return Ok(None);
+            }
+            handled.push(true);
+        }
+        let written = tx.handled.take().and_then(|h| h.written);
+        let all_new = match written {
+            Some(new) => new == ids.len(),
+            None => self.record_handled(&mut tx, &ids).await?.len() == ids.len(),
+        };
+        if !all_new {
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(handled))
+    }
+
+    /// The record-first path of [`Consumer::handle_group`]: records the ids and runs the handlers in one
     /// transaction without savepoints, and commits. Says for each of `work` whether it was
     /// handled for the first time (`false`: a duplicate); `Err` means nothing was committed.
     async fn try_group(&self, work: &[Work]) -> Result<Vec<bool>, HandlerError> {
         let mut tx = self.db.begin().await?;
-        let mut new_ids = self.record_handled(&mut tx, work).await?;
+        let mut new_ids = self.record_handled(&mut tx, &distinct_ids(work)).await?;
         let mut handled = Vec::with_capacity(work.len());
         for w in work {
             // Only the first delivery of a newly recorded id runs; `remove` makes later copies
@@ -444,36 +527,23 @@ impl Consumer {
         Ok(handled)
     }
 
-    /// Records the ids of `work` in `mesh_handled_events` with one statement; returns the ids
+    /// Records `ids` (distinct) in `mesh_handled_events` with one statement; returns the ids
     /// that were not recorded before.
     async fn record_handled(
         &self,
         tx: &mut Tx,
-        work: &[Work],
+        ids: &[String],
     ) -> Result<HashSet<String>, HandlerError> {
-        let mut ids: Vec<&str> = Vec::with_capacity(work.len());
-        for w in work {
-            if !ids.contains(&w.envelope.id.as_str()) {
-                ids.push(&w.envelope.id);
-            }
-        }
-        // Padded to a power of two with copies of the last id (skipped as conflicts), so the
-        // statement has few shapes and stays in the connection's prepared-statement cache.
-        let rows = ids.len().next_power_of_two();
-        let last = ids.last().copied().unwrap_or_default();
-        ids.resize(rows, last);
-        let values = (0..rows)
-            .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let (values, padded) = handled_values(ids, 2, "$1");
         let sql = format!(
             "INSERT INTO mesh_handled_events (consumer, event_id, handled_at_us) VALUES {values} \
              ON CONFLICT DO NOTHING RETURNING event_id"
         );
-        let now = now_micros();
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in &ids {
-            query = query.bind(&self.group).bind(*id).bind(now);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now_micros())
+            .bind(&self.group);
+        for id in padded {
+            query = query.bind(id);
         }
         let rows = query.fetch_all(&mut **tx).await?;
         rows.iter()
@@ -696,6 +766,17 @@ enum Applied {
     Done,
     Duplicate,
     Failed(HandlerError),
+}
+
+/// The distinct event ids of `work`, in order.
+fn distinct_ids(work: &[Work]) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::with_capacity(work.len());
+    for w in work {
+        if !ids.contains(&w.envelope.id) {
+            ids.push(w.envelope.id.clone());
+        }
+    }
+    ids
 }
 
 fn finish(done: Vec<(Delivery, Option<Outcome>)>) -> Vec<(Delivery, Outcome)> {

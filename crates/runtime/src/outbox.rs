@@ -82,12 +82,43 @@ pub(crate) fn with_sequence(mut stored: Vec<u8>, sequence: i64) -> Vec<u8> {
     stored
 }
 
+/// The `VALUES` rows of a `mesh_handled_events` insert of `ids`: the consumer's name is parameter
+/// `$first`, the ids the parameters after it, the time `at` (a parameter or literal). The ids
+/// are padded to a power of two with copies of the last (skipped as conflicts), so the
+/// statement has few shapes and stays in the connection's prepared-statement cache; the padded
+/// ids, in parameter order, are returned with it.
+pub(crate) fn handled_values(ids: &[String], first: usize, at: &str) -> (String, Vec<String>) {
+    let rows = ids.len().max(1).next_power_of_two();
+    let mut padded = ids.to_vec();
+    let last = padded.last().cloned().unwrap_or_default();
+    padded.resize(rows, last);
+    let values = (0..rows)
+        .map(|i| format!("(${first}, ${}, {at})", first + 1 + i))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (values, padded)
+}
+
 /// The event being handled, when a transaction runs inside a consumer: events emitted in it are
 /// caused by it and share its correlation id.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Cause {
     pub(crate) event_id: String,
     pub(crate) correlation_id: String,
+}
+
+/// Event ids a consumer's transaction has yet to record as handled (`mesh_handled_events`), on
+/// Postgres: the transaction's first [`Tx::emit`] writes them in its own statement (a
+/// data-modifying `WITH`), so a handler that emits pays no statement of its own for the record.
+/// The consumer writes them itself if no handler emitted, and checks `written`: fewer new ids
+/// than `ids` means one was handled before, and the transaction is rolled back.
+#[derive(Debug)]
+pub(crate) struct HandledIds {
+    pub(crate) consumer: String,
+    /// Distinct ids.
+    pub(crate) ids: Vec<String>,
+    /// How many of `ids` were new when written; `None` until written.
+    pub(crate) written: Option<usize>,
 }
 
 /// A database transaction that can also emit events. Dereferences to the connection, so
@@ -99,6 +130,7 @@ pub struct Tx {
     db: Database,
     pending: Pending,
     pub(crate) cause: Option<Cause>,
+    pub(crate) handled: Option<HandledIds>,
     wake_on_commit: Vec<std::sync::Arc<tokio::sync::Notify>>,
     after_commit: Vec<AfterCommit>,
 }
@@ -157,6 +189,7 @@ impl Tx {
             db,
             pending: Pending::default(),
             cause: None,
+            handled: None,
             wake_on_commit: Vec::new(),
             after_commit: Vec::new(),
         }
@@ -213,22 +246,57 @@ impl Tx {
         };
         // One round trip: the subject's next sequence is computed by the insert itself, which
         // also says whether the subject's previous row is on the bus already (the direct
-        // publisher keeps per-subject order with it).
-        let row = sqlx::query(
-            "INSERT INTO mesh_outbox (event_id, event_type, subject, sequence, part, occurred_at_us, envelope) \
+        // publisher keeps per-subject order with it), and records the consumer's handled ids
+        // when they are still to be written.
+        let handled = self
+            .handled
+            .as_ref()
+            .filter(|h| h.written.is_none() && !h.ids.is_empty());
+        let (record, padded) = match handled {
+            Some(h) => {
+                let (values, padded) = handled_values(&h.ids, 7, "$5");
+                (
+                    format!(
+                        "WITH handled AS (INSERT INTO mesh_handled_events (consumer, event_id, handled_at_us) \
+                         VALUES {values} ON CONFLICT DO NOTHING RETURNING 1) "
+                    ),
+                    padded,
+                )
+            }
+            None => (String::new(), Vec::new()),
+        };
+        let sql = format!(
+            "{record}INSERT INTO mesh_outbox (event_id, event_type, subject, sequence, part, occurred_at_us, envelope) \
              SELECT $1, $2, $3, COALESCE(MAX(sequence), 0) + 1, $4, $5, $6 \
              FROM mesh_outbox WHERE subject = $3 \
              RETURNING seq, sequence, (SELECT p.sent_at_us FROM mesh_outbox p \
-               WHERE p.subject = mesh_outbox.subject AND p.sequence = mesh_outbox.sequence - 1) AS prev_sent_at_us",
-        )
-        .bind(&envelope.id)
-        .bind(&envelope.r#type)
-        .bind(&envelope.subject)
-        .bind(partition_of(&envelope.subject))
-        .bind(micros)
-        .bind(envelope.encode_to_vec())
-        .fetch_one(&mut *self.inner)
-        .await?;
+               WHERE p.subject = mesh_outbox.subject AND p.sequence = mesh_outbox.sequence - 1) AS prev_sent_at_us{}",
+            if record.is_empty() {
+                ""
+            } else {
+                ", (SELECT CAST(COUNT(*) AS BIGINT) FROM handled) AS handled_new"
+            }
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&envelope.id)
+            .bind(&envelope.r#type)
+            .bind(&envelope.subject)
+            .bind(partition_of(&envelope.subject))
+            .bind(micros)
+            .bind(envelope.encode_to_vec());
+        if let Some(h) = handled {
+            query = query.bind(&h.consumer);
+            for id in &padded {
+                query = query.bind(id.clone());
+            }
+        }
+        let row = query.fetch_one(&mut *self.inner).await?;
+        if !record.is_empty()
+            && let Some(h) = self.handled.as_mut()
+        {
+            let new: i64 = row.try_get("handled_new")?;
+            h.written = Some(usize::try_from(new).unwrap_or(0));
+        }
         envelope.sequence = row.try_get("sequence")?;
         let publisher = self.db.publisher();
         if publisher.is_running() {

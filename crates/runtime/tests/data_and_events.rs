@@ -1054,3 +1054,130 @@ async fn group_lag_counts_undelivered_and_pending_entries_and_dates_the_oldest()
         );
     }
 }
+
+/// Records the effect like [`Recorder`] and emits an event for it, so on Postgres the handled
+/// ids are recorded by the emit's own statement (joined to the effect).
+#[derive(Clone, Default)]
+struct Forwarder;
+
+impl EventHandler for Forwarder {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Envelope,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO effects (event_id, subject, seq, trace) VALUES ($1, $2, $3, '')",
+            )
+            .bind(&event.id)
+            .bind(&event.subject)
+            .bind(event.sequence)
+            .execute(&mut **tx)
+            .await?;
+            tx.emit(Event::new(
+                "product.forwarded",
+                format!("fwd-{}", event.subject),
+                "ProductDeleted",
+                &ProductDeleted {
+                    product_id: event.subject.clone(),
+                    sku: event.id.clone(),
+                },
+            ))
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+async fn outbox_rows(db: &Database) -> i64 {
+    sqlx::query("SELECT COUNT(*) AS n FROM mesh_outbox")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap()
+}
+
+/// The handled record joined to the effect (Postgres: written by the first emit's statement, or
+/// after the handlers when none emitted) keeps consumers idempotent: a redelivered event in a
+/// later batch, beside new ones, before or after them, emitting or not, has no second effect
+/// and no second event, and the new events of its batch take effect once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeliveries_beside_new_events_have_no_second_effect_whether_handlers_emit_or_not() {
+    for (name, target, bus) in combinations("joined handled record", DeliveryOptions::default()) {
+        let db = open(&target).await;
+        let consumer = Consumer::new(db.clone(), bus, unique("g"))
+            .on("product.deleted", Forwarder)
+            .on("product.created", Recorder::default())
+            .options(fast());
+        let outcomes = |batch: Vec<Delivery>| {
+            let consumer = consumer.clone();
+            async move {
+                consumer
+                    .handle_batch(batch)
+                    .await
+                    .into_iter()
+                    .map(|(_, o)| o)
+                    .collect::<Vec<_>>()
+            }
+        };
+        // Emitting handlers; a copy of an id in the same batch.
+        let first = outcomes(vec![
+            delivery("1-0", "e-a", "product.deleted", "a"),
+            delivery("1-1", "e-b", "product.deleted", "b"),
+            delivery("1-2", "e-a", "product.deleted", "a"),
+        ])
+        .await;
+        assert_eq!(
+            first,
+            vec![Outcome::Handled, Outcome::Handled, Outcome::Duplicate],
+            "{name}"
+        );
+        assert_eq!(effect_counts(&db).await, (2, 2), "{name}");
+        assert_eq!(outbox_rows(&db).await, 2, "{name}");
+        // A redelivery after a new event (its id is recorded by the new event's emit, which
+        // finds it taken) and before one.
+        let second = outcomes(vec![
+            delivery("2-0", "e-c", "product.deleted", "c"),
+            delivery("2-1", "e-b", "product.deleted", "b"),
+            delivery("2-2", "e-d", "product.deleted", "d"),
+        ])
+        .await;
+        assert_eq!(
+            second,
+            vec![Outcome::Handled, Outcome::Duplicate, Outcome::Handled],
+            "{name}"
+        );
+        assert_eq!(effect_counts(&db).await, (4, 4), "{name}");
+        assert_eq!(outbox_rows(&db).await, 4, "{name}");
+        // Handlers that emit nothing: the record is one statement after them.
+        let third = outcomes(vec![
+            delivery("3-0", "e-x", "product.created", "x"),
+            delivery("3-1", "e-y", "product.created", "y"),
+        ])
+        .await;
+        assert_eq!(third, vec![Outcome::Handled, Outcome::Handled], "{name}");
+        let fourth = outcomes(vec![
+            delivery("4-0", "e-z", "product.created", "z"),
+            delivery("4-1", "e-x", "product.created", "x"),
+            delivery("4-2", "e-a", "product.deleted", "a"),
+        ])
+        .await;
+        assert_eq!(
+            fourth,
+            vec![Outcome::Handled, Outcome::Duplicate, Outcome::Duplicate],
+            "{name}"
+        );
+        assert_eq!(effect_counts(&db).await, (7, 7), "{name}");
+        assert_eq!(outbox_rows(&db).await, 4, "{name}");
+        let handled: i64 = sqlx::query("SELECT COUNT(*) AS n FROM mesh_handled_events")
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap();
+        assert_eq!(handled, 7, "{name}: one record per distinct event");
+        eprintln!("ok: joined handled record on {name}");
+    }
+}
