@@ -78,18 +78,12 @@ impl Deliverer {
         let now = now_micros();
         let lease_until = now + micros(self.settings.lease());
         let mut c = self.db.acquire().await?;
-        let claimed = if own_lease {
-            store::reclaim(&mut c, id, now, lease_until).await?
-        } else {
-            store::claim(&mut c, id, now, lease_until).await?
-        };
-        let Some(attempt) = claimed else {
-            return Ok(());
-        };
-        let Some(row) = store::delivery(&mut c, id).await? else {
+        // The claim returns the delivery: no read after it.
+        let Some(row) = store::claim(&mut c, id, now, lease_until, own_lease).await? else {
             return Ok(());
         };
         drop(c);
+        let attempt = i64::from(row.delivery.attempts);
         let d = row.delivery;
         // A `delivery` span, a child of what queued the delivery: the send and its event.
         let traced = TracedWork::continuing(self.db.service(), "delivery", &row.traceparent);

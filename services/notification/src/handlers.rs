@@ -45,13 +45,19 @@ impl EventHandler for NotifyCustomer {
                 None => order_id,
             };
             let user_id = fields.get("customerId").cloned().unwrap_or_default();
-            let prefs = store::preferences(tx, &user_id).await?;
+            // One statement reads the preferences, the email and the templates; one inserts
+            // every channel's delivery.
+            let Some(plan) = store::notify_plan(tx, &event.r#type, &user_id).await? else {
+                return Ok(());
+            };
+            let prefs = &plan.preferences;
             if prefs.muted_event_types.contains(&event.r#type) {
                 return Ok(());
             }
             let traceparent = CallContext::current()
                 .map(|c| c.trace.to_string())
                 .unwrap_or_default();
+            let mut deliveries = Vec::new();
             for channel in [Channel::Log, Channel::Webhook, Channel::Email] {
                 let recipient = match channel {
                     Channel::Log => "log".to_string(),
@@ -68,7 +74,7 @@ impl EventHandler for NotifyCustomer {
                 if recipient.is_empty() {
                     continue;
                 }
-                let Some(template) = store::template_for(tx, &event.r#type, channel).await? else {
+                let Some((_, template)) = plan.templates.iter().find(|(c, _)| *c == channel) else {
                     continue;
                 };
                 let opted_out = prefs.opted_out_channels.contains(&(channel as i32));
@@ -91,9 +97,15 @@ impl EventHandler for NotifyCustomer {
                     ..Default::default()
                 };
                 let key = format!("{}:{fact}:{}", event.r#type, channel_name(channel));
-                let inserted =
-                    store::insert_delivery(tx, &delivery, Some(&key), &traceparent).await?;
-                if inserted && !opted_out {
+                deliveries.push((delivery, Some(key)));
+            }
+            let rows: Vec<(&Delivery, Option<String>)> =
+                deliveries.iter().map(|(d, k)| (d, k.clone())).collect();
+            let inserted = store::insert_deliveries(tx, &rows, &traceparent).await?;
+            for (delivery, _) in &deliveries {
+                if delivery.status == DeliveryStatus::Queued as i32
+                    && inserted.contains(&delivery.id)
+                {
                     self.0.work().push_after_commit(tx, delivery.id.clone());
                 }
             }

@@ -4,7 +4,7 @@
 
 use mesh_contracts::notification::v1::{Channel, Delivery, DeliveryStatus, Preferences, Template};
 use mesh_runtime::domain::time;
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, Row as _};
 
 use crate::validate::{channel_name, channel_of};
 
@@ -121,21 +121,72 @@ pub async fn list_templates(
     Ok(rows.into_iter().map(Template::from).collect())
 }
 
-/// The enabled fallback-locale template of `event_type` on `channel`.
-pub async fn template_for(
+/// What notifying a user of one event type needs: the user's preferences (with the email the
+/// user service holds for them) and the enabled fallback-locale template of each channel.
+#[derive(Debug, Clone, Default)]
+pub struct NotifyPlan {
+    /// The user's preferences (defaults when they set none); `update_time` is not read.
+    pub preferences: Preferences,
+    /// The templates of the event type, by channel.
+    pub templates: Vec<(Channel, Template)>,
+}
+
+/// The [`NotifyPlan`] of `user_id` for `event_type`, in one statement: the templates joined
+/// with the preferences and the contact's email. No template: nothing to send, and `None`.
+pub async fn notify_plan(
     c: &mut AnyConnection,
     event_type: &str,
-    channel: Channel,
-) -> Result<Option<Template>> {
-    let sql = format!(
-        "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE event_type = $1 AND channel = $2 AND locale = '' AND enabled = 1"
-    );
-    let row: Option<TemplateRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(event_type)
-        .bind(channel_name(channel))
-        .fetch_optional(c)
-        .await?;
-    Ok(row.map(Template::from))
+    user_id: &str,
+) -> Result<Option<NotifyPlan>> {
+    let rows = sqlx::query(
+        "SELECT t.id, t.channel, t.subject, t.body, p.opted_out_channels, p.muted_event_types, \
+         p.webhook_url, (SELECT k.email FROM contacts k WHERE k.user_id = $2) AS email \
+         FROM templates t LEFT JOIN preferences p ON p.user_id = $2 \
+         WHERE t.event_type = $1 AND t.locale = '' AND t.enabled = 1",
+    )
+    .bind(event_type)
+    .bind(user_id)
+    .fetch_all(c)
+    .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let text = |row: &sqlx::any::AnyRow, column: &str| -> Result<String> {
+        Ok(row
+            .try_get::<Option<String>, _>(column)?
+            .unwrap_or_default())
+    };
+    let preferences = Preferences {
+        user_id: user_id.into(),
+        opted_out_channels: split(&text(first, "opted_out_channels")?)
+            .iter()
+            .map(|c| channel_of(c) as i32)
+            .collect(),
+        muted_event_types: split(&text(first, "muted_event_types")?),
+        email: text(first, "email")?,
+        webhook_url: text(first, "webhook_url")?,
+        ..Default::default()
+    };
+    let mut templates = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let channel = channel_of(&text(row, "channel")?);
+        templates.push((
+            channel,
+            Template {
+                id: text(row, "id")?,
+                event_type: event_type.into(),
+                channel: channel as i32,
+                subject: text(row, "subject")?,
+                body: text(row, "body")?,
+                enabled: true,
+                ..Default::default()
+            },
+        ));
+    }
+    Ok(Some(NotifyPlan {
+        preferences,
+        templates,
+    }))
 }
 
 fn split(list: &str) -> Vec<String> {
@@ -280,27 +331,74 @@ pub async fn insert_delivery(
     dedupe_key: Option<&str>,
     traceparent: &str,
 ) -> Result<bool> {
-    let now = now_micros();
-    let done = sqlx::query(
+    let key = dedupe_key.map(str::to_string);
+    Ok(!insert_deliveries(c, &[(d, key)], traceparent)
+        .await?
+        .is_empty())
+}
+
+/// Inserts `deliveries` (QUEUED or SUPPRESSED, each with its dedupe key) in one statement,
+/// skipping those whose key is taken; returns the ids inserted.
+pub async fn insert_deliveries(
+    c: &mut AnyConnection,
+    deliveries: &[(&Delivery, Option<String>)],
+    traceparent: &str,
+) -> Result<Vec<String>> {
+    if deliveries.is_empty() {
+        return Ok(Vec::new());
+    }
+    const COLUMNS: usize = 12;
+    let values = (0..deliveries.len())
+        .map(|i| {
+            let p = |k: usize| format!("${}", 2 + i * COLUMNS + k);
+            format!(
+                "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, $1, $1)",
+                p(0),
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                p(6),
+                p(7),
+                p(8),
+                p(9),
+                p(10),
+                p(11)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
         "INSERT INTO deliveries (id, dedupe_key, user_id, channel, recipient, event_id, event_type, template_id, subject, body, status, traceparent, next_attempt_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) ON CONFLICT (dedupe_key) DO NOTHING",
-    )
-    .bind(&d.id)
-    .bind(dedupe_key.map(str::to_string))
-    .bind(&d.user_id)
-    .bind(channel_name(Channel::try_from(d.channel).unwrap_or_default()))
-    .bind(&d.recipient)
-    .bind(&d.event_id)
-    .bind(&d.event_type)
-    .bind(&d.template_id)
-    .bind(&d.subject)
-    .bind(&d.body)
-    .bind(status_name(DeliveryStatus::try_from(d.status).unwrap_or_default()))
-    .bind(traceparent)
-    .bind(now)
-    .execute(c)
-    .await?;
-    Ok(done.rows_affected() == 1)
+         VALUES {values} ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+    );
+    let mut query = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql)).bind(now_micros());
+    for (d, key) in deliveries {
+        query = query
+            .bind(d.id.clone())
+            .bind(key.clone())
+            .bind(d.user_id.clone())
+            .bind(channel_name(
+                Channel::try_from(d.channel).unwrap_or_default(),
+            ))
+            .bind(d.recipient.clone())
+            .bind(d.event_id.clone())
+            .bind(d.event_type.clone())
+            .bind(d.template_id.clone())
+            .bind(d.subject.clone())
+            .bind(d.body.clone())
+            .bind(status_name(
+                DeliveryStatus::try_from(d.status).unwrap_or_default(),
+            ))
+            .bind(traceparent.to_string());
+    }
+    Ok(query
+        .fetch_all(c)
+        .await?
+        .into_iter()
+        .map(|(id,)| id)
+        .collect())
 }
 
 /// The delivery with `dedupe_key`.
@@ -323,38 +421,29 @@ pub async fn delivery(c: &mut AnyConnection, id: &str) -> Result<Option<Delivery
     Ok(row.map(DeliveryRow::from))
 }
 
-/// Claims the due QUEUED delivery `id` until `lease_until`, counting an attempt; returns the
-/// attempt number, `None` if it is not QUEUED or not due.
+/// Claims the QUEUED delivery `id` until `lease_until`, counting an attempt, and returns it
+/// (its `attempts` is this attempt's number); `None` if it is not QUEUED, or not due and not
+/// `own_lease`. With `own_lease`, whether due or not: the retry of an attempt that failed on a
+/// transient error takes back the lease that attempt may hold.
 pub async fn claim(
     c: &mut AnyConnection,
     id: &str,
     now: i64,
     lease_until: i64,
-) -> Result<Option<i64>> {
-    let row: Option<(i64,)> = sqlx::query_as("UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = $1, next_attempt_at = $2 WHERE id = $3 AND status = 'QUEUED' AND next_attempt_at <= $1 RETURNING attempts")
+    own_lease: bool,
+) -> Result<Option<DeliveryRow>> {
+    let sql = format!(
+        "UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = $1, next_attempt_at = $2 \
+         WHERE id = $3 AND status = 'QUEUED' AND ($4 = 1 OR next_attempt_at <= $1) RETURNING {DELIVERY_COLUMNS}"
+    );
+    let row: Option<StoredDelivery> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(now)
         .bind(lease_until)
         .bind(id)
+        .bind(i64::from(own_lease))
         .fetch_optional(c)
         .await?;
-    Ok(row.map(|(attempts,)| attempts))
-}
-
-/// As [`claim`], but whether due or not: the retry of an attempt that failed on a transient
-/// error takes back the lease that attempt may hold.
-pub async fn reclaim(
-    c: &mut AnyConnection,
-    id: &str,
-    now: i64,
-    lease_until: i64,
-) -> Result<Option<i64>> {
-    let row: Option<(i64,)> = sqlx::query_as("UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = $1, next_attempt_at = $2 WHERE id = $3 AND status = 'QUEUED' RETURNING attempts")
-        .bind(now)
-        .bind(lease_until)
-        .bind(id)
-        .fetch_optional(c)
-        .await?;
-    Ok(row.map(|(attempts,)| attempts))
+    Ok(row.map(DeliveryRow::from))
 }
 
 /// Finishes the QUEUED delivery `id` as SENT or FAILED; `false` if it was not QUEUED.
