@@ -1114,12 +1114,15 @@ async fn redeliveries_beside_new_events_have_no_second_effect_whether_handlers_e
         let outcomes = |batch: Vec<Delivery>| {
             let consumer = consumer.clone();
             async move {
-                consumer
+                // In the batch's order (results come per subject).
+                let mut by_entry: Vec<(String, Outcome)> = consumer
                     .handle_batch(batch)
                     .await
                     .into_iter()
-                    .map(|(_, o)| o)
-                    .collect::<Vec<_>>()
+                    .map(|(d, o)| (d.entry_id, o))
+                    .collect();
+                by_entry.sort_by(|a, b| a.0.cmp(&b.0));
+                by_entry.into_iter().map(|(_, o)| o).collect::<Vec<_>>()
             }
         };
         // Emitting handlers; a copy of an id in the same batch.
