@@ -124,8 +124,21 @@ pub(crate) async fn start(
     let readiness = Readiness::new();
     let shutdown = CancellationToken::new();
     let tls = tls_material()?;
+    let supervisor = Supervisor::new(readiness.clone(), shutdown.clone());
     if let Some(tls) = &tls {
-        tokio::spawn(tls.clone().watch(shutdown.clone()));
+        // The process's certificate reload, supervised like a service's task (restarted after
+        // a panic, `/readyz` naming it if it keeps failing) under the process's name.
+        let tls = tls.clone();
+        supervisor.start(
+            "mesh",
+            Task::new("tls-reload", move |stop| {
+                let tls = tls.clone();
+                async move {
+                    tls.watch(stop).await;
+                    Ok(())
+                }
+            }),
+        );
     }
 
     // One bus per process; each service its own database, migrated, its outbox relayed.
@@ -133,7 +146,6 @@ pub(crate) async fn start(
     // The first service's token checker guards the admin port's `/bus` routes (auth's own keys
     // when auth is served here, else auth's JWKS).
     let mut bus_verifier: Option<mesh_runtime::auth::Verifier> = None;
-    let supervisor = Supervisor::new(readiness.clone(), shutdown.clone());
     let mut admin_router = mesh_runtime::admin::router(metrics.clone(), readiness.clone());
     let mut servers = Vec::new();
     for (module, listener) in listeners {

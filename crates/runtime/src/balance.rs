@@ -96,13 +96,10 @@ impl Balanced {
     ) -> Self {
         let every = options.refresh;
         let balanced = Self::empty(origin, format!("{host}:{port}"), options);
-        tokio::spawn(refresh(
-            balanced.source(),
-            host.to_string(),
-            port,
-            resolver,
-            every,
-        ));
+        let (source, host) = (balanced.source(), host.to_string());
+        crate::helper_task::spawn("dns-refresh", move || {
+            refresh(source.clone(), host.clone(), port, resolver.clone(), every)
+        });
         balanced
     }
 

@@ -47,13 +47,20 @@ impl Balanced {
         options: BalanceOptions,
     ) -> Self {
         let balanced = Self::empty(origin, format!("{service}.{namespace}:{port}"), options);
-        tokio::spawn(watch(
+        let (source, service, namespace) = (
             balanced.source(),
-            client,
             service.to_string(),
             namespace.to_string(),
-            port,
-        ));
+        );
+        crate::helper_task::spawn("endpoint-slice-watch", move || {
+            watch(
+                source.clone(),
+                client.clone(),
+                service.clone(),
+                namespace.clone(),
+                port,
+            )
+        });
         balanced
     }
 }

@@ -41,6 +41,7 @@ pub mod endpoint_slices;
 pub mod event_metrics;
 pub mod faults;
 pub mod grpc_timeout;
+pub mod helper_task;
 pub mod json_log;
 pub mod lifecycle;
 pub mod metrics;

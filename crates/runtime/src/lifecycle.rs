@@ -254,7 +254,7 @@ async fn supervise(
                 r = &mut run => break match r {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(format!("failed: {e}")),
-                    Err(panic) => Err(format!("panicked: {}", panic_message(&panic))),
+                    Err(panic) => Err(format!("panicked: {}", crate::helper_task::panic_message(&panic))),
                 },
                 () = &mut stable, if !stable_done => {
                     stable_done = true;
@@ -323,14 +323,6 @@ async fn injected_fault(service: &str, task: &str) -> String {
             return "failed: fault injected by a fault switch".to_string();
         }
     }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with no message".to_string())
 }
 
 /// The database readiness loop of [`Supervisor::watch_database`].

@@ -182,7 +182,8 @@ impl GuardedRedis {
             retry_every = ?self.inner.options.retry_every,
             "Redis down; requests skip it until it answers again"
         );
-        tokio::spawn(probe(Arc::downgrade(&self.inner)));
+        let inner = Arc::downgrade(&self.inner);
+        crate::helper_task::spawn("redis-probe", move || probe(inner.clone()));
     }
 }
 

@@ -128,7 +128,7 @@ pub fn open(
 }
 
 /// Reads and checks the Hello (within `hello_timeout`), makes the connection the device's live
-/// one, and starts its task.
+/// one, and starts its task on the gateway's tracker ([`Gateway::connections`]).
 async fn handshake(
     gateway: Arc<Gateway>,
     mut inbound: Streaming<OpenChannelRequest>,
@@ -192,7 +192,8 @@ async fn handshake(
         .await;
     gateway.dirty.mark(&attached.device.id);
     let live = (attached.device.clone(), attached.generation);
-    tokio::spawn(serve(gateway, attached, inbound));
+    let connections = gateway.connections.clone();
+    connections.spawn(serve(gateway, attached, inbound));
     Ok(live)
 }
 

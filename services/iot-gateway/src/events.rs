@@ -12,6 +12,7 @@ use mesh_runtime::Database;
 use mesh_runtime::outbox::Event;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Events per transaction, at most.
 const BATCH: usize = 256;
@@ -62,16 +63,25 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    /// Writes until `shutdown`, then drains what is queued. Takes `&mut self` so a supervisor
-    /// can run it again after a failure (what is queued stays queued).
-    pub async fn run(&mut self, shutdown: CancellationToken) {
+    /// Writes until `shutdown` and then until every task of `producers` (the connection
+    /// tasks, which send `device.disconnected` as they end) has ended, then drains what is
+    /// queued: a device's last event is written, not lost to the shutdown. Takes `&mut self`
+    /// so a supervisor can run it again after a failure (what is queued stays queued).
+    pub async fn run(&mut self, shutdown: CancellationToken, producers: TaskTracker) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut backoff = Duration::from_millis(100);
+        let producers_done = async {
+            shutdown.cancelled().await;
+            producers.wait().await;
+        };
+        tokio::pin!(producers_done);
+        let mut closing = false;
         loop {
             if batch.is_empty() {
                 tokio::select! {
                     n = self.rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
-                    () = shutdown.cancelled() => {
+                    () = &mut producers_done, if !closing => {
+                        closing = true;
                         self.rx.close();
                         if self.rx.recv_many(&mut batch, BATCH).await == 0 {
                             return;

@@ -35,6 +35,7 @@ use mesh_runtime::auth::{
 };
 use mesh_runtime::{BuildError, ServiceContext, ServiceRoutes};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use api::GatewayApi;
 
@@ -116,6 +117,8 @@ pub struct Gateway {
     pub verifier: Verifier,
     /// Stops connection tasks.
     pub shutdown: CancellationToken,
+    /// The connection tasks (one per connected device), drained at shutdown.
+    pub connections: TaskTracker,
 }
 
 /// Builds the service's routes; the module table's constructor for `iot-gateway`.
@@ -141,15 +144,21 @@ pub async fn build_with(
     if let Some(clock) = &options.clock {
         verifier = verifier.with_clock(clock.clone());
     }
+    // One task per device connection, owned by the service: at shutdown each ends (its
+    // `shutdown` fires), and the drain waits for them within the grace period.
+    let connections = ctx.tracker("device-connections");
     let (events, writer) = events::EventSink::new(db, options.event_queue);
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
-    ctx.background("event-writer", move |stop| {
-        let writer = writer.clone();
-        async move {
-            writer.lock().await.run(stop).await;
-            Ok(())
-        }
-    });
+    {
+        let connections = connections.clone();
+        ctx.background("event-writer", move |stop| {
+            let (writer, connections) = (writer.clone(), connections.clone());
+            async move {
+                writer.lock().await.run(stop, connections).await;
+                Ok(())
+            }
+        });
+    }
     let registry = Arc::new(registry::Registry::new(
         &options.instance,
         options.max_pending,
@@ -185,6 +194,7 @@ pub async fn build_with(
         events,
         verifier,
         shutdown: ctx.shutdown().clone(),
+        connections,
     });
     let server = GatewayServiceServer::new(GatewayApi::new(gateway.clone()))
         .max_decoding_message_size(ctx.max_message_bytes())

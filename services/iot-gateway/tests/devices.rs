@@ -21,7 +21,8 @@ use mesh_contracts::shop::v1::{
 use mesh_iot_gateway::GatewayOptions;
 use mesh_iot_gateway::simulator::{SimDevice, device_tokens};
 use mesh_runtime::config::DatabaseTarget;
-use mesh_runtime::{Database, Migrations, ServiceContext};
+use mesh_runtime::lifecycle::Supervisor;
+use mesh_runtime::{Database, Migrations, Readiness, ServiceContext};
 use mesh_testkit::{self as testing, TestAuth, bearer};
 use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,8 @@ struct Mesh {
     service: String,
     customer: String,
     shutdown: CancellationToken,
+    /// The gateway's supervisor (its background tasks and connection tasks), to drain.
+    supervisor: Supervisor,
 }
 
 impl Mesh {
@@ -80,6 +83,7 @@ impl Mesh {
         let shop =
             testing::serve("shop", shop_routes, shop_db, bus.clone(), shutdown.clone()).await;
         let gateway_db = testing::database("iot-gateway", &target, &Migrations::NONE).await;
+        let supervisor = Supervisor::new(Readiness::new(), shutdown.clone());
         let ctx = context(
             "iot-gateway",
             &["auth", "shop"],
@@ -89,7 +93,8 @@ impl Mesh {
             ]),
             gateway_db.clone(),
             shutdown.clone(),
-        );
+        )
+        .with_supervisor(supervisor.clone());
         let options = GatewayOptions {
             client_secret: Some(SECRET.into()),
             ..options
@@ -117,6 +122,7 @@ impl Mesh {
             service,
             customer,
             shutdown,
+            supervisor,
         }
     }
 
@@ -194,17 +200,23 @@ impl Mesh {
         panic!("shop never showed {id} as {connectivity:?}");
     }
 
+    /// The types of the events in the gateway's outbox about `subject`, in order, now.
+    async fn outbox(&self, subject: &str) -> Vec<String> {
+        let rows =
+            sqlx::query("SELECT event_type FROM mesh_outbox WHERE subject = $1 ORDER BY sequence")
+                .bind(subject)
+                .fetch_all(self.gateway_db.pool())
+                .await
+                .expect("outbox");
+        rows.iter().map(|r| r.get("event_type")).collect()
+    }
+
+    /// [`Mesh::outbox`] once it holds anything (waiting up to 2 s).
     async fn events(&self, subject: &str) -> Vec<String> {
         for _ in 0..100 {
-            let rows = sqlx::query(
-                "SELECT event_type FROM mesh_outbox WHERE subject = $1 ORDER BY sequence",
-            )
-            .bind(subject)
-            .fetch_all(self.gateway_db.pool())
-            .await
-            .expect("outbox");
-            if !rows.is_empty() {
-                return rows.iter().map(|r| r.get("event_type")).collect();
+            let events = self.outbox(subject).await;
+            if !events.is_empty() {
+                return events;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -442,6 +454,47 @@ async fn reconnect_redelivers_unacked_commands_once_on_sqlite() {
 async fn reconnect_redelivers_unacked_commands_once_on_postgres() {
     if let Some(target) = testing::postgres("gateway reconnect") {
         reconnect_with_resume(target).await;
+    }
+}
+
+/// Shutdown ends every device connection at once and waits for the connection tasks: the
+/// drain returns well within the grace period, and each device's last event
+/// (`device.disconnected`, "gateway shutting down") is already in the outbox when it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_device_connections_and_waits_for_their_last_events() {
+    let m = Mesh::start(testing::sqlite(), GatewayOptions::default()).await;
+    let ids: Vec<String> = (0..5).map(|i| format!("vm-down-{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    m.register(&refs).await;
+    let mut connections = Vec::new();
+    for device in m.devices(&ids).await {
+        connections.push(device.connect(m.channel().await).await.expect("connect"));
+    }
+    for id in &ids {
+        assert_eq!(m.events(id).await, ["device.connected"], "{id}");
+    }
+
+    m.shutdown.cancel();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        m.supervisor.drain(Duration::from_secs(60)),
+    )
+    .await
+    .expect("the connections end at once, well within the grace period");
+    for id in &ids {
+        assert_eq!(
+            m.outbox(id).await,
+            ["device.connected", "device.disconnected"],
+            "{id}: the disconnect was written before the drain returned"
+        );
+    }
+    for conn in connections {
+        let ended = conn
+            .ended()
+            .await
+            .expect_err("the gateway ended the session");
+        assert_eq!(ended.code(), Code::Unavailable);
+        assert!(ended.message().contains("gateway shutting down"), "{ended}");
     }
 }
 

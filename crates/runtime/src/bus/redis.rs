@@ -162,13 +162,16 @@ impl EventBus for RedisBus {
             let every = (self.options.dead_after / 4).max(Duration::from_millis(10));
             let dead_after = self.options.dead_after;
             let key = alive.clone();
-            let heartbeat_task = tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    // A failed beat is retried on the next tick; if Redis is away that long,
-                    // the others may take this consumer's entries over (handled twice at
-                    // worst, with one effect).
-                    let _ = heartbeat(&mut beat, &key, dead_after).await;
+            let heartbeat_task = crate::helper_task::spawn("redis-bus-heartbeat", move || {
+                let (mut beat, key) = (beat.clone(), key.clone());
+                async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        // A failed beat is retried on the next tick; if Redis is away that
+                        // long, the others may take this consumer's entries over (handled
+                        // twice at worst, with one effect).
+                        let _ = heartbeat(&mut beat, &key, dead_after).await;
+                    }
                 }
             });
             let sub = RedisSubscription {
