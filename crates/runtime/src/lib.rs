@@ -15,7 +15,8 @@
 //! - data and events (see `docs/events.md`): [`storage`] (a database per service, migrations),
 //!   [`outbox`] (state change and event in one transaction), [`relay`] (outbox to bus), [`bus`]
 //!   (Redis Streams or in-process), [`consumer`] (idempotent handlers), [`audit`] (the trail),
-//!   [`event_metrics`] (lag, outcomes, dead letters, outbox backlog, publish latency);
+//!   [`payload`] (a handler's typed read of an event's payload), [`event_metrics`] (lag,
+//!   outcomes, dead letters, outbox backlog, publish latency);
 //! - [`domain`]: the domain kit (the service error shape, page tokens, timestamps, id, currency
 //!   and money rules);
 //! - [`auth`]: token verification and per-RPC access policies (see `docs/identity.md`);
@@ -50,6 +51,7 @@ pub mod observe;
 pub mod otlp_export;
 pub mod outbox;
 pub mod paging;
+pub mod payload;
 pub(crate) mod publisher;
 pub mod readiness;
 pub mod redact;

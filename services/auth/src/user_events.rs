@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use mesh_contracts::events::v1::{Envelope, UserDeleted, UserUpdated};
 use mesh_runtime::consumer::{EventHandler, HandlerError};
 use mesh_runtime::outbox::Tx;
-use prost::Message;
+use mesh_runtime::payload::DecodePayload as _;
 
 use crate::error::AuthServiceError;
 
@@ -34,17 +34,6 @@ pub async fn stores_of(tx: &mut Tx, account_id: &str) -> Result<Vec<String>, Aut
     }))
 }
 
-fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
-    M::decode(
-        event
-            .payload
-            .as_ref()
-            .map(|a| a.value.as_slice())
-            .unwrap_or_default(),
-    )
-    .map_err(|e| HandlerError::permanent(format!("{} payload: {e}", event.r#type)))
-}
-
 async fn is_erased(tx: &mut Tx, account_id: &str) -> Result<bool, sqlx::Error> {
     let row: Option<(Option<i64>,)> =
         sqlx::query_as("SELECT disabled_us FROM accounts WHERE id = $1")
@@ -66,7 +55,7 @@ impl EventHandler for OnUserUpdated {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let e: UserUpdated = decode(event)?;
+            let e: UserUpdated = event.decode_payload()?;
             // An empty payload is a redacted event: nothing to keep.
             if e.user_id.is_empty()
                 || is_erased(tx, &e.user_id)
@@ -105,7 +94,7 @@ impl EventHandler for OnUserDeleted {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let e: UserDeleted = decode(event)?;
+            let e: UserDeleted = event.decode_payload()?;
             if e.user_id.is_empty() {
                 return Ok(());
             }

@@ -9,23 +9,12 @@ use mesh_contracts::events::v1::{
 };
 use mesh_runtime::consumer::{Consumer, EventHandler, HandlerError};
 use mesh_runtime::outbox::Tx;
-use prost::Message;
+use mesh_runtime::payload::DecodePayload as _;
 
 use crate::error::CampaignError;
 use mesh_runtime::domain::time;
 
 use crate::{redemption, store};
-
-fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
-    M::decode(
-        event
-            .payload
-            .as_ref()
-            .map(|a| a.value.as_slice())
-            .unwrap_or_default(),
-    )
-    .map_err(|e| HandlerError::permanent(format!("{} payload: {e}", event.r#type)))
-}
 
 fn failed(e: CampaignError) -> HandlerError {
     HandlerError::retry(e)
@@ -60,29 +49,29 @@ impl EventHandler for On {
             let now = time::now_us();
             match self.0 {
                 Kind::OrderCreated => {
-                    let e: OrderCreated = decode(event)?;
+                    let e: OrderCreated = event.decode_payload()?;
                     redemption::order_created(tx, &e.order_id, &e.applied_campaign_ids, now)
                         .await
                         .map_err(failed)
                 }
                 Kind::OrderConfirmed => {
-                    let e: OrderConfirmed = decode(event)?;
+                    let e: OrderConfirmed = event.decode_payload()?;
                     redemption::order_confirmed(tx, &e.order_id, now)
                         .await
                         .map(|_| ())
                         .map_err(failed)
                 }
                 Kind::OrderCancelled => {
-                    let e: OrderCancelled = decode(event)?;
+                    let e: OrderCancelled = event.decode_payload()?;
                     redemption::order_cancelled(tx, &e.order_id, now)
                         .await
                         .map_err(failed)
                 }
                 Kind::ProductChanged => {
                     let product = if event.r#type == "product.created" {
-                        decode::<ProductCreated>(event)?.product
+                        event.decode_payload::<ProductCreated>()?.product
                     } else {
-                        decode::<ProductUpdated>(event)?.product
+                        event.decode_payload::<ProductUpdated>()?.product
                     };
                     let Some(p) = product.filter(|p| !p.id.is_empty()) else {
                         return Err(HandlerError::permanent("the event names no product"));
@@ -92,7 +81,7 @@ impl EventHandler for On {
                         .map_err(failed)
                 }
                 Kind::ProductDeleted => {
-                    let e: ProductDeleted = decode(event)?;
+                    let e: ProductDeleted = event.decode_payload()?;
                     store::forget_product(tx, &e.product_id)
                         .await
                         .map_err(failed)

@@ -22,7 +22,7 @@ use mesh_runtime::auth::Clock;
 use mesh_runtime::consumer::{Consumer, EventHandler, HandlerError};
 use mesh_runtime::domain::time::{duration_us, to_timestamp};
 use mesh_runtime::outbox::{Event, Tx};
-use prost::Message;
+use mesh_runtime::payload::DecodePayload as _;
 
 use crate::error::InventoryError;
 use crate::reservations::{self, Expiry, event_lines};
@@ -56,15 +56,6 @@ pub fn handlers(consumer: Consumer, options: &SagaOptions) -> Consumer {
             crate::refunds::ORDER_REFUND_REQUESTED,
             crate::refunds::Return(options.clone()),
         )
-}
-
-fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
-    let bytes = event
-        .payload
-        .as_ref()
-        .map(|a| a.value.as_slice())
-        .unwrap_or_default();
-    M::decode(bytes).map_err(|e| HandlerError::permanent(format!("{}: {e}", event.r#type)))
 }
 
 fn order_id(id: &str, event: &Envelope) -> Result<String, HandlerError> {
@@ -111,7 +102,7 @@ impl EventHandler for Reserve {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let created: OrderCreated = decode(event)?;
+            let created: OrderCreated = event.decode_payload()?;
             let order = order_id(&created.order_id, event)?;
             let now = self.0.clock.now_us();
             // Idempotent by order id: claim the order; a known order (reserved, rejected, or
@@ -252,7 +243,7 @@ impl EventHandler for Commit {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let confirmed: OrderConfirmed = decode(event)?;
+            let confirmed: OrderConfirmed = event.decode_payload()?;
             let order = order_id(&confirmed.order_id, event)?;
             let now = self.0.clock.now_us();
             let Some(reservation) = store::reservation(tx, &order, true).await.map_err(db_err)?
@@ -311,7 +302,7 @@ impl EventHandler for Release {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let cancelled: OrderCancelled = decode(event)?;
+            let cancelled: OrderCancelled = event.decode_payload()?;
             let order = order_id(&cancelled.order_id, event)?;
             let now = self.0.clock.now_us();
             let reservation = store::reservation(tx, &order, true).await.map_err(db_err)?;

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use mesh_contracts::events::v1::{Envelope, UserDeleted, UserUpdated};
 use mesh_runtime::consumer::{EventHandler, HandlerError};
 use mesh_runtime::outbox::Tx;
-use prost::Message;
+use mesh_runtime::payload::DecodePayload as _;
 use sqlx::{AnyConnection, Row as _};
 
 use crate::store::now_micros;
@@ -23,17 +23,6 @@ pub async fn email_of(c: &mut AnyConnection, user_id: &str) -> Result<String, sq
     row.map_or(Ok(String::new()), |r| r.try_get("email"))
 }
 
-fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
-    M::decode(
-        event
-            .payload
-            .as_ref()
-            .map(|a| a.value.as_slice())
-            .unwrap_or_default(),
-    )
-    .map_err(|e| HandlerError::permanent(format!("{} payload: {e}", event.r#type)))
-}
-
 /// `user.updated`: stores the snapshot's email, consent and locale.
 #[derive(Debug, Clone, Copy)]
 pub struct OnUserUpdated;
@@ -45,7 +34,7 @@ impl EventHandler for OnUserUpdated {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let e: UserUpdated = decode(event)?;
+            let e: UserUpdated = event.decode_payload()?;
             if e.user_id.is_empty() {
                 // A redacted event: nothing to keep.
                 return Ok(());
@@ -84,7 +73,7 @@ impl EventHandler for OnUserDeleted {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let e: UserDeleted = decode(event)?;
+            let e: UserDeleted = event.decode_payload()?;
             if e.user_id.is_empty() {
                 return Ok(());
             }

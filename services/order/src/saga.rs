@@ -22,19 +22,10 @@ use mesh_contracts::events::v1::{
 };
 use mesh_runtime::consumer::{Consumer, EventHandler, HandlerError};
 use mesh_runtime::outbox::Tx;
-use prost::Message;
+use mesh_runtime::payload::DecodePayload as _;
 
 use crate::error::OrderError;
 use crate::{refund, transitions};
-
-fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
-    let bytes = event
-        .payload
-        .as_ref()
-        .map(|a| a.value.as_slice())
-        .unwrap_or_default();
-    M::decode(bytes).map_err(|e| HandlerError::permanent(format!("{}: {e}", event.r#type)))
-}
 
 fn handler_err(e: OrderError) -> HandlerError {
     match e {
@@ -68,7 +59,7 @@ impl EventHandler for Reserved {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let p: InventoryReserved = decode(event)?;
+            let p: InventoryReserved = event.decode_payload()?;
             transitions::reserved(tx, &p.reference_id, &p.reservation_id, &event.id)
                 .await
                 .map_err(handler_err)?;
@@ -88,7 +79,7 @@ impl EventHandler for Rejected {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let p: InventoryRejected = decode(event)?;
+            let p: InventoryRejected = event.decode_payload()?;
             let detail = if p.reason.is_empty() {
                 "out of stock".to_string()
             } else {
@@ -120,7 +111,7 @@ impl EventHandler for Expired {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let p: InventoryReservationExpired = decode(event)?;
+            let p: InventoryReservationExpired = event.decode_payload()?;
             transitions::cancel(
                 tx,
                 &p.reference_id,
@@ -146,7 +137,7 @@ impl EventHandler for Succeeded {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let p: PaymentSucceeded = decode(event)?;
+            let p: PaymentSucceeded = event.decode_payload()?;
             let confirmed = transitions::confirm(tx, &p.order_id, &p.payment_id, &event.id)
                 .await
                 .map_err(handler_err)?;
@@ -171,7 +162,7 @@ impl EventHandler for Failed {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let p: PaymentFailed = decode(event)?;
+            let p: PaymentFailed = event.decode_payload()?;
             let detail = if p.message.is_empty() {
                 "payment failed".to_string()
             } else {
@@ -209,7 +200,7 @@ impl EventHandler for Refunded {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let p: PaymentRefunded = decode(event)?;
+            let p: PaymentRefunded = event.decode_payload()?;
             let Some(id) = order_refund(&p.idempotency_key) else {
                 return Ok(());
             };
@@ -232,7 +223,7 @@ impl EventHandler for RefundFailed {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let p: PaymentRefundFailed = decode(event)?;
+            let p: PaymentRefundFailed = event.decode_payload()?;
             let Some(id) = order_refund(&p.idempotency_key) else {
                 return Ok(());
             };

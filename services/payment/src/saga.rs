@@ -14,22 +14,11 @@ use mesh_contracts::events::v1::{
 use mesh_contracts::payment::v1::PaymentStatus;
 use mesh_runtime::consumer::{EventHandler, HandlerError};
 use mesh_runtime::outbox::Tx;
-use prost::Message;
+use mesh_runtime::payload::DecodePayload as _;
 
 use crate::engine::Engine;
 use crate::error::PaymentError;
 use crate::store::{self, SagaOrder};
-
-fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
-    M::decode(
-        event
-            .payload
-            .as_ref()
-            .map(|a| a.value.as_slice())
-            .unwrap_or_default(),
-    )
-    .map_err(|e| HandlerError::permanent(format!("{} payload: {e}", event.r#type)))
-}
 
 fn order_id(field: &str, id: &str) -> Result<String, HandlerError> {
     crate::validate::id(field, id).map_err(HandlerError::permanent)
@@ -69,7 +58,7 @@ impl EventHandler for OnOrderCreated {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let e: OrderCreated = decode(event)?;
+            let e: OrderCreated = event.decode_payload()?;
             let id = order_id("order_id", &e.order_id)?;
             let total = e.total.unwrap_or_default();
             let order = SagaOrder {
@@ -100,7 +89,7 @@ impl EventHandler for OnInventoryReserved {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let e: InventoryReserved = decode(event)?;
+            let e: InventoryReserved = event.decode_payload()?;
             let id = order_id("reference_id", &e.reference_id)?;
             let now = store::saga_flag(tx, &id, true).await?;
             maybe_charge(&self.0, tx, &now).await.map_err(handler_error)
@@ -122,7 +111,7 @@ impl EventHandler for OnOrderCancelled {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let e: OrderCancelled = decode(event)?;
+            let e: OrderCancelled = event.decode_payload()?;
             let id = order_id("order_id", &e.order_id)?;
             store::saga_flag(tx, &id, false).await?;
             let Some(p) = store::payment_of_order(tx, &id).await? else {
@@ -158,7 +147,7 @@ impl EventHandler for OnOrderRefundRequested {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let e: OrderRefundRequested = decode(event)?;
+            let e: OrderRefundRequested = event.decode_payload()?;
             let id = order_id("order_id", &e.order_id)?;
             let refund_id = order_id("refund_id", &e.refund_id)?;
             let amount = e.amount.map_or(0, |m| m.amount_minor);

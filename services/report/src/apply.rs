@@ -19,11 +19,11 @@
 
 use mesh_contracts::common::v1::Money;
 use mesh_contracts::events::v1::{
-    InventoryAdjusted, InventoryCommitted, InventoryReleased, InventoryReservationExpired,
-    InventoryReserved, OrderConfirmed, PaymentRefunded, ProductCreated, ProductUpdated,
-    ReservedLine, VendCompleted,
+    Envelope, InventoryAdjusted, InventoryCommitted, InventoryReleased,
+    InventoryReservationExpired, InventoryReserved, OrderConfirmed, PaymentRefunded,
+    ProductCreated, ProductUpdated, ReservedLine, VendCompleted,
 };
-use prost::Message;
+use mesh_runtime::payload::{DecodePayload as _, PayloadError};
 use sqlx::AnyConnection;
 use sqlx::Row as _;
 
@@ -67,8 +67,10 @@ pub enum ApplyError {
 
 type Result<T> = std::result::Result<T, ApplyError>;
 
-fn decode<M: Message + Default>(event_type: &str, payload: &[u8]) -> Result<M> {
-    M::decode(payload).map_err(|e| ApplyError::Permanent(format!("{event_type} payload: {e}")))
+impl From<PayloadError> for ApplyError {
+    fn from(e: PayloadError) -> Self {
+        Self::Permanent(e.to_string())
+    }
 }
 
 fn overflow(field: &str) -> ApplyError {
@@ -88,29 +90,29 @@ struct SalesDelta<'a> {
     refund: i64,
 }
 
-/// Applies the event of `event_type` (its encoded payload, its time) to the models of `gens`.
-/// Types no model uses are a no-op.
+/// Applies `event` (at its time `time_us`) to the models of `gens`. Types no model uses are a
+/// no-op.
 pub async fn apply(
     conn: &mut AnyConnection,
     gens: Gens,
-    event_type: &str,
+    event: &Envelope,
     time_us: i64,
-    payload: &[u8],
 ) -> Result<()> {
     let day = dates::day_of(time_us);
+    let event_type = event.r#type.as_str();
     match event_type {
-        "order.confirmed" => order_confirmed(conn, gens, &day, decode(event_type, payload)?).await,
-        "vend.completed" => vend_completed(conn, gens, &day, decode(event_type, payload)?).await,
+        "order.confirmed" => order_confirmed(conn, gens, &day, event.decode_payload()?).await,
+        "vend.completed" => vend_completed(conn, gens, &day, event.decode_payload()?).await,
         "payment.refunded" => {
             let Some(g) = gens.sales else { return Ok(()) };
-            refunded(conn, g, &day, decode(event_type, payload)?).await
+            refunded(conn, g, &day, event.decode_payload()?).await
         }
         "product.created" | "product.updated" => {
             let Some(g) = gens.top else { return Ok(()) };
             let product = if event_type == "product.created" {
-                decode::<ProductCreated>(event_type, payload)?.product
+                event.decode_payload::<ProductCreated>()?.product
             } else {
-                decode::<ProductUpdated>(event_type, payload)?.product
+                event.decode_payload::<ProductUpdated>()?.product
             };
             match product {
                 Some(p) if !p.id.is_empty() => product_name(conn, g, &p.id, &p.name).await,
@@ -121,7 +123,7 @@ pub async fn apply(
         }
         "inventory.adjusted" => {
             let Some(g) = gens.stock else { return Ok(()) };
-            let e: InventoryAdjusted = decode(event_type, payload)?;
+            let e: InventoryAdjusted = event.decode_payload()?;
             sqlx::query(
                 "INSERT INTO report_stock (gen, location_id, product_id, on_hand, reserved) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (gen, location_id, product_id) \
@@ -138,22 +140,22 @@ pub async fn apply(
         }
         "inventory.reserved" => {
             let Some(g) = gens.stock else { return Ok(()) };
-            let e: InventoryReserved = decode(event_type, payload)?;
+            let e: InventoryReserved = event.decode_payload()?;
             stock_lines(conn, g, &e.lines, 0, 1, None).await
         }
         "inventory.committed" => {
             let Some(g) = gens.stock else { return Ok(()) };
-            let e: InventoryCommitted = decode(event_type, payload)?;
+            let e: InventoryCommitted = event.decode_payload()?;
             stock_lines(conn, g, &e.lines, -1, -1, Some(&day)).await
         }
         "inventory.released" => {
             let Some(g) = gens.stock else { return Ok(()) };
-            let e: InventoryReleased = decode(event_type, payload)?;
+            let e: InventoryReleased = event.decode_payload()?;
             stock_lines(conn, g, &e.lines, 0, -1, None).await
         }
         "inventory.reservation_expired" => {
             let Some(g) = gens.stock else { return Ok(()) };
-            let e: InventoryReservationExpired = decode(event_type, payload)?;
+            let e: InventoryReservationExpired = event.decode_payload()?;
             stock_lines(conn, g, &e.lines, 0, -1, None).await
         }
         _ => Ok(()),

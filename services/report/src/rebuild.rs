@@ -110,11 +110,7 @@ pub async fn rebuild(db: &Database, models: &[Model]) -> Result<Rebuilt, ReportE
                     continue;
                 }
             };
-            let payload = envelope
-                .payload
-                .as_ref()
-                .map_or(&[][..], |a| a.value.as_slice());
-            match apply::apply(&mut tx, gens, &event_type, time_us, payload).await {
+            match apply::apply(&mut tx, gens, &envelope, time_us).await {
                 Ok(()) => {}
                 Err(ApplyError::Permanent(reason)) => {
                     tracing::warn!(seq, %event_type, %reason, "history entry no longer applies; skipped");

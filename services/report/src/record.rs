@@ -92,11 +92,7 @@ impl EventHandler for Record {
             if inserted.rows_affected() == 0 {
                 return Ok(());
             }
-            let payload = event
-                .payload
-                .as_ref()
-                .map_or(&[][..], |a| a.value.as_slice());
-            apply::apply(tx, Gens::all(active), &event.r#type, time_us, payload)
+            apply::apply(tx, Gens::all(active), event, time_us)
                 .await
                 .map_err(|e| match e {
                     ApplyError::Permanent(reason) => HandlerError::permanent(reason),

@@ -8,24 +8,13 @@ use mesh_contracts::events::v1::{Envelope, RolesChanged, UserRegistered};
 use mesh_contracts::user::v1::UserKind;
 use mesh_runtime::consumer::{EventHandler, HandlerError};
 use mesh_runtime::outbox::Tx;
-use prost::Message;
+use mesh_runtime::payload::DecodePayload as _;
 
 use crate::api::emit_updated;
 use crate::profile::{Consent, Profile};
 use crate::{store, validate};
 use mesh_runtime::domain::ServiceError;
 use mesh_runtime::domain::time::now_us;
-
-fn decode<M: Message + Default>(event: &Envelope) -> Result<M, HandlerError> {
-    M::decode(
-        event
-            .payload
-            .as_ref()
-            .map(|a| a.value.as_slice())
-            .unwrap_or_default(),
-    )
-    .map_err(|e| HandlerError::permanent(format!("{} payload: {e}", event.r#type)))
-}
 
 fn failed(e: ServiceError) -> HandlerError {
     match e {
@@ -58,7 +47,7 @@ impl EventHandler for OnRegistered {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let e: UserRegistered = decode(event)?;
+            let e: UserRegistered = event.decode_payload()?;
             if e.user_id.is_empty() {
                 // A redacted event (the account was erased before its profile was made).
                 return Ok(());
@@ -105,7 +94,7 @@ impl EventHandler for OnRolesChanged {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let e: RolesChanged = decode(event)?;
+            let e: RolesChanged = event.decode_payload()?;
             if e.account_id.is_empty() {
                 return Ok(());
             }
