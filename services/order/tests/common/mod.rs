@@ -526,15 +526,21 @@ impl Mesh {
 
     /// Polls until the stock of `product` is (on hand, reserved) = `want` (bounded).
     pub async fn until_stock(&self, product: &str, want: (i64, i64)) {
+        self.until_stock_at("default", product, want).await;
+    }
+
+    /// Polls until the stock of `product` at `location` is (on hand, reserved) = `want`
+    /// (bounded).
+    pub async fn until_stock_at(&self, location: &str, product: &str, want: (i64, i64)) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let now = self.stock(product).await;
+            let now = self.stock_at(location, product).await;
             if now == want {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "stock of {product} never became {want:?}; it is {now:?}"
+                "stock of {product} at {location} never became {want:?}; it is {now:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
