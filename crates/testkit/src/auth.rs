@@ -32,6 +32,8 @@ pub struct TestAuth {
     pub shutdown: CancellationToken,
     /// Its metrics registry (what its admin port's `/metrics` would show).
     pub metrics: mesh_runtime::metrics::Metrics,
+    /// The bus it consumes (`user.updated` assigns staff to stores).
+    pub bus: std::sync::Arc<dyn mesh_runtime::bus::EventBus>,
 }
 
 /// The email of the bootstrap admin of [`TestAuth`].
@@ -73,13 +75,14 @@ impl TestAuth {
         let admin_addr = admin_listener.local_addr().expect("addr");
         let stop = shutdown.clone().cancelled_owned();
         tokio::spawn(mesh_runtime::admin::run(admin_listener, admin, stop));
-        let addr = serve("auth", routes, db.clone(), bus, shutdown.clone()).await;
+        let addr = serve("auth", routes, db.clone(), bus.clone(), shutdown.clone()).await;
         Self {
             addr,
             admin_addr,
             db,
             shutdown,
             metrics,
+            bus,
         }
     }
 
@@ -143,7 +146,13 @@ impl TestAuth {
     /// its token carries them: its account id and access token.
     pub async fn token_with_roles(&self, roles: &[mesh_runtime::auth::Role]) -> (String, String) {
         let email = format!("{}@example.com", unique("r"));
-        let id = self.sign_up(&email).await.account.expect("account").id;
+        let id = self.account_with_roles(&email, roles).await;
+        (id, self.login(&email).await)
+    }
+
+    /// Signs up `email` and gives it `roles` (the bootstrap admin's `SetRoles`): its account id.
+    async fn account_with_roles(&self, email: &str, roles: &[mesh_runtime::auth::Role]) -> String {
+        let id = self.sign_up(email).await.account.expect("account").id;
         let admin = self.admin_token().await;
         let mut client = self.client().await;
         client
@@ -156,9 +165,15 @@ impl TestAuth {
             ))
             .await
             .expect("set roles");
-        let token = client
+        id
+    }
+
+    /// An access token of `email` (password [`PASSWORD`]).
+    pub async fn login(&self, email: &str) -> String {
+        self.client()
+            .await
             .login(LoginRequest {
-                email,
+                email: email.into(),
                 password: PASSWORD.into(),
             })
             .await
@@ -166,8 +181,54 @@ impl TestAuth {
             .into_inner()
             .tokens
             .expect("tokens")
-            .access_token;
+            .access_token
+    }
+
+    /// A fresh staff account working at `stores`, assigned as the user service does (its
+    /// `user.updated` snapshot on [`TestAuth::bus`]) and logged in once auth has taken the
+    /// assignment: its account id and an access token whose `stores` claim names `stores`.
+    pub async fn store_staff_token(&self, stores: &[&str]) -> (String, String) {
+        let email = format!("{}@example.com", unique("staff"));
+        let id = self
+            .account_with_roles(&email, &[mesh_runtime::auth::Role::Staff])
+            .await;
+        if !stores.is_empty() {
+            self.assign_stores(&id, stores).await;
+        }
+        let token = self.login(&email).await;
         (id, token)
+    }
+
+    /// Publishes the `user.updated` snapshot that assigns account `id` to `stores` and waits
+    /// until auth has stored it.
+    async fn assign_stores(&self, id: &str, stores: &[&str]) {
+        use mesh_contracts::events::v1::UserUpdated;
+        let snapshot = UserUpdated {
+            user_id: id.into(),
+            changed_fields: vec!["store_ids".into()],
+            store_ids: stores.iter().map(|s| s.to_string()).collect(),
+            version: 2,
+            ..Default::default()
+        };
+        crate::publish(
+            self.bus.as_ref(),
+            &crate::envelope("user.updated", id, "UserUpdated", &snapshot),
+        )
+        .await;
+        let joined = stores.join(",");
+        crate::eventually("auth takes the staff member's stores", || {
+            let (pool, id, joined) = (self.db.pool().clone(), id.to_string(), joined.clone());
+            async move {
+                let row: Option<(String,)> =
+                    sqlx::query_as("SELECT store_ids FROM account_stores WHERE account_id = $1")
+                        .bind(id)
+                        .fetch_optional(&pool)
+                        .await
+                        .expect("account_stores");
+                row.is_some_and(|(stored,)| stored == joined)
+            }
+        })
+        .await;
     }
 
     /// An access token of a fresh customer.

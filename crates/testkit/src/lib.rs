@@ -10,6 +10,7 @@
 //! - [`double`]: [`test_double!`], a generated server's trait for a test double that serves
 //!   only the RPCs its test calls;
 //! - [`poll`]: [`eventually`], which replaces sleeps;
+//! - [`paging`]: [`every_page`], a paged listing read to its end, its pages checked full;
 //! - [`events`]: publishing an event envelope as its producer's relay would;
 //! - [`process`]: the real `mesh` binary as a child process, and plain HTTP to its admin port;
 //! - [`redis_server`]: a redis-server of a test's own, to kill and restart.
@@ -19,6 +20,7 @@ pub mod backends;
 pub mod context;
 pub mod double;
 pub mod events;
+pub mod paging;
 pub mod poll;
 pub mod process;
 pub mod redis_server;
@@ -28,6 +30,7 @@ pub use auth::{ADMIN_EMAIL, PASSWORD, TestAuth, bearer};
 pub use backends::{postgres, postgres_url, redis, require_backends, sqlite, unique};
 pub use context::{config, context, context_with, database, database_before, memory_bus};
 pub use events::{envelope, publish};
+pub use paging::every_page;
 pub use poll::{eventually, eventually_within};
 pub use redis_server::OwnRedis;
 pub use serve::{channel, serve};

@@ -1,4 +1,5 @@
-//! The `inventory.v1.InventoryService` implementation.
+//! The `inventory.v1.InventoryService` implementation. Store staff read and change only the
+//! stock of their stores' locations ([`crate::scope`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::InventoryError;
 use crate::reservations::{self, event_lines};
+use crate::scope::Scope;
 use crate::store::{self, StockFilter};
 use crate::validate;
 
@@ -38,8 +40,12 @@ impl InventoryApi {
         Self { db, clock }
     }
 
-    async fn check(&self, req: CheckStockRequest) -> Result<CheckStockResponse> {
+    async fn check(&self, scope: &Scope, req: CheckStockRequest) -> Result<CheckStockResponse> {
         let lines = validate::lines(&req.lines)?;
+        for (i, l) in lines.iter().enumerate() {
+            let field = format!("lines[{i}].location_id");
+            scope.check(self.db.pool(), &field, &l.location_id).await?;
+        }
         let mut results = Vec::with_capacity(lines.len());
         for l in &lines {
             let level = store::stock(self.db.pool(), &l.product_id, &l.location_id).await?;
@@ -171,9 +177,17 @@ impl InventoryApi {
         Ok(r)
     }
 
-    async fn adjust(&self, actor: &str, req: AdjustStockRequest) -> Result<StockLevel> {
+    async fn adjust(
+        &self,
+        actor: &str,
+        scope: &Scope,
+        req: AdjustStockRequest,
+    ) -> Result<StockLevel> {
         let location = validate::location_id("location_id", &req.location_id, false)?;
         let product = validate::product_id("product_id", &req.product_id)?;
+        scope
+            .check(self.db.pool(), "location_id", &location)
+            .await?;
         let reason =
             AdjustmentReason::try_from(req.reason).unwrap_or(AdjustmentReason::Unspecified);
         if reason == AdjustmentReason::Unspecified {
@@ -257,7 +271,7 @@ impl InventoryApi {
         Ok(level)
     }
 
-    async fn list(&self, req: ListStockRequest) -> Result<ListStockResponse> {
+    async fn list(&self, scope: &Scope, req: ListStockRequest) -> Result<ListStockResponse> {
         let limit = page_token::page_size(req.page_size, 100, 1000)?;
         let mut filter = StockFilter {
             location_id: if req.location_id.is_empty() {
@@ -276,13 +290,19 @@ impl InventoryApi {
             },
             max_available: (req.only_low_stock || req.max_available != 0)
                 .then_some(req.max_available),
+            stores: None,
             after: None,
         };
+        match &filter.location_id {
+            Some(location) => scope.check(self.db.pool(), "location_id", location).await?,
+            None => filter.stores = scope.stores().map(<[String]>::to_vec),
+        }
         let listing = (
             "stock",
             &filter.location_id,
             &filter.product_id,
             filter.max_available,
+            &filter.stores,
         );
         filter.after = page_token::decode(&req.page_token, &listing)?;
         let mut stock = store::list(self.db.pool(), &filter, limit + 1).await?;
@@ -302,16 +322,21 @@ impl InventoryService for InventoryApi {
         &self,
         r: Request<CheckStockRequest>,
     ) -> std::result::Result<Response<CheckStockResponse>, Status> {
-        Ok(Response::new(self.check(r.into_inner()).await?))
+        let scope = Scope::of(Identity::of(&r));
+        Ok(Response::new(self.check(&scope, r.into_inner()).await?))
     }
 
     async fn get_stock(
         &self,
         r: Request<GetStockRequest>,
     ) -> std::result::Result<Response<GetStockResponse>, Status> {
+        let scope = Scope::of(Identity::of(&r));
         let req = r.into_inner();
         let location = validate::location_id("location_id", &req.location_id, false)?;
         let product = validate::product_id("product_id", &req.product_id)?;
+        scope
+            .check(self.db.pool(), "location_id", &location)
+            .await?;
         let stock = store::stock(self.db.pool(), &product, &location).await?;
         Ok(Response::new(GetStockResponse { stock: Some(stock) }))
     }
@@ -320,7 +345,8 @@ impl InventoryService for InventoryApi {
         &self,
         r: Request<ListStockRequest>,
     ) -> std::result::Result<Response<ListStockResponse>, Status> {
-        Ok(Response::new(self.list(r.into_inner()).await?))
+        let scope = Scope::of(Identity::of(&r));
+        Ok(Response::new(self.list(&scope, r.into_inner()).await?))
     }
 
     async fn reserve(
@@ -360,7 +386,8 @@ impl InventoryService for InventoryApi {
         let actor = Identity::of(&r)
             .map(|i| i.subject.clone())
             .unwrap_or_default();
-        let stock = self.adjust(&actor, r.into_inner()).await?;
+        let scope = Scope::of(Identity::of(&r));
+        let stock = self.adjust(&actor, &scope, r.into_inner()).await?;
         Ok(Response::new(AdjustStockResponse { stock: Some(stock) }))
     }
 
@@ -368,11 +395,17 @@ impl InventoryService for InventoryApi {
         &self,
         r: Request<GetReservationRequest>,
     ) -> std::result::Result<Response<GetReservationResponse>, Status> {
+        let scope = Scope::of(Identity::of(&r));
         let id = validate::reference("id", &r.get_ref().id)?;
         let mut tx = self.db.begin().await.map_err(InventoryError::from)?;
         let reservation = store::reservation(&mut tx, &id, false)
             .await?
             .ok_or_else(|| InventoryError::not_found("reservation", &id))?;
+        drop(tx);
+        // Staff see a reservation only when every line is at a location of theirs.
+        for line in &reservation.lines {
+            scope.check(self.db.pool(), "id", &line.location_id).await?;
+        }
         Ok(Response::new(GetReservationResponse {
             reservation: Some(reservation),
         }))

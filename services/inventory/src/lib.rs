@@ -9,13 +9,16 @@
 //!
 //! - [`api`]: the RPCs; [`reservations`]: ending a reservation; [`saga`]: the order saga's
 //!   consumers; [`refunds`]: refunded units restocked or written off; [`store`]: SQL;
-//!   [`validate`]: input checks; [`error`]: errors to statuses.
+//!   [`validate`]: input checks; [`error`]: errors to statuses; [`scope`]: store staff act at
+//!   their stores' locations only; [`locations`]: which store a machine's location belongs to.
 
 pub mod api;
 pub mod error;
+pub mod locations;
 pub mod refunds;
 pub mod reservations;
 pub mod saga;
+pub mod scope;
 pub mod store;
 pub mod sweeper;
 pub mod validate;
@@ -38,6 +41,7 @@ pub const MIGRATIONS: Migrations = Migrations::same(&MIGRATOR);
 
 /// Who may call each RPC of `inventory.v1.InventoryService`: reads take any caller with a
 /// token; reservations are internal (service tokens); adjustments take staff (admins pass all).
+/// Store staff are further confined to their stores' locations in the handlers ([`scope`]).
 pub fn policy() -> Policy {
     Policy::new("inventory.v1.InventoryService")
         .authenticated(&["CheckStock", "GetStock", "ListStock"])
@@ -140,7 +144,10 @@ pub async fn build_with(
     };
     // One transaction per batch: reservations of many orders lock the same stock rows, and
     // concurrent batch transactions would deadlock on them (docs/saga.md).
-    ctx.start_consumer(saga::handlers(ctx.consumer()?.concurrency(1), &saga));
+    ctx.start_consumer(saga::handlers(ctx.consumer()?.concurrency(1), &saga).on(
+        locations::MACHINE_REGISTERED,
+        locations::OnMachineRegistered,
+    ));
     let sweeper = sweeper::Sweeper::new(db.clone(), options.clock.clone());
     ctx.background_task(sweeper.queue(options.sweep_every).task());
     let server = InventoryServiceServer::new(InventoryApi::new(db, options.clock))

@@ -257,6 +257,9 @@ pub struct StockFilter {
     pub product_id: Option<String>,
     /// Only levels with available at or below this.
     pub max_available: Option<i64>,
+    /// Only the locations of these stores (their own, their machines') and `default`: a store
+    /// staff member's scope.
+    pub stores: Option<Vec<String>>,
     /// After this (location, product).
     pub after: Option<(String, String)>,
 }
@@ -280,6 +283,23 @@ pub async fn list(pool: &AnyPool, f: &StockFilter, limit: i64) -> Result<Vec<Sto
     if f.max_available.is_some() {
         sql += &format!(" AND on_hand - reserved <= {}", p());
     }
+    if let Some(stores) = &f.stores {
+        sql += &format!(
+            " AND (location_id = '{}'",
+            crate::validate::DEFAULT_LOCATION
+        );
+        if !stores.is_empty() {
+            let own: Vec<String> = stores.iter().map(|_| p()).collect();
+            let machines: Vec<String> = stores.iter().map(|_| p()).collect();
+            sql += &format!(
+                " OR location_id IN ({}) OR location_id IN \
+                 (SELECT location_id FROM location_stores WHERE store_id IN ({}))",
+                own.join(", "),
+                machines.join(", ")
+            );
+        }
+        sql += ")";
+    }
     if f.after.is_some() {
         let (a, b) = (p(), p());
         sql += &format!(" AND (location_id > {a} OR (location_id = {a} AND product_id > {b}))");
@@ -294,6 +314,12 @@ pub async fn list(pool: &AnyPool, f: &StockFilter, limit: i64) -> Result<Vec<Sto
     }
     if let Some(v) = f.max_available {
         q = q.bind(v);
+    }
+    // The scope's stores twice: their own locations, then their machines'.
+    for _ in 0..2 {
+        for store in f.stores.iter().flatten() {
+            q = q.bind(store.clone());
+        }
     }
     if let Some((a, b)) = &f.after {
         q = q.bind(a.clone()).bind(b.clone());

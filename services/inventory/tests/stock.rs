@@ -2,6 +2,8 @@
 //! (a service token for reservations, the admin for adjustments): stock, CheckStock,
 //! reserve/commit/release/adjust with every bad-input status, reservation expiry on an injected
 //! clock, and the last unit reserved once by 24 concurrent callers (SQLite and Postgres).
+//! Store staff (real tokens with a `stores` claim) read and change only the stock of their
+//! stores' locations: the store's own, its machines' (shop's `machine.registered`) and `default`.
 
 mod common;
 
@@ -54,10 +56,20 @@ async fn restock(
     product: &str,
     delta: i64,
 ) -> StockLevel {
+    restock_at(c, admin, "default", product, delta).await
+}
+
+async fn restock_at(
+    c: &mut InventoryServiceClient<Channel>,
+    token: &str,
+    location: &str,
+    product: &str,
+    delta: i64,
+) -> StockLevel {
     c.adjust_stock(bearer(
-        admin,
+        token,
         AdjustStockRequest {
-            location_id: "default".into(),
+            location_id: location.into(),
             product_id: product.into(),
             delta,
             reason: AdjustmentReason::Restock as i32,
@@ -688,4 +700,185 @@ async fn concurrent_reservations_of_the_last_unit_on_postgres() {
 #[tokio::test]
 async fn concurrent_reservations_of_the_last_unit_on_sqlite() {
     last_unit(testing::sqlite()).await;
+}
+
+fn assert_denied<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>, field: &str) {
+    let (code, message) = status(r);
+    assert_eq!(code, Code::PermissionDenied, "{message}");
+    assert!(message.starts_with(field), "`{message}` names `{field}`");
+}
+
+fn get(location: &str, product: &str) -> GetStockRequest {
+    GetStockRequest {
+        location_id: location.into(),
+        product_id: product.into(),
+    }
+}
+
+/// Every location `token` lists of `product`, two levels a page.
+async fn listed(c: &InventoryServiceClient<Channel>, token: &str, product: &str) -> Vec<String> {
+    testing::every_page(2, |page_token| {
+        let mut c = c.clone();
+        async move {
+            let page = c
+                .list_stock(bearer(
+                    token,
+                    ListStockRequest {
+                        page_size: 2,
+                        page_token,
+                        product_id: product.into(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("list stock")
+                .into_inner();
+            let locations = page.stock.into_iter().map(|l| l.location_id).collect();
+            (locations, page.next_page_token)
+        }
+    })
+    .await
+}
+
+async fn store_staff(target: DatabaseTarget) {
+    use mesh_contracts::events::v1::MachineRegistered;
+    let m = start(target).await;
+    let mut c = client(m.addr).await;
+    let cola = uuid::Uuid::now_v7().to_string();
+    for location in ["berlin", "munich", "vm-b1", "vm-m1", "default", "wh-1"] {
+        restock_at(&mut c, &m.admin, location, &cola, 5).await;
+    }
+    // Shop registered one machine in each store.
+    for (machine, store) in [("vm-b1", "berlin"), ("vm-m1", "munich")] {
+        let registered = MachineRegistered {
+            machine_id: machine.into(),
+            store_id: store.into(),
+            ..Default::default()
+        };
+        testing::publish(
+            m.bus.as_ref(),
+            &testing::envelope(
+                "machine.registered",
+                machine,
+                "MachineRegistered",
+                &registered,
+            ),
+        )
+        .await;
+    }
+    let (_, clerk) = m.auth.store_staff_token(&["berlin"]).await;
+    testing::eventually("inventory learns the machines' stores", || {
+        let (mut c, clerk, cola) = (c.clone(), clerk.clone(), cola.clone());
+        async move {
+            c.get_stock(bearer(&clerk, get("vm-b1", &cola)))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+
+    // Reads: the store, its machine and the online stock; elsewhere refused naming the field.
+    for location in ["berlin", "vm-b1", "default"] {
+        c.get_stock(bearer(&clerk, get(location, &cola)))
+            .await
+            .expect("a location of the clerk's");
+    }
+    for location in ["munich", "vm-m1", "wh-1"] {
+        assert_denied(
+            c.get_stock(bearer(&clerk, get(location, &cola))).await,
+            "location_id",
+        );
+    }
+    assert_eq!(
+        listed(&c, &clerk, &cola).await,
+        ["berlin", "default", "vm-b1"],
+        "filtered in SQL: full pages of the clerk's locations only"
+    );
+    assert_eq!(listed(&c, &m.admin, &cola).await.len(), 6);
+    assert_denied(
+        c.list_stock(bearer(
+            &clerk,
+            ListStockRequest {
+                location_id: "munich".into(),
+                ..Default::default()
+            },
+        ))
+        .await,
+        "location_id",
+    );
+    let at = |location: &str| StockLine {
+        location_id: location.into(),
+        ..line(&cola, 1)
+    };
+    assert_denied(
+        c.check_stock(bearer(
+            &clerk,
+            CheckStockRequest {
+                lines: vec![at("berlin"), at("vm-m1")],
+            },
+        ))
+        .await,
+        "lines[1].location_id",
+    );
+    // Customers still see availability anywhere, as a shop front does.
+    c.get_stock(bearer(&m.customer, get("munich", &cola)))
+        .await
+        .expect("customers read availability");
+
+    // Writes: their machine yes, another store's no (and nothing changes there).
+    let level = restock_at(&mut c, &clerk, "vm-b1", &cola, 2).await;
+    assert_eq!(level.on_hand, 7);
+    let other = bearer(
+        &clerk,
+        AdjustStockRequest {
+            location_id: "vm-m1".into(),
+            product_id: cola.clone(),
+            delta: 2,
+            reason: AdjustmentReason::Restock as i32,
+            note: String::new(),
+            request_id: String::new(),
+        },
+    );
+    assert_denied(c.adjust_stock(other).await, "location_id");
+    let munich_machine = c
+        .get_stock(bearer(&m.admin, get("vm-m1", &cola)))
+        .await
+        .expect("stock")
+        .into_inner()
+        .stock
+        .expect("stock");
+    assert_eq!(munich_machine.on_hand, 5, "untouched");
+
+    // Reservations: only those wholly at the clerk's locations.
+    let reservation = c
+        .reserve(bearer(
+            &m.service,
+            reserve("o-munich", vec![at("munich")], 60),
+        ))
+        .await
+        .expect("reserve")
+        .into_inner()
+        .reservation
+        .expect("reservation");
+    let ask = || GetReservationRequest {
+        id: reservation.id.clone(),
+    };
+    assert_denied(c.get_reservation(bearer(&clerk, ask())).await, "id");
+    c.get_reservation(bearer(&m.admin, ask()))
+        .await
+        .expect("admins read every reservation");
+    m.shutdown.cancel();
+    m.auth.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn store_staff_act_on_their_stores_stock_on_sqlite() {
+    store_staff(testing::sqlite()).await;
+}
+
+#[tokio::test]
+async fn store_staff_act_on_their_stores_stock_on_postgres() {
+    if let Some(target) = testing::postgres("inventory store staff") {
+        store_staff(target).await;
+    }
 }

@@ -3,9 +3,13 @@
 //!
 //! Customers act only for themselves: their `customer_id` is taken from the token (or must
 //! match it), and another customer's order answers `NOT_FOUND` naming `id`, exactly like a
-//! missing one, so order ids cannot be probed. Staff, admins and services act for anyone, but
-//! refund (RefundOrder, CancelOrder of a confirmed order) only orders of stores they may act at
-//! (`Identity::may_act_at_store`; online orders: any staff).
+//! missing one, so order ids cannot be probed. Admins and services act on every order. Staff act
+//! for any customer, but only on the orders of their stores (`Identity::store_scope`, the token's
+//! `stores` claim) and on online orders (no store, served by no store in particular): reading,
+//! listing, cancelling and refunding another store's order is `PERMISSION_DENIED` naming `id`
+//! (staff are employees, so the order's store is named), asking ListOrders for another store
+//! names `store_id`, and a ListOrders without a store lists only their stores' and online orders,
+//! filtered in SQL so pages stay full and page tokens stay exact (`docs/identity.md`).
 
 use mesh_contracts::events::v1::CancelReason;
 use mesh_contracts::order::v1::order_service_server::OrderService;
@@ -36,6 +40,9 @@ pub struct Caller {
     pub privileged: bool,
     /// The caller's identity (roles, the staff `stores` claim).
     pub identity: Identity,
+    /// The stores whose orders a privileged caller may act on besides online ones: `None` for
+    /// admins and services (every store), the `stores` claim for staff.
+    pub stores: Option<Vec<String>>,
 }
 
 impl Caller {
@@ -48,6 +55,7 @@ impl Caller {
             subject: id.subject.clone(),
             privileged: id.has_any(&[Role::Staff, Role::Service]),
             identity: id.clone(),
+            stores: id.store_scope().map(<[String]>::to_vec),
         })
     }
 
@@ -70,26 +78,67 @@ impl Caller {
         ))
     }
 
-    fn may_see(&self, order: &Order) -> bool {
-        self.privileged || order.customer_id == self.subject
+    /// Whether the caller may see and act on `order` (its id in `field`): customers their own
+    /// (another's is `NOT_FOUND`, like a missing one); admins and services every order; staff
+    /// online orders and those of their stores (another store's is `PERMISSION_DENIED`).
+    pub fn may_see(&self, field: &str, order: &Order) -> Result<()> {
+        if !self.privileged {
+            return if order.customer_id == self.subject {
+                Ok(())
+            } else {
+                Err(OrderError::not_found(field, "order", &order.id))
+            };
+        }
+        if order.store_id.is_empty() || self.may_use_store(&order.store_id) {
+            return Ok(());
+        }
+        Err(OrderError::denied(
+            field,
+            format!(
+                "order `{}` was placed at store `{}`, which the caller's token does not name",
+                order.id, order.store_id
+            ),
+        ))
     }
 
-    /// Whether the caller may refund `order`: staff, admins and services; staff only at the
-    /// order's store (any staff for an online order). `PERMISSION_DENIED` naming `field`.
+    /// Whether a privileged caller's scope takes in store `store_id`.
+    fn may_use_store(&self, store_id: &str) -> bool {
+        self.stores
+            .as_ref()
+            .is_none_or(|stores| stores.iter().any(|s| s == store_id))
+    }
+
+    /// Whether the caller may refund `order`: staff, admins and services, as [`Caller::may_see`]
+    /// scopes them. `PERMISSION_DENIED` naming `field`.
     pub fn may_refund(&self, field: &str, order: &Order) -> Result<()> {
         if !self.privileged {
             return Err(OrderError::denied(field, "only staff may refund an order"));
         }
-        if !order.store_id.is_empty() && !self.identity.may_act_at_store(&order.store_id) {
-            return Err(OrderError::denied(
-                field,
-                format!(
-                    "order `{}` was placed at store `{}`, which the caller's token does not name",
-                    order.id, order.store_id
-                ),
-            ));
+        self.may_see(field, order)
+    }
+
+    /// The stores a listing is confined to, given its requested `store_id` (`field`, already
+    /// validated; `None` = no store asked): `None` lists every store; `Some(stores)` only online
+    /// orders and those of `stores`. A store outside a staff member's scope is
+    /// `PERMISSION_DENIED` naming `field`.
+    pub fn listing_scope(
+        &self,
+        field: &str,
+        requested: Option<&str>,
+    ) -> Result<Option<Vec<String>>> {
+        if !self.privileged {
+            // Customers list their own orders only (the customer filter).
+            return Ok(None);
         }
-        Ok(())
+        match (requested, &self.stores) {
+            (_, None) => Ok(None),
+            (Some(store), Some(_)) if self.may_use_store(store) => Ok(None),
+            (Some(store), Some(_)) => Err(OrderError::denied(
+                field,
+                format!("store `{store}` is not one of the caller's stores"),
+            )),
+            (None, Some(stores)) => Ok(Some(stores.clone())),
+        }
     }
 }
 
@@ -125,10 +174,11 @@ impl OrderApi {
     async fn get(&self, caller: &Caller, id: &str) -> Result<Order> {
         let id = validate::id("id", id)?;
         let mut conn = self.db.acquire().await?;
-        match store::get(&mut conn, &id).await? {
-            Some(o) if caller.may_see(&o) => Ok(o),
-            _ => Err(not_found(&id)),
-        }
+        let order = store::get(&mut conn, &id)
+            .await?
+            .ok_or_else(|| not_found(&id))?;
+        caller.may_see("id", &order)?;
+        Ok(order)
     }
 
     async fn list(&self, caller: &Caller, req: ListOrdersRequest) -> Result<ListOrdersResponse> {
@@ -144,12 +194,20 @@ impl OrderApi {
         } else {
             Some(validate::store("store_id", &req.store_id)?)
         };
-        let listing = ("orders", customer_id.clone(), req.status, store_id.clone());
+        let stores = caller.listing_scope("store_id", store_id.as_deref())?;
+        let listing = (
+            "orders",
+            customer_id.clone(),
+            req.status,
+            store_id.clone(),
+            stores.clone(),
+        );
         let before = page_token::decode(&req.page_token, &listing)?;
         let filter = ListFilter {
             customer_id,
             status,
             store_id,
+            stores,
             before,
         };
         let mut conn = self.db.acquire().await?;
@@ -169,10 +227,10 @@ impl OrderApi {
             return Err(OrderError::invalid("reason", "at most 500 characters"));
         }
         let mut tx = self.db.begin().await?;
-        let order = match store::get(&mut tx, &id).await? {
-            Some(o) if caller.may_see(&o) => o,
-            _ => return Err(not_found(&id)),
-        };
+        let order = store::get(&mut tx, &id)
+            .await?
+            .ok_or_else(|| not_found(&id))?;
+        caller.may_see("id", &order)?;
         let status = OrderStatus::try_from(order.status).unwrap_or_default();
         if status == OrderStatus::Cancelled {
             return Ok(order);

@@ -537,6 +537,8 @@ pub struct ListFilter {
     pub status: Option<OrderStatus>,
     /// Only this store's orders ("" = online orders).
     pub store_id: Option<String>,
+    /// Only online orders and those of these stores (a staff member's scope).
+    pub stores: Option<Vec<String>>,
     /// Strictly older than this (created_at_us, id).
     pub before: Option<(i64, String)>,
 }
@@ -558,6 +560,12 @@ pub async fn list(conn: &mut AnyConnection, f: &ListFilter, limit: i64) -> Resul
     if f.store_id.is_some() {
         sql += &format!(" AND store_id = {}", p());
     }
+    if let Some(stores) = &f.stores {
+        // Online orders (no store) and the stores of the scope, as parameters.
+        let mut listed = vec!["''".to_string()];
+        listed.extend(stores.iter().map(|_| p()));
+        sql += &format!(" AND store_id IN ({})", listed.join(", "));
+    }
     if f.before.is_some() {
         let (a, b) = (p(), p());
         sql += &format!(" AND (created_at_us < {a} OR (created_at_us = {a} AND id < {b}))");
@@ -571,6 +579,9 @@ pub async fn list(conn: &mut AnyConnection, f: &ListFilter, limit: i64) -> Resul
         q = q.bind(status_name(s));
     }
     if let Some(store) = &f.store_id {
+        q = q.bind(store.clone());
+    }
+    for store in f.stores.iter().flatten() {
         q = q.bind(store.clone());
     }
     if let Some((at, id)) = &f.before {

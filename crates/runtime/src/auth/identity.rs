@@ -108,17 +108,60 @@ impl Identity {
         self.has_role(Role::Admin) || roles.iter().any(|r| self.has_role(*r))
     }
 
+    /// The stores the caller may act at: `None` for admins and services (every store), the
+    /// `stores` claim for staff, no store for anyone else. Services filter listings by it (a
+    /// staff member's orders or stock of their stores only) and check single rows with
+    /// [`Identity::may_act_at_store`].
+    pub fn store_scope(&self) -> Option<&[String]> {
+        if self.has_role(Role::Admin) || self.has_role(Role::Service) {
+            None
+        } else if self.has_role(Role::Staff) {
+            Some(&self.store_ids)
+        } else {
+            Some(&[])
+        }
+    }
+
     /// Whether the caller may act on store `store_id`'s machines, stock and orders: admins and
     /// services anywhere, staff only at the stores of their `stores` claim, nobody else.
     pub fn may_act_at_store(&self, store_id: &str) -> bool {
-        if self.has_role(Role::Admin) || self.has_role(Role::Service) {
-            return true;
-        }
-        self.has_role(Role::Staff) && self.store_ids.iter().any(|s| s == store_id)
+        self.store_scope()
+            .is_none_or(|stores| stores.iter().any(|s| s == store_id))
     }
 
     /// The identity of a request, if the guard put one there.
     pub fn of<T>(request: &tonic::Request<T>) -> Option<&Identity> {
         request.extensions().get::<Identity>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(roles: &[Role], stores: &[&str]) -> Identity {
+        Identity {
+            subject: "s".into(),
+            roles: roles.to_vec(),
+            token_id: "t".into(),
+            expires_at: 0,
+            store_ids: stores.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn store_scope_follows_roles_and_the_stores_claim() {
+        let clerk = caller(&[Role::Customer, Role::Staff], &["north"]);
+        assert_eq!(clerk.store_scope(), Some(&["north".to_string()][..]));
+        assert!(clerk.may_act_at_store("north"));
+        assert!(!clerk.may_act_at_store("south"));
+        for unbound in [caller(&[Role::Admin], &[]), caller(&[Role::Service], &[])] {
+            assert_eq!(unbound.store_scope(), None);
+            assert!(unbound.may_act_at_store("south"));
+        }
+        // A claim on a token without the staff role grants nothing.
+        let customer = caller(&[Role::Customer], &["north"]);
+        assert_eq!(customer.store_scope(), Some(&[][..]));
+        assert!(!customer.may_act_at_store("north"));
     }
 }

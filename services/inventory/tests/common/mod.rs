@@ -34,6 +34,8 @@ pub struct Mesh {
     pub service: String,
     /// A customer token.
     pub customer: String,
+    /// Inventory's bus (tests publish other services' events on it).
+    pub bus: Arc<dyn mesh_runtime::bus::EventBus>,
     /// Stops inventory.
     pub shutdown: CancellationToken,
 }
@@ -65,7 +67,14 @@ pub async fn start(target: DatabaseTarget) -> Mesh {
     let routes = mesh_inventory::build_with(ctx, options)
         .await
         .expect("build inventory");
-    let addr = testing::serve("inventory", routes, db.clone(), bus, shutdown.clone()).await;
+    let addr = testing::serve(
+        "inventory",
+        routes,
+        db.clone(),
+        bus.clone(),
+        shutdown.clone(),
+    )
+    .await;
     let admin = auth.admin_token().await;
     let customer = auth.customer_token().await;
     let service = auth.service_token("order", "order-secret").await;
@@ -77,6 +86,7 @@ pub async fn start(target: DatabaseTarget) -> Mesh {
         admin,
         service,
         customer,
+        bus,
         shutdown,
     }
 }
