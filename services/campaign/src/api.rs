@@ -301,4 +301,17 @@ impl CampaignService for CampaignApi {
         let caller = Caller::of(&r)?;
         Ok(Response::new(self.price(&caller, r.into_inner()).await?))
     }
+
+    async fn release_holds(
+        &self,
+        r: Request<ReleaseHoldsRequest>,
+    ) -> std::result::Result<Response<ReleaseHoldsResponse>, Status> {
+        let order_id = validate::id("order_id", &r.get_ref().order_id)?;
+        let mut tx = self.db.begin().await.map_err(CampaignError::from)?;
+        let released = redemption::release_holds(&mut tx, &order_id, time::now_us()).await?;
+        tx.commit().await.map_err(CampaignError::from)?;
+        Ok(Response::new(ReleaseHoldsResponse {
+            released: released as i32,
+        }))
+    }
 }

@@ -49,6 +49,7 @@ pub fn policy() -> Policy {
             &["GetCampaign", "ListCampaigns", "PriceCart"],
             &[Role::Customer, Role::Staff, Role::Service],
         )
+        .roles(&["ReleaseHolds"], &[Role::Service])
 }
 
 /// Builds the service's routes; the module table's constructor for `campaign`. Settings come

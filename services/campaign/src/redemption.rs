@@ -289,6 +289,18 @@ pub async fn order_cancelled(conn: &mut AnyConnection, order_id: &str, now_us: i
     Ok(())
 }
 
+/// A PlaceOrder that held redemptions for `order_id` failed before the order was written: its
+/// HELD redemptions are RELEASED and counted back now, not at their expiry. Returns how many.
+pub async fn release_holds(conn: &mut AnyConnection, order_id: &str, now_us: i64) -> Result<u32> {
+    let mut released = 0;
+    for (campaign, status) in of_order(conn, order_id).await? {
+        if status == HELD && release(conn, &campaign, order_id, "'HELD'", now_us).await? {
+            released += 1;
+        }
+    }
+    Ok(released)
+}
+
 /// Holds past their expiry (at most `limit`).
 pub async fn expired(
     conn: &mut AnyConnection,

@@ -1,6 +1,8 @@
 //! Refunded units coming back (`docs/saga.md`, "Refunds"): the consumer of order's
-//! `order.refund_requested`. Each line is one stock adjustment at the order's location, with the
-//! refund's reason in its note: RESTOCK puts the units back on hand (reason RETURN, positive
+//! `order.refunded`, emitted once the refund's money went back. The goods follow the money: a
+//! refund that payment could not pay back never reaches inventory, so its units stay sold.
+//! Each line is one stock adjustment at the order's location, with the refund's reason in its
+//! note: RESTOCK puts the units back on hand (reason RETURN, positive
 //! delta, `inventory.adjusted`); WRITE_OFF records them as written off (reason DAMAGE, delta 0:
 //! the units left the shelf when the order's stock was committed and do not come back), with an
 //! `inventory.adjusted` too, so the write-off is on the audit trail.
@@ -10,20 +12,19 @@
 //! event id adjusts nothing twice.
 
 use futures::future::BoxFuture;
-use mesh_contracts::events::v1::{Envelope, InventoryAdjusted, OrderRefundRequested};
+use mesh_contracts::events::v1::{Envelope, InventoryAdjusted, OrderRefunded};
 use mesh_contracts::inventory::v1::AdjustmentReason;
 use mesh_contracts::order::v1::StockDisposition;
 use mesh_runtime::consumer::{EventHandler, HandlerError};
 use mesh_runtime::outbox::{Event, Tx};
-use prost::Message;
 
 use crate::error::InventoryError;
 use crate::saga::SagaOptions;
 use crate::store;
 use crate::validate;
 
-/// Event type of a refund of a confirmed order.
-pub const ORDER_REFUND_REQUESTED: &str = "order.refund_requested";
+/// Event type of a completed refund of a confirmed order (its money went back).
+pub const ORDER_REFUNDED: &str = "order.refunded";
 
 /// Who the adjustments of refunds are recorded as made by.
 pub const ACTOR: &str = "order-refund";
@@ -39,7 +40,7 @@ fn db_err(e: InventoryError) -> HandlerError {
     }
 }
 
-/// `order.refund_requested` -> restock or write off every line.
+/// `order.refunded` -> restock or write off every line.
 #[derive(Debug, Clone)]
 pub struct Return(pub SagaOptions);
 
@@ -50,13 +51,7 @@ impl EventHandler for Return {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let bytes = event
-                .payload
-                .as_ref()
-                .map(|a| a.value.as_slice())
-                .unwrap_or_default();
-            let e = OrderRefundRequested::decode(bytes)
-                .map_err(|err| HandlerError::permanent(format!("{}: {err}", event.r#type)))?;
+            let e: OrderRefunded = crate::saga::decode(event)?;
             let refund = validate::reference("refund_id", &e.refund_id)
                 .map_err(|err| permanent(event, err))?;
             let location = validate::location_id("location_id", &e.location_id, true)

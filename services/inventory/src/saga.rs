@@ -53,7 +53,7 @@ pub fn handlers(consumer: Consumer, options: &SagaOptions) -> Consumer {
         .on(ORDER_CONFIRMED, Commit(options.clone()))
         .on(ORDER_CANCELLED, Release(options.clone()))
         .on(
-            crate::refunds::ORDER_REFUND_REQUESTED,
+            crate::refunds::ORDER_REFUNDED,
             crate::refunds::Return(options.clone()),
         )
 }

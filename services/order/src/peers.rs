@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use mesh_contracts::campaign::v1::campaign_service_client::CampaignServiceClient;
-use mesh_contracts::campaign::v1::{PriceCartRequest, PriceCartResponse};
+use mesh_contracts::campaign::v1::{PriceCartRequest, PriceCartResponse, ReleaseHoldsRequest};
 use mesh_contracts::common::v1::PaymentCard;
 use mesh_contracts::payment::v1::TokenizeCardRequest;
 use mesh_contracts::payment::v1::payment_service_client::PaymentServiceClient;
@@ -19,6 +19,19 @@ use tonic::Code;
 
 use crate::error::OrderError;
 use crate::validate::Line;
+
+/// Campaign's answer to `call`, or `DEADLINE_EXCEEDED` when it takes longer than `within`.
+async fn campaign_within<T>(
+    within: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(within, call).await {
+        Ok(answer) => answer.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "campaign did not answer within {within:?}"
+        ))),
+    }
+}
 
 /// A channel that authenticates as the order service.
 pub type PeerChannel = ServiceTokenChannel<MeshChannel>;
@@ -69,12 +82,23 @@ impl Peers {
     ) -> Result<PriceCartResponse, tonic::Status> {
         let mut request = tonic::Request::new(req);
         request.set_timeout(within);
-        match tokio::time::timeout(within, self.campaign.clone().price_cart(request)).await {
-            Ok(answer) => answer.map(tonic::Response::into_inner),
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                "campaign did not answer within {within:?}"
-            ))),
-        }
+        campaign_within(within, self.campaign.clone().price_cart(request)).await
+    }
+
+    /// Releases the redemptions campaign holds for `order_id` (a PlaceOrder that failed after
+    /// pricing), within `within` at most: how many it released.
+    pub async fn release_holds(
+        &self,
+        order_id: &str,
+        within: Duration,
+    ) -> Result<i32, tonic::Status> {
+        let mut request = tonic::Request::new(ReleaseHoldsRequest {
+            order_id: order_id.to_string(),
+        });
+        request.set_timeout(within);
+        campaign_within(within, self.campaign.clone().release_holds(request))
+            .await
+            .map(|r| r.released)
     }
 
     /// The products of `lines`, in line order. An unknown product is `NOT_FOUND` naming

@@ -4,9 +4,11 @@
 //!
 //! Nothing is written before every check passed, so a refused order leaves no trace. Campaign
 //! is asked with `reserve`, so the redemptions of the campaigns it applies are held for this
-//! order (`docs/campaign.md`). Campaign never fails an order: when it is down, slow (past
-//! `MESH_ORDER_CAMPAIGN_TIMEOUT`), refused by the client's breaker or answers nonsense, the
-//! order goes at list price with `discounts_unavailable` set and
+//! order (`docs/campaign.md`); a PlaceOrder that fails after that (a refused card, a database
+//! failure, a concurrent call with its key that won) asks campaign to release them at once
+//! (`ReleaseHolds`), their expiry staying the fallback. Campaign never fails an order: when it
+//! is down, slow (past `MESH_ORDER_CAMPAIGN_TIMEOUT`), refused by the client's breaker or
+//! answers nonsense, the order goes at list price with `discounts_unavailable` set and
 //! `order_campaign_fallbacks_total` counts it. A promo code that does not apply does not fail
 //! the order either, as the proto specifies.
 
@@ -18,6 +20,7 @@ use mesh_contracts::common::v1::Money;
 use mesh_contracts::common::v1::PaymentCard;
 use mesh_contracts::common::v1::payment_method::Method;
 use mesh_contracts::order::v1::{Order, PlaceOrderRequest};
+use mesh_runtime::outbox::Tx;
 use mesh_runtime::{Database, DatabaseError};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
@@ -308,12 +311,16 @@ impl Placer {
         let discount: i64 = discounts.per_line.iter().sum();
 
         let card = match pay {
-            Payment::Card(card) => self.peers.tokenize(card).await?,
+            Payment::Card(card) => match self.peers.tokenize(card).await {
+                Ok(card) => card,
+                Err(e) => return Err(self.abandon(&id, &discounts.applied, e).await),
+            },
             Payment::Token(token) => Card {
                 token,
                 last4: String::new(),
             },
         };
+        let held = discounts.applied.clone();
         let new = NewOrder {
             id,
             customer_id: customer.to_string(),
@@ -333,22 +340,54 @@ impl Placer {
             card_last4: card.last4,
             now_us: store::now_us(),
         };
-        let mut tx = self.db.begin().await?;
-        let order = match store::insert(&mut tx, &new).await {
-            Ok(order) => order,
+        let (order, tx) = match self.write(&new).await {
+            Ok(written) => written,
             Err(e) if matches!(e.database(), Some(DatabaseError::Conflict(_))) => {
-                // A concurrent call with the same key won: answer with its order.
-                drop(tx);
+                // A concurrent call with the same key won: answer with its order (this call's
+                // holds, made for an order id that will never exist, go back).
+                self.abandon(&new.id, &held, e).await;
                 return self
                     .existing(customer, &checked.key, &hash)
                     .await?
                     .ok_or_else(|| OrderError::unavailable("idempotency_key: a concurrent request with this key did not finish; retry"));
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(self.abandon(&new.id, &held, e).await),
         };
-        transitions::created(&mut tx, &order).await?;
+        // A failed commit may still have committed (the answer was lost): its holds are left to
+        // order.created or, when nothing was written, to their expiry.
         tx.commit().await?;
         Ok(order)
+    }
+
+    /// Writes `new` as PENDING with `order.created`, in a transaction not committed yet.
+    async fn write(&self, new: &NewOrder) -> Result<(Order, Tx)> {
+        let mut tx = self.db.begin().await?;
+        let order = store::insert(&mut tx, new).await?;
+        transitions::created(&mut tx, &order).await?;
+        Ok((order, tx))
+    }
+
+    /// A PlaceOrder that priced order `order_id` failed with `error` before the order was
+    /// written: campaign releases the redemptions it held for the `applied` campaigns now,
+    /// rather than at the hold's expiry (`docs/campaign.md`). Best effort, within the campaign
+    /// timeout: when campaign cannot answer, the expiry still releases them. Returns `error`.
+    async fn abandon(&self, order_id: &str, applied: &[String], error: OrderError) -> OrderError {
+        if applied.is_empty() {
+            return error;
+        }
+        match self
+            .peers
+            .release_holds(order_id, self.campaign_timeout)
+            .await
+        {
+            Ok(released) => {
+                tracing::info!(order = order_id, released, %error, "placing failed after pricing: campaign's holds released");
+            }
+            Err(s) => {
+                tracing::warn!(order = order_id, code = ?s.code(), message = s.message(), "placing failed after pricing and campaign could not release its holds: they lapse at their expiry");
+            }
+        }
+        error
     }
 }
 

@@ -7,7 +7,10 @@
 //!   restocks or writes off). A refund of nothing (a free order) is COMPLETED at once and emits
 //!   `order.refunded` too.
 //! - [`finish`] (order's consumer of `payment.refunded` / `payment.refund_failed`): REQUESTED ->
-//!   COMPLETED (and `order.refunded`, which notification tells the customer) or FAILED.
+//!   COMPLETED (and `order.refunded`: notification tells the customer, inventory takes the
+//!   units back) or FAILED. The goods follow the money: a FAILED refund's units count as sold
+//!   again (they can be refunded anew; an order it had made REFUNDED is CONFIRMED again) and
+//!   inventory, which acts only on `order.refunded`, never took them back.
 
 use mesh_contracts::events::v1::{OrderRefundRequested, OrderRefunded, RefundedLine};
 use mesh_contracts::order::v1::{Order, OrderStatus, RefundOrderRequest, RefundStatus};
@@ -171,6 +174,7 @@ pub async fn request(tx: &mut Tx, order: &Order, ask: &Ask<'_>) -> Result<String
             reason: ask.reason.to_string(),
             whole_order: plan.whole,
             refunded_total: Some(to_money(&currency, refunded_minor)),
+            location_id: payload.location_id.clone(),
         };
         emit_refunded(tx, &done).await?;
     }
@@ -187,10 +191,11 @@ async fn emit_refunded(tx: &mut Tx, done: &OrderRefunded) -> Result<()> {
 }
 
 /// In `tx`: payment finished refund `refund_id` of order `order_id` (its refund
-/// `payment_refund_id`): COMPLETED when `succeeded` (and `order.refunded`), else FAILED (its
-/// amount leaves the order's refunded sum; the units stay counted, since inventory has taken
-/// them back: staff settle the money). `false` when the refund is not REQUESTED (a redelivery,
-/// or not an order refund of this order): nothing changes.
+/// `payment_refund_id`): COMPLETED when `succeeded` (and `order.refunded`), else FAILED: its
+/// amount leaves the order's refunded sum and its units the lines' refunded counts, and an order
+/// it had made REFUNDED is CONFIRMED again (the sale stands; staff may refund anew). `false` when
+/// the refund is not REQUESTED (a redelivery, or not an order refund of this order): nothing
+/// changes.
 pub async fn finish(
     tx: &mut Tx,
     order_id: &str,
@@ -209,7 +214,20 @@ pub async fn finish(
         return Ok(false);
     };
     if !succeeded {
-        tracing::error!(order = %order_id, refund = %refund_id, "payment could not refund an order refund; it is FAILED and needs staff");
+        tracing::error!(order = %order_id, refund = %refund_id, "payment could not refund an order refund; it is FAILED, its units count as sold again");
+        if f.order_status == store::status_name(OrderStatus::Refunded) {
+            store::transition(
+                tx,
+                order_id,
+                &[OrderStatus::Refunded],
+                OrderStatus::Confirmed,
+                &Changes::default(),
+                &format!("refund {refund_id} failed: its units are sold again"),
+                "",
+                now,
+            )
+            .await?;
+        }
         return Ok(true);
     }
     let refunds = refund_store::of_order(tx, order_id, &f.currency_code).await?;
@@ -236,6 +254,7 @@ pub async fn finish(
         reason: f.reason.clone(),
         whole_order: f.order_status == store::status_name(OrderStatus::Refunded),
         refunded_total: Some(to_money(&f.currency_code, f.refunded_minor)),
+        location_id: transitions::location_of(&f.store_id).to_string(),
     };
     emit_refunded(tx, &done).await?;
     Ok(true)

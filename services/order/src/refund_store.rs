@@ -164,6 +164,8 @@ pub struct Finished {
     pub currency_code: String,
     /// The order's status name.
     pub order_status: String,
+    /// The order's store (empty: online).
+    pub store_id: String,
     /// The order's refunded sum after the finish.
     pub refunded_minor: i64,
     /// The refund's amount.
@@ -173,8 +175,9 @@ pub struct Finished {
 }
 
 /// Moves refund `id` of order `order` from REQUESTED to `to` (COMPLETED or FAILED) with payment's
-/// refund id; a FAILED one no longer counts in the order's refunded sum. `None` when it is not
-/// REQUESTED (finished before, or not this order's): nothing changes.
+/// refund id; a FAILED one no longer counts in the order's refunded sum nor its units in the
+/// lines' refunded counts. `None` when it is not REQUESTED (finished before, or not this
+/// order's): nothing changes.
 pub async fn finish(
     conn: &mut AnyConnection,
     id: &str,
@@ -198,24 +201,40 @@ pub async fn finish(
         return Ok(None);
     };
     let returned = if to == RefundStatus::Failed {
+        // The units were not refunded after all: they count as sold again (one statement).
+        sqlx::query(
+            "UPDATE order_lines SET refunded_quantity = refunded_quantity - \
+             (SELECT l.quantity FROM order_refund_lines l WHERE l.refund_id = $1 AND l.line_no = order_lines.line_no) \
+             WHERE order_id = $2 AND line_no IN (SELECT line_no FROM order_refund_lines WHERE refund_id = $1)",
+        )
+        .bind(id)
+        .bind(order)
+        .execute(&mut *conn)
+        .await?;
         amount_minor
     } else {
         0
     };
-    let (customer_id, currency_code, order_status, refunded_minor): (String, String, String, i64) =
-        sqlx::query_as(
-            "UPDATE orders SET refunded_minor = refunded_minor - $1, updated_at_us = $2 WHERE id = $3 \
-             RETURNING customer_id, currency_code, status, refunded_minor",
-        )
-        .bind(returned)
-        .bind(now)
-        .bind(order)
-        .fetch_one(&mut *conn)
-        .await?;
+    let (customer_id, currency_code, order_status, store_id, refunded_minor): (
+        String,
+        String,
+        String,
+        String,
+        i64,
+    ) = sqlx::query_as(
+        "UPDATE orders SET refunded_minor = refunded_minor - $1, updated_at_us = $2 WHERE id = $3 \
+             RETURNING customer_id, currency_code, status, store_id, refunded_minor",
+    )
+    .bind(returned)
+    .bind(now)
+    .bind(order)
+    .fetch_one(&mut *conn)
+    .await?;
     Ok(Some(Finished {
         customer_id,
         currency_code,
         order_status,
+        store_id,
         refunded_minor,
         amount_minor,
         reason,

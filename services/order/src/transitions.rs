@@ -18,10 +18,15 @@ pub const LOCATION: &str = "default";
 
 /// Where `order` reserves stock: its store's location (the store id), or [`LOCATION`] online.
 pub fn location(order: &Order) -> &str {
-    if order.store_id.is_empty() {
+    location_of(&order.store_id)
+}
+
+/// The stock location of the orders of store `store_id` (empty: online, [`LOCATION`]).
+pub fn location_of(store_id: &str) -> &str {
+    if store_id.is_empty() {
         LOCATION
     } else {
-        &order.store_id
+        store_id
     }
 }
 

@@ -1,7 +1,8 @@
 //! PlaceOrder prices through campaign: a promo code's discount lands on the lines, the totals,
 //! the stored order and `order.created`; the campaign's limit holds across orders and the saga's
 //! events reserve and release its redemptions; 150 concurrent PlaceOrder calls against a usage
-//! limit of 100 get exactly 100 discounts; a campaign that is down or slow never fails an
+//! limit of 100 get exactly 100 discounts; a PlaceOrder that fails after pricing releases its
+//! hold at once; a campaign that is down or slow never fails an
 //! order: it goes at list price with `discounts_unavailable` and the fallback metric counts it
 //! (SQLite, and Postgres + Redis).
 
@@ -95,6 +96,29 @@ async fn discounts(backend: Backend) {
     .await;
     let ada = m.auth.customer_token().await;
     let bob = m.auth.customer_token().await;
+
+    // A PlaceOrder that fails after pricing (payment refuses the card) gives its hold back at
+    // once, not at the hold's expiry: the limit of 1 is free for the next order.
+    let mut refused = request(&[(&tea.id, 1)]);
+    refused.promo_code = "TENOFF".into();
+    refused.payment_method = common::card("4242");
+    let status = m
+        .orders
+        .clone()
+        .place_order(bearer(&ada, refused))
+        .await
+        .expect_err("the card is refused");
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        redemptions(&m, &ten.id).await,
+        0,
+        "the failed order's hold is released"
+    );
 
     // 2 teas and a cake: 10 % off the teas only.
     let mut req = request(&[(&tea.id, 2), (&cake.id, 1)]);

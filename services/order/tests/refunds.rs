@@ -8,14 +8,15 @@
 //! again changes nothing, another request under its key is refused, more units than are left or
 //! were bought are refused naming the field, a customer and staff of another store are refused.
 //! Staff cancelling the confirmed order refund the rest (order REFUNDED, payment REFUNDED), and
-//! a store order refunded whole comes back to its store's stock.
+//! a store order refunded whole comes back to its store's stock. A refund payment cannot pay
+//! back FAILS and the goods follow the money: its units count as sold again (the order is
+//! CONFIRMED again), inventory never takes them back and the customer is not told of a refund.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{Backend, Mesh, Payment, card, request, start_with};
-use mesh_contracts::auth::v1::{LoginRequest, Role as AuthRole, SetRolesRequest};
 use mesh_contracts::order::v1::*;
 use mesh_testkit::bearer;
 use sqlx::Row as _;
@@ -37,28 +38,7 @@ async fn place(m: &Mesh, token: &str, mut req: PlaceOrderRequest) -> Order {
 
 /// A staff account without stores: its token.
 async fn staff_token(m: &Mesh) -> String {
-    let email = format!("{}@example.com", mesh_testkit::unique("staff"));
-    let id = m.auth.sign_up(&email).await.account.expect("account").id;
-    let mut auth = m.auth.client().await;
-    auth.set_roles(bearer(
-        &m.admin,
-        SetRolesRequest {
-            account_id: id,
-            roles: vec![AuthRole::Staff as i32],
-        },
-    ))
-    .await
-    .expect("staff role");
-    auth.login(LoginRequest {
-        email,
-        password: mesh_testkit::PASSWORD.into(),
-    })
-    .await
-    .expect("login")
-    .into_inner()
-    .tokens
-    .expect("tokens")
-    .access_token
+    m.auth.store_staff_token(&[]).await.1
 }
 
 fn refund_line(product: &str, quantity: i64, disposition: StockDisposition) -> RefundLine {
@@ -109,6 +89,11 @@ fn minor(m: &Option<mesh_contracts::common::v1::Money>) -> i64 {
 
 /// Polls order `id` until its refund `refund` is COMPLETED (bounded).
 async fn until_completed(m: &Mesh, id: &str, refund: &str) -> Order {
+    until_refund(m, id, refund, RefundStatus::Completed).await
+}
+
+/// Polls order `id` until its refund `refund` is `want` (bounded).
+async fn until_refund(m: &Mesh, id: &str, refund: &str, want: RefundStatus) -> Order {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let order = m
@@ -121,12 +106,12 @@ async fn until_completed(m: &Mesh, id: &str, refund: &str) -> Order {
             .order
             .expect("order");
         let r = order.refunds.iter().find(|r| r.id == refund);
-        if r.is_some_and(|r| r.status == RefundStatus::Completed as i32) {
+        if r.is_some_and(|r| r.status == want as i32) {
             return order;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "refund {refund} of order {id} never completed: {r:?}"
+            "refund {refund} of order {id} never became {want:?}: {r:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -216,7 +201,18 @@ async fn adjustment(m: &Mesh, refund: &str, product: &str) -> Option<(i64, i64, 
         .map(|r| (r.get(0), r.get(1), r.get(2)))
 }
 
-async fn refunds(backend: Backend) {
+/// A mesh with the real payment and a CONFIRMED order of 3 apples (250 each) and a pear (100),
+/// paid (850), its stock taken: 7 apples and 4 pears left.
+struct Confirmed {
+    m: Mesh,
+    customer: String,
+    staff: String,
+    apple: mesh_contracts::product::v1::Product,
+    pear: mesh_contracts::product::v1::Product,
+    order: Order,
+}
+
+async fn confirmed(backend: Backend) -> Confirmed {
     let m = start_with(
         &backend,
         Duration::from_secs(60),
@@ -227,13 +223,31 @@ async fn refunds(backend: Backend) {
     let staff = staff_token(&m).await;
     let apple = m.product(250, "EUR", 10).await;
     let pear = m.product(100, "EUR", 5).await;
-
     let order = place(&m, &customer, request(&[(&apple.id, 3), (&pear.id, 1)])).await;
     let order = m.until(&customer, &order.id, OrderStatus::Confirmed).await;
     assert_eq!(minor(&order.total), 850);
     m.until_stock(&apple.id, (7, 0)).await;
     m.until_stock(&pear.id, (4, 0)).await;
     until_payment(&m, &order.id, ("SUCCEEDED", 0)).await;
+    Confirmed {
+        m,
+        customer,
+        staff,
+        apple,
+        pear,
+        order,
+    }
+}
+
+async fn refunds(backend: Backend) {
+    let Confirmed {
+        m,
+        customer,
+        staff,
+        apple,
+        pear,
+        order,
+    } = confirmed(backend).await;
 
     // Refused before anything is written: a customer, a bad key or reason, units not bought.
     let partial = ask(
@@ -475,5 +489,102 @@ async fn staff_refund_orders_whole_and_partly_on_sqlite() {
 async fn staff_refund_orders_whole_and_partly_on_postgres_and_redis() {
     if let Some(b) = Backend::real("order refunds") {
         refunds(b).await;
+    }
+}
+
+/// A refund payment cannot pay back: staff paid most of the payment back by hand, so the
+/// order's whole refund is refused at payment and FAILS.
+async fn failed_refund(backend: Backend) {
+    let Confirmed {
+        m,
+        staff,
+        apple,
+        pear,
+        order,
+        ..
+    } = confirmed(backend).await;
+    m.payments
+        .clone()
+        .refund(bearer(
+            &m.admin,
+            mesh_contracts::payment::v1::RefundRequest {
+                payment_id: order.payment_id.clone(),
+                amount: Some(mesh_contracts::common::v1::Money {
+                    currency_code: "EUR".into(),
+                    amount_minor: 600,
+                }),
+                reason: "goodwill, by hand".into(),
+                idempotency_key: "by-hand".into(),
+            },
+        ))
+        .await
+        .expect("a refund by hand at payment");
+    until_payment(&m, &order.id, ("PARTIALLY_REFUNDED", 600)).await;
+
+    // The whole order (850) is more than the 250 left: REFUNDED at first, then FAILED, and the
+    // sale stands again.
+    let whole = refund(&m, &staff, ask(&order.id, "all", Vec::new())).await;
+    assert_eq!(whole.order.unwrap().status, OrderStatus::Refunded as i32);
+    let failed = whole.refund.unwrap().id;
+    let after = until_refund(&m, &order.id, &failed, RefundStatus::Failed).await;
+    assert_eq!(after.status, OrderStatus::Confirmed as i32, "sold again");
+    assert_eq!(minor(&after.refunded_total), 0);
+    assert_eq!(
+        after
+            .lines
+            .iter()
+            .map(|l| l.refunded_quantity)
+            .collect::<Vec<_>>(),
+        [0, 0],
+        "the units can be refunded anew"
+    );
+    assert!(
+        after
+            .status_history
+            .last()
+            .is_some_and(|h| h.reason.contains(&failed)),
+        "{:?}",
+        after.status_history
+    );
+
+    // A pear (100 of the 250 left) goes through and comes back to stock.
+    let pear_refund = refund(
+        &m,
+        &staff,
+        ask(
+            &order.id,
+            "pear",
+            vec![refund_line(&pear.id, 1, StockDisposition::Restock)],
+        ),
+    )
+    .await
+    .refund
+    .unwrap()
+    .id;
+    until_completed(&m, &order.id, &pear_refund).await;
+    m.until_stock(&pear.id, (5, 0)).await;
+    // Inventory handles order's events in order: the pear's restock is in, so the failed
+    // refund's would be by now. Nothing of it came back.
+    for product in [&apple.id, &pear.id] {
+        assert_eq!(adjustment(&m, &failed, product).await, None);
+    }
+    assert_eq!(m.stock(&apple.id).await, (7, 0), "the apples stay sold");
+    let notices = until_notified(&m, &order.customer_id, 1).await;
+    assert!(
+        notices[0].contains("100"),
+        "only the pear's refund: {}",
+        notices[0]
+    );
+}
+
+#[tokio::test]
+async fn failed_refund_leaves_the_goods_sold_on_sqlite() {
+    failed_refund(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn failed_refund_leaves_the_goods_sold_on_postgres_and_redis() {
+    if let Some(b) = Backend::real("order failed refund") {
+        failed_refund(b).await;
     }
 }

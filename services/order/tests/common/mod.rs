@@ -152,6 +152,7 @@ mesh_testkit::test_double! {
         get_campaign(campaign_pb::GetCampaignRequest) -> campaign_pb::GetCampaignResponse;
         list_campaigns(campaign_pb::ListCampaignsRequest) -> campaign_pb::ListCampaignsResponse;
         end_campaign(campaign_pb::EndCampaignRequest) -> campaign_pb::EndCampaignResponse;
+        release_holds(campaign_pb::ReleaseHoldsRequest) -> campaign_pb::ReleaseHoldsResponse;
     }
 }
 
@@ -186,6 +187,9 @@ pub struct Mesh {
     pub products: ProductServiceClient<Channel>,
     pub inventory: InventoryServiceClient<Channel>,
     pub orders: OrderServiceClient<Channel>,
+    /// Payment (the real one or the fake, as started).
+    pub payments:
+        mesh_contracts::payment::v1::payment_service_client::PaymentServiceClient<Channel>,
 }
 
 impl Drop for Mesh {
@@ -414,6 +418,9 @@ pub async fn start_campaign_timeout(
         products: ProductServiceClient::new(testing::channel(product_addr).await),
         inventory: InventoryServiceClient::new(testing::channel(inventory_addr).await),
         orders: OrderServiceClient::new(testing::channel(order_addr).await),
+        payments: mesh_contracts::payment::v1::payment_service_client::PaymentServiceClient::new(
+            testing::channel(payment_addr).await,
+        ),
         auth,
     }
 }
