@@ -31,12 +31,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, FreshDatabase, Redis};
-use mesh_contracts::auth::v1::SignUpRequest;
-use mesh_contracts::auth::v1::auth_service_client::AuthServiceClient;
-use mesh_contracts::common::v1::{
-    Money, PaymentCard, PaymentMethod, PostalAddress, payment_method,
-};
+use cluster::{Cluster, FreshDatabase, Redis, SAGA_SERVICES as SERVICES, retryable, sign_up};
+use mesh_contracts::common::v1::{Money, payment_method};
 use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_contracts::inventory::v1::{AdjustStockRequest, AdjustmentReason};
 use mesh_contracts::order::v1::order_service_client::OrderServiceClient;
@@ -48,15 +44,6 @@ use sqlx::Row as _;
 use tokio::sync::Mutex;
 use tonic::Code;
 
-const SERVICES: &[&str] = &[
-    "auth",
-    "user",
-    "product",
-    "inventory",
-    "payment",
-    "notification",
-    "order",
-];
 const ORDERS: usize = 500;
 /// Good-card orders placed while inventory is killed (phase 1).
 const KILL_ORDERS: usize = 60;
@@ -64,36 +51,8 @@ const CLIENTS: usize = 25;
 const PRODUCTS: usize = 12;
 const STOCK_EACH: i64 = 100;
 const ADMIN: &str = "admin@example.com";
-const PASSWORD: &str = "correct horse battery";
 const GOOD_CARD: &str = "4242424242424242";
 const DECLINED_CARD: &str = "4000000000000002";
-
-async fn sign_up(c: &Cluster, email: &str) -> (String, String) {
-    let r = AuthServiceClient::new(c.channel("auth").await)
-        .sign_up(SignUpRequest {
-            email: email.into(),
-            password: PASSWORD.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("sign up")
-        .into_inner();
-    let tokens = r.tokens.expect("tokens");
-    let account = r.account.map(|a| a.id).unwrap_or_default();
-    (tokens.access_token, account)
-}
-
-fn retryable(code: Code) -> bool {
-    !matches!(
-        code,
-        Code::InvalidArgument
-            | Code::NotFound
-            | Code::FailedPrecondition
-            | Code::AlreadyExists
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-    )
-}
 
 /// Places one order, retrying transient failures with the same idempotency key.
 async fn place(
@@ -125,23 +84,7 @@ fn order_request(products: &[String], n: usize) -> PlaceOrderRequest {
                 quantity: 1 + ((n + i) % 3) as i64,
             })
             .collect(),
-        shipping_address: Some(PostalAddress {
-            recipient_name: "Fault Tester".into(),
-            address_lines: vec!["1 Chaos Road".into()],
-            region_code: "DE".into(),
-            ..Default::default()
-        }),
-        payment_method: Some(PaymentMethod {
-            method: Some(payment_method::Method::Card(PaymentCard {
-                number: card.into(),
-                expiry: "12/39".into(),
-                cvc: "123".into(),
-                holder_name: "Fault Tester".into(),
-            })),
-        }),
-        promo_code: String::new(),
-        currency_code: String::new(),
-        store_id: String::new(),
+        ..cluster::order_request(card)
     }
 }
 

@@ -1,6 +1,7 @@
 //! A mesh of separate `mesh serve <service>` processes (the real binary) on a fresh Postgres
 //! database and a Redis server of its own (AOF on, fsync always, in a temporary folder), with
-//! SIGKILL and restart of any service or of Redis. Used by the fault test.
+//! SIGKILL and restart of any service or of Redis. Used by the fault tests (the saga's and the
+//! refund path's).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -327,4 +328,75 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The services of the order saga and its refunds (campaign left out: order then prices at list
+/// price).
+pub const SAGA_SERVICES: &[&str] = &[
+    "auth",
+    "user",
+    "product",
+    "inventory",
+    "payment",
+    "notification",
+    "order",
+];
+
+/// An order request without lines and key, shipped to a test address and paid with the raw
+/// card `card` (fill in `idempotency_key` and `lines`).
+pub fn order_request(card: &str) -> mesh_contracts::order::v1::PlaceOrderRequest {
+    use mesh_contracts::common::v1::{PaymentCard, PaymentMethod, PostalAddress, payment_method};
+    mesh_contracts::order::v1::PlaceOrderRequest {
+        shipping_address: Some(PostalAddress {
+            recipient_name: "Fault Tester".into(),
+            address_lines: vec!["1 Chaos Road".into()],
+            region_code: "DE".into(),
+            ..Default::default()
+        }),
+        payment_method: Some(PaymentMethod {
+            method: Some(payment_method::Method::Card(PaymentCard {
+                number: card.into(),
+                expiry: "12/39".into(),
+                cvc: "123".into(),
+                holder_name: "Fault Tester".into(),
+            })),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The password of the accounts [`sign_up`] makes.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// Signs `email` up at the cluster's auth: its access token and account id.
+pub async fn sign_up(c: &Cluster, email: &str) -> (String, String) {
+    use mesh_contracts::auth::v1::SignUpRequest;
+    use mesh_contracts::auth::v1::auth_service_client::AuthServiceClient;
+    let r = AuthServiceClient::new(c.channel("auth").await)
+        .sign_up(SignUpRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("sign up")
+        .into_inner();
+    let tokens = r.tokens.expect("tokens");
+    let account = r.account.map(|a| a.id).unwrap_or_default();
+    (tokens.access_token, account)
+}
+
+/// Whether a call that failed with `code` may succeed when made again (a process down or
+/// restarting), as opposed to a refusal.
+pub fn retryable(code: tonic::Code) -> bool {
+    use tonic::Code;
+    !matches!(
+        code,
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::FailedPrecondition
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+    )
 }
