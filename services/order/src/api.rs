@@ -7,8 +7,8 @@
 //! for any customer, but only on the orders of their stores (`Identity::store_scope`, the token's
 //! `stores` claim) and on online orders (no store, served by no store in particular): reading,
 //! listing, cancelling and refunding another store's order is `PERMISSION_DENIED` naming `id`
-//! (staff are employees, so the order's store is named), asking ListOrders for another store
-//! names `store_id`, and a ListOrders without a store lists only their stores' and online orders,
+//! (staff are employees, so the order's store is named), placing an order at or listing
+//! another store names `store_id`, and a ListOrders without a store lists only their stores' and online orders,
 //! filtered in SQL so pages stay full and page tokens stay exact (`docs/identity.md`).
 
 use mesh_contracts::events::v1::CancelReason;
@@ -117,27 +117,34 @@ impl Caller {
         self.may_see(field, order)
     }
 
+    /// `Ok` when the caller may act at store `store_id` (the value of `field`): customers (who
+    /// order and list their own orders anywhere), admins and services; staff at their stores.
+    /// Else `PERMISSION_DENIED` naming `field`.
+    pub fn may_act_at(&self, field: &str, store_id: &str) -> Result<()> {
+        if !self.privileged || self.may_use_store(store_id) {
+            return Ok(());
+        }
+        Err(OrderError::denied(
+            field,
+            format!("store `{store_id}` is not one of the caller's stores"),
+        ))
+    }
+
     /// The stores a listing is confined to, given its requested `store_id` (`field`, already
-    /// validated; `None` = no store asked): `None` lists every store; `Some(stores)` only online
-    /// orders and those of `stores`. A store outside a staff member's scope is
-    /// `PERMISSION_DENIED` naming `field`.
+    /// validated; `None` = no store asked): `None` lists every store (or, for customers, their
+    /// own orders anywhere); `Some(stores)` only online orders and those of `stores`. A store
+    /// outside a staff member's scope is `PERMISSION_DENIED` naming `field`.
     pub fn listing_scope(
         &self,
         field: &str,
         requested: Option<&str>,
     ) -> Result<Option<Vec<String>>> {
         if !self.privileged {
-            // Customers list their own orders only (the customer filter).
             return Ok(None);
         }
-        match (requested, &self.stores) {
-            (_, None) => Ok(None),
-            (Some(store), Some(_)) if self.may_use_store(store) => Ok(None),
-            (Some(store), Some(_)) => Err(OrderError::denied(
-                field,
-                format!("store `{store}` is not one of the caller's stores"),
-            )),
-            (None, Some(stores)) => Ok(Some(stores.clone())),
+        match requested {
+            Some(store) => self.may_act_at(field, store).map(|()| None),
+            None => Ok(self.stores.clone()),
         }
     }
 }
@@ -168,6 +175,10 @@ impl OrderApi {
                     "required when staff or a service places an order",
                 )
             })?;
+        if !req.store_id.trim().is_empty() {
+            let store = validate::store("store_id", &req.store_id)?;
+            caller.may_act_at("store_id", &store)?;
+        }
         self.placer.place(&customer, &req).await
     }
 

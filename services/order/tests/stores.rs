@@ -262,6 +262,24 @@ async fn store_staff(backend: Backend) {
     assert_eq!(list_paged(&m, &customer, "").await.len(), 4);
     assert!(list_paged(&m, &stranger, "").await.is_empty());
 
+    // Placing: at their stores and online; another store's is refused naming `store_id`.
+    let mut elsewhere = request(&[(&cola.id, 1)]);
+    elsewhere.customer_id = "walk-in".into();
+    elsewhere.store_id = "munich".into();
+    denied(
+        m.orders
+            .clone()
+            .place_order(bearer(&berlin_staff, elsewhere.clone()))
+            .await,
+        "store_id",
+    );
+    elsewhere.store_id = "berlin-hbf".into();
+    m.orders
+        .clone()
+        .place_order(bearer(&berlin_staff, elsewhere))
+        .await
+        .expect("staff place orders at their store");
+
     // Cancelling: another store's order is refused and stays as it was; their own is cancelled.
     denied(cancel(&m, &berlin_staff, munich).await, "id");
     let kept = get(&m, &m.admin, munich)
