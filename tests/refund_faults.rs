@@ -126,14 +126,20 @@ async fn refund_through_abort(
     order: &(String, Vec<String>),
     n: usize,
 ) -> (String, bool) {
-    c.restart_with(service, &[("MESH_FAULT_ABORT_AFTER_COMMIT", &format!("{service}:1"))])
-        .await;
+    c.restart_with(
+        service,
+        &[("MESH_FAULT_ABORT_AFTER_COMMIT", &format!("{service}:1"))],
+    )
+    .await;
     let orders = OrderServiceClient::new(c.channel("order").await);
     let req = refund_request(&order.0, &order.1, n);
     let first = if service == "order" {
         // The process dies inside this call: its answer is lost, the refund committed.
         let lost = orders.clone().refund_order(bearer(admin, req)).await;
-        assert!(lost.is_err(), "order answered although armed to abort: {lost:?}");
+        assert!(
+            lost.is_err(),
+            "order answered although armed to abort: {lost:?}"
+        );
         None
     } else {
         Some(refund(&orders, admin, order, n).await)
@@ -171,7 +177,11 @@ async fn problems(db: &sqlx::PgPool, refunds: &BTreeMap<String, (String, usize)>
         amounts.insert(id, r.get::<i64, _>("amount_minor"));
     }
     if rows.len() != refunds.len() {
-        problems.push(format!("{} order refunds for {} asked", rows.len(), refunds.len()));
+        problems.push(format!(
+            "{} order refunds for {} asked",
+            rows.len(),
+            refunds.len()
+        ));
     }
     // Payment: one refund per order refund, SUCCEEDED, the amount asked; one at the processor;
     // one ledger entry.
@@ -416,7 +426,11 @@ async fn run(base_url: String) {
         refunds.insert(id, (placed[n].0.clone(), n));
         aborts.push((service, aborted));
     }
-    for (victim, range) in [("inventory", 3..6), ("notification", 6..9), ("payment", 9..11)] {
+    for (victim, range) in [
+        ("inventory", 3..6),
+        ("notification", 6..9),
+        ("payment", 9..11),
+    ] {
         c.kill(victim);
         let orders = OrderServiceClient::new(c.channel("order").await);
         for n in range {

@@ -17,6 +17,7 @@ use mesh_contracts::inventory::v1::AdjustmentReason;
 use mesh_contracts::order::v1::StockDisposition;
 use mesh_runtime::consumer::{EventHandler, HandlerError};
 use mesh_runtime::outbox::{Event, Tx};
+use mesh_runtime::payload::DecodePayload;
 
 use crate::error::InventoryError;
 use crate::saga::SagaOptions;
@@ -51,7 +52,7 @@ impl EventHandler for Return {
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let e: OrderRefunded = crate::saga::decode(event)?;
+            let e: OrderRefunded = event.decode_payload()?;
             let refund = validate::reference("refund_id", &e.refund_id)
                 .map_err(|err| permanent(event, err))?;
             let location = validate::location_id("location_id", &e.location_id, true)
