@@ -44,6 +44,8 @@ PATHS = [
     ("/v1/auth:login", "/v1/auth:login"),
     # Found by CI's fuzz run: `**` as the whole path before a verb (the renderer gave `/:v`).
     ("/**:2ogviln", "/x:2ogviln"),
+    # Found by a long run: a `**` variable over zero segments before a verb (rendered `/v1/:get`).
+    ("/v1/{name=**}:get", "/v1:get"),
 ]
 for i, (template, path) in enumerate(PATHS):
     write("path_template", f"seed-{i:02}", f"{template}\n{path}")

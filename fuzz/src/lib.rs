@@ -46,7 +46,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// `**` outside a variable as nothing (or as `x` when nothing else precedes a verb: a verb must
 /// follow a segment, so `/**:v` matches `/x:v` but not `/:v`), a single-segment value
 /// percent-encoded whole (its `/` included), a multi-segment value split at `/` and each part
-/// percent-encoded.
+/// percent-encoded (an empty one as nothing).
 pub fn render(template: &PathTemplate, values: &[String]) -> String {
     let mut out = String::new();
     let mut k = 0;
@@ -60,10 +60,14 @@ pub fn render(template: &PathTemplate, values: &[String]) -> String {
             let value = values.get(n).map(String::as_str).unwrap_or_default();
             let single =
                 variable.end - variable.start == 1 && template.segments[k] != Segment::Multi;
-            out.push('/');
             if single {
+                out.push('/');
                 out.extend(utf8_percent_encode(value, SEGMENT));
+            } else if value.is_empty() {
+                // A multi-segment variable that bound nothing (`{name=**}` over zero segments)
+                // adds nothing, as a bare `**` does: `/v1/{name=**}:get` matched `/v1:get`.
             } else {
+                out.push('/');
                 let parts: Vec<String> = value
                     .split('/')
                     .map(|p| utf8_percent_encode(p, SEGMENT).to_string())
