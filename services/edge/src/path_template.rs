@@ -9,7 +9,8 @@
 //! FieldPath = IDENT { "." IDENT } ;
 //! Verb     = ":" LITERAL ;
 //! ```
-//! `{x}` is `{x=*}`; `**` matches zero or more segments and must be the last segment. A
+//! `{x}` is `{x=*}`; `**` matches zero or more segments and must be the last segment. A literal
+//! holds no percent-escape (it matches a request segment written as it is or percent-encoded). A
 //! single-segment variable's value is fully percent-decoded; a multi-segment one keeps `%2F`
 //! encoded (the spec's reserved expansion) so that its `/` separators stay meaningful.
 
@@ -104,6 +105,14 @@ impl Parser<'_> {
         while let Some(c) = self.peek() {
             if c == b'/' || c == b'}' || (c == b':' && !in_variable) {
                 break;
+            }
+            // A literal is compared with the request's segment as written or percent-decoded;
+            // an escape in the literal itself would have two spellings to compare, and the
+            // contracts never need one.
+            if c == b'%' {
+                return Err(self.error(
+                    "a percent-escape is not allowed in a template literal; write the character itself",
+                ));
             }
             if c == b'{' {
                 return Err(self.error(if in_variable {
@@ -467,6 +476,8 @@ mod tests {
             "/v1/x:a/b",
             "/v1/x?y",
             "/v1/{}",
+            "/v1/a%41/x",
+            "/v1/{name=m%1ach/*}",
         ] {
             assert!(
                 PathTemplate::parse(bad).is_err(),

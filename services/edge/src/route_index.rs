@@ -134,7 +134,7 @@ mod tests {
             "/v1/stores/{id}",
             "/v1/stores",
             "/v1/{name=stores/*}/machines",
-            "/v1/a%20b",
+            "/v1/a@b",
             "/v1/{name=**}",
             "/{x}",
             "/**",
@@ -148,6 +148,8 @@ mod tests {
             "/v1/stores%2Fs1",
             "/v1/a%20b",
             "/v1/a%2520b",
+            "/v1/a%40b",
+            "/v1/a@b",
             "/v1/x/y/z:get",
             "/v1",
             "/v2",
@@ -171,8 +173,8 @@ mod tests {
         proptest! {
             #[test]
             fn the_index_agrees_with_a_scan(
-                templates in proptest::collection::vec("(/([a-c]|b%61|\\*|\\*\\*|\\{[xyz]\\})){1,4}(:[a-c]{1,2})?", 1..8),
-                path in "(/([a-c:%0-9F]{0,4}|b%2561|b%61|b%6[01])){0,5}",
+                templates in proptest::collection::vec("(/([a-c]|b@|\\*|\\*\\*|\\{[xyz]\\})){1,4}(:[a-c]{1,2})?", 1..8),
+                path in "(/([a-c:%0-9F]{0,4}|b%2561|b%61|b%6[01]|b%40|b@)){0,5}",
             ) {
                 let parsed: Vec<PathTemplate> = templates
                     .iter()
