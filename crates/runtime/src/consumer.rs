@@ -459,19 +459,7 @@ impl Consumer {
                 handled.push(false);
                 continue;
             }
-            tx.cause = Some(Cause {
-                event_id: w.envelope.id.clone(),
-                correlation_id: w.envelope.correlation_id.clone(),
-            });
-            let result = self
-                .in_span(
-                    &w.envelope,
-                    w.attempt,
-                    w.handler.handle(&w.envelope, &mut tx),
-                )
-                .await;
-            tx.cause = None;
-            result?;
+            self.run_handler(w, &mut tx).await?;
             if tx
                 .handled
                 .as_ref()
@@ -494,6 +482,20 @@ impl Consumer {
         Ok(Some(handled))
     }
 
+    /// Runs `w`'s handler in `tx`, in its `event` span, with the event as the cause of what it
+    /// emits.
+    async fn run_handler(&self, w: &Work, tx: &mut Tx) -> Result<(), HandlerError> {
+        tx.cause = Some(Cause {
+            event_id: w.envelope.id.clone(),
+            correlation_id: w.envelope.correlation_id.clone(),
+        });
+        let result = self
+            .in_span(&w.envelope, w.attempt, w.handler.handle(&w.envelope, tx))
+            .await;
+        tx.cause = None;
+        result
+    }
+
     /// The record-first path of [`Consumer::handle_group`]: records the ids and runs the handlers in one
     /// transaction without savepoints, and commits. Says for each of `work` whether it was
     /// handled for the first time (`false`: a duplicate); `Err` means nothing was committed.
@@ -508,19 +510,7 @@ impl Consumer {
                 handled.push(false);
                 continue;
             }
-            tx.cause = Some(Cause {
-                event_id: w.envelope.id.clone(),
-                correlation_id: w.envelope.correlation_id.clone(),
-            });
-            let result = self
-                .in_span(
-                    &w.envelope,
-                    w.attempt,
-                    w.handler.handle(&w.envelope, &mut tx),
-                )
-                .await;
-            tx.cause = None;
-            result?;
+            self.run_handler(w, &mut tx).await?;
             handled.push(true);
         }
         tx.commit().await?;
