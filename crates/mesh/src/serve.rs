@@ -124,7 +124,10 @@ pub(crate) async fn start(
     let readiness = Readiness::new();
     let shutdown = CancellationToken::new();
     let tls = tls_material()?;
-    let supervisor = Supervisor::new(readiness.clone(), shutdown.clone());
+    let supervisor = Supervisor::new(readiness.clone(), shutdown.clone()).with_metrics(&metrics);
+    // The runtime's helper tasks (DNS refresh, EndpointSlice watch, Redis probe and heartbeat)
+    // count their restarts here and turn readiness off under `mesh` while one keeps failing.
+    mesh_runtime::helper_task::report_to(readiness.clone(), &metrics);
     if let Some(tls) = &tls {
         // The process's certificate reload, supervised like a service's task (restarted after
         // a panic, `/readyz` naming it if it keeps failing) under the process's name.
@@ -308,6 +311,8 @@ impl Running {
                 }
             }
         };
+        // What ignores shutdown is aborted (and logged by name) after the grace period, so
+        // it cannot keep the process alive.
         tokio::join!(servers, self.supervisor.drain(self.grace));
         match failure {
             Some(e) => Err(e),

@@ -9,7 +9,9 @@
 //! - [`module`]: the module-table row and build context a service crate provides and receives;
 //!   [`settings`]: a module's own settings, declared once, read and checked all together;
 //! - [`lifecycle`]: a service's background tasks, supervised (restarted with backoff, readiness
-//!   off while one keeps failing or the database is unreachable, drained on shutdown);
+//!   off while one keeps failing or the database is unreachable, drained on shutdown, aborted
+//!   after the grace period) by the rule of [`restart`], which the runtime's [`helper_task`]s
+//!   follow too; [`tracker`]: its short-lived tasks; [`task_restarts`]: the restart counter;
 //!   [`work_queue`]: the durable work queue they run on (hand-off in process, due scans,
 //!   retries after transient errors);
 //! - data and events (see `docs/events.md`): [`storage`] (a database per service, migrations),
@@ -59,6 +61,7 @@ pub mod redis_guard;
 pub mod reflection;
 pub mod relay;
 pub mod resilience;
+pub mod restart;
 pub mod sampler;
 pub mod server;
 pub mod settings;
@@ -66,9 +69,11 @@ pub mod shed;
 pub mod shutdown;
 pub mod spans;
 pub mod storage;
+pub mod task_restarts;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
+pub mod tracker;
 pub mod work_queue;
 
 pub use call_context::CallContext;

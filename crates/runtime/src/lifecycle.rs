@@ -1,10 +1,11 @@
 //! A service's background work, supervised: a service declares its long-lived tasks (a
 //! [`crate::work_queue::WorkQueue`], its event consumer, a loop of its own) with
 //! [`ServiceContext::background`](crate::ServiceContext::background), and the process's
-//! [`Supervisor`] runs them.
+//! [`Supervisor`] runs them by the restart rule of [`crate::restart`].
 //!
-//! - A task that fails (returns an error or panics) is logged with its cause and restarted after
-//!   a backoff that grows from [`SupervisorOptions::initial_backoff`] to
+//! - A task that fails (returns an error or panics) is logged with its cause, counted in
+//!   `mesh_task_restarts_total{service,task}` ([`Supervisor::with_metrics`]) and restarted
+//!   after a backoff that grows from [`SupervisorOptions::initial_backoff`] to
 //!   [`SupervisorOptions::max_backoff`].
 //! - After [`SupervisorOptions::failures_before_unready`] failures in a row, the service is
 //!   reported not ready (`/readyz` 503, its port's `grpc.health.v1` `NOT_SERVING`) with the
@@ -12,69 +13,32 @@
 //!   [`SupervisorOptions::stable_after`] without failing, the count resets and readiness returns.
 //! - A task that returns `Ok` has finished its work and is not restarted.
 //! - On shutdown every task sees its cancellation token; [`Supervisor::drain`] waits for them
-//!   within the grace period and aborts what is left.
-//! - [`Supervisor::tracker`] gives a service a [`TaskTracker`] for short-lived work that may
+//!   within the grace period, then aborts what is left (a task that ignores its token, a
+//!   tracked task still running), logs each by name, and returns.
+//! - [`Supervisor::tracker`] gives a service a [`Tracker`] for short-lived work that may
 //!   outlive the call that started it (vm's vend drive, the gateway's per-connection tasks):
 //!   not restarted, but owned: on shutdown the tracker is closed and [`Supervisor::drain`] waits
-//!   for its tasks within the same grace period.
+//!   for its tasks within the same grace period and aborts them after it.
 //! - [`Supervisor::watch_database`] checks the service's database periodically with a cheap
 //!   query and reports it not ready while the database cannot be reached.
 //!
 //! A fault switch `task/<name>:error=<rate>` (see [`crate::faults`]) makes task `<name>` fail,
-//! for tests and drills.
+//! for tests and drills. The runtime's helper tasks ([`crate::helper_task`]) follow the same
+//! rule under the service `mesh`.
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures::FutureExt as _;
-use futures::future::BoxFuture;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use crate::restart::{Report, Rule, supervise};
+pub use crate::restart::{Task, TaskError};
 use crate::storage::Database;
-
-/// Why a background task stopped.
-pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Starts one run of a task with the token that tells it to stop.
-type Start =
-    Arc<dyn Fn(CancellationToken) -> BoxFuture<'static, Result<(), TaskError>> + Send + Sync>;
-
-/// A declared background task: a name (unique within its service) and how to start a run of it.
-#[derive(Clone)]
-pub struct Task {
-    name: String,
-    start: Start,
-}
-
-impl std::fmt::Debug for Task {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Task").field("name", &self.name).finish()
-    }
-}
-
-impl Task {
-    /// A task named `name`; `start` is called again for every restart.
-    pub fn new<F, Fut>(name: impl Into<String>, start: F) -> Self
-    where
-        F: Fn(CancellationToken) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
-    {
-        Self {
-            name: name.into(),
-            start: Arc::new(move |stop| start(stop).boxed()),
-        }
-    }
-
-    /// Its name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
+use crate::task_restarts::TaskRestarts;
+use crate::tracker::Tracker;
 
 /// Restart and readiness policy of a [`Supervisor`].
 #[derive(Debug, Clone, Copy)]
@@ -96,22 +60,44 @@ pub struct SupervisorOptions {
 
 impl Default for SupervisorOptions {
     fn default() -> Self {
+        let rule = Rule::default();
         Self {
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(30),
-            failures_before_unready: 3,
-            stable_after: Duration::from_secs(5),
+            initial_backoff: rule.initial_backoff,
+            max_backoff: rule.max_backoff,
+            failures_before_unready: rule.failures_before_unready,
+            stable_after: rule.stable_after,
             database_check_every: Duration::from_secs(2),
             database_check_timeout: Duration::from_secs(2),
         }
     }
 }
 
+impl SupervisorOptions {
+    /// The restart rule these options give.
+    pub(crate) fn rule(&self) -> Rule {
+        Rule {
+            initial_backoff: self.initial_backoff,
+            max_backoff: self.max_backoff,
+            failures_before_unready: self.failures_before_unready,
+            stable_after: self.stable_after,
+        }
+    }
+}
+
+/// A task the supervisor owns: its name (`<service>/<task>`) for the drain's log, its handle,
+/// and for a tracker's waiter the tracker whose tasks are aborted with it.
+struct Owned {
+    name: String,
+    handle: JoinHandle<()>,
+    tracker: Option<Tracker>,
+}
+
 struct Inner {
     readiness: Readiness,
     options: SupervisorOptions,
     shutdown: CancellationToken,
-    handles: Mutex<Vec<JoinHandle<()>>>,
+    restarts: OnceLock<TaskRestarts>,
+    owned: Mutex<Vec<Owned>>,
 }
 
 /// Runs and restarts the background tasks of the services of one process. Cheap to clone.
@@ -145,9 +131,17 @@ impl Supervisor {
                 readiness,
                 options,
                 shutdown,
-                handles: Mutex::new(Vec::new()),
+                restarts: OnceLock::new(),
+                owned: Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// Counts restarts in `metrics` (`mesh_task_restarts_total{service,task}`, see
+    /// [`crate::task_restarts`]) from now on; a supervisor already counting keeps its registry.
+    pub fn with_metrics(self, metrics: &Metrics) -> Self {
+        let _ = self.inner.restarts.set(TaskRestarts::of(metrics));
+        self
     }
 
     /// The readiness it reports into.
@@ -155,40 +149,57 @@ impl Supervisor {
         &self.inner.readiness
     }
 
+    fn own(&self, owned: Owned) {
+        let mut all = self.inner.owned.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|o| !o.handle.is_finished());
+        all.push(owned);
+    }
+
     /// Starts `task` of `service` under supervision.
     pub fn start(&self, service: &str, task: Task) {
+        let name = format!("{service}/{}", task.name());
+        let inner = self.inner.clone();
+        let report = move || {
+            Some(Report {
+                readiness: inner.readiness.clone(),
+                restarts: inner.restarts.get().cloned(),
+            })
+        };
         let run = supervise(
             service.to_string(),
             task,
-            self.inner.readiness.clone(),
-            self.inner.options,
+            self.inner.options.rule(),
             self.inner.shutdown.clone(),
+            report,
         );
-        let handle = tokio::spawn(run);
-        let mut handles = self.inner.handles.lock().unwrap_or_else(|e| e.into_inner());
-        handles.retain(|h| !h.is_finished());
-        handles.push(handle);
+        self.own(Owned {
+            name,
+            handle: tokio::spawn(run),
+            tracker: None,
+        });
     }
 
-    /// A tracker for `service`'s short-lived tasks named `name` (spawn them with
-    /// [`TaskTracker::spawn`]): on shutdown it is closed and [`drain`](Self::drain) waits for
-    /// its tasks like for the supervised ones, aborting them after the grace period.
-    pub fn tracker(&self, service: &str, name: &str) -> TaskTracker {
-        let tracker = TaskTracker::new();
+    /// A tracker for `service`'s short-lived tasks named `name`: on shutdown it is closed and
+    /// [`drain`](Self::drain) waits for its tasks like for the supervised ones, aborting those
+    /// still running after the grace period.
+    pub fn tracker(&self, service: &str, name: &str) -> Tracker {
+        let tracker = Tracker::new();
         let owned = tracker.clone();
         let shutdown = self.inner.shutdown.clone();
-        let (service, name) = (service.to_string(), name.to_string());
+        let (svc, tasks) = (service.to_string(), name.to_string());
         let handle = tokio::spawn(async move {
             shutdown.cancelled().await;
             owned.close();
             if !owned.is_empty() {
-                tracing::info!(%service, tasks = %name, running = owned.len(), "waiting for tracked tasks");
+                tracing::info!(service = %svc, %tasks, running = owned.len(), "waiting for tracked tasks");
             }
             owned.wait().await;
         });
-        let mut handles = self.inner.handles.lock().unwrap_or_else(|e| e.into_inner());
-        handles.retain(|h| !h.is_finished());
-        handles.push(handle);
+        self.own(Owned {
+            name: format!("{service}/{name}"),
+            handle,
+            tracker: Some(tracker.clone()),
+        });
         tracker
     }
 
@@ -212,116 +223,24 @@ impl Supervisor {
     }
 
     /// Waits (at most `grace`) for every task to stop after shutdown began, then aborts the
-    /// rest. Call after cancelling the shutdown token.
-    pub async fn drain(&self, grace: Duration) {
-        let handles =
-            std::mem::take(&mut *self.inner.handles.lock().unwrap_or_else(|e| e.into_inner()));
-        let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
-        let all = futures::future::join_all(handles);
-        if tokio::time::timeout(grace, all).await.is_err() {
-            tracing::warn!(grace = ?grace, "background tasks still running after the grace period; aborting them");
-            for a in aborts {
-                a.abort();
-            }
+    /// rest, each logged by name (`<service>/<task>`, with how many tracked tasks a tracker
+    /// still had), and returns their names. A task that ignores its token cannot keep the
+    /// process alive past the grace period. Call after cancelling the shutdown token.
+    pub async fn drain(&self, grace: Duration) -> Vec<String> {
+        let mut owned =
+            std::mem::take(&mut *self.inner.owned.lock().unwrap_or_else(|e| e.into_inner()));
+        let all = futures::future::join_all(owned.iter_mut().map(|o| &mut o.handle));
+        if tokio::time::timeout(grace, all).await.is_ok() {
+            return Vec::new();
         }
-    }
-}
-
-/// The readiness source of a task.
-fn source(task: &str) -> String {
-    format!("task:{task}")
-}
-
-/// Runs `task` until it finishes or `shutdown`, restarting it after failures.
-async fn supervise(
-    service: String,
-    task: Task,
-    readiness: Readiness,
-    options: SupervisorOptions,
-    shutdown: CancellationToken,
-) {
-    let mut failures: u32 = 0;
-    let mut backoff = options.initial_backoff;
-    while !shutdown.is_cancelled() {
-        let stop = shutdown.child_token();
-        let run = AssertUnwindSafe((task.start)(stop.clone())).catch_unwind();
-        tokio::pin!(run);
-        let stable = tokio::time::sleep(options.stable_after);
-        tokio::pin!(stable);
-        let mut stable_done = false;
-        let outcome: Result<(), String> = loop {
-            tokio::select! {
-                r = &mut run => break match r {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(format!("failed: {e}")),
-                    Err(panic) => Err(format!("panicked: {}", crate::helper_task::panic_message(&panic))),
-                },
-                () = &mut stable, if !stable_done => {
-                    stable_done = true;
-                    if failures > 0 {
-                        tracing::info!(service = %service, task = %task.name, "background task recovered");
-                        failures = 0;
-                        backoff = options.initial_backoff;
-                        readiness.clear_problem(&service, &source(&task.name));
-                    }
-                }
-                cause = injected_fault(&service, &task.name) => {
-                    // Stop the run (it sees its token), then count the failure.
-                    stop.cancel();
-                    let _ = tokio::time::timeout(Duration::from_secs(1), &mut run).await;
-                    break Err(cause);
-                }
-            }
-        };
-        if shutdown.is_cancelled() {
-            break;
+        let mut aborted = Vec::new();
+        for o in owned.into_iter().filter(|o| !o.handle.is_finished()) {
+            let tracked = o.tracker.as_ref().map_or(0, Tracker::abort_all);
+            tracing::warn!(task = %o.name, tracked, grace = ?grace, "still running after the grace period; aborted");
+            o.handle.abort();
+            aborted.push(o.name);
         }
-        let cause = match outcome {
-            Ok(()) => {
-                tracing::info!(service = %service, task = %task.name, "background task finished");
-                readiness.clear_problem(&service, &source(&task.name));
-                return;
-            }
-            Err(cause) => cause,
-        };
-        failures = failures.saturating_add(1);
-        tracing::error!(
-            service = %service,
-            task = %task.name,
-            failures,
-            retry_in = ?backoff,
-            cause = %cause,
-            "background task {cause}; restarting"
-        );
-        if failures >= options.failures_before_unready {
-            readiness.set_problem(
-                &service,
-                &source(&task.name),
-                format!(
-                    "background task `{}` {cause} ({failures} times in a row)",
-                    task.name
-                ),
-            );
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(options.max_backoff);
-    }
-}
-
-/// Resolves when the fault switch `task/<task>` of `service` fires (checked every 100 ms).
-async fn injected_fault(service: &str, task: &str) -> String {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tick.tick().await;
-        if let Some(rule) = crate::faults::global().task_fault(service, task)
-            && rule.error_rate > 0.0
-            && rand::random::<f64>() < rule.error_rate
-        {
-            return "failed: fault injected by a fault switch".to_string();
-        }
+        aborted
     }
 }
 
@@ -420,7 +339,9 @@ mod tests {
         let readiness = Readiness::new();
         readiness.set("svc", true);
         let shutdown = CancellationToken::new();
-        let sup = Supervisor::with_options(readiness.clone(), shutdown.clone(), options());
+        let metrics = Metrics::new();
+        let sup = Supervisor::with_options(readiness.clone(), shutdown.clone(), options())
+            .with_metrics(&metrics);
         let runs = Arc::new(AtomicU32::new(0));
         sup.start("svc", flaky(runs.clone(), 4));
 
@@ -435,6 +356,11 @@ mod tests {
         assert!(!readiness.is_ready());
         until(|| readiness.is_ready()).await;
         assert_eq!(runs.load(Ordering::SeqCst), 5);
+        assert_eq!(
+            TaskRestarts::of(&metrics).get("svc", "flaky"),
+            4,
+            "each failure counted as a restart"
+        );
 
         shutdown.cancel();
         sup.drain(Duration::from_secs(1)).await;
@@ -458,7 +384,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn drain_waits_for_tracked_tasks_then_aborts_them_after_the_grace() {
+    async fn drain_waits_for_tracked_tasks() {
         let shutdown = CancellationToken::new();
         let sup = Supervisor::with_options(Readiness::new(), shutdown.clone(), options());
         let tracker = sup.tracker("svc", "vends");
@@ -479,18 +405,75 @@ mod tests {
             "the drain waits for the tracked task"
         );
         release.send(()).unwrap();
-        drain.await;
+        assert!(drain.await.is_empty(), "nothing aborted");
         assert_eq!(finished.load(Ordering::SeqCst), 1, "it ran to its end");
+    }
 
-        // One that never ends is aborted once the grace period is over.
+    /// Counts the drops of the run that holds it.
+    struct Dropped(Arc<AtomicU32>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_ignores_shutdown_is_aborted_after_the_grace_and_the_drain_returns() {
         let shutdown = CancellationToken::new();
         let sup = Supervisor::with_options(Readiness::new(), shutdown.clone(), options());
         let tracker = sup.tracker("svc", "stuck");
-        tracker.spawn(std::future::pending::<()>());
+        let stuck = tracker.spawn(std::future::pending::<()>());
+        let dropped = Arc::new(AtomicU32::new(0));
+        let d = dropped.clone();
+        sup.start(
+            "svc",
+            Task::new("deaf", move |_stop| {
+                let held = Dropped(d.clone());
+                async move {
+                    let _held = held;
+                    std::future::pending::<Result<(), TaskError>>().await
+                }
+            }),
+        );
+        sup.start(
+            "svc",
+            Task::new("polite", |stop| async move {
+                stop.cancelled().await;
+                Ok(())
+            }),
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
         shutdown.cancel();
         let started = tokio::time::Instant::now();
-        sup.drain(Duration::from_secs(30)).await;
+        let mut aborted = sup.drain(Duration::from_secs(30)).await;
         assert_eq!(started.elapsed(), Duration::from_secs(30));
+        aborted.sort();
+        assert_eq!(
+            aborted,
+            ["svc/deaf", "svc/stuck"],
+            "each named; the polite one ended"
+        );
+        assert!(
+            stuck.await.unwrap_err().is_cancelled(),
+            "the tracked task is aborted"
+        );
+        until(|| dropped.load(Ordering::SeqCst) == 1).await;
+        assert!(tracker.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_with_nothing_left_returns_at_once() {
+        let shutdown = CancellationToken::new();
+        let sup = Supervisor::with_options(Readiness::new(), shutdown.clone(), options());
+        let runs = Arc::new(AtomicU32::new(0));
+        sup.start("svc", flaky(runs.clone(), 0));
+        let _idle = sup.tracker("svc", "idle");
+        until(|| runs.load(Ordering::SeqCst) == 1).await;
+        shutdown.cancel();
+        let started = tokio::time::Instant::now();
+        assert!(sup.drain(Duration::from_secs(30)).await.is_empty());
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]

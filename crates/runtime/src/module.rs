@@ -163,9 +163,9 @@ impl ServiceContext {
     }
 
     /// A tracker for short-lived tasks of the service that may outlive the call that started
-    /// them (never `tokio::spawn`): drained at shutdown within the grace period
+    /// them (never `tokio::spawn`): drained at shutdown within the grace period, aborted after it
     /// ([`Supervisor::tracker`](crate::lifecycle::Supervisor::tracker)).
-    pub fn tracker(&self, name: &str) -> tokio_util::task::TaskTracker {
+    pub fn tracker(&self, name: &str) -> crate::tracker::Tracker {
         self.supervisor.tracker(self.name, name)
     }
 

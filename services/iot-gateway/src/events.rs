@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use mesh_runtime::Database;
 use mesh_runtime::outbox::Event;
+use mesh_runtime::tracker::Tracker;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Events per transaction, at most.
 const BATCH: usize = 256;
@@ -67,7 +67,7 @@ impl EventWriter {
     /// tasks, which send `device.disconnected` as they end) has ended, then drains what is
     /// queued: a device's last event is written, not lost to the shutdown. Takes `&mut self`
     /// so a supervisor can run it again after a failure (what is queued stays queued).
-    pub async fn run(&mut self, shutdown: CancellationToken, producers: TaskTracker) {
+    pub async fn run(&mut self, shutdown: CancellationToken, producers: Tracker) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut backoff = Duration::from_millis(100);
         let producers_done = async {

@@ -33,9 +33,9 @@ use mesh_runtime::auth::{
     Clock, JwksClient, Policy, Role, ServiceTokenChannel, ServiceTokens, Verifier,
     VerifierSettings, guard,
 };
+use mesh_runtime::tracker::Tracker;
 use mesh_runtime::{BuildError, ServiceContext, ServiceRoutes};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use api::GatewayApi;
 
@@ -118,7 +118,7 @@ pub struct Gateway {
     /// Stops connection tasks.
     pub shutdown: CancellationToken,
     /// The connection tasks (one per connected device), drained at shutdown.
-    pub connections: TaskTracker,
+    pub connections: Tracker,
 }
 
 /// Builds the service's routes; the module table's constructor for `iot-gateway`.

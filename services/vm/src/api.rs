@@ -28,7 +28,7 @@ pub struct VmApi {
     peers: Peers,
     flow: Flow,
     /// Owns the vend drives that outlive their call; drained at shutdown.
-    drives: tokio_util::task::TaskTracker,
+    drives: mesh_runtime::tracker::Tracker,
 }
 
 /// Slot codes: 1 to 8 letters and digits.
@@ -58,7 +58,7 @@ impl VmApi {
         db: Database,
         peers: Peers,
         flow: Flow,
-        drives: tokio_util::task::TaskTracker,
+        drives: mesh_runtime::tracker::Tracker,
     ) -> Self {
         Self {
             db,
