@@ -13,17 +13,11 @@ use mesh_contracts::audit::v1::ListEventsRequest;
 use mesh_contracts::audit::v1::audit_service_client::AuditServiceClient;
 use mesh_contracts::auth::v1::auth_service_client::AuthServiceClient;
 use mesh_contracts::auth::v1::{LoginRequest, SignUpRequest};
-use mesh_contracts::common::v1::{
-    Money, PaymentCard, PaymentMethod, PostalAddress, payment_method,
-};
-use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
-use mesh_contracts::inventory::v1::{AdjustStockRequest, AdjustmentReason};
+use mesh_contracts::common::v1::PostalAddress;
 use mesh_contracts::notification::v1::notification_service_client::NotificationServiceClient;
 use mesh_contracts::notification::v1::{Channel as NotifyChannel, ListDeliveriesRequest};
 use mesh_contracts::order::v1::order_service_client::OrderServiceClient;
-use mesh_contracts::order::v1::{GetOrderRequest, LineItem, OrderStatus, PlaceOrderRequest};
-use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
-use mesh_contracts::product::v1::{CreateProductRequest, Product};
+use mesh_contracts::order::v1::{GetOrderRequest, OrderStatus, PlaceOrderRequest};
 use mesh_contracts::user::v1::user_service_client::UserServiceClient;
 use mesh_contracts::user::v1::{
     Address, DeleteUserRequest, GetUserRequest, UpdateUserRequest, User,
@@ -31,7 +25,7 @@ use mesh_contracts::user::v1::{
 use mesh_runtime::Database;
 use mesh_runtime::config::{DatabaseTarget, env_prefix};
 use mesh_testkit::process::MeshProcess;
-use mesh_testkit::{bearer, eventually_within};
+use mesh_testkit::{bearer, eventually_within, walkthrough};
 use sqlx::Row as _;
 use tonic::transport::Channel;
 
@@ -172,42 +166,8 @@ async fn delete_user_leaves_no_copy_of_the_email_in_any_service() {
         }
     };
     let admin = sign_up(ADMIN).await.tokens.unwrap().access_token;
-    let product = ProductServiceClient::new(channel(&mesh, "product").await)
-        .create_product(bearer(
-            &admin,
-            CreateProductRequest {
-                product: Some(Product {
-                    sku: "COLA-033".into(),
-                    name: "Cola 0.33 l".into(),
-                    price: Some(Money {
-                        currency_code: "EUR".into(),
-                        amount_minor: 250,
-                    }),
-                    active: true,
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .expect("CreateProduct")
-        .into_inner()
-        .product
-        .unwrap()
-        .id;
-    InventoryServiceClient::new(channel(&mesh, "inventory").await)
-        .adjust_stock(bearer(
-            &admin,
-            AdjustStockRequest {
-                location_id: "default".into(),
-                product_id: product.clone(),
-                delta: 10,
-                reason: AdjustmentReason::Restock as i32,
-                note: "first delivery".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("AdjustStock");
+    let product = walkthrough::create_cola(channel(&mesh, "product").await, &admin).await;
+    walkthrough::restock(channel(&mesh, "inventory").await, &admin, &product, 10).await;
 
     let email = "erase.me.please@example.com";
     let signed = sign_up(email).await;
@@ -257,21 +217,8 @@ async fn delete_user_leaves_no_copy_of_the_email_in_any_service() {
         .place_order(bearer(
             &customer,
             PlaceOrderRequest {
-                idempotency_key: "erasure-1".into(),
-                lines: vec![LineItem {
-                    product_id: product.clone(),
-                    quantity: 1,
-                }],
                 shipping_address: Some(home),
-                payment_method: Some(PaymentMethod {
-                    method: Some(payment_method::Method::Card(PaymentCard {
-                        number: "4242424242424242".into(),
-                        expiry: "12/39".into(),
-                        cvc: "123".into(),
-                        holder_name: String::new(),
-                    })),
-                }),
-                ..Default::default()
+                ..walkthrough::order("erasure-1", &product, 1)
             },
         ))
         .await

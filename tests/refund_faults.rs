@@ -316,21 +316,10 @@ async fn problems(db: &sqlx::PgPool, refunds: &BTreeMap<String, (String, usize)>
 }
 
 async fn run(base_url: String) {
-    let work = tempfile::tempdir().expect("temp dir").keep();
-    let logs = work.join("logs");
-    std::fs::create_dir_all(&logs).expect("logs dir");
-    let redis_dir = work.join("redis");
-    std::fs::create_dir_all(&redis_dir).expect("redis dir");
+    let (work, logs, redis_dir) = cluster::work_folders();
     let db = FreshDatabase::create(&base_url, "refunds").await;
     let redis = Redis::start(&redis_dir);
-    let env = vec![
-        ("MESH_DATABASE_URL".to_string(), db.url.clone()),
-        ("MESH_REDIS_URL".into(), redis.url()),
-        ("MESH_SERVICE_CLIENT_SECRET".into(), "fault-secret".into()),
-        ("MESH_AUTH_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN.into()),
-        ("MESH_EVENT_MAX_DELIVERIES".into(), "50".into()),
-        ("MESH_LOG".into(), "warn".into()),
-    ];
+    let env = cluster::fault_env(&db.url, redis.url(), ADMIN);
     let mut c = Cluster::start(SERVICES, env, &logs).await;
     eprintln!("refund fault test: logs in {}", logs.display());
 

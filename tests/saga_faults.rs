@@ -472,22 +472,11 @@ async fn inventory_killed_while_orders_flow(
 
 async fn run(base_url: String) {
     // Kept on failure for the processes' logs; removed after a pass.
-    let work = tempfile::tempdir().expect("temp dir").keep();
-    let logs = work.join("logs");
-    std::fs::create_dir_all(&logs).expect("logs dir");
-    let redis_dir = work.join("redis");
-    std::fs::create_dir_all(&redis_dir).expect("redis dir");
+    let (work, logs, redis_dir) = cluster::work_folders();
     let db = FreshDatabase::create(&base_url, "faults").await;
     let redis = Arc::new(Mutex::new(Redis::start(&redis_dir)));
     let redis_url = redis.lock().await.url();
-    let env = vec![
-        ("MESH_DATABASE_URL".to_string(), db.url.clone()),
-        ("MESH_REDIS_URL".into(), redis_url),
-        ("MESH_SERVICE_CLIENT_SECRET".into(), "fault-secret".into()),
-        ("MESH_AUTH_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN.into()),
-        ("MESH_EVENT_MAX_DELIVERIES".into(), "50".into()),
-        ("MESH_LOG".into(), "warn".into()),
-    ];
+    let env = cluster::fault_env(&db.url, redis_url, ADMIN);
     let cluster = Cluster::start(SERVICES, env, &logs).await;
     eprintln!("fault test: logs in {}", logs.display());
     let probe = mesh_contracts::payment::v1::payment_service_client::PaymentServiceClient::new(

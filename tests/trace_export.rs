@@ -23,18 +23,11 @@ use std::time::{Duration, Instant};
 
 use mesh_contracts::auth::v1::SignUpRequest;
 use mesh_contracts::auth::v1::auth_service_client::AuthServiceClient;
-use mesh_contracts::common::v1::{
-    Money, PaymentCard, PaymentMethod, PostalAddress, payment_method,
-};
-use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
-use mesh_contracts::inventory::v1::{AdjustStockRequest, AdjustmentReason};
 use mesh_contracts::order::v1::order_service_client::OrderServiceClient;
-use mesh_contracts::order::v1::{GetOrderRequest, LineItem, OrderStatus, PlaceOrderRequest};
-use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
-use mesh_contracts::product::v1::{CreateProductRequest, Product};
+use mesh_contracts::order::v1::{GetOrderRequest, OrderStatus};
 use mesh_runtime::config::env_prefix;
-use mesh_testkit::bearer;
 use mesh_testkit::process::MeshProcess;
+use mesh_testkit::{bearer, walkthrough};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -284,69 +277,14 @@ async fn sign_up(mesh: &Mesh, email: &str) -> String {
 /// The README's order, placed and confirmed.
 async fn place_the_readme_order(mesh: &Mesh) {
     let admin = sign_up(mesh, ADMIN).await;
-    let product = ProductServiceClient::new(mesh.channel("product"))
-        .create_product(bearer(
-            &admin,
-            CreateProductRequest {
-                product: Some(Product {
-                    sku: "COLA-033".into(),
-                    name: "Cola 0.33 l".into(),
-                    price: Some(Money {
-                        currency_code: "EUR".into(),
-                        amount_minor: 250,
-                    }),
-                    active: true,
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .expect("CreateProduct")
-        .into_inner()
-        .product
-        .expect("product")
-        .id;
-    InventoryServiceClient::new(mesh.channel("inventory"))
-        .adjust_stock(bearer(
-            &admin,
-            AdjustStockRequest {
-                location_id: "default".into(),
-                product_id: product.clone(),
-                delta: 10,
-                reason: AdjustmentReason::Restock as i32,
-                note: "first delivery".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("AdjustStock");
+    let product = walkthrough::create_cola(mesh.channel("product"), &admin).await;
+    walkthrough::restock(mesh.channel("inventory"), &admin, &product, 10).await;
     let customer = sign_up(mesh, "ada@example.com").await;
     let mut orders = OrderServiceClient::new(mesh.channel("order"));
     let placed = orders
         .place_order(bearer(
             &customer,
-            PlaceOrderRequest {
-                idempotency_key: "trace-1".into(),
-                lines: vec![LineItem {
-                    product_id: product,
-                    quantity: 2,
-                }],
-                shipping_address: Some(PostalAddress {
-                    recipient_name: "Ada".into(),
-                    address_lines: vec!["1 Main St".into()],
-                    region_code: "DE".into(),
-                    ..Default::default()
-                }),
-                payment_method: Some(PaymentMethod {
-                    method: Some(payment_method::Method::Card(PaymentCard {
-                        number: "4242424242424242".into(),
-                        expiry: "12/39".into(),
-                        cvc: "123".into(),
-                        holder_name: String::new(),
-                    })),
-                }),
-                ..Default::default()
-            },
+            walkthrough::order("trace-1", &product, 2),
         ))
         .await
         .expect("PlaceOrder")

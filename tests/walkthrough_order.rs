@@ -17,31 +17,22 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mesh_contracts::auth::v1::SignUpRequest;
 use mesh_contracts::auth::v1::auth_service_client::AuthServiceClient;
 use mesh_contracts::campaign::v1::campaign_service_client::CampaignServiceClient;
 use mesh_contracts::campaign::v1::{
     Campaign, CampaignState, CreateCampaignRequest, DiscountRule, PercentOff, Scope, discount_rule,
 };
-use mesh_contracts::common::v1::{
-    Money, PaymentCard, PaymentMethod, PostalAddress, payment_method,
-};
-use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
-use mesh_contracts::inventory::v1::{AdjustStockRequest, AdjustmentReason};
 use mesh_contracts::order::v1::order_service_client::OrderServiceClient;
 use mesh_contracts::order::v1::{
-    GetOrderRequest, LineItem, OrderStatus, PlaceOrderRequest, RefundLine, RefundOrderRequest,
-    RefundStatus, StockDisposition,
+    GetOrderRequest, OrderStatus, PlaceOrderRequest, RefundLine, RefundOrderRequest, RefundStatus,
+    StockDisposition,
 };
-use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
-use mesh_contracts::product::v1::{CreateProductRequest, Product};
 use mesh_runtime::config::env_prefix;
-use mesh_testkit::bearer;
+use mesh_testkit::{bearer, walkthrough};
 use tonic::transport::Channel;
 
 const MESH: &str = env!("CARGO_BIN_EXE_mesh");
 const ADMIN: &str = "walkthrough-admin@example.com";
-const PASSWORD: &str = "correct horse battery";
 /// Orders placed one after another; the median and the worst are reported.
 const ORDERS: usize = 9;
 /// The asserted bound per order (the measured figure is a few ms: see the docs).
@@ -119,15 +110,8 @@ impl Mesh {
 }
 
 async fn sign_up(mesh: &Mesh, email: &str) -> String {
-    AuthServiceClient::new(mesh.channel("auth").await)
-        .sign_up(SignUpRequest {
-            email: email.into(),
-            password: PASSWORD.into(),
-            ..Default::default()
-        })
+    mesh_testkit::sign_up(mesh.channel("auth").await, email)
         .await
-        .expect("sign up")
-        .into_inner()
         .tokens
         .expect("tokens")
         .access_token
@@ -143,42 +127,14 @@ fn now_us() -> i64 {
 async fn the_walkthrough_order_is_confirmed_moments_after_place_order_returns() {
     let mesh = start_mesh();
     let admin = sign_up(&mesh, ADMIN).await;
-    let product = ProductServiceClient::new(mesh.channel("product").await)
-        .create_product(bearer(
-            &admin,
-            CreateProductRequest {
-                product: Some(Product {
-                    sku: "COLA-033".into(),
-                    name: "Cola 0.33 l".into(),
-                    price: Some(Money {
-                        currency_code: "EUR".into(),
-                        amount_minor: 250,
-                    }),
-                    active: true,
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .expect("CreateProduct")
-        .into_inner()
-        .product
-        .expect("product")
-        .id;
-    InventoryServiceClient::new(mesh.channel("inventory").await)
-        .adjust_stock(bearer(
-            &admin,
-            AdjustStockRequest {
-                location_id: "default".into(),
-                product_id: product.clone(),
-                delta: 2 * (ORDERS as i64 + 1),
-                reason: AdjustmentReason::Restock as i32,
-                note: "first delivery".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("AdjustStock");
+    let product = walkthrough::create_cola(mesh.channel("product").await, &admin).await;
+    walkthrough::restock(
+        mesh.channel("inventory").await,
+        &admin,
+        &product,
+        2 * (ORDERS as i64 + 1),
+    )
+    .await;
     let customer = sign_up(&mesh, "ada@example.com").await;
     let mut orders = OrderServiceClient::new(mesh.channel("order").await);
 
@@ -189,28 +145,7 @@ async fn the_walkthrough_order_is_confirmed_moments_after_place_order_returns() 
         let placed = orders
             .place_order(bearer(
                 &customer,
-                PlaceOrderRequest {
-                    idempotency_key: format!("walkthrough-{n}"),
-                    lines: vec![LineItem {
-                        product_id: product.clone(),
-                        quantity: 2,
-                    }],
-                    shipping_address: Some(PostalAddress {
-                        recipient_name: "Ada".into(),
-                        address_lines: vec!["1 Main St".into()],
-                        region_code: "DE".into(),
-                        ..Default::default()
-                    }),
-                    payment_method: Some(PaymentMethod {
-                        method: Some(payment_method::Method::Card(PaymentCard {
-                            number: "4242424242424242".into(),
-                            expiry: "12/39".into(),
-                            cvc: "123".into(),
-                            holder_name: String::new(),
-                        })),
-                    }),
-                    ..Default::default()
-                },
+                walkthrough::order(&format!("walkthrough-{n}"), &product, 2),
             ))
             .await
             .expect("PlaceOrder")
@@ -507,37 +442,20 @@ async fn order_timeline(mesh: &Mesh, admin: &str, customer: &str, order: &str) {
 
 /// An access token of a fresh account with the `auditor` role, given by `admin`.
 async fn auditor_token(mesh: &Mesh, admin: &str) -> String {
-    use mesh_contracts::auth::v1::{LoginRequest, Role, SetRolesRequest};
+    use mesh_contracts::auth::v1::{Role, SetRolesRequest};
 
-    let mut auth = AuthServiceClient::new(mesh.channel("auth").await);
-    let signed = auth
-        .sign_up(SignUpRequest {
-            email: "auditor@example.com".into(),
-            password: PASSWORD.into(),
-            ..Default::default()
-        })
+    let signed = mesh_testkit::sign_up(mesh.channel("auth").await, "auditor@example.com").await;
+    AuthServiceClient::new(mesh.channel("auth").await)
+        .set_roles(bearer(
+            admin,
+            SetRolesRequest {
+                account_id: signed.account.expect("account").id,
+                roles: vec![Role::Auditor as i32],
+            },
+        ))
         .await
-        .expect("sign up")
-        .into_inner();
-    auth.set_roles(bearer(
-        admin,
-        SetRolesRequest {
-            account_id: signed.account.expect("account").id,
-            roles: vec![Role::Auditor as i32],
-        },
-    ))
-    .await
-    .expect("SetRoles auditor");
-    auth.login(LoginRequest {
-        email: "auditor@example.com".into(),
-        password: PASSWORD.into(),
-    })
-    .await
-    .expect("login")
-    .into_inner()
-    .tokens
-    .expect("tokens")
-    .access_token
+        .expect("SetRoles auditor");
+    mesh_testkit::login(mesh.channel("auth").await, "auditor@example.com").await
 }
 
 /// The README's promotion: 10 % off the cola with `COLA10`, applied to the next order.
@@ -586,27 +504,8 @@ async fn promotion(
         .place_order(bearer(
             customer,
             PlaceOrderRequest {
-                idempotency_key: "promo-order".into(),
                 promo_code: "cola10".into(),
-                lines: vec![LineItem {
-                    product_id: product.to_string(),
-                    quantity: 2,
-                }],
-                shipping_address: Some(PostalAddress {
-                    recipient_name: "Ada".into(),
-                    address_lines: vec!["1 Main St".into()],
-                    region_code: "DE".into(),
-                    ..Default::default()
-                }),
-                payment_method: Some(PaymentMethod {
-                    method: Some(payment_method::Method::Card(PaymentCard {
-                        number: "4242424242424242".into(),
-                        expiry: "12/39".into(),
-                        cvc: "123".into(),
-                        holder_name: String::new(),
-                    })),
-                }),
-                ..Default::default()
+                ..walkthrough::order("promo-order", product, 2)
             },
         ))
         .await

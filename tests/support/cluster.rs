@@ -330,6 +330,32 @@ impl Drop for Cluster {
     }
 }
 
+/// The folders of one fault run: a fresh temporary folder, kept after the run (the caller
+/// removes it after a pass) for the processes' logs, and its `logs` and `redis` folders, both
+/// created: (work, logs, redis).
+pub fn work_folders() -> (PathBuf, PathBuf, PathBuf) {
+    let work = tempfile::tempdir().expect("temp dir").keep();
+    let logs = work.join("logs");
+    std::fs::create_dir_all(&logs).expect("logs dir");
+    let redis_dir = work.join("redis");
+    std::fs::create_dir_all(&redis_dir).expect("redis dir");
+    (work, logs, redis_dir)
+}
+
+/// The settings every process of a fault run gets: its database and Redis, the service
+/// clients' secret, `admin` as the bootstrap admin, 50 deliveries before a dead letter, and
+/// warnings only in the logs.
+pub fn fault_env(database_url: &str, redis_url: String, admin: &str) -> Vec<(String, String)> {
+    vec![
+        ("MESH_DATABASE_URL".to_string(), database_url.to_string()),
+        ("MESH_REDIS_URL".into(), redis_url),
+        ("MESH_SERVICE_CLIENT_SECRET".into(), "fault-secret".into()),
+        ("MESH_AUTH_BOOTSTRAP_ADMIN_EMAIL".into(), admin.into()),
+        ("MESH_EVENT_MAX_DELIVERIES".into(), "50".into()),
+        ("MESH_LOG".into(), "warn".into()),
+    ]
+}
+
 /// The services of the order saga and its refunds (campaign left out: order then prices at list
 /// price).
 pub const SAGA_SERVICES: &[&str] = &[
@@ -345,42 +371,24 @@ pub const SAGA_SERVICES: &[&str] = &[
 /// An order request without lines and key, shipped to a test address and paid with the raw
 /// card `card` (fill in `idempotency_key` and `lines`).
 pub fn order_request(card: &str) -> mesh_contracts::order::v1::PlaceOrderRequest {
-    use mesh_contracts::common::v1::{PaymentCard, PaymentMethod, PostalAddress, payment_method};
     mesh_contracts::order::v1::PlaceOrderRequest {
-        shipping_address: Some(PostalAddress {
+        shipping_address: Some(mesh_contracts::common::v1::PostalAddress {
             recipient_name: "Fault Tester".into(),
             address_lines: vec!["1 Chaos Road".into()],
             region_code: "DE".into(),
             ..Default::default()
         }),
-        payment_method: Some(PaymentMethod {
-            method: Some(payment_method::Method::Card(PaymentCard {
-                number: card.into(),
-                expiry: "12/39".into(),
-                cvc: "123".into(),
-                holder_name: "Fault Tester".into(),
-            })),
-        }),
+        payment_method: mesh_testkit::walkthrough::card(card, "Fault Tester"),
         ..Default::default()
     }
 }
 
 /// The password of the accounts [`sign_up`] makes.
-pub const PASSWORD: &str = "correct horse battery";
+pub const PASSWORD: &str = mesh_testkit::PASSWORD;
 
 /// Signs `email` up at the cluster's auth: its access token and account id.
 pub async fn sign_up(c: &Cluster, email: &str) -> (String, String) {
-    use mesh_contracts::auth::v1::SignUpRequest;
-    use mesh_contracts::auth::v1::auth_service_client::AuthServiceClient;
-    let r = AuthServiceClient::new(c.channel("auth").await)
-        .sign_up(SignUpRequest {
-            email: email.into(),
-            password: PASSWORD.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("sign up")
-        .into_inner();
+    let r = mesh_testkit::sign_up(c.channel("auth").await, email).await;
     let tokens = r.tokens.expect("tokens");
     let account = r.account.map(|a| a.id).unwrap_or_default();
     (tokens.access_token, account)

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use mesh_auth::AuthSettings;
 use mesh_contracts::audit::v1::ListEventsRequest;
 use mesh_contracts::audit::v1::audit_service_client::AuditServiceClient;
 use mesh_contracts::events::v1::{OrderConfirmed, OrderCreated};
@@ -80,11 +79,11 @@ async fn list(
 }
 
 async fn guarded_audit(target: DatabaseTarget) {
-    let mut settings = AuthSettings::default();
-    settings
-        .service_clients
-        .insert("report".into(), "report-secret".into());
-    let auth = TestAuth::start(&mesh_testkit::sqlite(), settings).await;
+    let auth = TestAuth::start(
+        &mesh_testkit::sqlite(),
+        mesh_testkit::service_client("report", "report-secret"),
+    )
+    .await;
     let db = mesh_testkit::database("order", &target, &Migrations::NONE).await;
     let bus = mesh_testkit::memory_bus();
     let shutdown = CancellationToken::new();

@@ -33,7 +33,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 /// Answers at once and logs nothing at `info`: what a cache hit costs.
 struct Quiet;
 
-mesh_testkit::test_double! {
+mesh_testkit::get_product_double! {
     impl ProductService for Quiet {
         async fn get_product(
             &self,
@@ -46,15 +46,6 @@ mesh_testkit::test_double! {
                 }),
             }))
         }
-    }
-    unused {
-        create_product(mesh_contracts::product::v1::CreateProductRequest) -> mesh_contracts::product::v1::CreateProductResponse;
-        batch_get_products(mesh_contracts::product::v1::BatchGetProductsRequest) -> mesh_contracts::product::v1::BatchGetProductsResponse;
-        list_products(mesh_contracts::product::v1::ListProductsRequest) -> mesh_contracts::product::v1::ListProductsResponse;
-        update_product(mesh_contracts::product::v1::UpdateProductRequest) -> mesh_contracts::product::v1::UpdateProductResponse;
-        delete_product(mesh_contracts::product::v1::DeleteProductRequest) -> mesh_contracts::product::v1::DeleteProductResponse;
-        create_category(mesh_contracts::product::v1::CreateCategoryRequest) -> mesh_contracts::product::v1::CreateCategoryResponse;
-        list_categories(mesh_contracts::product::v1::ListCategoriesRequest) -> mesh_contracts::product::v1::ListCategoriesResponse;
     }
 }
 

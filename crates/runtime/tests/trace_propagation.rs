@@ -9,8 +9,8 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use common::logs::Captured;
+
 use std::time::Duration;
 
 use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
@@ -26,30 +26,6 @@ use mesh_runtime::config::{LogConfig, LogFormat};
 use mesh_runtime::{ServiceRoutes, TraceContext};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
-
-/// Log lines written by the subscriber under test.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<serde_json::Value> {
-        String::from_utf8(self.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("every log line is JSON"))
-            .collect()
-    }
-}
 
 /// What service B saw of the call it received.
 #[derive(Debug)]
@@ -104,7 +80,7 @@ struct Products {
     inventory: MeshChannel,
 }
 
-mesh_testkit::test_double! {
+mesh_testkit::get_product_double! {
     impl ProductService for Products {
         async fn get_product(
             &self,
@@ -121,15 +97,6 @@ mesh_testkit::test_double! {
                 }),
             }))
         }
-    }
-    unused {
-        create_product(mesh_contracts::product::v1::CreateProductRequest) -> mesh_contracts::product::v1::CreateProductResponse;
-        batch_get_products(mesh_contracts::product::v1::BatchGetProductsRequest) -> mesh_contracts::product::v1::BatchGetProductsResponse;
-        list_products(mesh_contracts::product::v1::ListProductsRequest) -> mesh_contracts::product::v1::ListProductsResponse;
-        update_product(mesh_contracts::product::v1::UpdateProductRequest) -> mesh_contracts::product::v1::UpdateProductResponse;
-        delete_product(mesh_contracts::product::v1::DeleteProductRequest) -> mesh_contracts::product::v1::DeleteProductResponse;
-        create_category(mesh_contracts::product::v1::CreateCategoryRequest) -> mesh_contracts::product::v1::CreateCategoryResponse;
-        list_categories(mesh_contracts::product::v1::ListCategoriesRequest) -> mesh_contracts::product::v1::ListCategoriesResponse;
     }
 }
 

@@ -36,6 +36,45 @@ pub struct TestAuth {
     pub bus: std::sync::Arc<dyn mesh_runtime::bus::EventBus>,
 }
 
+/// Auth's default settings with one service client, `client` (a service name such as `order`)
+/// with `secret`, for [`TestAuth::service_token`].
+pub fn service_client(client: &str, secret: &str) -> AuthSettings {
+    let mut settings = AuthSettings::default();
+    settings
+        .service_clients
+        .insert(client.into(), secret.into());
+    settings
+}
+
+/// Signs up `email` with [`PASSWORD`] at the auth service behind `channel` (a [`TestAuth`] or
+/// a running mesh's).
+pub async fn sign_up(channel: Channel, email: &str) -> SignUpResponse {
+    AuthServiceClient::new(channel)
+        .sign_up(SignUpRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("sign up")
+        .into_inner()
+}
+
+/// An access token of `email` (password [`PASSWORD`]) from the auth service behind `channel`.
+pub async fn login(channel: Channel, email: &str) -> String {
+    AuthServiceClient::new(channel)
+        .login(LoginRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .expect("login")
+        .into_inner()
+        .tokens
+        .expect("tokens")
+        .access_token
+}
+
 /// The email of the bootstrap admin of [`TestAuth`].
 pub const ADMIN_EMAIL: &str = "admin@example.com";
 /// The password of every account [`TestAuth`] creates.
@@ -98,16 +137,7 @@ impl TestAuth {
 
     /// Signs up `email` with [`PASSWORD`].
     pub async fn sign_up(&self, email: &str) -> SignUpResponse {
-        self.client()
-            .await
-            .sign_up(SignUpRequest {
-                email: email.into(),
-                password: PASSWORD.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("sign up")
-            .into_inner()
+        sign_up(channel(self.addr).await, email).await
     }
 
     /// An access token of the bootstrap admin (signed up on first use, logged in after).
@@ -170,18 +200,7 @@ impl TestAuth {
 
     /// An access token of `email` (password [`PASSWORD`]).
     pub async fn login(&self, email: &str) -> String {
-        self.client()
-            .await
-            .login(LoginRequest {
-                email: email.into(),
-                password: PASSWORD.into(),
-            })
-            .await
-            .expect("login")
-            .into_inner()
-            .tokens
-            .expect("tokens")
-            .access_token
+        login(channel(self.addr).await, email).await
     }
 
     /// A fresh staff account working at `stores`, assigned as the user service does (its

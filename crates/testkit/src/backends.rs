@@ -59,6 +59,18 @@ pub fn postgres_url(test: &str) -> Option<String> {
     }
 }
 
+/// The backends of a test run on SQLite + the in-process bus (`postgres` false: always) or on
+/// Postgres + Redis (`None` when either is not set, see the module docs): the database and,
+/// with Redis, its URL.
+pub fn backends_for(postgres: bool, test: &str) -> Option<(DatabaseTarget, Option<String>)> {
+    if !postgres {
+        return Some((sqlite(), None));
+    }
+    let target = self::postgres(test)?;
+    let redis = redis(test)?;
+    Some((target, Some(redis)))
+}
+
 /// The Redis URL for tests, or `None` without `MESH_TEST_REDIS_URL` (see the module docs).
 pub fn redis(test: &str) -> Option<String> {
     match std::env::var("MESH_TEST_REDIS_URL") {
@@ -73,4 +85,25 @@ pub fn redis(test: &str) -> Option<String> {
             None
         }
     }
+}
+
+/// Two tests of the scenario `$scenario(target)`, each with the test attribute given first:
+/// `$sqlite` on a fresh SQLite file ([`sqlite`]), and `$postgres` on a fresh Postgres schema
+/// ([`postgres`] with the label `$label`: skipped when `MESH_TEST_DATABASE_URL` is not set, a
+/// failure when `MESH_TEST_REQUIRE_BACKENDS=1`).
+#[macro_export]
+macro_rules! on_sqlite_and_postgres {
+    (#[$attr:meta] $sqlite:ident, $postgres:ident, $label:literal, $scenario:path) => {
+        #[$attr]
+        async fn $sqlite() {
+            $scenario($crate::sqlite()).await;
+        }
+
+        #[$attr]
+        async fn $postgres() {
+            if let Some(target) = $crate::postgres($label) {
+                $scenario(target).await;
+            }
+        }
+    };
 }

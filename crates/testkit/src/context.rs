@@ -1,5 +1,5 @@
 //! What a service is built with in a test: the default configuration, a migrated database, a
-//! [`ServiceContext`] and an in-process bus.
+//! [`ServiceContext`] and a bus (in-process, or Redis under a namespace of its own).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,12 +7,15 @@ use std::sync::Arc;
 use clap::Parser;
 use mesh_runtime::bus::EventBus;
 use mesh_runtime::bus::memory::MemoryBus;
+use mesh_runtime::bus::redis::RedisBus;
 use mesh_runtime::config::DatabaseTarget;
 use mesh_runtime::{
     Database, MeshConfig, Metrics, Migrations, Module, ModuleSettings, RuntimeArgs, ServiceContext,
     ServiceRoutes, ServiceSpec,
 };
 use tokio_util::sync::CancellationToken;
+
+use crate::backends::unique;
 
 #[derive(Parser)]
 struct Cli {
@@ -93,6 +96,18 @@ pub fn context_with(
         shutdown,
     )
     .with_data(db, bus)
+}
+
+/// The bus of one test: Redis under a fresh key namespace starting with `prefix` when
+/// `redis_url` is given, else in-process.
+pub fn bus(prefix: &str, redis_url: Option<&str>) -> Arc<dyn EventBus> {
+    match redis_url {
+        Some(url) => Arc::new(
+            RedisBus::connect(url, format!("{}:", unique(prefix)), Default::default())
+                .expect("redis bus"),
+        ),
+        None => memory_bus(),
+    }
 }
 
 /// An in-process bus for one test.

@@ -46,3 +46,36 @@ macro_rules! test_double {
 
 #[doc(hidden)]
 pub use tonic::{Request, Response, Status, async_trait};
+
+/// [`test_double!`](crate::test_double) for a `ProductService` double that serves `GetProduct`
+/// only (a stand-in product service of many runtime and edge tests): every other product RPC
+/// answers `UNIMPLEMENTED`.
+///
+/// ```ignore
+/// mesh_testkit::get_product_double! {
+///     impl ProductService for Memory {
+///         async fn get_product(&self, r: Request<GetProductRequest>)
+///             -> Result<Response<GetProductResponse>, Status> { ... }
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! get_product_double {
+    (impl $service:ident for $double:ty { $($served:tt)* }) => {
+        $crate::test_double! {
+            impl $service for $double { $($served)* }
+            unused {
+                create_product($crate::double::product::CreateProductRequest) -> $crate::double::product::CreateProductResponse;
+                batch_get_products($crate::double::product::BatchGetProductsRequest) -> $crate::double::product::BatchGetProductsResponse;
+                list_products($crate::double::product::ListProductsRequest) -> $crate::double::product::ListProductsResponse;
+                update_product($crate::double::product::UpdateProductRequest) -> $crate::double::product::UpdateProductResponse;
+                delete_product($crate::double::product::DeleteProductRequest) -> $crate::double::product::DeleteProductResponse;
+                create_category($crate::double::product::CreateCategoryRequest) -> $crate::double::product::CreateCategoryResponse;
+                list_categories($crate::double::product::ListCategoriesRequest) -> $crate::double::product::ListCategoriesResponse;
+            }
+        }
+    };
+}
+
+#[doc(hidden)]
+pub use mesh_contracts::product::v1 as product;

@@ -1,8 +1,15 @@
-//! Publishing an event to a service's consumer as its producer's relay would.
+//! Publishing an event to a service's consumer as its producer's relay would, and waiting until
+//! the consumer has handled it.
 
 use mesh_contracts::events::v1::Envelope;
 use mesh_runtime::bus::{EventBus, OutgoingEvent};
 use prost::Message;
+
+use std::time::Duration;
+
+use mesh_runtime::Database;
+
+use crate::poll::eventually_within;
 
 /// An envelope of `event_type` (e.g. `order.created`) about `subject`, carrying `message`
 /// (`name` is its type in `events.v1`, e.g. `OrderCreated`), from the type's domain, with a
@@ -37,4 +44,37 @@ pub async fn publish(bus: &dyn EventBus, envelope: &Envelope) {
     }])
     .await
     .expect("publish");
+}
+
+/// Publishes an [`envelope`] with the id `id` (a redelivery, or an id the test chose) to `bus`.
+pub async fn publish_with_id(
+    bus: &dyn EventBus,
+    id: &str,
+    event_type: &str,
+    subject: &str,
+    name: &str,
+    message: &impl Message,
+) {
+    let mut envelope = envelope(event_type, subject, name, message);
+    envelope.id = id.into();
+    publish(bus, &envelope).await;
+}
+
+/// Publishes `envelope` to `bus` and waits (at most 20 s) until the consumer `consumer` of the
+/// service whose database is `db` has recorded it as handled.
+pub async fn deliver(bus: &dyn EventBus, db: &Database, consumer: &str, envelope: &Envelope) {
+    publish(bus, envelope).await;
+    let what = format!("{} {} handled by {consumer}", envelope.r#type, envelope.id);
+    eventually_within(Duration::from_secs(20), &what, || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM mesh_handled_events WHERE consumer = $1 AND event_id = $2",
+        )
+        .bind(consumer)
+        .bind(&envelope.id)
+        .fetch_one(db.pool())
+        .await
+        .expect("handled events")
+            > 0
+    })
+    .await;
 }

@@ -27,3 +27,30 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Polls `get` (every 20 ms, at most `within` on tokio's clock) until `done` holds for what it
+/// returns, and returns that value; on time-out panics naming `what` and the last value seen.
+pub async fn until_value<T, F, Fut>(
+    within: Duration,
+    what: &str,
+    mut get: F,
+    done: impl Fn(&T) -> bool,
+) -> T
+where
+    T: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let value = get().await;
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}; it is {value:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

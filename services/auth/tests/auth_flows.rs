@@ -204,17 +204,13 @@ async fn flows(target: DatabaseTarget) {
     auth.shutdown.cancel();
 }
 
-#[tokio::test]
-async fn sign_up_login_refresh_reuse_and_logout_on_sqlite() {
-    flows(testing::sqlite()).await;
-}
-
-#[tokio::test]
-async fn sign_up_login_refresh_reuse_and_logout_on_postgres() {
-    if let Some(target) = testing::postgres("auth flows") {
-        flows(target).await;
-    }
-}
+testing::on_sqlite_and_postgres!(
+    #[tokio::test]
+    sign_up_login_refresh_reuse_and_logout_on_sqlite,
+    sign_up_login_refresh_reuse_and_logout_on_postgres,
+    "auth flows",
+    flows
+);
 
 /// Signs `claims` with `key` under `kid`.
 fn forge(key: &SigningKey, kid: &str, claims: &Claims) -> String {
@@ -516,17 +512,13 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
 }
 
-#[tokio::test]
-async fn roles_and_every_refused_token_on_sqlite() {
-    roles_and_refusals(testing::sqlite()).await;
-}
-
-#[tokio::test]
-async fn roles_and_every_refused_token_on_postgres() {
-    if let Some(target) = testing::postgres("auth roles and refusals") {
-        roles_and_refusals(target).await;
-    }
-}
+testing::on_sqlite_and_postgres!(
+    #[tokio::test]
+    roles_and_every_refused_token_on_sqlite,
+    roles_and_every_refused_token_on_postgres,
+    "auth roles and refusals",
+    roles_and_refusals
+);
 
 async fn rotation(target: DatabaseTarget) {
     let clock = ManualClock::new();
@@ -602,17 +594,13 @@ async fn rotation(target: DatabaseTarget) {
     again.shutdown.cancel();
 }
 
-#[tokio::test]
-async fn key_rotation_keeps_old_tokens_until_expiry_on_sqlite() {
-    rotation(testing::sqlite()).await;
-}
-
-#[tokio::test]
-async fn key_rotation_keeps_old_tokens_until_expiry_on_postgres() {
-    if let Some(target) = testing::postgres("auth key rotation") {
-        rotation(target).await;
-    }
-}
+testing::on_sqlite_and_postgres!(
+    #[tokio::test]
+    key_rotation_keeps_old_tokens_until_expiry_on_sqlite,
+    key_rotation_keeps_old_tokens_until_expiry_on_postgres,
+    "auth key rotation",
+    rotation
+);
 
 #[tokio::test]
 async fn service_tokens_by_client_credentials() {

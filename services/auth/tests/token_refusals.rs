@@ -292,14 +292,10 @@ async fn refusals(target: DatabaseTarget) {
     auth.shutdown.cancel();
 }
 
-#[tokio::test]
-async fn every_refused_token_is_unauthenticated_and_counted_on_sqlite() {
-    refusals(testing::sqlite()).await;
-}
-
-#[tokio::test]
-async fn every_refused_token_is_unauthenticated_and_counted_on_postgres() {
-    if let Some(target) = testing::postgres("auth token refusals") {
-        refusals(target).await;
-    }
-}
+testing::on_sqlite_and_postgres!(
+    #[tokio::test]
+    every_refused_token_is_unauthenticated_and_counted_on_sqlite,
+    every_refused_token_is_unauthenticated_and_counted_on_postgres,
+    "auth token refusals",
+    refusals
+);

@@ -30,7 +30,7 @@ use tonic::{Request, Response, Status};
 /// Answers every id from memory.
 struct Memory;
 
-mesh_testkit::test_double! {
+mesh_testkit::get_product_double! {
     impl ProductService for Memory {
         async fn get_product(
             &self,
@@ -45,15 +45,6 @@ mesh_testkit::test_double! {
                 }),
             }))
         }
-    }
-    unused {
-        create_product(mesh_contracts::product::v1::CreateProductRequest) -> mesh_contracts::product::v1::CreateProductResponse;
-        batch_get_products(mesh_contracts::product::v1::BatchGetProductsRequest) -> mesh_contracts::product::v1::BatchGetProductsResponse;
-        list_products(mesh_contracts::product::v1::ListProductsRequest) -> mesh_contracts::product::v1::ListProductsResponse;
-        update_product(mesh_contracts::product::v1::UpdateProductRequest) -> mesh_contracts::product::v1::UpdateProductResponse;
-        delete_product(mesh_contracts::product::v1::DeleteProductRequest) -> mesh_contracts::product::v1::DeleteProductResponse;
-        create_category(mesh_contracts::product::v1::CreateCategoryRequest) -> mesh_contracts::product::v1::CreateCategoryResponse;
-        list_categories(mesh_contracts::product::v1::ListCategoriesRequest) -> mesh_contracts::product::v1::ListCategoriesResponse;
     }
 }
 
@@ -152,20 +143,6 @@ async fn drive(edge: SocketAddr, clients: usize, duration: Duration) -> Step {
 async fn load_edge_goodput_holds_from_16_to_256_clients_with_no_errors() {
     let upstream = upstream().await;
     let pool = mesh_edge::load_pool(&[]).unwrap();
-    let modules = [
-        "auth",
-        "user",
-        "product",
-        "inventory",
-        "order",
-        "payment",
-        "shop",
-        "notification",
-        "campaign",
-        "report",
-        "iot-gateway",
-        "vm",
-    ];
     let uri: http::Uri = format!("http://{upstream}").parse().unwrap();
     // As `mesh serve edge` builds it: a channel and a pool of REST connections under the
     // runtime's client layers (deadline, retries, circuit breaker), default settings.
@@ -179,7 +156,7 @@ async fn load_edge_goodput_holds_from_16_to_256_clients_with_no_errors() {
         EdgeConfig::default().upstream_connections,
     );
     let mut upstreams = Upstreams::new();
-    for (service, _) in Upstreams::owned_services(&pool, &modules) {
+    for (service, _) in Upstreams::owned_services(&pool, &common::MODULES) {
         upstreams.insert(service, shared.clone());
     }
     let edge = common::start_edge_with(pool, EdgeConfig::default(), upstreams).await;

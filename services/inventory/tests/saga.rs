@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mesh_auth::AuthSettings;
 use mesh_contracts::events::v1::{
@@ -18,7 +17,6 @@ use mesh_contracts::inventory::v1::*;
 use mesh_inventory::InventoryOptions;
 use mesh_runtime::Database;
 use mesh_runtime::bus::EventBus;
-use mesh_runtime::bus::redis::RedisBus;
 use mesh_runtime::config::DatabaseTarget;
 use mesh_testkit::{self as testing, TestAuth, bearer};
 use prost::Message;
@@ -43,24 +41,13 @@ impl Drop for Mesh {
 
 async fn start(target: DatabaseTarget, bus: Arc<dyn EventBus>) -> Mesh {
     let auth = TestAuth::start(&testing::sqlite(), AuthSettings::default()).await;
-    let shutdown = CancellationToken::new();
     let db = testing::database("inventory", &target, &mesh_inventory::MIGRATIONS).await;
-    let ctx = testing::context(
+    let testing::Served { addr, shutdown } = testing::start(
         "inventory",
         BTreeMap::from([("auth", auth.uri())]),
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
-    );
-    let routes = mesh_inventory::build_with(ctx, InventoryOptions::default())
-        .await
-        .expect("build inventory");
-    let addr = testing::serve(
-        "inventory",
-        routes,
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
+        &db,
+        &bus,
+        |ctx| mesh_inventory::build_with(ctx, InventoryOptions::default()),
     )
     .await;
     let admin = auth.admin_token().await;
@@ -72,10 +59,6 @@ async fn start(target: DatabaseTarget, bus: Arc<dyn EventBus>) -> Mesh {
         admin,
         shutdown,
     }
-}
-
-async fn publish(m: &Mesh, e: &Envelope) {
-    testing::publish(m.bus.as_ref(), e).await;
 }
 
 fn created(order: &str, lines: &[(&str, i64)]) -> Envelope {
@@ -164,14 +147,7 @@ async fn level(m: &Mesh, product: &str) -> (i64, i64) {
 
 /// Events of `event_type` inventory emitted (its outbox), decoded.
 async fn emitted(m: &Mesh, event_type: &str) -> Vec<Envelope> {
-    let rows = sqlx::query("SELECT envelope FROM mesh_outbox WHERE event_type = $1 ORDER BY seq")
-        .bind(event_type)
-        .fetch_all(m.db.pool())
-        .await
-        .expect("outbox");
-    rows.iter()
-        .map(|r| Envelope::decode(r.get::<Vec<u8>, _>("envelope").as_slice()).expect("envelope"))
-        .collect()
+    testing::outbox::envelopes(&m.db, event_type).await
 }
 
 /// The saga state inventory keeps for `order`.
@@ -204,28 +180,7 @@ fn pairs(lines: &[ReservedLine]) -> Vec<(String, i64)> {
 
 /// Publishes `e` and waits (bounded) until inventory's consumer recorded it as handled.
 async fn deliver(m: &Mesh, e: &Envelope) {
-    publish(m, e).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let done = sqlx::query(
-            "SELECT 1 AS one FROM mesh_handled_events WHERE consumer = 'inventory' AND event_id = $1",
-        )
-        .bind(&e.id)
-        .fetch_optional(m.db.pool())
-        .await
-        .expect("handled events")
-        .is_some();
-        if done {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} {} was never handled",
-            e.r#type,
-            e.id
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testing::deliver(m.bus.as_ref(), &m.db, "inventory", e).await;
 }
 
 async fn saga(target: DatabaseTarget, bus: Arc<dyn EventBus>) {
@@ -387,11 +342,5 @@ async fn saga_events_reserve_commit_and_release_on_postgres_and_redis() {
     ) else {
         return;
     };
-    let bus = RedisBus::connect(
-        &url,
-        format!("{}:", testing::unique("inv-saga")),
-        Default::default(),
-    )
-    .expect("redis bus");
-    saga(target, Arc::new(bus)).await;
+    saga(target, testing::bus("inv-saga", Some(&url))).await;
 }

@@ -602,10 +602,7 @@ async fn lifecycle(target: DatabaseTarget) {
     assert_eq!(code, Code::Unauthenticated);
 
     // Every change emitted its event through the outbox.
-    let types: Vec<String> = sqlx::query_scalar("SELECT event_type FROM mesh_outbox ORDER BY seq")
-        .fetch_all(m.db.pool())
-        .await
-        .expect("outbox");
+    let types = testing::outbox::types(&m.db).await;
     for t in [
         "inventory.adjusted",
         "inventory.reserved",
@@ -624,17 +621,13 @@ async fn lifecycle(target: DatabaseTarget) {
     m.auth.shutdown.cancel();
 }
 
-#[tokio::test]
-async fn stock_reservations_adjustments_and_expiry_on_sqlite() {
-    lifecycle(testing::sqlite()).await;
-}
-
-#[tokio::test]
-async fn stock_reservations_adjustments_and_expiry_on_postgres() {
-    if let Some(target) = testing::postgres("inventory lifecycle") {
-        lifecycle(target).await;
-    }
-}
+testing::on_sqlite_and_postgres!(
+    #[tokio::test]
+    stock_reservations_adjustments_and_expiry_on_sqlite,
+    stock_reservations_adjustments_and_expiry_on_postgres,
+    "inventory lifecycle",
+    lifecycle
+);
 
 async fn last_unit(target: DatabaseTarget) {
     let m = start(target).await;
@@ -871,14 +864,10 @@ async fn store_staff(target: DatabaseTarget) {
     m.auth.shutdown.cancel();
 }
 
-#[tokio::test]
-async fn store_staff_act_on_their_stores_stock_on_sqlite() {
-    store_staff(testing::sqlite()).await;
-}
-
-#[tokio::test]
-async fn store_staff_act_on_their_stores_stock_on_postgres() {
-    if let Some(target) = testing::postgres("inventory store staff") {
-        store_staff(target).await;
-    }
-}
+testing::on_sqlite_and_postgres!(
+    #[tokio::test]
+    store_staff_act_on_their_stores_stock_on_sqlite,
+    store_staff_act_on_their_stores_stock_on_postgres,
+    "inventory store staff",
+    store_staff
+);

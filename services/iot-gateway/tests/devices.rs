@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use mesh_auth::AuthSettings;
 use mesh_contracts::iot::v1::command::Action;
 use mesh_contracts::iot::v1::gateway_service_client::GatewayServiceClient;
 use mesh_contracts::iot::v1::open_channel_request::Frame as Up;
@@ -24,7 +23,6 @@ use mesh_runtime::config::DatabaseTarget;
 use mesh_runtime::lifecycle::Supervisor;
 use mesh_runtime::{Database, Migrations, Readiness, ServiceContext};
 use mesh_testkit::{self as testing, TestAuth, bearer};
-use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -64,11 +62,11 @@ struct Mesh {
 
 impl Mesh {
     async fn start(target: DatabaseTarget, options: GatewayOptions) -> Self {
-        let mut settings = AuthSettings::default();
-        settings
-            .service_clients
-            .insert("iot-gateway".into(), SECRET.into());
-        let auth = TestAuth::start(&testing::sqlite(), settings).await;
+        let auth = TestAuth::start(
+            &testing::sqlite(),
+            testing::service_client("iot-gateway", SECRET),
+        )
+        .await;
         let shutdown = CancellationToken::new();
         let shop_db = testing::database("shop", &testing::sqlite(), &mesh_shop::MIGRATIONS).await;
         let bus = testing::memory_bus();
@@ -202,13 +200,7 @@ impl Mesh {
 
     /// The types of the events in the gateway's outbox about `subject`, in order, now.
     async fn outbox(&self, subject: &str) -> Vec<String> {
-        let rows =
-            sqlx::query("SELECT event_type FROM mesh_outbox WHERE subject = $1 ORDER BY sequence")
-                .bind(subject)
-                .fetch_all(self.gateway_db.pool())
-                .await
-                .expect("outbox");
-        rows.iter().map(|r| r.get("event_type")).collect()
+        testing::outbox::types_about(&self.gateway_db, subject).await
     }
 
     /// [`Mesh::outbox`] once it holds anything (waiting up to 2 s).
@@ -445,17 +437,13 @@ async fn reconnect_with_resume(target: DatabaseTarget) {
     m.shutdown.cancel();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnect_redelivers_unacked_commands_once_on_sqlite() {
-    reconnect_with_resume(testing::sqlite()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnect_redelivers_unacked_commands_once_on_postgres() {
-    if let Some(target) = testing::postgres("gateway reconnect") {
-        reconnect_with_resume(target).await;
-    }
-}
+testing::on_sqlite_and_postgres!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    reconnect_redelivers_unacked_commands_once_on_sqlite,
+    reconnect_redelivers_unacked_commands_once_on_postgres,
+    "gateway reconnect",
+    reconnect_with_resume
+);
 
 /// Shutdown ends every device connection at once and waits for the connection tasks: the
 /// drain returns well within the grace period, and each device's last event

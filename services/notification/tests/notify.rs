@@ -22,7 +22,6 @@ use mesh_notification::secret::Secret;
 use mesh_notification::settings::{SmtpSettings, SmtpTls};
 use mesh_runtime::Database;
 use mesh_runtime::bus::EventBus;
-use mesh_runtime::bus::redis::RedisBus;
 use mesh_runtime::config::DatabaseTarget;
 use mesh_testkit::{self as testing, TestAuth, bearer, eventually};
 use prost::Message as _;
@@ -156,26 +155,15 @@ async fn start_instance(
     bus: &Arc<dyn EventBus>,
     settings: NotificationSettings,
 ) -> (SocketAddr, CancellationToken) {
-    let shutdown = CancellationToken::new();
-    let ctx = testing::context(
+    let served = testing::start(
         "notification",
         BTreeMap::from([("auth", auth.uri())]),
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
-    );
-    let routes = mesh_notification::build_with(ctx, settings)
-        .await
-        .expect("build notification");
-    let addr = testing::serve(
-        "notification",
-        routes,
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
+        db,
+        bus,
+        |ctx| mesh_notification::build_with(ctx, settings),
     )
     .await;
-    (addr, shutdown)
+    (served.addr, served.shutdown)
 }
 
 async fn start(target: DatabaseTarget, redis: Option<&str>) -> Mesh {
@@ -185,17 +173,7 @@ async fn start(target: DatabaseTarget, redis: Option<&str>) -> Mesh {
 async fn start_with(target: DatabaseTarget, redis: Option<&str>, send_timeout: Duration) -> Mesh {
     let auth = TestAuth::start(&testing::sqlite(), AuthSettings::default()).await;
     let db = testing::database("notification", &target, &mesh_notification::MIGRATIONS).await;
-    let bus: Arc<dyn EventBus> = match redis {
-        Some(url) => Arc::new(
-            RedisBus::connect(
-                url,
-                format!("{}:", testing::unique("mesh-notif")),
-                Default::default(),
-            )
-            .expect("redis bus"),
-        ),
-        None => testing::memory_bus(),
-    };
+    let bus = testing::bus("mesh-notif", redis);
     let (hooks_addr, hooks) = start_hooks().await;
     let (smtp_addr, mails) = start_smtp().await;
     let settings = NotificationSettings {
@@ -245,9 +223,7 @@ impl Mesh {
         name: &str,
         msg: &impl prost::Message,
     ) {
-        let mut envelope = testing::envelope(event_type, subject, name, msg);
-        envelope.id = id.into();
-        testing::publish(self.bus.as_ref(), &envelope).await;
+        testing::publish_with_id(self.bus.as_ref(), id, event_type, subject, name, msg).await;
     }
 
     async fn deliveries(&self, event_type: &str) -> Vec<Delivery> {
@@ -1032,14 +1008,10 @@ async fn crash_mid_send(target: DatabaseTarget) {
     m.auth.shutdown.cancel();
 }
 
-#[tokio::test]
-async fn a_crash_mid_send_keeps_one_delivery_record_on_sqlite() {
-    crash_mid_send(testing::sqlite()).await;
-}
-
-#[tokio::test]
-async fn a_crash_mid_send_keeps_one_delivery_record_on_postgres() {
-    if let Some(target) = testing::postgres("notification crash") {
-        crash_mid_send(target).await;
-    }
-}
+testing::on_sqlite_and_postgres!(
+    #[tokio::test]
+    a_crash_mid_send_keeps_one_delivery_record_on_sqlite,
+    a_crash_mid_send_keeps_one_delivery_record_on_postgres,
+    "notification crash",
+    crash_mid_send
+);

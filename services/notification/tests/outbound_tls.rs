@@ -529,17 +529,15 @@ async fn start_service(
     let db = testing::database("notification", &target, &mesh_notification::MIGRATIONS).await;
     let bus = testing::memory_bus();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let ctx = testing::context(
+    let addr = testing::start_until(
         "notification",
         BTreeMap::from([("auth", auth.uri())]),
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
-    );
-    let routes = mesh_notification::build_with(ctx, settings)
-        .await
-        .expect("build");
-    let addr = testing::serve("notification", routes, db, bus, shutdown.clone()).await;
+        &db,
+        &bus,
+        &shutdown,
+        |ctx| mesh_notification::build_with(ctx, settings),
+    )
+    .await;
     (addr, auth, shutdown)
 }
 

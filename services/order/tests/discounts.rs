@@ -24,17 +24,6 @@ fn eur(amount_minor: i64) -> Option<Money> {
     })
 }
 
-async fn place(m: &Mesh, token: &str, req: PlaceOrderRequest) -> Order {
-    m.orders
-        .clone()
-        .place_order(bearer(token, req))
-        .await
-        .expect("place order")
-        .into_inner()
-        .order
-        .expect("order")
-}
-
 async fn campaign(m: &Mesh, c: Campaign) -> Campaign {
     m.campaigns
         .clone()
@@ -123,7 +112,7 @@ async fn discounts(backend: Backend) {
     // 2 teas and a cake: 10 % off the teas only.
     let mut req = request(&[(&tea.id, 2), (&cake.id, 1)]);
     req.promo_code = "tenoff".into();
-    let order = place(&m, &ada, req).await;
+    let order = m.place(&ada, req).await;
     assert!(!order.discounts_unavailable);
     assert_eq!(order.subtotal, eur(2250));
     assert_eq!(order.discount_total, eur(200));
@@ -161,7 +150,7 @@ async fn discounts(backend: Backend) {
     // The limit (1) is used: Bob's order goes at list price, placed all the same.
     let mut req = request(&[(&tea.id, 1)]);
     req.promo_code = "TENOFF".into();
-    let second = place(&m, &bob, req).await;
+    let second = m.place(&bob, req).await;
     assert!(
         !second.discounts_unavailable,
         "campaign answered: no discount, not a fallback"
@@ -207,7 +196,7 @@ async fn discounts(backend: Backend) {
     // Now Bob gets it.
     let mut req = request(&[(&tea.id, 1)]);
     req.promo_code = "TENOFF".into();
-    let third = place(&m, &bob, req).await;
+    let third = m.place(&bob, req).await;
     assert_eq!(third.discount_total, eur(100));
     assert!(
         !m.order_metrics
@@ -216,17 +205,12 @@ async fn discounts(backend: Backend) {
     );
 }
 
-#[tokio::test]
-async fn discounts_on_sqlite() {
-    discounts(Backend::Embedded).await;
-}
-
-#[tokio::test]
-async fn discounts_on_postgres_and_redis() {
-    if let Some(backend) = Backend::real("order discounts") {
-        discounts(backend).await;
-    }
-}
+on_both_backends!(
+    discounts_on_sqlite,
+    discounts_on_postgres_and_redis,
+    "order discounts",
+    discounts
+);
 
 /// 150 customers place an order with the code of a campaign limited to 100 redemptions, all at
 /// once: of their orders campaign priced, exactly 100 carry the discount and the other 50 go at
@@ -318,17 +302,12 @@ async fn limit_under_concurrent_orders(backend: Backend) {
     assert_eq!(redemptions(&m, &limited.id).await, 100);
 }
 
-#[tokio::test]
-async fn limit_holds_under_150_concurrent_orders_on_sqlite() {
-    limit_under_concurrent_orders(Backend::Embedded).await;
-}
-
-#[tokio::test]
-async fn limit_holds_under_150_concurrent_orders_on_postgres_and_redis() {
-    if let Some(backend) = Backend::real("order campaign limit under concurrency") {
-        limit_under_concurrent_orders(backend).await;
-    }
-}
+on_both_backends!(
+    limit_holds_under_150_concurrent_orders_on_sqlite,
+    limit_holds_under_150_concurrent_orders_on_postgres_and_redis,
+    "order campaign limit under concurrency",
+    limit_under_concurrent_orders
+);
 
 async fn list_price_when(backend: Backend, peer: CampaignPeer) {
     let m = start_full(&backend, Duration::from_secs(60), Payment::Fake, peer).await;
@@ -337,7 +316,7 @@ async fn list_price_when(backend: Backend, peer: CampaignPeer) {
     for n in 1..=2 {
         let mut req = request(&[(&tea.id, 3)]);
         req.promo_code = "TENOFF".into();
-        let order = place(&m, &ada, req).await;
+        let order = m.place(&ada, req).await;
         assert!(order.discounts_unavailable, "{peer:?}");
         assert_eq!(
             (order.discount_total.clone(), order.total.clone()),

@@ -30,17 +30,6 @@ fn assert_status<T: std::fmt::Debug>(
     assert!(message.starts_with(field), "`{message}` names `{field}`");
 }
 
-async fn place(m: &Mesh, token: &str, req: PlaceOrderRequest) -> Order {
-    m.orders
-        .clone()
-        .place_order(bearer(token, req))
-        .await
-        .expect("place order")
-        .into_inner()
-        .order
-        .expect("order")
-}
-
 async fn count_rows(m: &Mesh, table: &str) -> i64 {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT COUNT(*) AS n FROM {table}"
@@ -68,7 +57,7 @@ async fn lifecycle(backend: Backend) {
     // Placed, priced from the catalog, reserved, then confirmed by payment.succeeded.
     let mut req = request(&[(&apple.id, 2), (&pear.id, 1)]);
     req.promo_code = "WELCOME10".into();
-    let order = place(&m, &customer, req.clone()).await;
+    let order = m.place(&customer, req.clone()).await;
     assert_eq!(order.status, OrderStatus::Pending as i32);
     assert_eq!(order.lines.len(), 2);
     assert_eq!(order.lines[0].sku, apple.sku);
@@ -94,7 +83,7 @@ async fn lifecycle(backend: Backend) {
     assert_eq!(m.stock(&apple.id).await, (10, 2));
 
     // The same key and body: the same order, never a second one; another body: refused.
-    let again = place(&m, &customer, req.clone()).await;
+    let again = m.place(&customer, req.clone()).await;
     assert_eq!(again.id, order.id);
     let mut changed = req.clone();
     changed.lines[0].quantity = 3;
@@ -107,7 +96,7 @@ async fn lifecycle(backend: Backend) {
         "idempotency_key",
     );
     // Keys are per customer: another customer's same key is a new order.
-    let theirs = place(&m, &other, req.clone()).await;
+    let theirs = m.place(&other, req.clone()).await;
     assert_ne!(theirs.id, order.id);
 
     m.payment_event(&reserved, true).await;
@@ -152,7 +141,9 @@ async fn lifecycle(backend: Backend) {
     m.until_stock(&pear.id, (1, 0)).await;
 
     // Out of stock (one pear left): cancelled by inventory's rejection, nothing held.
-    let short = place(&m, &customer, request(&[(&apple.id, 1), (&pear.id, 2)])).await;
+    let short = m
+        .place(&customer, request(&[(&apple.id, 1), (&pear.id, 2)]))
+        .await;
     let short = m.until(&customer, &short.id, OrderStatus::Cancelled).await;
     assert!(
         short.cancel_reason.starts_with("OUT_OF_STOCK"),
@@ -162,7 +153,7 @@ async fn lifecycle(backend: Backend) {
     m.until_stock(&apple.id, (8, 0)).await;
 
     // The customer cancels before payment: released; cancelling again returns it unchanged.
-    let mine = place(&m, &customer, request(&[(&apple.id, 3)])).await;
+    let mine = m.place(&customer, request(&[(&apple.id, 3)])).await;
     m.until(&customer, &mine.id, OrderStatus::Reserved).await;
     let cancel = |token: &str, id: &str| {
         let mut c = m.orders.clone();
@@ -212,7 +203,7 @@ async fn lifecycle(backend: Backend) {
     m.until_stock(&apple.id, (8, 0)).await;
     // A payment success arriving after the cancellation does not revive it.
     m.payment_event(&gone, true).await;
-    let marker = place(&m, &customer, request(&[(&apple.id, 1)])).await;
+    let marker = m.place(&customer, request(&[(&apple.id, 1)])).await;
     m.until(&customer, &marker.id, OrderStatus::Reserved).await;
     m.payment_event(&marker, true).await;
     m.until(&customer, &marker.id, OrderStatus::Confirmed).await;
@@ -222,7 +213,7 @@ async fn lifecycle(backend: Backend) {
     // A raw card is tokenized at payment; only the token and last 4 digits are kept.
     let mut by_card = request(&[(&apple.id, 1)]);
     by_card.payment_method = card("4242 4242 4242 4242");
-    let paid_by_card = place(&m, &customer, by_card).await;
+    let paid_by_card = m.place(&customer, by_card).await;
     assert_eq!(paid_by_card.card_last4, "4242");
     assert!(paid_by_card.card_token.starts_with("tok_"));
     let mut bad_card = request(&[(&apple.id, 1)]);
@@ -366,7 +357,7 @@ async fn listing(m: &Mesh) {
     let apple = m.product(10, "EUR", 100).await;
     let mut placed = Vec::new();
     for _ in 0..5 {
-        placed.push(place(m, &customer, request(&[(&apple.id, 1)])).await.id);
+        placed.push(m.place(&customer, request(&[(&apple.id, 1)])).await.id);
     }
     placed.reverse(); // newest first
     let mut seen = Vec::new();
@@ -473,7 +464,7 @@ async fn timeout(backend: Backend) {
     let m = start(&backend, Duration::from_secs(2)).await;
     let customer = m.auth.customer_token().await;
     let apple = m.product(250, "EUR", 5).await;
-    let order = place(&m, &customer, request(&[(&apple.id, 2)])).await;
+    let order = m.place(&customer, request(&[(&apple.id, 2)])).await;
     let reserved = m.until(&customer, &order.id, OrderStatus::Reserved).await;
     // No payment comes: the sweeper cancels it, and inventory releases the stock.
     let timed_out = m.until(&customer, &order.id, OrderStatus::Cancelled).await;
@@ -491,7 +482,7 @@ async fn timeout(backend: Backend) {
     m.until_stock(&apple.id, (5, 0)).await;
     // A late success is ignored (payment refunds it on order.cancelled).
     m.payment_event(&reserved, true).await;
-    let marker = place(&m, &customer, request(&[(&apple.id, 1)])).await;
+    let marker = m.place(&customer, request(&[(&apple.id, 1)])).await;
     m.until(&customer, &marker.id, OrderStatus::Reserved).await;
     m.payment_event(&marker, true).await;
     m.until(&customer, &marker.id, OrderStatus::Confirmed).await;
@@ -500,26 +491,16 @@ async fn timeout(backend: Backend) {
     m.until_stock(&apple.id, (4, 0)).await;
 }
 
-#[tokio::test]
-async fn orders_on_sqlite() {
-    lifecycle(Backend::Embedded).await;
-}
+on_both_backends!(
+    orders_on_sqlite,
+    orders_on_postgres_and_redis,
+    "orders",
+    lifecycle
+);
 
-#[tokio::test]
-async fn orders_on_postgres_and_redis() {
-    if let Some(b) = Backend::real("orders") {
-        lifecycle(b).await;
-    }
-}
-
-#[tokio::test]
-async fn saga_timeout_cancels_and_releases_on_sqlite() {
-    timeout(Backend::Embedded).await;
-}
-
-#[tokio::test]
-async fn saga_timeout_cancels_and_releases_on_postgres_and_redis() {
-    if let Some(b) = Backend::real("saga timeout") {
-        timeout(b).await;
-    }
-}
+on_both_backends!(
+    saga_timeout_cancels_and_releases_on_sqlite,
+    saga_timeout_cancels_and_releases_on_postgres_and_redis,
+    "saga timeout",
+    timeout
+);

@@ -26,14 +26,7 @@ const GOOD: &str = "4242424242424242";
 
 async fn place(m: &Mesh, token: &str, mut req: PlaceOrderRequest) -> Order {
     req.payment_method = card(GOOD);
-    m.orders
-        .clone()
-        .place_order(bearer(token, req))
-        .await
-        .expect("place order")
-        .into_inner()
-        .order
-        .expect("order")
+    m.place(token, req).await
 }
 
 /// A staff account without stores: its token.
@@ -94,51 +87,23 @@ async fn until_completed(m: &Mesh, id: &str, refund: &str) -> Order {
 
 /// Polls order `id` until its refund `refund` is `want` (bounded).
 async fn until_refund(m: &Mesh, id: &str, refund: &str, want: RefundStatus) -> Order {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let order = m
-            .orders
-            .clone()
-            .get_order(bearer(&m.admin, GetOrderRequest { id: id.into() }))
-            .await
-            .expect("get order")
-            .into_inner()
-            .order
-            .expect("order");
-        let r = order.refunds.iter().find(|r| r.id == refund);
-        if r.is_some_and(|r| r.status == want as i32) {
-            return order;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "refund {refund} of order {id} never became {want:?}: {r:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    m.until_order(
+        &m.admin,
+        id,
+        &format!("refund {refund} to become {want:?}"),
+        |o| {
+            o.refunds
+                .iter()
+                .any(|r| r.id == refund && r.status == want as i32)
+        },
+    )
+    .await
 }
 
 /// Payment's record of `order`: (status, refunded), polled until it is `want` (bounded).
 async fn until_payment(m: &Mesh, order: &str, want: (&str, i64)) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let row = sqlx::query("SELECT status, refunded_minor FROM payments WHERE order_id = $1")
-            .bind(order)
-            .fetch_optional(m.payment_db.pool())
-            .await
-            .expect("payments");
-        let got = row.map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)));
-        if got
-            .as_ref()
-            .is_some_and(|(s, n)| s == want.0 && *n == want.1)
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "payment of {order} never became {want:?}: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    m.until_payment(order, |p| p.0 == want.0 && p.2 == want.1)
+        .await;
 }
 
 /// Payment's refunds of `order`: (amount, status, key).
@@ -159,36 +124,33 @@ async fn payment_refunds(m: &Mesh, order: &str) -> Vec<(i64, String, String)> {
 /// Notification's SENT deliveries of `order.refunded` to `customer`, polled until there are
 /// `want` (bounded); their bodies.
 async fn until_notified(m: &Mesh, customer: &str, want: usize) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let rows = sqlx::query(
-            "SELECT body, status FROM deliveries WHERE user_id = $1 AND event_type = 'order.refunded' ORDER BY created_at",
-        )
-        .bind(customer)
-        .fetch_all(m.notification_db.pool())
-        .await
-        .expect("deliveries");
-        let sent: Vec<String> = rows
-            .iter()
-            .filter(|r| r.get::<String, _>(1) == "SENT")
-            .map(|r| r.get(0))
-            .collect();
-        if rows.len() == want && sent.len() == want {
-            return sent;
-        }
-        assert!(
-            rows.len() <= want,
-            "more refund notices than refunds: {}",
-            rows.len()
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{want} refund notices never sent; {} rows, {} sent",
-            rows.len(),
-            sent.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (_, sent) = mesh_testkit::until_value(
+        Duration::from_secs(30),
+        &format!("{want} refund notices sent"),
+        || async {
+            let rows = sqlx::query(
+                "SELECT body, status FROM deliveries WHERE user_id = $1 AND event_type = 'order.refunded' ORDER BY created_at",
+            )
+            .bind(customer)
+            .fetch_all(m.notification_db.pool())
+            .await
+            .expect("deliveries");
+            assert!(
+                rows.len() <= want,
+                "more refund notices than refunds: {}",
+                rows.len()
+            );
+            let sent: Vec<String> = rows
+                .iter()
+                .filter(|r| r.get::<String, _>(1) == "SENT")
+                .map(|r| r.get(0))
+                .collect();
+            (rows.len(), sent)
+        },
+        |(rows, sent)| *rows == want && sent.len() == want,
+    )
+    .await;
+    sent
 }
 
 /// Inventory's adjustment of `product` for order refund `refund`: (delta, reason, location).
@@ -480,17 +442,12 @@ async fn refunds(backend: Backend) {
     until_notified(&m, &order.customer_id, 3).await;
 }
 
-#[tokio::test]
-async fn staff_refund_orders_whole_and_partly_on_sqlite() {
-    refunds(Backend::Embedded).await;
-}
-
-#[tokio::test]
-async fn staff_refund_orders_whole_and_partly_on_postgres_and_redis() {
-    if let Some(b) = Backend::real("order refunds") {
-        refunds(b).await;
-    }
-}
+on_both_backends!(
+    staff_refund_orders_whole_and_partly_on_sqlite,
+    staff_refund_orders_whole_and_partly_on_postgres_and_redis,
+    "order refunds",
+    refunds
+);
 
 /// A refund payment cannot pay back: staff paid most of the payment back by hand, so the
 /// order's whole refund is refused at payment and FAILS.
@@ -582,14 +539,9 @@ async fn failed_refund(backend: Backend) {
     );
 }
 
-#[tokio::test]
-async fn failed_refund_leaves_the_goods_sold_on_sqlite() {
-    failed_refund(Backend::Embedded).await;
-}
-
-#[tokio::test]
-async fn failed_refund_leaves_the_goods_sold_on_postgres_and_redis() {
-    if let Some(b) = Backend::real("order failed refund") {
-        failed_refund(b).await;
-    }
-}
+on_both_backends!(
+    failed_refund_leaves_the_goods_sold_on_sqlite,
+    failed_refund_leaves_the_goods_sold_on_postgres_and_redis,
+    "order failed refund",
+    failed_refund
+);

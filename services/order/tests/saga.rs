@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use common::{Backend, Mesh, Payment, card, request, start_with};
 use mesh_contracts::order::v1::*;
-use mesh_testkit::bearer;
 use sqlx::Row as _;
 
 const GOOD: &str = "4242424242424242";
@@ -21,45 +20,12 @@ const SLOW: &str = "4000000000000259";
 async fn place(m: &Mesh, token: &str, lines: &[(&str, i64)], number: &str) -> Order {
     let mut req = request(lines);
     req.payment_method = card(number);
-    m.orders
-        .clone()
-        .place_order(bearer(token, req))
-        .await
-        .expect("place order")
-        .into_inner()
-        .order
-        .expect("order")
+    m.place(token, req).await
 }
 
 /// Payment's record of `order`: (status, amount, refunded), polled until `want` (bounded).
 async fn until_payment(m: &Mesh, order: &str, want: &str) -> (String, i64, i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let row = sqlx::query(
-            "SELECT status, amount_minor, refunded_minor FROM payments WHERE order_id = $1",
-        )
-        .bind(order)
-        .fetch_optional(m.payment_db.pool())
-        .await
-        .expect("payments");
-        let got = row.map(|r| {
-            (
-                r.get::<String, _>("status"),
-                r.get::<i64, _>("amount_minor"),
-                r.get::<i64, _>("refunded_minor"),
-            )
-        });
-        if let Some(g) = &got
-            && g.0 == want
-        {
-            return g.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "payment of {order} never became {want}: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    m.until_payment(order, |p| p.0 == want).await
 }
 
 async fn charges(m: &Mesh, order: &str) -> i64 {
@@ -148,26 +114,16 @@ async fn timeout(backend: Backend) {
     );
 }
 
-#[tokio::test]
-async fn saga_confirms_declines_and_rejects_on_sqlite() {
-    paths(Backend::Embedded).await;
-}
+on_both_backends!(
+    saga_confirms_declines_and_rejects_on_sqlite,
+    saga_confirms_declines_and_rejects_on_postgres_and_redis,
+    "saga paths",
+    paths
+);
 
-#[tokio::test]
-async fn saga_confirms_declines_and_rejects_on_postgres_and_redis() {
-    if let Some(b) = Backend::real("saga paths") {
-        paths(b).await;
-    }
-}
-
-#[tokio::test]
-async fn saga_timeout_refunds_a_late_capture_on_sqlite() {
-    timeout(Backend::Embedded).await;
-}
-
-#[tokio::test]
-async fn saga_timeout_refunds_a_late_capture_on_postgres_and_redis() {
-    if let Some(b) = Backend::real("saga timeout with payment") {
-        timeout(b).await;
-    }
-}
+on_both_backends!(
+    saga_timeout_refunds_a_late_capture_on_sqlite,
+    saga_timeout_refunds_a_late_capture_on_postgres_and_redis,
+    "saga timeout with payment",
+    timeout
+);

@@ -17,14 +17,7 @@ use mesh_testkit::bearer;
 use tonic::Code;
 
 async fn place(m: &Mesh, req: PlaceOrderRequest) -> Order {
-    m.orders
-        .clone()
-        .place_order(bearer(&m.admin, req))
-        .await
-        .expect("place order")
-        .into_inner()
-        .order
-        .expect("order")
+    m.place(&m.admin, req).await
 }
 
 async fn list(m: &Mesh, store: &str) -> Vec<String> {
@@ -108,17 +101,12 @@ async fn stores(backend: Backend) {
     assert!(bad.message().starts_with("store_id"), "{}", bad.message());
 }
 
-#[tokio::test]
-async fn orders_reserve_at_their_store_on_sqlite() {
-    stores(Backend::Embedded).await;
-}
-
-#[tokio::test]
-async fn orders_reserve_at_their_store_on_postgres_and_redis() {
-    if let Some(backend) = Backend::real("order stores") {
-        stores(backend).await;
-    }
-}
+on_both_backends!(
+    orders_reserve_at_their_store_on_sqlite,
+    orders_reserve_at_their_store_on_postgres_and_redis,
+    "order stores",
+    stores
+);
 
 fn denied<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>, field: &str) {
     let s = r.expect_err("expected PERMISSION_DENIED");
@@ -299,14 +287,9 @@ async fn store_staff(backend: Backend) {
         .expect("online orders: any staff");
 }
 
-#[tokio::test]
-async fn store_staff_see_only_their_stores_orders_on_sqlite() {
-    store_staff(Backend::Embedded).await;
-}
-
-#[tokio::test]
-async fn store_staff_see_only_their_stores_orders_on_postgres_and_redis() {
-    if let Some(backend) = Backend::real("order store staff") {
-        store_staff(backend).await;
-    }
-}
+on_both_backends!(
+    store_staff_see_only_their_stores_orders_on_sqlite,
+    store_staff_see_only_their_stores_orders_on_postgres_and_redis,
+    "order store staff",
+    store_staff
+);

@@ -23,12 +23,7 @@ fn eur(amount_minor: i64) -> Option<Money> {
 }
 
 fn card(number: &str) -> PaymentCard {
-    PaymentCard {
-        number: number.into(),
-        expiry: "12/39".into(),
-        cvc: "123".into(),
-        holder_name: "Ada Lovelace".into(),
-    }
+    mesh_testkit::walkthrough::test_card(number, "Ada Lovelace")
 }
 
 fn charge_req(order: &str, amount: i64, method: Method) -> ChargeRequest {
@@ -507,17 +502,13 @@ async fn rpcs(target: DatabaseTarget) {
     m.stop();
 }
 
-#[tokio::test]
-async fn every_rpc_and_test_card_on_sqlite() {
-    rpcs(testing::sqlite()).await;
-}
-
-#[tokio::test]
-async fn every_rpc_and_test_card_on_postgres() {
-    if let Some(target) = testing::postgres("payment rpcs") {
-        rpcs(target).await;
-    }
-}
+testing::on_sqlite_and_postgres!(
+    #[tokio::test]
+    every_rpc_and_test_card_on_sqlite,
+    every_rpc_and_test_card_on_postgres,
+    "payment rpcs",
+    rpcs
+);
 
 async fn concurrent_charges(target: DatabaseTarget) {
     let m = start(target, None).await;
@@ -558,14 +549,10 @@ async fn concurrent_charges(target: DatabaseTarget) {
     m.stop();
 }
 
-#[tokio::test]
-async fn concurrent_charges_of_one_order_capture_once_on_sqlite() {
-    concurrent_charges(testing::sqlite()).await;
-}
-
-#[tokio::test]
-async fn concurrent_charges_of_one_order_capture_once_on_postgres() {
-    if let Some(target) = testing::postgres("payment concurrent charges") {
-        concurrent_charges(target).await;
-    }
-}
+testing::on_sqlite_and_postgres!(
+    #[tokio::test]
+    concurrent_charges_of_one_order_capture_once_on_sqlite,
+    concurrent_charges_of_one_order_capture_once_on_postgres,
+    "payment concurrent charges",
+    concurrent_charges
+);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{Mesh, start, start_instance, start_with};
 use futures::future::BoxFuture;
-use mesh_contracts::common::v1::{Money, PaymentCard};
+use mesh_contracts::common::v1::Money;
 use mesh_contracts::events::v1::{InventoryReserved, OrderCancelled, OrderCreated, PaymentFailed};
 use mesh_contracts::payment::v1::{DeclineReason, TokenizeCardRequest};
 use mesh_payment::provider::{
@@ -30,12 +30,7 @@ async fn token(m: &Mesh, number: &str) -> String {
         .tokenize_card(bearer(
             &m.customer,
             TokenizeCardRequest {
-                card: Some(PaymentCard {
-                    number: number.into(),
-                    expiry: "12/39".into(),
-                    cvc: "123".into(),
-                    holder_name: String::new(),
-                }),
+                card: Some(mesh_testkit::walkthrough::test_card(number, "")),
             },
         ))
         .await

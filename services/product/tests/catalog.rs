@@ -37,8 +37,6 @@ async fn start_product(
     shutdown: &CancellationToken,
 ) -> Product {
     let db = testing::database("product", target, &mesh_product::MIGRATIONS).await;
-    let peers = BTreeMap::from([("auth", auth.uri())]);
-    let ctx = testing::context("product", peers, db.clone(), bus.clone(), shutdown.clone());
     let options = options.unwrap_or(ProductOptions {
         redis_url: None,
         cache_prefix: String::new(),
@@ -47,10 +45,11 @@ async fn start_product(
         local_ttl: Duration::ZERO,
         local_entries: 0,
     });
-    let routes = mesh_product::build_with(ctx, options)
-        .await
-        .expect("build product");
-    let addr = testing::serve("product", routes, db.clone(), bus, shutdown.clone()).await;
+    let peers = BTreeMap::from([("auth", auth.uri())]);
+    let addr = testing::start_until("product", peers, &db, &bus, shutdown, |ctx| {
+        mesh_product::build_with(ctx, options)
+    })
+    .await;
     Product { addr, db }
 }
 
@@ -518,10 +517,7 @@ async fn catalog(auth_target: DatabaseTarget, target: DatabaseTarget) {
     assert_eq!(code, Code::NotFound);
 
     // Every change emitted its event through the outbox.
-    let types: Vec<String> = sqlx::query_scalar("SELECT event_type FROM mesh_outbox ORDER BY seq")
-        .fetch_all(svc.db.pool())
-        .await
-        .expect("outbox");
+    let types = testing::outbox::types(&svc.db).await;
     assert_eq!(types.iter().filter(|t| *t == "product.created").count(), 5);
     assert_eq!(types.iter().filter(|t| *t == "product.updated").count(), 1);
     assert_eq!(types.iter().filter(|t| *t == "product.deleted").count(), 1);

@@ -6,13 +6,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use mesh_auth::AuthSettings;
 use mesh_contracts::shop::v1::shop_service_client::ShopServiceClient;
 use mesh_contracts::shop::v1::*;
 use mesh_runtime::Database;
 use mesh_runtime::config::DatabaseTarget;
 use mesh_testkit::{self as testing, TestAuth, bearer};
-use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -29,24 +27,21 @@ struct Shop {
 }
 
 async fn start(target: DatabaseTarget) -> Shop {
-    let mut settings = AuthSettings::default();
-    settings
-        .service_clients
-        .insert("iot-gateway".into(), "gw-secret".into());
+    let settings = testing::service_client("iot-gateway", "gw-secret");
     // One bus for auth and shop, so a test can feed auth the user service's events.
     let bus = testing::memory_bus();
     let auth = TestAuth::start_on(&testing::sqlite(), settings, bus.clone()).await;
     let shutdown = CancellationToken::new();
     let db = testing::database("shop", &target, &mesh_shop::MIGRATIONS).await;
-    let ctx = testing::context(
+    let addr = testing::start_until(
         "shop",
         BTreeMap::from([("auth", auth.uri())]),
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
-    );
-    let routes = mesh_shop::build(ctx).await.expect("build shop");
-    let addr = testing::serve("shop", routes, db.clone(), bus.clone(), shutdown.clone()).await;
+        &db,
+        &bus,
+        &shutdown,
+        mesh_shop::build,
+    )
+    .await;
     let admin = auth.admin_token().await;
     let customer = auth.customer_token().await;
     let service = auth.service_token("iot-gateway", "gw-secret").await;
@@ -105,14 +100,7 @@ fn report(machine: &str, online: bool, faults: &[&str], at_us: i64) -> ReportMac
 }
 
 async fn events(db: &Database, subject: &str) -> Vec<String> {
-    sqlx::query("SELECT event_type FROM mesh_outbox WHERE subject = $1 ORDER BY sequence")
-        .bind(subject)
-        .fetch_all(db.pool())
-        .await
-        .expect("outbox")
-        .iter()
-        .map(|r| r.get::<String, _>("event_type"))
-        .collect()
+    testing::outbox::types_about(db, subject).await
 }
 
 async fn register(
@@ -530,17 +518,13 @@ async fn registry_and_status(target: DatabaseTarget) {
     s.shutdown.cancel();
 }
 
-#[tokio::test]
-async fn registry_and_status_on_sqlite() {
-    registry_and_status(testing::sqlite()).await;
-}
-
-#[tokio::test]
-async fn registry_and_status_on_postgres() {
-    if let Some(target) = testing::postgres("shop registry and status") {
-        registry_and_status(target).await;
-    }
-}
+testing::on_sqlite_and_postgres!(
+    #[tokio::test]
+    registry_and_status_on_sqlite,
+    registry_and_status_on_postgres,
+    "shop registry and status",
+    registry_and_status
+);
 
 /// Store staff register machines only at the stores the user service assigned them: auth keeps
 /// the assignments from `user.updated` and puts them into the staff token's `stores` claim;
@@ -658,14 +642,10 @@ async fn store_staff_act_only_at_their_stores(target: DatabaseTarget) {
     s.shutdown.cancel();
 }
 
-#[tokio::test]
-async fn store_staff_on_sqlite() {
-    store_staff_act_only_at_their_stores(testing::sqlite()).await;
-}
-
-#[tokio::test]
-async fn store_staff_on_postgres() {
-    if let Some(target) = testing::postgres("shop store staff") {
-        store_staff_act_only_at_their_stores(target).await;
-    }
-}
+testing::on_sqlite_and_postgres!(
+    #[tokio::test]
+    store_staff_on_sqlite,
+    store_staff_on_postgres,
+    "shop store staff",
+    store_staff_act_only_at_their_stores
+);

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mesh_auth::AuthSettings;
-use mesh_contracts::common::v1::{Money, PaymentCard, PaymentMethod, payment_method::Method};
+use mesh_contracts::common::v1::{Money, PaymentMethod};
 use mesh_contracts::inventory::v1::GetStockRequest;
 use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_contracts::payment::v1::payment_service_client::PaymentServiceClient;
@@ -230,26 +230,12 @@ impl Mesh {
     }
 
     async fn events(&self, subject: &str) -> Vec<String> {
-        sqlx::query("SELECT event_type FROM mesh_outbox WHERE subject = $1 ORDER BY sequence")
-            .bind(subject)
-            .fetch_all(self.vm_db.pool())
-            .await
-            .expect("outbox")
-            .iter()
-            .map(|r| r.get("event_type"))
-            .collect()
+        testing::outbox::types_about(&self.vm_db, subject).await
     }
 }
 
 fn card(number: &str) -> Option<PaymentMethod> {
-    Some(PaymentMethod {
-        method: Some(Method::Card(PaymentCard {
-            number: number.into(),
-            expiry: "12/39".into(),
-            cvc: "123".into(),
-            holder_name: "Vera Vend".into(),
-        })),
-    })
+    testing::walkthrough::card(number, "Vera Vend")
 }
 
 fn vend(machine: &str, slot: &str, key: &str, number: &str) -> VendRequest {
@@ -619,14 +605,10 @@ async fn vend_flow(target: DatabaseTarget) {
     m.shutdown.cancel();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vend_flow_on_sqlite() {
-    vend_flow(testing::sqlite()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vend_flow_on_postgres() {
-    if let Some(target) = testing::postgres("vm vend flow") {
-        vend_flow(target).await;
-    }
-}
+testing::on_sqlite_and_postgres!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    vend_flow_on_sqlite,
+    vend_flow_on_postgres,
+    "vm vend flow",
+    vend_flow
+);

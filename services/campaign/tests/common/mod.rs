@@ -7,12 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_auth::AuthSettings;
 use mesh_campaign::CampaignSettings;
 use mesh_contracts::campaign::v1::campaign_service_client::CampaignServiceClient;
 use mesh_runtime::Database;
 use mesh_runtime::bus::EventBus;
-use mesh_runtime::bus::redis::RedisBus;
 use mesh_runtime::config::DatabaseTarget;
 use mesh_testkit::{self as testing, TestAuth};
 use tokio_util::sync::CancellationToken;
@@ -31,28 +29,14 @@ pub struct Mesh {
     pub service: String,
 }
 
+/// The bus: in-process with SQLite; Redis (a fresh namespace) when `redis_url` is given.
 pub fn bus(redis_url: Option<&str>) -> Arc<dyn EventBus> {
-    match redis_url {
-        Some(url) => Arc::new(
-            RedisBus::connect(
-                url,
-                format!("{}:", testing::unique("mesh-campaign")),
-                Default::default(),
-            )
-            .expect("redis bus"),
-        ),
-        None => testing::memory_bus(),
-    }
+    testing::bus("mesh-campaign", redis_url)
 }
 
 /// The backends of a test: SQLite + in-process bus, or Postgres + Redis.
 pub fn backends(postgres: bool, test: &str) -> Option<(DatabaseTarget, Option<String>)> {
-    if !postgres {
-        return Some((testing::sqlite(), None));
-    }
-    let target = testing::postgres(test)?;
-    let redis = testing::redis(test)?;
-    Some((target, Some(redis)))
+    testing::backends_for(postgres, test)
 }
 
 pub async fn start(
@@ -60,30 +44,19 @@ pub async fn start(
     redis_url: Option<&str>,
     settings: CampaignSettings,
 ) -> Mesh {
-    let mut auth_settings = AuthSettings::default();
-    auth_settings
-        .service_clients
-        .insert("order".into(), "order-secret".into());
-    let auth = TestAuth::start(&testing::sqlite(), auth_settings).await;
+    let auth = TestAuth::start(
+        &testing::sqlite(),
+        testing::service_client("order", "order-secret"),
+    )
+    .await;
     let db = testing::database("campaign", &target, &mesh_campaign::MIGRATIONS).await;
     let bus = bus(redis_url);
-    let shutdown = CancellationToken::new();
-    let ctx = testing::context(
+    let served = testing::start(
         "campaign",
         BTreeMap::from([("auth", auth.uri())]),
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
-    );
-    let routes = mesh_campaign::build_with(ctx, settings)
-        .await
-        .expect("build campaign");
-    let addr = testing::serve(
-        "campaign",
-        routes,
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
+        &db,
+        &bus,
+        |ctx| mesh_campaign::build_with(ctx, settings),
     )
     .await;
     let staff = auth.admin_token().await;
@@ -93,8 +66,8 @@ pub async fn start(
         auth,
         db,
         bus,
-        addr,
-        shutdown,
+        addr: served.addr,
+        shutdown: served.shutdown,
         staff,
         customer,
         service,
@@ -136,10 +109,6 @@ impl Mesh {
 
     /// The types of the events the service emitted, in order.
     pub async fn emitted(&self) -> Vec<String> {
-        let mut conn = self.db.acquire().await.expect("conn");
-        sqlx::query_scalar::<_, String>("SELECT event_type FROM mesh_outbox ORDER BY seq")
-            .fetch_all(&mut *conn)
-            .await
-            .expect("outbox")
+        testing::outbox::types(&self.db).await
     }
 }

@@ -270,6 +270,22 @@ pub async fn start_edge(config: EdgeConfig, upstream: SocketAddr) -> EdgeHandle 
     serve_edge(edge_for(config, upstream)).await
 }
 
+/// Every service module behind the edge (the edge's dependencies in the binary's module table).
+pub const MODULES: [&str; 12] = [
+    "auth",
+    "user",
+    "product",
+    "inventory",
+    "order",
+    "payment",
+    "shop",
+    "notification",
+    "campaign",
+    "report",
+    "iot-gateway",
+    "vm",
+];
+
 /// The upstreams of every service (ours and spec.v1) at `upstream`.
 pub fn upstreams_at(pool: &prost_reflect::DescriptorPool, upstream: SocketAddr) -> Upstreams {
     let uri: http::Uri = format!("http://{upstream}").parse().unwrap();
@@ -278,21 +294,7 @@ pub fn upstreams_at(pool: &prost_reflect::DescriptorPool, upstream: SocketAddr) 
         ..ClientOptions::default()
     };
     let mut upstreams = Upstreams::new();
-    let modules = [
-        "auth",
-        "user",
-        "product",
-        "inventory",
-        "order",
-        "payment",
-        "shop",
-        "notification",
-        "campaign",
-        "report",
-        "iot-gateway",
-        "vm",
-    ];
-    let mut services: Vec<String> = Upstreams::owned_services(pool, &modules)
+    let mut services: Vec<String> = Upstreams::owned_services(pool, &MODULES)
         .into_iter()
         .map(|(s, _)| s)
         .collect();

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_auth::AuthSettings;
 use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_inventory::InventoryOptions;
 use mesh_runtime::Database;
@@ -43,36 +42,25 @@ pub struct Mesh {
 /// Inventory on `target` (migrated to the newest schema at start), its sweeper every 20 ms on a
 /// manual clock.
 pub async fn start(target: DatabaseTarget) -> Mesh {
-    let mut settings = AuthSettings::default();
-    settings
-        .service_clients
-        .insert("order".into(), "order-secret".into());
-    let auth = TestAuth::start(&testing::sqlite(), settings).await;
-    let shutdown = CancellationToken::new();
+    let auth = TestAuth::start(
+        &testing::sqlite(),
+        testing::service_client("order", "order-secret"),
+    )
+    .await;
     let db = testing::database("inventory", &target, &mesh_inventory::MIGRATIONS).await;
     let bus = testing::memory_bus();
-    let ctx = testing::context(
-        "inventory",
-        BTreeMap::from([("auth", auth.uri())]),
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
-    );
     let clock = ManualClock::new();
     let options = InventoryOptions {
         clock: Arc::new(clock.clone()),
         sweep_every: Duration::from_millis(20),
         ..InventoryOptions::default()
     };
-    let routes = mesh_inventory::build_with(ctx, options)
-        .await
-        .expect("build inventory");
-    let addr = testing::serve(
+    let testing::Served { addr, shutdown } = testing::start(
         "inventory",
-        routes,
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
+        BTreeMap::from([("auth", auth.uri())]),
+        &db,
+        &bus,
+        |ctx| mesh_inventory::build_with(ctx, options),
     )
     .await;
     let admin = auth.admin_token().await;

@@ -11,9 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_auth::AuthSettings;
 use mesh_contracts::common::v1::{Money, PaymentMethod, PostalAddress, payment_method};
-use mesh_contracts::events::v1::{Envelope, PaymentFailed, PaymentSucceeded};
+use mesh_contracts::events::v1::{PaymentFailed, PaymentSucceeded};
 use mesh_contracts::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh_contracts::inventory::v1::{AdjustStockRequest, AdjustmentReason, GetStockRequest};
 use mesh_contracts::order::v1::order_service_client::OrderServiceClient;
@@ -26,13 +25,12 @@ use mesh_order::OrderOptions;
 use mesh_order::peers::Peers;
 use mesh_runtime::Database;
 use mesh_runtime::auth::{ServiceTokenChannel, ServiceTokens};
-use mesh_runtime::bus::redis::RedisBus;
-use mesh_runtime::bus::{EventBus, OutgoingEvent};
+use mesh_runtime::bus::EventBus;
 use mesh_runtime::client::{ClientOptions, connect};
 use mesh_runtime::config::DatabaseTarget;
 use mesh_runtime::{ServiceContext, ServiceRoutes};
 use mesh_testkit::{self as testing, TestAuth, bearer};
-use prost::Message;
+use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -76,16 +74,29 @@ impl Backend {
     fn bus(&self) -> Arc<dyn EventBus> {
         match self {
             Self::Embedded => testing::memory_bus(),
-            Self::Real { redis, .. } => Arc::new(
-                RedisBus::connect(
-                    redis,
-                    format!("{}:", testing::unique("order")),
-                    Default::default(),
-                )
-                .expect("redis bus"),
-            ),
+            Self::Real { redis, .. } => testing::bus("order", Some(redis)),
         }
     }
+}
+
+/// Two tests of the scenario `$scenario(backend)`: `$sqlite` on SQLite + the in-process bus, and
+/// `$real` on Postgres + Redis ([`Backend::real`] with `$label`: skipped when they are not set,
+/// a failure when `MESH_TEST_REQUIRE_BACKENDS=1`).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($sqlite:ident, $real:ident, $label:literal, $scenario:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            $scenario($crate::common::Backend::Embedded).await;
+        }
+
+        #[tokio::test]
+        async fn $real() {
+            if let Some(backend) = $crate::common::Backend::real($label) {
+                $scenario(backend).await;
+            }
+        }
+    };
 }
 
 /// The stand-in payment: tokenizes cards that are 16 digits (`tok_<last4>_<n>`), refuses the
@@ -264,11 +275,11 @@ pub async fn start_campaign_timeout(
     campaign: CampaignPeer,
     campaign_timeout: Duration,
 ) -> Mesh {
-    let mut settings = AuthSettings::default();
-    settings
-        .service_clients
-        .insert("order".into(), "order-secret".into());
-    let auth = TestAuth::start(&backend.target(), settings).await;
+    let auth = TestAuth::start(
+        &backend.target(),
+        testing::service_client("order", "order-secret"),
+    )
+    .await;
     let bus = backend.bus();
     let shutdown = CancellationToken::new();
 
@@ -508,27 +519,70 @@ impl Mesh {
 
     /// Polls order `id` (as `token`) until it has `status` (bounded).
     pub async fn until(&self, token: &str, id: &str, status: OrderStatus) -> Order {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let order = self
-                .orders
-                .clone()
-                .get_order(bearer(token, GetOrderRequest { id: id.into() }))
-                .await
-                .expect("get order")
-                .into_inner()
-                .order
-                .expect("order");
-            if order.status == status as i32 {
-                return order;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "order {id} never became {status:?}; it is {:?}: {order:?}",
-                OrderStatus::try_from(order.status)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.until_order(token, id, &format!("to become {status:?}"), |order| {
+            order.status == status as i32
+        })
+        .await
+    }
+
+    /// Polls order `id` (as `token`) until `done` holds for it (bounded); `what` says what is
+    /// waited for.
+    pub async fn until_order(
+        &self,
+        token: &str,
+        id: &str,
+        what: &str,
+        done: impl Fn(&Order) -> bool,
+    ) -> Order {
+        testing::until_value(
+            Duration::from_secs(30),
+            &format!("order {id} {what}"),
+            || async {
+                self.orders
+                    .clone()
+                    .get_order(bearer(token, GetOrderRequest { id: id.into() }))
+                    .await
+                    .expect("get order")
+                    .into_inner()
+                    .order
+                    .expect("order")
+            },
+            done,
+        )
+        .await
+    }
+
+    /// Payment's record of `order`: (status, amount, refunded), if it has one.
+    pub async fn payment_of(&self, order: &str) -> Option<(String, i64, i64)> {
+        sqlx::query("SELECT status, amount_minor, refunded_minor FROM payments WHERE order_id = $1")
+            .bind(order)
+            .fetch_optional(self.payment_db.pool())
+            .await
+            .expect("payments")
+            .map(|r| {
+                (
+                    r.get::<String, _>("status"),
+                    r.get::<i64, _>("amount_minor"),
+                    r.get::<i64, _>("refunded_minor"),
+                )
+            })
+    }
+
+    /// Polls payment's record of `order` until `done` holds for it (bounded): (status, amount,
+    /// refunded).
+    pub async fn until_payment(
+        &self,
+        order: &str,
+        done: impl Fn(&(String, i64, i64)) -> bool,
+    ) -> (String, i64, i64) {
+        testing::until_value(
+            Duration::from_secs(30),
+            &format!("payment of {order}"),
+            || self.payment_of(order),
+            |got| got.as_ref().is_some_and(&done),
+        )
+        .await
+        .expect("a payment record")
     }
 
     /// Polls until the stock of `product` is (on hand, reserved) = `want` (bounded).
@@ -539,72 +593,60 @@ impl Mesh {
     /// Polls until the stock of `product` at `location` is (on hand, reserved) = `want`
     /// (bounded).
     pub async fn until_stock_at(&self, location: &str, product: &str, want: (i64, i64)) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let now = self.stock_at(location, product).await;
-            if now == want {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "stock of {product} at {location} never became {want:?}; it is {now:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        testing::until_value(
+            Duration::from_secs(30),
+            &format!("stock of {product} at {location} to become {want:?}"),
+            || self.stock_at(location, product),
+            |now| *now == want,
+        )
+        .await;
+    }
+
+    /// Places `req` as `token`; the order placed.
+    pub async fn place(&self, token: &str, req: PlaceOrderRequest) -> Order {
+        self.orders
+            .clone()
+            .place_order(bearer(token, req))
+            .await
+            .expect("place order")
+            .into_inner()
+            .order
+            .expect("order")
     }
 
     /// Publishes a payment event about `order` as payment would.
     pub async fn payment_event(&self, order: &Order, succeeded: bool) {
         let payment_id = uuid::Uuid::now_v7().to_string();
-        let (event_type, name, value) = if succeeded {
-            (
+        let mut envelope = if succeeded {
+            testing::envelope(
                 "payment.succeeded",
+                &payment_id,
                 "PaymentSucceeded",
-                PaymentSucceeded {
+                &PaymentSucceeded {
                     payment_id: payment_id.clone(),
                     order_id: order.id.clone(),
                     customer_id: order.customer_id.clone(),
                     amount: order.total.clone(),
                     ..Default::default()
-                }
-                .encode_to_vec(),
+                },
             )
         } else {
-            (
+            testing::envelope(
                 "payment.failed",
+                &payment_id,
                 "PaymentFailed",
-                PaymentFailed {
+                &PaymentFailed {
                     payment_id: payment_id.clone(),
                     order_id: order.id.clone(),
                     customer_id: order.customer_id.clone(),
                     amount: order.total.clone(),
                     message: "card declined".into(),
                     ..Default::default()
-                }
-                .encode_to_vec(),
+                },
             )
         };
-        let envelope = Envelope {
-            id: uuid::Uuid::now_v7().to_string(),
-            r#type: event_type.into(),
-            source: "payment".into(),
-            subject: payment_id,
-            payload: Some(prost_types::Any {
-                type_url: format!("type.googleapis.com/events.v1.{name}"),
-                value,
-            }),
-            correlation_id: order.id.clone(),
-            sequence: 1,
-            ..Default::default()
-        };
-        self.bus
-            .publish(&[OutgoingEvent {
-                domain: "payment".into(),
-                event_id: envelope.id.clone(),
-                payload: envelope.encode_to_vec().into(),
-            }])
-            .await
-            .expect("publish");
+        envelope.correlation_id = order.id.clone();
+        testing::publish(self.bus.as_ref(), &envelope).await;
     }
 }
 
@@ -629,16 +671,7 @@ pub fn token(t: &str) -> Option<PaymentMethod> {
 
 /// Paying with a raw card.
 pub fn card(number: &str) -> Option<PaymentMethod> {
-    Some(PaymentMethod {
-        method: Some(payment_method::Method::Card(
-            mesh_contracts::common::v1::PaymentCard {
-                number: number.into(),
-                expiry: "12/39".into(),
-                cvc: "123".into(),
-                holder_name: "Ada Lovelace".into(),
-            },
-        )),
-    })
+    testing::walkthrough::card(number, "Ada Lovelace")
 }
 
 /// A request for `lines` (product id, units) under a fresh key, paid with a token.

@@ -8,17 +8,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_auth::AuthSettings;
 use mesh_contracts::events::v1::Envelope;
 use mesh_contracts::payment::v1::payment_service_client::PaymentServiceClient;
 use mesh_payment::provider::PaymentProvider;
 use mesh_payment::{PaymentOptions, PaymentSettings};
 use mesh_runtime::Database;
 use mesh_runtime::bus::EventBus;
-use mesh_runtime::bus::redis::RedisBus;
 use mesh_runtime::config::DatabaseTarget;
 use mesh_testkit::{self as testing, TestAuth};
-use prost::Message as _;
 use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -55,40 +52,31 @@ pub async fn start_instance(
     bus: &Arc<dyn EventBus>,
     provider: Option<Arc<dyn PaymentProvider>>,
 ) -> Instance {
-    let shutdown = CancellationToken::new();
-    let ctx = testing::context(
+    let served = testing::start(
         "payment",
         BTreeMap::from([("auth", auth.uri())]),
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
-    );
-    let routes = mesh_payment::build_with(
-        ctx,
-        PaymentOptions {
-            settings: settings(),
-            provider,
+        db,
+        bus,
+        |ctx| {
+            mesh_payment::build_with(
+                ctx,
+                PaymentOptions {
+                    settings: settings(),
+                    provider,
+                },
+            )
         },
     )
-    .await
-    .expect("build payment");
-    let addr = testing::serve("payment", routes, db.clone(), bus.clone(), shutdown.clone()).await;
-    Instance { addr, shutdown }
+    .await;
+    Instance {
+        addr: served.addr,
+        shutdown: served.shutdown,
+    }
 }
 
 /// The bus: in-process with SQLite; Redis (a fresh namespace) when `redis_url` is given.
 pub fn bus(redis_url: Option<&str>) -> Arc<dyn EventBus> {
-    match redis_url {
-        Some(url) => Arc::new(
-            RedisBus::connect(
-                url,
-                format!("{}:", testing::unique("mesh-pay")),
-                Default::default(),
-            )
-            .expect("redis bus"),
-        ),
-        None => testing::memory_bus(),
-    }
+    testing::bus("mesh-pay", redis_url)
 }
 
 pub async fn start(target: DatabaseTarget, redis_url: Option<&str>) -> Mesh {
@@ -101,11 +89,11 @@ pub async fn start_with(
     redis_url: Option<&str>,
     provider: impl FnOnce(&Database) -> Option<Arc<dyn PaymentProvider>>,
 ) -> Mesh {
-    let mut settings = AuthSettings::default();
-    settings
-        .service_clients
-        .insert("vm".into(), "vm-secret".into());
-    let auth = TestAuth::start(&testing::sqlite(), settings).await;
+    let auth = TestAuth::start(
+        &testing::sqlite(),
+        testing::service_client("vm", "vm-secret"),
+    )
+    .await;
     let db = testing::database("payment", &target, &mesh_payment::MIGRATIONS).await;
     let bus = bus(redis_url);
     let instance = start_instance(&auth, &db, &bus, provider(&db)).await;
@@ -155,23 +143,14 @@ impl Mesh {
         name: &str,
         msg: &impl prost::Message,
     ) {
-        let mut envelope = testing::envelope(event_type, subject, name, msg);
-        envelope.id = id.into();
-        testing::publish(self.bus.as_ref(), &envelope).await;
+        testing::publish_with_id(self.bus.as_ref(), id, event_type, subject, name, msg).await;
     }
 
     /// The events payment emitted of `event_type` for order `order_id` (by correlation id).
     pub async fn emitted(&self, event_type: &str, order_id: &str) -> Vec<Envelope> {
-        let rows =
-            sqlx::query("SELECT envelope FROM mesh_outbox WHERE event_type = $1 ORDER BY seq")
-                .bind(event_type)
-                .fetch_all(self.db.pool())
-                .await
-                .expect("outbox");
-        rows.iter()
-            .map(|r| {
-                Envelope::decode(r.get::<Vec<u8>, _>("envelope").as_slice()).expect("envelope")
-            })
+        testing::outbox::envelopes(&self.db, event_type)
+            .await
+            .into_iter()
             .filter(|e| e.correlation_id == order_id)
             .collect()
     }

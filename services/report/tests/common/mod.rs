@@ -6,12 +6,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh_auth::AuthSettings;
 use mesh_contracts::common::v1::Money;
 use mesh_contracts::report::v1::report_service_client::ReportServiceClient;
 use mesh_runtime::Database;
 use mesh_runtime::bus::EventBus;
-use mesh_runtime::bus::redis::RedisBus;
 use mesh_runtime::config::DatabaseTarget;
 use mesh_testkit::{self as testing, TestAuth};
 use tokio_util::sync::CancellationToken;
@@ -30,37 +28,25 @@ pub struct Mesh {
 
 /// The bus: in-process with SQLite; Redis (a fresh namespace) when `redis_url` is given.
 pub fn bus(redis_url: Option<&str>) -> Arc<dyn EventBus> {
-    match redis_url {
-        Some(url) => Arc::new(
-            RedisBus::connect(
-                url,
-                format!("{}:", testing::unique("mesh-report")),
-                Default::default(),
-            )
-            .expect("redis bus"),
-        ),
-        None => testing::memory_bus(),
-    }
+    testing::bus("mesh-report", redis_url)
 }
 
 pub async fn start(target: DatabaseTarget, redis_url: Option<&str>) -> Mesh {
-    let mut settings = AuthSettings::default();
-    settings
-        .service_clients
-        .insert("order".into(), "order-secret".into());
-    let auth = TestAuth::start(&testing::sqlite(), settings).await;
+    let auth = TestAuth::start(
+        &testing::sqlite(),
+        testing::service_client("order", "order-secret"),
+    )
+    .await;
     let db = testing::database("report", &target, &mesh_report::MIGRATIONS).await;
     let bus = bus(redis_url);
-    let shutdown = CancellationToken::new();
-    let ctx = testing::context(
+    let served = testing::start(
         "report",
         BTreeMap::from([("auth", auth.uri())]),
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
-    );
-    let routes = mesh_report::build_with(ctx).await.expect("build report");
-    let addr = testing::serve("report", routes, db.clone(), bus.clone(), shutdown.clone()).await;
+        &db,
+        &bus,
+        mesh_report::build_with,
+    )
+    .await;
     let admin = auth.admin_token().await;
     let service = auth.service_token("order", "order-secret").await;
     let customer = auth.customer_token().await;
@@ -68,8 +54,8 @@ pub async fn start(target: DatabaseTarget, redis_url: Option<&str>) -> Mesh {
         auth,
         db,
         bus,
-        addr,
-        shutdown,
+        addr: served.addr,
+        shutdown: served.shutdown,
         admin,
         service,
         customer,

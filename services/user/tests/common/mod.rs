@@ -12,11 +12,8 @@ use mesh_contracts::events::v1::Envelope;
 use mesh_contracts::user::v1::user_service_client::UserServiceClient;
 use mesh_runtime::Database;
 use mesh_runtime::bus::EventBus;
-use mesh_runtime::bus::redis::RedisBus;
 use mesh_runtime::config::DatabaseTarget;
 use mesh_testkit::{self as testing, TestAuth};
-use prost::Message as _;
-use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -31,17 +28,7 @@ pub struct Mesh {
 
 /// The bus: in-process with SQLite; Redis (a fresh namespace) when `redis_url` is given.
 pub fn bus(redis_url: Option<&str>) -> Arc<dyn EventBus> {
-    match redis_url {
-        Some(url) => Arc::new(
-            RedisBus::connect(
-                url,
-                format!("{}:", testing::unique("mesh-user")),
-                Default::default(),
-            )
-            .expect("redis bus"),
-        ),
-        None => testing::memory_bus(),
-    }
+    testing::bus("mesh-user", redis_url)
 }
 
 /// Auth on `auth_target` and user on `target` (each service its own database), one bus.
@@ -53,23 +40,21 @@ pub async fn start(
     let bus = bus(redis_url);
     let auth = TestAuth::start_on(&auth_target, AuthSettings::default(), bus.clone()).await;
     let db = testing::database("user", &target, &mesh_user::MIGRATIONS).await;
-    let shutdown = CancellationToken::new();
-    let ctx = testing::context(
+    let served = testing::start(
         "user",
         BTreeMap::from([("auth", auth.uri())]),
-        db.clone(),
-        bus.clone(),
-        shutdown.clone(),
-    );
-    let routes = mesh_user::build_with(ctx).await.expect("build user");
-    let addr = testing::serve("user", routes, db.clone(), bus.clone(), shutdown.clone()).await;
+        &db,
+        &bus,
+        mesh_user::build_with,
+    )
+    .await;
     let admin = auth.admin_token().await;
     Mesh {
         auth,
         db,
         bus,
-        addr,
-        shutdown,
+        addr: served.addr,
+        shutdown: served.shutdown,
         admin,
     }
 }
@@ -95,34 +80,15 @@ impl Mesh {
 
     /// The envelopes of `event_type` user emitted for `subject`.
     pub async fn emitted(&self, event_type: &str, subject: &str) -> Vec<Envelope> {
-        sqlx::query(
-            "SELECT envelope FROM mesh_outbox WHERE event_type = $1 AND subject = $2 ORDER BY seq",
-        )
-        .bind(event_type)
-        .bind(subject)
-        .fetch_all(self.db.pool())
-        .await
-        .expect("outbox")
-        .iter()
-        .map(|r| Envelope::decode(r.get::<Vec<u8>, _>("envelope").as_slice()).expect("envelope"))
-        .collect()
+        testing::outbox::envelopes(&self.db, event_type)
+            .await
+            .into_iter()
+            .filter(|e| e.subject == subject)
+            .collect()
     }
 
     /// Publishes `envelope` and waits until user's consumer handled it.
     pub async fn deliver(&self, envelope: &Envelope) {
-        testing::publish(self.bus.as_ref(), envelope).await;
-        let id = envelope.id.clone();
-        testing::eventually("user handled the event", || {
-            let (db, id) = (self.db.clone(), id.clone());
-            async move {
-                sqlx::query("SELECT 1 AS one FROM mesh_handled_events WHERE event_id = $1")
-                    .bind(id)
-                    .fetch_optional(db.pool())
-                    .await
-                    .expect("handled")
-                    .is_some()
-            }
-        })
-        .await;
+        testing::deliver(self.bus.as_ref(), &self.db, "user", envelope).await;
     }
 }
