@@ -530,7 +530,7 @@ testing::on_sqlite_and_postgres!(
 /// the assignments from `user.updated` and puts them into the staff token's `stores` claim;
 /// shop checks the claim (admins anywhere).
 async fn store_staff_act_only_at_their_stores(target: DatabaseTarget) {
-    use mesh_contracts::auth::v1::{LoginRequest, Role as AuthRole, SetRolesRequest};
+    use mesh_contracts::auth::v1::{Role as AuthRole, SetRolesRequest};
     use mesh_contracts::events::v1::UserUpdated;
 
     let s = start(target).await;
@@ -588,21 +588,8 @@ async fn store_staff_act_only_at_their_stores(target: DatabaseTarget) {
         ),
     )
     .await;
-    let login = |email: String| {
-        let mut auth = auth.clone();
-        async move {
-            auth.login(LoginRequest {
-                email,
-                password: mesh_testkit::PASSWORD.into(),
-            })
-            .await
-            .expect("login")
-            .into_inner()
-            .tokens
-            .expect("tokens")
-            .access_token
-        }
-    };
+    let staff_auth = &s.auth;
+    let login = move |email: String| async move { staff_auth.login(&email).await };
     let machine = |store: &str, id: &str| RegisterMachineRequest {
         parent: format!("stores/{store}"),
         machine: Some(Machine {
