@@ -21,23 +21,28 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
+use mesh_contracts::auth::v1::Jwk;
 use mesh_contracts::product::v1::GetProductRequest;
 use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
+use mesh_edge::auth::{EdgeAuth, PublicRoutes};
 use mesh_edge::config::EdgeConfig;
+use mesh_edge::rate_limit::RateLimit;
+use mesh_runtime::auth::{Claims, Clock as _, StaticKeys, SystemClock, VerifierSettings};
 use mesh_runtime::config::{LogConfig, LogFormat};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
 
-/// One keep-alive HTTP/1.1 GET; returns the status code.
-async fn get(stream: &mut TcpStream, buf: &mut Vec<u8>, path: &str) -> u16 {
-    let request = format!("GET {path} HTTP/1.1\r\nhost: edge\r\n\r\n");
+/// One keep-alive HTTP/1.1 GET with `extra` header lines; returns the status code.
+async fn get(stream: &mut TcpStream, buf: &mut Vec<u8>, path: &str, extra: &str) -> u16 {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: edge\r\n{extra}\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     buf.clear();
     loop {
@@ -77,8 +82,9 @@ fn production_subscriber() {
     ));
 }
 
-/// `MESH_HOP_REQUESTS` GETs of `/v1/products/p<i>`, one at a time on one connection to `addr`.
-async fn drive(addr: SocketAddr, what: &str) {
+/// `MESH_HOP_REQUESTS` GETs of `/v1/products/p<i>`, one at a time on one connection to `addr`,
+/// each with the header lines `extra` (`name: value\r\n` each).
+async fn drive(addr: SocketAddr, what: &str, extra: &str) {
     let requests: usize = std::env::var("MESH_HOP_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -89,7 +95,7 @@ async fn drive(addr: SocketAddr, what: &str) {
     let start = Instant::now();
     for i in 0..requests {
         assert_eq!(
-            get(&mut stream, &mut buf, &format!("/v1/products/p{i}")).await,
+            get(&mut stream, &mut buf, &format!("/v1/products/p{i}"), extra).await,
             200
         );
     }
@@ -106,7 +112,74 @@ async fn rest_call_cost() {
     production_subscriber();
     let upstream = start_upstream().await;
     let edge = start_edge(EdgeConfig::default(), upstream).await;
-    drive(edge.addr, "the edge").await;
+    drive(edge.addr, "the edge", "").await;
+}
+
+/// (c) with the edge's admission at work: every route guarded (no public RPC), each request
+/// carrying a valid bearer token (verified once, then found in the edge's cache of verified
+/// tokens), and the in-process rate limit on (a limit no request reaches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand (see the module docs)"]
+async fn guarded_rest_call_cost() {
+    production_subscriber();
+    let upstream = start_upstream().await;
+    let (keys, token) = signed_token();
+    let auth = EdgeAuth::new(
+        Arc::new(keys),
+        VerifierSettings::default(),
+        Arc::new(SystemClock),
+        PublicRoutes::parse(&[]).unwrap(),
+    );
+    let config = EdgeConfig {
+        rate_limit: Some(RateLimit {
+            per_second: 1e9,
+            burst: u32::MAX,
+        }),
+        ..EdgeConfig::default()
+    };
+    let edge = serve_edge(edge_for(config, upstream).with_auth(auth)).await;
+    drive(
+        edge.addr,
+        "the edge with a token and a rate limit",
+        &format!("authorization: Bearer {token}\r\n"),
+    )
+    .await;
+}
+
+/// A key set of one Ed25519 key, and a token it verifies (an hour long).
+fn signed_token() -> (StaticKeys, String) {
+    use base64::Engine as _;
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let jwk = Jwk {
+        kty: "OKP".into(),
+        crv: "Ed25519".into(),
+        kid: "k1".into(),
+        x: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()),
+        ..Default::default()
+    };
+    let now = SystemClock.now_unix();
+    let claims = Claims {
+        iss: "mesh-auth".into(),
+        sub: "customer-1".into(),
+        aud: "mesh".into(),
+        exp: now + 3600,
+        iat: now,
+        nbf: now,
+        jti: "j1".into(),
+        roles: vec!["customer".into()],
+        stores: vec![],
+    };
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("k1".into());
+    let der = key.to_pkcs8_der().unwrap();
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes()),
+    )
+    .unwrap();
+    (StaticKeys::new(&[jwk]), token)
 }
 
 /// The bare hop's answer to `GET /v1/products/{id}`: `GetProduct` upstream, the product's id and
@@ -157,5 +230,5 @@ async fn bare_hop_cost() {
             .serve_connection(TokioIo::new(stream), service)
             .await;
     });
-    drive(addr, "the bare hop").await;
+    drive(addr, "the bare hop", "").await;
 }
