@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, Either, Ready, ready};
-use http::{HeaderValue, Uri};
+use http::Uri;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tower_service::Service;
@@ -30,13 +30,13 @@ use crate::balance::{BalanceOptions, Balanced};
 use crate::call_context::CallContext;
 use crate::dns::DnsResolver;
 use crate::endpoint_slices::{KubeClient, service_and_namespace};
-use crate::grpc_timeout::{self, GRPC_TIMEOUT};
+use crate::grpc_timeout::{self, GRPC_TIMEOUT_HEADER};
 use crate::resilience::{
     Breaker, BreakerOptions, ClientMetrics, ResilienceOptions, Retry, RetryBudget, RetryOptions,
     RetryPolicy, Throttle,
 };
 use crate::tls::ClientTls;
-use crate::trace_context::TRACEPARENT;
+use crate::trace_context::TRACEPARENT_HEADER;
 
 /// The channel type service code holds for calling a peer.
 pub type MeshChannel = Propagate<PeerChannel>;
@@ -296,9 +296,8 @@ where
         let context = CallContext::current();
         let own = req
             .headers()
-            .get(GRPC_TIMEOUT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(grpc_timeout::parse)
+            .get(&GRPC_TIMEOUT_HEADER)
+            .and_then(grpc_timeout::from_header)
             .map(|d| now + d);
         let inherited = context.and_then(|c| c.deadline);
         let deadline = match (own, inherited) {
@@ -316,12 +315,11 @@ where
             ));
             return Either::Left(ready(Ok(status.into_http())));
         };
+        // Static names and a value written without `fmt`: this runs on every outgoing call.
         let headers = req.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&grpc_timeout::format(remaining)) {
-            headers.insert(GRPC_TIMEOUT, v);
-        }
+        headers.insert(GRPC_TIMEOUT_HEADER, grpc_timeout::header_value(remaining));
         if let Some(context) = context {
-            headers.insert(TRACEPARENT, context.trace.header_value());
+            headers.insert(TRACEPARENT_HEADER, context.trace.header_value());
         }
         Either::Right(self.inner.call(req))
     }

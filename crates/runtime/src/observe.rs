@@ -26,9 +26,9 @@ use tracing::{Span, field};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::call_context::CallContext;
-use crate::grpc_timeout::{self, GRPC_TIMEOUT};
+use crate::grpc_timeout::{self, GRPC_TIMEOUT_HEADER};
 use crate::metrics::{MethodLabels, MethodMetrics, RpcMetrics, code_name};
-use crate::trace_context::{TRACEPARENT, TraceContext};
+use crate::trace_context::{TRACEPARENT_HEADER, TraceContext};
 
 /// The target of the per-call `rpc` and per-event `event` spans. They are `debug` spans, so the
 /// production filter (`info`) leaves them off; `MESH_LOG=info,mesh::span=debug` (or any filter
@@ -128,10 +128,16 @@ where
             .get(path)
             .unwrap_or(&self.shared.unknown)
             .clone();
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let parent = header(TRACEPARENT).and_then(TraceContext::parse);
-        let deadline = header(GRPC_TIMEOUT)
-            .and_then(grpc_timeout::parse)
+        // Static header names: no name parsed per call.
+        let parent = req
+            .headers()
+            .get(&TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse);
+        let deadline = req
+            .headers()
+            .get(&GRPC_TIMEOUT_HEADER)
+            .and_then(grpc_timeout::from_header)
             .map(|d| tokio::time::Instant::now() + d);
         let mut trace = parent.map_or_else(TraceContext::new_root, |p| p.child());
 
@@ -246,7 +252,7 @@ impl Drop for Call {
 
 fn status_of(headers: &http::HeaderMap) -> Option<tonic::Code> {
     headers
-        .get("grpc-status")
+        .get(&crate::resilience::GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
         .map(tonic::Code::from_i32)

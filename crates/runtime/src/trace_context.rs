@@ -8,6 +8,9 @@ use std::fmt;
 /// The metadata / header key that carries the W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// [`TRACEPARENT`] as a header name: a lookup or insert with it parses no name.
+pub const TRACEPARENT_HEADER: http::HeaderName = http::HeaderName::from_static(TRACEPARENT);
+
 /// A position in a distributed trace: the trace, the current span in it, and the sampling flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TraceContext {

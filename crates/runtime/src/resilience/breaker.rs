@@ -39,8 +39,8 @@ use tower_service::Service;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::{ClientMetrics, LocalRejection, UpstreamLabels};
-use crate::grpc_timeout::{self, GRPC_TIMEOUT};
+use super::{ClientMetrics, GRPC_STATUS, LocalRejection, UpstreamLabels};
+use crate::grpc_timeout::{self, GRPC_TIMEOUT_HEADER};
 
 /// Settings of a [`Throttle`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -251,7 +251,7 @@ pub fn verdict<E>(
     }
     let Some(code) = response
         .headers()
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .and_then(|v| v.parse::<i32>().ok())
         .map(Code::from_i32)
@@ -322,9 +322,8 @@ where
         }
         let deadline = req
             .headers()
-            .get(GRPC_TIMEOUT)
-            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-            .and_then(grpc_timeout::parse)
+            .get(&GRPC_TIMEOUT_HEADER)
+            .and_then(grpc_timeout::from_header)
             .map(|d| Instant::now() + d);
         // For the message if the deadline passes (a shared `Bytes`: no copy).
         let path = req.uri().path_and_query().cloned();
@@ -549,7 +548,7 @@ mod tests {
         let mut req = http::Request::new(tonic::body::Body::empty());
         *req.uri_mut() = "/pkg.S/M".parse().unwrap();
         req.headers_mut()
-            .insert(GRPC_TIMEOUT, http::HeaderValue::from_static("10S"));
+            .insert(GRPC_TIMEOUT_HEADER, http::HeaderValue::from_static("10S"));
         req
     }
 
@@ -655,7 +654,7 @@ mod tests {
         let breaker = Breaker::new(silent, throttle.clone());
         let mut req = request();
         req.headers_mut()
-            .insert(GRPC_TIMEOUT, http::HeaderValue::from_static("100m"));
+            .insert(GRPC_TIMEOUT_HEADER, http::HeaderValue::from_static("100m"));
         let started = Instant::now();
         let response = breaker.clone().oneshot(req).await.unwrap();
         assert_eq!(
@@ -673,7 +672,7 @@ mod tests {
         for _ in 0..30 {
             let mut req = request();
             req.headers_mut()
-                .insert(GRPC_TIMEOUT, http::HeaderValue::from_static("10m"));
+                .insert(GRPC_TIMEOUT_HEADER, http::HeaderValue::from_static("10m"));
             let _ = breaker.clone().oneshot(req).await;
         }
         assert!(throttle.reject_probability() > 0.5);

@@ -26,6 +26,10 @@ pub use retry::{Retry, RetryOptions, RetryPolicy};
 
 use crate::metrics::Metrics;
 
+/// The `grpc-status` header, read from every answer by the retry and breaker layers (a static
+/// name: no name parsed per call).
+pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// Marks a response the breaker made locally (never retried).
 #[derive(Debug, Clone, Copy)]
 pub struct LocalRejection;

@@ -16,15 +16,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, Either};
-use http::HeaderValue;
 use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 use tower_service::Service;
 
 use super::budget::RetryBudget;
-use super::{ClientMetrics, LocalRejection, UpstreamLabels};
-use crate::grpc_timeout::{self, GRPC_TIMEOUT};
+use super::{ClientMetrics, GRPC_STATUS, LocalRejection, UpstreamLabels};
+use crate::grpc_timeout::{self, GRPC_TIMEOUT_HEADER};
 
 /// Settings of [`Retry`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -86,8 +85,9 @@ fn retryable<E>(result: &Result<http::Response<tonic::body::Body>, E>) -> bool {
         Err(_) => true,
         Ok(r) => {
             r.extensions().get::<LocalRejection>().is_none()
-                && r.headers().get("grpc-status").and_then(|v| v.to_str().ok())
-                    == Some(&(tonic::Code::Unavailable as i32).to_string())
+                && r.headers()
+                    .get(&GRPC_STATUS)
+                    .is_some_and(|v| v.as_bytes() == b"14")
         }
     }
 }
@@ -127,9 +127,8 @@ where
             };
             let deadline = parts
                 .headers
-                .get(GRPC_TIMEOUT)
-                .and_then(|v| v.to_str().ok())
-                .and_then(grpc_timeout::parse)
+                .get(&GRPC_TIMEOUT_HEADER)
+                .and_then(grpc_timeout::from_header)
                 .map(|d| start + d);
             let build = |remaining: Option<Duration>| {
                 let mut req = http::Request::new(tonic::body::Body::new(
@@ -140,10 +139,9 @@ where
                 *req.uri_mut() = parts.uri.clone();
                 *req.version_mut() = parts.version;
                 *req.headers_mut() = parts.headers.clone();
-                if let Some(remaining) = remaining
-                    && let Ok(v) = HeaderValue::from_str(&grpc_timeout::format(remaining))
-                {
-                    req.headers_mut().insert(GRPC_TIMEOUT, v);
+                if let Some(remaining) = remaining {
+                    req.headers_mut()
+                        .insert(GRPC_TIMEOUT_HEADER, grpc_timeout::header_value(remaining));
                 }
                 req
             };
