@@ -317,13 +317,13 @@ impl ServiceContext {
 /// and reflection.
 ///
 /// A service that also answers plain HTTP on its port (the edge: REST over HTTP/1.1 and h2c,
-/// and gRPC it proxies) adds a [`fallback`](Self::fallback) router: every request no gRPC route
+/// and gRPC it proxies) adds a [`fallback`](Self::fallback) service: every request no gRPC route
 /// owns goes there, and the port then accepts HTTP/1.1 as well as HTTP/2.
 #[derive(Debug, Clone, Default)]
 pub struct ServiceRoutes {
     routes: Routes,
     names: Vec<&'static str>,
-    fallback: Option<axum::Router>,
+    fallback: Option<Fallback>,
     descriptor_set: Option<Arc<[u8]>>,
     admin: Option<axum::Router>,
     extensions: http::Extensions,
@@ -361,10 +361,24 @@ impl ServiceRoutes {
         self
     }
 
-    /// Sends every request no gRPC route owns to `router` (instead of `UNIMPLEMENTED`), and
+    /// Sends every request no gRPC route owns to `service` (instead of `UNIMPLEMENTED`), and
     /// makes the port accept HTTP/1.1 too. Health, reflection and the observe layer still apply.
-    pub fn fallback(mut self, router: axum::Router) -> Self {
-        self.fallback = Some(router);
+    ///
+    /// `service` may be an [`axum::Router`], or a plain service (the edge's handler), which the
+    /// port's router calls directly: no second router pass per request.
+    pub fn fallback<S>(mut self, service: S) -> Self
+    where
+        S: tower_service::Service<
+                http::Request<axum::body::Body>,
+                Response = axum::response::Response,
+                Error = Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.fallback = Some(Fallback::new(service));
         self
     }
 
@@ -416,7 +430,14 @@ impl ServiceRoutes {
     }
 
     /// Takes the HTTP fallback and the reflection descriptor set out, if set.
-    pub(crate) fn take_extras(&mut self) -> (Option<axum::Router>, Option<Arc<[u8]>>) {
+    pub(crate) fn take_extras(&mut self) -> (Option<Fallback>, Option<Arc<[u8]>>) {
         (self.fallback.take(), self.descriptor_set.take())
     }
 }
+
+/// The HTTP fallback of a port ([`ServiceRoutes::fallback`]), type-erased.
+pub(crate) type Fallback = tower::util::BoxCloneSyncService<
+    http::Request<axum::body::Body>,
+    axum::response::Response,
+    Infallible,
+>;

@@ -2,6 +2,7 @@
 //! and proxied), gRPC-Web (translated, then the same), or REST ([`crate::rest`]); CORS headers
 //! and the request id on the answer. [`Edge::service_routes`] mounts it on a runtime server.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -29,14 +30,22 @@ impl Edge {
             // Leaked once at start: the server wants `'static` names, and there are a handful.
             routes = routes.advertise(Box::leak(service.to_string().into_boxed_str()));
         }
+        let descriptor_set = self.pool.encode_to_vec();
+        // The handler itself as the port's fallback: the server's router calls it directly,
+        // with no second router (and handler extraction) per request.
         routes
-            .reflection_descriptor_set(self.pool.encode_to_vec())
-            .fallback(self.router())
+            .reflection_descriptor_set(descriptor_set)
+            .fallback(tower::service_fn(move |req: Request<Body>| {
+                let edge = self.clone();
+                async move { Ok::<_, Infallible>(handle(edge, req).await) }
+            }))
     }
 
     /// The HTTP side of the edge as an axum router (one fallback handler).
     pub fn router(self: Arc<Self>) -> axum::Router {
-        axum::Router::new().fallback(handle).with_state(self)
+        axum::Router::new()
+            .fallback(|State(edge): State<Arc<Edge>>, req: Request<Body>| handle(edge, req))
+            .with_state(self)
     }
 }
 
@@ -80,7 +89,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
-async fn handle(State(edge): State<Arc<Edge>>, mut req: Request<Body>) -> Response {
+async fn handle(edge: Arc<Edge>, mut req: Request<Body>) -> Response {
     let id = request_id(req.headers());
     req.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
     let peer = req
