@@ -159,6 +159,9 @@ struct Window {
     current: usize,
     started: Instant,
     bucket_len: Duration,
+    /// [`Shedder::estimate`] of the complete buckets, kept until the window moves: it reads
+    /// only buckets no call writes to any more, so it is computed once per bucket, not per call.
+    estimate: Option<usize>,
 }
 
 impl Window {
@@ -173,6 +176,9 @@ impl Window {
         }
         if steps > n {
             self.started = now;
+        }
+        if steps > 0 {
+            self.estimate = None;
         }
     }
 }
@@ -197,6 +203,7 @@ impl Shedder {
                 current: 0,
                 started: Instant::now(),
                 bucket_len: options.window / buckets,
+                estimate: None,
             }),
         }
     }
@@ -220,6 +227,9 @@ impl Shedder {
     pub fn estimate(&self) -> usize {
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
         w.advance(Instant::now());
+        if let Some(estimate) = w.estimate {
+            return estimate;
+        }
         let current = w.current;
         let (mut max_pass, mut min_rt_us) = (0u64, f64::INFINITY);
         for (i, b) in w.buckets.iter().enumerate() {
@@ -235,7 +245,9 @@ impl Shedder {
         } else {
             (per_sec * (min_rt_us / 1e6 + self.options.queue_target.as_secs_f64())).ceil()
         };
-        estimate as usize
+        let estimate = estimate as usize;
+        w.estimate = Some(estimate);
+        estimate
     }
 
     /// Admits a call (the guard records its end), or says why it is refused.
