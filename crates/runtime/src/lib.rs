@@ -68,6 +68,7 @@ pub mod settings;
 pub mod shed;
 pub mod shutdown;
 pub mod spans;
+pub mod sql_write;
 pub mod storage;
 pub mod task_restarts;
 pub mod telemetry;

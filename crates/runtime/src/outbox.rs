@@ -8,11 +8,13 @@ use std::ops::{Deref, DerefMut};
 
 use mesh_contracts::events::v1::Envelope;
 use prost::Message as _;
+use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, Row as _, Transaction};
 
 use crate::bus::OutgoingEvent;
 use crate::call_context::CallContext;
 use crate::publisher::{Row, Ticket};
+use crate::sql_write::Write;
 use crate::storage::{Backend, Database, DatabaseError, now_micros};
 
 /// Number of relay partitions (rows of `mesh_outbox_partitions` on Postgres).
@@ -219,105 +221,107 @@ impl Tx {
     /// `sequence` is the next of its subject; `traceparent` is the current call's (or the
     /// handled event's) trace position, so consumers continue the trace.
     pub async fn emit(&mut self, event: Event) -> Result<Envelope, DatabaseError> {
-        let micros = now_micros();
-        let cause = self.cause.clone().unwrap_or_default();
-        let mut envelope = Envelope {
-            id: uuid::Uuid::now_v7().to_string(),
-            r#type: event.event_type,
-            source: self.db.service().to_string(),
-            subject: event.subject,
-            time: Some(prost_types::Timestamp {
-                seconds: micros.div_euclid(1_000_000),
-                nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-            }),
-            traceparent: CallContext::current()
-                .map(|c| c.trace.to_string())
-                .unwrap_or_default(),
-            payload: Some(event.payload),
-            tracestate: String::new(),
-            // Assigned by the insert below; the stored bytes leave it out (see `with_sequence`).
-            sequence: 0,
-            correlation_id: if event.correlation_id.is_empty() {
-                cause.correlation_id
-            } else {
-                event.correlation_id
-            },
-            causation_id: cause.event_id,
+        self.insert(&[], event)
+            .await?
+            .ok_or(DatabaseError::Query(sqlx::Error::RowNotFound))
+    }
+
+    /// Runs `writes` and emits `event` in this transaction, the event only if the first write
+    /// changed a row (`None` otherwise; the other writes run either way, but for
+    /// [`Write::gated`] ones, which run only with the event). On Postgres the writes and the
+    /// outbox row are one statement (the writes as data-modifying `WITH`s of the outbox
+    /// insert); elsewhere each write is a statement of its own before the outbox row's.
+    pub async fn write_and_emit(
+        &mut self,
+        writes: &[Write],
+        event: Event,
+    ) -> Result<Option<Envelope>, DatabaseError> {
+        if writes.is_empty() || matches!(self.db.backend(), Backend::Postgres { .. }) {
+            return self.insert(writes, event).await;
+        }
+        let mut changed = true;
+        for (i, w) in writes.iter().enumerate() {
+            if w.is_gated() && !changed {
+                continue;
+            }
+            let rows = w.execute(&mut self.inner).await?;
+            if i == 0 {
+                changed = rows > 0;
+            }
+        }
+        if changed {
+            self.insert(&[], event).await
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Runs `statement` (one that returns rows: an upsert with `RETURNING`; not a `WITH`) in this
+    /// transaction and returns its rows. Inside a consumer on Postgres, the handled ids still to
+    /// be written are recorded by the same statement (a data-modifying `WITH`), as
+    /// [`Tx::emit`] does: a step whose only write emits nothing pays no statement for the record.
+    pub async fn fetch_recording(&mut self, statement: &Write) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let Some(h) = self
+            .handled
+            .as_mut()
+            .filter(|h| h.written.is_none() && !h.ids.is_empty())
+        else {
+            return statement.fetch_all(&mut self.inner).await;
         };
-        // One round trip: the subject's next sequence is computed by the insert itself, which
-        // also says whether the subject's previous row is on the bus already (the direct
-        // publisher keeps per-subject order with it), and records the consumer's handled ids
-        // when they are still to be written.
+        let n = statement.param_count();
+        let (values, padded) = handled_values(&h.ids, n + 2, &format!("${}", n + 1));
+        // One row at least (the count's), so the record's count is known even when the
+        // statement returns none.
+        let sql = format!(
+            "WITH handled AS (INSERT INTO mesh_handled_events (consumer, event_id, handled_at_us) \
+             VALUES {values} ON CONFLICT DO NOTHING RETURNING 1), m AS ({}) \
+             SELECT m.*, c.n AS mesh_handled_new, (SELECT CAST(COUNT(*) AS BIGINT) FROM m) AS mesh_rows \
+             FROM (SELECT CAST(COUNT(*) AS BIGINT) AS n FROM handled) AS c LEFT JOIN m ON TRUE",
+            statement.sql()
+        );
+        let mut query = statement
+            .bind_to(sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .bind(now_micros())
+            .bind(h.consumer.clone());
+        for id in padded {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&mut *self.inner).await?;
+        let Some(first) = rows.first() else {
+            return Ok(rows);
+        };
+        let new: i64 = first.try_get("mesh_handled_new")?;
+        h.written = Some(usize::try_from(new).unwrap_or(0));
+        let returned: i64 = first.try_get("mesh_rows")?;
+        Ok(if returned == 0 { Vec::new() } else { rows })
+    }
+
+    /// Inserts `event`'s outbox row (joined to `writes`, on Postgres only, and to the
+    /// consumer's handled ids when still to be written) and registers it with the direct
+    /// publisher; `None` when the first write changed no row.
+    async fn insert(
+        &mut self,
+        writes: &[Write],
+        event: Event,
+    ) -> Result<Option<Envelope>, DatabaseError> {
+        let mut envelope = envelope_of(&self.db, self.cause.as_ref(), event);
         let handled = self
             .handled
             .as_ref()
             .filter(|h| h.written.is_none() && !h.ids.is_empty());
-        let (record, padded) = match handled {
-            Some(h) => {
-                let (values, padded) = handled_values(&h.ids, 7, "$5");
-                (
-                    format!(
-                        "WITH handled AS (INSERT INTO mesh_handled_events (consumer, event_id, handled_at_us) \
-                         VALUES {values} ON CONFLICT DO NOTHING RETURNING 1) "
-                    ),
-                    padded,
-                )
-            }
-            None => (String::new(), Vec::new()),
+        let inserted = insert_row(&mut self.inner, &envelope, writes, handled).await?;
+        if let (Some(new), Some(h)) = (inserted.handled_new, self.handled.as_mut()) {
+            h.written = Some(new);
+        }
+        let Some(row) = inserted.row else {
+            return Ok(None);
         };
-        let sql = format!(
-            "{record}INSERT INTO mesh_outbox (event_id, event_type, subject, sequence, part, occurred_at_us, envelope) \
-             SELECT $1, $2, $3, COALESCE(MAX(sequence), 0) + 1, $4, $5, $6 \
-             FROM mesh_outbox WHERE subject = $3 \
-             RETURNING seq, sequence, (SELECT p.sent_at_us FROM mesh_outbox p \
-               WHERE p.subject = mesh_outbox.subject AND p.sequence = mesh_outbox.sequence - 1) AS prev_sent_at_us{}",
-            if record.is_empty() {
-                ""
-            } else {
-                ", (SELECT CAST(COUNT(*) AS BIGINT) FROM handled) AS handled_new"
-            }
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&envelope.id)
-            .bind(&envelope.r#type)
-            .bind(&envelope.subject)
-            .bind(partition_of(&envelope.subject))
-            .bind(micros)
-            .bind(envelope.encode_to_vec());
-        if let Some(h) = handled {
-            query = query.bind(&h.consumer);
-            for id in &padded {
-                query = query.bind(id.clone());
-            }
+        envelope.sequence = row.sequence;
+        if let Some(ticket) = register(&self.db, &envelope, &row) {
+            self.pending.tickets.push(ticket);
+            self.pending.db.get_or_insert_with(|| self.db.clone());
         }
-        let row = query.fetch_one(&mut *self.inner).await?;
-        if !record.is_empty()
-            && let Some(h) = self.handled.as_mut()
-        {
-            let new: i64 = row.try_get("handled_new")?;
-            h.written = Some(usize::try_from(new).unwrap_or(0));
-        }
-        envelope.sequence = row.try_get("sequence")?;
-        let publisher = self.db.publisher();
-        if publisher.is_running() {
-            let seq: i64 = row.try_get("seq")?;
-            let prev_sent = row.try_get::<Option<i64>, _>("prev_sent_at_us")?.is_some();
-            let direct = Row {
-                seq,
-                sequence: envelope.sequence,
-                prev_sent,
-                event: OutgoingEvent {
-                    domain: domain_of(&envelope.r#type).to_string(),
-                    event_id: seq.to_string(),
-                    payload: envelope.encode_to_vec().into(),
-                },
-            };
-            if let Some(ticket) = publisher.register(&envelope.subject, direct) {
-                self.pending.tickets.push(ticket);
-                self.pending.db.get_or_insert_with(|| self.db.clone());
-            }
-        }
-        Ok(envelope)
+        Ok(Some(envelope))
     }
 
     /// Wakes `worker` (`notify_one`) once this transaction has committed: for background work
@@ -375,6 +379,215 @@ impl Tx {
     pub async fn rollback(self) -> Result<(), DatabaseError> {
         self.inner.rollback().await?;
         Ok(())
+    }
+}
+
+/// The envelope of `event` emitted by `db`'s service now, caused by `cause` (if any): its
+/// `sequence` is set by the insert.
+fn envelope_of(db: &Database, cause: Option<&Cause>, event: Event) -> Envelope {
+    let micros = now_micros();
+    let cause = cause.cloned().unwrap_or_default();
+    Envelope {
+        id: uuid::Uuid::now_v7().to_string(),
+        r#type: event.event_type,
+        source: db.service().to_string(),
+        subject: event.subject,
+        time: Some(prost_types::Timestamp {
+            seconds: micros.div_euclid(1_000_000),
+            nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+        }),
+        traceparent: CallContext::current()
+            .map(|c| c.trace.to_string())
+            .unwrap_or_default(),
+        payload: Some(event.payload),
+        tracestate: String::new(),
+        // Assigned by the insert; the stored bytes leave it out (see `with_sequence`).
+        sequence: 0,
+        correlation_id: if event.correlation_id.is_empty() {
+            cause.correlation_id
+        } else {
+            event.correlation_id
+        },
+        causation_id: cause.event_id,
+    }
+}
+
+/// What an outbox insert returned.
+struct Inserted {
+    /// The row, if the gate let it in.
+    row: Option<InsertedRow>,
+    /// How many of the handled ids joined to the insert were new.
+    handled_new: Option<usize>,
+}
+
+/// An outbox row as inserted.
+struct InsertedRow {
+    seq: i64,
+    sequence: i64,
+    prev_sent: bool,
+}
+
+/// Inserts `envelope`'s outbox row, after `writes` and with `handled`'s record when given, in
+/// one statement: the subject's next sequence is computed by the insert itself, which also says
+/// whether the subject's previous row is on the bus already (the direct publisher keeps per-subject
+/// order with it). With `writes` (Postgres only), the row is written only if the first write
+/// changed a row (`row` is `None` otherwise). With `writes` or `handled` (Postgres only) the
+/// statement is a `WITH` returning one row either way.
+async fn insert_row(
+    conn: &mut AnyConnection,
+    envelope: &Envelope,
+    writes: &[Write],
+    handled: Option<&HandledIds>,
+) -> Result<Inserted, DatabaseError> {
+    let micros = envelope
+        .time
+        .as_ref()
+        .map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000);
+    let mut ctes = Vec::with_capacity(writes.len() + 1);
+    let mut n = 0;
+    for (i, w) in writes.iter().enumerate() {
+        let gate = if i > 0 && w.is_gated() {
+            " AND EXISTS (SELECT 1 FROM w0)"
+        } else {
+            ""
+        };
+        ctes.push(format!("w{i} AS ({}{gate} RETURNING 1)", w.shifted(n)));
+        n += w.param_count();
+    }
+    let mut padded = Vec::new();
+    if let Some(h) = handled {
+        let (values, ids) = handled_values(&h.ids, n + 7, &format!("${}", n + 5));
+        ctes.push(format!(
+            "handled AS (INSERT INTO mesh_handled_events (consumer, event_id, handled_at_us) \
+             VALUES {values} ON CONFLICT DO NOTHING RETURNING 1)"
+        ));
+        padded = ids;
+    }
+    let gate = if writes.is_empty() {
+        ""
+    } else {
+        " HAVING EXISTS (SELECT 1 FROM w0)"
+    };
+    let p = |k: usize| format!("${}", n + k);
+    let insert = format!(
+        "INSERT INTO mesh_outbox (event_id, event_type, subject, sequence, part, occurred_at_us, envelope) \
+         SELECT {}, {}, {}, COALESCE(MAX(sequence), 0) + 1, {}, {}, {} \
+         FROM mesh_outbox WHERE subject = {}{gate} \
+         RETURNING seq, sequence, (SELECT p.sent_at_us FROM mesh_outbox p \
+           WHERE p.subject = mesh_outbox.subject AND p.sequence = mesh_outbox.sequence - 1) AS prev_sent_at_us",
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5),
+        p(6),
+        p(3),
+    );
+    let sql = if ctes.is_empty() {
+        // Alone (both databases): always one row, the aggregate's.
+        format!("{insert}, CAST(NULL AS BIGINT) AS handled_new")
+    } else {
+        // Joined (Postgres): one row whether or not the gate let the outbox row in, so the
+        // handled ids' count is known either way.
+        format!(
+            "WITH {}, o AS ({insert}) SELECT o.seq, o.sequence, o.prev_sent_at_us, {} AS handled_new \
+             FROM (SELECT 1) AS one LEFT JOIN o ON TRUE",
+            ctes.join(", "),
+            if handled.is_some() {
+                "(SELECT CAST(COUNT(*) AS BIGINT) FROM handled)"
+            } else {
+                "CAST(NULL AS BIGINT)"
+            }
+        )
+    };
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for w in writes {
+        query = w.bind_to(query);
+    }
+    query = query
+        .bind(envelope.id.clone())
+        .bind(envelope.r#type.clone())
+        .bind(envelope.subject.clone())
+        .bind(partition_of(&envelope.subject))
+        .bind(micros)
+        .bind(envelope.encode_to_vec());
+    if let Some(h) = handled {
+        query = query.bind(h.consumer.clone());
+        for id in padded {
+            query = query.bind(id);
+        }
+    }
+    let row = query.fetch_one(&mut *conn).await?;
+    let handled_new = row
+        .try_get::<Option<i64>, _>("handled_new")?
+        .map(|new| usize::try_from(new).unwrap_or(0));
+    let Some(seq) = row.try_get::<Option<i64>, _>("seq")? else {
+        return Ok(Inserted {
+            row: None,
+            handled_new,
+        });
+    };
+    Ok(Inserted {
+        row: Some(InsertedRow {
+            seq,
+            sequence: row.try_get("sequence")?,
+            prev_sent: row.try_get::<Option<i64>, _>("prev_sent_at_us")?.is_some(),
+        }),
+        handled_new,
+    })
+}
+
+/// Registers the inserted row of `envelope` (its `sequence` set) with `db`'s direct publisher,
+/// when one runs; `None` when none runs or its queue is full (the row is then the sweeper's).
+fn register(db: &Database, envelope: &Envelope, inserted: &InsertedRow) -> Option<Ticket> {
+    let publisher = db.publisher();
+    if !publisher.is_running() {
+        return None;
+    }
+    let direct = Row {
+        seq: inserted.seq,
+        sequence: inserted.sequence,
+        prev_sent: inserted.prev_sent,
+        event: OutgoingEvent {
+            domain: domain_of(&envelope.r#type).to_string(),
+            event_id: inserted.seq.to_string(),
+            payload: envelope.encode_to_vec().into(),
+        },
+    };
+    publisher.register(&envelope.subject, direct)
+}
+
+impl Database {
+    /// Runs `writes` and emits `event` as one statement on its own, outside any transaction
+    /// (Postgres; elsewhere a transaction of [`Tx::write_and_emit`]): a step whose writes and
+    /// event are all it does pays no `BEGIN` and `COMMIT`. The event is written only if the
+    /// first write changed a row (`None` otherwise) and goes to the bus once the statement
+    /// returned, committed. A later event of the same subject written before this one is
+    /// registered with the direct publisher is left to the sweeper (it cannot overtake it).
+    pub async fn write_and_emit(
+        &self,
+        writes: &[Write],
+        event: Event,
+    ) -> Result<Option<Envelope>, DatabaseError> {
+        if !matches!(self.backend(), Backend::Postgres { .. }) || writes.is_empty() {
+            let mut tx = self.begin().await?;
+            let envelope = tx.write_and_emit(writes, event).await?;
+            tx.commit().await?;
+            return Ok(envelope);
+        }
+        let mut envelope = envelope_of(self, None, event);
+        let mut conn = self.acquire().await?;
+        let Some(row) = insert_row(&mut conn, &envelope, writes, None).await?.row else {
+            return Ok(None);
+        };
+        drop(conn);
+        envelope.sequence = row.sequence;
+        // The statement committed when it returned.
+        if let Some(ticket) = register(self, &envelope, &row) {
+            crate::publisher::abort_after_commit_if_armed(self.service());
+            self.publisher().committed(std::slice::from_ref(&ticket));
+        }
+        Ok(Some(envelope))
     }
 }
 

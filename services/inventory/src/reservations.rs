@@ -1,6 +1,7 @@
 //! Reservation state changes shared by the RPCs and the sweeper: each moves an ACTIVE
 //! reservation to its final state, adjusts the stock of its lines, and emits its event, in one
-//! transaction.
+//! transaction (on Postgres in one statement: the status change gates the stock change and the
+//! outbox row).
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use mesh_runtime::domain::time::{from_timestamp, to_timestamp};
 use mesh_runtime::outbox::{Event, Tx};
 
 use crate::error::InventoryError;
-use crate::store;
+use crate::store::{self, StockChange};
 use crate::validate::Line;
 
 /// Event lines of reservation `lines`.
@@ -95,12 +96,6 @@ pub async fn finish_loaded(
             "reservation `{id}` expired at {at} (Unix seconds); its stock is being returned"
         )));
     }
-    if !store::transition(tx, &id, to, now).await? {
-        // Another writer ended it first (its commit is visible now); report its state.
-        return store::reservation(tx, &id, false)
-            .await?
-            .ok_or_else(|| InventoryError::not_found("reservation", &id));
-    }
     let lines: Vec<Line> = current
         .lines
         .iter()
@@ -111,10 +106,10 @@ pub async fn finish_loaded(
         })
         .collect();
     let merged = crate::validate::merged(&lines);
-    match to {
-        ReservationStatus::Committed => store::take_all(tx, &merged, now).await?,
-        _ => store::unhold_all(tx, &merged, now).await?,
-    }
+    let change = match to {
+        ReservationStatus::Committed => StockChange::Take,
+        _ => StockChange::Unhold,
+    };
     let reference_id = current.reference_id.clone();
     let event = match to {
         ReservationStatus::Committed => Event::new(
@@ -150,8 +145,18 @@ pub async fn finish_loaded(
             },
         ),
     };
-    tx.emit(event.correlation(current.reference_id.clone()))
+    // The status change gates the stock change and the event: on Postgres one statement.
+    let mut writes = vec![store::transition(&id, to, now)];
+    writes.extend(store::change_writes(change, &merged, now));
+    let emitted = tx
+        .write_and_emit(&writes, event.correlation(current.reference_id.clone()))
         .await?;
+    if emitted.is_none() {
+        // Another writer ended it first (its commit is visible now); report its state.
+        return store::reservation(tx, &id, false)
+            .await?
+            .ok_or_else(|| InventoryError::not_found("reservation", &id));
+    }
     // What `transition` wrote: the new status, updated now.
     Ok(Reservation {
         status: to as i32,

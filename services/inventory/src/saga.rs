@@ -181,8 +181,9 @@ impl EventHandler for Reserve {
                 let reason = format!("{} line(s) short of stock", short.len());
                 return reject(tx, &order, short, &reason, now).await;
             }
-            store::insert_lines(tx, &id, &lines).await.map_err(db_err)?;
-            tx.emit(
+            // The lines and the event: one statement on Postgres.
+            tx.write_and_emit(
+                &store::lines_writes(&id, &lines),
                 Event::new(
                     "inventory.reserved",
                     &id,

@@ -8,6 +8,7 @@
 use mesh_contracts::inventory::v1::{Reservation, ReservationStatus, StockLevel, StockLine};
 use mesh_runtime::domain::time::to_timestamp;
 use mesh_runtime::outbox::Tx;
+use mesh_runtime::sql_write::Write;
 use sqlx::AnyPool;
 
 use crate::error::InventoryError;
@@ -130,7 +131,7 @@ pub async fn take(tx: &mut Tx, line: &Line, now: i64) -> Result<()> {
 
 /// How a set-based stock update changes each of its lines' row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StockChange {
+pub enum StockChange {
     /// Hold more units ([`hold`] for many lines).
     Hold,
     /// Give held units back ([`unhold`] for many lines).
@@ -139,47 +140,54 @@ enum StockChange {
     Take,
 }
 
+/// Lines per set-based stock statement: 3 parameters a line, far under both databases' limits.
+const LINES_PER_STATEMENT: usize = 100;
+
+/// The `UPDATE` applying `change` to `n` lines' stock rows (`UPDATE ... FROM (VALUES ...)`, on
+/// both databases): `$1` is the time, then each line's product, location and quantity. Ends
+/// with its `WHERE` clause.
+fn change_sql(change: StockChange, n: usize) -> String {
+    let values = (0..n)
+        .map(|i| {
+            let p = 3 * i + 1;
+            format!("(${}, ${}, CAST(${} AS BIGINT))", p + 1, p + 2, p + 3)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (set, condition) = match change {
+        StockChange::Hold => (
+            "reserved = stock.reserved + v.column3",
+            "stock.on_hand - stock.reserved >= v.column3",
+        ),
+        StockChange::Unhold => (
+            "reserved = stock.reserved - v.column3",
+            "stock.reserved >= v.column3",
+        ),
+        StockChange::Take => (
+            "reserved = stock.reserved - v.column3, on_hand = stock.on_hand - v.column3",
+            "stock.reserved >= v.column3 AND stock.on_hand >= v.column3",
+        ),
+    };
+    format!(
+        "UPDATE stock SET {set}, updated_us = $1 FROM (VALUES {values}) AS v \
+         WHERE stock.product_id = v.column1 AND stock.location_id = v.column2 AND {condition}"
+    )
+}
+
 /// Applies `change` to the stock rows of `lines` (merged and sorted: [`crate::validate::merged`])
-/// in one statement (`UPDATE ... FROM (VALUES ...)`, on both databases); returns the product ids
-/// of the rows it changed. A row whose condition fails (not enough available, held or on hand)
-/// is left alone and not returned.
+/// in one statement per 100 lines; returns the product ids of the rows it changed. A row whose
+/// condition fails (not enough available, held or on hand) is left alone and not returned.
 async fn change_all(
     tx: &mut Tx,
     change: StockChange,
     lines: &[Line],
     now: i64,
 ) -> Result<Vec<String>> {
-    if lines.is_empty() {
-        return Ok(Vec::new());
-    }
     let mut held = Vec::with_capacity(lines.len());
-    // 3 parameters a line: 100 lines a statement stay far under both databases' limits.
-    for chunk in lines.chunks(100) {
-        let values = (0..chunk.len())
-            .map(|i| {
-                let p = 3 * i + 1;
-                format!("(${}, ${}, CAST(${} AS BIGINT))", p + 1, p + 2, p + 3)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let (set, condition) = match change {
-            StockChange::Hold => (
-                "reserved = stock.reserved + v.column3",
-                "stock.on_hand - stock.reserved >= v.column3",
-            ),
-            StockChange::Unhold => (
-                "reserved = stock.reserved - v.column3",
-                "stock.reserved >= v.column3",
-            ),
-            StockChange::Take => (
-                "reserved = stock.reserved - v.column3, on_hand = stock.on_hand - v.column3",
-                "stock.reserved >= v.column3 AND stock.on_hand >= v.column3",
-            ),
-        };
+    for chunk in lines.chunks(LINES_PER_STATEMENT) {
         let sql = format!(
-            "UPDATE stock SET {set}, updated_us = $1 FROM (VALUES {values}) AS v \
-             WHERE stock.product_id = v.column1 AND stock.location_id = v.column2 AND {condition} \
-             RETURNING stock.product_id"
+            "{} RETURNING stock.product_id",
+            change_sql(change, chunk.len())
         );
         let mut query = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql)).bind(now);
         for l in chunk {
@@ -195,6 +203,21 @@ async fn change_all(
     Ok(held)
 }
 
+/// [`change_all`] as writes to join to an event ([`Tx::write_and_emit`]), each
+/// [`Write::gated`]: they run only if the list's first write changed a row.
+pub fn change_writes(change: StockChange, lines: &[Line], now: i64) -> Vec<Write> {
+    lines
+        .chunks(LINES_PER_STATEMENT)
+        .map(|chunk| {
+            let mut w = Write::new(change_sql(change, chunk.len())).int(now);
+            for l in chunk {
+                w = w.text(&l.product_id).text(&l.location_id).int(l.quantity);
+            }
+            w.gated()
+        })
+        .collect()
+}
+
 /// [`hold`] for every line of `lines` (merged and sorted) in one statement; returns the product
 /// ids of the lines it held (all of them, unless some were short).
 pub async fn hold_all(tx: &mut Tx, lines: &[Line], now: i64) -> Result<Vec<String>> {
@@ -204,13 +227,6 @@ pub async fn hold_all(tx: &mut Tx, lines: &[Line], now: i64) -> Result<Vec<Strin
 /// [`unhold`] for every line of `lines` (merged and sorted) in one statement.
 pub async fn unhold_all(tx: &mut Tx, lines: &[Line], now: i64) -> Result<()> {
     change_all(tx, StockChange::Unhold, lines, now)
-        .await
-        .map(drop)
-}
-
-/// [`take`] for every line of `lines` (merged and sorted) in one statement.
-pub async fn take_all(tx: &mut Tx, lines: &[Line], now: i64) -> Result<()> {
-    change_all(tx, StockChange::Take, lines, now)
         .await
         .map(drop)
 }
@@ -400,49 +416,58 @@ pub async fn unclaim_reservation(tx: &mut Tx, id: &str) -> Result<()> {
 /// Inserts the lines of reservation `id`: one statement per 100 lines (one for any order the
 /// saga sees), not one per line.
 pub async fn insert_lines(tx: &mut Tx, id: &str, lines: &[Line]) -> Result<()> {
-    for (chunk_no, chunk) in lines.chunks(100).enumerate() {
-        let values = (0..chunk.len())
-            .map(|i| {
-                let p = 5 * i;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${})",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "INSERT INTO reservation_lines (reservation_id, line_no, product_id, location_id, quantity) VALUES {values}"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (i, l) in chunk.iter().enumerate() {
-            query = query
-                .bind(id)
-                .bind((chunk_no * 100 + i) as i64)
-                .bind(&l.product_id)
-                .bind(&l.location_id)
-                .bind(l.quantity);
-        }
-        query.execute(&mut **tx).await?;
+    for w in lines_writes(id, lines) {
+        w.execute(tx).await?;
     }
     Ok(())
 }
 
-/// Moves reservation `id` from ACTIVE to `to`; `false` if it was not ACTIVE any more.
-pub async fn transition(tx: &mut Tx, id: &str, to: ReservationStatus, now: i64) -> Result<bool> {
-    let done = sqlx::query(
+/// The writes of [`insert_lines`], to join to an event ([`Tx::write_and_emit`]).
+pub fn lines_writes(id: &str, lines: &[Line]) -> Vec<Write> {
+    let mut line_no = 0_i64;
+    lines
+        .chunks(LINES_PER_STATEMENT)
+        .map(|chunk| {
+            let values = (0..chunk.len())
+                .map(|i| {
+                    let p = 5 * i;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${})",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut w = Write::new(format!(
+                "INSERT INTO reservation_lines (reservation_id, line_no, product_id, location_id, quantity) VALUES {values}"
+            ));
+            for l in chunk {
+                w = w
+                    .text(id)
+                    .int(line_no)
+                    .text(&l.product_id)
+                    .text(&l.location_id)
+                    .int(l.quantity);
+                line_no += 1;
+            }
+            w
+        })
+        .collect()
+}
+
+/// The write that moves ACTIVE reservation `id` to `to` (it changes no row if the reservation
+/// is no longer ACTIVE), to be the gate of a [`Tx::write_and_emit`].
+pub fn transition(id: &str, to: ReservationStatus, now: i64) -> Write {
+    Write::new(
         "UPDATE reservations SET status = $1, updated_us = $2 WHERE id = $3 AND status = 'ACTIVE'",
     )
-    .bind(status_name(to))
-    .bind(now)
-    .bind(id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .text(status_name(to))
+    .int(now)
+    .text(id)
 }
 
 /// Reservation `id` (or, with `by_reference`, the one for reference `id`), with its lines, read

@@ -3,7 +3,7 @@
 //! event fact on one channel makes one row. The [`Deliverer`] sends QUEUED rows outside any
 //! transaction, retrying transient failures with backoff (a permanent one, such as a 5xx SMTP reply, fails
 //! the delivery at once), and finishes each with a conditional update that emits
-//! `notification.sent` / `notification.failed` in the same transaction. A crash between a send
+//! `notification.sent` / `notification.failed` with it (one statement on Postgres). A crash between a send
 //! and its finish sends again after the lease (at-least-once on the wire; the webhook carries the
 //! delivery id as `Idempotency-Key`), but never makes a second delivery record.
 //!
@@ -104,10 +104,7 @@ impl Deliverer {
                     return Ok(());
                 }
             };
-            let mut tx = self.db.begin().await?;
-            if !store::finish(&mut tx, id, status, &error, now_micros()).await? {
-                return Ok(());
-            }
+            let finish = store::finish(id, status, &error, now_micros());
             let attempts = i32::try_from(attempt).unwrap_or(i32::MAX);
             let event = if status == DeliveryStatus::Sent {
                 Event::new(
@@ -124,7 +121,6 @@ impl Deliverer {
                     },
                 )
             } else {
-                tracing::error!(delivery = %d.id, %error, "delivery failed for good");
                 Event::new(
                     "notification.failed",
                     &d.id,
@@ -136,12 +132,16 @@ impl Deliverer {
                         trigger_event_id: d.event_id.clone(),
                         trigger_event_type: d.event_type.clone(),
                         attempts,
-                        error,
+                        error: error.clone(),
                     },
                 )
             };
-            tx.emit(event).await?;
-            tx.commit().await?;
+            // The finish and its event: one statement on Postgres, no transaction around it;
+            // nothing is emitted when the delivery was no longer QUEUED.
+            let finished = self.db.write_and_emit(&[finish], event).await?;
+            if finished.is_some() && status == DeliveryStatus::Failed {
+                tracing::error!(delivery = %d.id, %error, "delivery failed for good");
+            }
             Ok(())
         };
         traced.run(work).await

@@ -4,6 +4,8 @@
 
 use mesh_contracts::notification::v1::{Channel, Delivery, DeliveryStatus, Preferences, Template};
 use mesh_runtime::domain::time;
+use mesh_runtime::outbox::Tx;
+use mesh_runtime::sql_write::Write;
 use sqlx::{AnyConnection, Row as _};
 
 use crate::validate::{channel_name, channel_of};
@@ -326,21 +328,22 @@ impl From<StoredDelivery> for DeliveryRow {
 
 /// Inserts `d` (QUEUED or SUPPRESSED) unless `dedupe_key` is taken; `true` if inserted.
 pub async fn insert_delivery(
-    c: &mut AnyConnection,
+    tx: &mut Tx,
     d: &Delivery,
     dedupe_key: Option<&str>,
     traceparent: &str,
 ) -> Result<bool> {
     let key = dedupe_key.map(str::to_string);
-    Ok(!insert_deliveries(c, &[(d, key)], traceparent)
+    Ok(!insert_deliveries(tx, &[(d, key)], traceparent)
         .await?
         .is_empty())
 }
 
 /// Inserts `deliveries` (QUEUED or SUPPRESSED, each with its dedupe key) in one statement,
-/// skipping those whose key is taken; returns the ids inserted.
+/// skipping those whose key is taken; returns the ids inserted. Inside a consumer the statement
+/// also records the handled event ([`mesh_runtime::outbox::Tx::fetch_recording`]).
 pub async fn insert_deliveries(
-    c: &mut AnyConnection,
+    tx: &mut Tx,
     deliveries: &[(&Delivery, Option<String>)],
     traceparent: &str,
 ) -> Result<Vec<String>> {
@@ -373,32 +376,31 @@ pub async fn insert_deliveries(
         "INSERT INTO deliveries (id, dedupe_key, user_id, channel, recipient, event_id, event_type, template_id, subject, body, status, traceparent, next_attempt_at, created_at) \
          VALUES {values} ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
     );
-    let mut query = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql)).bind(now_micros());
+    let mut insert = Write::new(sql).int(now_micros());
     for (d, key) in deliveries {
-        query = query
-            .bind(d.id.clone())
-            .bind(key.clone())
-            .bind(d.user_id.clone())
-            .bind(channel_name(
+        insert = insert
+            .text(&d.id)
+            .opt_text(key.clone())
+            .text(&d.user_id)
+            .text(channel_name(
                 Channel::try_from(d.channel).unwrap_or_default(),
             ))
-            .bind(d.recipient.clone())
-            .bind(d.event_id.clone())
-            .bind(d.event_type.clone())
-            .bind(d.template_id.clone())
-            .bind(d.subject.clone())
-            .bind(d.body.clone())
-            .bind(status_name(
+            .text(&d.recipient)
+            .text(&d.event_id)
+            .text(&d.event_type)
+            .text(&d.template_id)
+            .text(&d.subject)
+            .text(&d.body)
+            .text(status_name(
                 DeliveryStatus::try_from(d.status).unwrap_or_default(),
             ))
-            .bind(traceparent.to_string());
+            .text(traceparent);
     }
-    Ok(query
-        .fetch_all(c)
+    tx.fetch_recording(&insert)
         .await?
-        .into_iter()
-        .map(|(id,)| id)
-        .collect())
+        .iter()
+        .map(|r| r.try_get::<String, _>("id"))
+        .collect()
 }
 
 /// The delivery with `dedupe_key`.
@@ -446,22 +448,16 @@ pub async fn claim(
     Ok(row.map(DeliveryRow::from))
 }
 
-/// Finishes the QUEUED delivery `id` as SENT or FAILED; `false` if it was not QUEUED.
-pub async fn finish(
-    c: &mut AnyConnection,
-    id: &str,
-    status: DeliveryStatus,
-    error: &str,
-    now: i64,
-) -> Result<bool> {
-    let done = sqlx::query("UPDATE deliveries SET status = $1, last_error = $2, sent_at = $3 WHERE id = $4 AND status = 'QUEUED'")
-        .bind(status_name(status))
-        .bind(error)
-        .bind(if status == DeliveryStatus::Sent { now } else { 0 })
-        .bind(id)
-        .execute(c)
-        .await?;
-    Ok(done.rows_affected() == 1)
+/// The write that finishes the QUEUED delivery `id` as SENT or FAILED (it changes no row if the
+/// delivery is not QUEUED), to be joined to its event ([`mesh_runtime::Database::write_and_emit`]).
+pub fn finish(id: &str, status: DeliveryStatus, error: &str, now: i64) -> Write {
+    Write::new(
+        "UPDATE deliveries SET status = $1, last_error = $2, sent_at = $3 WHERE id = $4 AND status = 'QUEUED'",
+    )
+    .text(status_name(status))
+    .text(error)
+    .int(if status == DeliveryStatus::Sent { now } else { 0 })
+    .text(id)
 }
 
 /// Schedules the next attempt of the QUEUED delivery `id` at `at`, recording `error`.

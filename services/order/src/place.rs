@@ -20,7 +20,6 @@ use mesh_contracts::common::v1::Money;
 use mesh_contracts::common::v1::PaymentCard;
 use mesh_contracts::common::v1::payment_method::Method;
 use mesh_contracts::order::v1::{Order, PlaceOrderRequest};
-use mesh_runtime::outbox::Tx;
 use mesh_runtime::{Database, DatabaseError};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
@@ -340,7 +339,7 @@ impl Placer {
             card_last4: card.last4,
             now_us: store::now_us(),
         };
-        let (order, tx) = match self.write(&new).await {
+        let order = match self.write(&new).await {
             Ok(written) => written,
             Err(e) if matches!(e.database(), Some(DatabaseError::Conflict(_))) => {
                 // A concurrent call with the same key won: answer with its order (this call's
@@ -353,18 +352,19 @@ impl Placer {
             }
             Err(e) => return Err(self.abandon(&new.id, &held, e).await),
         };
-        // A failed commit may still have committed (the answer was lost): its holds are left to
-        // order.created or, when nothing was written, to their expiry.
-        tx.commit().await?;
         Ok(order)
     }
 
-    /// Writes `new` as PENDING with `order.created`, in a transaction not committed yet.
-    async fn write(&self, new: &NewOrder) -> Result<(Order, Tx)> {
-        let mut tx = self.db.begin().await?;
-        let order = store::insert(&mut tx, new).await?;
-        transitions::created(&mut tx, &order).await?;
-        Ok((order, tx))
+    /// Writes `new` as PENDING with `order.created` and commits: on Postgres one statement on
+    /// its own (the order, its lines, its first history entry and the outbox row), elsewhere a
+    /// transaction. A failure whose answer was lost may still have committed: the holds are
+    /// then left to order.created or, when nothing was written, to their expiry.
+    async fn write(&self, new: &NewOrder) -> Result<Order> {
+        let order = new.written();
+        self.db
+            .write_and_emit(&store::insert_writes(new), transitions::created(&order))
+            .await?;
+        Ok(order)
     }
 
     /// A PlaceOrder that priced order `order_id` failed with `error` before the order was

@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use mesh_contracts::common::v1::{Money, PostalAddress};
 use mesh_contracts::order::v1::{Order, OrderLine, OrderStatus, StatusChange};
 use mesh_runtime::domain::time;
+use mesh_runtime::sql_write::Write;
 use prost::Message as _;
 use sqlx::AnyConnection;
 
@@ -103,92 +104,92 @@ pub struct NewOrder {
     pub now_us: i64,
 }
 
-/// Inserts `o` as PENDING with its lines and the first history entry: three statements
-/// whatever the number of lines (the lines go in as one multi-row `INSERT`). Returns the order as
-/// written, built from `o` (nothing is read back).
-pub async fn insert(conn: &mut AnyConnection, o: &NewOrder) -> Result<Order> {
+/// The writes that store `o` as PENDING with its lines and the first history entry: three
+/// statements whatever the number of lines (the lines go in as one multi-row `INSERT`), which
+/// the outbox joins to `order.created` ([`mesh_runtime::Database::write_and_emit`]: one
+/// statement on Postgres). The order as written is [`NewOrder::written`] (nothing is read back).
+pub fn insert_writes(o: &NewOrder) -> Vec<Write> {
     let address = STANDARD.encode(o.shipping_address.encode_to_vec());
-    sqlx::query(
+    let order = Write::new(
         "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, status, currency_code, \
          subtotal_minor, discount_minor, shipping_minor, total_minor, shipping_address, promo_code, \
          card_token, card_last4, payment_id, reservation_id, cancel_reason, created_at_us, updated_at_us, \
          applied_campaign_ids, discounts_unavailable, store_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $14, 0, $8, $9, $10, $11, $12, '', '', '', $13, $13, $15, $16, $17)",
     )
-    .bind(&o.id)
-    .bind(&o.customer_id)
-    .bind(&o.idempotency_key)
-    .bind(&o.request_hash)
-    .bind(status_name(OrderStatus::Pending))
-    .bind(&o.currency_code)
-    .bind(o.subtotal_minor)
-    .bind(o.total_minor)
-    .bind(address)
-    .bind(&o.promo_code)
-    .bind(&o.card_token)
-    .bind(&o.card_last4)
-    .bind(o.now_us)
-    .bind(o.discount_minor)
-    .bind(o.applied_campaign_ids.join(","))
-    .bind(i64::from(o.discounts_unavailable))
-    .bind(&o.store_id)
-    .execute(&mut *conn)
-    .await?;
+    .text(&o.id)
+    .text(&o.customer_id)
+    .text(&o.idempotency_key)
+    .text(&o.request_hash)
+    .text(status_name(OrderStatus::Pending))
+    .text(&o.currency_code)
+    .int(o.subtotal_minor)
+    .int(o.total_minor)
+    .text(address)
+    .text(&o.promo_code)
+    .text(&o.card_token)
+    .text(&o.card_last4)
+    .int(o.now_us)
+    .int(o.discount_minor)
+    .text(o.applied_campaign_ids.join(","))
+    .int(i64::from(o.discounts_unavailable))
+    .text(&o.store_id);
+    let mut writes = vec![order];
     // At most 100 lines (validated): 800 parameters, under both databases' limits.
-    let values = (0..o.lines.len())
-        .map(|i| {
-            let p = 8 * i;
-            format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5,
-                p + 6,
-                p + 7,
-                p + 8
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "INSERT INTO order_lines (order_id, line_no, product_id, sku, name, quantity, unit_price_minor, discount_minor) VALUES {values}"
-    );
-    let mut lines = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (i, l) in o.lines.iter().enumerate() {
-        lines = lines
-            .bind(&o.id)
-            .bind(i as i64)
-            .bind(&l.product_id)
-            .bind(&l.sku)
-            .bind(&l.name)
-            .bind(l.quantity)
-            .bind(l.unit_price_minor)
-            .bind(l.discount_minor);
-    }
     if !o.lines.is_empty() {
-        lines.execute(&mut *conn).await?;
+        let values = (0..o.lines.len())
+            .map(|i| {
+                let p = 8 * i;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7,
+                    p + 8
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut lines = Write::new(format!(
+            "INSERT INTO order_lines (order_id, line_no, product_id, sku, name, quantity, unit_price_minor, discount_minor) VALUES {values}"
+        ));
+        for (i, l) in o.lines.iter().enumerate() {
+            lines = lines
+                .text(&o.id)
+                .int(i64::try_from(i).unwrap_or(i64::MAX))
+                .text(&l.product_id)
+                .text(&l.sku)
+                .text(&l.name)
+                .int(l.quantity)
+                .int(l.unit_price_minor)
+                .int(l.discount_minor);
+        }
+        writes.push(lines);
     }
-    // The first entry of a new order's history is number 1: no need to look for the last one.
-    sqlx::query(
-        "INSERT INTO order_status_history (order_id, seq, status, reason, event_id, at_us) VALUES ($1, 1, $2, $3, '', $4)",
-    )
-    .bind(&o.id)
-    .bind(status_name(OrderStatus::Pending))
-    .bind(PLACED)
-    .bind(o.now_us)
-    .execute(&mut *conn)
-    .await?;
-    Ok(o.written())
+    // The first entry of a new order's history is number 1 (the order's `history_seq` starts
+    // at 1): no need to look for the last one.
+    writes.push(
+        Write::new(
+            "INSERT INTO order_status_history (order_id, seq, status, reason, event_id, at_us) VALUES ($1, 1, $2, $3, '', $4)",
+        )
+        .text(&o.id)
+        .text(status_name(OrderStatus::Pending))
+        .text(PLACED)
+        .int(o.now_us),
+    );
+    writes
 }
 
 /// The reason of an order's first history entry.
 const PLACED: &str = "order placed";
 
 impl NewOrder {
-    /// The order as [`insert`] writes it: PENDING, its lines, one history entry.
-    fn written(&self) -> Order {
+    /// The order as [`insert_writes`] writes it: PENDING, its lines, one history entry.
+    pub fn written(&self) -> Order {
         let c = &self.currency_code;
         Order {
             id: self.id.clone(),
@@ -265,29 +266,6 @@ fn line(
     }
 }
 
-/// Appends a history entry.
-async fn history(
-    conn: &mut AnyConnection,
-    id: &str,
-    status: OrderStatus,
-    reason: &str,
-    event_id: &str,
-    now: i64,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO order_status_history (order_id, seq, status, reason, event_id, at_us) \
-         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM order_status_history WHERE order_id = $1",
-    )
-    .bind(id)
-    .bind(status_name(status))
-    .bind(reason)
-    .bind(event_id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 /// The order of `customer` under idempotency `key`: its id and request fingerprint.
 pub async fn by_key(
     conn: &mut AnyConnection,
@@ -320,9 +298,11 @@ pub struct Changes<'a> {
 }
 
 /// Moves order `id` to `to` if its status is one of `from`, sets `changes`, and records the
-/// history entry: two statements. Returns the order as the update left it (read by `RETURNING`
-/// in the same statement; without its lines and history), or `None` when the order is missing
-/// or in another status (nothing changed).
+/// history entry (numbered by the order's `history_seq`, which the update advances): one
+/// statement on Postgres (the entry is a data-modifying `WITH` of the update), two elsewhere.
+/// Returns the order as the update left it (read by `RETURNING` in the same statement; without
+/// its lines and history), or `None` when the order is missing or in another status (nothing
+/// changed).
 #[allow(clippy::too_many_arguments)]
 pub async fn transition(
     conn: &mut AnyConnection,
@@ -334,28 +314,186 @@ pub async fn transition(
     event_id: &str,
     now: i64,
 ) -> Result<Option<Order>> {
-    let sql = format!(
-        "UPDATE orders SET status = $1, updated_at_us = $2, \
-         reservation_id = COALESCE($3, reservation_id), payment_id = COALESCE($4, payment_id), \
-         cancel_reason = COALESCE($5, cancel_reason) \
-         WHERE id = $6 AND status IN ({}) RETURNING {ORDER_COLUMNS}",
-        in_list(from)
-    );
-    let Some(row) = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(sql))
-        .bind(status_name(to))
-        .bind(now)
-        .bind(changes.reservation_id.map(str::to_string))
-        .bind(changes.payment_id.map(str::to_string))
-        .bind(changes.cancel_reason.map(str::to_string))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-    else {
+    let step = Transition {
+        id,
+        from,
+        to,
+        changes,
+        reason,
+        event_id,
+        now,
+    };
+    Ok(step.run(conn, false).await?.map(|(order, _)| order))
+}
+
+/// [`transition`], returning the order with its lines too: on Postgres still one statement (the
+/// lines joined to the updated row), elsewhere one more.
+#[allow(clippy::too_many_arguments)]
+pub async fn transition_with_lines(
+    conn: &mut AnyConnection,
+    id: &str,
+    from: &[OrderStatus],
+    to: OrderStatus,
+    changes: &Changes<'_>,
+    reason: &str,
+    event_id: &str,
+    now: i64,
+) -> Result<Option<Order>> {
+    let step = Transition {
+        id,
+        from,
+        to,
+        changes,
+        reason,
+        event_id,
+        now,
+    };
+    let Some((mut order, lines)) = step.run(conn, true).await? else {
         return Ok(None);
     };
-    let order = Order::from(row);
-    history(conn, id, to, reason, event_id, now).await?;
+    match lines {
+        Some(lines) => order.lines = lines,
+        None => fill_lines(conn, &mut order).await?,
+    }
     Ok(Some(order))
+}
+
+/// One conditional status change with its history entry.
+struct Transition<'a> {
+    id: &'a str,
+    from: &'a [OrderStatus],
+    to: OrderStatus,
+    changes: &'a Changes<'a>,
+    reason: &'a str,
+    event_id: &'a str,
+    now: i64,
+}
+
+/// The row of a transition's update: the order, the number of its new history entry and, when
+/// joined, one of its lines (the line columns are absent otherwise).
+#[derive(sqlx::FromRow)]
+struct TransitionRow {
+    #[sqlx(flatten)]
+    order: OrderRow,
+    history_seq: i64,
+    #[sqlx(default)]
+    line_product_id: Option<String>,
+    #[sqlx(default)]
+    line_sku: Option<String>,
+    #[sqlx(default)]
+    line_name: Option<String>,
+    #[sqlx(default)]
+    line_quantity: Option<i64>,
+    #[sqlx(default)]
+    line_unit_price_minor: Option<i64>,
+    #[sqlx(default)]
+    line_discount_minor: Option<i64>,
+    #[sqlx(default)]
+    line_refunded_quantity: Option<i64>,
+}
+
+/// The `UPDATE` of a transition (parameters `$1`-`$6`), returning the order and its new
+/// history number.
+fn transition_update(from: &[OrderStatus]) -> String {
+    format!(
+        "UPDATE orders SET status = $1, updated_at_us = $2, history_seq = history_seq + 1, \
+         reservation_id = COALESCE($3, reservation_id), payment_id = COALESCE($4, payment_id), \
+         cancel_reason = COALESCE($5, cancel_reason) \
+         WHERE id = $6 AND status IN ({}) RETURNING {ORDER_COLUMNS}, history_seq",
+        in_list(from)
+    )
+}
+
+/// The line columns a joined transition returns (all `NULL` for an order without lines).
+const LINE_COLUMNS: &str = "l.product_id AS line_product_id, l.sku AS line_sku, l.name AS line_name, \
+    l.quantity AS line_quantity, l.unit_price_minor AS line_unit_price_minor, \
+    l.discount_minor AS line_discount_minor, l.refunded_quantity AS line_refunded_quantity";
+
+impl Transition<'_> {
+    /// Runs it; with `lines` on Postgres the order's lines come back too (`Some`), else `None`.
+    async fn run(
+        &self,
+        conn: &mut AnyConnection,
+        lines: bool,
+    ) -> Result<Option<(Order, Option<Vec<OrderLine>>)>> {
+        let postgres = conn.backend_name() == "PostgreSQL";
+        let update = transition_update(self.from);
+        let sql = if postgres {
+            // The entry's number comes from the updated row (not a `MAX` over the history,
+            // which this statement's snapshot could read stale under a concurrent transition).
+            let select = if lines {
+                format!(
+                    "SELECT u.*, {LINE_COLUMNS} FROM u LEFT JOIN order_lines l ON l.order_id = u.id ORDER BY l.line_no"
+                )
+            } else {
+                "SELECT * FROM u".to_string()
+            };
+            format!(
+                "WITH u AS ({update}), h AS (INSERT INTO order_status_history (order_id, seq, status, reason, event_id, at_us) \
+                 SELECT id, history_seq, status, $7, $8, updated_at_us FROM u) {select}"
+            )
+        } else {
+            update
+        };
+        let mut query = sqlx::query_as::<_, TransitionRow>(sqlx::AssertSqlSafe(sql))
+            .bind(status_name(self.to))
+            .bind(self.now)
+            .bind(self.changes.reservation_id.map(str::to_string))
+            .bind(self.changes.payment_id.map(str::to_string))
+            .bind(self.changes.cancel_reason.map(str::to_string))
+            .bind(self.id.to_string());
+        if postgres {
+            query = query
+                .bind(self.reason.to_string())
+                .bind(self.event_id.to_string());
+        }
+        let rows = query.fetch_all(&mut *conn).await?;
+        let mut rows = rows.into_iter();
+        let Some(first) = rows.next() else {
+            return Ok(None);
+        };
+        let history_seq = first.history_seq;
+        let mut joined = Vec::new();
+        let currency = first.order.currency_code.clone();
+        let first_line = line_of(&currency, &first);
+        let order = Order::from(first.order);
+        if !postgres {
+            sqlx::query(
+                "INSERT INTO order_status_history (order_id, seq, status, reason, event_id, at_us) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(self.id)
+            .bind(history_seq)
+            .bind(status_name(self.to))
+            .bind(self.reason)
+            .bind(self.event_id)
+            .bind(self.now)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(Some((order, None)));
+        }
+        if !lines {
+            return Ok(Some((order, None)));
+        }
+        joined.extend(first_line);
+        for r in rows {
+            joined.extend(line_of(&currency, &r));
+        }
+        Ok(Some((order, Some(joined))))
+    }
+}
+
+/// The line a joined transition's row carries, if any.
+fn line_of(currency: &str, r: &TransitionRow) -> Option<OrderLine> {
+    Some(line(
+        currency,
+        r.line_product_id.clone()?,
+        r.line_sku.clone()?,
+        r.line_name.clone()?,
+        r.line_quantity?,
+        r.line_unit_price_minor?,
+        r.line_discount_minor?,
+        r.line_refunded_quantity?,
+    ))
 }
 
 /// Records the reservation id of order `id` without changing its status (it arrived after the

@@ -52,8 +52,8 @@ pub fn reason_name(reason: CancelReason) -> &'static str {
         .unwrap_or("UNSPECIFIED")
 }
 
-/// Emits `order.created` for the freshly inserted `order`.
-pub async fn created(tx: &mut Tx, order: &Order) -> Result<()> {
+/// `order.created` of the freshly written `order`.
+pub fn created(order: &Order) -> Event {
     let payload = OrderCreated {
         order_id: order.id.clone(),
         customer_id: order.customer_id.clone(),
@@ -68,11 +68,7 @@ pub async fn created(tx: &mut Tx, order: &Order) -> Result<()> {
         promo_code: order.promo_code.clone(),
         applied_campaign_ids: order.applied_campaign_ids.clone(),
     };
-    tx.emit(
-        Event::new("order.created", &order.id, "OrderCreated", &payload).correlation(&order.id),
-    )
-    .await?;
-    Ok(())
+    Event::new("order.created", &order.id, "OrderCreated", &payload).correlation(&order.id)
 }
 
 /// Records the reservation of order `id`; PENDING becomes RESERVED. A final order only keeps
@@ -101,9 +97,9 @@ pub async fn reserved(tx: &mut Tx, id: &str, reservation: &str, event_id: &str) 
     store::set_reservation(tx, id, reservation).await
 }
 
-/// Confirms open order `id`, paid by `payment`, and emits `order.confirmed`: four statements
-/// (the update returning the order, its history entry, its lines for the event, the outbox
-/// row). Returns the order with its lines (no history); `None` when the order is unknown or
+/// Confirms open order `id`, paid by `payment`, and emits `order.confirmed`: on Postgres two
+/// statements (the update returning the order, joined to its history entry and its lines for
+/// the event; the outbox row), elsewhere four. Returns the order with its lines (no history); `None` when the order is unknown or
 /// already final (nothing changes).
 pub async fn confirm(
     tx: &mut Tx,
@@ -116,7 +112,7 @@ pub async fn confirm(
         ..Changes::default()
     };
     let now = store::now_us();
-    let Some(mut order) = store::transition(
+    let Some(order) = store::transition_with_lines(
         tx,
         id,
         OPEN,
@@ -130,7 +126,6 @@ pub async fn confirm(
     else {
         return Ok(None);
     };
-    store::fill_lines(tx, &mut order).await?;
     let payload = OrderConfirmed {
         order_id: order.id.clone(),
         customer_id: order.customer_id.clone(),
@@ -147,8 +142,9 @@ pub async fn confirm(
     Ok(Some(order))
 }
 
-/// Cancels open order `id` for `reason` and emits `order.cancelled`: three statements (the
-/// update returning the order, its history entry, the outbox row). Returns the order as updated,
+/// Cancels open order `id` for `reason` and emits `order.cancelled`: on Postgres two statements
+/// (the update returning the order, joined to its history entry; the outbox row), elsewhere
+/// three. Returns the order as updated,
 /// without its lines and history; `None` when the order is unknown or already final (nothing
 /// changes).
 pub async fn cancel(

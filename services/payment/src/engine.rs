@@ -289,26 +289,25 @@ impl Engine {
         };
         // Saga row first, then the payment: the same lock order as the saga handlers.
         let saga = store::lock_saga_order(tx, &p.order_id).await?;
-        if !store::finish_payment(tx, &p.id, status, reason, &message, &reference, now).await? {
-            return Ok(false);
-        }
         let ledger_status = if status == PaymentStatus::Succeeded {
             TransactionStatus::Succeeded
         } else {
             TransactionStatus::Failed
         };
-        store::append_transaction(
-            tx,
-            &new_id(),
-            p,
-            TransactionKind::Charge,
-            p.amount_minor,
-            ledger_status,
-            &message,
-            &reference,
-            now,
-        )
-        .await?;
+        // The finish gates the ledger entry and the event: on Postgres one statement.
+        let writes = [
+            store::finish_payment(&p.id, status, reason, &message, &reference, now),
+            store::transaction_write(
+                &new_id(),
+                p,
+                TransactionKind::Charge,
+                p.amount_minor,
+                ledger_status,
+                &message,
+                &reference,
+                now,
+            ),
+        ];
         let amount = Some(mesh_contracts::common::v1::Money {
             currency_code: p.currency.clone(),
             amount_minor: p.amount_minor,
@@ -343,7 +342,13 @@ impl Engine {
                 },
             )
         };
-        tx.emit(event.correlation(p.order_id.clone())).await?;
+        if tx
+            .write_and_emit(&writes, event.correlation(p.order_id.clone()))
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
         if status == PaymentStatus::Succeeded
             && p.amount_minor > 0
             && saga.is_some_and(|o| o.cancelled)

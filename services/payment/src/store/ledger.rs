@@ -1,6 +1,7 @@
 //! The ledger: one transaction per charge and refund outcome, listed newest first.
 
 use mesh_contracts::payment::v1::{Transaction, TransactionKind, TransactionStatus};
+use mesh_runtime::sql_write::Write;
 use sqlx::AnyConnection;
 
 use super::{PaymentRow, Result, money, ts, tx_status_name, tx_status_of};
@@ -18,27 +19,44 @@ pub async fn append_transaction(
     reference: &str,
     now: i64,
 ) -> Result<()> {
-    sqlx::query(
+    transaction_write(id, p, kind, amount_minor, status, reason, reference, now)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+/// The write that appends a ledger entry, [`Write::gated`] (written as `INSERT ... SELECT ...
+/// WHERE 1 = 1`): joined after a payment's finish, it runs only if the finish changed the row.
+#[allow(clippy::too_many_arguments)]
+pub fn transaction_write(
+    id: &str,
+    p: &PaymentRow,
+    kind: TransactionKind,
+    amount_minor: i64,
+    status: TransactionStatus,
+    reason: &str,
+    reference: &str,
+    now: i64,
+) -> Write {
+    Write::new(
         "INSERT INTO transactions (id, payment_id, order_id, customer_id, kind, currency, amount_minor, status, reason, provider_reference, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE 1 = 1",
     )
-    .bind(id)
-    .bind(&p.id)
-    .bind(&p.order_id)
-    .bind(&p.customer_id)
-    .bind(match kind {
+    .text(id)
+    .text(&p.id)
+    .text(&p.order_id)
+    .text(&p.customer_id)
+    .text(match kind {
         TransactionKind::Refund => "REFUND",
         _ => "CHARGE",
     })
-    .bind(&p.currency)
-    .bind(amount_minor)
-    .bind(tx_status_name(status))
-    .bind(reason)
-    .bind(reference)
-    .bind(now)
-    .execute(c)
-    .await?;
-    Ok(())
+    .text(&p.currency)
+    .int(amount_minor)
+    .text(tx_status_name(status))
+    .text(reason)
+    .text(reference)
+    .int(now)
+    .gated()
 }
 
 /// Filters and position of a ledger listing.

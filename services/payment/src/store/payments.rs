@@ -1,6 +1,7 @@
 //! Payments: one per order, PENDING until the charge worker finishes it, then refund holds.
 
 use mesh_contracts::payment::v1::{DeclineReason, Payment, PaymentStatus};
+use mesh_runtime::sql_write::Write;
 use sqlx::AnyConnection;
 
 use super::{Result, money, payment_status_name, payment_status_of, ts};
@@ -260,28 +261,25 @@ pub async fn defer_payment(c: &mut AnyConnection, id: &str, at: i64) -> Result<(
     Ok(())
 }
 
-/// Moves the PENDING payment `id` to SUCCEEDED or FAILED; `false` if it was not PENDING.
-pub async fn finish_payment(
-    c: &mut AnyConnection,
+/// The write that finishes the PENDING payment `id` (it changes no row if the payment is no
+/// longer PENDING), to be the gate of a [`mesh_runtime::outbox::Tx::write_and_emit`].
+pub fn finish_payment(
     id: &str,
     status: PaymentStatus,
     reason: DeclineReason,
     message: &str,
     reference: &str,
     now: i64,
-) -> Result<bool> {
-    let done = sqlx::query(
+) -> Write {
+    Write::new(
         "UPDATE payments SET status = $1, decline_reason = $2, decline_message = $3, provider_reference = $4, updated_at = $5 WHERE id = $6 AND status = 'PENDING'",
     )
-    .bind(payment_status_name(status))
-    .bind(i64::from(reason as i32))
-    .bind(message)
-    .bind(reference)
-    .bind(now)
-    .bind(id)
-    .execute(c)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .text(payment_status_name(status))
+    .int(i64::from(reason as i32))
+    .text(message)
+    .text(reference)
+    .int(now)
+    .text(id)
 }
 
 /// Deletes the PENDING payment `id` if no attempt at it was ever claimed (so the provider was

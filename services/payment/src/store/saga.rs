@@ -1,6 +1,8 @@
 //! What the saga's events told payment about each order, one row per order.
 
-use sqlx::AnyConnection;
+use mesh_runtime::outbox::Tx;
+use mesh_runtime::sql_write::Write;
+use sqlx::{AnyConnection, FromRow as _};
 
 use super::{Result, now_micros};
 
@@ -59,43 +61,40 @@ const SAGA_COLUMNS: &str =
 
 /// Records what `order.created` says of the order (`known`, customer, amount, card) and returns
 /// the saga row as it is now, flags learnt earlier included: one upsert with `RETURNING`, no
-/// second read.
-pub async fn saga_created(c: &mut AnyConnection, o: &SagaOrder) -> Result<SagaOrder> {
-    let sql = format!(
+/// second read; inside a consumer it also records the handled event ([`Tx::fetch_recording`]).
+pub async fn saga_created(tx: &mut Tx, o: &SagaOrder) -> Result<SagaOrder> {
+    let upsert = Write::new(format!(
         "INSERT INTO saga_orders (order_id, known, customer_id, currency, amount_minor, card_token, updated_at) VALUES ($1, 1, $2, $3, $4, $5, $6) \
          ON CONFLICT (order_id) DO UPDATE SET known = 1, customer_id = $2, currency = $3, amount_minor = $4, card_token = $5, updated_at = $6 \
          RETURNING {SAGA_COLUMNS}"
-    );
-    let row: StoredSaga = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(&o.order_id)
-        .bind(&o.customer_id)
-        .bind(&o.currency)
-        .bind(o.amount_minor)
-        .bind(&o.card_token)
-        .bind(now_micros())
-        .fetch_one(c)
-        .await?;
-    Ok(row.into())
+    ))
+    .text(&o.order_id)
+    .text(&o.customer_id)
+    .text(&o.currency)
+    .int(o.amount_minor)
+    .text(&o.card_token)
+    .int(now_micros());
+    upserted(tx, &upsert).await
 }
 
 /// Sets the `reserved` (or, with `reserved = false`, the `cancelled`) flag of `order_id` and
-/// returns the saga row as it is now: one upsert with `RETURNING`.
-pub async fn saga_flag(c: &mut AnyConnection, order_id: &str, reserved: bool) -> Result<SagaOrder> {
-    let sql = if reserved {
-        format!(
-            "INSERT INTO saga_orders (order_id, reserved, updated_at) VALUES ($1, 1, $2) ON CONFLICT (order_id) DO UPDATE SET reserved = 1, updated_at = $2 RETURNING {SAGA_COLUMNS}"
-        )
-    } else {
-        format!(
-            "INSERT INTO saga_orders (order_id, cancelled, updated_at) VALUES ($1, 1, $2) ON CONFLICT (order_id) DO UPDATE SET cancelled = 1, updated_at = $2 RETURNING {SAGA_COLUMNS}"
-        )
-    };
-    let row: StoredSaga = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(order_id)
-        .bind(now_micros())
-        .fetch_one(c)
-        .await?;
-    Ok(row.into())
+/// returns the saga row as it is now: one upsert with `RETURNING`, which inside a consumer also
+/// records the handled event.
+pub async fn saga_flag(tx: &mut Tx, order_id: &str, reserved: bool) -> Result<SagaOrder> {
+    let flag = if reserved { "reserved" } else { "cancelled" };
+    let upsert = Write::new(format!(
+        "INSERT INTO saga_orders (order_id, {flag}, updated_at) VALUES ($1, 1, $2) ON CONFLICT (order_id) DO UPDATE SET {flag} = 1, updated_at = $2 RETURNING {SAGA_COLUMNS}"
+    ))
+    .text(order_id)
+    .int(now_micros());
+    upserted(tx, &upsert).await
+}
+
+/// The saga row an upsert of it returned.
+async fn upserted(tx: &mut Tx, upsert: &Write) -> Result<SagaOrder> {
+    let rows = tx.fetch_recording(upsert).await?;
+    let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+    Ok(StoredSaga::from_row(row)?.into())
 }
 
 /// Locks the saga row of `order_id` (if any) until the transaction ends and returns it: taken

@@ -1,0 +1,171 @@
+//! A service's write handed to the outbox to be joined to an event's row
+//! ([`crate::outbox::Tx::write_and_emit`], [`crate::Database::write_and_emit`]): its SQL with its
+//! parameters numbered from `$1`, and the values to bind. On Postgres the outbox runs it as a
+//! data-modifying `WITH` of the outbox insert (one statement for both); elsewhere on its own,
+//! just before the insert, in the same transaction.
+//!
+//! The first write of a list is its gate: the event is emitted only if it changed a row. A
+//! later write runs either way unless it is [`Write::gated`]: then it runs only if the gate
+//! changed a row, which on Postgres the outbox adds to its `WHERE` clause.
+//!
+//! The writes of one list must not change the same row: on Postgres they are one statement,
+//! whose parts all see the snapshot it started with, and a row changed by two of them keeps one
+//! of the changes only.
+
+use sqlx::any::AnyArguments;
+use sqlx::any::AnyRow;
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection};
+
+/// A value bound to a [`Write`]'s parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Param {
+    /// A `TEXT` value.
+    Text(String),
+    /// A `BIGINT` value.
+    Int(i64),
+    /// A `TEXT` value or `NULL`.
+    OptText(Option<String>),
+}
+
+/// One statement without a trailing `;`, whose parameters are `$1` to `$n` for its `n` values
+/// in order. Joined to an event it is an `INSERT`, `UPDATE` or `DELETE` without `RETURNING`;
+/// for [`crate::outbox::Tx::fetch_recording`] it is one with `RETURNING`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    sql: String,
+    params: Vec<Param>,
+    gated: bool,
+}
+
+impl Write {
+    /// A write of `sql` (parameters `$1`, `$2`, ... bound in the order of the calls that add
+    /// them).
+    pub fn new(sql: impl Into<String>) -> Self {
+        Self {
+            sql: sql.into(),
+            params: Vec::new(),
+            gated: false,
+        }
+    }
+
+    /// Runs this write (not the first of its list) only if the first write changed a row. Its
+    /// SQL must end with its `WHERE` clause (an `INSERT` as `INSERT ... SELECT ... WHERE 1 = 1`),
+    /// which on Postgres gets `AND EXISTS (SELECT 1 FROM w0)` appended.
+    pub fn gated(mut self) -> Self {
+        self.gated = true;
+        self
+    }
+
+    /// Whether it runs only if the first write of its list changed a row.
+    pub(crate) fn is_gated(&self) -> bool {
+        self.gated
+    }
+
+    /// Binds the next parameter to a text.
+    pub fn text(mut self, value: impl Into<String>) -> Self {
+        self.params.push(Param::Text(value.into()));
+        self
+    }
+
+    /// Binds the next parameter to an integer.
+    pub fn int(mut self, value: i64) -> Self {
+        self.params.push(Param::Int(value));
+        self
+    }
+
+    /// Binds the next parameter to a text or `NULL`.
+    pub fn opt_text(mut self, value: Option<String>) -> Self {
+        self.params.push(Param::OptText(value));
+        self
+    }
+
+    /// How many parameters it binds.
+    pub(crate) fn param_count(&self) -> usize {
+        self.params.len()
+    }
+
+    /// Its SQL with every parameter `$k` renumbered `$(k + by)`, to follow `by` parameters of
+    /// the statement it joins.
+    pub(crate) fn shifted(&self, by: usize) -> String {
+        shift_params(&self.sql, by)
+    }
+
+    /// Its SQL as written (parameters from `$1`).
+    pub(crate) fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// Runs it on its own on `conn` and returns the rows it returned (a statement with
+    /// `RETURNING`, or a query).
+    pub async fn fetch_all(&self, conn: &mut AnyConnection) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let query = self.bind_to(sqlx::query(sqlx::AssertSqlSafe(self.sql.clone())));
+        query.fetch_all(conn).await
+    }
+
+    /// Runs it on its own on `conn` (a transaction's, or a pooled connection); returns the
+    /// number of rows it changed.
+    pub async fn execute(&self, conn: &mut AnyConnection) -> Result<u64, sqlx::Error> {
+        let query = self.bind_to(sqlx::query(sqlx::AssertSqlSafe(self.sql.clone())));
+        Ok(query.execute(conn).await?.rows_affected())
+    }
+
+    /// Binds its values, in order, to `query`.
+    pub(crate) fn bind_to<'q>(
+        &self,
+        mut query: Query<'q, Any, AnyArguments>,
+    ) -> Query<'q, Any, AnyArguments> {
+        for p in &self.params {
+            query = match p {
+                Param::Text(v) => query.bind(v.clone()),
+                Param::Int(v) => query.bind(*v),
+                Param::OptText(v) => query.bind(v.clone()),
+            };
+        }
+        query
+    }
+}
+
+/// `sql` with every `$k` renumbered `$(k + by)`. The writes are the services' own statements,
+/// which hold no `$` in a literal.
+fn shift_params(sql: &str, by: usize) -> String {
+    if by == 0 {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+            digits.push(d);
+            chars.next();
+        }
+        match digits.parse::<usize>() {
+            Ok(k) => out.push_str(&(k + by).to_string()),
+            Err(_) => out.push_str(&digits),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_renumbered_after_the_ones_before() {
+        let w = Write::new("UPDATE t SET a = $1, b = $12 WHERE id = $2 AND c = '$'")
+            .int(1)
+            .text("x");
+        assert_eq!(
+            w.shifted(3),
+            "UPDATE t SET a = $4, b = $15 WHERE id = $5 AND c = '$'"
+        );
+        assert_eq!(w.shifted(0), w.sql());
+        assert_eq!(w.param_count(), 2);
+    }
+}
