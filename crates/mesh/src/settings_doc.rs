@@ -12,51 +12,45 @@ use crate::modules::MODULES;
 /// Settings the runtime reads for every target, named after it (`<SERVICE>` in upper snake
 /// case: `iot-gateway` -> `IOT_GATEWAY`).
 const PER_SERVICE: &[Setting] = &[
-    Setting {
-        name: "MESH_<SERVICE>_PORT",
-        kind: Kind::Number { min: 0, max: 65535 },
-        default: "the module table's port",
-        doc: "The gRPC port the service listens on; 0 = any free port.",
-    },
-    Setting {
-        name: "MESH_<SERVICE>_ADDR",
-        kind: Kind::Text,
-        default: "this host and the service's port",
-        doc: "How other services reach it: `host:port` or a URL (`http://inventory.mesh.svc.cluster.local:50054`). Set it in every process that calls a service it does not serve itself.",
-    },
-    Setting {
-        name: "MESH_<SERVICE>_DATABASE_URL",
-        kind: Kind::Secret,
-        default: "--database-url / MESH_DATABASE_URL",
-        doc: "A Postgres URL of the service's own database, overriding the shared one.",
-    },
-    Setting {
-        name: "MESH_<SERVICE>_CLIENT_SECRET",
-        kind: Kind::Secret,
-        default: "MESH_SERVICE_CLIENT_SECRET",
-        doc: "The service's client secret for service tokens (auth's MESH_AUTH_SERVICE_CLIENTS lists it).",
-    },
-    Setting {
-        name: "MESH_<SERVICE>_MAX_CONCURRENCY",
-        kind: Kind::Number {
-            min: 0,
-            max: u64::MAX,
-        },
-        default: "0",
-        doc: "Calls the service's port serves at once before answering RESOURCE_EXHAUSTED; 0 = no limit.",
-    },
-    Setting {
-        name: "MESH_FAULT_<SERVICE>",
-        kind: Kind::Text,
-        default: "",
-        doc: "Fault switches at start (latency, errors per RPC, `task/<name>:error=1`); see docs/resilience.md.",
-    },
-    Setting {
-        name: "MESH_<UPSTREAM>_CLIENT_*",
-        kind: Kind::Text,
-        default: "MESH_CLIENT_*",
-        doc: "Retries and breaker of calls to one upstream; see docs/resilience.md.",
-    },
+    Setting::number(
+        "MESH_<SERVICE>_PORT",
+        0..=65535,
+        "the module table's port",
+        "The gRPC port the service listens on; 0 = any free port.",
+    ),
+    Setting::text(
+        "MESH_<SERVICE>_ADDR",
+        "this host and the service's port",
+        "How other services reach it: `host:port` or a URL (`http://inventory.mesh.svc.cluster.local:50054`). Set it in every process that calls a service it does not serve itself.",
+    ),
+    Setting::new(
+        "MESH_<SERVICE>_DATABASE_URL",
+        Kind::Secret,
+        "--database-url / MESH_DATABASE_URL",
+        "A Postgres URL of the service's own database, overriding the shared one.",
+    ),
+    Setting::new(
+        "MESH_<SERVICE>_CLIENT_SECRET",
+        Kind::Secret,
+        "MESH_SERVICE_CLIENT_SECRET",
+        "The service's client secret for service tokens (auth's MESH_AUTH_SERVICE_CLIENTS lists it).",
+    ),
+    Setting::number(
+        "MESH_<SERVICE>_MAX_CONCURRENCY",
+        0..=u64::MAX,
+        "0",
+        "Calls the service's port serves at once before answering RESOURCE_EXHAUSTED; 0 = no limit.",
+    ),
+    Setting::text(
+        "MESH_FAULT_<SERVICE>",
+        "",
+        "Fault switches at start (latency, errors per RPC, `task/<name>:error=1`); see docs/resilience.md.",
+    ),
+    Setting::text(
+        "MESH_<UPSTREAM>_CLIENT_*",
+        "MESH_CLIENT_*",
+        "Retries and breaker of calls to one upstream; see docs/resilience.md.",
+    ),
 ];
 
 /// Settings the runtime reads in every service that uses them (token checks, service tokens,

@@ -3,7 +3,7 @@
 //! - [`config`]: flags and `MESH_*` variables, validated at start with one error naming every bad
 //!   setting;
 //! - [`telemetry`] and [`json_log`]: `tracing` logs (JSON with trace ids) and OTLP export;
-//! - [`server`]: a service's gRPC port with health, reflection, [`observe`]ability and graceful
+//! - [`server`]: a service's gRPC port ([`route`]: the shape of what it serves) with health, reflection, [`observe`]ability and graceful
 //!   shutdown; [`admin`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`client`]: channels to peers that propagate trace context and deadlines;
 //! - [`module`]: the module-table row and build context a service crate provides and receives;
@@ -13,10 +13,12 @@
 //!   after the grace period) by the rule of [`restart`], which the runtime's [`helper_task`]s
 //!   follow too; [`tracker`]: its short-lived tasks; [`task_restarts`]: the restart counter;
 //!   [`work_queue`]: the durable work queue they run on (hand-off in process, due scans,
-//!   retries after transient errors);
+//!   retries after transient errors); [`retry_policy`]: the declared attempts, backoff and pace
+//!   of a queue whose items the service retries itself;
 //! - data and events (see `docs/events.md`): [`storage`] (a database per service, migrations),
 //!   [`outbox`] (state change and event in one transaction), [`relay`] (outbox to bus), [`bus`]
-//!   (Redis Streams or in-process), [`consumer`] (idempotent handlers), [`audit`] (the trail),
+//!   (Redis Streams or in-process), [`consumer`] (idempotent handlers, written as
+//!   [`typed_handler`]s), [`audit`] (the trail),
 //!   [`payload`] (a handler's typed read of an event's payload), [`event_metrics`] (lag,
 //!   outcomes, dead letters, outbox backlog, publish latency);
 //! - [`domain`]: the domain kit (the service error shape, page tokens, timestamps, id, currency
@@ -62,6 +64,8 @@ pub mod reflection;
 pub mod relay;
 pub mod resilience;
 pub mod restart;
+pub mod retry_policy;
+pub mod route;
 pub mod sampler;
 pub mod server;
 pub mod settings;
@@ -75,6 +79,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
 pub mod tracker;
+pub mod typed_handler;
 pub mod work_queue;
 
 pub use call_context::CallContext;

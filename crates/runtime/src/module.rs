@@ -338,16 +338,7 @@ impl ServiceRoutes {
     /// Adds a generated tonic server (or a wrapper that keeps its name).
     pub fn add_service<S>(mut self, svc: S) -> Self
     where
-        S: tower_service::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = Infallible,
-            > + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
+        S: crate::route::GrpcRoute + NamedService + Sync,
     {
         self.names.push(S::NAME);
         self.routes = self.routes.add_service(svc);

@@ -10,23 +10,21 @@
 
 use opentelemetry_sdk::trace::Sampler;
 
-use crate::settings::{Kind, Setting, SettingErrors, Settings};
+use crate::settings::{Setting, SettingErrors, Settings};
 
 /// `OTEL_TRACES_SAMPLER`.
-pub const TRACES_SAMPLER: Setting = Setting {
-    name: "OTEL_TRACES_SAMPLER",
-    kind: Kind::Text,
-    default: "parentbased_always_on",
-    doc: "Which traces are exported (with `OTEL_EXPORTER_OTLP_ENDPOINT`): `always_on`, `always_off`, `traceidratio`, or `parentbased_` + one of them (a span with a parent follows its parent's decision). See docs/observability.md.",
-};
+pub const TRACES_SAMPLER: Setting = Setting::text(
+    "OTEL_TRACES_SAMPLER",
+    "parentbased_always_on",
+    "Which traces are exported (with `OTEL_EXPORTER_OTLP_ENDPOINT`): `always_on`, `always_off`, `traceidratio`, or `parentbased_` + one of them (a span with a parent follows its parent's decision). See docs/observability.md.",
+);
 
 /// `OTEL_TRACES_SAMPLER_ARG`.
-pub const TRACES_SAMPLER_ARG: Setting = Setting {
-    name: "OTEL_TRACES_SAMPLER_ARG",
-    kind: Kind::Text,
-    default: "1.0",
-    doc: "The fraction of traces a `traceidratio` sampler keeps, from 0 to 1; ignored by the other samplers.",
-};
+pub const TRACES_SAMPLER_ARG: Setting = Setting::text(
+    "OTEL_TRACES_SAMPLER_ARG",
+    "1.0",
+    "The fraction of traces a `traceidratio` sampler keeps, from 0 to 1; ignored by the other samplers.",
+);
 
 /// What a sampler decides for a trace it starts (a span without a parent).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -60,6 +60,58 @@ pub struct Setting {
     pub doc: &'static str,
 }
 
+impl Setting {
+    /// A [`Kind::Duration`] setting.
+    pub const fn duration(name: &'static str, default: &'static str, doc: &'static str) -> Self {
+        Self::new(name, Kind::Duration, default, doc)
+    }
+
+    /// A [`Kind::DurationOrOff`] setting (`0` turns it off).
+    pub const fn duration_or_off(
+        name: &'static str,
+        default: &'static str,
+        doc: &'static str,
+    ) -> Self {
+        Self::new(name, Kind::DurationOrOff, default, doc)
+    }
+
+    /// A [`Kind::Number`] setting within `bounds`.
+    pub const fn number(
+        name: &'static str,
+        bounds: std::ops::RangeInclusive<u64>,
+        default: &'static str,
+        doc: &'static str,
+    ) -> Self {
+        let (min, max) = (*bounds.start(), *bounds.end());
+        Self::new(name, Kind::Number { min, max }, default, doc)
+    }
+
+    /// A [`Kind::Text`] setting.
+    pub const fn text(name: &'static str, default: &'static str, doc: &'static str) -> Self {
+        Self::new(name, Kind::Text, default, doc)
+    }
+
+    /// A [`Kind::Secret`] setting (no default: unset means off, as its doc says).
+    pub const fn secret(name: &'static str, doc: &'static str) -> Self {
+        Self::new(name, Kind::Secret, "", doc)
+    }
+
+    /// A setting of any kind.
+    pub const fn new(
+        name: &'static str,
+        kind: Kind,
+        default: &'static str,
+        doc: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            kind,
+            default,
+            doc,
+        }
+    }
+}
+
 /// A setting a service refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{variable}={value:?}: {reason}")]
@@ -365,30 +417,10 @@ fn parse_duration(raw: &str, zero_ok: bool) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
-    const A: Setting = Setting {
-        name: "A",
-        kind: Kind::Duration,
-        default: "1s",
-        doc: "",
-    };
-    const OFF: Setting = Setting {
-        name: "OFF",
-        kind: Kind::DurationOrOff,
-        default: "2s",
-        doc: "",
-    };
-    const N: Setting = Setting {
-        name: "N",
-        kind: Kind::Number { min: 1, max: 100 },
-        default: "3",
-        doc: "",
-    };
-    const KEY: Setting = Setting {
-        name: "KEY",
-        kind: Kind::Secret,
-        default: "",
-        doc: "",
-    };
+    const A: Setting = Setting::duration("A", "1s", "");
+    const OFF: Setting = Setting::duration_or_off("OFF", "2s", "");
+    const N: Setting = Setting::number("N", 1..=100, "3", "");
+    const KEY: Setting = Setting::secret("KEY", "");
 
     #[test]
     fn defaults_apply_when_unset() {
@@ -439,12 +471,7 @@ mod tests {
 
     #[test]
     fn a_bad_declared_default_is_reported_not_hidden() {
-        const BAD: Setting = Setting {
-            name: "BAD",
-            kind: Kind::Duration,
-            default: "soon",
-            doc: "",
-        };
+        const BAD: Setting = Setting::duration("BAD", "soon", "");
         let mut s = Settings::new(|_: &str| None);
         s.duration(&BAD);
         let e = s.finish(()).unwrap_err();

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::settings::{Kind, Problem, Setting, env_prefix};
+use crate::settings::{Problem, Setting, env_prefix};
 
 /// Settings of a port's protection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,29 +68,24 @@ impl Default for ProtectOptions {
 }
 
 /// `MESH_SHED`: the adaptive shedder of every port, `on` or `off`.
-pub const SHED: Setting = Setting {
-    name: "MESH_SHED",
-    kind: Kind::Text,
-    default: "on",
-    doc: "The adaptive load shedder of every gRPC port: `on` or `off`.",
-};
+pub const SHED: Setting = Setting::text(
+    "MESH_SHED",
+    "on",
+    "The adaptive load shedder of every gRPC port: `on` or `off`.",
+);
 /// `MESH_SHED_MIN_IN_FLIGHT`: the shedder never refuses below this many calls in flight.
-pub const SHED_MIN_IN_FLIGHT: Setting = Setting {
-    name: "MESH_SHED_MIN_IN_FLIGHT",
-    kind: Kind::Number {
-        min: 1,
-        max: u64::MAX,
-    },
-    default: "32",
-    doc: "The shedder never refuses while fewer calls than this are in flight.",
-};
+pub const SHED_MIN_IN_FLIGHT: Setting = Setting::number(
+    "MESH_SHED_MIN_IN_FLIGHT",
+    1..=u64::MAX,
+    "32",
+    "The shedder never refuses while fewer calls than this are in flight.",
+);
 /// `MESH_SHED_QUEUE_TARGET`: how long callers may wait in line before the shedder refuses.
-pub const SHED_QUEUE_TARGET: Setting = Setting {
-    name: "MESH_SHED_QUEUE_TARGET",
-    kind: Kind::Duration,
-    default: "1s",
-    doc: "How much queueing the shedder allows before it refuses (callers that wait are served).",
-};
+pub const SHED_QUEUE_TARGET: Setting = Setting::duration(
+    "MESH_SHED_QUEUE_TARGET",
+    "1s",
+    "How much queueing the shedder allows before it refuses (callers that wait are served).",
+);
 
 impl ProtectOptions {
     /// The settings of `service` from the environment: `MESH_<SERVICE>_MAX_CONCURRENCY`

@@ -66,17 +66,7 @@ impl AuthServiceError {
     }
 }
 
-impl From<sqlx::Error> for AuthServiceError {
-    fn from(e: sqlx::Error) -> Self {
-        ServiceError::from(e).into()
-    }
-}
-
-impl From<DatabaseError> for AuthServiceError {
-    fn from(e: DatabaseError) -> Self {
-        ServiceError::from(e).into()
-    }
-}
+mesh_runtime::from_database_errors!(AuthServiceError);
 
 impl From<AuthServiceError> for tonic::Status {
     fn from(e: AuthServiceError) -> Self {

@@ -48,39 +48,33 @@ impl Default for AuthSettings {
 }
 
 use mesh_runtime::auth::SERVICE_CLIENT_SECRET;
-use mesh_runtime::settings::{Kind, ModuleSettings, Setting, Settings, process_env};
+use mesh_runtime::settings::{ModuleSettings, Setting, Settings, process_env};
 pub use mesh_runtime::settings::{SettingError, SettingErrors};
 
-const PRIVATE_KEY_FILE: Setting = Setting {
-    name: "MESH_JWT_PRIVATE_KEY_FILE",
-    kind: Kind::Text,
-    default: "",
-    doc: "An Ed25519 PKCS#8 PEM private key file to sign with (read when the service is built); unset: a key is generated on first start and kept in the database.",
-};
-const ACCESS_TTL: Setting = Setting {
-    name: "MESH_AUTH_ACCESS_TTL",
-    kind: Kind::Duration,
-    default: "15m",
-    doc: "Lifetime of access and service tokens.",
-};
-const REFRESH_TTL: Setting = Setting {
-    name: "MESH_AUTH_REFRESH_TTL",
-    kind: Kind::Duration,
-    default: "30d",
-    doc: "Lifetime of a session's refresh tokens.",
-};
-const BOOTSTRAP_ADMIN_EMAIL: Setting = Setting {
-    name: "MESH_AUTH_BOOTSTRAP_ADMIN_EMAIL",
-    kind: Kind::Text,
-    default: "",
-    doc: "The account signing up with this email gets the admin role, as long as no admin exists yet.",
-};
-const SERVICE_CLIENTS: Setting = Setting {
-    name: "MESH_AUTH_SERVICE_CLIENTS",
-    kind: Kind::Secret,
-    default: "",
-    doc: "Client credentials of services, `order=secret,vm=secret`.",
-};
+const PRIVATE_KEY_FILE: Setting = Setting::text(
+    "MESH_JWT_PRIVATE_KEY_FILE",
+    "",
+    "An Ed25519 PKCS#8 PEM private key file to sign with (read when the service is built); unset: a key is generated on first start and kept in the database.",
+);
+const ACCESS_TTL: Setting = Setting::duration(
+    "MESH_AUTH_ACCESS_TTL",
+    "15m",
+    "Lifetime of access and service tokens.",
+);
+const REFRESH_TTL: Setting = Setting::duration(
+    "MESH_AUTH_REFRESH_TTL",
+    "30d",
+    "Lifetime of a session's refresh tokens.",
+);
+const BOOTSTRAP_ADMIN_EMAIL: Setting = Setting::text(
+    "MESH_AUTH_BOOTSTRAP_ADMIN_EMAIL",
+    "",
+    "The account signing up with this email gets the admin role, as long as no admin exists yet.",
+);
+const SERVICE_CLIENTS: Setting = Setting::secret(
+    "MESH_AUTH_SERVICE_CLIENTS",
+    "Client credentials of services, `order=secret,vm=secret`.",
+);
 
 /// The auth module's settings, for its module row.
 pub const SETTINGS: ModuleSettings = ModuleSettings {

@@ -6,11 +6,10 @@
 //! redacted from the outbox. Both are idempotent: snapshots are applied by version, and an
 //! account erased once is left alone.
 
-use futures::future::BoxFuture;
 use mesh_contracts::events::v1::{Envelope, UserDeleted, UserUpdated};
-use mesh_runtime::consumer::{EventHandler, HandlerError};
+use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::Tx;
-use mesh_runtime::payload::DecodePayload as _;
+use mesh_runtime::typed_handler::TypedHandler;
 
 use crate::error::AuthServiceError;
 
@@ -48,35 +47,30 @@ async fn is_erased(tx: &mut Tx, account_id: &str) -> Result<bool, sqlx::Error> {
 #[derive(Debug, Clone, Copy)]
 pub struct OnUserUpdated;
 
-impl EventHandler for OnUserUpdated {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let e: UserUpdated = event.decode_payload()?;
-            // An empty payload is a redacted event: nothing to keep.
-            if e.user_id.is_empty()
-                || is_erased(tx, &e.user_id)
-                    .await
-                    .map_err(HandlerError::retry)?
-            {
-                return Ok(());
-            }
-            sqlx::query(
-                "INSERT INTO account_stores (account_id, store_ids, version) VALUES ($1, $2, $3) \
-                 ON CONFLICT (account_id) DO UPDATE SET store_ids = excluded.store_ids, \
-                 version = excluded.version WHERE account_stores.version < excluded.version",
-            )
-            .bind(&e.user_id)
-            .bind(e.store_ids.join(","))
-            .bind(e.version)
-            .execute(&mut **tx)
-            .await
-            .map_err(HandlerError::retry)?;
-            Ok(())
-        })
+impl TypedHandler for OnUserUpdated {
+    type Event = UserUpdated;
+
+    async fn handle(&self, e: UserUpdated, _: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+        // An empty payload is a redacted event: nothing to keep.
+        if e.user_id.is_empty()
+            || is_erased(tx, &e.user_id)
+                .await
+                .map_err(HandlerError::retry)?
+        {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO account_stores (account_id, store_ids, version) VALUES ($1, $2, $3) \
+             ON CONFLICT (account_id) DO UPDATE SET store_ids = excluded.store_ids, \
+             version = excluded.version WHERE account_stores.version < excluded.version",
+        )
+        .bind(&e.user_id)
+        .bind(e.store_ids.join(","))
+        .bind(e.version)
+        .execute(&mut **tx)
+        .await
+        .map_err(HandlerError::retry)?;
+        Ok(())
     }
 }
 
@@ -87,51 +81,46 @@ pub struct OnUserDeleted {
     pub clock: std::sync::Arc<dyn mesh_runtime::auth::Clock>,
 }
 
-impl EventHandler for OnUserDeleted {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let e: UserDeleted = event.decode_payload()?;
-            if e.user_id.is_empty() {
-                return Ok(());
-            }
-            let id = e.user_id;
-            let now = self.clock.now_us();
-            let done = sqlx::query(
-                "UPDATE accounts SET email = $2, display_name = '', password_hash = '', \
-                 disabled_us = $3 WHERE id = $1 AND disabled_us IS NULL",
-            )
+impl TypedHandler for OnUserDeleted {
+    type Event = UserDeleted;
+
+    async fn handle(&self, e: UserDeleted, _: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+        if e.user_id.is_empty() {
+            return Ok(());
+        }
+        let id = e.user_id;
+        let now = self.clock.now_us();
+        let done = sqlx::query(
+            "UPDATE accounts SET email = $2, display_name = '', password_hash = '', \
+             disabled_us = $3 WHERE id = $1 AND disabled_us IS NULL",
+        )
+        .bind(&id)
+        .bind(erased_email(&id))
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(HandlerError::retry)?;
+        if done.rows_affected() == 0 {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE sessions SET revoked_us = $2, revoke_reason = 'erased' \
+             WHERE account_id = $1 AND revoked_us IS NULL",
+        )
+        .bind(&id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(HandlerError::retry)?;
+        sqlx::query("DELETE FROM account_stores WHERE account_id = $1")
             .bind(&id)
-            .bind(erased_email(&id))
-            .bind(now)
             .execute(&mut **tx)
             .await
             .map_err(HandlerError::retry)?;
-            if done.rows_affected() == 0 {
-                return Ok(());
-            }
-            sqlx::query(
-                "UPDATE sessions SET revoked_us = $2, revoke_reason = 'erased' \
-                 WHERE account_id = $1 AND revoked_us IS NULL",
-            )
-            .bind(&id)
-            .bind(now)
-            .execute(&mut **tx)
+        mesh_runtime::redact::redact_subject(tx, &id)
             .await
             .map_err(HandlerError::retry)?;
-            sqlx::query("DELETE FROM account_stores WHERE account_id = $1")
-                .bind(&id)
-                .execute(&mut **tx)
-                .await
-                .map_err(HandlerError::retry)?;
-            mesh_runtime::redact::redact_subject(tx, &id)
-                .await
-                .map_err(HandlerError::retry)?;
-            tracing::info!(account = %id, "account disabled and anonymised (user.deleted)");
-            Ok(())
-        })
+        tracing::info!(account = %id, "account disabled and anonymised (user.deleted)");
+        Ok(())
     }
 }

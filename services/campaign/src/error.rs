@@ -1,7 +1,6 @@
 //! The campaign service's errors: the runtime's shared [`ServiceError`] (bad fields, unknown
 //! ids, the database) plus what is campaign's own, turned into gRPC statuses in one place.
 
-use mesh_runtime::DatabaseError;
 use mesh_runtime::domain::ServiceError;
 
 /// What can go wrong in a campaign RPC.
@@ -33,17 +32,7 @@ impl CampaignError {
     }
 }
 
-impl From<sqlx::Error> for CampaignError {
-    fn from(e: sqlx::Error) -> Self {
-        ServiceError::from(e).into()
-    }
-}
-
-impl From<DatabaseError> for CampaignError {
-    fn from(e: DatabaseError) -> Self {
-        ServiceError::from(e).into()
-    }
-}
+mesh_runtime::from_database_errors!(CampaignError);
 
 impl From<CampaignError> for tonic::Status {
     fn from(e: CampaignError) -> Self {

@@ -2,14 +2,15 @@
 //! product's events keep the product -> category map that category-scoped rules use current.
 //! Every handler is idempotent by event id (the runtime) and by its conditional updates.
 
-use futures::future::BoxFuture;
 use mesh_contracts::events::v1::{
     Envelope, OrderCancelled, OrderConfirmed, OrderCreated, ProductCreated, ProductDeleted,
     ProductUpdated,
 };
-use mesh_runtime::consumer::{Consumer, EventHandler, HandlerError};
+use mesh_contracts::product::v1::Product;
+use mesh_runtime::consumer::{Consumer, HandlerError};
 use mesh_runtime::outbox::Tx;
 use mesh_runtime::payload::DecodePayload as _;
+use mesh_runtime::typed_handler::{EventPayload, TypedHandler};
 
 use crate::error::CampaignError;
 use mesh_runtime::domain::time;
@@ -20,74 +21,113 @@ fn failed(e: CampaignError) -> HandlerError {
     HandlerError::retry(e)
 }
 
-/// Which event a [`On`] handler applies.
+/// `order.created`: holds become reservations.
 #[derive(Debug, Clone, Copy)]
-pub enum Kind {
-    /// `order.created`: holds become reservations.
-    OrderCreated,
-    /// `order.confirmed`: reservations are consumed.
-    OrderConfirmed,
-    /// `order.cancelled`: redemptions are released.
-    OrderCancelled,
-    /// `product.created` / `product.updated`: the product's category.
-    ProductChanged,
-    /// `product.deleted`: forget the product.
-    ProductDeleted,
+pub struct OnOrderCreated;
+
+impl TypedHandler for OnOrderCreated {
+    type Event = OrderCreated;
+
+    async fn handle(&self, e: OrderCreated, _: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+        redemption::order_created(tx, &e.order_id, &e.applied_campaign_ids, time::now_us())
+            .await
+            .map_err(failed)
+    }
 }
 
-/// The handler of one [`Kind`].
+/// `order.confirmed`: reservations are consumed.
 #[derive(Debug, Clone, Copy)]
-pub struct On(pub Kind);
+pub struct OnOrderConfirmed;
 
-impl EventHandler for On {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let now = time::now_us();
-            match self.0 {
-                Kind::OrderCreated => {
-                    let e: OrderCreated = event.decode_payload()?;
-                    redemption::order_created(tx, &e.order_id, &e.applied_campaign_ids, now)
-                        .await
-                        .map_err(failed)
-                }
-                Kind::OrderConfirmed => {
-                    let e: OrderConfirmed = event.decode_payload()?;
-                    redemption::order_confirmed(tx, &e.order_id, now)
-                        .await
-                        .map(|_| ())
-                        .map_err(failed)
-                }
-                Kind::OrderCancelled => {
-                    let e: OrderCancelled = event.decode_payload()?;
-                    redemption::order_cancelled(tx, &e.order_id, now)
-                        .await
-                        .map_err(failed)
-                }
-                Kind::ProductChanged => {
-                    let product = if event.r#type == "product.created" {
-                        event.decode_payload::<ProductCreated>()?.product
-                    } else {
-                        event.decode_payload::<ProductUpdated>()?.product
-                    };
-                    let Some(p) = product.filter(|p| !p.id.is_empty()) else {
-                        return Err(HandlerError::permanent("the event names no product"));
-                    };
-                    store::set_category(tx, &p.id, &p.category_id, now)
-                        .await
-                        .map_err(failed)
-                }
-                Kind::ProductDeleted => {
-                    let e: ProductDeleted = event.decode_payload()?;
-                    store::forget_product(tx, &e.product_id)
-                        .await
-                        .map_err(failed)
-                }
-            }
-        })
+impl TypedHandler for OnOrderConfirmed {
+    type Event = OrderConfirmed;
+
+    async fn handle(
+        &self,
+        e: OrderConfirmed,
+        _: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        redemption::order_confirmed(tx, &e.order_id, time::now_us())
+            .await
+            .map(|_| ())
+            .map_err(failed)
+    }
+}
+
+/// `order.cancelled`: redemptions are released.
+#[derive(Debug, Clone, Copy)]
+pub struct OnOrderCancelled;
+
+impl TypedHandler for OnOrderCancelled {
+    type Event = OrderCancelled;
+
+    async fn handle(
+        &self,
+        e: OrderCancelled,
+        _: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        redemption::order_cancelled(tx, &e.order_id, time::now_us())
+            .await
+            .map_err(failed)
+    }
+}
+
+/// The product of a `product.created` or `product.updated` event: the same snapshot under two
+/// event types.
+#[derive(Debug, Clone, Default)]
+pub struct ProductSnapshot(pub Option<Product>);
+
+impl EventPayload for ProductSnapshot {
+    fn read(envelope: &Envelope) -> Result<Self, HandlerError> {
+        let product = if envelope.r#type == "product.created" {
+            envelope.decode_payload::<ProductCreated>()?.product
+        } else {
+            envelope.decode_payload::<ProductUpdated>()?.product
+        };
+        Ok(Self(product))
+    }
+}
+
+/// `product.created` / `product.updated`: the product's category.
+#[derive(Debug, Clone, Copy)]
+pub struct OnProductChanged;
+
+impl TypedHandler for OnProductChanged {
+    type Event = ProductSnapshot;
+
+    async fn handle(
+        &self,
+        e: ProductSnapshot,
+        _: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let Some(p) = e.0.filter(|p| !p.id.is_empty()) else {
+            return Err(HandlerError::permanent("the event names no product"));
+        };
+        store::set_category(tx, &p.id, &p.category_id, time::now_us())
+            .await
+            .map_err(failed)
+    }
+}
+
+/// `product.deleted`: forget the product.
+#[derive(Debug, Clone, Copy)]
+pub struct OnProductDeleted;
+
+impl TypedHandler for OnProductDeleted {
+    type Event = ProductDeleted;
+
+    async fn handle(
+        &self,
+        e: ProductDeleted,
+        _: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        store::forget_product(tx, &e.product_id)
+            .await
+            .map_err(failed)
     }
 }
 
@@ -96,10 +136,10 @@ impl EventHandler for On {
 pub fn handlers(consumer: Consumer) -> Consumer {
     consumer
         .concurrency(1)
-        .on("order.created", On(Kind::OrderCreated))
-        .on("order.confirmed", On(Kind::OrderConfirmed))
-        .on("order.cancelled", On(Kind::OrderCancelled))
-        .on("product.created", On(Kind::ProductChanged))
-        .on("product.updated", On(Kind::ProductChanged))
-        .on("product.deleted", On(Kind::ProductDeleted))
+        .on("order.created", OnOrderCreated)
+        .on("order.confirmed", OnOrderConfirmed)
+        .on("order.cancelled", OnOrderCancelled)
+        .on("product.created", OnProductChanged)
+        .on("product.updated", OnProductChanged)
+        .on("product.deleted", OnProductDeleted)
 }

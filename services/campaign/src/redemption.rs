@@ -10,7 +10,7 @@
 //! leaves, so a redelivered event or a repeated call changes nothing.
 
 use mesh_contracts::campaign::v1::RejectionReason;
-use sqlx::{AnyConnection, Row as _};
+use sqlx::AnyConnection;
 
 use crate::error::CampaignError;
 use crate::pricing::Applied;
@@ -51,14 +51,12 @@ async fn take(
     .await?
     .rows_affected();
     if done == 0 {
-        let r = sqlx::query(
+        let (max, count, budget, used): (i64, i64, i64, i64) = sqlx::query_as(
             "SELECT max_redemptions, redemption_count, budget_minor, budget_used_minor FROM campaigns WHERE id = $1",
         )
         .bind(campaign_id)
         .fetch_one(&mut *conn)
         .await?;
-        let (max, count): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
-        let (budget, used): (i64, i64) = (r.try_get(2)?, r.try_get(3)?);
         return Ok(Some(if max > 0 && count >= max {
             (
                 RejectionReason::LimitReached,
@@ -187,7 +185,7 @@ async fn release(
     from: &str,
     now_us: i64,
 ) -> Result<bool> {
-    let row = sqlx::query(dyn_sql!(
+    let row: Option<(String, i64)> = sqlx::query_as(dyn_sql!(
         "UPDATE redemptions SET status = 'RELEASED', expires_us = 0, updated_us = $3 \
          WHERE campaign_id = $1 AND order_id = $2 AND status IN ({from}) RETURNING customer_id, discount_minor"
     ))
@@ -196,10 +194,9 @@ async fn release(
     .bind(now_us)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(row) = row else {
+    let Some((customer, discount)) = row else {
         return Ok(false);
     };
-    let (customer, discount): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
     give_back(conn, campaign_id, &customer, discount).await?;
     Ok(true)
 }
@@ -240,7 +237,7 @@ pub async fn order_created(
                 release(conn, &campaign, order_id, "'HELD'", now_us).await?;
             }
             RELEASED if keep => {
-                let row = sqlx::query(
+                let (customer, discount): (String, i64) = sqlx::query_as(
                     "UPDATE redemptions SET status = 'RESERVED', updated_us = $3 \
                      WHERE campaign_id = $1 AND order_id = $2 AND status = 'RELEASED' RETURNING customer_id, discount_minor",
                 )
@@ -249,7 +246,6 @@ pub async fn order_created(
                 .bind(now_us)
                 .fetch_one(&mut *conn)
                 .await?;
-                let (customer, discount): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
                 tracing::warn!(order = order_id, campaign = %campaign, "a hold expired before order.created arrived; counted again, past the limit if it is full");
                 take(conn, &campaign, &customer, discount, false).await?;
             }

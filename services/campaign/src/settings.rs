@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mesh_runtime::settings::{Kind, ModuleSettings, Setting, Settings, process_env};
+use mesh_runtime::settings::{ModuleSettings, Setting, Settings, process_env};
 pub use mesh_runtime::settings::{SettingError, SettingErrors};
 
 /// How long holds live and how often expired ones are released.
@@ -25,18 +25,16 @@ impl Default for CampaignSettings {
     }
 }
 
-const HOLD_TTL: Setting = Setting {
-    name: "MESH_CAMPAIGN_HOLD_TTL",
-    kind: Kind::Duration,
-    default: "2m",
-    doc: "A redemption held by PriceCart with `reserve` is released when no `order.created` made it a reservation within this time.",
-};
-const HOLD_SWEEP: Setting = Setting {
-    name: "MESH_CAMPAIGN_HOLD_SWEEP",
-    kind: Kind::Duration,
-    default: "5s",
-    doc: "How often expired holds are looked for.",
-};
+const HOLD_TTL: Setting = Setting::duration(
+    "MESH_CAMPAIGN_HOLD_TTL",
+    "2m",
+    "A redemption held by PriceCart with `reserve` is released when no `order.created` made it a reservation within this time.",
+);
+const HOLD_SWEEP: Setting = Setting::duration(
+    "MESH_CAMPAIGN_HOLD_SWEEP",
+    "5s",
+    "How often expired holds are looked for.",
+);
 
 /// The campaign module's settings, for its module row.
 pub const SETTINGS: ModuleSettings = ModuleSettings {

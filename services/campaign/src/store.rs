@@ -9,8 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use mesh_contracts::campaign::v1::{Campaign, CampaignState};
 use mesh_contracts::common::v1::Money;
 use prost::Message as _;
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row as _};
+use sqlx::AnyConnection;
 
 use crate::error::CampaignError;
 use crate::pricing::Candidate;
@@ -59,31 +58,49 @@ pub fn state(start_us: i64, end_us: i64, ended_us: i64, now_us: i64) -> Campaign
     }
 }
 
-impl Row {
-    fn from_row(r: &AnyRow) -> Result<Self> {
-        let spec: String = r.try_get("spec")?;
+/// A `campaigns` row as stored: the spec still encoded.
+#[derive(sqlx::FromRow)]
+struct Stored {
+    id: String,
+    spec: String,
+    start_us: i64,
+    end_us: i64,
+    ended_us: i64,
+    redemption_count: i64,
+    budget_used_minor: i64,
+    budget_minor: i64,
+    budget_currency: String,
+    created_us: i64,
+    updated_us: i64,
+}
+
+impl Stored {
+    /// The row with its spec decoded.
+    fn decode(self) -> Result<Row> {
         let spec = STANDARD
-            .decode(spec)
+            .decode(self.spec)
             .ok()
             .and_then(|b| Campaign::decode(b.as_slice()).ok())
             .ok_or_else(|| {
                 CampaignError::Corrupt("a stored campaign's spec does not decode".into())
             })?;
-        Ok(Self {
-            id: r.try_get("id")?,
+        Ok(Row {
+            id: self.id,
             spec,
-            start_us: r.try_get("start_us")?,
-            end_us: r.try_get("end_us")?,
-            ended_us: r.try_get("ended_us")?,
-            redemption_count: r.try_get("redemption_count")?,
-            budget_used: r.try_get("budget_used_minor")?,
-            budget_minor: r.try_get("budget_minor")?,
-            budget_currency: r.try_get("budget_currency")?,
-            created_us: r.try_get("created_us")?,
-            updated_us: r.try_get("updated_us")?,
+            start_us: self.start_us,
+            end_us: self.end_us,
+            ended_us: self.ended_us,
+            redemption_count: self.redemption_count,
+            budget_used: self.budget_used_minor,
+            budget_minor: self.budget_minor,
+            budget_currency: self.budget_currency,
+            created_us: self.created_us,
+            updated_us: self.updated_us,
         })
     }
+}
 
+impl Row {
     /// The campaign as the API shows it at `now_us`.
     pub fn to_proto(&self, now_us: i64) -> Campaign {
         let mut c = self.spec.clone();
@@ -139,7 +156,7 @@ pub async fn insert(
         .as_ref()
         .map_or(Ok(0), |t| time::from_timestamp("campaign.end_time", t))?;
     let budget = spec.budget.clone().unwrap_or_default();
-    let row = sqlx::query(dyn_sql!(
+    let row: Stored = sqlx::query_as(dyn_sql!(
         "INSERT INTO campaigns (id, spec, automatic, start_us, end_us, max_redemptions, max_per_customer, \
          budget_currency, budget_minor, created_us, updated_us) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {COLUMNS}"
@@ -163,21 +180,22 @@ pub async fn insert(
             .execute(&mut *conn)
             .await?;
     }
-    Row::from_row(&row)
+    row.decode()
 }
 
 /// One campaign.
 pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<Option<Row>> {
-    let row = sqlx::query(dyn_sql!("SELECT {COLUMNS} FROM campaigns WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.as_ref().map(Row::from_row).transpose()
+    let row: Option<Stored> =
+        sqlx::query_as(dyn_sql!("SELECT {COLUMNS} FROM campaigns WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    row.map(Stored::decode).transpose()
 }
 
 /// Ends `id` at `now_us` unless it ended already; `None` when it had (or does not exist).
 pub async fn end(conn: &mut AnyConnection, id: &str, now_us: i64) -> Result<Option<Row>> {
-    let row = sqlx::query(dyn_sql!(
+    let row: Option<Stored> = sqlx::query_as(dyn_sql!(
         "UPDATE campaigns SET ended_us = $1, updated_us = $1 \
          WHERE id = $2 AND ended_us = 0 AND (end_us = 0 OR end_us > $1) RETURNING {COLUMNS}"
     ))
@@ -185,7 +203,7 @@ pub async fn end(conn: &mut AnyConnection, id: &str, now_us: i64) -> Result<Opti
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?;
-    row.as_ref().map(Row::from_row).transpose()
+    row.map(Stored::decode).transpose()
 }
 
 /// A ListCampaigns page's filter.
@@ -215,7 +233,7 @@ pub async fn list(conn: &mut AnyConnection, f: &ListFilter, limit: i64) -> Resul
     } else {
         " AND $2 = $2 AND $3 = $3"
     };
-    let rows = sqlx::query(dyn_sql!(
+    let rows: Vec<Stored> = sqlx::query_as(dyn_sql!(
         "SELECT {COLUMNS} FROM campaigns WHERE 1 = 1{state_sql}{keyset} \
          ORDER BY created_us DESC, id DESC LIMIT $4"
     ))
@@ -225,7 +243,7 @@ pub async fn list(conn: &mut AnyConnection, f: &ListFilter, limit: i64) -> Resul
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter().map(Row::from_row).collect()
+    rows.into_iter().map(Stored::decode).collect()
 }
 
 fn placeholders(from: usize, n: usize) -> String {
@@ -256,14 +274,14 @@ pub async fn candidates(
         "SELECT {COLUMNS} FROM campaigns WHERE (automatic = 1 AND ended_us = 0 AND start_us <= $1 \
          AND (end_us = 0 OR end_us > $1)){by_code} ORDER BY id"
     );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at_us);
+    let mut query = sqlx::query_as::<_, Stored>(sqlx::AssertSqlSafe(sql)).bind(at_us);
     for c in codes {
         query = query.bind(c);
     }
     let rows = query.fetch_all(&mut *conn).await?;
     let mut out: Vec<Candidate> = rows
-        .iter()
-        .map(|r| Row::from_row(r).map(|row| row.candidate()))
+        .into_iter()
+        .map(|r| r.decode().map(|row| row.candidate()))
         .collect::<Result<_>>()?;
     if !customer_id.is_empty() && out.iter().any(|c| c.max_per_customer > 0) {
         let counts: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(

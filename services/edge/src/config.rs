@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use http::Uri;
 use ipnet::IpNet;
-use mesh_runtime::settings::{Kind, ModuleSettings, Setting, SettingErrors, Settings};
+use mesh_runtime::settings::{ModuleSettings, Setting, SettingErrors, Settings};
 
 use crate::auth::PublicRoutes;
 use crate::rate_limit::{RateLimit, parse_rate_limit};
@@ -80,84 +80,69 @@ impl Default for EdgeConfig {
     }
 }
 
-const LEGACY_URL: Setting = Setting {
-    name: "MESH_EDGE_LEGACY_URL",
-    kind: Kind::Text,
-    default: "",
-    doc: "Strangler-fig upstream (`http://host:port`) for paths no rule owns; unset: 404.",
-};
-const MAX_BODY_BYTES: Setting = Setting {
-    name: "MESH_EDGE_MAX_BODY_BYTES",
-    kind: Kind::Number {
-        min: 1,
-        max: 1 << 30,
-    },
-    default: "1048576",
-    doc: "Largest REST request body, in bytes.",
-};
-const CORS_ORIGINS: Setting = Setting {
-    name: "MESH_EDGE_CORS_ORIGINS",
-    kind: Kind::Text,
-    default: "",
-    doc: "Allowed CORS origins, comma-separated (`http(s)://...`), or `*`; unset: CORS off.",
-};
-const RATE_LIMIT: Setting = Setting {
-    name: "MESH_EDGE_RATE_LIMIT",
-    kind: Kind::Text,
-    default: "off",
-    doc: "Per-client token bucket: `off`, `RATE/s` or `RATE/s,burst=N` (also `/m`).",
-};
-const DESCRIPTOR_SETS: Setting = Setting {
-    name: "MESH_EDGE_DESCRIPTOR_SETS",
-    kind: Kind::Text,
-    default: "",
-    doc: "Extra encoded descriptor sets (`buf build -o`), comma-separated readable files, whose services the edge fronts too.",
-};
-const UPSTREAMS: Setting = Setting {
-    name: "MESH_EDGE_UPSTREAMS",
-    kind: Kind::Text,
-    default: "",
-    doc: "`pkg.Service=http://host:port`, comma-separated: the upstream of each extra (or overridden) service.",
-};
-const AUTH: Setting = Setting {
-    name: "MESH_EDGE_AUTH",
-    kind: Kind::Text,
-    default: "jwt",
-    doc: "`jwt`: verify bearer tokens with auth's JWKS on every RPC not public; `off`: no checks at the edge.",
-};
-const PUBLIC_ROUTES: Setting = Setting {
-    name: "MESH_EDGE_PUBLIC_ROUTES",
-    kind: Kind::Text,
-    default: "",
-    doc: "RPCs open without a token, comma-separated `pkg.Service/Method`, `pkg.Service/Prefix*` or `pkg.Service/*`; `none` for none; unset: sign-up, login, refresh, logout, JWKS, service tokens and catalog reads.",
-};
-const TRUSTED_PROXIES: Setting = Setting {
-    name: "MESH_EDGE_TRUSTED_PROXIES",
-    kind: Kind::Text,
-    default: "",
-    doc: "IPs or CIDRs, comma-separated, whose `X-Forwarded-For` is believed when keying rate limits.",
-};
-const RATE_LIMIT_REDIS_URL: Setting = Setting {
-    name: "MESH_EDGE_RATE_LIMIT_REDIS_URL",
-    kind: Kind::Text,
-    default: "",
-    doc: "Redis shared by the edge replicas for rate limits (`redis://host:port`); unset: MESH_REDIS_URL, else in process.",
-};
-const UPSTREAM_CONNECTIONS: Setting = Setting {
-    name: "MESH_EDGE_UPSTREAM_CONNECTIONS",
-    kind: Kind::Number { min: 1, max: 64 },
-    default: "4",
-    doc: "HTTP/2 connections per upstream (addressed by IP) for REST calls.",
-};
-const UPSTREAM_MAX_IN_FLIGHT: Setting = Setting {
-    name: "MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT",
-    kind: Kind::Number {
-        min: 1,
-        max: 1_000_000,
-    },
-    default: "1024",
-    doc: "REST calls in flight per upstream pool above which the edge answers 429 with Retry-After itself.",
-};
+const LEGACY_URL: Setting = Setting::text(
+    "MESH_EDGE_LEGACY_URL",
+    "",
+    "Strangler-fig upstream (`http://host:port`) for paths no rule owns; unset: 404.",
+);
+const MAX_BODY_BYTES: Setting = Setting::number(
+    "MESH_EDGE_MAX_BODY_BYTES",
+    1..=1 << 30,
+    "1048576",
+    "Largest REST request body, in bytes.",
+);
+const CORS_ORIGINS: Setting = Setting::text(
+    "MESH_EDGE_CORS_ORIGINS",
+    "",
+    "Allowed CORS origins, comma-separated (`http(s)://...`), or `*`; unset: CORS off.",
+);
+const RATE_LIMIT: Setting = Setting::text(
+    "MESH_EDGE_RATE_LIMIT",
+    "off",
+    "Per-client token bucket: `off`, `RATE/s` or `RATE/s,burst=N` (also `/m`).",
+);
+const DESCRIPTOR_SETS: Setting = Setting::text(
+    "MESH_EDGE_DESCRIPTOR_SETS",
+    "",
+    "Extra encoded descriptor sets (`buf build -o`), comma-separated readable files, whose services the edge fronts too.",
+);
+const UPSTREAMS: Setting = Setting::text(
+    "MESH_EDGE_UPSTREAMS",
+    "",
+    "`pkg.Service=http://host:port`, comma-separated: the upstream of each extra (or overridden) service.",
+);
+const AUTH: Setting = Setting::text(
+    "MESH_EDGE_AUTH",
+    "jwt",
+    "`jwt`: verify bearer tokens with auth's JWKS on every RPC not public; `off`: no checks at the edge.",
+);
+const PUBLIC_ROUTES: Setting = Setting::text(
+    "MESH_EDGE_PUBLIC_ROUTES",
+    "",
+    "RPCs open without a token, comma-separated `pkg.Service/Method`, `pkg.Service/Prefix*` or `pkg.Service/*`; `none` for none; unset: sign-up, login, refresh, logout, JWKS, service tokens and catalog reads.",
+);
+const TRUSTED_PROXIES: Setting = Setting::text(
+    "MESH_EDGE_TRUSTED_PROXIES",
+    "",
+    "IPs or CIDRs, comma-separated, whose `X-Forwarded-For` is believed when keying rate limits.",
+);
+const RATE_LIMIT_REDIS_URL: Setting = Setting::text(
+    "MESH_EDGE_RATE_LIMIT_REDIS_URL",
+    "",
+    "Redis shared by the edge replicas for rate limits (`redis://host:port`); unset: MESH_REDIS_URL, else in process.",
+);
+const UPSTREAM_CONNECTIONS: Setting = Setting::number(
+    "MESH_EDGE_UPSTREAM_CONNECTIONS",
+    1..=64,
+    "4",
+    "HTTP/2 connections per upstream (addressed by IP) for REST calls.",
+);
+const UPSTREAM_MAX_IN_FLIGHT: Setting = Setting::number(
+    "MESH_EDGE_UPSTREAM_MAX_IN_FLIGHT",
+    1..=1_000_000,
+    "1024",
+    "REST calls in flight per upstream pool above which the edge answers 429 with Retry-After itself.",
+);
 
 /// The edge module's settings, for its module row.
 pub const SETTINGS: ModuleSettings = ModuleSettings {

@@ -29,7 +29,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mesh_contracts::inventory::v1::inventory_service_server::InventoryServiceServer;
 use mesh_runtime::auth::{Clock, Policy, Role, SystemClock, guard};
-use mesh_runtime::settings::{Kind, ModuleSettings, Setting, SettingErrors, Settings, process_env};
+use mesh_runtime::settings::{ModuleSettings, Setting, SettingErrors, Settings, process_env};
 use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
 pub use api::InventoryApi;
@@ -89,12 +89,11 @@ pub fn build(ctx: ServiceContext) -> BoxFuture<'static, Result<ServiceRoutes, Bu
 /// The default order saga timeout (`MESH_ORDER_SAGA_TIMEOUT`), mirrored here to check the TTL.
 const DEFAULT_SAGA_TIMEOUT: Duration = Duration::from_secs(30);
 
-const SAGA_RESERVATION_TTL: Setting = Setting {
-    name: "MESH_INVENTORY_SAGA_RESERVATION_TTL",
-    kind: Kind::Duration,
-    default: "15m",
-    doc: "Lifetime of the reservations the order saga makes: longer than MESH_ORDER_SAGA_TIMEOUT, at most 24h.",
-};
+const SAGA_RESERVATION_TTL: Setting = Setting::duration(
+    "MESH_INVENTORY_SAGA_RESERVATION_TTL",
+    "15m",
+    "Lifetime of the reservations the order saga makes: longer than MESH_ORDER_SAGA_TIMEOUT, at most 24h.",
+);
 
 /// The inventory module's settings, for its module row.
 pub const SETTINGS: ModuleSettings = ModuleSettings {

@@ -4,11 +4,10 @@
 //! again writes the same row), so [`crate::scope`] can tell whether a machine's stock is a store
 //! staff member's without calling shop.
 
-use futures::future::BoxFuture;
 use mesh_contracts::events::v1::{Envelope, MachineRegistered};
-use mesh_runtime::consumer::{EventHandler, HandlerError};
+use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::Tx;
-use mesh_runtime::payload::DecodePayload;
+use mesh_runtime::typed_handler::TypedHandler;
 use sqlx::AnyPool;
 
 use crate::error::InventoryError;
@@ -31,34 +30,34 @@ pub async fn store_of(pool: &AnyPool, location: &str) -> Result<Option<String>, 
 #[derive(Debug, Clone, Copy)]
 pub struct OnMachineRegistered;
 
-impl EventHandler for OnMachineRegistered {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let e: MachineRegistered = event.decode_payload()?;
-            let checked =
-                validate::location_id("machine_id", &e.machine_id, false).and_then(|machine| {
-                    Ok((
-                        machine,
-                        validate::location_id("store_id", &e.store_id, false)?,
-                    ))
-                });
-            let (machine, store) = checked.map_err(|err| {
-                HandlerError::permanent(format!("{} {}: {err}", event.r#type, event.id))
-            })?;
-            sqlx::query(
-                "INSERT INTO location_stores (location_id, store_id) VALUES ($1, $2) \
-                 ON CONFLICT (location_id) DO UPDATE SET store_id = excluded.store_id",
-            )
-            .bind(machine)
-            .bind(store)
-            .execute(&mut **tx)
-            .await
-            .map_err(HandlerError::retry)?;
-            Ok(())
-        })
+impl TypedHandler for OnMachineRegistered {
+    type Event = MachineRegistered;
+
+    async fn handle(
+        &self,
+        e: MachineRegistered,
+        event: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let checked =
+            validate::location_id("machine_id", &e.machine_id, false).and_then(|machine| {
+                Ok((
+                    machine,
+                    validate::location_id("store_id", &e.store_id, false)?,
+                ))
+            });
+        let (machine, store) = checked.map_err(|err| {
+            HandlerError::permanent(format!("{} {}: {err}", event.r#type, event.id))
+        })?;
+        sqlx::query(
+            "INSERT INTO location_stores (location_id, store_id) VALUES ($1, $2) \
+             ON CONFLICT (location_id) DO UPDATE SET store_id = excluded.store_id",
+        )
+        .bind(machine)
+        .bind(store)
+        .execute(&mut **tx)
+        .await
+        .map_err(HandlerError::retry)?;
+        Ok(())
     }
 }

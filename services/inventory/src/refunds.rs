@@ -11,13 +11,12 @@
 //! `refund:<refund id>:<product id>` (unique), so the same refund delivered again under another
 //! event id adjusts nothing twice.
 
-use futures::future::BoxFuture;
 use mesh_contracts::events::v1::{Envelope, InventoryAdjusted, OrderRefunded};
 use mesh_contracts::inventory::v1::AdjustmentReason;
 use mesh_contracts::order::v1::StockDisposition;
-use mesh_runtime::consumer::{EventHandler, HandlerError};
+use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::{Event, Tx};
-use mesh_runtime::payload::DecodePayload;
+use mesh_runtime::typed_handler::TypedHandler;
 
 use crate::error::InventoryError;
 use crate::saga::SagaOptions;
@@ -45,87 +44,87 @@ fn db_err(e: InventoryError) -> HandlerError {
 #[derive(Debug, Clone)]
 pub struct Return(pub SagaOptions);
 
-impl EventHandler for Return {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let e: OrderRefunded = event.decode_payload()?;
-            let refund = validate::reference("refund_id", &e.refund_id)
+impl TypedHandler for Return {
+    type Event = OrderRefunded;
+
+    async fn handle(
+        &self,
+        e: OrderRefunded,
+        event: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let refund =
+            validate::reference("refund_id", &e.refund_id).map_err(|err| permanent(event, err))?;
+        let location = validate::location_id("location_id", &e.location_id, true)
+            .map_err(|err| permanent(event, err))?;
+        let now = self.0.clock.now_us();
+        let mut lines = e.lines.clone();
+        // Sorted, so concurrent adjustments lock stock rows in one order.
+        lines.sort_by(|a, b| a.product_id.cmp(&b.product_id));
+        for line in lines {
+            let product = validate::product_id("lines.product_id", &line.product_id)
                 .map_err(|err| permanent(event, err))?;
-            let location = validate::location_id("location_id", &e.location_id, true)
-                .map_err(|err| permanent(event, err))?;
-            let now = self.0.clock.now_us();
-            let mut lines = e.lines.clone();
-            // Sorted, so concurrent adjustments lock stock rows in one order.
-            lines.sort_by(|a, b| a.product_id.cmp(&b.product_id));
-            for line in lines {
-                let product = validate::product_id("lines.product_id", &line.product_id)
-                    .map_err(|err| permanent(event, err))?;
-                if line.quantity < 1 {
-                    continue;
-                }
-                let request_id = format!("refund:{refund}:{product}");
-                if store::adjustment_by_request(tx, &request_id)
-                    .await
-                    .map_err(db_err)?
-                    .is_some()
-                {
-                    continue;
-                }
-                let write_off = line.disposition == StockDisposition::WriteOff as i32;
-                let (delta, reason, what) = if write_off {
-                    (0, AdjustmentReason::Damage, "written off")
-                } else {
-                    (line.quantity, AdjustmentReason::Return, "restocked")
-                };
-                if delta > 0 {
-                    store::adjust(tx, &product, &location, delta, now)
-                        .await
-                        .map_err(db_err)?;
-                }
-                let level = store::stock_in(tx, &product, &location)
+            if line.quantity < 1 {
+                continue;
+            }
+            let request_id = format!("refund:{refund}:{product}");
+            if store::adjustment_by_request(tx, &request_id)
+                .await
+                .map_err(db_err)?
+                .is_some()
+            {
+                continue;
+            }
+            let write_off = line.disposition == StockDisposition::WriteOff as i32;
+            let (delta, reason, what) = if write_off {
+                (0, AdjustmentReason::Damage, "written off")
+            } else {
+                (line.quantity, AdjustmentReason::Return, "restocked")
+            };
+            if delta > 0 {
+                store::adjust(tx, &product, &location, delta, now)
                     .await
                     .map_err(db_err)?;
-                let note = format!(
-                    "{} units {what}: refund {refund} of order {}: {}",
-                    line.quantity, e.order_id, e.reason
-                );
-                store::insert_adjustment(
-                    tx,
-                    Some(&request_id),
-                    &level,
-                    delta,
-                    reason as i32,
-                    &note,
-                    ACTOR,
-                    now,
-                )
+            }
+            let level = store::stock_in(tx, &product, &location)
                 .await
                 .map_err(db_err)?;
-                tx.emit(
-                    Event::new(
-                        "inventory.adjusted",
-                        &product,
-                        "InventoryAdjusted",
-                        &InventoryAdjusted {
-                            location_id: location.clone(),
-                            product_id: product.clone(),
-                            delta,
-                            reason: reason as i32,
-                            on_hand: level.on_hand,
-                            available: level.available,
-                            actor_id: ACTOR.into(),
-                            note,
-                        },
-                    )
-                    .correlation(e.order_id.clone()),
+            let note = format!(
+                "{} units {what}: refund {refund} of order {}: {}",
+                line.quantity, e.order_id, e.reason
+            );
+            store::insert_adjustment(
+                tx,
+                Some(&request_id),
+                &level,
+                delta,
+                reason as i32,
+                &note,
+                ACTOR,
+                now,
+            )
+            .await
+            .map_err(db_err)?;
+            tx.emit(
+                Event::new(
+                    "inventory.adjusted",
+                    &product,
+                    "InventoryAdjusted",
+                    &InventoryAdjusted {
+                        location_id: location.clone(),
+                        product_id: product.clone(),
+                        delta,
+                        reason: reason as i32,
+                        on_hand: level.on_hand,
+                        available: level.available,
+                        actor_id: ACTOR.into(),
+                        note,
+                    },
                 )
-                .await?;
-            }
-            Ok(())
-        })
+                .correlation(e.order_id.clone()),
+            )
+            .await?;
+        }
+        Ok(())
     }
 }

@@ -12,17 +12,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use mesh_contracts::events::v1::{
     Envelope, InventoryRejected, InventoryReserved, OrderCancelled, OrderConfirmed, OrderCreated,
     ShortLine,
 };
 use mesh_contracts::inventory::v1::ReservationStatus;
 use mesh_runtime::auth::Clock;
-use mesh_runtime::consumer::{Consumer, EventHandler, HandlerError};
+use mesh_runtime::consumer::{Consumer, HandlerError};
 use mesh_runtime::domain::time::{duration_us, to_timestamp};
 use mesh_runtime::outbox::{Event, Tx};
-use mesh_runtime::payload::DecodePayload as _;
+use mesh_runtime::typed_handler::TypedHandler;
 
 use crate::error::InventoryError;
 use crate::reservations::{self, Expiry, event_lines};
@@ -95,111 +94,111 @@ async fn set_state(
 #[derive(Debug, Clone)]
 pub struct Reserve(SagaOptions);
 
-impl EventHandler for Reserve {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let created: OrderCreated = event.decode_payload()?;
-            let order = order_id(&created.order_id, event)?;
-            let now = self.0.clock.now_us();
-            // Idempotent by order id: claim the order; a known order (reserved, rejected, or
-            // cancelled before it arrived) gets nothing more. The claim already records the
-            // outcome of the common case (reserved under `id`); the other outcomes overwrite it
-            // in this transaction, so no one sees it.
-            let id = uuid::Uuid::now_v7().to_string();
-            let claimed = sqlx::query(
-                "INSERT INTO saga_orders (order_id, state, reservation_id, updated_us) VALUES ($1, 'RESERVED', $2, $3) \
-                 ON CONFLICT (order_id) DO NOTHING",
-            )
-            .bind(&order)
-            .bind(&id)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if claimed == 0 {
-                tracing::debug!(order = %order, "order.created for a known order: nothing to do");
-                return Ok(());
+impl TypedHandler for Reserve {
+    type Event = OrderCreated;
+
+    async fn handle(
+        &self,
+        created: OrderCreated,
+        event: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let order = order_id(&created.order_id, event)?;
+        let now = self.0.clock.now_us();
+        // Idempotent by order id: claim the order; a known order (reserved, rejected, or
+        // cancelled before it arrived) gets nothing more. The claim already records the
+        // outcome of the common case (reserved under `id`); the other outcomes overwrite it
+        // in this transaction, so no one sees it.
+        let id = uuid::Uuid::now_v7().to_string();
+        let claimed = sqlx::query(
+            "INSERT INTO saga_orders (order_id, state, reservation_id, updated_us) VALUES ($1, 'RESERVED', $2, $3) \
+             ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(&order)
+        .bind(&id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            tracing::debug!(order = %order, "order.created for a known order: nothing to do");
+            return Ok(());
+        }
+        let location = validate::location_id("location_id", &created.location_id, true);
+        let mut lines = Vec::with_capacity(created.lines.len());
+        let mut problems = Vec::new();
+        for (i, l) in created.lines.iter().enumerate() {
+            match (&location, validate::product_id("product_id", &l.product_id)) {
+                (Ok(loc), Ok(product_id)) if l.quantity > 0 => lines.push(Line {
+                    product_id,
+                    location_id: loc.clone(),
+                    quantity: l.quantity,
+                }),
+                _ => problems.push(format!("line {i} is malformed")),
             }
-            let location = validate::location_id("location_id", &created.location_id, true);
-            let mut lines = Vec::with_capacity(created.lines.len());
-            let mut problems = Vec::new();
-            for (i, l) in created.lines.iter().enumerate() {
-                match (&location, validate::product_id("product_id", &l.product_id)) {
-                    (Ok(loc), Ok(product_id)) if l.quantity > 0 => lines.push(Line {
-                        product_id,
-                        location_id: loc.clone(),
-                        quantity: l.quantity,
-                    }),
-                    _ => problems.push(format!("line {i} is malformed")),
-                }
-            }
-            let expires = now.saturating_add(duration_us(self.0.reservation_ttl));
-            // The reservation row claims the reference (unique): an order reserved through the
-            // RPC already keeps that reservation, found without a read in the common case.
-            if !store::claim_reservation(tx, &id, &order, now, expires)
+        }
+        let expires = now.saturating_add(duration_us(self.0.reservation_ttl));
+        // The reservation row claims the reference (unique): an order reserved through the
+        // RPC already keeps that reservation, found without a read in the common case.
+        if !store::claim_reservation(tx, &id, &order, now, expires)
+            .await
+            .map_err(db_err)?
+        {
+            let existing = store::reservation(tx, &order, true)
                 .await
                 .map_err(db_err)?
-            {
-                let existing = store::reservation(tx, &order, true)
+                .map(|r| r.id)
+                .unwrap_or_default();
+            return set_state(tx, &order, "RESERVED", &existing, now).await;
+        }
+        if lines.is_empty() || !problems.is_empty() {
+            problems.push("the order has no valid line".into());
+            store::unclaim_reservation(tx, &id).await.map_err(db_err)?;
+            return reject(tx, &order, Vec::new(), &problems.join("; "), now).await;
+        }
+        // Every line held in one statement, rows in (product, location) order.
+        let merged = validate::merged(&lines);
+        let held = store::hold_all(tx, &merged, now).await.map_err(db_err)?;
+        if held.len() < merged.len() {
+            // All or nothing: give back what this order held a moment ago.
+            let (held, missing): (Vec<Line>, Vec<Line>) = merged
+                .into_iter()
+                .partition(|l| held.contains(&l.product_id));
+            let mut short = Vec::with_capacity(missing.len());
+            for line in missing {
+                let level = store::stock_in(tx, &line.product_id, &line.location_id)
                     .await
-                    .map_err(db_err)?
-                    .map(|r| r.id)
-                    .unwrap_or_default();
-                return set_state(tx, &order, "RESERVED", &existing, now).await;
+                    .map_err(db_err)?;
+                short.push(ShortLine {
+                    product_id: line.product_id,
+                    location_id: line.location_id,
+                    requested: line.quantity,
+                    available: level.available,
+                });
             }
-            if lines.is_empty() || !problems.is_empty() {
-                problems.push("the order has no valid line".into());
-                store::unclaim_reservation(tx, &id).await.map_err(db_err)?;
-                return reject(tx, &order, Vec::new(), &problems.join("; "), now).await;
-            }
-            // Every line held in one statement, rows in (product, location) order.
-            let merged = validate::merged(&lines);
-            let held = store::hold_all(tx, &merged, now).await.map_err(db_err)?;
-            if held.len() < merged.len() {
-                // All or nothing: give back what this order held a moment ago.
-                let (held, missing): (Vec<Line>, Vec<Line>) = merged
-                    .into_iter()
-                    .partition(|l| held.contains(&l.product_id));
-                let mut short = Vec::with_capacity(missing.len());
-                for line in missing {
-                    let level = store::stock_in(tx, &line.product_id, &line.location_id)
-                        .await
-                        .map_err(db_err)?;
-                    short.push(ShortLine {
-                        product_id: line.product_id,
-                        location_id: line.location_id,
-                        requested: line.quantity,
-                        available: level.available,
-                    });
-                }
-                store::unhold_all(tx, &held, now).await.map_err(db_err)?;
-                store::unclaim_reservation(tx, &id).await.map_err(db_err)?;
-                let reason = format!("{} line(s) short of stock", short.len());
-                return reject(tx, &order, short, &reason, now).await;
-            }
-            // The lines and the event: one statement on Postgres.
-            tx.write_and_emit(
-                &store::lines_writes(&id, &lines),
-                Event::new(
-                    "inventory.reserved",
-                    &id,
-                    "InventoryReserved",
-                    &InventoryReserved {
-                        reservation_id: id.clone(),
-                        reference_id: order.clone(),
-                        lines: event_lines(&lines),
-                        expire_time: Some(to_timestamp(expires)),
-                    },
-                )
-                .correlation(order.clone()),
+            store::unhold_all(tx, &held, now).await.map_err(db_err)?;
+            store::unclaim_reservation(tx, &id).await.map_err(db_err)?;
+            let reason = format!("{} line(s) short of stock", short.len());
+            return reject(tx, &order, short, &reason, now).await;
+        }
+        // The lines and the event: one statement on Postgres.
+        tx.write_and_emit(
+            &store::lines_writes(&id, &lines),
+            Event::new(
+                "inventory.reserved",
+                &id,
+                "InventoryReserved",
+                &InventoryReserved {
+                    reservation_id: id.clone(),
+                    reference_id: order.clone(),
+                    lines: event_lines(&lines),
+                    expire_time: Some(to_timestamp(expires)),
+                },
             )
-            .await?;
-            Ok(())
-        })
+            .correlation(order.clone()),
+        )
+        .await?;
+        Ok(())
     }
 }
 
@@ -237,58 +236,57 @@ async fn reject(
 #[derive(Debug, Clone)]
 pub struct Commit(SagaOptions);
 
-impl EventHandler for Commit {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let confirmed: OrderConfirmed = event.decode_payload()?;
-            let order = order_id(&confirmed.order_id, event)?;
-            let now = self.0.clock.now_us();
-            let Some(reservation) = store::reservation(tx, &order, true).await.map_err(db_err)?
-            else {
-                // Payment charges only after inventory.reserved, so this cannot normally happen;
-                // retry (the reservation may be in a transaction not yet visible) and then
-                // dead-letter for an operator.
-                return Err(HandlerError::retry(format!(
-                    "order {order} was confirmed but has no reservation"
-                )));
-            };
-            let status = ReservationStatus::try_from(reservation.status).unwrap_or_default();
-            let reservation_id = reservation.id.clone();
-            match status {
-                ReservationStatus::Active => {
-                    // Past its expiry but not swept yet: the stock is still held, commit it.
-                    reservations::finish_loaded(
-                        tx,
-                        now,
-                        reservation,
-                        ReservationStatus::Committed,
-                        "",
-                        Expiry::Ignore,
-                    )
-                    .await
-                    .map_err(db_err)?;
-                }
-                ReservationStatus::Committed => {}
-                _ => {
-                    // Released or expired under a confirmed order: the saga's settings are wrong
-                    // (reservation TTL not above the saga timeout) or someone released it by
-                    // hand. Never take stock that may be sold to another order: leave it to an
-                    // operator, loudly.
-                    tracing::error!(order = %order, reservation = %reservation_id, status = store::status_name(status), "order confirmed but its reservation is no longer held");
-                    return Err(HandlerError::permanent(format!(
-                        "order {order} confirmed but reservation {reservation_id} is {}",
-                        store::status_name(status)
-                    )));
-                }
+impl TypedHandler for Commit {
+    type Event = OrderConfirmed;
+
+    async fn handle(
+        &self,
+        confirmed: OrderConfirmed,
+        event: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let order = order_id(&confirmed.order_id, event)?;
+        let now = self.0.clock.now_us();
+        let Some(reservation) = store::reservation(tx, &order, true).await.map_err(db_err)? else {
+            // Payment charges only after inventory.reserved, so this cannot normally happen;
+            // retry (the reservation may be in a transaction not yet visible) and then
+            // dead-letter for an operator.
+            return Err(HandlerError::retry(format!(
+                "order {order} was confirmed but has no reservation"
+            )));
+        };
+        let status = ReservationStatus::try_from(reservation.status).unwrap_or_default();
+        let reservation_id = reservation.id.clone();
+        match status {
+            ReservationStatus::Active => {
+                // Past its expiry but not swept yet: the stock is still held, commit it.
+                reservations::finish_loaded(
+                    tx,
+                    now,
+                    reservation,
+                    ReservationStatus::Committed,
+                    "",
+                    Expiry::Ignore,
+                )
+                .await
+                .map_err(db_err)?;
             }
-            // The reservation's COMMITTED status is the saga's memory of it: `order.cancelled`
-            // reads the reservation anyway, so no saga row update is needed here.
-            Ok(())
-        })
+            ReservationStatus::Committed => {}
+            _ => {
+                // Released or expired under a confirmed order: the saga's settings are wrong
+                // (reservation TTL not above the saga timeout) or someone released it by
+                // hand. Never take stock that may be sold to another order: leave it to an
+                // operator, loudly.
+                tracing::error!(order = %order, reservation = %reservation_id, status = store::status_name(status), "order confirmed but its reservation is no longer held");
+                return Err(HandlerError::permanent(format!(
+                    "order {order} confirmed but reservation {reservation_id} is {}",
+                    store::status_name(status)
+                )));
+            }
+        }
+        // The reservation's COMMITTED status is the saga's memory of it: `order.cancelled`
+        // reads the reservation anyway, so no saga row update is needed here.
+        Ok(())
     }
 }
 
@@ -296,49 +294,49 @@ impl EventHandler for Commit {
 #[derive(Debug, Clone)]
 pub struct Release(SagaOptions);
 
-impl EventHandler for Release {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let cancelled: OrderCancelled = event.decode_payload()?;
-            let order = order_id(&cancelled.order_id, event)?;
-            let now = self.0.clock.now_us();
-            let reservation = store::reservation(tx, &order, true).await.map_err(db_err)?;
-            if reservation
-                .as_ref()
-                .is_some_and(|r| r.status == ReservationStatus::Committed as i32)
-            {
-                tracing::warn!(order = %order, "order.cancelled for a committed order: stock stays sold");
-                return Ok(());
-            }
-            let reservation_id = reservation
-                .as_ref()
-                .map(|r| r.id.clone())
-                .unwrap_or_default();
-            set_state(tx, &order, "CANCELLED", &reservation_id, now).await?;
-            if let Some(r) = reservation
-                && r.status == ReservationStatus::Active as i32
-            {
-                let reason = if cancelled.detail.is_empty() {
-                    "order cancelled".to_string()
-                } else {
-                    format!("order cancelled: {}", cancelled.detail)
-                };
-                reservations::finish_loaded(
-                    tx,
-                    now,
-                    r,
-                    ReservationStatus::Released,
-                    &reason,
-                    Expiry::Ignore,
-                )
-                .await
-                .map_err(db_err)?;
-            }
-            Ok(())
-        })
+impl TypedHandler for Release {
+    type Event = OrderCancelled;
+
+    async fn handle(
+        &self,
+        cancelled: OrderCancelled,
+        event: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let order = order_id(&cancelled.order_id, event)?;
+        let now = self.0.clock.now_us();
+        let reservation = store::reservation(tx, &order, true).await.map_err(db_err)?;
+        if reservation
+            .as_ref()
+            .is_some_and(|r| r.status == ReservationStatus::Committed as i32)
+        {
+            tracing::warn!(order = %order, "order.cancelled for a committed order: stock stays sold");
+            return Ok(());
+        }
+        let reservation_id = reservation
+            .as_ref()
+            .map(|r| r.id.clone())
+            .unwrap_or_default();
+        set_state(tx, &order, "CANCELLED", &reservation_id, now).await?;
+        if let Some(r) = reservation
+            && r.status == ReservationStatus::Active as i32
+        {
+            let reason = if cancelled.detail.is_empty() {
+                "order cancelled".to_string()
+            } else {
+                format!("order cancelled: {}", cancelled.detail)
+            };
+            reservations::finish_loaded(
+                tx,
+                now,
+                r,
+                ReservationStatus::Released,
+                &reason,
+                Expiry::Ignore,
+            )
+            .await
+            .map_err(db_err)?;
+        }
+        Ok(())
     }
 }

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use mesh_contracts::iot::v1::{OpenChannelRequest, OpenChannelResponse};
+use mesh_runtime::route::{self, GrpcRoute};
 use tonic::codec::{BufferSettings, Codec};
 use tonic::server::NamedService;
 use tonic::{Status, Streaming};
@@ -89,26 +90,16 @@ impl<S: NamedService> NamedService for SmallBuffers<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S> Service<http::Request<tonic::body::Body>> for SmallBuffers<S>
-where
-    S: Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
+impl<S: GrpcRoute> Service<route::Request> for SmallBuffers<S> {
+    type Response = route::Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+    type Future = route::ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, req: route::Request) -> Self::Future {
         if req.uri().path() != OPEN_CHANNEL {
             return Box::pin(self.inner.call(req));
         }

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use mesh_runtime::DatabaseError;
 use mesh_runtime::domain::ServiceError;
 
 /// What can go wrong in a gateway RPC or device channel.
@@ -59,11 +58,7 @@ impl GatewayError {
     }
 }
 
-impl From<DatabaseError> for GatewayError {
-    fn from(e: DatabaseError) -> Self {
-        ServiceError::from(e).into()
-    }
-}
+mesh_runtime::from_database_errors!(GatewayError);
 
 impl From<GatewayError> for tonic::Status {
     fn from(e: GatewayError) -> Self {

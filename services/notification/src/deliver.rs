@@ -63,7 +63,7 @@ impl Deliverer {
     pub fn queue(&self) -> WorkQueue<Deliverer> {
         let options = WorkQueueOptions::new("deliverer")
             .concurrency(CONCURRENCY)
-            .poll_interval(self.settings.poll_interval);
+            .poll_interval(self.settings.retry.poll_interval);
         WorkQueue::new(self.clone(), options, self.work.clone())
     }
 
@@ -92,14 +92,14 @@ impl Deliverer {
             let attempts = u32::try_from(attempt).unwrap_or(u32::MAX);
             let (status, error) = match result {
                 Ok(()) => (DeliveryStatus::Sent, String::new()),
-                Err(e) if e.permanent || attempts >= self.settings.max_attempts => {
+                Err(e) if e.permanent || attempts >= self.settings.retry.max_attempts => {
                     (DeliveryStatus::Failed, e.message)
                 }
                 Err(e) => {
                     let e = e.message;
                     tracing::warn!(delivery = %d.id, attempt = attempts, error = %e, "delivery failed; will retry");
                     let mut c = self.db.acquire().await?;
-                    let at = now_micros() + micros(self.settings.backoff(attempts));
+                    let at = now_micros() + micros(self.settings.retry.backoff(attempts));
                     store::defer(&mut c, id, at, &e).await?;
                     return Ok(());
                 }

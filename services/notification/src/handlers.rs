@@ -6,12 +6,12 @@
 //! delivered again (same or new event id) makes no second delivery; sending is the
 //! [`crate::deliver::Deliverer`]'s job.
 
-use futures::future::BoxFuture;
 use mesh_contracts::events::v1::Envelope;
 use mesh_contracts::notification::v1::{Channel, Delivery, DeliveryStatus};
 use mesh_runtime::CallContext;
-use mesh_runtime::consumer::{EventHandler, HandlerError};
+use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::Tx;
+use mesh_runtime::typed_handler::{TypedHandler, Undecoded};
 
 use crate::deliver::Deliverer;
 use crate::render;
@@ -22,94 +22,93 @@ use crate::validate::channel_name;
 #[derive(Debug, Clone)]
 pub struct NotifyCustomer(pub Deliverer);
 
-impl EventHandler for NotifyCustomer {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let payload = event
-                .payload
-                .as_ref()
-                .ok_or_else(|| HandlerError::permanent(format!("{}: no payload", event.r#type)))?;
-            let fields = render::fields(payload);
-            let order_id = fields
-                .get("orderId")
-                .cloned()
-                .filter(|o| !o.is_empty())
-                .unwrap_or_else(|| event.subject.clone());
-            // The fact a delivery is about: the order, or one of its refunds.
-            let fact = match fields.get("refundId").filter(|r| !r.is_empty()) {
-                Some(refund) => format!("{order_id}:{refund}"),
-                None => order_id,
-            };
-            let user_id = fields.get("customerId").cloned().unwrap_or_default();
-            // One statement reads the preferences, the email and the templates; one inserts
-            // every channel's delivery.
-            let Some(plan) = store::notify_plan(tx, &event.r#type, &user_id).await? else {
-                return Ok(());
-            };
-            let prefs = &plan.preferences;
-            if prefs.muted_event_types.contains(&event.r#type) {
-                return Ok(());
-            }
-            let traceparent = CallContext::current()
-                .map(|c| c.trace.to_string())
-                .unwrap_or_default();
-            let mut deliveries = Vec::new();
-            for channel in [Channel::Log, Channel::Webhook, Channel::Email] {
-                let recipient = match channel {
-                    Channel::Log => "log".to_string(),
-                    Channel::Webhook => {
-                        if prefs.webhook_url.is_empty() {
-                            self.0.settings().webhook_url.clone().unwrap_or_default()
-                        } else {
-                            prefs.webhook_url.clone()
-                        }
+impl TypedHandler for NotifyCustomer {
+    type Event = Undecoded;
+
+    async fn handle(
+        &self,
+        _: Undecoded,
+        event: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let payload = event
+            .payload
+            .as_ref()
+            .ok_or_else(|| HandlerError::permanent(format!("{}: no payload", event.r#type)))?;
+        let fields = render::fields(payload);
+        let order_id = fields
+            .get("orderId")
+            .cloned()
+            .filter(|o| !o.is_empty())
+            .unwrap_or_else(|| event.subject.clone());
+        // The fact a delivery is about: the order, or one of its refunds.
+        let fact = match fields.get("refundId").filter(|r| !r.is_empty()) {
+            Some(refund) => format!("{order_id}:{refund}"),
+            None => order_id,
+        };
+        let user_id = fields.get("customerId").cloned().unwrap_or_default();
+        // One statement reads the preferences, the email and the templates; one inserts
+        // every channel's delivery.
+        let Some(plan) = store::notify_plan(tx, &event.r#type, &user_id).await? else {
+            return Ok(());
+        };
+        let prefs = &plan.preferences;
+        if prefs.muted_event_types.contains(&event.r#type) {
+            return Ok(());
+        }
+        let traceparent = CallContext::current()
+            .map(|c| c.trace.to_string())
+            .unwrap_or_default();
+        let mut deliveries = Vec::new();
+        for channel in [Channel::Log, Channel::Webhook, Channel::Email] {
+            let recipient = match channel {
+                Channel::Log => "log".to_string(),
+                Channel::Webhook => {
+                    if prefs.webhook_url.is_empty() {
+                        self.0.settings().webhook_url.clone().unwrap_or_default()
+                    } else {
+                        prefs.webhook_url.clone()
                     }
-                    Channel::Email if self.0.settings().smtp.is_some() => prefs.email.clone(),
-                    _ => String::new(),
-                };
-                if recipient.is_empty() {
-                    continue;
                 }
-                let Some((_, template)) = plan.templates.iter().find(|(c, _)| *c == channel) else {
-                    continue;
-                };
-                let opted_out = prefs.opted_out_channels.contains(&(channel as i32));
-                let status = if opted_out {
-                    DeliveryStatus::Suppressed
-                } else {
-                    DeliveryStatus::Queued
-                };
-                let delivery = Delivery {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    user_id: user_id.clone(),
-                    channel: channel as i32,
-                    recipient,
-                    event_id: event.id.clone(),
-                    event_type: event.r#type.clone(),
-                    template_id: template.id.clone(),
-                    subject: render::render(&template.subject, &fields),
-                    body: render::render(&template.body, &fields),
-                    status: status as i32,
-                    ..Default::default()
-                };
-                let key = format!("{}:{fact}:{}", event.r#type, channel_name(channel));
-                deliveries.push((delivery, Some(key)));
+                Channel::Email if self.0.settings().smtp.is_some() => prefs.email.clone(),
+                _ => String::new(),
+            };
+            if recipient.is_empty() {
+                continue;
             }
-            let rows: Vec<(&Delivery, Option<String>)> =
-                deliveries.iter().map(|(d, k)| (d, k.clone())).collect();
-            let inserted = store::insert_deliveries(tx, &rows, &traceparent).await?;
-            for (delivery, _) in &deliveries {
-                if delivery.status == DeliveryStatus::Queued as i32
-                    && inserted.contains(&delivery.id)
-                {
-                    self.0.work().push_after_commit(tx, delivery.id.clone());
-                }
+            let Some((_, template)) = plan.templates.iter().find(|(c, _)| *c == channel) else {
+                continue;
+            };
+            let opted_out = prefs.opted_out_channels.contains(&(channel as i32));
+            let status = if opted_out {
+                DeliveryStatus::Suppressed
+            } else {
+                DeliveryStatus::Queued
+            };
+            let delivery = Delivery {
+                id: uuid::Uuid::now_v7().to_string(),
+                user_id: user_id.clone(),
+                channel: channel as i32,
+                recipient,
+                event_id: event.id.clone(),
+                event_type: event.r#type.clone(),
+                template_id: template.id.clone(),
+                subject: render::render(&template.subject, &fields),
+                body: render::render(&template.body, &fields),
+                status: status as i32,
+                ..Default::default()
+            };
+            let key = format!("{}:{fact}:{}", event.r#type, channel_name(channel));
+            deliveries.push((delivery, Some(key)));
+        }
+        let rows: Vec<(&Delivery, Option<String>)> =
+            deliveries.iter().map(|(d, k)| (d, k.clone())).collect();
+        let inserted = store::insert_deliveries(tx, &rows, &traceparent).await?;
+        for (delivery, _) in &deliveries {
+            if delivery.status == DeliveryStatus::Queued as i32 && inserted.contains(&delivery.id) {
+                self.0.work().push_after_commit(tx, delivery.id.clone());
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 }

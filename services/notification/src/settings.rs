@@ -82,15 +82,13 @@ pub struct NotificationSettings {
     pub smtp: Option<SmtpSettings>,
     /// `MESH_NOTIFICATION_SMTP_FROM` (default `mesh@localhost`): the sender address.
     pub smtp_from: String,
-    /// `MESH_NOTIFICATION_MAX_ATTEMPTS` (default 5): attempts per delivery before it is FAILED.
-    pub max_attempts: u32,
-    /// `MESH_NOTIFICATION_RETRY_BACKOFF` (default 500ms): first retry delay, doubling, at most 60s.
-    pub retry_backoff: Duration,
+    /// `MESH_NOTIFICATION_MAX_ATTEMPTS` (default 5): attempts per delivery before it is FAILED;
+    /// `MESH_NOTIFICATION_RETRY_BACKOFF` (default 500ms): first retry delay, doubling, at most
+    /// 60s; `MESH_NOTIFICATION_POLL_INTERVAL` (default 500ms): the worker's poll for due
+    /// deliveries besides being woken by new ones.
+    pub retry: RetryPolicy,
     /// `MESH_NOTIFICATION_SEND_TIMEOUT` (default 5s): longest wait for one send.
     pub send_timeout: Duration,
-    /// `MESH_NOTIFICATION_POLL_INTERVAL` (default 500ms): the worker's poll for due deliveries
-    /// besides being woken by new ones.
-    pub poll_interval: Duration,
 }
 
 impl Default for NotificationSettings {
@@ -102,114 +100,86 @@ impl Default for NotificationSettings {
             webhook_ca_file: None,
             smtp: None,
             smtp_from: "mesh@localhost".into(),
-            max_attempts: 5,
-            retry_backoff: Duration::from_millis(500),
+            retry: RETRY.defaults(),
             send_timeout: Duration::from_secs(5),
-            poll_interval: Duration::from_millis(500),
         }
     }
 }
 
-use mesh_runtime::settings::{Kind, ModuleSettings, Setting, Settings, process_env};
+use mesh_runtime::retry_policy::{RetryPolicy, RetrySettings};
+use mesh_runtime::settings::{ModuleSettings, Setting, Settings, process_env};
 pub use mesh_runtime::settings::{SettingError, SettingErrors};
 
-const WEBHOOK_URL: Setting = Setting {
-    name: "MESH_NOTIFICATION_WEBHOOK_URL",
-    kind: Kind::Text,
-    default: "",
-    doc: "An https:// webhook every event notification is posted to, besides a user's own; unset: only users' own URLs. Needs a webhook secret.",
+const WEBHOOK_URL: Setting = Setting::text(
+    "MESH_NOTIFICATION_WEBHOOK_URL",
+    "",
+    "An https:// webhook every event notification is posted to, besides a user's own; unset: only users' own URLs. Needs a webhook secret.",
+);
+const WEBHOOK_ALLOW_HTTP: Setting = Setting::text(
+    "MESH_NOTIFICATION_WEBHOOK_ALLOW_HTTP",
+    "false",
+    "`true` accepts plain http:// webhooks (local development only: bodies and signatures cross the network in clear); otherwise https:// only.",
+);
+const WEBHOOK_SECRET: Setting = Setting::secret(
+    "MESH_NOTIFICATION_WEBHOOK_SECRET",
+    "Keys (at least 16 characters each, comma-separated to rotate: each one signs) for the `X-Mesh-Signature` HMAC-SHA-256 of webhook bodies (docs/security.md); unset (and no _FILE): webhooks are not sent.",
+);
+const WEBHOOK_SECRET_FILE: Setting = Setting::text(
+    "MESH_NOTIFICATION_WEBHOOK_SECRET_FILE",
+    "",
+    "A file holding the webhook keys instead (comma- or newline-separated), read at every send so a rotated mounted Secret applies without a restart.",
+);
+const WEBHOOK_CA_FILE: Setting = Setting::text(
+    "MESH_NOTIFICATION_WEBHOOK_CA_FILE",
+    "",
+    "A PEM file of CA certificates trusted for webhook receivers besides the system's.",
+);
+const SMTP_URL: Setting = Setting::text(
+    "MESH_NOTIFICATION_SMTP_URL",
+    "",
+    "The mail relay of the EMAIL channel, `smtp://host[:port]` (the port defaults by MESH_NOTIFICATION_SMTP_TLS: 587, 465 or 25); unset: no emails.",
+);
+const SMTP_TLS: Setting = Setting::text(
+    "MESH_NOTIFICATION_SMTP_TLS",
+    "starttls",
+    "`starttls` (required, never a plaintext fallback), `implicit` (TLS from the first byte) or `none` (a local relay only: mail crosses the network in clear, credentials refused).",
+);
+const SMTP_CA_FILE: Setting = Setting::text(
+    "MESH_NOTIFICATION_SMTP_CA_FILE",
+    "",
+    "A PEM file of CA certificates trusted for the mail relay besides the system's (a private relay).",
+);
+const SMTP_USER: Setting = Setting::text(
+    "MESH_NOTIFICATION_SMTP_USER",
+    "",
+    "The user name for SMTP AUTH (PLAIN or LOGIN, over TLS only); unset: no AUTH.",
+);
+const SMTP_PASSWORD: Setting = Setting::secret(
+    "MESH_NOTIFICATION_SMTP_PASSWORD",
+    "The password for SMTP AUTH.",
+);
+const SMTP_PASSWORD_FILE: Setting = Setting::text(
+    "MESH_NOTIFICATION_SMTP_PASSWORD_FILE",
+    "",
+    "A file holding the SMTP password instead, read at every connection so a rotated mounted Secret applies without a restart.",
+);
+const SMTP_FROM: Setting = Setting::text(
+    "MESH_NOTIFICATION_SMTP_FROM",
+    "mesh@localhost",
+    "The sender address of emails (`addr` or `Name <addr>`).",
+);
+/// The deliverer's attempts at a delivery and its pace.
+const RETRY: RetrySettings = mesh_runtime::retry_settings! {
+    prefix: "MESH_NOTIFICATION",
+    max_attempts: 5, "Attempts per delivery before it is FAILED.",
+    retry_backoff: "500ms" doubling to 60 s, "First retry delay of a delivery",
+    poll_interval: "500ms", "How often the worker looks for due deliveries besides being woken by new ones.",
 };
-const WEBHOOK_ALLOW_HTTP: Setting = Setting {
-    name: "MESH_NOTIFICATION_WEBHOOK_ALLOW_HTTP",
-    kind: Kind::Text,
-    default: "false",
-    doc: "`true` accepts plain http:// webhooks (local development only: bodies and signatures cross the network in clear); otherwise https:// only.",
-};
-const WEBHOOK_SECRET: Setting = Setting {
-    name: "MESH_NOTIFICATION_WEBHOOK_SECRET",
-    kind: Kind::Secret,
-    default: "",
-    doc: "Keys (at least 16 characters each, comma-separated to rotate: each one signs) for the `X-Mesh-Signature` HMAC-SHA-256 of webhook bodies (docs/security.md); unset (and no _FILE): webhooks are not sent.",
-};
-const WEBHOOK_SECRET_FILE: Setting = Setting {
-    name: "MESH_NOTIFICATION_WEBHOOK_SECRET_FILE",
-    kind: Kind::Text,
-    default: "",
-    doc: "A file holding the webhook keys instead (comma- or newline-separated), read at every send so a rotated mounted Secret applies without a restart.",
-};
-const WEBHOOK_CA_FILE: Setting = Setting {
-    name: "MESH_NOTIFICATION_WEBHOOK_CA_FILE",
-    kind: Kind::Text,
-    default: "",
-    doc: "A PEM file of CA certificates trusted for webhook receivers besides the system's.",
-};
-const SMTP_URL: Setting = Setting {
-    name: "MESH_NOTIFICATION_SMTP_URL",
-    kind: Kind::Text,
-    default: "",
-    doc: "The mail relay of the EMAIL channel, `smtp://host[:port]` (the port defaults by MESH_NOTIFICATION_SMTP_TLS: 587, 465 or 25); unset: no emails.",
-};
-const SMTP_TLS: Setting = Setting {
-    name: "MESH_NOTIFICATION_SMTP_TLS",
-    kind: Kind::Text,
-    default: "starttls",
-    doc: "`starttls` (required, never a plaintext fallback), `implicit` (TLS from the first byte) or `none` (a local relay only: mail crosses the network in clear, credentials refused).",
-};
-const SMTP_CA_FILE: Setting = Setting {
-    name: "MESH_NOTIFICATION_SMTP_CA_FILE",
-    kind: Kind::Text,
-    default: "",
-    doc: "A PEM file of CA certificates trusted for the mail relay besides the system's (a private relay).",
-};
-const SMTP_USER: Setting = Setting {
-    name: "MESH_NOTIFICATION_SMTP_USER",
-    kind: Kind::Text,
-    default: "",
-    doc: "The user name for SMTP AUTH (PLAIN or LOGIN, over TLS only); unset: no AUTH.",
-};
-const SMTP_PASSWORD: Setting = Setting {
-    name: "MESH_NOTIFICATION_SMTP_PASSWORD",
-    kind: Kind::Secret,
-    default: "",
-    doc: "The password for SMTP AUTH.",
-};
-const SMTP_PASSWORD_FILE: Setting = Setting {
-    name: "MESH_NOTIFICATION_SMTP_PASSWORD_FILE",
-    kind: Kind::Text,
-    default: "",
-    doc: "A file holding the SMTP password instead, read at every connection so a rotated mounted Secret applies without a restart.",
-};
-const SMTP_FROM: Setting = Setting {
-    name: "MESH_NOTIFICATION_SMTP_FROM",
-    kind: Kind::Text,
-    default: "mesh@localhost",
-    doc: "The sender address of emails (`addr` or `Name <addr>`).",
-};
-const MAX_ATTEMPTS: Setting = Setting {
-    name: "MESH_NOTIFICATION_MAX_ATTEMPTS",
-    kind: Kind::Number { min: 1, max: 100 },
-    default: "5",
-    doc: "Attempts per delivery before it is FAILED.",
-};
-const RETRY_BACKOFF: Setting = Setting {
-    name: "MESH_NOTIFICATION_RETRY_BACKOFF",
-    kind: Kind::Duration,
-    default: "500ms",
-    doc: "First retry delay of a delivery, doubling, at most 60s.",
-};
-const SEND_TIMEOUT: Setting = Setting {
-    name: "MESH_NOTIFICATION_SEND_TIMEOUT",
-    kind: Kind::Duration,
-    default: "5s",
-    doc: "Longest wait for one send.",
-};
-const POLL_INTERVAL: Setting = Setting {
-    name: "MESH_NOTIFICATION_POLL_INTERVAL",
-    kind: Kind::Duration,
-    default: "500ms",
-    doc: "How often the worker looks for due deliveries besides being woken by new ones.",
-};
-
+const SEND_TIMEOUT: Setting = Setting::duration(
+    "MESH_NOTIFICATION_SEND_TIMEOUT",
+    "5s",
+    "Longest wait for one send.",
+);
 /// The notification module's settings, for its module row.
 pub const SETTINGS: ModuleSettings = ModuleSettings {
     declared: &[
@@ -225,10 +195,10 @@ pub const SETTINGS: ModuleSettings = ModuleSettings {
         SMTP_PASSWORD,
         SMTP_PASSWORD_FILE,
         SMTP_FROM,
-        MAX_ATTEMPTS,
-        RETRY_BACKOFF,
+        RETRY.max_attempts,
+        RETRY.retry_backoff,
         SEND_TIMEOUT,
-        POLL_INTERVAL,
+        RETRY.poll_interval,
     ],
     check: |env| NotificationSettings::from_lookup(env).map(drop),
 };
@@ -388,18 +358,10 @@ impl NotificationSettings {
             webhook_ca_file,
             smtp,
             smtp_from,
-            max_attempts: s.number(&MAX_ATTEMPTS),
-            retry_backoff: s.duration(&RETRY_BACKOFF),
+            retry: RETRY.read(&mut s),
             send_timeout: s.duration(&SEND_TIMEOUT),
-            poll_interval: s.duration(&POLL_INTERVAL),
         };
         s.finish(settings)
-    }
-
-    /// The delay before attempt `attempt + 1`.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
-        (self.retry_backoff * factor).min(Duration::from_secs(60))
     }
 
     /// How long a claimed delivery belongs to the worker that claimed it.

@@ -23,6 +23,7 @@ use mesh_notification::settings::{SmtpSettings, SmtpTls};
 use mesh_runtime::Database;
 use mesh_runtime::bus::EventBus;
 use mesh_runtime::config::DatabaseTarget;
+use mesh_runtime::retry_policy::RetryPolicy;
 use mesh_testkit::{self as testing, TestAuth, bearer, eventually};
 use prost::Message as _;
 use sqlx::Row as _;
@@ -188,10 +189,13 @@ async fn start_with(target: DatabaseTarget, redis: Option<&str>, send_timeout: D
             SmtpTls::None,
         )),
         smtp_from: "shop@example.com".into(),
-        max_attempts: 4,
-        retry_backoff: Duration::from_millis(20),
+        retry: RetryPolicy {
+            max_attempts: 4,
+            retry_backoff: Duration::from_millis(20),
+            poll_interval: Duration::from_millis(50),
+            ..NotificationSettings::default().retry
+        },
         send_timeout,
-        poll_interval: Duration::from_millis(50),
     };
     let (addr, shutdown) = start_instance(&auth, &db, &bus, settings).await;
     let admin = auth.admin_token().await;
@@ -975,8 +979,11 @@ async fn crash_mid_send(target: DatabaseTarget) {
         webhook_allow_http: true,
         webhook_secret: Some(Secret::Value(WEBHOOK_KEY.into())),
         send_timeout: Duration::from_millis(300),
-        retry_backoff: Duration::from_millis(20),
-        poll_interval: Duration::from_millis(50),
+        retry: RetryPolicy {
+            retry_backoff: Duration::from_millis(20),
+            poll_interval: Duration::from_millis(50),
+            ..NotificationSettings::default().retry
+        },
         ..NotificationSettings::default()
     };
     let (addr, shutdown) = start_instance(&m.auth, &m.db, &m.bus, settings).await;

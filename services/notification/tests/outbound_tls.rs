@@ -32,6 +32,7 @@ use mesh_notification::secret::Secret;
 use mesh_notification::settings::{NotificationSettings, SmtpSettings, SmtpTls};
 use mesh_notification::smtp::{Mail, Mailer};
 use mesh_notification::webhook::{Webhooks, derived_key};
+use mesh_runtime::retry_policy::RetryPolicy;
 use mesh_testkit::{self as testing, TestAuth, bearer, eventually};
 
 use pki::Pki;
@@ -562,10 +563,13 @@ async fn the_queue_fails_permanent_errors_at_once_and_retries_certificate_failur
         smtp_from: "shop@example.com".into(),
         webhook_secret: Some(Secret::Value(KEY.into())),
         webhook_ca_file: Some(ca.to_path_buf()),
-        max_attempts: 3,
-        retry_backoff: Duration::from_millis(20),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            retry_backoff: Duration::from_millis(20),
+            poll_interval: Duration::from_millis(50),
+            ..NotificationSettings::default().retry
+        },
         send_timeout: Duration::from_secs(5),
-        poll_interval: Duration::from_millis(50),
         ..NotificationSettings::default()
     };
     let (addr, auth, shutdown) = start_service(settings).await;
@@ -660,8 +664,11 @@ async fn a_users_webhook_is_signed_with_the_key_their_preferences_show() {
         webhook_url: Some(global.clone()),
         webhook_secret: Some(Secret::Value(format!("old-key-0123456789abcdef,{KEY}"))),
         webhook_ca_file: Some(ca.to_path_buf()),
-        retry_backoff: Duration::from_millis(20),
-        poll_interval: Duration::from_millis(50),
+        retry: RetryPolicy {
+            retry_backoff: Duration::from_millis(20),
+            poll_interval: Duration::from_millis(50),
+            ..NotificationSettings::default().retry
+        },
         ..NotificationSettings::default()
     };
     let (addr, auth, shutdown) = start_service(settings).await;

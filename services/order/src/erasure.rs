@@ -4,12 +4,11 @@
 //! records, keyed by an id that no longer leads to a person. Idempotent: a cleared address is
 //! cleared again to the same nothing.
 
-use futures::future::BoxFuture;
 use mesh_contracts::events::v1::{Envelope, OrderCreated, UserDeleted};
-use mesh_runtime::consumer::{EventHandler, HandlerError};
+use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::Tx;
+use mesh_runtime::typed_handler::TypedHandler;
 use prost::Message;
-use sqlx::Row as _;
 
 /// Clears the customer's shipping addresses.
 #[derive(Debug, Clone, Copy)]
@@ -33,47 +32,32 @@ fn clear_address(envelope: &mut Envelope) -> bool {
     true
 }
 
-impl EventHandler for OnUserDeleted {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let e = UserDeleted::decode(
-                event
-                    .payload
-                    .as_ref()
-                    .map(|a| a.value.as_slice())
-                    .unwrap_or_default(),
-            )
-            .map_err(|e| HandlerError::permanent(format!("user.deleted payload: {e}")))?;
-            if e.user_id.is_empty() {
-                return Ok(());
-            }
-            let orders: Vec<String> = sqlx::query("SELECT id FROM orders WHERE customer_id = $1")
+impl TypedHandler for OnUserDeleted {
+    type Event = UserDeleted;
+
+    async fn handle(&self, e: UserDeleted, _: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+        if e.user_id.is_empty() {
+            return Ok(());
+        }
+        let orders: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM orders WHERE customer_id = $1")
                 .bind(&e.user_id)
                 .fetch_all(&mut **tx)
                 .await
-                .map_err(HandlerError::retry)?
-                .iter()
-                .map(|r| r.try_get("id"))
-                .collect::<Result<_, _>>()
                 .map_err(HandlerError::retry)?;
-            sqlx::query(
-                "UPDATE orders SET shipping_address = '' WHERE customer_id = $1 AND shipping_address <> ''",
-            )
-            .bind(&e.user_id)
-            .execute(&mut **tx)
-            .await
-            .map_err(HandlerError::retry)?;
-            for order in &orders {
-                mesh_runtime::redact::rewrite_subject(tx, order, clear_address)
-                    .await
-                    .map_err(HandlerError::retry)?;
-            }
-            tracing::info!(customer = %e.user_id, orders = orders.len(), "shipping addresses erased (user.deleted)");
-            Ok(())
-        })
+        sqlx::query(
+            "UPDATE orders SET shipping_address = '' WHERE customer_id = $1 AND shipping_address <> ''",
+        )
+        .bind(&e.user_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(HandlerError::retry)?;
+        for order in &orders {
+            mesh_runtime::redact::rewrite_subject(tx, order, clear_address)
+                .await
+                .map_err(HandlerError::retry)?;
+        }
+        tracing::info!(customer = %e.user_id, orders = orders.len(), "shipping addresses erased (user.deleted)");
+        Ok(())
     }
 }

@@ -55,17 +55,7 @@ impl OrderError {
     }
 }
 
-impl From<sqlx::Error> for OrderError {
-    fn from(e: sqlx::Error) -> Self {
-        ServiceError::from(e).into()
-    }
-}
-
-impl From<DatabaseError> for OrderError {
-    fn from(e: DatabaseError) -> Self {
-        ServiceError::from(e).into()
-    }
-}
+mesh_runtime::from_database_errors!(OrderError);
 
 impl From<OrderError> for tonic::Status {
     fn from(e: OrderError) -> Self {

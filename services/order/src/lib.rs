@@ -33,7 +33,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mesh_contracts::order::v1::order_service_server::OrderServiceServer;
 use mesh_runtime::auth::{Policy, Role, guard};
-use mesh_runtime::settings::{Kind, ModuleSettings, Setting, SettingErrors, Settings, process_env};
+use mesh_runtime::settings::{ModuleSettings, Setting, SettingErrors, Settings, process_env};
 use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
 pub use api::OrderApi;
@@ -98,19 +98,17 @@ impl OrderOptions {
     }
 }
 
-const SAGA_TIMEOUT: Setting = Setting {
-    name: "MESH_ORDER_SAGA_TIMEOUT",
-    kind: Kind::Duration,
-    default: "30s",
-    doc: "An order with no outcome after this long is cancelled (and its stock released); at least twice MESH_EVENT_CLAIM_IDLE, below MESH_INVENTORY_SAGA_RESERVATION_TTL.",
-};
+const SAGA_TIMEOUT: Setting = Setting::duration(
+    "MESH_ORDER_SAGA_TIMEOUT",
+    "30s",
+    "An order with no outcome after this long is cancelled (and its stock released); at least twice MESH_EVENT_CLAIM_IDLE, below MESH_INVENTORY_SAGA_RESERVATION_TTL.",
+);
 
-const CAMPAIGN_TIMEOUT: Setting = Setting {
-    name: "MESH_ORDER_CAMPAIGN_TIMEOUT",
-    kind: Kind::Duration,
-    default: "1s",
-    doc: "Longest wait for campaign's price of a cart; past it (or with campaign down) the order goes on at list price, marked discounts_unavailable.",
-};
+const CAMPAIGN_TIMEOUT: Setting = Setting::duration(
+    "MESH_ORDER_CAMPAIGN_TIMEOUT",
+    "1s",
+    "Longest wait for campaign's price of a cart; past it (or with campaign down) the order goes on at list price, marked discounts_unavailable.",
+);
 
 /// The order module's settings, for its module row.
 pub const SETTINGS: ModuleSettings = ModuleSettings {

@@ -15,14 +15,13 @@
 //! other changes nothing. Events about references that are not orders (vends reserve stock and
 //! pay too) are ignored.
 
-use futures::future::BoxFuture;
 use mesh_contracts::events::v1::{
     CancelReason, Envelope, InventoryRejected, InventoryReservationExpired, InventoryReserved,
     PaymentFailed, PaymentRefundFailed, PaymentRefunded, PaymentSucceeded,
 };
-use mesh_runtime::consumer::{Consumer, EventHandler, HandlerError};
+use mesh_runtime::consumer::{Consumer, HandlerError};
 use mesh_runtime::outbox::Tx;
-use mesh_runtime::payload::DecodePayload as _;
+use mesh_runtime::typed_handler::TypedHandler;
 
 use crate::error::OrderError;
 use crate::{refund, transitions};
@@ -52,19 +51,19 @@ pub fn handlers(consumer: Consumer) -> Consumer {
 #[derive(Debug, Clone, Copy)]
 pub struct Reserved;
 
-impl EventHandler for Reserved {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let p: InventoryReserved = event.decode_payload()?;
-            transitions::reserved(tx, &p.reference_id, &p.reservation_id, &event.id)
-                .await
-                .map_err(handler_err)?;
-            Ok(())
-        })
+impl TypedHandler for Reserved {
+    type Event = InventoryReserved;
+
+    async fn handle(
+        &self,
+        p: InventoryReserved,
+        event: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        transitions::reserved(tx, &p.reference_id, &p.reservation_id, &event.id)
+            .await
+            .map_err(handler_err)?;
+        Ok(())
     }
 }
 
@@ -72,30 +71,30 @@ impl EventHandler for Reserved {
 #[derive(Debug, Clone, Copy)]
 pub struct Rejected;
 
-impl EventHandler for Rejected {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let p: InventoryRejected = event.decode_payload()?;
-            let detail = if p.reason.is_empty() {
-                "out of stock".to_string()
-            } else {
-                p.reason.clone()
-            };
-            transitions::cancel(
-                tx,
-                &p.reference_id,
-                CancelReason::OutOfStock,
-                &detail,
-                &event.id,
-            )
-            .await
-            .map_err(handler_err)?;
-            Ok(())
-        })
+impl TypedHandler for Rejected {
+    type Event = InventoryRejected;
+
+    async fn handle(
+        &self,
+        p: InventoryRejected,
+        event: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let detail = if p.reason.is_empty() {
+            "out of stock".to_string()
+        } else {
+            p.reason.clone()
+        };
+        transitions::cancel(
+            tx,
+            &p.reference_id,
+            CancelReason::OutOfStock,
+            &detail,
+            &event.id,
+        )
+        .await
+        .map_err(handler_err)?;
+        Ok(())
     }
 }
 
@@ -104,25 +103,25 @@ impl EventHandler for Rejected {
 #[derive(Debug, Clone, Copy)]
 pub struct Expired;
 
-impl EventHandler for Expired {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let p: InventoryReservationExpired = event.decode_payload()?;
-            transitions::cancel(
-                tx,
-                &p.reference_id,
-                CancelReason::Timeout,
-                "the stock reservation expired",
-                &event.id,
-            )
-            .await
-            .map_err(handler_err)?;
-            Ok(())
-        })
+impl TypedHandler for Expired {
+    type Event = InventoryReservationExpired;
+
+    async fn handle(
+        &self,
+        p: InventoryReservationExpired,
+        event: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        transitions::cancel(
+            tx,
+            &p.reference_id,
+            CancelReason::Timeout,
+            "the stock reservation expired",
+            &event.id,
+        )
+        .await
+        .map_err(handler_err)?;
+        Ok(())
     }
 }
 
@@ -130,24 +129,24 @@ impl EventHandler for Expired {
 #[derive(Debug, Clone, Copy)]
 pub struct Succeeded;
 
-impl EventHandler for Succeeded {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let p: PaymentSucceeded = event.decode_payload()?;
-            let confirmed = transitions::confirm(tx, &p.order_id, &p.payment_id, &event.id)
-                .await
-                .map_err(handler_err)?;
-            if confirmed.is_none() {
-                // Already final (cancelled by timeout or the customer first) or not an order:
-                // payment refunds a capture of a cancelled order on `order.cancelled`.
-                tracing::info!(order = %p.order_id, payment = %p.payment_id, "payment.succeeded for an order that is not open; ignored");
-            }
-            Ok(())
-        })
+impl TypedHandler for Succeeded {
+    type Event = PaymentSucceeded;
+
+    async fn handle(
+        &self,
+        p: PaymentSucceeded,
+        event: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let confirmed = transitions::confirm(tx, &p.order_id, &p.payment_id, &event.id)
+            .await
+            .map_err(handler_err)?;
+        if confirmed.is_none() {
+            // Already final (cancelled by timeout or the customer first) or not an order:
+            // payment refunds a capture of a cancelled order on `order.cancelled`.
+            tracing::info!(order = %p.order_id, payment = %p.payment_id, "payment.succeeded for an order that is not open; ignored");
+        }
+        Ok(())
     }
 }
 
@@ -155,30 +154,30 @@ impl EventHandler for Succeeded {
 #[derive(Debug, Clone, Copy)]
 pub struct Failed;
 
-impl EventHandler for Failed {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let p: PaymentFailed = event.decode_payload()?;
-            let detail = if p.message.is_empty() {
-                "payment failed".to_string()
-            } else {
-                p.message.clone()
-            };
-            transitions::cancel(
-                tx,
-                &p.order_id,
-                CancelReason::PaymentFailed,
-                &detail,
-                &event.id,
-            )
-            .await
-            .map_err(handler_err)?;
-            Ok(())
-        })
+impl TypedHandler for Failed {
+    type Event = PaymentFailed;
+
+    async fn handle(
+        &self,
+        p: PaymentFailed,
+        event: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let detail = if p.message.is_empty() {
+            "payment failed".to_string()
+        } else {
+            p.message.clone()
+        };
+        transitions::cancel(
+            tx,
+            &p.order_id,
+            CancelReason::PaymentFailed,
+            &detail,
+            &event.id,
+        )
+        .await
+        .map_err(handler_err)?;
+        Ok(())
     }
 }
 
@@ -193,22 +192,22 @@ fn order_refund(key: &str) -> Option<&str> {
 #[derive(Debug, Clone, Copy)]
 pub struct Refunded;
 
-impl EventHandler for Refunded {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let p: PaymentRefunded = event.decode_payload()?;
-            let Some(id) = order_refund(&p.idempotency_key) else {
-                return Ok(());
-            };
-            refund::finish(tx, &p.order_id, id, &p.refund_id, true)
-                .await
-                .map_err(handler_err)?;
-            Ok(())
-        })
+impl TypedHandler for Refunded {
+    type Event = PaymentRefunded;
+
+    async fn handle(
+        &self,
+        p: PaymentRefunded,
+        _: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let Some(id) = order_refund(&p.idempotency_key) else {
+            return Ok(());
+        };
+        refund::finish(tx, &p.order_id, id, &p.refund_id, true)
+            .await
+            .map_err(handler_err)?;
+        Ok(())
     }
 }
 
@@ -216,21 +215,21 @@ impl EventHandler for Refunded {
 #[derive(Debug, Clone, Copy)]
 pub struct RefundFailed;
 
-impl EventHandler for RefundFailed {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let p: PaymentRefundFailed = event.decode_payload()?;
-            let Some(id) = order_refund(&p.idempotency_key) else {
-                return Ok(());
-            };
-            refund::finish(tx, &p.order_id, id, &p.refund_id, false)
-                .await
-                .map_err(handler_err)?;
-            Ok(())
-        })
+impl TypedHandler for RefundFailed {
+    type Event = PaymentRefundFailed;
+
+    async fn handle(
+        &self,
+        p: PaymentRefundFailed,
+        _: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let Some(id) = order_refund(&p.idempotency_key) else {
+            return Ok(());
+        };
+        refund::finish(tx, &p.order_id, id, &p.refund_id, false)
+            .await
+            .map_err(handler_err)?;
+        Ok(())
     }
 }

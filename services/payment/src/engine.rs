@@ -444,7 +444,7 @@ impl Engine {
             if due_only {
                 // A worker lost the race for it (another replica has it, or it is finished).
                 return Ok(Attempt::Again {
-                    after: self.settings.poll_interval,
+                    after: self.settings.retry.poll_interval,
                     unknown: true,
                 });
             }
@@ -452,7 +452,7 @@ impl Engine {
             return Ok(if p.status == PaymentStatus::Pending {
                 // Leased by another worker or caller: look again later.
                 Attempt::Again {
-                    after: self.settings.poll_interval,
+                    after: self.settings.retry.poll_interval,
                     unknown: true,
                 }
             } else {
@@ -478,17 +478,21 @@ impl Engine {
         let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
         let (outcome, retryable) = match answer {
             Ok(outcome) => (outcome, false),
-            Err(ProviderError::Unavailable(message)) if attempt >= self.settings.max_attempts => (
-                Outcome::Declined {
-                    reason: DeclineReason::ProviderError,
-                    message: format!("gave up after {attempt} attempts: {message}"),
-                },
-                true,
-            ),
+            Err(ProviderError::Unavailable(message))
+                if attempt >= self.settings.retry.max_attempts =>
+            {
+                (
+                    Outcome::Declined {
+                        reason: DeclineReason::ProviderError,
+                        message: format!("gave up after {attempt} attempts: {message}"),
+                    },
+                    true,
+                )
+            }
             Err(e) => {
                 let unknown = e == ProviderError::Timeout;
                 tracing::warn!(payment = %p.id, order = %p.order_id, attempt, error = %e, "charge not finished; will retry with the same idempotency key");
-                let after = self.settings.backoff(attempt);
+                let after = self.settings.retry.backoff(attempt);
                 // A caller driving it keeps its lease; the worker makes it due after the backoff.
                 let hold = if due_only {
                     after
@@ -558,7 +562,7 @@ impl Engine {
         let Some(attempt) = attempt else {
             return Ok(if r.status == TransactionStatus::Pending {
                 Attempt::Again {
-                    after: self.settings.poll_interval,
+                    after: self.settings.retry.poll_interval,
                     unknown: true,
                 }
             } else {
@@ -586,7 +590,7 @@ impl Engine {
                 // Money owed to the customer: never given up on.
                 let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
                 tracing::warn!(refund = %r.id, payment = %p.id, attempt, error = %e, "refund not finished; will retry with the same idempotency key");
-                let after = self.settings.backoff(attempt);
+                let after = self.settings.retry.backoff(attempt);
                 // A caller driving it keeps its lease; the worker makes it due after the backoff.
                 let hold = if due_only {
                     after

@@ -42,17 +42,7 @@ impl PaymentError {
     }
 }
 
-impl From<sqlx::Error> for PaymentError {
-    fn from(e: sqlx::Error) -> Self {
-        ServiceError::from(e).into()
-    }
-}
-
-impl From<DatabaseError> for PaymentError {
-    fn from(e: DatabaseError) -> Self {
-        ServiceError::from(e).into()
-    }
-}
+mesh_runtime::from_database_errors!(PaymentError);
 
 impl From<PaymentError> for tonic::Status {
     fn from(e: PaymentError) -> Self {

@@ -7,14 +7,13 @@
 //! has the key `cancel:<order id>`, an order refund `order-refund:<refund id>`. The same fact
 //! under a new event id has no second effect.
 
-use futures::future::BoxFuture;
 use mesh_contracts::events::v1::{
     Envelope, InventoryReserved, OrderCancelled, OrderCreated, OrderRefundRequested,
 };
 use mesh_contracts::payment::v1::PaymentStatus;
-use mesh_runtime::consumer::{EventHandler, HandlerError};
+use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::Tx;
-use mesh_runtime::payload::DecodePayload as _;
+use mesh_runtime::typed_handler::TypedHandler;
 
 use crate::engine::Engine;
 use crate::error::PaymentError;
@@ -51,29 +50,24 @@ async fn maybe_charge(engine: &Engine, tx: &mut Tx, o: &SagaOrder) -> Result<(),
 #[derive(Debug, Clone)]
 pub struct OnOrderCreated(pub Engine);
 
-impl EventHandler for OnOrderCreated {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let e: OrderCreated = event.decode_payload()?;
-            let id = order_id("order_id", &e.order_id)?;
-            let total = e.total.unwrap_or_default();
-            let order = SagaOrder {
-                order_id: id.clone(),
-                known: true,
-                customer_id: e.customer_id,
-                currency: total.currency_code,
-                amount_minor: total.amount_minor.max(0),
-                card_token: e.card_token,
-                reserved: false,
-                cancelled: false,
-            };
-            let now = store::saga_created(tx, &order).await?;
-            maybe_charge(&self.0, tx, &now).await.map_err(handler_error)
-        })
+impl TypedHandler for OnOrderCreated {
+    type Event = OrderCreated;
+
+    async fn handle(&self, e: OrderCreated, _: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+        let id = order_id("order_id", &e.order_id)?;
+        let total = e.total.unwrap_or_default();
+        let order = SagaOrder {
+            order_id: id.clone(),
+            known: true,
+            customer_id: e.customer_id,
+            currency: total.currency_code,
+            amount_minor: total.amount_minor.max(0),
+            card_token: e.card_token,
+            reserved: false,
+            cancelled: false,
+        };
+        let now = store::saga_created(tx, &order).await?;
+        maybe_charge(&self.0, tx, &now).await.map_err(handler_error)
     }
 }
 
@@ -82,18 +76,18 @@ impl EventHandler for OnOrderCreated {
 #[derive(Debug, Clone)]
 pub struct OnInventoryReserved(pub Engine);
 
-impl EventHandler for OnInventoryReserved {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let e: InventoryReserved = event.decode_payload()?;
-            let id = order_id("reference_id", &e.reference_id)?;
-            let now = store::saga_flag(tx, &id, true).await?;
-            maybe_charge(&self.0, tx, &now).await.map_err(handler_error)
-        })
+impl TypedHandler for OnInventoryReserved {
+    type Event = InventoryReserved;
+
+    async fn handle(
+        &self,
+        e: InventoryReserved,
+        _: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let id = order_id("reference_id", &e.reference_id)?;
+        let now = store::saga_flag(tx, &id, true).await?;
+        maybe_charge(&self.0, tx, &now).await.map_err(handler_error)
     }
 }
 
@@ -104,33 +98,33 @@ impl EventHandler for OnInventoryReserved {
 #[derive(Debug, Clone)]
 pub struct OnOrderCancelled(pub Engine);
 
-impl EventHandler for OnOrderCancelled {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let e: OrderCancelled = event.decode_payload()?;
-            let id = order_id("order_id", &e.order_id)?;
-            store::saga_flag(tx, &id, false).await?;
-            let Some(p) = store::payment_of_order(tx, &id).await? else {
-                return Ok(());
-            };
-            match p.status {
-                PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded => {
-                    self.0
-                        .refund_cancelled(tx, &p)
-                        .await
-                        .map_err(handler_error)?;
-                }
-                PaymentStatus::Pending if store::void_unattempted(tx, &p.id).await? => {
-                    tracing::info!(order = %id, payment = %p.id, "charge voided: the order was cancelled first");
-                }
-                _ => {}
+impl TypedHandler for OnOrderCancelled {
+    type Event = OrderCancelled;
+
+    async fn handle(
+        &self,
+        e: OrderCancelled,
+        _: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let id = order_id("order_id", &e.order_id)?;
+        store::saga_flag(tx, &id, false).await?;
+        let Some(p) = store::payment_of_order(tx, &id).await? else {
+            return Ok(());
+        };
+        match p.status {
+            PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded => {
+                self.0
+                    .refund_cancelled(tx, &p)
+                    .await
+                    .map_err(handler_error)?;
             }
-            Ok(())
-        })
+            PaymentStatus::Pending if store::void_unattempted(tx, &p.id).await? => {
+                tracing::info!(order = %id, payment = %p.id, "charge voided: the order was cancelled first");
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -140,37 +134,37 @@ impl EventHandler for OnOrderCancelled {
 #[derive(Debug, Clone)]
 pub struct OnOrderRefundRequested(pub Engine);
 
-impl EventHandler for OnOrderRefundRequested {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let e: OrderRefundRequested = event.decode_payload()?;
-            let id = order_id("order_id", &e.order_id)?;
-            let refund_id = order_id("refund_id", &e.refund_id)?;
-            let amount = e.amount.map_or(0, |m| m.amount_minor);
-            if amount <= 0 {
-                return Ok(());
-            }
-            // Saga row first, then the payment: the lock order of every charge and refund.
-            store::lock_saga_order(tx, &id).await?;
-            let Some(p) = store::payment_of_order(tx, &id).await? else {
-                // A confirmed order always has its payment; retried, then dead-lettered loudly.
-                return Err(HandlerError::retry(format!(
-                    "order `{id}` has no payment to refund"
-                )));
-            };
-            let refund = self
-                .0
-                .refund_order(tx, &p, &refund_id, amount, &e.reason)
-                .await
-                .map_err(handler_error)?;
-            if let Some(r) = refund {
-                tracing::info!(order = %id, payment = %p.id, refund = %r.id, amount, "order refund requested");
-            }
-            Ok(())
-        })
+impl TypedHandler for OnOrderRefundRequested {
+    type Event = OrderRefundRequested;
+
+    async fn handle(
+        &self,
+        e: OrderRefundRequested,
+        _: &Envelope,
+        tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        let id = order_id("order_id", &e.order_id)?;
+        let refund_id = order_id("refund_id", &e.refund_id)?;
+        let amount = e.amount.map_or(0, |m| m.amount_minor);
+        if amount <= 0 {
+            return Ok(());
+        }
+        // Saga row first, then the payment: the lock order of every charge and refund.
+        store::lock_saga_order(tx, &id).await?;
+        let Some(p) = store::payment_of_order(tx, &id).await? else {
+            // A confirmed order always has its payment; retried, then dead-lettered loudly.
+            return Err(HandlerError::retry(format!(
+                "order `{id}` has no payment to refund"
+            )));
+        };
+        let refund = self
+            .0
+            .refund_order(tx, &p, &refund_id, amount, &e.reason)
+            .await
+            .map_err(handler_error)?;
+        if let Some(r) = refund {
+            tracing::info!(order = %id, payment = %p.id, refund = %r.id, amount, "order refund requested");
+        }
+        Ok(())
     }
 }

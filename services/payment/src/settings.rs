@@ -10,14 +10,12 @@ pub struct PaymentSettings {
     /// that times out is retried later with the same idempotency key, never given up as failed.
     pub provider_timeout: Duration,
     /// `MESH_PAYMENT_MAX_ATTEMPTS` (default 3): attempts at a charge the provider refuses with a
-    /// retryable error (processor error) before it is FAILED with `DECLINE_REASON_PROVIDER_ERROR`.
-    pub max_attempts: u32,
+    /// retryable error (processor error) before it is FAILED with `DECLINE_REASON_PROVIDER_ERROR`;
     /// `MESH_PAYMENT_RETRY_BACKOFF` (default 200ms): first delay between attempts, doubling, at
-    /// most 5s.
-    pub retry_backoff: Duration,
-    /// `MESH_PAYMENT_POLL_INTERVAL` (default 500ms): how often the worker looks for due charges
-    /// and refunds besides being woken by new ones (retries, other replicas' rows, restarts).
-    pub poll_interval: Duration,
+    /// most 5s; `MESH_PAYMENT_POLL_INTERVAL` (default 500ms): how often the worker looks for due
+    /// charges and refunds besides being woken by new ones (retries, other replicas' rows,
+    /// restarts).
+    pub retry: RetryPolicy,
     /// `MESH_PAYMENT_SLOW_CARD_DELAY` (default 2s): how late the simulated processor answers for
     /// the slow test card.
     pub slow_card_delay: Duration,
@@ -28,55 +26,41 @@ impl Default for PaymentSettings {
     fn default() -> Self {
         Self {
             provider_timeout: Duration::from_secs(10),
-            max_attempts: 3,
-            retry_backoff: Duration::from_millis(200),
-            poll_interval: Duration::from_millis(500),
+            retry: RETRY.defaults(),
             slow_card_delay: Duration::from_secs(2),
         }
     }
 }
 
-use mesh_runtime::settings::{Kind, ModuleSettings, Setting, Settings, process_env};
+use mesh_runtime::retry_policy::{RetryPolicy, RetrySettings};
+use mesh_runtime::settings::{ModuleSettings, Setting, Settings, process_env};
 pub use mesh_runtime::settings::{SettingError, SettingErrors};
 
-const PROVIDER_TIMEOUT: Setting = Setting {
-    name: "MESH_PAYMENT_PROVIDER_TIMEOUT",
-    kind: Kind::Duration,
-    default: "10s",
-    doc: "Longest wait for one provider call; a call that times out is retried later with the same idempotency key.",
+const PROVIDER_TIMEOUT: Setting = Setting::duration(
+    "MESH_PAYMENT_PROVIDER_TIMEOUT",
+    "10s",
+    "Longest wait for one provider call; a call that times out is retried later with the same idempotency key.",
+);
+/// The worker's attempts at a charge or refund and its pace.
+const RETRY: RetrySettings = mesh_runtime::retry_settings! {
+    prefix: "MESH_PAYMENT",
+    max_attempts: 3, "Attempts at a charge the provider refuses with a retryable error before it is FAILED.",
+    retry_backoff: "200ms" doubling to 5 s, "First delay between attempts",
+    poll_interval: "500ms", "How often the worker looks for due charges and refunds besides being woken by new ones.",
 };
-const MAX_ATTEMPTS: Setting = Setting {
-    name: "MESH_PAYMENT_MAX_ATTEMPTS",
-    kind: Kind::Number { min: 1, max: 100 },
-    default: "3",
-    doc: "Attempts at a charge the provider refuses with a retryable error before it is FAILED.",
-};
-const RETRY_BACKOFF: Setting = Setting {
-    name: "MESH_PAYMENT_RETRY_BACKOFF",
-    kind: Kind::Duration,
-    default: "200ms",
-    doc: "First delay between attempts, doubling, at most 5s.",
-};
-const POLL_INTERVAL: Setting = Setting {
-    name: "MESH_PAYMENT_POLL_INTERVAL",
-    kind: Kind::Duration,
-    default: "500ms",
-    doc: "How often the worker looks for due charges and refunds besides being woken by new ones.",
-};
-const SLOW_CARD_DELAY: Setting = Setting {
-    name: "MESH_PAYMENT_SLOW_CARD_DELAY",
-    kind: Kind::DurationOrOff,
-    default: "2s",
-    doc: "How late the simulated processor answers for the slow test card.",
-};
+const SLOW_CARD_DELAY: Setting = Setting::duration_or_off(
+    "MESH_PAYMENT_SLOW_CARD_DELAY",
+    "2s",
+    "How late the simulated processor answers for the slow test card.",
+);
 
 /// The payment module's settings, for its module row.
 pub const SETTINGS: ModuleSettings = ModuleSettings {
     declared: &[
         PROVIDER_TIMEOUT,
-        MAX_ATTEMPTS,
-        RETRY_BACKOFF,
-        POLL_INTERVAL,
+        RETRY.max_attempts,
+        RETRY.retry_backoff,
+        RETRY.poll_interval,
         SLOW_CARD_DELAY,
     ],
     check: |env| PaymentSettings::from_lookup(env).map(drop),
@@ -93,18 +77,10 @@ impl PaymentSettings {
         let mut s = Settings::new(env);
         let settings = Self {
             provider_timeout: s.duration(&PROVIDER_TIMEOUT),
-            max_attempts: s.number(&MAX_ATTEMPTS),
-            retry_backoff: s.duration(&RETRY_BACKOFF),
-            poll_interval: s.duration(&POLL_INTERVAL),
+            retry: RETRY.read(&mut s),
             slow_card_delay: s.duration(&SLOW_CARD_DELAY),
         };
         s.finish(settings)
-    }
-
-    /// The delay before attempt `attempt + 1` (attempt counted from 1).
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
-        (self.retry_backoff * factor).min(Duration::from_secs(5))
     }
 
     /// How long a worker owns a claimed charge or refund before another may take it over: one
@@ -130,7 +106,10 @@ mod tests {
             ("MESH_PAYMENT_MAX_ATTEMPTS", "5"),
         ]))
         .unwrap();
-        assert_eq!((s.slow_card_delay, s.max_attempts), (Duration::ZERO, 5));
+        assert_eq!(
+            (s.slow_card_delay, s.retry.max_attempts),
+            (Duration::ZERO, 5)
+        );
         let e = PaymentSettings::from_lookup(lookup_in(&[
             ("MESH_PAYMENT_PROVIDER_TIMEOUT", "soon"),
             ("MESH_PAYMENT_MAX_ATTEMPTS", "0"),

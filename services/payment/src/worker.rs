@@ -79,6 +79,6 @@ impl WorkSource for PaymentWork {
 pub fn queue(engine: Engine, handle: WorkHandle<Work>) -> WorkQueue<PaymentWork> {
     let options = WorkQueueOptions::new("charge-worker")
         .concurrency(CONCURRENCY)
-        .poll_interval(engine.settings().poll_interval);
+        .poll_interval(engine.settings().retry.poll_interval);
     WorkQueue::new(PaymentWork(engine), options, handle)
 }

@@ -1,7 +1,6 @@
 //! The product service's errors, turned into gRPC statuses in one place: the kit's common
 //! failures ([`ServiceError`]) and the one of the catalog's own, a taken SKU.
 
-use mesh_runtime::DatabaseError;
 use mesh_runtime::domain::ServiceError;
 
 /// What can go wrong in a product RPC.
@@ -27,17 +26,7 @@ impl ProductError {
     }
 }
 
-impl From<sqlx::Error> for ProductError {
-    fn from(e: sqlx::Error) -> Self {
-        ServiceError::from(e).into()
-    }
-}
-
-impl From<DatabaseError> for ProductError {
-    fn from(e: DatabaseError) -> Self {
-        ServiceError::from(e).into()
-    }
-}
+mesh_runtime::from_database_errors!(ProductError);
 
 impl From<ProductError> for tonic::Status {
     fn from(e: ProductError) -> Self {

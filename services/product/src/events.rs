@@ -1,10 +1,10 @@
 //! The product service's own events: what it emits, and the handler that drops cache entries
 //! when it sees its `product.updated` / `product.deleted` on the bus.
 
-use futures::future::BoxFuture;
 use mesh_contracts::events::v1::Envelope;
-use mesh_runtime::consumer::{EventHandler, HandlerError};
+use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::Tx;
+use mesh_runtime::typed_handler::{TypedHandler, Undecoded};
 
 use crate::cache::ProductCache;
 use crate::local_cache::LocalCache;
@@ -25,22 +25,23 @@ pub struct Invalidate {
     pub cache: Option<ProductCache>,
 }
 
-impl EventHandler for Invalidate {
-    fn handle<'a>(
-        &'a self,
-        event: &'a Envelope,
-        _tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            if let Some(local) = &self.local {
-                local.invalidate(&event.subject);
-            }
-            match &self.cache {
-                Some(cache) => cache.invalidate(&event.subject).await.map_err(|e| {
-                    HandlerError::retry(format!("invalidating the cache of {}: {e}", event.subject))
-                }),
-                None => Ok(()),
-            }
-        })
+impl TypedHandler for Invalidate {
+    type Event = Undecoded;
+
+    async fn handle(
+        &self,
+        _: Undecoded,
+        event: &Envelope,
+        _tx: &mut Tx,
+    ) -> Result<(), HandlerError> {
+        if let Some(local) = &self.local {
+            local.invalidate(&event.subject);
+        }
+        match &self.cache {
+            Some(cache) => cache.invalidate(&event.subject).await.map_err(|e| {
+                HandlerError::retry(format!("invalidating the cache of {}: {e}", event.subject))
+            }),
+            None => Ok(()),
+        }
     }
 }

@@ -26,7 +26,7 @@ use futures::future::BoxFuture;
 use mesh_contracts::product::v1::product_service_server::ProductServiceServer;
 use mesh_runtime::auth::{Policy, Role, guard};
 use mesh_runtime::redis_guard::GuardOptions;
-use mesh_runtime::settings::{Kind, ModuleSettings, Setting, SettingErrors, Settings, process_env};
+use mesh_runtime::settings::{ModuleSettings, Setting, SettingErrors, Settings, process_env};
 use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
 pub use api::ProductApi;
@@ -90,27 +90,22 @@ impl Default for ProductOptions {
     }
 }
 
-const CACHE_TIMEOUT: Setting = Setting {
-    name: "MESH_PRODUCT_CACHE_TIMEOUT",
-    kind: Kind::Duration,
-    default: "250ms",
-    doc: "The longest a request waits for the Redis cache; after a failure Redis is skipped until a background ping answers again.",
-};
-const LOCAL_CACHE_TTL: Setting = Setting {
-    name: "MESH_PRODUCT_LOCAL_CACHE_TTL",
-    kind: Kind::DurationOrOff,
-    default: "2s",
-    doc: "How long an in-process cache entry lives (the staleness bound across replicas); 0 turns the in-process tier off.",
-};
-const LOCAL_CACHE_ENTRIES: Setting = Setting {
-    name: "MESH_PRODUCT_LOCAL_CACHE_ENTRIES",
-    kind: Kind::Number {
-        min: 0,
-        max: 10_000_000,
-    },
-    default: "10000",
-    doc: "How many products the in-process cache holds at most.",
-};
+const CACHE_TIMEOUT: Setting = Setting::duration(
+    "MESH_PRODUCT_CACHE_TIMEOUT",
+    "250ms",
+    "The longest a request waits for the Redis cache; after a failure Redis is skipped until a background ping answers again.",
+);
+const LOCAL_CACHE_TTL: Setting = Setting::duration_or_off(
+    "MESH_PRODUCT_LOCAL_CACHE_TTL",
+    "2s",
+    "How long an in-process cache entry lives (the staleness bound across replicas); 0 turns the in-process tier off.",
+);
+const LOCAL_CACHE_ENTRIES: Setting = Setting::number(
+    "MESH_PRODUCT_LOCAL_CACHE_ENTRIES",
+    0..=10_000_000,
+    "10000",
+    "How many products the in-process cache holds at most.",
+);
 
 /// The product module's settings, for its module row.
 pub const SETTINGS: ModuleSettings = ModuleSettings {

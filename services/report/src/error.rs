@@ -1,7 +1,6 @@
 //! The report service's errors, turned into gRPC statuses in one place: the runtime's common
 //! [`ServiceError`] and report's own case, a rebuild superseded by another.
 
-use mesh_runtime::DatabaseError;
 use mesh_runtime::domain::ServiceError;
 
 /// What can go wrong in a report RPC.
@@ -25,17 +24,7 @@ impl ReportError {
     }
 }
 
-impl From<sqlx::Error> for ReportError {
-    fn from(e: sqlx::Error) -> Self {
-        ServiceError::from(e).into()
-    }
-}
-
-impl From<DatabaseError> for ReportError {
-    fn from(e: DatabaseError) -> Self {
-        ServiceError::from(e).into()
-    }
-}
+mesh_runtime::from_database_errors!(ReportError);
 
 impl From<ReportError> for tonic::Status {
     fn from(e: ReportError) -> Self {

@@ -1,7 +1,6 @@
 //! The vm service's errors, turned into gRPC statuses in one place: the kit's common failures
 //! ([`ServiceError`]) and the vm's own, a failed call to a peer.
 
-use mesh_runtime::DatabaseError;
 use mesh_runtime::domain::ServiceError;
 
 /// What can go wrong in a vm RPC.
@@ -42,17 +41,7 @@ impl VmError {
     }
 }
 
-impl From<sqlx::Error> for VmError {
-    fn from(e: sqlx::Error) -> Self {
-        ServiceError::from(e).into()
-    }
-}
-
-impl From<DatabaseError> for VmError {
-    fn from(e: DatabaseError) -> Self {
-        ServiceError::from(e).into()
-    }
-}
+mesh_runtime::from_database_errors!(VmError);
 
 impl From<VmError> for tonic::Status {
     fn from(e: VmError) -> Self {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mesh_contracts::vm::v1::vending_machine_service_server::VendingMachineServiceServer;
 use mesh_runtime::auth::{Policy, Role, guard};
-use mesh_runtime::settings::{Kind, ModuleSettings, Setting, SettingErrors, Settings, process_env};
+use mesh_runtime::settings::{ModuleSettings, Setting, SettingErrors, Settings, process_env};
 use mesh_runtime::{BuildError, Migrations, ServiceContext, ServiceRoutes};
 
 pub use api::VmApi;
@@ -61,18 +61,16 @@ impl Default for VmOptions {
     }
 }
 
-const DISPENSE_TIMEOUT: Setting = Setting {
-    name: "MESH_VM_DISPENSE_TIMEOUT",
-    kind: Kind::Duration,
-    default: "10s",
-    doc: "How long a dispense waits for the machine's ack before the command expires and the vend is refunded.",
-};
-const RECOVERY_INTERVAL: Setting = Setting {
-    name: "MESH_VM_RECOVERY_INTERVAL",
-    kind: Kind::Duration,
-    default: "15s",
-    doc: "How often the recovery sweep looks for vends left pending (a crash mid-vend, a lost answer).",
-};
+const DISPENSE_TIMEOUT: Setting = Setting::duration(
+    "MESH_VM_DISPENSE_TIMEOUT",
+    "10s",
+    "How long a dispense waits for the machine's ack before the command expires and the vend is refunded.",
+);
+const RECOVERY_INTERVAL: Setting = Setting::duration(
+    "MESH_VM_RECOVERY_INTERVAL",
+    "15s",
+    "How often the recovery sweep looks for vends left pending (a crash mid-vend, a lost answer).",
+);
 
 /// The vm module's settings, for its module row.
 pub const SETTINGS: ModuleSettings = ModuleSettings {

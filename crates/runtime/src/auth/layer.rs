@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
 use tonic::server::NamedService;
 use tower_service::Service;
 
@@ -21,6 +20,7 @@ use crate::auth::policy::{Access, Policy};
 use crate::auth::rejections::AuthRejections;
 use crate::auth::verify::{AuthError, Verifier, VerifierSettings};
 use crate::module::{BuildError, ServiceContext};
+use crate::route::{self, GrpcRoute};
 
 /// Wraps `server` in `policy`, verifying tokens against the auth service's JWKS (fetched through
 /// the context's `auth` channel, cached, refreshed on an unknown `kid`). Fails when the policy
@@ -124,26 +124,16 @@ pub async fn authorize(
     Ok(Some(identity))
 }
 
-impl<S> Service<http::Request<tonic::body::Body>> for Guarded<S>
-where
-    S: Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
+impl<S: GrpcRoute> Service<route::Request> for Guarded<S> {
+    type Response = route::Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+    type Future = route::ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut req: route::Request) -> Self::Future {
         let mut inner = self.inner.clone();
         let policy = self.policy.clone();
         let verifier = self.verifier.clone();

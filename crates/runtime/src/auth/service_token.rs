@@ -22,17 +22,15 @@ use tower_service::Service;
 
 use crate::client::MeshChannel;
 use crate::module::{ClientError, ServiceContext};
+use crate::settings::Setting;
 use crate::settings::env_prefix;
-use crate::settings::{Kind, Setting};
 
 /// `MESH_SERVICE_CLIENT_SECRET`: the client secret of every service of the process that has no
 /// `MESH_<SERVICE>_CLIENT_SECRET` of its own (and, at auth, accepted for any client id).
-pub const SERVICE_CLIENT_SECRET: Setting = Setting {
-    name: "MESH_SERVICE_CLIENT_SECRET",
-    kind: Kind::Secret,
-    default: "",
-    doc: "Client secret shared by every service of the mesh for service tokens (auth accepts it for any client id); unset: calls go without a service token.",
-};
+pub const SERVICE_CLIENT_SECRET: Setting = Setting::secret(
+    "MESH_SERVICE_CLIENT_SECRET",
+    "Client secret shared by every service of the mesh for service tokens (auth accepts it for any client id); unset: calls go without a service token.",
+);
 
 /// How long before expiry a cached service token is replaced.
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);

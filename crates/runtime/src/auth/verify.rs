@@ -11,7 +11,7 @@ use crate::auth::claims::{Claims, DEFAULT_AUDIENCE, DEFAULT_ISSUER};
 use crate::auth::clock::{Clock, SystemClock};
 use crate::auth::identity::{Identity, Role};
 use crate::auth::jwks::KeySource;
-use crate::settings::{Kind, Setting, Settings, process_env};
+use crate::settings::{Setting, Settings, process_env};
 
 /// Why a token was refused. Every variant but [`AuthError::KeysUnavailable`] is
 /// `UNAUTHENTICATED`; each message says what was wrong without echoing the token.
@@ -120,20 +120,18 @@ impl Default for VerifierSettings {
 }
 
 /// `MESH_JWT_ISSUER`: the `iss` every token must carry (every service that checks tokens).
-pub const JWT_ISSUER: Setting = Setting {
-    name: "MESH_JWT_ISSUER",
-    kind: Kind::Text,
-    default: DEFAULT_ISSUER,
-    doc: "The `iss` auth writes into tokens and every service expects.",
-};
+pub const JWT_ISSUER: Setting = Setting::text(
+    "MESH_JWT_ISSUER",
+    DEFAULT_ISSUER,
+    "The `iss` auth writes into tokens and every service expects.",
+);
 
 /// `MESH_JWT_AUDIENCE`: the `aud` every token must carry.
-pub const JWT_AUDIENCE: Setting = Setting {
-    name: "MESH_JWT_AUDIENCE",
-    kind: Kind::Text,
-    default: DEFAULT_AUDIENCE,
-    doc: "The `aud` auth writes into tokens and every service expects.",
-};
+pub const JWT_AUDIENCE: Setting = Setting::text(
+    "MESH_JWT_AUDIENCE",
+    DEFAULT_AUDIENCE,
+    "The `aud` auth writes into tokens and every service expects.",
+);
 
 impl VerifierSettings {
     /// The defaults, with `MESH_JWT_ISSUER` / `MESH_JWT_AUDIENCE` when set.

@@ -5,6 +5,11 @@
 
 use crate::DatabaseError;
 
+/// sqlx's error, for [`from_database_errors!`](crate::from_database_errors) in crates that do
+/// not depend on sqlx themselves.
+#[doc(hidden)]
+pub use sqlx::Error as SqlxError;
+
 /// A failure of an RPC that every service can have; [`tonic::Status`] from it in one place.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -86,6 +91,31 @@ impl From<sqlx::Error> for ServiceError {
     }
 }
 
+/// Makes a service's error enum, one that wraps [`ServiceError`] (`Common(#[from]
+/// ServiceError)`), convertible from the database's errors through [`ServiceError`]: `?` on a
+/// sqlx call (`sqlx::Error`) or a storage call ([`DatabaseError`]) then gives the service's
+/// error, mapped to its status as [`ServiceError::Database`] is.
+///
+/// ```ignore
+/// mesh_runtime::from_database_errors!(PaymentError);
+/// ```
+#[macro_export]
+macro_rules! from_database_errors {
+    ($error:ty) => {
+        impl ::core::convert::From<$crate::domain::error::SqlxError> for $error {
+            fn from(e: $crate::domain::error::SqlxError) -> Self {
+                $crate::domain::ServiceError::from(e).into()
+            }
+        }
+
+        impl ::core::convert::From<$crate::storage::DatabaseError> for $error {
+            fn from(e: $crate::storage::DatabaseError) -> Self {
+                $crate::domain::ServiceError::from(e).into()
+            }
+        }
+    };
+}
+
 impl From<ServiceError> for tonic::Status {
     fn from(e: ServiceError) -> Self {
         match e {
@@ -139,6 +169,27 @@ mod tests {
             assert_eq!(status.code(), code);
             assert_eq!(status.message(), message);
         }
+    }
+
+    /// A service's error the way every service writes one.
+    #[derive(Debug, thiserror::Error)]
+    enum Wrapping {
+        #[error(transparent)]
+        Common(#[from] ServiceError),
+    }
+
+    crate::from_database_errors!(Wrapping);
+
+    #[test]
+    fn a_wrapping_error_takes_database_errors_through_the_common_shape() {
+        let from_sqlx = Wrapping::from(sqlx::Error::PoolTimedOut);
+        assert!(matches!(
+            from_sqlx,
+            Wrapping::Common(ServiceError::Database(DatabaseError::Unavailable(_)))
+        ));
+        let from_storage = Wrapping::from(DatabaseError::from(sqlx::Error::RowNotFound));
+        let Wrapping::Common(common) = from_storage;
+        assert_eq!(common.code(), tonic::Code::Internal);
     }
 
     #[test]

@@ -16,15 +16,13 @@ use std::sync::OnceLock;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::settings::{Kind, Setting, SettingErrors, Settings};
+use crate::settings::{Setting, SettingErrors, Settings};
 
 /// `MESH_PAGE_TOKEN_KEY`.
-pub const PAGE_TOKEN_KEY: Setting = Setting {
-    name: "MESH_PAGE_TOKEN_KEY",
-    kind: Kind::Secret,
-    default: "",
-    doc: "The key page tokens are HMAC-checked with: 32 to 1024 characters without surrounding whitespace (e.g. `openssl rand -base64 48`), the same on every replica (the Helm chart sets it from its Secret). Unset: a built-in public key (tokens are checksummed, not secret; mesh serve warns).",
-};
+pub const PAGE_TOKEN_KEY: Setting = Setting::secret(
+    "MESH_PAGE_TOKEN_KEY",
+    "The key page tokens are HMAC-checked with: 32 to 1024 characters without surrounding whitespace (e.g. `openssl rand -base64 48`), the same on every replica (the Helm chart sets it from its Secret). Unset: a built-in public key (tokens are checksummed, not secret; mesh serve warns).",
+);
 
 /// The shortest key accepted, in bytes (a random 32-character text carries well over 128 bits).
 pub const MIN_LEN: usize = 32;

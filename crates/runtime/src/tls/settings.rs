@@ -5,47 +5,42 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::settings::{Kind, Problem, Setting, Settings};
+use crate::settings::{Problem, Setting, Settings};
 
 /// The workload certificate chain (PEM).
-pub const TLS_CERT: Setting = Setting {
-    name: "MESH_TLS_CERT",
-    kind: Kind::Text,
-    default: "",
-    doc: "A PEM file with the workload certificate (chain) every gRPC port presents and every call to a peer presents as client certificate; with MESH_TLS_KEY and MESH_TLS_CA it turns mTLS on (all three or none). Unset: plaintext gRPC. Re-read every MESH_TLS_RELOAD; see docs/security.md.",
-};
+pub const TLS_CERT: Setting = Setting::text(
+    "MESH_TLS_CERT",
+    "",
+    "A PEM file with the workload certificate (chain) every gRPC port presents and every call to a peer presents as client certificate; with MESH_TLS_KEY and MESH_TLS_CA it turns mTLS on (all three or none). Unset: plaintext gRPC. Re-read every MESH_TLS_RELOAD; see docs/security.md.",
+);
 
 /// The workload private key (PEM).
-pub const TLS_KEY: Setting = Setting {
-    name: "MESH_TLS_KEY",
-    kind: Kind::Text,
-    default: "",
-    doc: "A PEM file with the private key of MESH_TLS_CERT (PKCS#8, SEC1 or PKCS#1).",
-};
+pub const TLS_KEY: Setting = Setting::text(
+    "MESH_TLS_KEY",
+    "",
+    "A PEM file with the private key of MESH_TLS_CERT (PKCS#8, SEC1 or PKCS#1).",
+);
 
 /// The CA bundle peers' certificates must chain to (PEM).
-pub const TLS_CA: Setting = Setting {
-    name: "MESH_TLS_CA",
-    kind: Kind::Text,
-    default: "",
-    doc: "A PEM file with the CA certificate(s) a peer's certificate must be issued by, client and server alike.",
-};
+pub const TLS_CA: Setting = Setting::text(
+    "MESH_TLS_CA",
+    "",
+    "A PEM file with the CA certificate(s) a peer's certificate must be issued by, client and server alike.",
+);
 
 /// The namespace in the identities peers are checked against.
-pub const TLS_NAMESPACE: Setting = Setting {
-    name: "MESH_TLS_NAMESPACE",
-    kind: Kind::Text,
-    default: "default",
-    doc: "The namespace of the identity a peer's certificate must name: `<service>.<namespace>.svc` (the chart sets the pod's namespace).",
-};
+pub const TLS_NAMESPACE: Setting = Setting::text(
+    "MESH_TLS_NAMESPACE",
+    "default",
+    "The namespace of the identity a peer's certificate must name: `<service>.<namespace>.svc` (the chart sets the pod's namespace).",
+);
 
 /// How often the files are read again.
-pub const TLS_RELOAD: Setting = Setting {
-    name: "MESH_TLS_RELOAD",
-    kind: Kind::Duration,
-    default: "5s",
-    doc: "How often the three TLS files are read again; a changed set that loads applies to new connections (open ones keep theirs), one that does not is logged and the last good one kept.",
-};
+pub const TLS_RELOAD: Setting = Setting::duration(
+    "MESH_TLS_RELOAD",
+    "5s",
+    "How often the three TLS files are read again; a changed set that loads applies to new connections (open ones keep theirs), one that does not is logged and the last good one kept.",
+);
 
 /// Every TLS setting, for the settings listing.
 pub const SETTINGS: [Setting; 5] = [TLS_CERT, TLS_KEY, TLS_CA, TLS_NAMESPACE, TLS_RELOAD];

@@ -15,6 +15,7 @@ use mesh_payment::{PaymentOptions, PaymentSettings};
 use mesh_runtime::Database;
 use mesh_runtime::bus::EventBus;
 use mesh_runtime::config::DatabaseTarget;
+use mesh_runtime::retry_policy::RetryPolicy;
 use mesh_testkit::{self as testing, TestAuth};
 use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
@@ -39,9 +40,12 @@ pub struct Instance {
 pub fn settings() -> PaymentSettings {
     PaymentSettings {
         provider_timeout: Duration::from_millis(400),
-        max_attempts: 3,
-        retry_backoff: Duration::from_millis(20),
-        poll_interval: Duration::from_millis(50),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            retry_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(50),
+        },
         slow_card_delay: Duration::from_millis(150),
     }
 }
