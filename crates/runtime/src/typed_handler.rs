@@ -8,7 +8,7 @@
 //! impl TypedHandler for Reserved {
 //!     type Event = InventoryReserved;
 //!
-//!     async fn handle(&self, e: InventoryReserved, event: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+//!     async fn handle(&self, e: InventoryReserved, event: &Envelope, tx: &mut Tx) -> Handled {
 //!         transitions::reserved(tx, &e.reference_id, &e.reservation_id, &event.id).await?;
 //!         Ok(())
 //!     }
@@ -54,6 +54,10 @@ impl EventPayload for Undecoded {
     }
 }
 
+/// What a handler's run comes to: done, or why not (retried or dead-lettered, see
+/// [`HandlerError`]).
+pub type Handled = Result<(), HandlerError>;
+
 /// Handles events of one payload type; runs in the transaction that records the event as
 /// handled (see [`EventHandler`]), and must not commit.
 pub trait TypedHandler: Send + Sync + 'static {
@@ -66,7 +70,7 @@ pub trait TypedHandler: Send + Sync + 'static {
         event: Self::Event,
         envelope: &Envelope,
         tx: &mut Tx,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    ) -> impl Future<Output = Handled> + Send;
 }
 
 impl<H: TypedHandler> EventHandler for H {

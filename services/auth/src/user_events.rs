@@ -9,7 +9,7 @@
 use mesh_contracts::events::v1::{Envelope, UserDeleted, UserUpdated};
 use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::Tx;
-use mesh_runtime::typed_handler::TypedHandler;
+use mesh_runtime::typed_handler::{Handled, TypedHandler};
 
 use crate::error::AuthServiceError;
 
@@ -50,7 +50,7 @@ pub struct OnUserUpdated;
 impl TypedHandler for OnUserUpdated {
     type Event = UserUpdated;
 
-    async fn handle(&self, e: UserUpdated, _: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+    async fn handle(&self, e: UserUpdated, _: &Envelope, tx: &mut Tx) -> Handled {
         // An empty payload is a redacted event: nothing to keep.
         if e.user_id.is_empty()
             || is_erased(tx, &e.user_id)
@@ -84,7 +84,7 @@ pub struct OnUserDeleted {
 impl TypedHandler for OnUserDeleted {
     type Event = UserDeleted;
 
-    async fn handle(&self, e: UserDeleted, _: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+    async fn handle(&self, e: UserDeleted, _: &Envelope, tx: &mut Tx) -> Handled {
         if e.user_id.is_empty() {
             return Ok(());
         }

@@ -10,7 +10,7 @@ use mesh_contracts::product::v1::Product;
 use mesh_runtime::consumer::{Consumer, HandlerError};
 use mesh_runtime::outbox::Tx;
 use mesh_runtime::payload::DecodePayload as _;
-use mesh_runtime::typed_handler::{EventPayload, TypedHandler};
+use mesh_runtime::typed_handler::{EventPayload, Handled, TypedHandler};
 
 use crate::error::CampaignError;
 use mesh_runtime::domain::time;
@@ -28,7 +28,7 @@ pub struct OnOrderCreated;
 impl TypedHandler for OnOrderCreated {
     type Event = OrderCreated;
 
-    async fn handle(&self, e: OrderCreated, _: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+    async fn handle(&self, e: OrderCreated, _: &Envelope, tx: &mut Tx) -> Handled {
         redemption::order_created(tx, &e.order_id, &e.applied_campaign_ids, time::now_us())
             .await
             .map_err(failed)
@@ -42,12 +42,7 @@ pub struct OnOrderConfirmed;
 impl TypedHandler for OnOrderConfirmed {
     type Event = OrderConfirmed;
 
-    async fn handle(
-        &self,
-        e: OrderConfirmed,
-        _: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, e: OrderConfirmed, _: &Envelope, tx: &mut Tx) -> Handled {
         redemption::order_confirmed(tx, &e.order_id, time::now_us())
             .await
             .map(|_| ())
@@ -62,12 +57,7 @@ pub struct OnOrderCancelled;
 impl TypedHandler for OnOrderCancelled {
     type Event = OrderCancelled;
 
-    async fn handle(
-        &self,
-        e: OrderCancelled,
-        _: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, e: OrderCancelled, _: &Envelope, tx: &mut Tx) -> Handled {
         redemption::order_cancelled(tx, &e.order_id, time::now_us())
             .await
             .map_err(failed)
@@ -97,12 +87,7 @@ pub struct OnProductChanged;
 impl TypedHandler for OnProductChanged {
     type Event = ProductSnapshot;
 
-    async fn handle(
-        &self,
-        e: ProductSnapshot,
-        _: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, e: ProductSnapshot, _: &Envelope, tx: &mut Tx) -> Handled {
         let Some(p) = e.0.filter(|p| !p.id.is_empty()) else {
             return Err(HandlerError::permanent("the event names no product"));
         };
@@ -119,12 +104,7 @@ pub struct OnProductDeleted;
 impl TypedHandler for OnProductDeleted {
     type Event = ProductDeleted;
 
-    async fn handle(
-        &self,
-        e: ProductDeleted,
-        _: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, e: ProductDeleted, _: &Envelope, tx: &mut Tx) -> Handled {
         store::forget_product(tx, &e.product_id)
             .await
             .map_err(failed)

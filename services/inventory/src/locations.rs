@@ -7,7 +7,7 @@
 use mesh_contracts::events::v1::{Envelope, MachineRegistered};
 use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::Tx;
-use mesh_runtime::typed_handler::TypedHandler;
+use mesh_runtime::typed_handler::{Handled, TypedHandler};
 use sqlx::AnyPool;
 
 use crate::error::InventoryError;
@@ -33,12 +33,7 @@ pub struct OnMachineRegistered;
 impl TypedHandler for OnMachineRegistered {
     type Event = MachineRegistered;
 
-    async fn handle(
-        &self,
-        e: MachineRegistered,
-        event: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, e: MachineRegistered, event: &Envelope, tx: &mut Tx) -> Handled {
         let checked =
             validate::location_id("machine_id", &e.machine_id, false).and_then(|machine| {
                 Ok((

@@ -16,7 +16,7 @@ use mesh_contracts::inventory::v1::AdjustmentReason;
 use mesh_contracts::order::v1::StockDisposition;
 use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::{Event, Tx};
-use mesh_runtime::typed_handler::TypedHandler;
+use mesh_runtime::typed_handler::{Handled, TypedHandler};
 
 use crate::error::InventoryError;
 use crate::saga::SagaOptions;
@@ -47,12 +47,7 @@ pub struct Return(pub SagaOptions);
 impl TypedHandler for Return {
     type Event = OrderRefunded;
 
-    async fn handle(
-        &self,
-        e: OrderRefunded,
-        event: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, e: OrderRefunded, event: &Envelope, tx: &mut Tx) -> Handled {
         let refund =
             validate::reference("refund_id", &e.refund_id).map_err(|err| permanent(event, err))?;
         let location = validate::location_id("location_id", &e.location_id, true)

@@ -21,7 +21,7 @@ use mesh_runtime::auth::Clock;
 use mesh_runtime::consumer::{Consumer, HandlerError};
 use mesh_runtime::domain::time::{duration_us, to_timestamp};
 use mesh_runtime::outbox::{Event, Tx};
-use mesh_runtime::typed_handler::TypedHandler;
+use mesh_runtime::typed_handler::{Handled, TypedHandler};
 
 use crate::error::InventoryError;
 use crate::reservations::{self, Expiry, event_lines};
@@ -97,12 +97,7 @@ pub struct Reserve(SagaOptions);
 impl TypedHandler for Reserve {
     type Event = OrderCreated;
 
-    async fn handle(
-        &self,
-        created: OrderCreated,
-        event: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, created: OrderCreated, event: &Envelope, tx: &mut Tx) -> Handled {
         let order = order_id(&created.order_id, event)?;
         let now = self.0.clock.now_us();
         // Idempotent by order id: claim the order; a known order (reserved, rejected, or
@@ -239,12 +234,7 @@ pub struct Commit(SagaOptions);
 impl TypedHandler for Commit {
     type Event = OrderConfirmed;
 
-    async fn handle(
-        &self,
-        confirmed: OrderConfirmed,
-        event: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, confirmed: OrderConfirmed, event: &Envelope, tx: &mut Tx) -> Handled {
         let order = order_id(&confirmed.order_id, event)?;
         let now = self.0.clock.now_us();
         let Some(reservation) = store::reservation(tx, &order, true).await.map_err(db_err)? else {
@@ -297,12 +287,7 @@ pub struct Release(SagaOptions);
 impl TypedHandler for Release {
     type Event = OrderCancelled;
 
-    async fn handle(
-        &self,
-        cancelled: OrderCancelled,
-        event: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, cancelled: OrderCancelled, event: &Envelope, tx: &mut Tx) -> Handled {
         let order = order_id(&cancelled.order_id, event)?;
         let now = self.0.clock.now_us();
         let reservation = store::reservation(tx, &order, true).await.map_err(db_err)?;

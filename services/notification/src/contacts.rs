@@ -8,7 +8,7 @@
 use mesh_contracts::events::v1::{Envelope, UserDeleted, UserUpdated};
 use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::Tx;
-use mesh_runtime::typed_handler::TypedHandler;
+use mesh_runtime::typed_handler::{Handled, TypedHandler};
 use sqlx::{AnyConnection, Row as _};
 
 use crate::store::now_micros;
@@ -29,7 +29,7 @@ pub struct OnUserUpdated;
 impl TypedHandler for OnUserUpdated {
     type Event = UserUpdated;
 
-    async fn handle(&self, e: UserUpdated, _: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+    async fn handle(&self, e: UserUpdated, _: &Envelope, tx: &mut Tx) -> Handled {
         if e.user_id.is_empty() {
             // A redacted event: nothing to keep.
             return Ok(());
@@ -63,7 +63,7 @@ pub struct OnUserDeleted;
 impl TypedHandler for OnUserDeleted {
     type Event = UserDeleted;
 
-    async fn handle(&self, e: UserDeleted, _: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+    async fn handle(&self, e: UserDeleted, _: &Envelope, tx: &mut Tx) -> Handled {
         if e.user_id.is_empty() {
             return Ok(());
         }

@@ -11,7 +11,7 @@ use mesh_contracts::notification::v1::{Channel, Delivery, DeliveryStatus};
 use mesh_runtime::CallContext;
 use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::Tx;
-use mesh_runtime::typed_handler::{TypedHandler, Undecoded};
+use mesh_runtime::typed_handler::{Handled, TypedHandler, Undecoded};
 
 use crate::deliver::Deliverer;
 use crate::render;
@@ -25,12 +25,7 @@ pub struct NotifyCustomer(pub Deliverer);
 impl TypedHandler for NotifyCustomer {
     type Event = Undecoded;
 
-    async fn handle(
-        &self,
-        _: Undecoded,
-        event: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, _: Undecoded, event: &Envelope, tx: &mut Tx) -> Handled {
         let payload = event
             .payload
             .as_ref()

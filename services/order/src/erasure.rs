@@ -7,7 +7,7 @@
 use mesh_contracts::events::v1::{Envelope, OrderCreated, UserDeleted};
 use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::Tx;
-use mesh_runtime::typed_handler::TypedHandler;
+use mesh_runtime::typed_handler::{Handled, TypedHandler};
 use prost::Message;
 
 /// Clears the customer's shipping addresses.
@@ -35,7 +35,7 @@ fn clear_address(envelope: &mut Envelope) -> bool {
 impl TypedHandler for OnUserDeleted {
     type Event = UserDeleted;
 
-    async fn handle(&self, e: UserDeleted, _: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+    async fn handle(&self, e: UserDeleted, _: &Envelope, tx: &mut Tx) -> Handled {
         if e.user_id.is_empty() {
             return Ok(());
         }

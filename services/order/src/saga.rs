@@ -21,7 +21,7 @@ use mesh_contracts::events::v1::{
 };
 use mesh_runtime::consumer::{Consumer, HandlerError};
 use mesh_runtime::outbox::Tx;
-use mesh_runtime::typed_handler::TypedHandler;
+use mesh_runtime::typed_handler::{Handled, TypedHandler};
 
 use crate::error::OrderError;
 use crate::{refund, transitions};
@@ -54,12 +54,7 @@ pub struct Reserved;
 impl TypedHandler for Reserved {
     type Event = InventoryReserved;
 
-    async fn handle(
-        &self,
-        p: InventoryReserved,
-        event: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, p: InventoryReserved, event: &Envelope, tx: &mut Tx) -> Handled {
         transitions::reserved(tx, &p.reference_id, &p.reservation_id, &event.id)
             .await
             .map_err(handler_err)?;
@@ -74,12 +69,7 @@ pub struct Rejected;
 impl TypedHandler for Rejected {
     type Event = InventoryRejected;
 
-    async fn handle(
-        &self,
-        p: InventoryRejected,
-        event: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, p: InventoryRejected, event: &Envelope, tx: &mut Tx) -> Handled {
         let detail = if p.reason.is_empty() {
             "out of stock".to_string()
         } else {
@@ -111,7 +101,7 @@ impl TypedHandler for Expired {
         p: InventoryReservationExpired,
         event: &Envelope,
         tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    ) -> Handled {
         transitions::cancel(
             tx,
             &p.reference_id,
@@ -132,12 +122,7 @@ pub struct Succeeded;
 impl TypedHandler for Succeeded {
     type Event = PaymentSucceeded;
 
-    async fn handle(
-        &self,
-        p: PaymentSucceeded,
-        event: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, p: PaymentSucceeded, event: &Envelope, tx: &mut Tx) -> Handled {
         let confirmed = transitions::confirm(tx, &p.order_id, &p.payment_id, &event.id)
             .await
             .map_err(handler_err)?;
@@ -157,12 +142,7 @@ pub struct Failed;
 impl TypedHandler for Failed {
     type Event = PaymentFailed;
 
-    async fn handle(
-        &self,
-        p: PaymentFailed,
-        event: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, p: PaymentFailed, event: &Envelope, tx: &mut Tx) -> Handled {
         let detail = if p.message.is_empty() {
             "payment failed".to_string()
         } else {
@@ -195,12 +175,7 @@ pub struct Refunded;
 impl TypedHandler for Refunded {
     type Event = PaymentRefunded;
 
-    async fn handle(
-        &self,
-        p: PaymentRefunded,
-        _: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, p: PaymentRefunded, _: &Envelope, tx: &mut Tx) -> Handled {
         let Some(id) = order_refund(&p.idempotency_key) else {
             return Ok(());
         };
@@ -218,12 +193,7 @@ pub struct RefundFailed;
 impl TypedHandler for RefundFailed {
     type Event = PaymentRefundFailed;
 
-    async fn handle(
-        &self,
-        p: PaymentRefundFailed,
-        _: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, p: PaymentRefundFailed, _: &Envelope, tx: &mut Tx) -> Handled {
         let Some(id) = order_refund(&p.idempotency_key) else {
             return Ok(());
         };

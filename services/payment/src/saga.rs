@@ -13,7 +13,7 @@ use mesh_contracts::events::v1::{
 use mesh_contracts::payment::v1::PaymentStatus;
 use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::Tx;
-use mesh_runtime::typed_handler::TypedHandler;
+use mesh_runtime::typed_handler::{Handled, TypedHandler};
 
 use crate::engine::Engine;
 use crate::error::PaymentError;
@@ -53,7 +53,7 @@ pub struct OnOrderCreated(pub Engine);
 impl TypedHandler for OnOrderCreated {
     type Event = OrderCreated;
 
-    async fn handle(&self, e: OrderCreated, _: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+    async fn handle(&self, e: OrderCreated, _: &Envelope, tx: &mut Tx) -> Handled {
         let id = order_id("order_id", &e.order_id)?;
         let total = e.total.unwrap_or_default();
         let order = SagaOrder {
@@ -79,12 +79,7 @@ pub struct OnInventoryReserved(pub Engine);
 impl TypedHandler for OnInventoryReserved {
     type Event = InventoryReserved;
 
-    async fn handle(
-        &self,
-        e: InventoryReserved,
-        _: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, e: InventoryReserved, _: &Envelope, tx: &mut Tx) -> Handled {
         let id = order_id("reference_id", &e.reference_id)?;
         let now = store::saga_flag(tx, &id, true).await?;
         maybe_charge(&self.0, tx, &now).await.map_err(handler_error)
@@ -101,12 +96,7 @@ pub struct OnOrderCancelled(pub Engine);
 impl TypedHandler for OnOrderCancelled {
     type Event = OrderCancelled;
 
-    async fn handle(
-        &self,
-        e: OrderCancelled,
-        _: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, e: OrderCancelled, _: &Envelope, tx: &mut Tx) -> Handled {
         let id = order_id("order_id", &e.order_id)?;
         store::saga_flag(tx, &id, false).await?;
         let Some(p) = store::payment_of_order(tx, &id).await? else {
@@ -137,12 +127,7 @@ pub struct OnOrderRefundRequested(pub Engine);
 impl TypedHandler for OnOrderRefundRequested {
     type Event = OrderRefundRequested;
 
-    async fn handle(
-        &self,
-        e: OrderRefundRequested,
-        _: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, e: OrderRefundRequested, _: &Envelope, tx: &mut Tx) -> Handled {
         let id = order_id("order_id", &e.order_id)?;
         let refund_id = order_id("refund_id", &e.refund_id)?;
         let amount = e.amount.map_or(0, |m| m.amount_minor);

@@ -4,7 +4,7 @@
 use mesh_contracts::events::v1::Envelope;
 use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::Tx;
-use mesh_runtime::typed_handler::{TypedHandler, Undecoded};
+use mesh_runtime::typed_handler::{Handled, TypedHandler, Undecoded};
 
 use crate::cache::ProductCache;
 use crate::local_cache::LocalCache;
@@ -28,12 +28,7 @@ pub struct Invalidate {
 impl TypedHandler for Invalidate {
     type Event = Undecoded;
 
-    async fn handle(
-        &self,
-        _: Undecoded,
-        event: &Envelope,
-        _tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, _: Undecoded, event: &Envelope, _tx: &mut Tx) -> Handled {
         if let Some(local) = &self.local {
             local.invalidate(&event.subject);
         }

@@ -11,7 +11,7 @@ use mesh_contracts::events::v1::Envelope;
 use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::domain::time;
 use mesh_runtime::outbox::Tx;
-use mesh_runtime::typed_handler::{TypedHandler, Undecoded};
+use mesh_runtime::typed_handler::{Handled, TypedHandler, Undecoded};
 use prost::Message;
 use sqlx::Row as _;
 
@@ -57,12 +57,7 @@ pub struct Record;
 impl TypedHandler for Record {
     type Event = Undecoded;
 
-    async fn handle(
-        &self,
-        _: Undecoded,
-        event: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, _: Undecoded, event: &Envelope, tx: &mut Tx) -> Handled {
         let time_us = event_time_us(event);
         let state = sqlx::query(
             "UPDATE report_state SET log_seq = log_seq + 1, newest_event_us = CASE \

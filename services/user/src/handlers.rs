@@ -7,7 +7,7 @@ use mesh_contracts::events::v1::{Envelope, RolesChanged, UserRegistered};
 use mesh_contracts::user::v1::UserKind;
 use mesh_runtime::consumer::HandlerError;
 use mesh_runtime::outbox::Tx;
-use mesh_runtime::typed_handler::TypedHandler;
+use mesh_runtime::typed_handler::{Handled, TypedHandler};
 
 use crate::api::emit_updated;
 use crate::profile::{Consent, Profile};
@@ -42,12 +42,7 @@ pub struct OnRegistered;
 impl TypedHandler for OnRegistered {
     type Event = UserRegistered;
 
-    async fn handle(
-        &self,
-        e: UserRegistered,
-        _: &Envelope,
-        tx: &mut Tx,
-    ) -> Result<(), HandlerError> {
+    async fn handle(&self, e: UserRegistered, _: &Envelope, tx: &mut Tx) -> Handled {
         if e.user_id.is_empty() {
             // A redacted event (the account was erased before its profile was made).
             return Ok(());
@@ -88,7 +83,7 @@ pub struct OnRolesChanged;
 impl TypedHandler for OnRolesChanged {
     type Event = RolesChanged;
 
-    async fn handle(&self, e: RolesChanged, _: &Envelope, tx: &mut Tx) -> Result<(), HandlerError> {
+    async fn handle(&self, e: RolesChanged, _: &Envelope, tx: &mut Tx) -> Handled {
         if e.account_id.is_empty() {
             return Ok(());
         }
