@@ -8,7 +8,7 @@ use mesh_runtime::domain::{page_token, time};
 use tonic::{Request, Response, Status};
 
 use crate::engine::Engine;
-use crate::error::PaymentError;
+use crate::error::{CommonErrors, PaymentError};
 use crate::store::{self, TransactionFilter};
 use crate::validate;
 

@@ -24,7 +24,7 @@ use mesh_runtime::spans::TracedWork;
 use mesh_runtime::work_queue::WorkHandle;
 use mesh_runtime::{CallContext, Database};
 
-use crate::error::PaymentError;
+use crate::error::{CommonErrors, PaymentError};
 use crate::provider::{CardData, ChargeCall, Outcome, PaymentProvider, ProviderError, RefundCall};
 use crate::settings::PaymentSettings;
 use crate::store::{self, CardRow, PaymentRow, RefundRow, SagaOrder, now_micros};

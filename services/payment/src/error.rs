@@ -2,6 +2,8 @@
 //! failures ([`ServiceError`]) and the payment's own, a provider that cannot be reached.
 
 use mesh_runtime::DatabaseError;
+/// The common constructors (`invalid`, `not_found`, `precondition`) on this error.
+pub use mesh_runtime::domain::CommonErrors;
 use mesh_runtime::domain::ServiceError;
 
 use crate::provider::ProviderError;
@@ -18,21 +20,6 @@ pub enum PaymentError {
 }
 
 impl PaymentError {
-    /// A missing or malformed `field`.
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ServiceError::invalid(field, reason).into()
-    }
-
-    /// No `what` with this `id`.
-    pub fn not_found(what: impl Into<String>, id: impl Into<String>) -> Self {
-        ServiceError::not_found(what, id).into()
-    }
-
-    /// The payment's state forbids the call; `message` says why.
-    pub fn precondition(message: impl Into<String>) -> Self {
-        ServiceError::precondition(message).into()
-    }
-
     /// The database failure behind this error, if that is what it is.
     pub fn database(&self) -> Option<&DatabaseError> {
         match self {

@@ -6,7 +6,7 @@ use mesh_runtime::domain::ids;
 use mesh_runtime::domain::money::{self, Amount};
 
 use crate::cards;
-use crate::error::PaymentError;
+use crate::error::{CommonErrors, PaymentError};
 use crate::provider::CardData;
 
 type Result<T> = std::result::Result<T, PaymentError>;

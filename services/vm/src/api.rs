@@ -14,7 +14,7 @@ use mesh_runtime::domain::{page_token, time};
 use mesh_runtime::{CallContext, Database};
 use tonic::{Request, Response, Status};
 
-use crate::error::VmError;
+use crate::error::{CommonErrors, VmError};
 use crate::flow::{Flow, step};
 use crate::peers::Peers;
 use crate::store::{self, VendRow};

@@ -1,6 +1,8 @@
 //! The vm service's errors, turned into gRPC statuses in one place: the kit's common failures
 //! ([`ServiceError`]) and the vm's own, a failed call to a peer.
 
+/// The common constructors (`invalid`, `not_found`, `precondition`) on this error.
+pub use mesh_runtime::domain::CommonErrors;
 use mesh_runtime::domain::ServiceError;
 
 /// What can go wrong in a vm RPC.
@@ -20,21 +22,6 @@ pub enum VmError {
 }
 
 impl VmError {
-    /// A missing or malformed `field`.
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ServiceError::invalid(field, reason).into()
-    }
-
-    /// No `what` with this `id`.
-    pub fn not_found(what: impl Into<String>, id: impl Into<String>) -> Self {
-        ServiceError::not_found(what, id).into()
-    }
-
-    /// The state forbids the call; `message` says why.
-    pub fn precondition(message: impl Into<String>) -> Self {
-        ServiceError::precondition(message).into()
-    }
-
     /// A failed call to `service`.
     pub fn peer(service: &'static str) -> impl FnOnce(tonic::Status) -> Self {
         move |status| Self::Peer { service, status }

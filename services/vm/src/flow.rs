@@ -34,7 +34,7 @@ use mesh_runtime::domain::ServiceError;
 use mesh_runtime::outbox::Event;
 use tonic::Code;
 
-use crate::error::VmError;
+use crate::error::{CommonErrors, VmError};
 use crate::peers::Peers;
 use crate::store::{self, VendRow};
 

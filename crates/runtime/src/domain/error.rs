@@ -85,6 +85,30 @@ impl ServiceError {
     }
 }
 
+/// The common constructors of [`ServiceError`] on a service's own error enum (any type that is
+/// `From<ServiceError>`), so that `PaymentError::invalid("amount", "must be positive")` reads as
+/// the service's error without each service writing the same three delegating functions. A
+/// service whose constructors take other arguments (an order's `not_found` names the field)
+/// writes its own inherent ones, which take precedence.
+pub trait CommonErrors: From<ServiceError> {
+    /// A missing or malformed `field`: see [`ServiceError::invalid`].
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ServiceError::invalid(field, reason).into()
+    }
+
+    /// No `what` with this `id`: see [`ServiceError::not_found`].
+    fn not_found(what: impl Into<String>, id: impl Into<String>) -> Self {
+        ServiceError::not_found(what, id).into()
+    }
+
+    /// The state forbids the call; `message` says why: see [`ServiceError::precondition`].
+    fn precondition(message: impl Into<String>) -> Self {
+        ServiceError::precondition(message).into()
+    }
+}
+
+impl<E: From<ServiceError>> CommonErrors for E {}
+
 impl From<sqlx::Error> for ServiceError {
     fn from(e: sqlx::Error) -> Self {
         Self::Database(DatabaseError::from(e))

@@ -18,7 +18,7 @@ pub mod page_token;
 pub mod page_token_key;
 pub mod time;
 
-pub use error::ServiceError;
+pub use error::{CommonErrors, ServiceError};
 
 #[cfg(test)]
 mod tests {
