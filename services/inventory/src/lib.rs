@@ -143,10 +143,14 @@ pub async fn build_with(
     };
     // One transaction per batch: reservations of many orders lock the same stock rows, and
     // concurrent batch transactions would deadlock on them (docs/saga.md).
-    ctx.start_consumer(saga::handlers(ctx.consumer()?.concurrency(1), &saga).on(
-        locations::MACHINE_REGISTERED,
-        locations::OnMachineRegistered,
-    ));
+    ctx.start_consumer(
+        saga::handlers(ctx.consumer()?.concurrency(1), &saga)
+            .on(refunds::ORDER_REFUNDED, refunds::Return(saga.clone()))
+            .on(
+                locations::MACHINE_REGISTERED,
+                locations::OnMachineRegistered,
+            ),
+    );
     let sweeper = sweeper::Sweeper::new(db.clone(), options.clock.clone());
     ctx.background_task(sweeper.queue(options.sweep_every).task());
     let server = InventoryServiceServer::new(InventoryApi::new(db, options.clock))

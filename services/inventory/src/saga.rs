@@ -45,16 +45,13 @@ pub struct SagaOptions {
     pub reservation_ttl: Duration,
 }
 
-/// Adds the saga handlers to `consumer`.
+/// Adds the saga handlers to `consumer` (the refund's restock, `crate::refunds`, is added beside
+/// them by the service's build).
 pub fn handlers(consumer: Consumer, options: &SagaOptions) -> Consumer {
     consumer
         .on(ORDER_CREATED, Reserve(options.clone()))
         .on(ORDER_CONFIRMED, Commit(options.clone()))
         .on(ORDER_CANCELLED, Release(options.clone()))
-        .on(
-            crate::refunds::ORDER_REFUNDED,
-            crate::refunds::Return(options.clone()),
-        )
 }
 
 fn order_id(id: &str, event: &Envelope) -> Result<String, HandlerError> {

@@ -7,11 +7,10 @@
 
 use mesh_contracts::events::v1::{Envelope, UserDeleted, UserUpdated};
 use mesh_runtime::consumer::HandlerError;
+use mesh_runtime::domain::time::now_us;
 use mesh_runtime::outbox::Tx;
 use mesh_runtime::typed_handler::{Handled, TypedHandler};
 use sqlx::{AnyConnection, Row as _};
-
-use crate::store::now_micros;
 
 /// The email the user service holds for `user_id` (empty when unknown or erased).
 pub async fn email_of(c: &mut AnyConnection, user_id: &str) -> Result<String, sqlx::Error> {
@@ -68,7 +67,7 @@ impl TypedHandler for OnUserDeleted {
             return Ok(());
         }
         let id = e.user_id;
-        let now = now_micros();
+        let now = now_us();
         // The tombstone: a late snapshot finds it erased and changes nothing.
         sqlx::query(
             "INSERT INTO contacts (user_id, email, marketing_email, marketing_sms, marketing_push, locale, version, erased_at_us) \
