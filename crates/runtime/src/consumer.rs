@@ -3,6 +3,12 @@
 //! a handler emits, so the record costs no statement of its own), and the event is acknowledged
 //! on the bus only after that transaction commits. A batch below saturation is one transaction.
 //!
+//! A handler whose step is one statement that carries the record ([`Step::OneStatement`]) runs
+//! without a transaction when its event is alone in its group, on Postgres: the statement
+//! commits the effect and the record together, or, when it returns no row, neither (the step
+//! then runs in a transaction). Elsewhere, and for every other handler, the group's transaction
+//! stays.
+//!
 //! - A redelivered event (the consumer crashed before acknowledging, or the relay published it
 //!   twice) finds its id recorded and is acknowledged without a second effect.
 //! - A handler failure rolls the transaction back; the event is retried after a backoff that
@@ -26,7 +32,7 @@ use tracing::Instrument as _;
 
 use crate::bus::{BusError, Delivery, EventBus, Subscription};
 use crate::call_context::CallContext;
-use crate::outbox::{Cause, HandledIds, Tx, domain_of, handled_values};
+use crate::outbox::{Autocommit, Cause, HandledIds, Tx, domain_of, handled_values};
 use crate::storage::{Backend, Database, DatabaseError, now_micros};
 use crate::trace_context::TraceContext;
 
@@ -68,6 +74,26 @@ impl From<sqlx::Error> for HandlerError {
     }
 }
 
+/// How a handler's step runs: what it declares of the statements it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Step {
+    /// Any statements, in the group's transaction (the default).
+    #[default]
+    Transaction,
+    /// One statement carries the whole step: the handler's first statement is a
+    /// [`Tx::fetch_recording`] that, when it returns a row, has done everything the step does
+    /// (the handler then runs no other statement), and when it returns none has changed nothing
+    /// (a conditional write whose condition failed). Alone in its group on Postgres, the step
+    /// then runs without a transaction: the statement commits the effect with the handled
+    /// record, or neither, and the step runs again in a transaction when it wrote nothing (the
+    /// handler's call fails with [`crate::outbox::AutocommitRefusal::Incomplete`] and must
+    /// return the error). The statement must also change nothing the saga relies on when run
+    /// again after it completed (a conditional update, an upsert of the same facts): a
+    /// redelivery that finds the record is acknowledged as a duplicate, but its statement ran.
+    /// A handler that emits, or runs a statement of its own on the connection, is not one.
+    OneStatement,
+}
+
 /// Handles one event type; runs in the transaction that records the event as handled.
 pub trait EventHandler: Send + Sync + 'static {
     /// Applies `event`'s effect in `tx` (and may emit events there). Must not commit.
@@ -76,6 +102,11 @@ pub trait EventHandler: Send + Sync + 'static {
         event: &'a Envelope,
         tx: &'a mut Tx,
     ) -> BoxFuture<'a, Result<(), HandlerError>>;
+
+    /// What its step runs (see [`Step`]); a transaction unless it says otherwise.
+    fn step(&self) -> Step {
+        Step::Transaction
+    }
 }
 
 pub use crate::event_metrics::Outcome;
@@ -408,6 +439,17 @@ impl Consumer {
         if work.is_empty() {
             return finish(done);
         }
+        // A first delivery only: a redelivery (its consumer died, or it failed before) may find
+        // its effect committed, which the transaction's record check sorts out.
+        if let [w] = work.as_slice()
+            && w.attempt == 1
+            && w.handler.step() == Step::OneStatement
+            && matches!(self.db.backend(), Backend::Postgres { .. })
+            && let Some(outcome) = self.try_autocommit(w).await
+        {
+            done[w.index].1 = Some(outcome);
+            return finish(done);
+        }
         let first_try = match self.db.backend() {
             Backend::Postgres { .. } => self.try_group_joined(&work).await,
             Backend::Sqlite => self.try_group(&work).await.map(Some),
@@ -480,6 +522,46 @@ impl Consumer {
         }
         tx.commit().await?;
         Ok(Some(handled))
+    }
+
+    /// A one-statement step ([`Step::OneStatement`]) alone in its group, without a
+    /// transaction: the handler's statement commits its effect and the event's record together
+    /// ([`Tx::fetch_recording`]). `None` when nothing was written and the step is to run in a
+    /// transaction: its statement changed nothing (the step needs more this time), the handler
+    /// failed before it ran, or the database could not be reached.
+    async fn try_autocommit(&self, w: &Work) -> Option<Outcome> {
+        let ids = vec![w.envelope.id.clone()];
+        let handled = HandledIds {
+            consumer: self.group.clone(),
+            ids: ids.clone(),
+            written: None,
+        };
+        let mut tx = Tx::autocommit(&self.db, handled).await.ok()?;
+        let result = self.run_handler(w, &mut tx).await;
+        let Autocommit {
+            needs_transaction,
+            overran,
+            ..
+        } = tx.autocommit.take().unwrap_or_default();
+        if needs_transaction {
+            return None;
+        }
+        let new = match (tx.handled.as_ref().and_then(|h| h.written), &result) {
+            (Some(new), _) => new,
+            // The handler ran no statement (nothing to do): the record alone.
+            (None, Ok(())) => self.record_handled(&mut tx, &ids).await.ok()?.len(),
+            (None, Err(_)) => return None,
+        };
+        if overran {
+            tracing::error!(group = %self.group, event_type = %w.envelope.r#type, event = %w.envelope.id, "a handler declared a one-statement step and tried a second statement after the first committed; fix the handler's step");
+        }
+        // Nothing left to commit: this runs what waits for the commit (work handed over).
+        tx.commit().await.ok()?;
+        Some(if new == ids.len() {
+            Outcome::Handled
+        } else {
+            Outcome::Duplicate
+        })
     }
 
     /// Runs `w`'s handler in `tx`, in its `event` span, with the event as the cause of what it

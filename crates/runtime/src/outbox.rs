@@ -9,6 +9,7 @@ use std::ops::{Deref, DerefMut};
 use mesh_contracts::events::v1::Envelope;
 use prost::Message as _;
 use sqlx::any::AnyRow;
+use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, Row as _, Transaction};
 
 use crate::bus::OutgoingEvent;
@@ -128,13 +129,70 @@ pub(crate) struct HandledIds {
 /// (and its events are never published).
 #[derive(Debug)]
 pub struct Tx {
-    inner: Transaction<'static, Any>,
+    inner: Conn,
     db: Database,
     pending: Pending,
     pub(crate) cause: Option<Cause>,
     pub(crate) handled: Option<HandledIds>,
+    /// Set when it runs a consumer's one-statement step in autocommit.
+    pub(crate) autocommit: Option<Autocommit>,
     wake_on_commit: Vec<std::sync::Arc<tokio::sync::Notify>>,
     after_commit: Vec<AfterCommit>,
+}
+
+/// What a [`Tx`] runs its statements on.
+#[derive(Debug)]
+enum Conn {
+    /// A transaction, committed by [`Tx::commit`].
+    Transaction(Transaction<'static, Any>),
+    /// A pooled connection in autocommit: each statement commits when it returns (a consumer's
+    /// one-statement step, [`crate::consumer::Step::OneStatement`]).
+    Autocommit(PoolConnection<Any>),
+}
+
+impl Deref for Conn {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Self::Transaction(tx) => tx,
+            Self::Autocommit(conn) => conn,
+        }
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Self::Transaction(tx) => &mut *tx,
+            Self::Autocommit(conn) => &mut *conn,
+        }
+    }
+}
+
+/// How far a consumer's one-statement step run in autocommit got ([`Tx::fetch_recording`]).
+#[derive(Debug, Default)]
+pub(crate) struct Autocommit {
+    /// Its statement ran (and committed, when it returned rows).
+    pub(crate) ran: bool,
+    /// It changed nothing and recorded nothing: the step needs a transaction.
+    pub(crate) needs_transaction: bool,
+    /// The handler tried a second statement after the first had committed (a handler that
+    /// declared a one-statement step and is not one).
+    pub(crate) overran: bool,
+}
+
+/// Why a statement of a consumer's step run in autocommit was refused: the step is not the one
+/// statement its handler declared, so the consumer runs it again in a transaction (nothing was
+/// written) or, after the statement committed, reports the handler as wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AutocommitRefusal {
+    /// The step's statement changed nothing (it returned no row): the step needs more than
+    /// one statement this time and runs in a transaction.
+    #[error("the step's one statement did not complete it; it runs again in a transaction")]
+    Incomplete,
+    /// The handler ran a second statement, or tried to emit an event, outside a transaction.
+    #[error("a one-statement step tried a statement its autocommit run cannot take")]
+    NotOneStatement,
 }
 
 /// A hook registered with [`Tx::after_commit`].
@@ -186,30 +244,65 @@ impl Database {
 
 impl Tx {
     pub(crate) fn new(inner: Transaction<'static, Any>, db: Database) -> Self {
+        Self::over(Conn::Transaction(inner), db)
+    }
+
+    fn over(inner: Conn, db: Database) -> Self {
         Self {
             inner,
             db,
             pending: Pending::default(),
             cause: None,
             handled: None,
+            autocommit: None,
             wake_on_commit: Vec::new(),
             after_commit: Vec::new(),
         }
     }
 
-    /// How many rows this transaction registered for direct publishing so far (a savepoint's
-    /// mark for [`Tx::rolled_back_to`]).
-    pub(crate) fn savepoint_mark(&self) -> usize {
-        self.pending.tickets.len()
+    /// A `Tx` without a transaction, for a consumer's one-statement step on Postgres: its one
+    /// [`Tx::fetch_recording`] statement commits when it returns, and records `handled` (one id)
+    /// only if it returned a row. [`Tx::commit`] then only runs what waits for the commit.
+    pub(crate) async fn autocommit(
+        db: &Database,
+        handled: HandledIds,
+    ) -> Result<Self, DatabaseError> {
+        let conn = db.acquire().await?;
+        let mut tx = Self::over(Conn::Autocommit(conn), db.clone());
+        tx.handled = Some(handled);
+        tx.autocommit = Some(Autocommit::default());
+        Ok(tx)
+    }
+
+    /// What this transaction registered to happen after its commit so far (a savepoint's mark
+    /// for [`Tx::rolled_back_to`]).
+    pub(crate) fn savepoint_mark(&self) -> (usize, usize) {
+        (self.pending.tickets.len(), self.after_commit.len())
     }
 
     /// The savepoint taken at `mark` was rolled back: the rows emitted since are gone, so they
-    /// must never be published.
-    pub(crate) fn rolled_back_to(&mut self, mark: usize) {
-        if mark < self.pending.tickets.len() {
-            let gone = self.pending.tickets.split_off(mark);
+    /// must never be published, and the work handed over after the commit since (rows the
+    /// rollback removed) is withdrawn.
+    pub(crate) fn rolled_back_to(&mut self, (tickets, hooks): (usize, usize)) {
+        if tickets < self.pending.tickets.len() {
+            let gone = self.pending.tickets.split_off(tickets);
             self.db.publisher().discard(&gone);
         }
+        self.after_commit.truncate(hooks);
+    }
+
+    /// Refuses a statement of an autocommit step (see [`AutocommitRefusal`]); `Ok` in a
+    /// transaction.
+    fn refuse_in_autocommit(&mut self) -> Result<(), AutocommitRefusal> {
+        let Some(auto) = self.autocommit.as_mut() else {
+            return Ok(());
+        };
+        if auto.ran {
+            auto.overran = true;
+        } else {
+            auto.needs_transaction = true;
+        }
+        Err(AutocommitRefusal::NotOneStatement)
     }
 
     /// The database this transaction runs on (for [`Database::backend`]).
@@ -221,6 +314,7 @@ impl Tx {
     /// `sequence` is the next of its subject; `traceparent` is the current call's (or the
     /// handled event's) trace position, so consumers continue the trace.
     pub async fn emit(&mut self, event: Event) -> Result<Envelope, DatabaseError> {
+        self.refuse_in_autocommit().map_err(refused)?;
         self.insert(&[], event)
             .await?
             .ok_or(DatabaseError::Query(sqlx::Error::RowNotFound))
@@ -236,6 +330,7 @@ impl Tx {
         writes: &[Write],
         event: Event,
     ) -> Result<Option<Envelope>, DatabaseError> {
+        self.refuse_in_autocommit().map_err(refused)?;
         if writes.is_empty() || matches!(self.db.backend(), Backend::Postgres { .. }) {
             return self.insert(writes, event).await;
         }
@@ -256,11 +351,23 @@ impl Tx {
         }
     }
 
-    /// Runs `statement` (one that returns rows: an upsert with `RETURNING`; not a `WITH`) in this
-    /// transaction and returns its rows. Inside a consumer on Postgres, the handled ids still to
-    /// be written are recorded by the same statement (a data-modifying `WITH`), as
-    /// [`Tx::emit`] does: a step whose only write emits nothing pays no statement for the record.
+    /// Runs `statement` (one that returns rows: an upsert or update with `RETURNING`, or a
+    /// [`Write::with`] whose final `SELECT` reads its writes) in this transaction and returns
+    /// its rows. Inside a consumer on Postgres, the handled ids still to be written are recorded
+    /// by the same statement (a data-modifying `WITH`), as [`Tx::emit`] does: a step whose only
+    /// write emits nothing pays no statement for the record.
+    ///
+    /// In a one-statement step run in autocommit ([`crate::consumer::Step::OneStatement`]) the
+    /// statement commits when it returns, and records the event only if it returned a row: a
+    /// row means the step is complete. When it returns none it must have changed nothing (a
+    /// conditional write whose condition failed); this call then fails with
+    /// [`AutocommitRefusal::Incomplete`], so the handler stops, and the consumer runs the step
+    /// again in a transaction.
     pub async fn fetch_recording(&mut self, statement: &Write) -> Result<Vec<AnyRow>, sqlx::Error> {
+        if self.autocommit.as_ref().is_some_and(|a| a.ran) {
+            self.refuse_in_autocommit().map_err(refused_sqlx)?;
+        }
+        let autocommit = self.autocommit.is_some();
         let Some(h) = self
             .handled
             .as_mut()
@@ -270,14 +377,29 @@ impl Tx {
         };
         let n = statement.param_count();
         let (values, padded) = handled_values(&h.ids, n + 2, &format!("${}", n + 1));
+        let ctes = statement.shifted_ctes(0);
+        let record = if autocommit {
+            // The record only with the step's effect: a statement that returned no row wrote
+            // neither, and the step runs again in a transaction.
+            format!(
+                "m AS ({}), handled AS (INSERT INTO mesh_handled_events (consumer, event_id, handled_at_us) \
+                 SELECT * FROM (VALUES {values}) AS r WHERE EXISTS (SELECT 1 FROM m) \
+                 ON CONFLICT DO NOTHING RETURNING 1)",
+                statement.shifted(0)
+            )
+        } else {
+            format!(
+                "handled AS (INSERT INTO mesh_handled_events (consumer, event_id, handled_at_us) \
+                 VALUES {values} ON CONFLICT DO NOTHING RETURNING 1), m AS ({})",
+                statement.shifted(0)
+            )
+        };
         // One row at least (the count's), so the record's count is known even when the
         // statement returns none.
         let sql = format!(
-            "WITH handled AS (INSERT INTO mesh_handled_events (consumer, event_id, handled_at_us) \
-             VALUES {values} ON CONFLICT DO NOTHING RETURNING 1), m AS ({}) \
+            "WITH {ctes}{record} \
              SELECT m.*, c.n AS mesh_handled_new, (SELECT CAST(COUNT(*) AS BIGINT) FROM m) AS mesh_rows \
-             FROM (SELECT CAST(COUNT(*) AS BIGINT) AS n FROM handled) AS c LEFT JOIN m ON TRUE",
-            statement.sql()
+             FROM (SELECT CAST(COUNT(*) AS BIGINT) AS n FROM handled) AS c LEFT JOIN m ON TRUE"
         );
         let mut query = statement
             .bind_to(sqlx::query(sqlx::AssertSqlSafe(sql)))
@@ -287,12 +409,21 @@ impl Tx {
             query = query.bind(id);
         }
         let rows = query.fetch_all(&mut *self.inner).await?;
+        if let Some(auto) = self.autocommit.as_mut() {
+            auto.ran = true;
+        }
         let Some(first) = rows.first() else {
             return Ok(rows);
         };
+        let returned: i64 = first.try_get("mesh_rows")?;
+        if returned == 0 && autocommit {
+            if let Some(auto) = self.autocommit.as_mut() {
+                auto.needs_transaction = true;
+            }
+            return Err(refused_sqlx(AutocommitRefusal::Incomplete));
+        }
         let new: i64 = first.try_get("mesh_handled_new")?;
         h.written = Some(usize::try_from(new).unwrap_or(0));
-        let returned: i64 = first.try_get("mesh_rows")?;
         Ok(if returned == 0 { Vec::new() } else { rows })
     }
 
@@ -361,7 +492,9 @@ impl Tx {
             after_commit,
             ..
         } = self;
-        inner.commit().await?;
+        if let Conn::Transaction(inner) = inner {
+            inner.commit().await?;
+        }
         if !pending.tickets.is_empty() {
             crate::publisher::abort_after_commit_if_armed(db.service());
         }
@@ -377,9 +510,21 @@ impl Tx {
 
     /// Rolls back: neither the state change nor its events happen.
     pub async fn rollback(self) -> Result<(), DatabaseError> {
-        self.inner.rollback().await?;
+        if let Conn::Transaction(inner) = self.inner {
+            inner.rollback().await?;
+        }
         Ok(())
     }
+}
+
+/// `refusal` as the database error a handler's statement fails with.
+fn refused(refusal: AutocommitRefusal) -> DatabaseError {
+    DatabaseError::Query(refused_sqlx(refusal))
+}
+
+/// `refusal` as the driver error a handler's statement fails with.
+fn refused_sqlx(refusal: AutocommitRefusal) -> sqlx::Error {
+    sqlx::Error::AnyDriverError(Box::new(refusal))
 }
 
 /// The envelope of `event` emitted by `db`'s service now, caused by `cause` (if any): its
@@ -451,7 +596,11 @@ async fn insert_row(
         } else {
             ""
         };
-        ctes.push(format!("w{i} AS ({}{gate} RETURNING 1)", w.shifted(n)));
+        ctes.push(format!(
+            "{}w{i} AS ({}{gate} RETURNING 1)",
+            w.shifted_ctes(n),
+            w.shifted(n)
+        ));
         n += w.param_count();
     }
     let mut padded = Vec::new();

@@ -8,6 +8,10 @@
 //! later write runs either way unless it is [`Write::gated`]: then it runs only if the gate
 //! changed a row, which on Postgres the outbox adds to its `WHERE` clause.
 //!
+//! A write may read common table expressions of its own ([`Write::with`]: e.g. an `UPDATE` and
+//! an `INSERT` of what it returned, read by a final `SELECT`); joined to another statement they
+//! are hoisted into its `WITH` list, so their names must not be `w<n>`, `m`, `o` or `handled`.
+//!
 //! The writes of one list must not change the same row: on Postgres they are one statement,
 //! whose parts all see the snapshot it started with, and a row changed by two of them keeps one
 //! of the changes only.
@@ -33,6 +37,7 @@ pub enum Param {
 /// for [`crate::outbox::Tx::fetch_recording`] it is one with `RETURNING`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
+    ctes: String,
     sql: String,
     params: Vec<Param>,
     gated: bool,
@@ -43,9 +48,19 @@ impl Write {
     /// them).
     pub fn new(sql: impl Into<String>) -> Self {
         Self {
+            ctes: String::new(),
             sql: sql.into(),
             params: Vec::new(),
             gated: false,
+        }
+    }
+
+    /// The statement `WITH ctes sql`: `ctes` is its list of `name AS (...)` (without the
+    /// `WITH`), `sql` the statement that reads them; one numbering of parameters over both.
+    pub fn with(ctes: impl Into<String>, sql: impl Into<String>) -> Self {
+        Self {
+            ctes: ctes.into(),
+            ..Self::new(sql)
         }
     }
 
@@ -91,22 +106,36 @@ impl Write {
         shift_params(&self.sql, by)
     }
 
-    /// Its SQL as written (parameters from `$1`).
-    pub(crate) fn sql(&self) -> &str {
-        &self.sql
+    /// Its common table expressions ([`Write::with`]) renumbered as [`Write::shifted`] does,
+    /// each followed by `, ` to go before the joining statement's own; empty without them.
+    pub(crate) fn shifted_ctes(&self, by: usize) -> String {
+        if self.ctes.is_empty() {
+            String::new()
+        } else {
+            format!("{}, ", shift_params(&self.ctes, by))
+        }
+    }
+
+    /// Its SQL as run on its own (parameters from `$1`), its `WITH` list included.
+    fn whole(&self) -> String {
+        if self.ctes.is_empty() {
+            self.sql.clone()
+        } else {
+            format!("WITH {} {}", self.ctes, self.sql)
+        }
     }
 
     /// Runs it on its own on `conn` and returns the rows it returned (a statement with
     /// `RETURNING`, or a query).
     pub async fn fetch_all(&self, conn: &mut AnyConnection) -> Result<Vec<AnyRow>, sqlx::Error> {
-        let query = self.bind_to(sqlx::query(sqlx::AssertSqlSafe(self.sql.clone())));
+        let query = self.bind_to(sqlx::query(sqlx::AssertSqlSafe(self.whole())));
         query.fetch_all(conn).await
     }
 
     /// Runs it on its own on `conn` (a transaction's, or a pooled connection); returns the
     /// number of rows it changed.
     pub async fn execute(&self, conn: &mut AnyConnection) -> Result<u64, sqlx::Error> {
-        let query = self.bind_to(sqlx::query(sqlx::AssertSqlSafe(self.sql.clone())));
+        let query = self.bind_to(sqlx::query(sqlx::AssertSqlSafe(self.whole())));
         Ok(query.execute(conn).await?.rows_affected())
     }
 
@@ -165,7 +194,27 @@ mod tests {
             w.shifted(3),
             "UPDATE t SET a = $4, b = $15 WHERE id = $5 AND c = '$'"
         );
-        assert_eq!(w.shifted(0), w.sql());
+        assert_eq!(w.shifted(0), w.whole());
         assert_eq!(w.param_count(), 2);
+    }
+
+    #[test]
+    fn common_table_expressions_run_before_the_statement_and_are_renumbered_with_it() {
+        let w = Write::with(
+            "u AS (UPDATE t SET a = $1 RETURNING id)",
+            "SELECT id FROM u WHERE id <> $2",
+        )
+        .int(1)
+        .text("x");
+        assert_eq!(
+            w.whole(),
+            "WITH u AS (UPDATE t SET a = $1 RETURNING id) SELECT id FROM u WHERE id <> $2"
+        );
+        assert_eq!(
+            w.shifted_ctes(2),
+            "u AS (UPDATE t SET a = $3 RETURNING id), "
+        );
+        assert_eq!(w.shifted(2), "SELECT id FROM u WHERE id <> $4");
+        assert_eq!(Write::new("SELECT 1").shifted_ctes(2), "");
     }
 }

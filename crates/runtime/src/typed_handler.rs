@@ -27,7 +27,7 @@ use std::future::Future;
 use futures::future::BoxFuture;
 use mesh_contracts::events::v1::Envelope;
 
-use crate::consumer::{EventHandler, HandlerError};
+use crate::consumer::{EventHandler, HandlerError, Step};
 use crate::outbox::Tx;
 use crate::payload::DecodePayload as _;
 
@@ -64,6 +64,9 @@ pub trait TypedHandler: Send + Sync + 'static {
     /// The payload it reads (a generated event message, usually).
     type Event: EventPayload;
 
+    /// What its step runs ([`Step`]): a transaction unless it declares a one-statement step.
+    const STEP: Step = Step::Transaction;
+
     /// Applies `event` (the decoded payload of `envelope`) in `tx`, and may emit events there.
     fn handle(
         &self,
@@ -83,6 +86,10 @@ impl<H: TypedHandler> EventHandler for H {
             let event = H::Event::read(envelope)?;
             TypedHandler::handle(self, event, envelope, tx).await
         })
+    }
+
+    fn step(&self) -> Step {
+        H::STEP
     }
 }
 

@@ -19,7 +19,7 @@ use mesh_contracts::events::v1::{
     CancelReason, Envelope, InventoryRejected, InventoryReservationExpired, InventoryReserved,
     PaymentFailed, PaymentRefundFailed, PaymentRefunded, PaymentSucceeded,
 };
-use mesh_runtime::consumer::{Consumer, HandlerError};
+use mesh_runtime::consumer::{Consumer, HandlerError, Step};
 use mesh_runtime::outbox::Tx;
 use mesh_runtime::typed_handler::{Handled, TypedHandler};
 
@@ -53,6 +53,9 @@ pub struct Reserved;
 
 impl TypedHandler for Reserved {
     type Event = InventoryReserved;
+    // PENDING -> RESERVED with its history entry is one statement (it records the event);
+    // otherwise (a final order keeps the id) the step runs again in a transaction.
+    const STEP: Step = Step::OneStatement;
 
     async fn handle(&self, p: InventoryReserved, event: &Envelope, tx: &mut Tx) -> Handled {
         transitions::reserved(tx, &p.reference_id, &p.reservation_id, &event.id)

@@ -9,9 +9,11 @@ use base64::engine::general_purpose::STANDARD;
 use mesh_contracts::common::v1::{Money, PostalAddress};
 use mesh_contracts::order::v1::{Order, OrderLine, OrderStatus, StatusChange};
 use mesh_runtime::domain::time;
+use mesh_runtime::outbox::Tx;
 use mesh_runtime::sql_write::Write;
 use prost::Message as _;
-use sqlx::AnyConnection;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, FromRow as _};
 
 use crate::error::OrderError;
 
@@ -326,6 +328,34 @@ pub async fn transition(
     Ok(step.run(conn, false).await?.map(|(order, _)| order))
 }
 
+/// [`transition`] in `tx`, its one statement on Postgres recording the consumer's handled event
+/// too ([`Tx::fetch_recording`]): a consumer step that is this transition alone is one statement,
+/// which runs without a transaction (`inventory.reserved`). In a step run so, a transition that
+/// changes nothing fails the call and the step runs again in a transaction.
+#[allow(clippy::too_many_arguments)]
+pub async fn transition_recording(
+    tx: &mut Tx,
+    id: &str,
+    from: &[OrderStatus],
+    to: OrderStatus,
+    changes: &Changes<'_>,
+    reason: &str,
+    event_id: &str,
+    now: i64,
+) -> Result<Option<Order>> {
+    Transition {
+        id,
+        from,
+        to,
+        changes,
+        reason,
+        event_id,
+        now,
+    }
+    .run_recording(tx)
+    .await
+}
+
 /// [`transition`], returning the order with its lines too: on Postgres still one statement (the
 /// lines joined to the updated row), elsewhere one more.
 #[allow(clippy::too_many_arguments)]
@@ -410,75 +440,102 @@ const LINE_COLUMNS: &str = "l.product_id AS line_product_id, l.sku AS line_sku, 
     l.discount_minor AS line_discount_minor, l.refunded_quantity AS line_refunded_quantity";
 
 impl Transition<'_> {
+    /// Its Postgres statement: the update and its history entry as `WITH`s of the `SELECT` of
+    /// the updated row (joined to the order's lines with `lines`). The entry's number comes from
+    /// the updated row (not a `MAX` over the history, which this statement's snapshot could read
+    /// stale under a concurrent transition).
+    fn joined(&self, lines: bool) -> Write {
+        let update = transition_update(self.from);
+        let select = if lines {
+            format!(
+                "SELECT u.*, {LINE_COLUMNS} FROM u LEFT JOIN order_lines l ON l.order_id = u.id ORDER BY l.line_no"
+            )
+        } else {
+            "SELECT * FROM u".to_string()
+        };
+        Write::with(
+            format!(
+                "u AS ({update}), h AS (INSERT INTO order_status_history (order_id, seq, status, reason, event_id, at_us) \
+                 SELECT id, history_seq, status, $7, $8, updated_at_us FROM u)"
+            ),
+            select,
+        )
+        .text(status_name(self.to))
+        .int(self.now)
+        .opt_text(self.changes.reservation_id.map(str::to_string))
+        .opt_text(self.changes.payment_id.map(str::to_string))
+        .opt_text(self.changes.cancel_reason.map(str::to_string))
+        .text(self.id)
+        .text(self.reason)
+        .text(self.event_id)
+    }
+
     /// Runs it; with `lines` on Postgres the order's lines come back too (`Some`), else `None`.
     async fn run(
         &self,
         conn: &mut AnyConnection,
         lines: bool,
     ) -> Result<Option<(Order, Option<Vec<OrderLine>>)>> {
-        let postgres = conn.backend_name() == "PostgreSQL";
-        let update = transition_update(self.from);
-        let sql = if postgres {
-            // The entry's number comes from the updated row (not a `MAX` over the history,
-            // which this statement's snapshot could read stale under a concurrent transition).
-            let select = if lines {
-                format!(
-                    "SELECT u.*, {LINE_COLUMNS} FROM u LEFT JOIN order_lines l ON l.order_id = u.id ORDER BY l.line_no"
-                )
-            } else {
-                "SELECT * FROM u".to_string()
-            };
-            format!(
-                "WITH u AS ({update}), h AS (INSERT INTO order_status_history (order_id, seq, status, reason, event_id, at_us) \
-                 SELECT id, history_seq, status, $7, $8, updated_at_us FROM u) {select}"
-            )
-        } else {
-            update
-        };
-        let mut query = sqlx::query_as::<_, TransitionRow>(sqlx::AssertSqlSafe(sql))
-            .bind(status_name(self.to))
-            .bind(self.now)
-            .bind(self.changes.reservation_id.map(str::to_string))
-            .bind(self.changes.payment_id.map(str::to_string))
-            .bind(self.changes.cancel_reason.map(str::to_string))
-            .bind(self.id.to_string());
-        if postgres {
-            query = query
-                .bind(self.reason.to_string())
-                .bind(self.event_id.to_string());
+        if conn.backend_name() == "PostgreSQL" {
+            let rows = self.joined(lines).fetch_all(conn).await?;
+            return self.read(&rows, lines);
         }
-        let rows = query.fetch_all(&mut *conn).await?;
-        let mut rows = rows.into_iter();
-        let Some(first) = rows.next() else {
+        let rows =
+            sqlx::query_as::<_, TransitionRow>(sqlx::AssertSqlSafe(transition_update(self.from)))
+                .bind(status_name(self.to))
+                .bind(self.now)
+                .bind(self.changes.reservation_id.map(str::to_string))
+                .bind(self.changes.payment_id.map(str::to_string))
+                .bind(self.changes.cancel_reason.map(str::to_string))
+                .bind(self.id.to_string())
+                .fetch_all(&mut *conn)
+                .await?;
+        let Some(first) = rows.into_iter().next() else {
             return Ok(None);
         };
-        let history_seq = first.history_seq;
-        let mut joined = Vec::new();
-        let currency = first.order.currency_code.clone();
-        let first_line = line_of(&currency, &first);
-        let order = Order::from(first.order);
-        if !postgres {
-            sqlx::query(
-                "INSERT INTO order_status_history (order_id, seq, status, reason, event_id, at_us) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(self.id)
-            .bind(history_seq)
-            .bind(status_name(self.to))
-            .bind(self.reason)
-            .bind(self.event_id)
-            .bind(self.now)
-            .execute(&mut *conn)
-            .await?;
-            return Ok(Some((order, None)));
+        sqlx::query(
+            "INSERT INTO order_status_history (order_id, seq, status, reason, event_id, at_us) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(self.id)
+        .bind(first.history_seq)
+        .bind(status_name(self.to))
+        .bind(self.reason)
+        .bind(self.event_id)
+        .bind(self.now)
+        .execute(&mut *conn)
+        .await?;
+        Ok(Some((Order::from(first.order), None)))
+    }
+
+    /// Runs it in `tx` (without the lines); on Postgres its one statement also records the
+    /// consumer's handled event ([`Tx::fetch_recording`]), which makes it a one-statement step.
+    async fn run_recording(&self, tx: &mut Tx) -> Result<Option<Order>> {
+        if tx.backend_name() != "PostgreSQL" {
+            return Ok(self.run(tx, false).await?.map(|(order, _)| order));
         }
-        if !lines {
-            return Ok(Some((order, None)));
-        }
-        joined.extend(first_line);
-        for r in rows {
-            joined.extend(line_of(&currency, &r));
-        }
-        Ok(Some((order, Some(joined))))
+        let rows = tx.fetch_recording(&self.joined(false)).await?;
+        Ok(self.read(&rows, false)?.map(|(order, _)| order))
+    }
+
+    /// The order (and with `lines` its lines) from the rows of its Postgres statement.
+    fn read(
+        &self,
+        rows: &[AnyRow],
+        lines: bool,
+    ) -> Result<Option<(Order, Option<Vec<OrderLine>>)>> {
+        let rows = rows
+            .iter()
+            .map(TransitionRow::from_row)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let joined = lines.then(|| {
+            rows.iter()
+                .filter_map(|r| line_of(&r.order.currency_code, r))
+                .collect()
+        });
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(|first| (Order::from(first.order), joined)))
     }
 }
 

@@ -72,14 +72,16 @@ pub fn created(order: &Order) -> Event {
 }
 
 /// Records the reservation of order `id`; PENDING becomes RESERVED. A final order only keeps
-/// the id (inventory releases it on `order.cancelled`). `false` when the order is unknown.
+/// the id (inventory releases it on `order.cancelled`). `false` when the order is unknown. The
+/// common case is one statement that also records the consumer's event (a one-statement step);
+/// keeping the id alone takes a second one.
 pub async fn reserved(tx: &mut Tx, id: &str, reservation: &str, event_id: &str) -> Result<bool> {
     let changes = Changes {
         reservation_id: Some(reservation),
         ..Changes::default()
     };
     let now = store::now_us();
-    if store::transition(
+    if store::transition_recording(
         tx,
         id,
         &[OrderStatus::Pending],

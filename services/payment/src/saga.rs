@@ -11,7 +11,7 @@ use mesh_contracts::events::v1::{
     Envelope, InventoryReserved, OrderCancelled, OrderCreated, OrderRefundRequested,
 };
 use mesh_contracts::payment::v1::PaymentStatus;
-use mesh_runtime::consumer::HandlerError;
+use mesh_runtime::consumer::{HandlerError, Step};
 use mesh_runtime::outbox::Tx;
 use mesh_runtime::typed_handler::{Handled, TypedHandler};
 
@@ -46,12 +46,14 @@ async fn maybe_charge(engine: &Engine, tx: &mut Tx, o: &SagaOrder) -> Result<(),
 }
 
 /// `order.created`: remembers amount, currency, card token and customer; charges if the stock
-/// is already reserved.
+/// is already reserved. Usually (the stock not reserved yet) one statement that records the
+/// event too: a one-statement step, run without a transaction.
 #[derive(Debug, Clone)]
 pub struct OnOrderCreated(pub Engine);
 
 impl TypedHandler for OnOrderCreated {
     type Event = OrderCreated;
+    const STEP: Step = Step::OneStatement;
 
     async fn handle(&self, e: OrderCreated, _: &Envelope, tx: &mut Tx) -> Handled {
         let id = order_id("order_id", &e.order_id)?;
@@ -66,6 +68,10 @@ impl TypedHandler for OnOrderCreated {
             reserved: false,
             cancelled: false,
         };
+        if store::saga_created_unreserved(tx, &order).await?.is_some() {
+            // Nothing to charge yet: the step is complete.
+            return Ok(());
+        }
         let now = store::saga_created(tx, &order).await?;
         maybe_charge(&self.0, tx, &now).await.map_err(handler_error)
     }

@@ -2,6 +2,7 @@
 
 use mesh_runtime::outbox::Tx;
 use mesh_runtime::sql_write::Write;
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, FromRow as _};
 
 use super::{Result, now_micros};
@@ -63,9 +64,29 @@ const SAGA_COLUMNS: &str =
 /// the saga row as it is now, flags learnt earlier included: one upsert with `RETURNING`, no
 /// second read; inside a consumer it also records the handled event ([`Tx::fetch_recording`]).
 pub async fn saga_created(tx: &mut Tx, o: &SagaOrder) -> Result<SagaOrder> {
-    let upsert = Write::new(format!(
+    let rows = tx.fetch_recording(&created_upsert(o, "")).await?;
+    saga_row(&rows)?.ok_or_else(|| sqlx::Error::RowNotFound.into())
+}
+
+/// [`saga_created`] while the order cannot be charged yet, its stock not reserved (or it is
+/// cancelled): the whole of the `order.created` step in one statement, which makes it a
+/// one-statement step. `None`, and nothing changed, when the stock is reserved already: the
+/// step then takes [`saga_created`] and the charge, in a transaction (a step run without one
+/// fails here, and runs again in one).
+pub async fn saga_created_unreserved(tx: &mut Tx, o: &SagaOrder) -> Result<Option<SagaOrder>> {
+    let upsert = created_upsert(
+        o,
+        " WHERE saga_orders.reserved = 0 OR saga_orders.cancelled = 1",
+    );
+    saga_row(&tx.fetch_recording(&upsert).await?)
+}
+
+/// The upsert of what `order.created` says of `o`, its update done only under `condition` (a
+/// `WHERE` clause, or empty).
+fn created_upsert(o: &SagaOrder, condition: &str) -> Write {
+    Write::new(format!(
         "INSERT INTO saga_orders (order_id, known, customer_id, currency, amount_minor, card_token, updated_at) VALUES ($1, 1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (order_id) DO UPDATE SET known = 1, customer_id = $2, currency = $3, amount_minor = $4, card_token = $5, updated_at = $6 \
+         ON CONFLICT (order_id) DO UPDATE SET known = 1, customer_id = $2, currency = $3, amount_minor = $4, card_token = $5, updated_at = $6{condition} \
          RETURNING {SAGA_COLUMNS}"
     ))
     .text(&o.order_id)
@@ -73,8 +94,7 @@ pub async fn saga_created(tx: &mut Tx, o: &SagaOrder) -> Result<SagaOrder> {
     .text(&o.currency)
     .int(o.amount_minor)
     .text(&o.card_token)
-    .int(now_micros());
-    upserted(tx, &upsert).await
+    .int(now_micros())
 }
 
 /// Sets the `reserved` (or, with `reserved = false`, the `cancelled`) flag of `order_id` and
@@ -87,14 +107,15 @@ pub async fn saga_flag(tx: &mut Tx, order_id: &str, reserved: bool) -> Result<Sa
     ))
     .text(order_id)
     .int(now_micros());
-    upserted(tx, &upsert).await
+    let rows = tx.fetch_recording(&upsert).await?;
+    saga_row(&rows)?.ok_or_else(|| sqlx::Error::RowNotFound.into())
 }
 
-/// The saga row an upsert of it returned.
-async fn upserted(tx: &mut Tx, upsert: &Write) -> Result<SagaOrder> {
-    let rows = tx.fetch_recording(upsert).await?;
-    let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
-    Ok(StoredSaga::from_row(row)?.into())
+/// The saga row an upsert of it returned, if it returned one.
+fn saga_row(rows: &[AnyRow]) -> Result<Option<SagaOrder>> {
+    rows.first()
+        .map(|row| Ok(StoredSaga::from_row(row)?.into()))
+        .transpose()
 }
 
 /// Locks the saga row of `order_id` (if any) until the transaction ends and returns it: taken
