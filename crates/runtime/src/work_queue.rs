@@ -7,7 +7,11 @@
 //! every replica may run a queue and each item is finished once). The [`WorkQueue`] runs them:
 //!
 //! - **hand-off**: work committed in this process is handed over in process
-//!   ([`WorkHandle::push_after_commit`]) and started at once, without a due-scan round;
+//!   ([`WorkHandle::push_after_commit`]) and started at once, without a due-scan round; work
+//!   whose row was inserted already leased to this process (as the source's claim would lease
+//!   it) is handed over with that row ([`Leased`]), so its first attempt claims nothing: the
+//!   lease keeps the scans of every replica off it, and if this process dies before finishing
+//!   it, a scan finds it due once the lease ran out;
 //! - **scan**: at start, when woken ([`WorkHandle::wake`]), every poll interval, and again at
 //!   once after a full batch, it asks the source for due items: work left by a crash, by another
 //!   replica, or deferred by the source itself (a provider's backoff);
@@ -62,6 +66,65 @@ pub trait WorkSource: Send + Sync + 'static {
     /// Whether `error` is transient (the database or a peer unavailable): the item is then
     /// retried after a short backoff.
     fn is_transient(&self, error: &Self::Error) -> bool;
+}
+
+/// Work handed over with its row as its insert leased it to this process ([`WorkSource`]s
+/// whose items are rows' ids take one as an item kind of their own): the first attempt works
+/// from the row instead of claiming it, a retry after a transient failure claims it back by id.
+/// Compared, hashed and shown by its key (the row's id) alone.
+#[derive(Debug)]
+pub struct Leased<R> {
+    key: String,
+    row: Arc<R>,
+}
+
+impl<R> Leased<R> {
+    /// The row `row`, whose id is `key`, inserted leased to this process.
+    pub fn new(key: impl Into<String>, row: R) -> Self {
+        Self {
+            key: key.into(),
+            row: Arc::new(row),
+        }
+    }
+
+    /// The row's id.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The row as inserted, leased.
+    pub fn row(&self) -> &R {
+        &self.row
+    }
+}
+
+impl<R> Clone for Leased<R> {
+    fn clone(&self) -> Self {
+        Self {
+            key: self.key.clone(),
+            row: self.row.clone(),
+        }
+    }
+}
+
+impl<R> PartialEq for Leased<R> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl<R> Eq for Leased<R> {}
+
+impl<R> Hash for Leased<R> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
+
+impl<R> Display for Leased<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.key)
+    }
 }
 
 /// A [`WorkQueue`]'s settings.

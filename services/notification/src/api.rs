@@ -335,9 +335,16 @@ impl NotificationApi {
         let traceparent = CallContext::current()
             .map(|c| c.trace.to_string())
             .unwrap_or_default();
-        let inserted =
-            store::insert_delivery(&mut tx, &delivery, key.as_deref(), &traceparent).await?;
-        if !inserted {
+        let lease_until = self.deliverer.lease_until();
+        let inserted = store::insert_delivery(
+            &mut tx,
+            &delivery,
+            key.as_deref(),
+            &traceparent,
+            lease_until,
+        )
+        .await?;
+        let Some(inserted) = inserted else {
             // The same key raced us.
             drop(tx);
             let mut c = self.conn().await?;
@@ -349,11 +356,9 @@ impl NotificationApi {
             return Err(NotificationError::FailedPrecondition(
                 "idempotency_key: used concurrently; retry".into(),
             ));
-        }
+        };
         if !suppressed {
-            self.deliverer
-                .work()
-                .push_after_commit(&mut tx, delivery.id.clone());
+            self.deliverer.send_after_commit(&mut tx, inserted);
         }
         tx.commit().await?;
         let mut c = self.conn().await?;

@@ -8,10 +8,11 @@
 //! delivery id as `Idempotency-Key`), but never makes a second delivery record.
 //!
 //! The deliverer is a [`WorkSource`] of the runtime's [`WorkQueue`]: a delivery queued by a
-//! committed transaction of this process is handed to it at once ([`Deliverer::work`]); its
-//! scan finds deferred ones and those of a crashed process or another replica. An attempt that
-//! failed because the database was unavailable is retried after a short backoff, taking back
-//! its own lease.
+//! committed transaction of this process is inserted already claimed by it (leased, its first
+//! attempt counted) and handed to it with its row at once ([`Deliverer::work`]), so sending it
+//! takes no claim; its scan finds deferred ones and those of a crashed process (once their
+//! lease ran out) or another replica. An attempt that failed because the database was
+//! unavailable is retried after a short backoff, taking back its own lease.
 
 use std::time::Duration;
 
@@ -20,15 +21,33 @@ use mesh_contracts::notification::v1::DeliveryStatus;
 use mesh_runtime::Database;
 use mesh_runtime::outbox::Event;
 use mesh_runtime::spans::TracedWork;
-use mesh_runtime::work_queue::{WorkHandle, WorkQueue, WorkQueueOptions, WorkSource};
+use mesh_runtime::work_queue::{Leased, WorkHandle, WorkQueue, WorkQueueOptions, WorkSource};
 
 use crate::channels::Sender;
 use crate::error::NotificationError;
 use crate::settings::NotificationSettings;
-use crate::store::{self, now_micros};
+use crate::store::{self, DeliveryRow, now_micros};
 
 /// How many sends are in flight at once.
 pub const CONCURRENCY: usize = 32;
+
+/// A unit of the deliverer's work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DeliveryWork {
+    /// The QUEUED delivery with this id, claimed when due.
+    Due(String),
+    /// A QUEUED delivery inserted claimed by this process: its first attempt claims nothing.
+    Leased(Leased<DeliveryRow>),
+}
+
+impl std::fmt::Display for DeliveryWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Due(id) => write!(f, "delivery {id}"),
+            Self::Leased(leased) => write!(f, "delivery {leased}"),
+        }
+    }
+}
 
 /// Sends queued deliveries.
 #[derive(Debug, Clone)]
@@ -36,7 +55,7 @@ pub struct Deliverer {
     db: Database,
     sender: Sender,
     settings: NotificationSettings,
-    work: WorkHandle<String>,
+    work: WorkHandle<DeliveryWork>,
 }
 
 fn micros(d: Duration) -> i64 {
@@ -55,8 +74,22 @@ impl Deliverer {
     }
 
     /// Its queue's handle: deliveries queued by a transaction are handed to it after commit.
-    pub fn work(&self) -> &WorkHandle<String> {
+    pub fn work(&self) -> &WorkHandle<DeliveryWork> {
         &self.work
+    }
+
+    /// When a delivery claimed now is leased until: what [`store::insert_deliveries`] inserts
+    /// a QUEUED one with.
+    pub fn lease_until(&self) -> i64 {
+        now_micros() + micros(self.settings.lease())
+    }
+
+    /// Hands `row`, inserted QUEUED and leased in `tx`, to this process's queue once `tx`
+    /// committed.
+    pub fn send_after_commit(&self, tx: &mut mesh_runtime::outbox::Tx, row: DeliveryRow) {
+        let leased = Leased::new(row.delivery.id.clone(), row);
+        self.work
+            .push_after_commit(tx, DeliveryWork::Leased(leased));
     }
 
     /// The queue that sends (run it as a background task: [`WorkQueue::task`]).
@@ -83,6 +116,14 @@ impl Deliverer {
             return Ok(());
         };
         drop(c);
+        self.send_claimed(row).await
+    }
+
+    /// Sends the delivery `row`, claimed by this process (by [`Deliverer::attempt`], or
+    /// inserted so), and finishes it, or defers it after a transient failure.
+    pub async fn send_claimed(&self, row: DeliveryRow) -> Result<(), NotificationError> {
+        let id = row.delivery.id.clone();
+        let id = id.as_str();
         let attempt = i64::from(row.delivery.attempts);
         let d = row.delivery;
         // A `delivery` span, a child of what queued the delivery: the send and its event.
@@ -149,21 +190,29 @@ impl Deliverer {
 }
 
 impl WorkSource for Deliverer {
-    type Item = String;
+    type Item = DeliveryWork;
     type Error = NotificationError;
 
-    async fn due(&self, limit: usize) -> Result<Vec<String>, NotificationError> {
+    async fn due(&self, limit: usize) -> Result<Vec<DeliveryWork>, NotificationError> {
         let mut c = self.db.acquire().await?;
-        Ok(store::due(
+        let due = store::due(
             &mut c,
             now_micros(),
             i64::try_from(limit).unwrap_or(i64::MAX),
         )
-        .await?)
+        .await?;
+        Ok(due.into_iter().map(DeliveryWork::Due).collect())
     }
 
-    async fn process(&self, id: String, retry: u32) -> Result<(), NotificationError> {
-        self.attempt(&id, retry > 0).await
+    async fn process(&self, item: DeliveryWork, retry: u32) -> Result<(), NotificationError> {
+        match item {
+            DeliveryWork::Due(id) => self.attempt(&id, retry > 0).await,
+            DeliveryWork::Leased(leased) if retry == 0 => {
+                self.send_claimed(leased.row().clone()).await
+            }
+            // A retry after a transient failure takes its own lease back.
+            DeliveryWork::Leased(leased) => self.attempt(leased.key(), true).await,
+        }
     }
 
     fn is_transient(&self, error: &NotificationError) -> bool {

@@ -98,10 +98,11 @@ impl TypedHandler for NotifyCustomer {
         }
         let rows: Vec<(&Delivery, Option<String>)> =
             deliveries.iter().map(|(d, k)| (d, k.clone())).collect();
-        let inserted = store::insert_deliveries(tx, &rows, &traceparent).await?;
-        for (delivery, _) in &deliveries {
-            if delivery.status == DeliveryStatus::Queued as i32 && inserted.contains(&delivery.id) {
-                self.0.work().push_after_commit(tx, delivery.id.clone());
+        let lease_until = self.0.lease_until();
+        let inserted = store::insert_deliveries(tx, &rows, &traceparent, lease_until).await?;
+        for row in inserted {
+            if row.delivery.status == DeliveryStatus::Queued as i32 {
+                self.0.send_after_commit(tx, row);
             }
         }
         Ok(())

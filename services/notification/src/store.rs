@@ -6,7 +6,7 @@ use mesh_contracts::notification::v1::{Channel, Delivery, DeliveryStatus, Prefer
 use mesh_runtime::domain::time;
 use mesh_runtime::outbox::Tx;
 use mesh_runtime::sql_write::Write;
-use sqlx::{AnyConnection, Row as _};
+use sqlx::{AnyConnection, FromRow as _, Row as _};
 
 use crate::validate::{channel_name, channel_of};
 
@@ -326,36 +326,45 @@ impl From<StoredDelivery> for DeliveryRow {
     }
 }
 
-/// Inserts `d` (QUEUED or SUPPRESSED) unless `dedupe_key` is taken; `true` if inserted.
+/// Inserts `d` (QUEUED or SUPPRESSED) unless `dedupe_key` is taken; returns it as inserted
+/// (see [`insert_deliveries`]), or `None` when the key was taken.
 pub async fn insert_delivery(
     tx: &mut Tx,
     d: &Delivery,
     dedupe_key: Option<&str>,
     traceparent: &str,
-) -> Result<bool> {
+    lease_until: i64,
+) -> Result<Option<DeliveryRow>> {
     let key = dedupe_key.map(str::to_string);
-    Ok(!insert_deliveries(tx, &[(d, key)], traceparent)
+    Ok(insert_deliveries(tx, &[(d, key)], traceparent, lease_until)
         .await?
-        .is_empty())
+        .pop())
 }
 
 /// Inserts `deliveries` (QUEUED or SUPPRESSED, each with its dedupe key) in one statement,
-/// skipping those whose key is taken; returns the ids inserted. Inside a consumer the statement
-/// also records the handled event ([`mesh_runtime::outbox::Tx::fetch_recording`]).
+/// skipping those whose key is taken; returns the rows inserted. A QUEUED one is inserted
+/// already claimed, as [`claim`] would leave it (its first attempt counted, leased until
+/// `lease_until`), for this process's deliverer to send without claiming it; a scan finds it
+/// once the lease ran out. Inside a consumer the statement also records the handled event
+/// ([`mesh_runtime::outbox::Tx::fetch_recording`]).
 pub async fn insert_deliveries(
     tx: &mut Tx,
     deliveries: &[(&Delivery, Option<String>)],
     traceparent: &str,
-) -> Result<Vec<String>> {
+    lease_until: i64,
+) -> Result<Vec<DeliveryRow>> {
     if deliveries.is_empty() {
         return Ok(Vec::new());
     }
     const COLUMNS: usize = 12;
     let values = (0..deliveries.len())
         .map(|i| {
-            let p = |k: usize| format!("${}", 2 + i * COLUMNS + k);
+            let p = |k: usize| format!("${}", 3 + i * COLUMNS + k);
+            let queued = format!("{} = 'QUEUED'", p(10));
             format!(
-                "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, $1, $1)",
+                "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, \
+                 CASE WHEN {queued} THEN 1 ELSE 0 END, CASE WHEN {queued} THEN $1 ELSE 0 END, \
+                 CASE WHEN {queued} THEN $2 ELSE $1 END, $1)",
                 p(0),
                 p(1),
                 p(2),
@@ -373,10 +382,10 @@ pub async fn insert_deliveries(
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "INSERT INTO deliveries (id, dedupe_key, user_id, channel, recipient, event_id, event_type, template_id, subject, body, status, traceparent, next_attempt_at, created_at) \
-         VALUES {values} ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+        "INSERT INTO deliveries (id, dedupe_key, user_id, channel, recipient, event_id, event_type, template_id, subject, body, status, traceparent, attempts, last_attempt_at, next_attempt_at, created_at) \
+         VALUES {values} ON CONFLICT (dedupe_key) DO NOTHING RETURNING {DELIVERY_COLUMNS}"
     );
-    let mut insert = Write::new(sql).int(now_micros());
+    let mut insert = Write::new(sql).int(now_micros()).int(lease_until);
     for (d, key) in deliveries {
         insert = insert
             .text(&d.id)
@@ -399,7 +408,7 @@ pub async fn insert_deliveries(
     tx.fetch_recording(&insert)
         .await?
         .iter()
-        .map(|r| r.try_get::<String, _>("id"))
+        .map(|r| Ok(StoredDelivery::from_row(r)?.into()))
         .collect()
 }
 

@@ -21,7 +21,7 @@ use mesh_contracts::payment::v1::{
 };
 use mesh_runtime::outbox::{Event, Tx};
 use mesh_runtime::spans::TracedWork;
-use mesh_runtime::work_queue::WorkHandle;
+use mesh_runtime::work_queue::{Leased, WorkHandle};
 use mesh_runtime::{CallContext, Database};
 
 use crate::error::{CommonErrors, PaymentError};
@@ -120,8 +120,10 @@ impl Engine {
     }
 
     /// The saga's charge request for order `o` (known, reserved, not cancelled) in `tx`: the
-    /// PENDING payment, due at once, inserted by one statement that copies the card's brand and
-    /// last 4 digits from its token and does nothing when the order has a payment already.
+    /// PENDING payment, inserted already claimed by this process's worker (its first attempt
+    /// counted, leased) by one statement that copies the card's brand and last 4 digits from its
+    /// token and does nothing when the order has a payment already; the row goes to the worker
+    /// after the commit, which starts from it without claiming it.
     /// When that inserts nothing (the order has a payment, or the token is unknown) or the amount
     /// is zero, [`Engine::create_charge`] decides as for a `Charge` call. Returns the order's
     /// payment and whether this call created it.
@@ -132,7 +134,7 @@ impl Engine {
     ) -> Result<(PaymentRow, bool)> {
         if o.amount_minor > 0 {
             let now = now_micros();
-            let mut p = PaymentRow {
+            let p = PaymentRow {
                 id: new_id(),
                 order_id: o.order_id.clone(),
                 customer_id: o.customer_id.clone(),
@@ -153,10 +155,11 @@ impl Engine {
                 created_at: now,
                 updated_at: now,
             };
-            if let Some((brand, last4)) = store::insert_payment_with_card(tx, &p, now).await? {
-                p.card_brand = brand;
-                p.card_last4 = last4;
-                self.work.push_after_commit(tx, Work::Charge(p.id.clone()));
+            let lease_until = now + micros(self.settings.lease());
+            if let Some(claimed) = store::insert_leased_payment(tx, &p, now, lease_until).await? {
+                let p = claimed.0.clone();
+                let work = Work::Leased(Leased::new(p.id.clone(), claimed));
+                self.work.push_after_commit(tx, work);
                 return Ok((p, true));
             }
         }
@@ -432,7 +435,7 @@ impl Engine {
     }
 
     /// One attempt at the PENDING payment `id`: claim it (with `due_only`, only if due: a
-    /// worker), call the provider, finish it.
+    /// worker), call the provider, finish it ([`Engine::charge_claimed`]).
     pub async fn attempt_charge(&self, id: &str, due_only: bool) -> Result<Attempt<PaymentRow>> {
         let now = now_micros();
         let lease_until = now + micros(self.settings.lease());
@@ -459,6 +462,21 @@ impl Engine {
                 Attempt::Final(p)
             });
         };
+        self.charge_claimed(p, card_ref, due_only).await
+    }
+
+    /// The rest of an attempt at the payment `p`, claimed by this process (by
+    /// [`Engine::attempt_charge`], or inserted so by the saga's charge request) with its card's
+    /// provider reference `card_ref`: call the provider, finish it (or defer it: with `due_only`
+    /// by the retry backoff, as a worker does, else by the lease, as a caller driving it does).
+    pub async fn charge_claimed(
+        &self,
+        p: PaymentRow,
+        card_ref: String,
+        due_only: bool,
+    ) -> Result<Attempt<PaymentRow>> {
+        let id = p.id.clone();
+        let id = id.as_str();
         let attempt = p.attempts;
         let call = ChargeCall {
             idempotency_key: p.order_id.clone(),

@@ -3,7 +3,9 @@
 //! transaction commits; its scan finds the rest (retries after provider errors, work left by a
 //! crash, by another replica or by a caller that gave up waiting). Every replica may run one: a
 //! row is claimed with a conditional update (its lease), and finishing is conditional too, so
-//! each is finished once.
+//! each is finished once. A saga charge is inserted already claimed by this process and handed
+//! over with its row ([`Work::Leased`]): its first attempt calls the provider without a claim;
+//! if the process dies first, a scan finds it once the lease ran out.
 //!
 //! An attempt that fails because the database is unavailable is retried by the queue after a
 //! short backoff; the retry re-claims the row regardless of its lease (the lease is the one the
@@ -12,11 +14,11 @@
 
 use std::fmt;
 
-use mesh_runtime::work_queue::{WorkHandle, WorkQueue, WorkQueueOptions, WorkSource};
+use mesh_runtime::work_queue::{Leased, WorkHandle, WorkQueue, WorkQueueOptions, WorkSource};
 
 use crate::engine::Engine;
 use crate::error::PaymentError;
-use crate::store::{self, now_micros};
+use crate::store::{self, PaymentRow, now_micros};
 
 /// How many charges and refunds are in flight at once.
 pub const CONCURRENCY: usize = 64;
@@ -26,6 +28,9 @@ pub const CONCURRENCY: usize = 64;
 pub enum Work {
     /// The PENDING payment with this id.
     Charge(String),
+    /// A PENDING payment inserted claimed by this process, with its card's provider reference
+    /// (the saga's charge request): its first attempt claims nothing.
+    Leased(Leased<(PaymentRow, String)>),
     /// The PENDING refund with this id.
     Refund(String),
 }
@@ -34,6 +39,7 @@ impl fmt::Display for Work {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Charge(id) => write!(f, "charge {id}"),
+            Self::Leased(leased) => write!(f, "charge {leased}"),
             Self::Refund(id) => write!(f, "refund {id}"),
         }
     }
@@ -66,6 +72,11 @@ impl WorkSource for PaymentWork {
         let due_only = retry == 0;
         match item {
             Work::Charge(id) => self.0.attempt_charge(&id, due_only).await.map(|_| ()),
+            Work::Leased(leased) if due_only => {
+                let (p, card_ref) = leased.row().clone();
+                self.0.charge_claimed(p, card_ref, true).await.map(|_| ())
+            }
+            Work::Leased(leased) => self.0.attempt_charge(leased.key(), false).await.map(|_| ()),
             Work::Refund(id) => self.0.attempt_refund(&id, due_only).await.map(|_| ()),
         }
     }

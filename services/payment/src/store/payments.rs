@@ -195,30 +195,37 @@ pub async fn insert_payment(
     Ok(done.rows_affected() == 1)
 }
 
-/// Inserts the PENDING payment `p` (due at `now`) with the brand and last 4 digits of its card,
-/// copied from `cards` by token in the same statement; returns them, or `None` when nothing was
-/// inserted: the token is unknown or the order has a payment already.
-pub async fn insert_payment_with_card(
+/// Inserts the PENDING payment `p` already claimed, as [`claim_payment`] would leave it: its
+/// first attempt counted and leased until `lease_until` (so no scan takes it meanwhile, and
+/// once the lease ran out one does), with the brand and last 4 digits of its card copied from
+/// `cards` by token in the same statement. Returns the payment as inserted and the card's
+/// provider reference, what a claim returns, so the worker starts from it without claiming;
+/// `None` when nothing was inserted: the token is unknown or the order has a payment already.
+pub async fn insert_leased_payment(
     c: &mut AnyConnection,
     p: &PaymentRow,
     now: i64,
-) -> Result<Option<(String, String)>> {
-    sqlx::query_as(
-        "INSERT INTO payments (id, order_id, customer_id, currency, amount_minor, status, decline_reason, decline_message, card_token, card_brand, card_last4, provider_reference, description, traceparent, next_attempt_at, created_at, updated_at) \
-         SELECT $1, $2, $3, $4, $5, 'PENDING', 0, '', token, brand, last4, '', $6, $7, $8, $8, $8 FROM cards WHERE token = $9 \
-         ON CONFLICT (order_id) DO NOTHING RETURNING card_brand, card_last4",
-    )
-    .bind(&p.id)
-    .bind(&p.order_id)
-    .bind(&p.customer_id)
-    .bind(&p.currency)
-    .bind(p.amount_minor)
-    .bind(&p.description)
-    .bind(&p.traceparent)
-    .bind(now)
-    .bind(&p.card_token)
-    .fetch_optional(c)
-    .await
+    lease_until: i64,
+) -> Result<Option<(PaymentRow, String)>> {
+    let sql = format!(
+        "INSERT INTO payments (id, order_id, customer_id, currency, amount_minor, status, decline_reason, decline_message, card_token, card_brand, card_last4, provider_reference, description, traceparent, attempts, next_attempt_at, created_at, updated_at) \
+         SELECT $1, $2, $3, $4, $5, 'PENDING', 0, '', token, brand, last4, '', $6, $7, 1, $8, $9, $9 FROM cards WHERE token = $10 \
+         ON CONFLICT (order_id) DO NOTHING RETURNING {PAYMENT_COLUMNS}, COALESCE((SELECT provider_ref FROM cards WHERE cards.token = payments.card_token), '') AS card_ref"
+    );
+    let row: Option<Claimed> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(&p.id)
+        .bind(&p.order_id)
+        .bind(&p.customer_id)
+        .bind(&p.currency)
+        .bind(p.amount_minor)
+        .bind(&p.description)
+        .bind(&p.traceparent)
+        .bind(lease_until)
+        .bind(now)
+        .bind(&p.card_token)
+        .fetch_optional(c)
+        .await?;
+    Ok(row.map(|r| (PaymentRow::from(r.payment), r.card_ref)))
 }
 
 /// Counts an attempt at the PENDING payment `id` and leases it until `lease_until`; with
