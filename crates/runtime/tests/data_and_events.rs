@@ -712,21 +712,14 @@ async fn poison_malformed_and_unknown_events_are_dead_lettered_and_the_consumer_
 fn delivery(entry: &str, id: &str, event_type: &str, subject: &str) -> Delivery {
     let envelope = Envelope {
         id: id.into(),
-        r#type: event_type.into(),
-        subject: subject.into(),
-        sequence: 1,
-        payload: Some(prost_types::Any {
-            type_url: "type.googleapis.com/events.v1.ProductDeleted".into(),
-            value: ProductDeleted::default().encode_to_vec(),
-        }),
-        ..Default::default()
+        ..mesh_testkit::envelope(
+            event_type,
+            subject,
+            "ProductDeleted",
+            &ProductDeleted::default(),
+        )
     };
-    Delivery {
-        domain: "product".into(),
-        entry_id: entry.into(),
-        payload: Bytes::from(envelope.encode_to_vec()),
-        attempt: 1,
-    }
+    mesh_testkit::delivery(&envelope, entry, 1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,14 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use mesh_testkit::unique;
 
-fn targets(test: &str) -> Vec<(&'static str, DatabaseTarget)> {
-    let mut out = vec![("sqlite", mesh_testkit::sqlite())];
-    if let Some(pg) = mesh_testkit::postgres(test) {
-        out.push(("postgres", pg));
-    }
-    out
-}
-
 async fn open(target: &DatabaseTarget) -> Database {
     let db = Database::connect("svc", target).await.expect("connect");
     db.migrate(&Migrations::NONE).await.expect("migrate");
@@ -106,7 +98,7 @@ async fn outbox(db: &Database, subject: &str) -> Vec<i64> {
 
 #[tokio::test]
 async fn the_first_write_gates_the_event_and_the_gated_writes() {
-    for (name, target) in targets("joined writes gate") {
+    for (name, target) in mesh_testkit::databases("joined writes gate") {
         let db = open(&target).await;
         // On its own (one statement on Postgres): two inserts whose parameters follow each
         // other, then the event.
@@ -202,7 +194,7 @@ impl EventHandler for FirstOnly {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joined_events_are_published_and_a_consumer_records_its_events_once() {
-    for (name, target) in targets("joined writes publish") {
+    for (name, target) in mesh_testkit::databases("joined writes publish") {
         let db = open(&target).await;
         let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::new(DeliveryOptions::default()));
         let stop = CancellationToken::new();

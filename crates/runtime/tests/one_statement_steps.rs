@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use mesh_contracts::events::v1::{Envelope, ProductDeleted};
 use mesh_runtime::Database;
 use mesh_runtime::Migrations;
@@ -20,16 +19,7 @@ use mesh_runtime::outbox::Tx;
 use mesh_runtime::sql_write::Write;
 use mesh_runtime::typed_handler::{Handled, TypedHandler, Undecoded};
 use mesh_testkit::unique;
-use prost::Message as _;
 use sqlx::Row as _;
-
-fn targets(test: &str) -> Vec<(&'static str, DatabaseTarget)> {
-    let mut out = vec![("sqlite", mesh_testkit::sqlite())];
-    if let Some(pg) = mesh_testkit::postgres(test) {
-        out.push(("postgres", pg));
-    }
-    out
-}
 
 async fn open(target: &DatabaseTarget) -> Database {
     let db = Database::connect("svc", target).await.expect("connect");
@@ -93,21 +83,14 @@ fn consumer(db: &Database) -> Consumer {
 fn delivery(id: &str, subject: &str, attempt: u32) -> Delivery {
     let envelope = Envelope {
         id: id.into(),
-        r#type: "product.deleted".into(),
-        subject: subject.into(),
-        sequence: 1,
-        payload: Some(prost_types::Any {
-            type_url: "type.googleapis.com/events.v1.ProductDeleted".into(),
-            value: ProductDeleted::default().encode_to_vec(),
-        }),
-        ..Default::default()
+        ..mesh_testkit::envelope(
+            "product.deleted",
+            subject,
+            "ProductDeleted",
+            &ProductDeleted::default(),
+        )
     };
-    Delivery {
-        domain: "product".into(),
-        entry_id: format!("1-{id}"),
-        payload: Bytes::from(envelope.encode_to_vec()),
-        attempt,
-    }
+    mesh_testkit::delivery(&envelope, &format!("1-{id}"), attempt)
 }
 
 async fn add(db: &Database, id: &str, state: &str) {
@@ -156,9 +139,19 @@ async fn in_transaction(target: &DatabaseTarget, id: &str) -> Option<bool> {
     Some(last.trim().eq_ignore_ascii_case("COMMIT"))
 }
 
+/// Asserts that the last write to step row `id` ran in a transaction (on Postgres; SQLite always
+/// runs one).
+async fn assert_in_transaction(name: &str, target: &DatabaseTarget, id: &str) {
+    assert_ne!(
+        in_transaction(target, id).await,
+        Some(false),
+        "{name}: {id} in a transaction"
+    );
+}
+
 #[tokio::test]
 async fn a_one_statement_step_alone_runs_without_a_transaction_and_takes_effect_once() {
-    for (name, target) in targets("one-statement step alone") {
+    for (name, target) in mesh_testkit::databases("one-statement step alone") {
         let db = open(&target).await;
         let c = consumer(&db);
         add(&db, "a", "open").await;
@@ -181,7 +174,7 @@ async fn a_one_statement_step_alone_runs_without_a_transaction_and_takes_effect_
 
 #[tokio::test]
 async fn a_step_its_statement_does_not_complete_runs_in_a_transaction() {
-    for (name, target) in targets("one-statement step incomplete") {
+    for (name, target) in mesh_testkit::databases("one-statement step incomplete") {
         let db = open(&target).await;
         let c = consumer(&db);
         // Not open: the statement changes nothing, the step takes its second write, in a
@@ -189,11 +182,7 @@ async fn a_step_its_statement_does_not_complete_runs_in_a_transaction() {
         add(&db, "held", "held").await;
         let first = c.handle(&delivery("e-held", "held", 1)).await;
         assert!(matches!(first, Outcome::Handled), "{name}: {first:?}");
-        assert_ne!(
-            in_transaction(&target, "held").await,
-            Some(false),
-            "{name}: in a transaction"
-        );
+        assert_in_transaction(name, &target, "held").await;
         assert_eq!(step(&db, "held").await, ("held".into(), 0, 1), "{name}");
         let again = c.handle(&delivery("e-held", "held", 1)).await;
         assert!(matches!(again, Outcome::Duplicate), "{name}: {again:?}");
@@ -217,7 +206,7 @@ async fn a_step_its_statement_does_not_complete_runs_in_a_transaction() {
 
 #[tokio::test]
 async fn a_group_of_several_events_and_a_redelivery_keep_the_transaction() {
-    for (name, target) in targets("one-statement step in a group") {
+    for (name, target) in mesh_testkit::databases("one-statement step in a group") {
         let db = open(&target).await;
         let c = consumer(&db);
         add(&db, "b", "open").await;
@@ -230,11 +219,7 @@ async fn a_group_of_several_events_and_a_redelivery_keep_the_transaction() {
             "{name}: {handled:?}"
         );
         for id in ["b", "c"] {
-            assert_ne!(
-                in_transaction(&target, id).await,
-                Some(false),
-                "{name}: in the group's transaction"
-            );
+            assert_in_transaction(name, &target, id).await;
         }
         for id in ["b", "c"] {
             assert_eq!(step(&db, id).await, ("closed".into(), 1, 0), "{name}");
@@ -247,11 +232,7 @@ async fn a_group_of_several_events_and_a_redelivery_keep_the_transaction() {
             matches!(redelivered, Outcome::Handled),
             "{name}: {redelivered:?}"
         );
-        assert_ne!(
-            in_transaction(&target, "d").await,
-            Some(false),
-            "{name}: in a transaction"
-        );
+        assert_in_transaction(name, &target, "d").await;
         assert_eq!(step(&db, "d").await, ("closed".into(), 1, 0), "{name}");
     }
 }

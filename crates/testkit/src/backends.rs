@@ -26,6 +26,16 @@ fn missing(test: &str, backend: &str, variable: &str, example: &str) {
     eprintln!("SKIPPED: {test} on {backend}: set {variable} (e.g. {example})");
 }
 
+/// A fresh SQLite file, and a fresh Postgres schema when `MESH_TEST_DATABASE_URL` is set (see
+/// [`postgres`]), each named (`sqlite`, `postgres`): the databases a storage test runs on.
+pub fn databases(test: &str) -> Vec<(&'static str, DatabaseTarget)> {
+    let mut out = vec![("sqlite", sqlite())];
+    if let Some(pg) = postgres(test) {
+        out.push(("postgres", pg));
+    }
+    out
+}
+
 /// A fresh SQLite file under the temporary directory.
 pub fn sqlite() -> DatabaseTarget {
     DatabaseTarget::Sqlite {

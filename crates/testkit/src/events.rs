@@ -2,7 +2,7 @@
 //! the consumer has handled it.
 
 use mesh_contracts::events::v1::Envelope;
-use mesh_runtime::bus::{EventBus, OutgoingEvent};
+use mesh_runtime::bus::{Delivery, EventBus, OutgoingEvent};
 use prost::Message;
 
 use std::time::Duration;
@@ -27,6 +27,17 @@ pub fn envelope(event_type: &str, subject: &str, name: &str, message: &impl Mess
         correlation_id: subject.into(),
         sequence: 1,
         ..Default::default()
+    }
+}
+
+/// `envelope` as a bus hands it to a consumer (`Consumer::handle`): the `attempt`-th delivery
+/// of entry `entry` of its type's domain stream.
+pub fn delivery(envelope: &Envelope, entry: &str, attempt: u32) -> Delivery {
+    Delivery {
+        domain: domain(&envelope.r#type).into(),
+        entry_id: entry.into(),
+        payload: envelope.encode_to_vec().into(),
+        attempt,
     }
 }
 

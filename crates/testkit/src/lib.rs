@@ -31,9 +31,11 @@ pub mod serve;
 pub mod walkthrough;
 
 pub use auth::{ADMIN_EMAIL, PASSWORD, TestAuth, bearer, login, service_client, sign_up};
-pub use backends::{backends_for, postgres, postgres_url, redis, require_backends, sqlite, unique};
+pub use backends::{
+    backends_for, databases, postgres, postgres_url, redis, require_backends, sqlite, unique,
+};
 pub use context::{bus, config, context, context_with, database, database_before, memory_bus};
-pub use events::{deliver, envelope, publish, publish_with_id};
+pub use events::{deliver, delivery, envelope, publish, publish_with_id};
 pub use paging::every_page;
 pub use poll::{eventually, eventually_within, until_value};
 pub use redis_server::OwnRedis;

@@ -304,10 +304,13 @@ pub struct Changes<'a> {
 /// statement on Postgres (the entry is a data-modifying `WITH` of the update), two elsewhere.
 /// Returns the order as the update left it (read by `RETURNING` in the same statement; without
 /// its lines and history), or `None` when the order is missing or in another status (nothing
-/// changed).
+/// changed). Inside a consumer on Postgres the statement also records the handled event
+/// ([`Tx::fetch_recording`]), so a step that is this transition alone is one statement, which
+/// runs without a transaction (`inventory.reserved`); in a step run so, a transition that
+/// changes nothing fails the call, and the step runs again in a transaction.
 #[allow(clippy::too_many_arguments)]
 pub async fn transition(
-    conn: &mut AnyConnection,
+    tx: &mut Tx,
     id: &str,
     from: &[OrderStatus],
     to: OrderStatus,
@@ -325,35 +328,7 @@ pub async fn transition(
         event_id,
         now,
     };
-    Ok(step.run(conn, false).await?.map(|(order, _)| order))
-}
-
-/// [`transition`] in `tx`, its one statement on Postgres recording the consumer's handled event
-/// too ([`Tx::fetch_recording`]): a consumer step that is this transition alone is one statement,
-/// which runs without a transaction (`inventory.reserved`). In a step run so, a transition that
-/// changes nothing fails the call and the step runs again in a transaction.
-#[allow(clippy::too_many_arguments)]
-pub async fn transition_recording(
-    tx: &mut Tx,
-    id: &str,
-    from: &[OrderStatus],
-    to: OrderStatus,
-    changes: &Changes<'_>,
-    reason: &str,
-    event_id: &str,
-    now: i64,
-) -> Result<Option<Order>> {
-    Transition {
-        id,
-        from,
-        to,
-        changes,
-        reason,
-        event_id,
-        now,
-    }
-    .run_recording(tx)
-    .await
+    step.run_recording(tx).await
 }
 
 /// [`transition`], returning the order with its lines too: on Postgres still one statement (the

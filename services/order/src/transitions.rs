@@ -81,7 +81,7 @@ pub async fn reserved(tx: &mut Tx, id: &str, reservation: &str, event_id: &str) 
         ..Changes::default()
     };
     let now = store::now_us();
-    if store::transition_recording(
+    if store::transition(
         tx,
         id,
         &[OrderStatus::Pending],

@@ -6,15 +6,6 @@
 use mesh_contracts::payment::v1::{DeclineReason, PaymentStatus};
 use mesh_payment::store::{self, CardRow, PaymentRow};
 use mesh_runtime::Database;
-use mesh_runtime::config::DatabaseTarget;
-
-fn targets(test: &str) -> Vec<(&'static str, DatabaseTarget)> {
-    let mut out = vec![("sqlite", mesh_testkit::sqlite())];
-    if let Some(pg) = mesh_testkit::postgres(test) {
-        out.push(("postgres", pg));
-    }
-    out
-}
 
 fn pending(order: &str, token: &str, now: i64) -> PaymentRow {
     PaymentRow {
@@ -42,7 +33,7 @@ fn pending(order: &str, token: &str, now: i64) -> PaymentRow {
 
 #[tokio::test]
 async fn a_leased_charge_whose_worker_died_is_scanned_after_the_lease() {
-    for (name, target) in targets("leased charge") {
+    for (name, target) in mesh_testkit::databases("leased charge") {
         let db = Database::connect("payment", &target)
             .await
             .expect("connect");
@@ -88,28 +79,18 @@ async fn a_leased_charge_whose_worker_died_is_scanned_after_the_lease() {
         assert_eq!(card_ref, "card_ref_1", "{name}");
 
         let mut c = db.acquire().await.unwrap();
-        // Leased: no scan (of any replica) takes it, and a worker's claim refuses it.
-        assert!(
-            store::due_payments(&mut c, now, 10)
-                .await
-                .unwrap()
-                .is_empty(),
-            "{name}"
-        );
-        assert!(
-            store::claim_payment(&mut c, &p.id, now, now + 20_000_000, true)
-                .await
-                .unwrap()
-                .is_none(),
-            "{name}: claimed while leased"
-        );
-        // Its worker died: once the lease ran out the scan finds it and claims it again.
+        // Leased: no scan (of any replica) takes it, and a worker's claim refuses it; once the
+        // lease ran out (its worker died) the scan finds it and claims it again.
+        let refused = store::claim_payment(&mut c, &p.id, now, now + 20_000_000, true).await;
+        assert!(refused.unwrap().is_none(), "{name}: claimed while leased");
         let later = lease_until + 1;
-        assert_eq!(
-            store::due_payments(&mut c, later, 10).await.unwrap(),
-            vec![p.id.clone()],
-            "{name}"
-        );
+        for (at, due) in [(now, vec![]), (later, vec![p.id.clone()])] {
+            assert_eq!(
+                store::due_payments(&mut c, at, 10).await.unwrap(),
+                due,
+                "{name}"
+            );
+        }
         let (claimed, _) = store::claim_payment(&mut c, &p.id, later, later + 20_000_000, true)
             .await
             .unwrap()

@@ -65,7 +65,7 @@ const SAGA_COLUMNS: &str =
 /// second read; inside a consumer it also records the handled event ([`Tx::fetch_recording`]).
 pub async fn saga_created(tx: &mut Tx, o: &SagaOrder) -> Result<SagaOrder> {
     let rows = tx.fetch_recording(&created_upsert(o, "")).await?;
-    saga_row(&rows)?.ok_or_else(|| sqlx::Error::RowNotFound.into())
+    saga_row(&rows)?.ok_or(sqlx::Error::RowNotFound)
 }
 
 /// [`saga_created`] while the order cannot be charged yet, its stock not reserved (or it is
@@ -108,7 +108,7 @@ pub async fn saga_flag(tx: &mut Tx, order_id: &str, reserved: bool) -> Result<Sa
     .text(order_id)
     .int(now_micros());
     let rows = tx.fetch_recording(&upsert).await?;
-    saga_row(&rows)?.ok_or_else(|| sqlx::Error::RowNotFound.into())
+    saga_row(&rows)?.ok_or(sqlx::Error::RowNotFound)
 }
 
 /// The saga row an upsert of it returned, if it returned one.
