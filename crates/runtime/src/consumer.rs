@@ -536,7 +536,7 @@ impl Consumer {
             ids: ids.clone(),
             written: None,
         };
-        let mut tx = Tx::autocommit(&self.db, handled).await.ok()?;
+        let mut tx = Tx::one_statement(&self.db, handled).await.ok()?;
         let result = self.run_handler(w, &mut tx).await;
         let Autocommit {
             needs_transaction,

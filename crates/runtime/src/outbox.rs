@@ -263,7 +263,7 @@ impl Tx {
     /// A `Tx` without a transaction, for a consumer's one-statement step on Postgres: its one
     /// [`Tx::fetch_recording`] statement commits when it returns, and records `handled` (one id)
     /// only if it returned a row. [`Tx::commit`] then only runs what waits for the commit.
-    pub(crate) async fn autocommit(
+    pub(crate) async fn one_statement(
         db: &Database,
         handled: HandledIds,
     ) -> Result<Self, DatabaseError> {
@@ -303,6 +303,14 @@ impl Tx {
             auto.needs_transaction = true;
         }
         Err(AutocommitRefusal::NotOneStatement)
+    }
+
+    /// Whether its statements run in a transaction: `false` only in a consumer's one-statement
+    /// step run without one ([`crate::consumer::Step::OneStatement`]), where a handler may pick
+    /// the statement that completes its step only when it can (and otherwise runs again in a
+    /// transaction), and in a transaction the one that always does.
+    pub fn in_transaction(&self) -> bool {
+        self.autocommit.is_none()
     }
 
     /// The database this transaction runs on (for [`Database::backend`]).

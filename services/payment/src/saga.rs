@@ -68,8 +68,10 @@ impl TypedHandler for OnOrderCreated {
             reserved: false,
             cancelled: false,
         };
-        if store::saga_created_unreserved(tx, &order).await?.is_some() {
-            // Nothing to charge yet: the step is complete.
+        // Without a transaction the step is the upsert while the stock is not reserved yet
+        // (nothing to charge); when it is, that changes nothing, fails, and the step runs
+        // again in a transaction, which upserts and charges.
+        if !tx.in_transaction() && store::saga_created_unreserved(tx, &order).await?.is_some() {
             return Ok(());
         }
         let now = store::saga_created(tx, &order).await?;

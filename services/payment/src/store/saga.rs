@@ -69,10 +69,10 @@ pub async fn saga_created(tx: &mut Tx, o: &SagaOrder) -> Result<SagaOrder> {
 }
 
 /// [`saga_created`] while the order cannot be charged yet, its stock not reserved (or it is
-/// cancelled): the whole of the `order.created` step in one statement, which makes it a
-/// one-statement step. `None`, and nothing changed, when the stock is reserved already: the
-/// step then takes [`saga_created`] and the charge, in a transaction (a step run without one
-/// fails here, and runs again in one).
+/// cancelled): the whole of the `order.created` step in one statement, what the step runs
+/// without a transaction. `None`, and nothing changed, when the stock is reserved already: the
+/// step then takes [`saga_created`] and the charge, in a transaction (run without one, this
+/// call fails instead, and the step runs again in one).
 pub async fn saga_created_unreserved(tx: &mut Tx, o: &SagaOrder) -> Result<Option<SagaOrder>> {
     let upsert = created_upsert(
         o,
