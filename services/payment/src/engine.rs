@@ -28,7 +28,7 @@ use crate::error::{CommonErrors, PaymentError};
 use crate::provider::{CardData, ChargeCall, Outcome, PaymentProvider, ProviderError, RefundCall};
 use crate::settings::PaymentSettings;
 use crate::store::{self, CardRow, PaymentRow, RefundRow, SagaOrder, now_micros};
-use crate::worker::Work;
+use crate::work::Work;
 
 type Result<T> = std::result::Result<T, PaymentError>;
 

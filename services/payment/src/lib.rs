@@ -8,8 +8,9 @@
 //! outcome is chosen by the card number ([`cards`], `docs/saga.md`).
 //!
 //! - [`api`]: the RPCs; [`engine`]: charges and refunds; [`saga`]: event handlers;
-//!   [`worker`]: background retries; [`provider`]: the provider trait; [`simulated`]: the
-//!   simulated processor; [`store`]: SQL; [`validate`], [`error`], [`settings`].
+//!   [`work`]: what the engine hands the worker; [`worker`]: background retries;
+//!   [`provider`]: the provider trait; [`simulated`]: the simulated processor; [`store`]: SQL;
+//!   [`validate`], [`error`], [`settings`].
 
 pub mod api;
 pub mod cards;
@@ -21,6 +22,7 @@ pub mod settings;
 pub mod simulated;
 pub mod store;
 pub mod validate;
+pub mod work;
 pub mod worker;
 
 use std::sync::Arc;

@@ -12,38 +12,15 @@
 //! failed attempt took), so a short database outage delays a charge by about the outage, not
 //! by the lease.
 
-use std::fmt;
-
-use mesh_runtime::work_queue::{Leased, WorkHandle, WorkQueue, WorkQueueOptions, WorkSource};
+use mesh_runtime::work_queue::{WorkHandle, WorkQueue, WorkQueueOptions, WorkSource};
 
 use crate::engine::Engine;
 use crate::error::PaymentError;
-use crate::store::{self, PaymentRow, now_micros};
+use crate::store::{self, now_micros};
+pub use crate::work::Work;
 
 /// How many charges and refunds are in flight at once.
 pub const CONCURRENCY: usize = 64;
-
-/// A unit of the worker's work.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Work {
-    /// The PENDING payment with this id.
-    Charge(String),
-    /// A PENDING payment inserted claimed by this process, with its card's provider reference
-    /// (the saga's charge request): its first attempt claims nothing.
-    Leased(Leased<(PaymentRow, String)>),
-    /// The PENDING refund with this id.
-    Refund(String),
-}
-
-impl fmt::Display for Work {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Charge(id) => write!(f, "charge {id}"),
-            Self::Leased(leased) => write!(f, "charge {leased}"),
-            Self::Refund(id) => write!(f, "refund {id}"),
-        }
-    }
-}
 
 /// Payment's [`WorkSource`]: due charges and refunds, each attempted through the [`Engine`].
 #[derive(Debug, Clone)]
