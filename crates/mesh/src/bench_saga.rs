@@ -46,11 +46,14 @@ use tonic::transport::Channel;
 use crate::bench_saga_pg::{self, StatementShare};
 use crate::proc_cpu::CpuSampler;
 
-/// The services the saga needs.
+/// The services the saga needs: PlaceOrder prices every order through campaign (automatic
+/// promotions), so campaign runs too; without it each order would pay for a failed call and a
+/// warning instead of the pricing a deployment does.
 const SERVICES: &[&str] = &[
     "auth",
     "user",
     "product",
+    "campaign",
     "inventory",
     "payment",
     "notification",
