@@ -157,6 +157,8 @@ claims = {"iss": "mesh-auth", "sub": "acct-1", "aud": "mesh", "exp": NOW + 900, 
           "nbf": NOW, "jti": "t-1", "roles": ["customer"], "stores": ["s1"]}
 header = {"alg": "EdDSA", "typ": "JWT", "kid": "k1"}
 write("jwt", "signed-valid", json.dumps(header) + "\n" + json.dumps(claims))
+write("jwt", "signed-not-utf8",
+      (json.dumps(header) + "\n" + json.dumps(claims)[:-1]).encode() + b', "note": "\xa4"}')
 write("jwt", "signed-expired", json.dumps(header) + "\n" + json.dumps(dict(claims, exp=NOW - 100)))
 write("jwt", "signed-audience", json.dumps(header) + "\n" + json.dumps(dict(claims, aud=["mesh"])))
 write("jwt", "signed-hs256", json.dumps(dict(header, alg="HS256")) + "\n" + json.dumps(claims))

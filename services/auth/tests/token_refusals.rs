@@ -1,6 +1,6 @@
 //! Every way an attacker's or a confused client's token is refused, on real gRPC calls to a
 //! guarded RPC (auth's admin-only `SetRoles`): `alg: none`, HS256 keyed with the public key,
-//! expired, another audience, a device credential or a refresh token sent as an access token,
+//! expired, another audience, claims that are not UTF-8, a device credential or a refresh token sent as an access token,
 //! and a token of a key rotated out after its grace period, also at a remote verifier that had
 //! cached that key. Each answer is `UNAUTHENTICATED` with its own message, and each refusal is
 //! counted in `mesh_auth_rejected_total{service, reason}`. Time moves on an injected clock.
@@ -163,7 +163,25 @@ async fn refusals(target: DatabaseTarget) {
         b64(serde_json::to_string(&claims).expect("json").as_bytes())
     );
     let signed = |c: Claims| sign(Algorithm::EdDSA, &eddsa(&new_key), &new_kid, &c);
+    // Signed by the live key, valid in every claim the verifier reads, but with bytes that are
+    // not UTF-8 in a member it does not read (the `jwt` fuzz target found it accepted).
+    let not_utf8 = {
+        use ed25519_dalek::Signer as _;
+        let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": new_kid}).to_string();
+        let mut body = serde_json::to_string(&claims).expect("json").into_bytes();
+        body.pop();
+        body.extend_from_slice(b",\"note\":\"\xa4\xa4\"}");
+        let input = format!("{}.{}", b64(header.as_bytes()), b64(&body));
+        let signature = new_key.sign(input.as_bytes()).to_bytes();
+        format!("{input}.{}", b64(&signature))
+    };
     let cases = [
+        (
+            "claims that are not UTF-8",
+            not_utf8,
+            "malformed",
+            "the claims set is not UTF-8 JSON",
+        ),
         ("alg none", none, "algorithm", "algorithm `none` is refused"),
         (
             "HS256 keyed with the raw public key",
