@@ -4,18 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_contracts::events::v1::{InventoryAdjusted, InventoryReserved};
 use mesh_contracts::inventory::v1::inventory_service_server::InventoryService;
 use mesh_contracts::inventory::v1::*;
 use mesh_runtime::auth::{Clock, Identity};
 use mesh_runtime::domain::page_token;
-use mesh_runtime::domain::time::{duration_us, to_timestamp};
-use mesh_runtime::outbox::Event;
+use mesh_runtime::domain::time::duration_us;
 use mesh_runtime::{Database, DatabaseError};
 use tonic::{Request, Response, Status};
 
 use crate::error::InventoryError;
-use crate::reservations::{self, event_lines};
+use crate::events;
+use crate::reservations;
 use crate::scope::Scope;
 use crate::store::{self, StockFilter};
 use crate::validate;
@@ -121,21 +120,8 @@ impl InventoryApi {
             }
             other => other?,
         }
-        tx.emit(
-            Event::new(
-                "inventory.reserved",
-                &id,
-                "InventoryReserved",
-                &InventoryReserved {
-                    reservation_id: id.clone(),
-                    reference_id: reference.clone(),
-                    lines: event_lines(&lines),
-                    expire_time: Some(to_timestamp(expires)),
-                },
-            )
-            .correlation(reference.clone()),
-        )
-        .await?;
+        tx.emit(events::reserved(&id, &reference, &lines, expires))
+            .await?;
         let reservation = store::reservation(&mut tx, &id, false)
             .await?
             .ok_or_else(|| InventoryError::not_found("reservation", &id))?;
@@ -251,20 +237,12 @@ impl InventoryApi {
             now,
         )
         .await?;
-        tx.emit(Event::new(
-            "inventory.adjusted",
-            &product,
-            "InventoryAdjusted",
-            &InventoryAdjusted {
-                location_id: location.clone(),
-                product_id: product.clone(),
-                delta: req.delta,
-                reason: req.reason,
-                on_hand: level.on_hand,
-                available: level.available,
-                actor_id: actor.into(),
-                note: req.note.clone(),
-            },
+        tx.emit(events::adjusted(
+            &level,
+            req.delta,
+            req.reason,
+            actor,
+            req.note.clone(),
         ))
         .await?;
         tx.commit().await?;

@@ -10,10 +10,12 @@
 //! - [`api`]: the RPCs; [`reservations`]: ending a reservation; [`saga`]: the order saga's
 //!   consumers; [`refunds`]: refunded units restocked or written off; [`store`]: SQL;
 //!   [`validate`]: input checks; [`error`]: errors to statuses; [`scope`]: store staff act at
-//!   their stores' locations only; [`locations`]: which store a machine's location belongs to.
+//!   their stores' locations only; [`locations`]: which store a machine's location belongs to;
+//!   [`events`]: the stock events it emits.
 
 pub mod api;
 pub mod error;
+pub mod events;
 pub mod locations;
 pub mod refunds;
 pub mod reservations;

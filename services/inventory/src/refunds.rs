@@ -11,14 +11,15 @@
 //! `refund:<refund id>:<product id>` (unique), so the same refund delivered again under another
 //! event id adjusts nothing twice.
 
-use mesh_contracts::events::v1::{Envelope, InventoryAdjusted, OrderRefunded};
+use mesh_contracts::events::v1::{Envelope, OrderRefunded};
 use mesh_contracts::inventory::v1::AdjustmentReason;
 use mesh_contracts::order::v1::StockDisposition;
 use mesh_runtime::consumer::HandlerError;
-use mesh_runtime::outbox::{Event, Tx};
+use mesh_runtime::outbox::Tx;
 use mesh_runtime::typed_handler::{Handled, TypedHandler};
 
 use crate::error::InventoryError;
+use crate::events;
 use crate::saga::SagaOptions;
 use crate::store;
 use crate::validate;
@@ -101,22 +102,8 @@ impl TypedHandler for Return {
             .await
             .map_err(db_err)?;
             tx.emit(
-                Event::new(
-                    "inventory.adjusted",
-                    &product,
-                    "InventoryAdjusted",
-                    &InventoryAdjusted {
-                        location_id: location.clone(),
-                        product_id: product.clone(),
-                        delta,
-                        reason: reason as i32,
-                        on_hand: level.on_hand,
-                        available: level.available,
-                        actor_id: ACTOR.into(),
-                        note,
-                    },
-                )
-                .correlation(e.order_id.clone()),
+                events::adjusted(&level, delta, reason as i32, ACTOR, note)
+                    .correlation(e.order_id.clone()),
             )
             .await?;
         }

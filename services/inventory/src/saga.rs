@@ -13,18 +13,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_contracts::events::v1::{
-    Envelope, InventoryRejected, InventoryReserved, OrderCancelled, OrderConfirmed, OrderCreated,
-    ShortLine,
+    Envelope, InventoryRejected, OrderCancelled, OrderConfirmed, OrderCreated, ShortLine,
 };
 use mesh_contracts::inventory::v1::ReservationStatus;
 use mesh_runtime::auth::Clock;
 use mesh_runtime::consumer::{Consumer, HandlerError};
-use mesh_runtime::domain::time::{duration_us, to_timestamp};
+use mesh_runtime::domain::time::duration_us;
 use mesh_runtime::outbox::{Event, Tx};
 use mesh_runtime::typed_handler::{Handled, TypedHandler};
 
 use crate::error::InventoryError;
-use crate::reservations::{self, Expiry, event_lines};
+use crate::events;
+use crate::reservations::{self, Expiry};
 use crate::store;
 use crate::validate::{self, Line};
 
@@ -176,18 +176,7 @@ impl TypedHandler for Reserve {
         // The lines and the event: one statement on Postgres.
         tx.write_and_emit(
             &store::lines_writes(&id, &lines),
-            Event::new(
-                "inventory.reserved",
-                &id,
-                "InventoryReserved",
-                &InventoryReserved {
-                    reservation_id: id.clone(),
-                    reference_id: order.clone(),
-                    lines: event_lines(&lines),
-                    expire_time: Some(to_timestamp(expires)),
-                },
-            )
-            .correlation(order.clone()),
+            events::reserved(&id, &order, &lines, expires),
         )
         .await?;
         Ok(())
