@@ -151,6 +151,20 @@ write("event_envelope", "unknown-type",
 write("event_envelope", "no-payload", message((1, "e-1"), (2, "order.created")))
 write("event_envelope", "garbage", b"\xff\xff not protobuf")
 
+# --- wire_json: a byte choosing the route, then the upstream's answer bytes ------------------
+stamp = message((1, 1_764_806_400), (2, 123_000_000))
+product = message((1, "p-1"), (2, "Espresso \"double\" \u00e9"), (3, money), (4, 1), (5, stamp),
+                  (6, stamp), (7, "sku-1"))
+write("wire_json", "product", b"\x00" + product)
+write("wire_json", "wrapped", b"\x01" + message((1, product)))
+write("wire_json", "list", b"\x02" + message((1, product), (1, product), (2, "next-token")))
+write("wire_json", "merged", b"\x03" + product + message((3, message((2, 900))), (4, 2)))
+write("wire_json", "packed", b"\x04" + message((1, "o-1"), (3, bytes([1, 2, 150, 1]))))
+write("wire_json", "map", b"\x05" + message((1, "s-1"), (9, message((1, "k"), (2, "v"))),
+                                            (9, message((1, "k"), (2, "w")))))
+write("wire_json", "empty", b"\x06")
+write("wire_json", "truncated", b"\x07" + product[:-3])
+
 # --- jwt: a token, or "{header}\n{claims}" signed by the target --------------------------------
 NOW = 1_800_000_000
 claims = {"iss": "mesh-auth", "sub": "acct-1", "aud": "mesh", "exp": NOW + 900, "iat": NOW,

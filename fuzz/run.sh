@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-20}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(path_template transcode grpc_web jwt event_envelope)
+[ ${#targets[@]} -gt 0 ] || targets=(path_template transcode wire_json grpc_web jwt event_envelope)
 target_dir="${MESH_FUZZ_TARGET_DIR:-/var/tmp/mesh-fuzz-target}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -20,12 +20,27 @@ use tonic_health::pb::health_client::HealthClient;
 /// The `mesh` binary under test.
 pub const MESH: &str = env!("CARGO_BIN_EXE_mesh");
 
-/// A free loopback port (bound and released; the process binds it right after).
+/// A free loopback port below the kernel's ephemeral range (bound and released; the process
+/// binds it right after). Below that range because a killed service is restarted on the same
+/// port: a port from the range (what binding port 0 gives) can meanwhile become the source port
+/// of some outgoing connection, and the restart then fails with "address in use" (seen in CI:
+/// notification's restart, after a kill, found its port taken).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::hash::{BuildHasher as _, Hasher as _};
+    // Linux's default ephemeral range starts at 32768; 20000..32000 is outside it.
+    const LOW: u64 = 20_000;
+    const SPAN: u64 = 12_000;
+    for attempt in 0u64.. {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(attempt);
+        hasher.write_u32(std::process::id());
+        let port = (LOW + hasher.finish() % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+        assert!(attempt < 10_000, "no free port in 20000..32000");
+    }
+    unreachable!("the loop returns or panics")
 }
 
 /// A fresh Postgres database for one run, dropped at the end.

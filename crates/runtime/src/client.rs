@@ -316,11 +316,27 @@ where
             return Either::Left(ready(Ok(status.into_http())));
         };
         // Static names and a value written without `fmt`: this runs on every outgoing call.
+        // Both values differ on every call, so they are sent as HPACK "never indexed"
+        // literals: indexed, each would enter both ends' dynamic tables only to push out the
+        // entries that do repeat (the path, content-type, te), which then cost a literal and an
+        // insertion again on the next call.
         let headers = req.headers_mut();
-        headers.insert(GRPC_TIMEOUT_HEADER, grpc_timeout::header_value(remaining));
+        headers.insert(
+            GRPC_TIMEOUT_HEADER,
+            never_indexed(grpc_timeout::header_value(remaining)),
+        );
         if let Some(context) = context {
-            headers.insert(TRACEPARENT_HEADER, context.trace.header_value());
+            headers.insert(
+                TRACEPARENT_HEADER,
+                never_indexed(context.trace.header_value()),
+            );
         }
         Either::Right(self.inner.call(req))
     }
+}
+
+/// `value` marked as an HPACK "never indexed" literal (a value that never repeats).
+pub fn never_indexed(mut value: http::HeaderValue) -> http::HeaderValue {
+    value.set_sensitive(true);
+    value
 }

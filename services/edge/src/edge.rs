@@ -22,7 +22,9 @@ use crate::limiter::Limiter;
 use crate::openapi;
 use crate::rate_limit::RateLimiter;
 use crate::routes::RouteTable;
+use crate::transcode::AnswerPlan;
 use crate::upstream::{Upstream, Upstreams};
+use crate::wire_json::WireJson;
 
 /// Everything a request needs: routes, upstreams, the descriptor pool and the settings.
 #[derive(Debug)]
@@ -31,6 +33,10 @@ pub struct Edge {
     /// The upstream of each route, by [`Route::index`](crate::routes::Route::index): resolved
     /// once here instead of by service name per request.
     pub(crate) route_upstreams: Vec<Option<Arc<Upstream>>>,
+    /// How each route's answers become JSON, by route index ([`AnswerPlan`]).
+    pub(crate) answer_plans: Vec<AnswerPlan>,
+    /// The compiled plans of the answers' types.
+    pub(crate) wire_json: WireJson,
     pub(crate) upstreams: Upstreams,
     pub(crate) pool: DescriptorPool,
     pub(crate) config: EdgeConfig,
@@ -61,8 +67,11 @@ impl Edge {
             }
         }
         let mut route_upstreams = vec![None; routes.len()];
+        let mut answer_plans = vec![AnswerPlan::General; routes.len()];
+        let mut wire_json = WireJson::new();
         for route in routes.routes() {
             route_upstreams[route.index] = upstreams.shared(route.service());
+            answer_plans[route.index] = AnswerPlan::compile(&mut wire_json, route);
         }
         let openapi = serde_json::to_vec_pretty(&openapi::document(&routes)).unwrap_or_default();
         Ok(Self {
@@ -73,6 +82,8 @@ impl Edge {
             auth: None,
             routes,
             route_upstreams,
+            answer_plans,
+            wire_json,
             upstreams,
             pool,
             config,
@@ -135,6 +146,19 @@ impl Edge {
     /// The route table.
     pub fn routes(&self) -> &RouteTable {
         &self.routes
+    }
+
+    /// How the answers of the route at `index` become JSON (direct, or through a message).
+    pub fn answer_plan(&self, index: usize) -> AnswerPlan {
+        self.answer_plans
+            .get(index)
+            .copied()
+            .unwrap_or(AnswerPlan::General)
+    }
+
+    /// The compiled plans of the answers' types.
+    pub fn wire_json(&self) -> &WireJson {
+        &self.wire_json
     }
 
     /// The OpenAPI document, as served at `/openapi.json`.

@@ -3,7 +3,7 @@
 //! - REST/JSON: every RPC with a `google.api.http` rule in the descriptor set is a route
 //!   ([`routes`], looked up through [`route_index`]); the request becomes a protobuf message ([`transcode`]), goes to the owning
 //!   service over gRPC ([`upstream`], [`codec`]; a [`pool`] of connections per upstream), and the answer or the error comes back as JSON
-//!   ([`status_map`], [`error`]).
+//!   ([`wire_json`] straight from the answer's bytes; [`status_map`], [`error`]).
 //! - gRPC: health and reflection are answered by the edge itself (from the descriptor set, so
 //!   `grpcurl <edge> list` shows every public service); every other call is proxied, streaming
 //!   included, to the owning service ([`grpc_proxy`]). gRPC-Web (browsers, HTTP/1.1) is
@@ -52,6 +52,7 @@ pub mod setup;
 pub mod status_map;
 pub mod transcode;
 pub mod upstream;
+pub mod wire_json;
 
 pub use descriptors::{SetupError, load_pool};
 pub use dispatch::REQUEST_ID;

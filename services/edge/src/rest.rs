@@ -76,18 +76,17 @@ impl Edge {
             .await?;
         let (parts, body) = req.into_parts();
         let body = self.read_body(&parts.headers, body).await?;
-        let message = transcode::request_message(&route, &bindings, parts.uri.query(), &body)?;
+        let message = transcode::request_bytes(&route, &bindings, parts.uri.query(), &body)?;
         let upstream = self
             .route_upstreams
             .get(route.index)
             .and_then(Option::as_deref)
             .ok_or_else(|| EdgeError::Internal(format!("no upstream for {}", route.service())))?;
-        let response = upstream::unary(
+        let answer = upstream::unary(
             upstream,
             route.service(),
             route.grpc_path.clone(),
             message,
-            route.rpc.output(),
             &parts.headers,
             self.max_message_bytes,
         )
@@ -99,7 +98,12 @@ impl Edge {
             },
             other => other,
         })?;
-        let json = transcode::response_json(&route, &response)?;
+        let plan = self
+            .answer_plans
+            .get(route.index)
+            .copied()
+            .unwrap_or(transcode::AnswerPlan::General);
+        let json = transcode::answer_json(&self.wire_json, plan, &route, &answer)?;
         Ok(json_bytes_response(StatusCode::OK, json))
     }
 

@@ -6,7 +6,15 @@
 //! the body field otherwise), then the path variables and the query parameters, each converted
 //! from text to the JSON form of its field (`"true"` -> `true` for a bool, a wrapper's inner
 //! value, ...). The object is then decoded once, so every error names the field at fault.
+//!
+//! On the hot path neither side builds a message: a request whose only input is its path is
+//! encoded straight to protobuf bytes ([`request_bytes`]), and an answer is written as JSON
+//! straight from its bytes by [`WireJson`] ([`answer_json`]) when it covers the type; the rest
+//! goes through a `DynamicMessage`, with the same result.
 
+use bytes::Bytes;
+use prost::Message as _;
+use prost::encoding::{WireType, encode_key, encode_varint};
 use prost_reflect::{
     DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
 };
@@ -15,6 +23,124 @@ use serde_json::{Map, Value};
 use crate::error::EdgeError;
 use crate::path_template::{Binding, decode};
 use crate::routes::{BodySpec, Route, is_scalar_like};
+use crate::wire_json::{PlanId, WireJson};
+
+/// The encoded request of `route`: [`request_message`]'s message as protobuf bytes, encoded
+/// directly when the path is the only input and binds string fields.
+pub fn request_bytes(
+    route: &Route,
+    bindings: &[Binding],
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Bytes, EdgeError> {
+    if matches!(route.body, BodySpec::None)
+        && query.is_none_or(str::is_empty)
+        && body.iter().all(u8::is_ascii_whitespace)
+        && let Some(bytes) = path_only_bytes(route, bindings)
+    {
+        return Ok(bytes);
+    }
+    request_message(route, bindings, query, body).map(|m| Bytes::from(m.encode_to_vec()))
+}
+
+/// The protobuf encoding of a path-only request: each variable as its string field, nested in
+/// its parent fields (two variables under one parent are two occurrences of the parent, which
+/// protobuf merges into one message). `None`: take the general route.
+fn path_only_bytes(route: &Route, bindings: &[Binding]) -> Option<Bytes> {
+    let mut out = Vec::with_capacity(64);
+    for binding in bindings {
+        let (last, parents) = route.path_fields.get(binding.variable)?.split_last()?;
+        if last.kind() != Kind::String || last.is_list() {
+            return None;
+        }
+        if parents
+            .iter()
+            .any(|p| p.is_list() || p.is_map() || !matches!(p.kind(), Kind::Message(_)))
+        {
+            return None;
+        }
+        let value = binding.value.as_bytes();
+        // Innermost first: the string field (left out when empty and without presence, as the
+        // encoder of a message leaves out a default), then each parent around it.
+        let mut inner = Vec::with_capacity(value.len() + 8);
+        if !value.is_empty() || last.supports_presence() {
+            encode_key(last.number(), WireType::LengthDelimited, &mut inner);
+            encode_varint(value.len() as u64, &mut inner);
+            inner.extend_from_slice(value);
+        }
+        for parent in parents.iter().rev() {
+            let mut wrapped = Vec::with_capacity(inner.len() + 8);
+            encode_key(parent.number(), WireType::LengthDelimited, &mut wrapped);
+            encode_varint(inner.len() as u64, &mut wrapped);
+            wrapped.extend_from_slice(&inner);
+            inner = wrapped;
+        }
+        out.extend_from_slice(&inner);
+    }
+    Some(Bytes::from(out))
+}
+
+/// How a route's answers become JSON: straight from their bytes when [`WireJson`] covers the
+/// type (the whole answer, or its `response_body` field), else through a `DynamicMessage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerPlan {
+    /// The whole answer, by its plan.
+    Whole(PlanId),
+    /// The answer's message field of this number, by the answer's plan.
+    Field(PlanId, u32),
+    /// Decode, then serialize.
+    General,
+}
+
+impl AnswerPlan {
+    /// The plan of `route`'s answers, compiling its types into `plans`.
+    pub fn compile(plans: &mut WireJson, route: &Route) -> Self {
+        let Some(plan) = plans.compile(&route.rpc.output()) else {
+            return Self::General;
+        };
+        match &route.response_body {
+            None => Self::Whole(plan),
+            Some(field)
+                if !field.is_list()
+                    && !field.is_map()
+                    && matches!(field.kind(), Kind::Message(_)) =>
+            {
+                Self::Field(plan, field.number())
+            }
+            Some(_) => Self::General,
+        }
+    }
+}
+
+/// The JSON of `route`'s answer `bytes`, by `plan`: the same as [`response_json`] of the
+/// decoded message; an answer that is not a valid message of the RPC's output is the
+/// upstream's fault (an internal error naming the type).
+pub fn answer_json(
+    plans: &WireJson,
+    plan: AnswerPlan,
+    route: &Route,
+    bytes: &[u8],
+) -> Result<Vec<u8>, EdgeError> {
+    let mut out = Vec::with_capacity(bytes.len() * 2 + 32);
+    let direct = match plan {
+        AnswerPlan::Whole(id) => plans.write(id, bytes, &mut out),
+        AnswerPlan::Field(id, number) => plans.write_field(id, number, bytes, &mut out),
+        AnswerPlan::General => Err(crate::wire_json::Declined),
+    };
+    if direct.is_ok() {
+        return Ok(out);
+    }
+    let output = route.rpc.output();
+    let message =
+        DynamicMessage::decode(output.clone(), bytes).map_err(|e| EdgeError::Upstream {
+            status: tonic::Status::internal(format!(
+                "the upstream's response is not a valid {}: {e}",
+                output.full_name()
+            )),
+            details: Vec::new(),
+        })?;
+    response_json(route, &message)
+}
 
 /// Builds the request message of `route` from the path `bindings`, the raw `query` string and
 /// the raw `body`.
@@ -394,6 +520,10 @@ mod tests {
             shortcut += 1;
             let slow = request_message_via_json(route, &bindings, None, b"").expect("json");
             assert_eq!(fast, slow, "{}", route.label);
+            let bytes = path_only_bytes(route, &bindings).expect("the same routes");
+            let decoded =
+                DynamicMessage::decode(route.rpc.input(), bytes.as_ref()).expect("decodes");
+            assert_eq!(decoded, slow, "{}: encoded directly", route.label);
         }
         assert!(shortcut >= 20, "{shortcut} routes take the shortcut");
     }

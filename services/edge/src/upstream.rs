@@ -12,12 +12,13 @@ use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Uri, header};
 use mesh_runtime::client::{self, ClientOptions, MeshChannel, Propagate};
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use prost_reflect::DescriptorPool;
 use tonic::metadata::MetadataMap;
 
-use crate::codec::DynamicCodec;
+use crate::codec::BytesCodec;
 use crate::error::EdgeError;
 use crate::pool::ConnectionPool;
 
@@ -154,17 +155,16 @@ impl Upstreams {
     }
 }
 
-/// Calls the unary `path` on `upstream` with `message`, passing the forwarded `headers` as
-/// metadata; decodes the response as `output`.
+/// Calls the unary `path` on `upstream` with the encoded request `message`, passing the
+/// forwarded `headers` as metadata; the answer's encoded bytes.
 pub async fn unary(
     upstream: &Upstream,
     service: &str,
     path: http::uri::PathAndQuery,
-    message: DynamicMessage,
-    output: MessageDescriptor,
+    message: Bytes,
     headers: &HeaderMap,
     max_message_bytes: usize,
-) -> Result<DynamicMessage, EdgeError> {
+) -> Result<Bytes, EdgeError> {
     let down = |detail: String| EdgeError::UpstreamDown {
         upstream: upstream.name.clone(),
         service: service.to_string(),
@@ -178,13 +178,17 @@ pub async fn unary(
             forwarded.insert(name, value.clone());
         }
     }
+    // A request id differs on every call: never indexed in HPACK (`client::never_indexed`).
+    if let Some(id) = forwarded.get_mut(&crate::dispatch::REQUEST_ID_HEADER) {
+        id.set_sensitive(true);
+    }
     let request = tonic::Request::from_parts(
         MetadataMap::from_headers(forwarded),
         Default::default(),
         message,
     );
     let deadline = mesh_runtime::CallContext::current().and_then(|c| c.deadline);
-    let codec = DynamicCodec::new(output);
+    let codec = BytesCodec;
     let attempt = async {
         match &upstream.pooled {
             Some(pooled) => call(pooled.clone(), request, path, codec, max_message_bytes).await,
@@ -265,11 +269,11 @@ enum CallError {
 /// One unary call of `path` over `transport` (a channel or the pool).
 async fn call<T>(
     transport: T,
-    request: tonic::Request<DynamicMessage>,
+    request: tonic::Request<Bytes>,
     path: http::uri::PathAndQuery,
-    codec: DynamicCodec,
+    codec: BytesCodec,
     max_message_bytes: usize,
-) -> Result<DynamicMessage, CallError>
+) -> Result<Bytes, CallError>
 where
     T: tonic::client::GrpcService<tonic::body::Body>,
     T::Error: Into<tonic::codegen::StdError>,
