@@ -4,9 +4,13 @@
 //! once. A tonic `Channel` carries them all over one connection, and hands each request to a
 //! worker task through a queue (tower's `Buffer`) before it reaches the connection. The pool
 //! instead holds up to `size` connections (hyper's HTTP/2 client, no queue in between): a call
-//! takes the connection with the fewest calls in flight (the first on a tie, so one call at a
-//! time stays on one warm connection), opening it on first use and again after it closed (the
-//! upstream restarted). It is a tower service of the same shape as a channel, so the runtime's
+//! takes the first connection with fewer than [`DEFAULT_STREAMS_BEFORE_SPREAD`] calls in flight
+//! (else the one with the fewest), opening it on first use and again after it closed (the
+//! upstream restarted). Calls are packed onto one connection until it carries that many, because
+//! on one connection the HTTP/2 frames of concurrent calls share system calls at both ends
+//! (measured on loopback at 16 concurrent REST clients: 4.0 system calls per call packed, 4.6
+//! spread evenly over four connections); more connections take over only under a load that one
+//! connection's task on each side would serialize. It is a tower service of the same shape as a channel, so the runtime's
 //! layers (deadline and trace, retries, circuit breaker: [`mesh_runtime::client::layered`]) wrap
 //! it as they wrap a channel.
 //!
@@ -41,6 +45,9 @@ use tonic::Status;
 
 /// REST calls in flight to one upstream before the pool refuses more, by default.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
+/// Calls in flight on one connection before the next call goes to another, by default.
+pub const DEFAULT_STREAMS_BEFORE_SPREAD: usize = 64;
 
 /// A transport failure as a status with the cause as its source: `UNAVAILABLE` (so the edge
 /// reports the upstream as down), or, unless `unavailable`, the status tonic maps the error to
@@ -96,6 +103,8 @@ struct Shared {
     /// Calls in flight over every slot, and the most allowed.
     in_flight: AtomicUsize,
     max_in_flight: usize,
+    /// Calls one connection carries before the next call goes to another.
+    spread_above: usize,
     /// mTLS toward the upstream, when on.
     tls: Option<ClientTls>,
 }
@@ -146,6 +155,7 @@ impl ConnectionPool {
                 slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
                 in_flight: AtomicUsize::new(0),
                 max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+                spread_above: DEFAULT_STREAMS_BEFORE_SPREAD,
                 tls: None,
             }),
         })
@@ -155,6 +165,15 @@ impl ConnectionPool {
     pub fn with_max_in_flight(mut self, max: usize) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.max_in_flight = max.max(1);
+        }
+        self
+    }
+
+    /// The same pool putting a call on another connection once the first carries `streams`
+    /// calls (at least 1; 1 spreads every concurrent call); call before cloning.
+    pub fn with_streams_before_spread(mut self, streams: usize) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.spread_above = streams.max(1);
         }
         self
     }
@@ -183,15 +202,16 @@ impl ConnectionPool {
 }
 
 impl Shared {
-    /// The slot with the fewest calls in flight (the first on a tie).
+    /// The first slot carrying fewer than `spread_above` calls, else the one with the fewest
+    /// calls in flight (the first on a tie).
     fn pick(&self) -> &Slot {
         let mut best = &self.slots[0];
-        let mut least = best.in_flight.load(Ordering::Relaxed);
-        for slot in &self.slots[1..] {
-            if least == 0 {
-                break;
-            }
+        let mut least = usize::MAX;
+        for slot in self.slots.iter() {
             let n = slot.in_flight.load(Ordering::Relaxed);
+            if n < self.spread_above {
+                return slot;
+            }
             if n < least {
                 best = slot;
                 least = n;

@@ -26,7 +26,8 @@ fn pool_to(addr: std::net::SocketAddr, size: usize) -> ConnectionPool {
 #[tokio::test]
 async fn concurrent_calls_spread_over_the_pool_and_one_at_a_time_stays_on_one() {
     let upstream = start_upstream().await;
-    let pool = pool_to(upstream, 3);
+    // Two calls per connection before the next one is used.
+    let pool = pool_to(upstream, 3).with_streams_before_spread(2);
     assert_eq!(
         pool.open_connections(),
         0,
@@ -64,6 +65,34 @@ async fn concurrent_calls_spread_over_the_pool_and_one_at_a_time_stays_on_one() 
         pool.open_connections(),
         3,
         "never more than the pool's size"
+    );
+    assert_eq!(pool.in_flight(), 6);
+    for call in slow {
+        assert!(call.await.unwrap().is_err());
+    }
+}
+
+#[tokio::test]
+async fn concurrent_calls_pack_onto_one_connection_below_the_spread_limit() {
+    let upstream = start_upstream().await;
+    let pool = pool_to(upstream, 4);
+    let client = ProductServiceClient::new(pool.clone());
+    let mut slow = Vec::new();
+    for _ in 0..8 {
+        let mut client = client.clone();
+        slow.push(tokio::spawn(async move {
+            let mut req = tonic::Request::new(GetProductRequest { id: "slow".into() });
+            req.set_timeout(Duration::from_millis(300));
+            client.get_product(req).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(pool.in_flight(), 8);
+    assert_eq!(
+        pool.open_connections(),
+        1,
+        "8 calls in flight share one connection (the default spreads above {})",
+        mesh_edge::pool::DEFAULT_STREAMS_BEFORE_SPREAD
     );
     for call in slow {
         assert!(call.await.unwrap().is_err());
