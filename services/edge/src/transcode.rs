@@ -33,14 +33,20 @@ pub fn request_bytes(
     query: Option<&str>,
     body: &[u8],
 ) -> Result<Bytes, EdgeError> {
-    if matches!(route.body, BodySpec::None)
-        && query.is_none_or(str::is_empty)
-        && body.iter().all(u8::is_ascii_whitespace)
+    if only_the_path(route, query, body)
         && let Some(bytes) = path_only_bytes(route, bindings)
     {
         return Ok(bytes);
     }
     request_message(route, bindings, query, body).map(|m| Bytes::from(m.encode_to_vec()))
+}
+
+/// Whether the path is a request's only input: a route without a body, no query string and
+/// an empty (or blank) body.
+fn only_the_path(route: &Route, query: Option<&str>, body: &[u8]) -> bool {
+    matches!(route.body, BodySpec::None)
+        && query.is_none_or(str::is_empty)
+        && body.iter().all(u8::is_ascii_whitespace)
 }
 
 /// The protobuf encoding of a path-only request: each variable as its string field, nested in
@@ -150,9 +156,7 @@ pub fn request_message(
     query: Option<&str>,
     body: &[u8],
 ) -> Result<DynamicMessage, EdgeError> {
-    if matches!(route.body, BodySpec::None)
-        && query.is_none_or(str::is_empty)
-        && body.iter().all(u8::is_ascii_whitespace)
+    if only_the_path(route, query, body)
         && let Some(message) = path_only_message(route, bindings)
     {
         return Ok(message);

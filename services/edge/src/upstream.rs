@@ -22,10 +22,13 @@ use crate::codec::BytesCodec;
 use crate::error::EdgeError;
 use crate::pool::ConnectionPool;
 
+/// The request id header, as the edge forwards it (the name the dispatch sets on every request).
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Request headers the edge passes to upstreams as gRPC metadata.
 pub const FORWARDED_HEADERS: [HeaderName; 3] = [
     header::AUTHORIZATION,
-    HeaderName::from_static("x-request-id"),
+    REQUEST_ID_HEADER,
     header::ACCEPT_LANGUAGE,
 ];
 
@@ -179,7 +182,7 @@ pub async fn unary(
         }
     }
     // A request id differs on every call: never indexed in HPACK (`client::never_indexed`).
-    if let Some(id) = forwarded.get_mut(&crate::dispatch::REQUEST_ID_HEADER) {
+    if let Some(id) = forwarded.get_mut(&REQUEST_ID_HEADER) {
         id.set_sensitive(true);
     }
     let request = tonic::Request::from_parts(

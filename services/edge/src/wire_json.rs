@@ -19,6 +19,7 @@
 //! (`tests/wire_json.rs`) and by the `wire_json` fuzz target.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use base64::Engine as _;
 use prost_reflect::{Cardinality, Kind, MessageDescriptor, Syntax};
@@ -454,7 +455,7 @@ impl Writer<'_> {
             }
             out.extend_from_slice(&field.key);
             let value_start = out.len();
-            let wrote = self.field(field, bytes, i, j, depth, out)?;
+            let wrote = self.field(field, bytes, i..j, depth, out)?;
             if wrote {
                 first = false;
                 if depth == 0 && self.capture == Some(field_index) {
@@ -470,21 +471,25 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Writes the value of `field` from its occurrences `from..to`; `false` when the field is
-    /// not written (a default value without presence, an empty list).
+    /// Writes the value of `field` from its `found` occurrences (a range of
+    /// [`Writer::occurrences`]); `false` when the field is not written (a default value without
+    /// presence, an empty list).
     fn field(
         &mut self,
         field: &FieldPlan,
         bytes: &[u8],
-        from: usize,
-        to: usize,
+        found: Range<usize>,
         depth: u32,
         out: &mut Vec<u8>,
     ) -> Result<bool, Declined> {
+        let Range {
+            start: from,
+            end: to,
+        } = found;
         match field.shape {
             Shape::Singular { presence } => match field.ty {
                 Ty::Message(inner) => {
-                    self.merged_message(inner, bytes, from, to, depth + 1, out)?;
+                    self.merged_message(inner, bytes, from..to, depth + 1, out)?;
                     Ok(true)
                 }
                 ty => {
@@ -553,7 +558,7 @@ impl Writer<'_> {
                 out.push(b']');
                 Ok(count > 0)
             }
-            Shape::Map { key, value } => self.map(key, value, bytes, from, to, depth, out),
+            Shape::Map { key, value } => self.map((key, value), bytes, from..to, depth, out),
         }
     }
 
@@ -563,11 +568,14 @@ impl Writer<'_> {
         &mut self,
         inner: u32,
         bytes: &[u8],
-        from: usize,
-        to: usize,
+        found: Range<usize>,
         depth: u32,
         out: &mut Vec<u8>,
     ) -> Written {
+        let Range {
+            start: from,
+            end: to,
+        } = found;
         if to - from == 1 {
             let Raw::Len(start, end) = self.occurrences[from].value else {
                 return Err(Declined);
@@ -584,19 +592,20 @@ impl Writer<'_> {
         self.message(inner, &merged, depth, out)
     }
 
-    /// A map field: each entry's key and value are written (and so checked) as they come; a
-    /// later entry with the same key replaces an earlier one.
-    #[allow(clippy::too_many_arguments)]
+    /// A map field of `(key type, value type)`: each entry's key and value are written (and so
+    /// checked) as they come; a later entry with the same key replaces an earlier one.
     fn map(
         &mut self,
-        key_type: Scalar,
-        value_type: Ty,
+        (key_type, value_type): (Scalar, Ty),
         bytes: &[u8],
-        from: usize,
-        to: usize,
+        entries_found: Range<usize>,
         depth: u32,
         out: &mut Vec<u8>,
     ) -> Result<bool, Declined> {
+        let Range {
+            start: from,
+            end: to,
+        } = entries_found;
         if to - from > MAX_MAP_ENTRIES {
             return Err(Declined);
         }
@@ -640,8 +649,7 @@ impl Writer<'_> {
                     self.merged_message(
                         inner,
                         bytes,
-                        values_from,
-                        values_to,
+                        values_from..values_to,
                         depth + 1,
                         &mut entry,
                     )?;

@@ -4,25 +4,15 @@
 //!
 //! Runs in the normal test suite (`cargo nextest run`), so CI exercises it on every change.
 
-use std::sync::OnceLock;
+mod contracts;
 
+use contracts::table;
 use http::Method;
 use mesh_edge::error::EdgeError;
-use mesh_edge::routes::{Lookup, RouteTable};
+use mesh_edge::routes::Lookup;
 use mesh_edge::transcode::{decode_json, request_message};
 use proptest::prelude::*;
-use prost_reflect::DescriptorPool;
 use serde_json::Value;
-
-fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(mesh_contracts::FILE_DESCRIPTOR_SET).unwrap())
-}
-
-fn table() -> &'static RouteTable {
-    static TABLE: OnceLock<RouteTable> = OnceLock::new();
-    TABLE.get_or_init(|| RouteTable::build(pool(), |_| true).expect("our rules build"))
-}
 
 /// Any JSON value, nested a few levels, with keys that sometimes are real field names.
 fn json() -> impl Strategy<Value = Value> {

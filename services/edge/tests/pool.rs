@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mesh_contracts::product::v1::GetProductRequest;
 use mesh_contracts::product::v1::product_service_client::ProductServiceClient;
+use mesh_contracts::product::v1::{GetProductRequest, GetProductResponse};
 use mesh_edge::config::EdgeConfig;
 use mesh_edge::load_pool;
 use mesh_edge::pool::ConnectionPool;
@@ -21,6 +21,24 @@ use tokio_util::sync::CancellationToken;
 fn pool_to(addr: std::net::SocketAddr, size: usize) -> ConnectionPool {
     let uri: http::Uri = format!("http://{addr}").parse().unwrap();
     ConnectionPool::for_ip(&uri, size, Duration::from_secs(1)).expect("an IP upstream")
+}
+
+/// `n` calls that stay in flight (the upstream sleeps 5 s on "slow"; their 300 ms deadline ends
+/// them with an error).
+fn slow_calls(
+    client: &ProductServiceClient<ConnectionPool>,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<tonic::Response<GetProductResponse>, tonic::Status>>> {
+    (0..n)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let mut req = tonic::Request::new(GetProductRequest { id: "slow".into() });
+                req.set_timeout(Duration::from_millis(300));
+                client.get_product(req).await
+            })
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -51,15 +69,7 @@ async fn concurrent_calls_spread_over_the_pool_and_one_at_a_time_stays_on_one() 
     );
     // "slow" calls stay in flight (the upstream sleeps 5 s; the deadline ends them sooner), so
     // the next calls take the other connections.
-    let mut slow = Vec::new();
-    for _ in 0..6 {
-        let mut client = client.clone();
-        slow.push(tokio::spawn(async move {
-            let mut req = tonic::Request::new(GetProductRequest { id: "slow".into() });
-            req.set_timeout(Duration::from_millis(300));
-            client.get_product(req).await
-        }));
-    }
+    let slow = slow_calls(&client, 6);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         pool.open_connections(),
@@ -77,15 +87,7 @@ async fn concurrent_calls_pack_onto_one_connection_below_the_spread_limit() {
     let upstream = start_upstream().await;
     let pool = pool_to(upstream, 4);
     let client = ProductServiceClient::new(pool.clone());
-    let mut slow = Vec::new();
-    for _ in 0..8 {
-        let mut client = client.clone();
-        slow.push(tokio::spawn(async move {
-            let mut req = tonic::Request::new(GetProductRequest { id: "slow".into() });
-            req.set_timeout(Duration::from_millis(300));
-            client.get_product(req).await
-        }));
-    }
+    let slow = slow_calls(&client, 8);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(pool.in_flight(), 8);
     assert_eq!(

@@ -5,25 +5,14 @@
 //! where the general path refuses the bytes, the direct writer declines; a canonical encoding
 //! of a covered type is never declined (so the fast path is really the one taken).
 
-use std::sync::OnceLock;
+mod contracts;
 
-use mesh_edge::routes::{Route, RouteTable};
+use contracts::table;
+use mesh_edge::routes::Route;
 use mesh_edge::transcode::{AnswerPlan, response_json};
 use mesh_edge::wire_json::{Declined, WireJson};
 use prost::Message as _;
-use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value,
-};
-
-fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(mesh_contracts::FILE_DESCRIPTOR_SET).unwrap())
-}
-
-fn table() -> &'static RouteTable {
-    static TABLE: OnceLock<RouteTable> = OnceLock::new();
-    TABLE.get_or_init(|| RouteTable::build(pool(), |_| true).expect("our rules build"))
-}
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value};
 
 /// A small deterministic generator (xorshift64*), so a failure repeats.
 struct Rng(u64);
