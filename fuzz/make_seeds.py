@@ -164,6 +164,11 @@ write("wire_json", "map", b"\x05" + message((1, "s-1"), (9, message((1, "k"), (2
                                             (9, message((1, "k"), (2, "w")))))
 write("wire_json", "empty", b"\x06")
 write("wire_json", "truncated", b"\x07" + product[:-3])
+# Found by the fuzzer: a message field given three times, the first cut inside a field that the
+# third's bytes complete (each occurrence must decode by itself).
+write("wire_json", "regress-split-merged-field",
+      bytes([205, 10, 4, 10, 16, 16, 0, 10, 0, 10, 16, 0, 3, 3, 1, 0, 0, 0, 0, 0, 0, 0, 21, 0, 0,
+             112, 69, 112, 69]))
 
 # --- jwt: a token, or "{header}\n{claims}" signed by the target --------------------------------
 NOW = 1_800_000_000

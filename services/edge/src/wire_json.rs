@@ -587,6 +587,9 @@ impl Writer<'_> {
             let Raw::Len(start, end) = self.occurrences[k].value else {
                 return Err(Declined);
             };
+            // Each occurrence is decoded on its own: it must be whole fields by itself, or a
+            // field cut at its end could be completed by the next occurrence's bytes.
+            skip_all(&bytes[start..end])?;
             merged.extend_from_slice(&bytes[start..end]);
         }
         self.message(inner, &merged, depth, out)
