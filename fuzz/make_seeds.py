@@ -170,6 +170,9 @@ write("wire_json", "regress-split-merged-field",
       bytes([205, 10, 4, 10, 16, 16, 0, 10, 0, 10, 16, 0, 3, 3, 1, 0, 0, 0, 0, 0, 0, 0, 21, 0, 0,
              112, 69, 112, 69]))
 
+# Found by the fuzzer: an answer that decodes but does not serialize (a timestamp out of range).
+write("wire_json", "regress-timestamp-out-of-range", bytes.fromhex("020a480a0318181818181818181818181818181818181818181818181818185818a9d33a320b08809ecbc10610c0a9d33a3a05736b181818185818a9d33a320b08809ecbc0d3c10630a93a3a05736b752d31120a6e6578742d746d6b656e"))
+
 # --- jwt: a token, or "{header}\n{claims}" signed by the target --------------------------------
 NOW = 1_800_000_000
 claims = {"iss": "mesh-auth", "sub": "acct-1", "aud": "mesh", "exp": NOW + 900, "iat": NOW,

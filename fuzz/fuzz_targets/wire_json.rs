@@ -5,8 +5,9 @@
 //! upstream's answer bytes. Invariants:
 //! - when the writer answers, its JSON is valid and equal (as JSON values) to the general
 //!   path's, which accepts the same bytes;
-//! - when the general path refuses the bytes, the writer declines them (never a JSON answer for
-//!   bytes that are not a message of the RPC's output).
+//! - when the general path refuses the bytes (they do not decode, or the message does not
+//!   serialize: a timestamp out of range), the writer declines them (never a JSON answer for
+//!   bytes the general path would not answer).
 
 #![no_main]
 
@@ -45,9 +46,11 @@ fuzz_target!(|data: &[u8]| {
         AnswerPlan::Field(id, number) => plans.write_field(id, number, bytes, &mut out),
         AnswerPlan::General => unreachable!("filtered out"),
     };
+    // The general path refuses bytes it cannot decode, and answers it cannot serialize (a
+    // timestamp out of range: the edge's 500).
     let general = DynamicMessage::decode(route.rpc.output(), bytes)
         .ok()
-        .map(|message| response_json(route, &message).expect("a decoded answer serializes"));
+        .and_then(|message| response_json(route, &message).ok());
     match (direct, general) {
         (Ok(()), Some(general)) => {
             let fast: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(|e| {
