@@ -8,18 +8,14 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
+use http::{HeaderMap, HeaderValue, Request, header};
 use mesh_runtime::ServiceRoutes;
 
 use crate::edge::Edge;
 use crate::error::EdgeError;
 use crate::grpc_web;
 
-/// The request id header, set on every request (kept from the client when valid) and response.
-pub const REQUEST_ID: &str = "x-request-id";
-
-/// [`REQUEST_ID`] as a header name: used per request without parsing the name each time.
-pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
+pub use crate::upstream::{REQUEST_ID, REQUEST_ID_HEADER};
 
 impl Edge {
     /// The edge as the routes of a runtime server: health and reflection for every fronted

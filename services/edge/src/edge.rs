@@ -156,11 +156,6 @@ impl Edge {
             .unwrap_or(AnswerPlan::General)
     }
 
-    /// The compiled plans of the answers' types.
-    pub fn wire_json(&self) -> &WireJson {
-        &self.wire_json
-    }
-
     /// The OpenAPI document, as served at `/openapi.json`.
     pub fn openapi_json(&self) -> &[u8] {
         &self.openapi

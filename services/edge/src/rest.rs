@@ -98,11 +98,7 @@ impl Edge {
             },
             other => other,
         })?;
-        let plan = self
-            .answer_plans
-            .get(route.index)
-            .copied()
-            .unwrap_or(transcode::AnswerPlan::General);
+        let plan = self.answer_plan(route.index);
         let json = transcode::answer_json(&self.wire_json, plan, &route, &answer)?;
         Ok(json_bytes_response(StatusCode::OK, json))
     }

@@ -33,20 +33,14 @@ pub fn request_bytes(
     query: Option<&str>,
     body: &[u8],
 ) -> Result<Bytes, EdgeError> {
-    if only_the_path(route, query, body)
+    if matches!(route.body, BodySpec::None)
+        && query.is_none_or(str::is_empty)
+        && body.iter().all(u8::is_ascii_whitespace)
         && let Some(bytes) = path_only_bytes(route, bindings)
     {
         return Ok(bytes);
     }
     request_message(route, bindings, query, body).map(|m| Bytes::from(m.encode_to_vec()))
-}
-
-/// Whether the path is a request's only input: a route without a body, no query string and
-/// an empty (or blank) body.
-fn only_the_path(route: &Route, query: Option<&str>, body: &[u8]) -> bool {
-    matches!(route.body, BodySpec::None)
-        && query.is_none_or(str::is_empty)
-        && body.iter().all(u8::is_ascii_whitespace)
 }
 
 /// The protobuf encoding of a path-only request: each variable as its string field, nested in
@@ -149,23 +143,9 @@ pub fn answer_json(
 }
 
 /// Builds the request message of `route` from the path `bindings`, the raw `query` string and
-/// the raw `body`.
+/// the raw `body`, through one JSON document (the hot path's path-only requests never come here:
+/// [`request_bytes`] encodes them directly).
 pub fn request_message(
-    route: &Route,
-    bindings: &[Binding],
-    query: Option<&str>,
-    body: &[u8],
-) -> Result<DynamicMessage, EdgeError> {
-    if only_the_path(route, query, body)
-        && let Some(message) = path_only_message(route, bindings)
-    {
-        return Ok(message);
-    }
-    request_message_via_json(route, bindings, query, body)
-}
-
-/// [`request_message`] through one JSON document (the general route).
-fn request_message_via_json(
     route: &Route,
     bindings: &[Binding],
     query: Option<&str>,
@@ -259,25 +239,6 @@ fn request_message_via_json(
     }
 
     decode_json(&input, Value::Object(root))
-}
-
-/// The request of a call whose only input is its path (`GET /v1/products/{id}`), built
-/// directly when every path variable binds a string field: the same message as the JSON route
-/// gives, without a JSON document in between. `None`: take the general route.
-fn path_only_message(route: &Route, bindings: &[Binding]) -> Option<DynamicMessage> {
-    let mut message = DynamicMessage::new(route.rpc.input());
-    for binding in bindings {
-        let (last, parents) = route.path_fields.get(binding.variable)?.split_last()?;
-        if last.kind() != Kind::String {
-            return None;
-        }
-        let mut current = &mut message;
-        for field in parents {
-            current = current.get_field_mut(field).as_message_mut()?;
-        }
-        current.set_field(last, prost_reflect::Value::String(binding.value.clone()));
-    }
-    Some(message)
 }
 
 /// Decodes a JSON value into a message of type `desc`; errors name the field path.
@@ -518,13 +479,11 @@ mod tests {
                     value: format!("v{variable}/x y"),
                 })
                 .collect();
-            let Some(fast) = path_only_message(route, &bindings) else {
+            let Some(bytes) = path_only_bytes(route, &bindings) else {
                 continue;
             };
             shortcut += 1;
-            let slow = request_message_via_json(route, &bindings, None, b"").expect("json");
-            assert_eq!(fast, slow, "{}", route.label);
-            let bytes = path_only_bytes(route, &bindings).expect("the same routes");
+            let slow = request_message(route, &bindings, None, b"").expect("json");
             let decoded =
                 DynamicMessage::decode(route.rpc.input(), bytes.as_ref()).expect("decodes");
             assert_eq!(decoded, slow, "{}: encoded directly", route.label);

@@ -22,8 +22,12 @@ use crate::codec::BytesCodec;
 use crate::error::EdgeError;
 use crate::pool::ConnectionPool;
 
-/// The request id header, as the edge forwards it (the name the dispatch sets on every request).
-const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+/// The request id header, set on every request (kept from the client when valid) and response
+/// by the dispatch, and forwarded upstream. Defined here, below the dispatch, so both use one.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// [`REQUEST_ID`] as a header name: used per request without parsing the name each time.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
 
 /// Request headers the edge passes to upstreams as gRPC metadata.
 pub const FORWARDED_HEADERS: [HeaderName; 3] = [

@@ -168,13 +168,7 @@ impl WireJson {
     /// Writes the message of type `plan` in `bytes` as JSON to `out`. On [`Declined`], `out`
     /// holds a partial answer: discard it.
     pub fn write(&self, plan: PlanId, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), Declined> {
-        let mut writer = Writer {
-            plans: self,
-            occurrences: Vec::with_capacity(32),
-            capture: None,
-            captured: None,
-        };
-        writer.message(plan.0, bytes, 0, out)
+        Writer::new(self, None).message(plan.0, bytes, 0, out)
     }
 
     /// Writes only the message field `number` of the message of type `plan` in `bytes` (a
@@ -198,12 +192,7 @@ impl WireJson {
             return Err(Declined);
         };
         let mut whole = Vec::with_capacity(bytes.len() * 2 + 16);
-        let mut writer = Writer {
-            plans: self,
-            occurrences: Vec::with_capacity(32),
-            capture: Some(index as u32),
-            captured: None,
-        };
+        let mut writer = Writer::new(self, Some(index as u32));
         writer.message(plan.0, bytes, 0, &mut whole)?;
         match writer.captured {
             Some((start, end)) => out.extend_from_slice(&whole[start..end]),
@@ -407,7 +396,16 @@ struct Writer<'p> {
 /// The writer's result.
 type Written = Result<(), Declined>;
 
-impl Writer<'_> {
+impl<'p> Writer<'p> {
+    fn new(plans: &'p WireJson, capture: Option<u32>) -> Self {
+        Self {
+            plans,
+            occurrences: Vec::with_capacity(32),
+            capture,
+            captured: None,
+        }
+    }
+
     fn message(&mut self, index: u32, bytes: &[u8], depth: u32, out: &mut Vec<u8>) -> Written {
         if depth > MAX_DEPTH {
             return Err(Declined);
@@ -493,17 +491,13 @@ impl Writer<'_> {
                     Ok(true)
                 }
                 ty => {
-                    for k in from..to {
-                        let raw = self.occurrences[k].value;
-                        check_wire(ty, raw)?;
-                        // Each occurrence is decoded in turn: an earlier string must be UTF-8 too.
-                        if k + 1 < to
-                            && let (Ty::Scalar(Scalar::String), Raw::Len(start, end)) = (ty, raw)
-                        {
-                            std::str::from_utf8(&bytes[start..end]).map_err(|_| Declined)?;
-                        }
+                    // Each occurrence is decoded in turn; the last one is checked as it is
+                    // written.
+                    for k in from..to - 1 {
+                        check_read(ty, self.occurrences[k].value, bytes)?;
                     }
                     let last = self.occurrences[to - 1].value;
+                    check_wire(ty, last)?;
                     if !presence && is_default(ty, last) {
                         return Ok(false);
                     }
@@ -518,40 +512,24 @@ impl Writer<'_> {
                     let raw = self.occurrences[k].value;
                     match (field.ty, raw) {
                         (Ty::Message(inner), Raw::Len(start, end)) => {
-                            if count > 0 {
-                                out.push(b',');
-                            }
+                            separate(out, &mut count);
                             self.message(inner, &bytes[start..end], depth + 1, out)?;
-                            count += 1;
                         }
-                        (Ty::Message(_), _) => return Err(Declined),
-                        (Ty::Scalar(Scalar::String | Scalar::Bytes), _) => {
-                            check_wire(field.ty, raw)?;
-                            if count > 0 {
-                                out.push(b',');
-                            }
-                            self.plans.value(field.ty, raw, bytes, out)?;
-                            count += 1;
-                        }
-                        (ty, Raw::Len(start, end)) => {
+                        (ty @ (Ty::Scalar(_) | Ty::Enum(_)), Raw::Len(start, end))
+                            if !matches!(ty, Ty::Scalar(Scalar::String | Scalar::Bytes)) =>
+                        {
                             // Packed.
                             let mut packed = Reader::new(&bytes[start..end]);
                             while !packed.done() {
                                 let value = packed.value_of(ty)?;
-                                if count > 0 {
-                                    out.push(b',');
-                                }
+                                separate(out, &mut count);
                                 self.plans.value(ty, value, bytes, out)?;
-                                count += 1;
                             }
                         }
                         (ty, raw) => {
                             check_wire(ty, raw)?;
-                            if count > 0 {
-                                out.push(b',');
-                            }
+                            separate(out, &mut count);
                             self.plans.value(ty, raw, bytes, out)?;
-                            count += 1;
                         }
                     }
                 }
@@ -626,10 +604,7 @@ impl Writer<'_> {
                 let raw = raw.offset(start);
                 match number {
                     1 => {
-                        check_wire(Ty::Scalar(key_type), raw)?;
-                        if let (Scalar::String, Raw::Len(s, e)) = (key_type, raw) {
-                            std::str::from_utf8(&bytes[s..e]).map_err(|_| Declined)?;
-                        }
+                        check_read(Ty::Scalar(key_type), raw, bytes)?;
                         key = Some(raw);
                     }
                     2 => self.occurrences.push(Occurrence {
@@ -738,6 +713,14 @@ fn default_scalar(scalar: Scalar, out: &mut Vec<u8>) {
     out.extend_from_slice(text);
 }
 
+/// Counts one more element of a JSON array, after a comma unless it is the first.
+fn separate(out: &mut Vec<u8>, count: &mut usize) {
+    if *count > 0 {
+        out.push(b',');
+    }
+    *count += 1;
+}
+
 /// Records the occurrences of `plan`'s fields in `bytes`; unknown fields are checked and
 /// skipped.
 fn scan(plan: &MessagePlan, bytes: &[u8], occurrences: &mut Vec<Occurrence>) -> Written {
@@ -783,6 +766,16 @@ fn check_wire(ty: Ty, raw: Raw) -> Written {
         },
     };
     if ok { Ok(()) } else { Err(Declined) }
+}
+
+/// Checks an occurrence the decoder reads even where a later one replaces it: its wire type,
+/// and for a string its UTF-8.
+fn check_read(ty: Ty, raw: Raw, bytes: &[u8]) -> Written {
+    check_wire(ty, raw)?;
+    if let (Ty::Scalar(Scalar::String), Raw::Len(start, end)) = (ty, raw) {
+        std::str::from_utf8(&bytes[start..end]).map_err(|_| Declined)?;
+    }
+    Ok(())
 }
 
 /// Whether a singular value is its type's default (then a field without presence is left out).
@@ -940,10 +933,7 @@ fn wrapper(scalar: Scalar, bytes: &[u8], out: &mut Vec<u8>) -> Written {
     while !reader.done() {
         let (number, raw) = reader.field()?;
         if number == 1 {
-            check_wire(Ty::Scalar(scalar), raw)?;
-            if let (Scalar::String, Raw::Len(start, end)) = (scalar, raw) {
-                std::str::from_utf8(&bytes[start..end]).map_err(|_| Declined)?;
-            }
+            check_read(Ty::Scalar(scalar), raw, bytes)?;
             value = Some(raw);
         }
     }
