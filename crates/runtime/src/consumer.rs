@@ -6,8 +6,11 @@
 //! A handler whose step is one statement that carries the record ([`Step::OneStatement`]) runs
 //! without a transaction when its event is alone in its group, on Postgres: the statement
 //! commits the effect and the record together, or, when it returns no row, neither (the step
-//! then runs in a transaction). Elsewhere, and for every other handler, the group's transaction
-//! stays.
+//! then runs in a transaction). A handler whose step may run again whole or from any point it
+//! stopped at ([`Step::Repeatable`]) runs, alone in its group on Postgres, without a transaction
+//! and without the record; it asks for a transaction ([`Tx::need_transaction`]) when this event
+//! needs a write that must count once. Elsewhere, and for every other handler, the group's
+//! transaction stays.
 //!
 //! - A redelivered event (the consumer crashed before acknowledging, or the relay published it
 //!   twice) finds its id recorded and is acknowledged without a second effect.
@@ -80,8 +83,9 @@ pub enum Step {
     /// Any statements, in the group's transaction (the default).
     #[default]
     Transaction,
-    /// One statement carries the whole step: the handler's first statement is a
-    /// [`Tx::fetch_recording`] that, when it returns a row, has done everything the step does
+    /// One statement carries the whole step: the handler's first statement that writes is a
+    /// [`Tx::fetch_recording`] (reads may come before it) that, when it returns a row, has done
+    /// everything the step does
     /// (the handler then runs no other statement), and when it returns none has changed nothing
     /// (a conditional write whose condition failed). Alone in its group on Postgres, the step
     /// then runs without a transaction: the statement commits the effect with the handled
@@ -90,8 +94,19 @@ pub enum Step {
     /// return the error). The statement must also change nothing the saga relies on when run
     /// again after it completed (a conditional update, an upsert of the same facts): a
     /// redelivery that finds the record is acknowledged as a duplicate, but its statement ran.
-    /// A handler that emits, or runs a statement of its own on the connection, is not one.
+    /// A handler that emits, or writes with a statement of its own on the connection, is not
+    /// one.
     OneStatement,
+    /// The step may run again, whole or from any point where it stopped, without changing
+    /// what it did before: its statements are reads, and writes whose condition their own
+    /// effect makes false (`UPDATE .. SET status = 'CONSUMED' WHERE status IN ('HELD',
+    /// 'RESERVED')`). Alone in its group on Postgres it runs in autocommit and records no
+    /// handled event: a redelivery runs it again, harmlessly. Before a write that must count
+    /// once, or an emit, the handler calls [`Tx::need_transaction`] and returns its error; the
+    /// step then runs again from the start in a transaction with the record (so what it read
+    /// or wrote in autocommit must be fine to run twice). In a group's transaction it runs as
+    /// any step does.
+    Repeatable,
 }
 
 /// Handles one event type; runs in the transaction that records the event as handled.
@@ -450,6 +465,14 @@ impl Consumer {
             done[w.index].1 = Some(outcome);
             return finish(done);
         }
+        if let [w] = work.as_slice()
+            && w.handler.step() == Step::Repeatable
+            && matches!(self.db.backend(), Backend::Postgres { .. })
+            && let Some(outcome) = self.try_repeatable(w).await
+        {
+            done[w.index].1 = Some(outcome);
+            return finish(done);
+        }
         let first_try = match self.db.backend() {
             Backend::Postgres { .. } => self.try_group_joined(&work).await,
             Backend::Sqlite => self.try_group(&work).await.map(Some),
@@ -562,6 +585,18 @@ impl Consumer {
         } else {
             Outcome::Duplicate
         })
+    }
+
+    /// A repeatable step ([`Step::Repeatable`]) alone in its group, in autocommit and without
+    /// the handled record. `None` when the step is to run in a transaction: the handler asked
+    /// for one, or failed (a failure runs it again there, where a retry is counted and
+    /// dead-lettering applies), or the database could not be reached.
+    async fn try_repeatable(&self, w: &Work) -> Option<Outcome> {
+        let mut tx = Tx::repeatable(&self.db).await.ok()?;
+        self.run_handler(w, &mut tx).await.ok()?;
+        // Nothing left to commit: this runs what waits for the commit (work handed over).
+        tx.commit().await.ok()?;
+        Some(Outcome::Handled)
     }
 
     /// Runs `w`'s handler in `tx`, in its `event` span, with the event as the cause of what it

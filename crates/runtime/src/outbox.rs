@@ -146,7 +146,7 @@ enum Conn {
     /// A transaction, committed by [`Tx::commit`].
     Transaction(Transaction<'static, Any>),
     /// A pooled connection in autocommit: each statement commits when it returns (a consumer's
-    /// one-statement step, [`crate::consumer::Step::OneStatement`]).
+    /// one-statement or repeatable step, [`crate::consumer::Step`]).
     Autocommit(PoolConnection<Any>),
 }
 
@@ -169,9 +169,13 @@ impl DerefMut for Conn {
     }
 }
 
-/// How far a consumer's one-statement step run in autocommit got ([`Tx::fetch_recording`]).
+/// How far a consumer's step run in autocommit got ([`Tx::fetch_recording`],
+/// [`Tx::need_transaction`]).
 #[derive(Debug, Default)]
 pub(crate) struct Autocommit {
+    /// A repeatable step ([`crate::consumer::Step::Repeatable`]): any number of statements, no
+    /// handled record.
+    pub(crate) repeatable: bool,
     /// Its statement ran (and committed, when it returned rows).
     pub(crate) ran: bool,
     /// It changed nothing and recorded nothing: the step needs a transaction.
@@ -186,9 +190,9 @@ pub(crate) struct Autocommit {
 /// written) or, after the statement committed, reports the handler as wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AutocommitRefusal {
-    /// The step's statement changed nothing (it returned no row): the step needs more than
-    /// one statement this time and runs in a transaction.
-    #[error("the step's one statement did not complete it; it runs again in a transaction")]
+    /// The step's statement changed nothing (it returned no row), or a repeatable step asked
+    /// for a transaction ([`Tx::need_transaction`]): the step runs again in a transaction.
+    #[error("the step needs a transaction this time; it runs again in one")]
     Incomplete,
     /// The handler ran a second statement, or tried to emit an event, outside a transaction.
     #[error("a one-statement step tried a statement its autocommit run cannot take")]
@@ -274,6 +278,19 @@ impl Tx {
         Ok(tx)
     }
 
+    /// A `Tx` without a transaction and without a handled record, for a consumer's repeatable
+    /// step on Postgres ([`crate::consumer::Step::Repeatable`]): each statement commits when it
+    /// returns. [`Tx::commit`] then only runs what waits for the commit.
+    pub(crate) async fn repeatable(db: &Database) -> Result<Self, DatabaseError> {
+        let conn = db.acquire().await?;
+        let mut tx = Self::over(Conn::Autocommit(conn), db.clone());
+        tx.autocommit = Some(Autocommit {
+            repeatable: true,
+            ..Autocommit::default()
+        });
+        Ok(tx)
+    }
+
     /// What this transaction registered to happen after its commit so far (a savepoint's mark
     /// for [`Tx::rolled_back_to`]).
     pub(crate) fn savepoint_mark(&self) -> (usize, usize) {
@@ -297,7 +314,8 @@ impl Tx {
         let Some(auto) = self.autocommit.as_mut() else {
             return Ok(());
         };
-        if auto.ran {
+        // A repeatable step may always run again, from the start, in a transaction.
+        if auto.ran && !auto.repeatable {
             auto.overran = true;
         } else {
             auto.needs_transaction = true;
@@ -306,11 +324,27 @@ impl Tx {
     }
 
     /// Whether its statements run in a transaction: `false` only in a consumer's one-statement
-    /// step run without one ([`crate::consumer::Step::OneStatement`]), where a handler may pick
+    /// or repeatable step run without one ([`crate::consumer::Step`]), where a handler may pick
     /// the statement that completes its step only when it can (and otherwise runs again in a
     /// transaction), and in a transaction the one that always does.
     pub fn in_transaction(&self) -> bool {
         self.autocommit.is_none()
+    }
+
+    /// Asks for a transaction: `Ok` in one; in a step run in autocommit
+    /// ([`crate::consumer::Step::Repeatable`]) it fails with [`AutocommitRefusal::Incomplete`],
+    /// the handler returns that error, and the consumer runs the step again in a transaction
+    /// with the handled record. A repeatable step calls it before any write that must count
+    /// once (or must not be cut short by a crash), having run only statements that may run
+    /// again.
+    pub fn need_transaction(&mut self) -> Result<(), sqlx::Error> {
+        match self.autocommit.as_mut() {
+            None => Ok(()),
+            Some(auto) => {
+                auto.needs_transaction = true;
+                Err(refused_sqlx(AutocommitRefusal::Incomplete))
+            }
+        }
     }
 
     /// The database this transaction runs on (for [`Database::backend`]).
@@ -333,11 +367,24 @@ impl Tx {
     /// [`Write::gated`] ones, which run only with the event). On Postgres the writes and the
     /// outbox row are one statement (the writes as data-modifying `WITH`s of the outbox
     /// insert); elsewhere each write is a statement of its own before the outbox row's.
+    ///
+    /// In a one-statement step run in autocommit ([`crate::consumer::Step::OneStatement`]) it
+    /// may be the step's one statement when every write after the first is [`Write::gated`]:
+    /// the statement commits the writes, the event and the handled record together, the record
+    /// gated on the first write like the rest. When the first write changes no row nothing is
+    /// written, and the call fails with [`AutocommitRefusal::Incomplete`], so the step runs
+    /// again in a transaction.
     pub async fn write_and_emit(
         &mut self,
         writes: &[Write],
         event: Event,
     ) -> Result<Option<Envelope>, DatabaseError> {
+        if self.one_statement_pending()
+            && !writes.is_empty()
+            && writes.iter().skip(1).all(Write::is_gated)
+        {
+            return self.write_and_emit_autocommit(writes, event).await;
+        }
         self.refuse_in_autocommit().map_err(refused)?;
         if writes.is_empty() || matches!(self.db.backend(), Backend::Postgres { .. }) {
             return self.insert(writes, event).await;
@@ -359,6 +406,55 @@ impl Tx {
         }
     }
 
+    /// Whether this runs a one-statement step in autocommit whose statement has not run yet
+    /// (with its record still to write).
+    fn one_statement_pending(&self) -> bool {
+        self.autocommit
+            .as_ref()
+            .is_some_and(|a| !a.repeatable && !a.ran)
+            && self
+                .handled
+                .as_ref()
+                .is_some_and(|h| h.written.is_none() && !h.ids.is_empty())
+    }
+
+    /// [`Tx::write_and_emit`] as a one-statement step's statement, in autocommit: the writes,
+    /// the outbox row and the handled record, all gated on the first write.
+    async fn write_and_emit_autocommit(
+        &mut self,
+        writes: &[Write],
+        event: Event,
+    ) -> Result<Option<Envelope>, DatabaseError> {
+        let mut envelope = envelope_of(&self.db, self.cause.as_ref(), event);
+        let inserted = insert_row(
+            &mut self.inner,
+            &envelope,
+            writes,
+            self.handled.as_ref(),
+            RecordGate::FirstWrite,
+        )
+        .await?;
+        if let Some(auto) = self.autocommit.as_mut() {
+            auto.ran = true;
+        }
+        let Some(row) = inserted.row else {
+            // The first write changed nothing, so nothing was written or recorded.
+            if let Some(auto) = self.autocommit.as_mut() {
+                auto.needs_transaction = true;
+            }
+            return Err(refused(AutocommitRefusal::Incomplete));
+        };
+        if let (Some(new), Some(h)) = (inserted.handled_new, self.handled.as_mut()) {
+            h.written = Some(new);
+        }
+        envelope.sequence = row.sequence;
+        if let Some(ticket) = register(&self.db, &envelope, &row) {
+            self.pending.tickets.push(ticket);
+            self.pending.db.get_or_insert_with(|| self.db.clone());
+        }
+        Ok(Some(envelope))
+    }
+
     /// Runs `statement` (one that returns rows: an upsert or update with `RETURNING`, or a
     /// [`Write::with`] whose final `SELECT` reads its writes) in this transaction and returns
     /// its rows. Inside a consumer on Postgres, the handled ids still to be written are recorded
@@ -372,6 +468,10 @@ impl Tx {
     /// [`AutocommitRefusal::Incomplete`], so the handler stops, and the consumer runs the step
     /// again in a transaction.
     pub async fn fetch_recording(&mut self, statement: &Write) -> Result<Vec<AnyRow>, sqlx::Error> {
+        if self.autocommit.as_ref().is_some_and(|a| a.repeatable) {
+            // A repeatable step records nothing: the statement alone.
+            return statement.fetch_all(&mut self.inner).await;
+        }
         if self.autocommit.as_ref().is_some_and(|a| a.ran) {
             self.refuse_in_autocommit().map_err(refused_sqlx)?;
         }
@@ -448,7 +548,14 @@ impl Tx {
             .handled
             .as_ref()
             .filter(|h| h.written.is_none() && !h.ids.is_empty());
-        let inserted = insert_row(&mut self.inner, &envelope, writes, handled).await?;
+        let inserted = insert_row(
+            &mut self.inner,
+            &envelope,
+            writes,
+            handled,
+            RecordGate::None,
+        )
+        .await?;
         if let (Some(new), Some(h)) = (inserted.handled_new, self.handled.as_mut()) {
             h.written = Some(new);
         }
@@ -573,6 +680,15 @@ struct Inserted {
     handled_new: Option<usize>,
 }
 
+/// Whether an outbox insert's handled record is gated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordGate {
+    /// Written whatever the writes did (in a transaction, which does the rest).
+    None,
+    /// Written only if the first write changed a row (a step committed by this statement).
+    FirstWrite,
+}
+
 /// An outbox row as inserted.
 struct InsertedRow {
     seq: i64,
@@ -591,6 +707,7 @@ async fn insert_row(
     envelope: &Envelope,
     writes: &[Write],
     handled: Option<&HandledIds>,
+    record_gate: RecordGate,
 ) -> Result<Inserted, DatabaseError> {
     let micros = envelope
         .time
@@ -614,9 +731,14 @@ async fn insert_row(
     let mut padded = Vec::new();
     if let Some(h) = handled {
         let (values, ids) = handled_values(&h.ids, n + 7, &format!("${}", n + 5));
+        let rows = if record_gate == RecordGate::FirstWrite && !writes.is_empty() {
+            format!("SELECT * FROM (VALUES {values}) AS r WHERE EXISTS (SELECT 1 FROM w0)")
+        } else {
+            format!("VALUES {values}")
+        };
         ctes.push(format!(
             "handled AS (INSERT INTO mesh_handled_events (consumer, event_id, handled_at_us) \
-             VALUES {values} ON CONFLICT DO NOTHING RETURNING 1)"
+             {rows} ON CONFLICT DO NOTHING RETURNING 1)"
         ));
         padded = ids;
     }
@@ -734,7 +856,10 @@ impl Database {
         }
         let mut envelope = envelope_of(self, None, event);
         let mut conn = self.acquire().await?;
-        let Some(row) = insert_row(&mut conn, &envelope, writes, None).await?.row else {
+        let Some(row) = insert_row(&mut conn, &envelope, writes, None, RecordGate::None)
+            .await?
+            .row
+        else {
             return Ok(None);
         };
         drop(conn);

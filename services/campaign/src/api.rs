@@ -17,9 +17,9 @@ use mesh_runtime::outbox::Event;
 use tonic::{Request, Response, Status};
 
 use crate::error::CampaignError;
-use crate::pricing::{self, Exclusions};
+use crate::pricing::{self, Cart, Exclusions};
 use crate::store::{self, ListFilter};
-use crate::{redemption, validate};
+use crate::{redemption, rules, validate};
 
 type Result<T> = std::result::Result<T, CampaignError>;
 
@@ -182,21 +182,9 @@ impl CampaignApi {
             .filter_map(|c| c.normalized.clone().ok())
             .collect();
         let mut excluded = Exclusions::new();
-        {
-            let mut conn = self.db.acquire().await?;
-            let missing: Vec<String> = cart
-                .lines
-                .iter()
-                .filter(|l| l.category_id.is_empty())
-                .map(|l| l.product_id.clone())
-                .collect();
-            let known = store::categories(&mut conn, &missing).await?;
-            for l in &mut cart.lines {
-                if l.category_id.is_empty() {
-                    l.category_id = known.get(&l.product_id).cloned().unwrap_or_default();
-                }
-            }
-        }
+        // Lines without a category get the one product's events told campaign, read only when
+        // a candidate's rule is scoped by category (most carts price with none).
+        let mut categories_filled = false;
         // Each refused hold excludes one campaign and prices again: at most one round per
         // candidate, plus the last.
         loop {
@@ -204,7 +192,15 @@ impl CampaignApi {
                 let mut conn = self.db.acquire().await?;
                 let mut candidates =
                     store::candidates(&mut conn, cart.at_us, &codes, &customer).await?;
-                if req.reserve {
+                if !categories_filled
+                    && candidates
+                        .iter()
+                        .any(|c| c.rules.iter().any(rules::scoped_by_category))
+                {
+                    fill_categories(&mut conn, &mut cart).await?;
+                    categories_filled = true;
+                }
+                if req.reserve && !candidates.is_empty() {
                     // What this order holds already does not count against it (a retry).
                     let held = redemption::held_by_order(&mut conn, &order_id).await?;
                     for c in &mut candidates {
@@ -249,6 +245,24 @@ impl CampaignApi {
             }
         }
     }
+}
+
+/// Gives `cart`'s lines without a category the one campaign knows for their product (from
+/// product's events), if any.
+async fn fill_categories(conn: &mut sqlx::AnyConnection, cart: &mut Cart) -> Result<()> {
+    let missing: Vec<String> = cart
+        .lines
+        .iter()
+        .filter(|l| l.category_id.is_empty())
+        .map(|l| l.product_id.clone())
+        .collect();
+    let known = store::categories(conn, &missing).await?;
+    for l in &mut cart.lines {
+        if l.category_id.is_empty() {
+            l.category_id = known.get(&l.product_id).cloned().unwrap_or_default();
+        }
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]

@@ -1,13 +1,18 @@
 //! Campaign's consumers: the order saga's events drive redemptions ([`crate::redemption`]),
 //! product's events keep the product -> category map that category-scoped rules use current.
 //! Every handler is idempotent by event id (the runtime) and by its conditional updates.
+//!
+//! The order's events are repeatable steps ([`Step::Repeatable`]): most orders hold no
+//! redemption, so alone in its batch an event costs one autocommit statement (a read, or
+//! `order.confirmed`'s conditional update) and no transaction or handled record. A step that
+//! must count something once (a release, a retake) asks for the transaction first.
 
 use mesh_contracts::events::v1::{
     Envelope, OrderCancelled, OrderConfirmed, OrderCreated, ProductCreated, ProductDeleted,
     ProductUpdated,
 };
 use mesh_contracts::product::v1::Product;
-use mesh_runtime::consumer::{Consumer, HandlerError};
+use mesh_runtime::consumer::{Consumer, HandlerError, Step};
 use mesh_runtime::outbox::Tx;
 use mesh_runtime::payload::DecodePayload as _;
 use mesh_runtime::typed_handler::{EventPayload, Handled, TypedHandler};
@@ -27,11 +32,30 @@ pub struct OnOrderCreated;
 
 impl TypedHandler for OnOrderCreated {
     type Event = OrderCreated;
+    /// Reads, and conditional updates of HELD rows: repeatable; releases and retakes ask for
+    /// the transaction.
+    const STEP: Step = Step::Repeatable;
 
     async fn handle(&self, e: OrderCreated, _: &Envelope, tx: &mut Tx) -> Handled {
-        redemption::order_created(tx, &e.order_id, &e.applied_campaign_ids, time::now_us())
+        let actions = redemption::order_created_actions(tx, &e.order_id, &e.applied_campaign_ids)
             .await
-            .map_err(failed)
+            .map_err(failed)?;
+        if actions.is_empty() {
+            return Ok(());
+        }
+        if !actions.iter().all(redemption::CreatedAction::repeatable) {
+            tx.need_transaction()?;
+        }
+        if redemption::order_created(tx, &e.order_id, &actions, time::now_us())
+            .await
+            .map_err(failed)?
+        {
+            Ok(())
+        } else {
+            Err(HandlerError::retry(
+                "a hold to reserve expired while the event was handled; handled again to count it again",
+            ))
+        }
     }
 }
 
@@ -41,6 +65,9 @@ pub struct OnOrderConfirmed;
 
 impl TypedHandler for OnOrderConfirmed {
     type Event = OrderConfirmed;
+    /// One conditional update (`HELD`/`RESERVED` -> `CONSUMED`), which a second run, even after
+    /// a cancel released the rows, leaves as it is.
+    const STEP: Step = Step::Repeatable;
 
     async fn handle(&self, e: OrderConfirmed, _: &Envelope, tx: &mut Tx) -> Handled {
         redemption::order_confirmed(tx, &e.order_id, time::now_us())
@@ -56,9 +83,18 @@ pub struct OnOrderCancelled;
 
 impl TypedHandler for OnOrderCancelled {
     type Event = OrderCancelled;
+    /// A read; releasing counts back, so it asks for the transaction.
+    const STEP: Step = Step::Repeatable;
 
     async fn handle(&self, e: OrderCancelled, _: &Envelope, tx: &mut Tx) -> Handled {
-        redemption::order_cancelled(tx, &e.order_id, time::now_us())
+        let campaigns = redemption::to_release(tx, &e.order_id)
+            .await
+            .map_err(failed)?;
+        if campaigns.is_empty() {
+            return Ok(());
+        }
+        tx.need_transaction()?;
+        redemption::order_cancelled(tx, &e.order_id, &campaigns, time::now_us())
             .await
             .map_err(failed)
     }

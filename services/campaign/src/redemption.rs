@@ -210,49 +210,94 @@ async fn of_order(conn: &mut AnyConnection, order_id: &str) -> Result<Vec<(Strin
     .await?)
 }
 
-/// `order.created`: the holds of the campaigns the order kept become RESERVED (a hold that
-/// expired before the event arrived is counted again: the order has its discount); holds of
-/// campaigns it did not keep are released.
-pub async fn order_created(
+/// What `order.created` does to one of the order's redemptions (by campaign id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreatedAction {
+    /// A hold of a campaign the order kept becomes RESERVED.
+    Reserve(String),
+    /// A hold of a campaign the order did not keep is released and counted back.
+    Release(String),
+    /// A hold of a kept campaign expired before the event arrived: RESERVED again and counted
+    /// again (the order has its discount).
+    Retake(String),
+}
+
+impl CreatedAction {
+    /// Whether it may run again after it ran, or after a crash cut it short, without changing
+    /// what it did (one conditional update, no counter): only [`CreatedAction::Reserve`].
+    pub fn repeatable(&self) -> bool {
+        matches!(self, Self::Reserve(_))
+    }
+}
+
+/// What `order.created` has to do to `order_id`'s redemptions, the order having kept the
+/// campaigns `kept` (one read; nothing for an order without redemptions, or when the event was
+/// handled before).
+pub async fn order_created_actions(
     conn: &mut AnyConnection,
     order_id: &str,
     kept: &[String],
+) -> Result<Vec<CreatedAction>> {
+    Ok(of_order(conn, order_id)
+        .await?
+        .into_iter()
+        .filter_map(|(campaign, status)| {
+            let keep = kept.contains(&campaign);
+            match status.as_str() {
+                HELD if keep => Some(CreatedAction::Reserve(campaign)),
+                HELD => Some(CreatedAction::Release(campaign)),
+                RELEASED if keep => Some(CreatedAction::Retake(campaign)),
+                _ => None,
+            }
+        })
+        .collect())
+}
+
+/// Applies `order.created`'s `actions` (from [`order_created_actions`]). `false` when a hold
+/// to reserve was no longer HELD (its expiry released it since the read): the event is to be
+/// handled again, and the next read finds it RELEASED and retakes it.
+pub async fn order_created(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    actions: &[CreatedAction],
     now_us: i64,
-) -> Result<()> {
-    for (campaign, status) in of_order(conn, order_id).await? {
-        let keep = kept.contains(&campaign);
-        match status.as_str() {
-            HELD if keep => {
-                sqlx::query(
+) -> Result<bool> {
+    for action in actions {
+        match action {
+            CreatedAction::Reserve(campaign) => {
+                let done = sqlx::query(
                     "UPDATE redemptions SET status = 'RESERVED', expires_us = 0, updated_us = $3 \
                      WHERE campaign_id = $1 AND order_id = $2 AND status = 'HELD'",
                 )
-                .bind(&campaign)
+                .bind(campaign)
                 .bind(order_id)
                 .bind(now_us)
                 .execute(&mut *conn)
-                .await?;
+                .await?
+                .rows_affected();
+                if done == 0 {
+                    return Ok(false);
+                }
             }
-            HELD => {
-                release(conn, &campaign, order_id, "'HELD'", now_us).await?;
+            CreatedAction::Release(campaign) => {
+                release(conn, campaign, order_id, "'HELD'", now_us).await?;
             }
-            RELEASED if keep => {
+            CreatedAction::Retake(campaign) => {
                 let (customer, discount): (String, i64) = sqlx::query_as(
                     "UPDATE redemptions SET status = 'RESERVED', updated_us = $3 \
                      WHERE campaign_id = $1 AND order_id = $2 AND status = 'RELEASED' RETURNING customer_id, discount_minor",
                 )
-                .bind(&campaign)
+                .bind(campaign)
                 .bind(order_id)
                 .bind(now_us)
                 .fetch_one(&mut *conn)
                 .await?;
                 tracing::warn!(order = order_id, campaign = %campaign, "a hold expired before order.created arrived; counted again, past the limit if it is full");
-                take(conn, &campaign, &customer, discount, false).await?;
+                take(conn, campaign, &customer, discount, false).await?;
             }
-            _ => {}
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// `order.confirmed`: the order's redemptions are CONSUMED.
@@ -268,19 +313,34 @@ pub async fn order_confirmed(conn: &mut AnyConnection, order_id: &str, now_us: i
     .rows_affected())
 }
 
-/// `order.cancelled`: the order's redemptions are RELEASED and counted back.
-pub async fn order_cancelled(conn: &mut AnyConnection, order_id: &str, now_us: i64) -> Result<()> {
-    for (campaign, status) in of_order(conn, order_id).await? {
-        if status != RELEASED {
-            release(
-                conn,
-                &campaign,
-                order_id,
-                "'HELD', 'RESERVED', 'CONSUMED'",
-                now_us,
-            )
-            .await?;
-        }
+/// The campaigns of `order_id`'s redemptions that `order.cancelled` releases (one read; none
+/// for an order without redemptions, or when the event was handled before).
+pub async fn to_release(conn: &mut AnyConnection, order_id: &str) -> Result<Vec<String>> {
+    Ok(of_order(conn, order_id)
+        .await?
+        .into_iter()
+        .filter(|(_, status)| status != RELEASED)
+        .map(|(campaign, _)| campaign)
+        .collect())
+}
+
+/// `order.cancelled`: the redemptions of `campaigns` (from [`to_release`]) are RELEASED and
+/// counted back.
+pub async fn order_cancelled(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    campaigns: &[String],
+    now_us: i64,
+) -> Result<()> {
+    for campaign in campaigns {
+        release(
+            conn,
+            campaign,
+            order_id,
+            "'HELD', 'RESERVED', 'CONSUMED'",
+            now_us,
+        )
+        .await?;
     }
     Ok(())
 }

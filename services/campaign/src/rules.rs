@@ -38,6 +38,13 @@ pub fn in_scope(rule: &DiscountRule, line: &Line) -> bool {
         || (!line.category_id.is_empty() && scope.category_ids.contains(&line.category_id))
 }
 
+/// Whether `rule`'s scope names categories (pricing it needs the lines' categories).
+pub fn scoped_by_category(rule: &DiscountRule) -> bool {
+    rule.scope
+        .as_ref()
+        .is_some_and(|s| !s.category_ids.is_empty())
+}
+
 /// Splits `amount` over the lines `idx` in proportion to `weights` (same length), never more
 /// than a line's `cap`; floored shares, the rest one unit at a time to the earliest lines with
 /// room. Returns the amount per entry of `idx`.

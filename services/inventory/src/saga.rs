@@ -17,7 +17,7 @@ use mesh_contracts::events::v1::{
 };
 use mesh_contracts::inventory::v1::ReservationStatus;
 use mesh_runtime::auth::Clock;
-use mesh_runtime::consumer::{Consumer, HandlerError};
+use mesh_runtime::consumer::{Consumer, HandlerError, Step};
 use mesh_runtime::domain::time::duration_us;
 use mesh_runtime::outbox::{Event, Tx};
 use mesh_runtime::typed_handler::{Handled, TypedHandler};
@@ -219,6 +219,10 @@ pub struct Commit(SagaOptions);
 
 impl TypedHandler for Commit {
     type Event = OrderConfirmed;
+    // A read, then one statement: the reservation's status change gating every line's stock,
+    // the outbox row and the handled record. Alone in its batch it runs without a transaction;
+    // a reservation no longer ACTIVE (redelivery, or expired and swept) runs it in one.
+    const STEP: Step = Step::OneStatement;
 
     async fn handle(&self, confirmed: OrderConfirmed, event: &Envelope, tx: &mut Tx) -> Handled {
         let order = order_id(&confirmed.order_id, event)?;

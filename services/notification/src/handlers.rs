@@ -1,15 +1,20 @@
 //! Notification's part of the order saga: `order.confirmed`, `order.cancelled` and
 //! `order.refunded` become one delivery per channel for the order's customer, rendered from the
 //! event type's templates and respecting the customer's preferences. The deliveries are written
-//! in the consumer's transaction with the key `<event type>:<order id>:<channel>` (an order has
+//! with the event's handled record under the key `<event type>:<order id>:<channel>` (an order has
 //! several refunds: `order.refunded:<order id>:<refund id>:<channel>`), so the same fact
 //! delivered again (same or new event id) makes no second delivery; sending is the
 //! [`crate::deliver::Deliverer`]'s job.
+//!
+//! The step is a read (preferences, email, templates) and one insert of every delivery that
+//! also records the event: a one-statement step ([`Step::OneStatement`]), run without a
+//! transaction when its event is alone in its batch. An insert that writes nothing (every key
+//! taken: the fact was delivered before) runs again in a transaction.
 
 use mesh_contracts::events::v1::Envelope;
 use mesh_contracts::notification::v1::{Channel, Delivery, DeliveryStatus};
 use mesh_runtime::CallContext;
-use mesh_runtime::consumer::HandlerError;
+use mesh_runtime::consumer::{HandlerError, Step};
 use mesh_runtime::outbox::Tx;
 use mesh_runtime::typed_handler::{Handled, TypedHandler, Undecoded};
 
@@ -24,6 +29,7 @@ pub struct NotifyCustomer(pub Deliverer);
 
 impl TypedHandler for NotifyCustomer {
     type Event = Undecoded;
+    const STEP: Step = Step::OneStatement;
 
     async fn handle(&self, _: Undecoded, event: &Envelope, tx: &mut Tx) -> Handled {
         let payload = event
