@@ -7,13 +7,16 @@
 //! `cargo bench -p mesh-runtime --bench events` (`MESH_BENCH_RATE`, default 1000, and
 //! `MESH_BENCH_SECONDS` change the offered load in events/s and the duration;
 //! `MESH_BENCH_EVENTS_PER_TX`, default 1, makes each producer transaction emit that many
-//! events). Latency is from the producer's emit (the envelope time, just before its commit) to
-//! the start of the handler, on one clock (one process).
+//! events; `MESH_BENCH_ROUNDS`, default 1, repeats the Postgres runs and prints medians;
+//! `MESH_BENCH_SQLITE=0` leaves the SQLite runs out). Latency is from the producer's emit (the
+//! envelope time, just before its commit) to the start of the handler, on one clock (one
+//! process). Each Postgres run starts after a `CHECKPOINT`.
 //!
 //! The floor, measured in the same run on Postgres: `pgbench` (16 clients, 2 threads, prepared)
 //! running the producer's own transaction (`BEGIN`, the outbox insert of `Tx::emit`, `COMMIT`)
-//! on a scratch schema with the runtime's tables; the bench prints the path's ceiling (the
-//! unpaced run's events handled per second) as a ratio to it.
+//! on a scratch schema with the runtime's tables, right before and right after each unpaced
+//! Postgres run; the bench prints the path's ceiling (that run's events handled per second) as
+//! a ratio to the mean of the two.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -257,6 +260,38 @@ async fn pgbench_floor(url: &str, seconds: u64) -> Result<f64, String> {
         })
 }
 
+/// Runs the pgbench floor for `seconds` (after a checkpoint); `None`, said on stderr, when it
+/// cannot run.
+fn floor(rt: &tokio::runtime::Runtime, url: &str, seconds: u64) -> FloorRun {
+    rt.block_on(checkpoint(url));
+    FloorRun(rt.block_on(pgbench_floor(url, seconds)))
+}
+
+/// The outcome of one floor run.
+struct FloorRun(Result<f64, String>);
+
+impl FloorRun {
+    /// Its tx/s, or `None` after saying why there is none.
+    fn await_floor(self) -> Option<f64> {
+        self.0
+            .map_err(|e| eprintln!("SKIPPED: the pgbench floor: {e}"))
+            .ok()
+    }
+}
+
+/// `CHECKPOINT`, so that a run does not pay for the writes of the one before.
+async fn checkpoint(url: &str) {
+    if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(url).await {
+        let _ = sqlx::query("CHECKPOINT").execute(&mut conn).await;
+    }
+}
+
+/// The median of `values` (sorted in place).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// Makes a fresh database target and bus for one run.
 type Scenario = Box<dyn Fn() -> (DatabaseTarget, Arc<dyn EventBus>)>;
 
@@ -267,6 +302,10 @@ fn main() {
         .unwrap();
     let rate: u64 = env("RATE").and_then(|r| r.parse().ok()).unwrap_or(1000);
     let seconds: u64 = env("SECONDS").and_then(|r| r.parse().ok()).unwrap_or(10);
+    let rounds: u32 = env("ROUNDS")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let per_tx: u64 = env("EVENTS_PER_TX")
         .and_then(|r| r.parse().ok())
         .unwrap_or(1)
@@ -277,7 +316,7 @@ fn main() {
         "| path | offered/s | produced/s | handled/s | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|"
     );
     let mut scenarios: Vec<(String, Scenario)> = Vec::new();
-    {
+    if env("SQLITE").as_deref() != Some("0") {
         let id = id.clone();
         scenarios.push((
             "SQLite outbox + in-process bus".into(),
@@ -319,44 +358,76 @@ fn main() {
             "SKIPPED: Postgres + Redis: set MESH_BENCH_DATABASE_URL and MESH_BENCH_REDIS_URL (or MESH_TEST_*)"
         ),
     }
-    let mut ceiling = None;
-    for (name, make) in &scenarios {
-        for offered in [Some(rate), None] {
-            let _runtime = rt.enter();
-            let (target, bus) = make();
-            let r = rt.block_on(run(&target, bus, offered, seconds, per_tx));
-            let offered_text = if r.offered.is_nan() {
-                "max".to_string()
-            } else {
-                format!("{:.0}", r.offered)
-            };
-            println!(
-                "| {name} | {offered_text} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |",
-                r.produced, r.handled, r.p50, r.p99, r.max
-            );
-            if offered.is_none() && name.starts_with("Postgres") {
-                // The path's ceiling: what was produced and handled, unpaced.
-                ceiling = Some(r.produced.min(r.handled));
+    let pg = env("DATABASE_URL");
+    let mut floors = Vec::new();
+    let mut ratios = Vec::new();
+    let mut paced_p99 = Vec::new();
+    for round in 1..=rounds {
+        for (name, make) in &scenarios {
+            let postgres = name.starts_with("Postgres");
+            if !postgres && round > 1 {
+                continue;
             }
-        }
-    }
-    if let Some(pg) = env("DATABASE_URL") {
-        let _runtime = rt.enter();
-        match rt.block_on(pgbench_floor(&pg, seconds)) {
-            Ok(floor) => {
+            for offered in [Some(rate), None] {
+                let _runtime = rt.enter();
+                // Unpaced on Postgres: the producer's floor right before and right after, so
+                // the ratio compares runs minutes apart at most, on the same machine state.
+                let floor_before = match (&pg, postgres && offered.is_none()) {
+                    (Some(url), true) => floor(&rt, url, seconds).await_floor(),
+                    _ => None,
+                };
+                if let (Some(url), true) = (&pg, postgres) {
+                    rt.block_on(checkpoint(url));
+                }
+                let (target, bus) = make();
+                let r = rt.block_on(run(&target, bus, offered, seconds, per_tx));
+                let offered_text = if r.offered.is_nan() {
+                    "max".to_string()
+                } else {
+                    format!("{:.0}", r.offered)
+                };
                 println!(
-                    "\nfloor: pgbench -c 16 -j 2 -M prepared, the producer's transaction (BEGIN; emit's outbox INSERT; COMMIT): {floor:.0} tx/s"
+                    "| {name} | {offered_text} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} |",
+                    r.produced, r.handled, r.p50, r.p99, r.max
                 );
-                if let Some(c) = ceiling {
+                if postgres && offered.is_some() {
+                    paced_p99.push(r.p99);
+                }
+                let floor_after = match (&pg, postgres && offered.is_none()) {
+                    (Some(url), true) => floor(&rt, url, seconds).await_floor(),
+                    _ => None,
+                };
+                if let (Some(a), Some(b)) = (floor_before, floor_after) {
+                    // The path's ceiling: what was produced and handled, unpaced.
+                    let ceiling = r.produced.min(r.handled);
+                    let f = (a + b) / 2.0;
+                    floors.push(f);
+                    ratios.push(ceiling / per_tx as f64 / f);
                     println!(
-                        "path ceiling (Postgres + Redis, unpaced): {c:.0} events/s = {:.2}x the floor ({} events per transaction)",
-                        c / per_tx as f64 / floor,
-                        per_tx
+                        "|   floor: pgbench before {a:.0} tx/s, after {b:.0} tx/s; ceiling {ceiling:.0} events/s = {:.2}x their mean |",
+                        ceiling / per_tx as f64 / f
                     );
                 }
             }
-            Err(e) => eprintln!("SKIPPED: the pgbench floor: {e}"),
         }
+    }
+    if !floors.is_empty() {
+        println!(
+            "\nfloor: pgbench -c 16 -j 2 -M prepared, the producer's transaction (BEGIN; emit's outbox INSERT; COMMIT), right before and after each unpaced Postgres run: median {:.0} tx/s",
+            median(&mut floors)
+        );
+        println!(
+            "path ceiling (Postgres + Redis, unpaced) / floor, median of {} round(s): {:.2}x ({per_tx} events per transaction)",
+            ratios.len(),
+            median(&mut ratios)
+        );
+    }
+    if !paced_p99.is_empty() {
+        println!(
+            "publish-to-handle p99 at {rate}/s (Postgres + Redis), median of {} round(s): {:.2} ms",
+            paced_p99.len(),
+            median(&mut paced_p99)
+        );
     }
     // This run's streams and groups.
     if let Some(url) = redis_url {
