@@ -357,7 +357,7 @@ impl Tx {
     /// handled event's) trace position, so consumers continue the trace.
     pub async fn emit(&mut self, event: Event) -> Result<Envelope, DatabaseError> {
         self.refuse_in_autocommit().map_err(refused)?;
-        self.insert(&[], event)
+        self.insert(&[], event, RecordGate::None)
             .await?
             .ok_or(DatabaseError::Query(sqlx::Error::RowNotFound))
     }
@@ -387,7 +387,7 @@ impl Tx {
         }
         self.refuse_in_autocommit().map_err(refused)?;
         if writes.is_empty() || matches!(self.db.backend(), Backend::Postgres { .. }) {
-            return self.insert(writes, event).await;
+            return self.insert(writes, event, RecordGate::None).await;
         }
         let mut changed = true;
         for (i, w) in writes.iter().enumerate() {
@@ -400,7 +400,7 @@ impl Tx {
             }
         }
         if changed {
-            self.insert(&[], event).await
+            self.insert(&[], event, RecordGate::None).await
         } else {
             Ok(None)
         }
@@ -425,34 +425,17 @@ impl Tx {
         writes: &[Write],
         event: Event,
     ) -> Result<Option<Envelope>, DatabaseError> {
-        let mut envelope = envelope_of(&self.db, self.cause.as_ref(), event);
-        let inserted = insert_row(
-            &mut self.inner,
-            &envelope,
-            writes,
-            self.handled.as_ref(),
-            RecordGate::FirstWrite,
-        )
-        .await?;
-        if let Some(auto) = self.autocommit.as_mut() {
-            auto.ran = true;
-        }
-        let Some(row) = inserted.row else {
-            // The first write changed nothing, so nothing was written or recorded.
-            if let Some(auto) = self.autocommit.as_mut() {
-                auto.needs_transaction = true;
-            }
-            return Err(refused(AutocommitRefusal::Incomplete));
+        let inserted = self.insert(writes, event, RecordGate::FirstWrite).await?;
+        let Some(auto) = self.autocommit.as_mut() else {
+            return Ok(inserted);
         };
-        if let (Some(new), Some(h)) = (inserted.handled_new, self.handled.as_mut()) {
-            h.written = Some(new);
+        auto.ran = true;
+        if inserted.is_none() {
+            // The first write changed nothing, so nothing was written or recorded.
+            auto.needs_transaction = true;
+            return Err(refused(AutocommitRefusal::Incomplete));
         }
-        envelope.sequence = row.sequence;
-        if let Some(ticket) = register(&self.db, &envelope, &row) {
-            self.pending.tickets.push(ticket);
-            self.pending.db.get_or_insert_with(|| self.db.clone());
-        }
-        Ok(Some(envelope))
+        Ok(inserted)
     }
 
     /// Runs `statement` (one that returns rows: an upsert or update with `RETURNING`, or a
@@ -536,26 +519,20 @@ impl Tx {
     }
 
     /// Inserts `event`'s outbox row (joined to `writes`, on Postgres only, and to the
-    /// consumer's handled ids when still to be written) and registers it with the direct
-    /// publisher; `None` when the first write changed no row.
+    /// consumer's handled ids when still to be written, gated by `record_gate`) and registers
+    /// it with the direct publisher; `None` when the first write changed no row.
     async fn insert(
         &mut self,
         writes: &[Write],
         event: Event,
+        record_gate: RecordGate,
     ) -> Result<Option<Envelope>, DatabaseError> {
         let mut envelope = envelope_of(&self.db, self.cause.as_ref(), event);
         let handled = self
             .handled
             .as_ref()
             .filter(|h| h.written.is_none() && !h.ids.is_empty());
-        let inserted = insert_row(
-            &mut self.inner,
-            &envelope,
-            writes,
-            handled,
-            RecordGate::None,
-        )
-        .await?;
+        let inserted = insert_row(&mut self.inner, &envelope, writes, handled, record_gate).await?;
         if let (Some(new), Some(h)) = (inserted.handled_new, self.handled.as_mut()) {
             h.written = Some(new);
         }
