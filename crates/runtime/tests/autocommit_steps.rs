@@ -307,19 +307,19 @@ fn repeatable_consumer(db: &Database) -> (Consumer, String) {
 
 /// How many events `group` recorded as handled.
 async fn recorded(db: &Database, group: &str) -> i64 {
-    sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM mesh_handled_events WHERE consumer = $1")
-        .bind(group)
-        .fetch_one(db.pool())
-        .await
-        .unwrap()
-        .try_get("n")
-        .unwrap()
+    rows(db, "mesh_handled_events", "consumer", group).await
 }
 
 /// Outbox rows about step row `subject`.
 async fn emitted(db: &Database, subject: &str) -> i64 {
-    sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM mesh_outbox WHERE subject = $1")
-        .bind(subject)
+    rows(db, "mesh_outbox", "subject", subject).await
+}
+
+/// Rows of `table` whose `column` is `value`.
+async fn rows(db: &Database, table: &str, column: &str, value: &str) -> i64 {
+    let sql = format!("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM {table} WHERE {column} = $1");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(value)
         .fetch_one(db.pool())
         .await
         .unwrap()
