@@ -124,6 +124,13 @@ pub(crate) struct HandledIds {
     pub(crate) written: Option<usize>,
 }
 
+impl HandledIds {
+    /// Whether there are ids still to be written (by the next statement that can carry them).
+    fn to_write(&self) -> bool {
+        self.written.is_none() && !self.ids.is_empty()
+    }
+}
+
 /// A database transaction that can also emit events. Dereferences to the connection, so
 /// `sqlx::query(..).execute(&mut *tx)` runs in it. Dropped without [`Tx::commit`], it rolls back
 /// (and its events are never published).
@@ -412,10 +419,7 @@ impl Tx {
         self.autocommit
             .as_ref()
             .is_some_and(|a| !a.repeatable && !a.ran)
-            && self
-                .handled
-                .as_ref()
-                .is_some_and(|h| h.written.is_none() && !h.ids.is_empty())
+            && self.handled.as_ref().is_some_and(HandledIds::to_write)
     }
 
     /// [`Tx::write_and_emit`] as a one-statement step's statement, in autocommit: the writes,
@@ -459,11 +463,7 @@ impl Tx {
             self.refuse_in_autocommit().map_err(refused_sqlx)?;
         }
         let autocommit = self.autocommit.is_some();
-        let Some(h) = self
-            .handled
-            .as_mut()
-            .filter(|h| h.written.is_none() && !h.ids.is_empty())
-        else {
+        let Some(h) = self.handled.as_mut().filter(|h| h.to_write()) else {
             return statement.fetch_all(&mut self.inner).await;
         };
         let n = statement.param_count();
@@ -528,10 +528,7 @@ impl Tx {
         record_gate: RecordGate,
     ) -> Result<Option<Envelope>, DatabaseError> {
         let mut envelope = envelope_of(&self.db, self.cause.as_ref(), event);
-        let handled = self
-            .handled
-            .as_ref()
-            .filter(|h| h.written.is_none() && !h.ids.is_empty());
+        let handled = self.handled.as_ref().filter(|h| h.to_write());
         let inserted = insert_row(&mut self.inner, &envelope, writes, handled, record_gate).await?;
         if let (Some(new), Some(h)) = (inserted.handled_new, self.handled.as_mut()) {
             h.written = Some(new);
