@@ -260,23 +260,13 @@ async fn pgbench_floor(url: &str, seconds: u64) -> Result<f64, String> {
         })
 }
 
-/// Runs the pgbench floor for `seconds` (after a checkpoint); `None`, said on stderr, when it
-/// cannot run.
-fn floor(rt: &tokio::runtime::Runtime, url: &str, seconds: u64) -> FloorRun {
+/// Runs the pgbench floor for `seconds` (after a checkpoint): its tx/s, or `None`, said on
+/// stderr, when it cannot run.
+fn floor(rt: &tokio::runtime::Runtime, url: &str, seconds: u64) -> Option<f64> {
     rt.block_on(checkpoint(url));
-    FloorRun(rt.block_on(pgbench_floor(url, seconds)))
-}
-
-/// The outcome of one floor run.
-struct FloorRun(Result<f64, String>);
-
-impl FloorRun {
-    /// Its tx/s, or `None` after saying why there is none.
-    fn await_floor(self) -> Option<f64> {
-        self.0
-            .map_err(|e| eprintln!("SKIPPED: the pgbench floor: {e}"))
-            .ok()
-    }
+    rt.block_on(pgbench_floor(url, seconds))
+        .map_err(|e| eprintln!("SKIPPED: the pgbench floor: {e}"))
+        .ok()
 }
 
 /// `CHECKPOINT`, so that a run does not pay for the writes of the one before.
@@ -373,7 +363,7 @@ fn main() {
                 // Unpaced on Postgres: the producer's floor right before and right after, so
                 // the ratio compares runs minutes apart at most, on the same machine state.
                 let floor_before = match (&pg, postgres && offered.is_none()) {
-                    (Some(url), true) => floor(&rt, url, seconds).await_floor(),
+                    (Some(url), true) => floor(&rt, url, seconds),
                     _ => None,
                 };
                 if let (Some(url), true) = (&pg, postgres) {
@@ -394,7 +384,7 @@ fn main() {
                     paced_p99.push(r.p99);
                 }
                 let floor_after = match (&pg, postgres && offered.is_none()) {
-                    (Some(url), true) => floor(&rt, url, seconds).await_floor(),
+                    (Some(url), true) => floor(&rt, url, seconds),
                     _ => None,
                 };
                 if let (Some(a), Some(b)) = (floor_before, floor_after) {
