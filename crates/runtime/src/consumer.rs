@@ -87,7 +87,9 @@ pub enum Step {
     /// [`Tx::fetch_recording`] (reads may come before it) that, when it returns a row, has done
     /// everything the step does
     /// (the handler then runs no other statement), and when it returns none has changed nothing
-    /// (a conditional write whose condition failed). Alone in its group on Postgres, the step
+    /// (a conditional write whose condition failed) or only what the step's run in a
+    /// transaction writes again the same way (a flag set to the value that run sets). Alone
+    /// in its group on Postgres, the step
     /// then runs without a transaction: the statement commits the effect with the handled
     /// record, or neither, and the step runs again in a transaction when it wrote nothing (the
     /// handler's call fails with [`crate::outbox::AutocommitRefusal::Incomplete`] and must

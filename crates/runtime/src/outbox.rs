@@ -696,9 +696,10 @@ async fn insert_row(
             ""
         };
         ctes.push(format!(
-            "{}w{i} AS ({}{gate} RETURNING 1)",
+            "{}w{i} AS ({}{gate} RETURNING {})",
             w.shifted_ctes(n),
-            w.shifted(n)
+            w.shifted(n),
+            w.returned()
         ));
         n += w.param_count();
     }

@@ -12,6 +12,10 @@
 //! an `INSERT` of what it returned, read by a final `SELECT`); joined to another statement they
 //! are hoisted into its `WITH` list, so their names must not be `w<n>`, `m`, `o` or `handled`.
 //!
+//! The first write may also return columns ([`Write::returning`], Postgres only): a gated write
+//! after it can then read them from `w0` (`INSERT ... SELECT ... FROM w0`), e.g. a number the
+//! first write assigned, which a separate read in the same statement would see stale.
+//!
 //! The writes of one list must not change the same row: on Postgres they are one statement,
 //! whose parts all see the snapshot it started with, and a row changed by two of them keeps one
 //! of the changes only.
@@ -41,6 +45,7 @@ pub struct Write {
     sql: String,
     params: Vec<Param>,
     gated: bool,
+    returning: Option<String>,
 }
 
 impl Write {
@@ -52,6 +57,7 @@ impl Write {
             sql: sql.into(),
             params: Vec::new(),
             gated: false,
+            returning: None,
         }
     }
 
@@ -75,6 +81,20 @@ impl Write {
     /// Whether it runs only if the first write of its list changed a row.
     pub(crate) fn is_gated(&self) -> bool {
         self.gated
+    }
+
+    /// Joined to an event on Postgres, returns `columns` (a `RETURNING` list) instead of
+    /// nothing, so that the gated writes after it (it being the first of its list) can read
+    /// them from `w0`. A write that reads `w0` runs only in that joined statement, so a list
+    /// with one is for Postgres only.
+    pub fn returning(mut self, columns: impl Into<String>) -> Self {
+        self.returning = Some(columns.into());
+        self
+    }
+
+    /// What it returns joined to an event ([`Write::returning`]; `1` unless set).
+    pub(crate) fn returned(&self) -> &str {
+        self.returning.as_deref().unwrap_or("1")
     }
 
     /// Binds the next parameter to a text.

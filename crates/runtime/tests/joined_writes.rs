@@ -162,6 +162,55 @@ async fn the_first_write_gates_the_event_and_the_gated_writes() {
     }
 }
 
+/// On Postgres a gated write may read what the first write returned (`Write::returning`, read
+/// from `w0`): the value the update assigned, not the row as the statement's snapshot saw it.
+#[tokio::test]
+async fn a_gated_write_reads_what_the_first_write_returned() {
+    let Some(target) = mesh_testkit::postgres("joined writes returning") else {
+        return;
+    };
+    let db = open(&target).await;
+    db.write_and_emit(&[insert("r", 41)], event("r"))
+        .await
+        .unwrap()
+        .expect("inserted");
+    let advance = || {
+        Write::new("UPDATE things SET n = n + 1 WHERE id = $1")
+            .text("r")
+            .returning("id, n")
+    };
+    let copy = || {
+        Write::new(
+            "INSERT INTO things (id, state, n) SELECT id || '-' || n, $1, n FROM w0 WHERE 1 = 1",
+        )
+        .text("copy")
+        .gated()
+    };
+    let mut tx = db.begin().await.unwrap();
+    tx.write_and_emit(&[advance(), copy()], event("r"))
+        .await
+        .unwrap()
+        .expect("the update changed a row");
+    tx.commit().await.unwrap();
+    assert_eq!(thing(&db, "r").await, Some(("new".into(), 42)));
+    assert_eq!(thing(&db, "r-42").await, Some(("copy".into(), 42)));
+    // Alone too, and a gate that changes nothing writes no copy.
+    db.write_and_emit(&[advance(), copy()], event("r"))
+        .await
+        .unwrap()
+        .expect("the update changed a row");
+    assert_eq!(thing(&db, "r-43").await, Some(("copy".into(), 43)));
+    let missing = Write::new("UPDATE things SET n = n + 1 WHERE id = $1")
+        .text("nobody")
+        .returning("id, n");
+    let none = db
+        .write_and_emit(&[missing, copy()], event("r"))
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    assert_eq!(outbox(&db, "r").await, vec![1, 2, 3]);
+}
+
 /// Records each event it handles by a write joined to an event that its gate lets through only
 /// for the first event of a subject.
 #[derive(Clone)]

@@ -100,21 +100,25 @@ impl TypedHandler for Reserve {
         // Idempotent by order id: claim the order; a known order (reserved, rejected, or
         // cancelled before it arrived) gets nothing more. The claim already records the
         // outcome of the common case (reserved under `id`); the other outcomes overwrite it
-        // in this transaction, so no one sees it.
+        // in this transaction, so no one sees it. The reservation row, claimed with it, claims
+        // the reference (unique): an order reserved through the RPC already keeps that
+        // reservation, found without a read in the common case.
         let id = uuid::Uuid::now_v7().to_string();
-        let claimed = sqlx::query(
-            "INSERT INTO saga_orders (order_id, state, reservation_id, updated_us) VALUES ($1, 'RESERVED', $2, $3) \
-             ON CONFLICT (order_id) DO NOTHING",
-        )
-        .bind(&order)
-        .bind(&id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-        if claimed == 0 {
+        let expires = now.saturating_add(duration_us(self.0.reservation_ttl));
+        let claim = store::claim_order(tx, &order, &id, now, expires)
+            .await
+            .map_err(db_err)?;
+        if claim == store::OrderClaim::Known {
             tracing::debug!(order = %order, "order.created for a known order: nothing to do");
             return Ok(());
+        }
+        if claim == store::OrderClaim::ReferenceTaken {
+            let existing = store::reservation(tx, &order, true)
+                .await
+                .map_err(db_err)?
+                .map(|r| r.id)
+                .unwrap_or_default();
+            return set_state(tx, &order, "RESERVED", &existing, now).await;
         }
         let location = validate::location_id("location_id", &created.location_id, true);
         let mut lines = Vec::with_capacity(created.lines.len());
@@ -128,20 +132,6 @@ impl TypedHandler for Reserve {
                 }),
                 _ => problems.push(format!("line {i} is malformed")),
             }
-        }
-        let expires = now.saturating_add(duration_us(self.0.reservation_ttl));
-        // The reservation row claims the reference (unique): an order reserved through the
-        // RPC already keeps that reservation, found without a read in the common case.
-        if !store::claim_reservation(tx, &id, &order, now, expires)
-            .await
-            .map_err(db_err)?
-        {
-            let existing = store::reservation(tx, &order, true)
-                .await
-                .map_err(db_err)?
-                .map(|r| r.id)
-                .unwrap_or_default();
-            return set_state(tx, &order, "RESERVED", &existing, now).await;
         }
         if lines.is_empty() || !problems.is_empty() {
             problems.push("the order has no valid line".into());

@@ -403,6 +403,70 @@ pub async fn claim_reservation(
     Ok(done.rows_affected() == 1)
 }
 
+/// What [`claim_order`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderClaim {
+    /// The saga knows the order already (reserved, rejected, or cancelled before it arrived):
+    /// nothing was written.
+    Known,
+    /// The order is claimed (its saga row RESERVED under the new reservation's id), but its
+    /// reference has a reservation already (made through the RPC).
+    ReferenceTaken,
+    /// The order and its new ACTIVE reservation `id` are claimed.
+    Claimed,
+}
+
+/// The saga's claim of order `order` on `order.created`: its saga row inserted RESERVED under
+/// reservation `id` unless the saga knows it, and then the reservation itself as
+/// [`claim_reservation`] inserts it. On Postgres one statement (the reservation a
+/// data-modifying `WITH` gated on the saga row's insert), elsewhere two.
+pub async fn claim_order(
+    tx: &mut Tx,
+    order: &str,
+    id: &str,
+    now: i64,
+    expires: i64,
+) -> Result<OrderClaim> {
+    const SAGA_ROW: &str = "INSERT INTO saga_orders (order_id, state, reservation_id, updated_us) VALUES ($1, 'RESERVED', $2, $3) \
+        ON CONFLICT (order_id) DO NOTHING";
+    if tx.backend_name() == "PostgreSQL" {
+        let sql = format!(
+            "WITH c AS ({SAGA_ROW} RETURNING 1), \
+             r AS (INSERT INTO reservations (id, reference_id, status, created_us, expires_us, updated_us) \
+             SELECT $2, $1, 'ACTIVE', $3, $4, $3 WHERE EXISTS (SELECT 1 FROM c) \
+             ON CONFLICT (reference_id) DO NOTHING RETURNING 1) \
+             SELECT (SELECT CAST(COUNT(*) AS BIGINT) FROM c) AS claimed, (SELECT CAST(COUNT(*) AS BIGINT) FROM r) AS reserved"
+        );
+        let (claimed, reserved): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(order)
+            .bind(id)
+            .bind(now)
+            .bind(expires)
+            .fetch_one(&mut **tx)
+            .await?;
+        return Ok(match (claimed, reserved) {
+            (0, _) => OrderClaim::Known,
+            (_, 0) => OrderClaim::ReferenceTaken,
+            _ => OrderClaim::Claimed,
+        });
+    }
+    let claimed = sqlx::query(SAGA_ROW)
+        .bind(order)
+        .bind(id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if claimed == 0 {
+        return Ok(OrderClaim::Known);
+    }
+    Ok(if claim_reservation(tx, id, order, now, expires).await? {
+        OrderClaim::Claimed
+    } else {
+        OrderClaim::ReferenceTaken
+    })
+}
+
 /// Deletes the reservation `id` that [`claim_reservation`] inserted in this transaction, before
 /// it has lines (its order turned out short of stock).
 pub async fn unclaim_reservation(tx: &mut Tx, id: &str) -> Result<()> {

@@ -124,6 +124,10 @@ pub struct Succeeded;
 
 impl TypedHandler for Succeeded {
     type Event = PaymentSucceeded;
+    // On Postgres a read, then the confirmation, its history entry, `order.confirmed` and the
+    // record in one statement; when the order changed in between, the step runs again in a
+    // transaction.
+    const STEP: Step = Step::OneStatement;
 
     async fn handle(&self, p: PaymentSucceeded, event: &Envelope, tx: &mut Tx) -> Handled {
         let confirmed = transitions::confirm(tx, &p.order_id, &p.payment_id, &event.id)

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use mesh_contracts::common::v1::{Money, PostalAddress};
 use mesh_contracts::order::v1::{Order, OrderLine, OrderStatus, StatusChange};
 use mesh_runtime::domain::time;
-use mesh_runtime::outbox::Tx;
+use mesh_runtime::outbox::{Event, Tx};
 use mesh_runtime::sql_write::Write;
 use prost::Message as _;
 use sqlx::any::AnyRow;
@@ -363,6 +363,84 @@ pub async fn transition_with_lines(
     Ok(Some(order))
 }
 
+/// What [`transition_emitting`] did.
+#[derive(Debug)]
+pub enum Emitted {
+    /// The order moved, with its history entry and its event: the order as updated, with its
+    /// lines.
+    Moved(Box<Order>),
+    /// The order is missing or in none of the statuses it may move from: nothing changed.
+    NotMoved,
+    /// The order changed between the read and the update (in a transaction; in a consumer's
+    /// step run without one the call fails instead, and the step runs again in one): nothing
+    /// changed, and the caller takes the general path.
+    Raced,
+}
+
+/// [`transition_with_lines`] and the event `event` builds from the order as the transition
+/// leaves it, on Postgres without a transaction of its own: a read of the order with its lines,
+/// then one statement for the update (done only if the order is as read), its history entry and
+/// the outbox row ([`Tx::write_and_emit`]; in a consumer's one-statement step run in
+/// autocommit, the handled record too). Only the reservation id of an open order changes
+/// under it (inventory's `inventory.reserved` may land between the read and the update), so the
+/// update is conditional on it as well as on the status.
+#[allow(clippy::too_many_arguments)]
+pub async fn transition_emitting(
+    tx: &mut Tx,
+    id: &str,
+    from: &[OrderStatus],
+    to: OrderStatus,
+    changes: &Changes<'_>,
+    reason: &str,
+    event_id: &str,
+    now: i64,
+    event: impl FnOnce(&Order) -> Event,
+) -> Result<Emitted> {
+    let step = Transition {
+        id,
+        from,
+        to,
+        changes,
+        reason,
+        event_id,
+        now,
+    };
+    let read = format!(
+        "SELECT u.*, {LINE_COLUMNS} FROM (SELECT {ORDER_COLUMNS}, history_seq FROM orders WHERE id = $1) u \
+         LEFT JOIN order_lines l ON l.order_id = u.id ORDER BY l.line_no"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(read))
+        .bind(id)
+        .fetch_all(&mut **tx)
+        .await?;
+    let Some((mut order, lines)) = step.read(&rows, true)? else {
+        return Ok(Emitted::NotMoved);
+    };
+    if !from.iter().any(|s| *s as i32 == order.status) {
+        return Ok(Emitted::NotMoved);
+    }
+    let reservation = order.reservation_id.clone();
+    order.lines = lines.unwrap_or_default();
+    order.status = to as i32;
+    order.update_time = Some(ts(now));
+    if let Some(r) = changes.reservation_id {
+        order.reservation_id = r.into();
+    }
+    if let Some(p) = changes.payment_id {
+        order.payment_id = p.into();
+    }
+    if let Some(c) = changes.cancel_reason {
+        order.cancel_reason = c.into();
+    }
+    let event = event(&order);
+    Ok(
+        match tx.write_and_emit(&step.writes(&reservation), event).await? {
+            Some(_) => Emitted::Moved(Box::new(order)),
+            None => Emitted::Raced,
+        },
+    )
+}
+
 /// One conditional status change with its history entry.
 struct Transition<'a> {
     id: &'a str,
@@ -397,15 +475,34 @@ struct TransitionRow {
     line_refunded_quantity: Option<i64>,
 }
 
-/// The `UPDATE` of a transition (parameters `$1`-`$6`), returning the order and its new
-/// history number.
-fn transition_update(from: &[OrderStatus]) -> String {
+/// The `UPDATE` of a transition (parameters `$1`-`$6`), without its `RETURNING`.
+fn transition_set(from: &[OrderStatus]) -> String {
     format!(
         "UPDATE orders SET status = $1, updated_at_us = $2, history_seq = history_seq + 1, \
          reservation_id = COALESCE($3, reservation_id), payment_id = COALESCE($4, payment_id), \
          cancel_reason = COALESCE($5, cancel_reason) \
-         WHERE id = $6 AND status IN ({}) RETURNING {ORDER_COLUMNS}, history_seq",
+         WHERE id = $6 AND status IN ({})",
         in_list(from)
+    )
+}
+
+/// The `UPDATE` of a transition (parameters `$1`-`$6`), returning the order and its new
+/// history number.
+fn transition_update(from: &[OrderStatus]) -> String {
+    format!(
+        "{} RETURNING {ORDER_COLUMNS}, history_seq",
+        transition_set(from)
+    )
+}
+
+/// The history entry of the order a transition's update (`source`: a `WITH` of the statement
+/// returning `id`, `history_seq`, `status` and `updated_at_us`) changed; the reason and the
+/// event id are parameters `$reason` and `$reason + 1`.
+fn history_from(source: &str, reason: usize) -> String {
+    format!(
+        "INSERT INTO order_status_history (order_id, seq, status, reason, event_id, at_us) \
+         SELECT id, history_seq, status, ${reason}, ${}, updated_at_us FROM {source}",
+        reason + 1
     )
 }
 
@@ -428,21 +525,43 @@ impl Transition<'_> {
         } else {
             "SELECT * FROM u".to_string()
         };
-        Write::with(
-            format!(
-                "u AS ({update}), h AS (INSERT INTO order_status_history (order_id, seq, status, reason, event_id, at_us) \
-                 SELECT id, history_seq, status, $7, $8, updated_at_us FROM u)"
-            ),
+        let history = history_from("u", 7);
+        self.bind_update(Write::with(
+            format!("u AS ({update}), h AS ({history})"),
             select,
-        )
-        .text(status_name(self.to))
-        .int(self.now)
-        .opt_text(self.changes.reservation_id.map(str::to_string))
-        .opt_text(self.changes.payment_id.map(str::to_string))
-        .opt_text(self.changes.cancel_reason.map(str::to_string))
-        .text(self.id)
+        ))
         .text(self.reason)
         .text(self.event_id)
+    }
+
+    /// `write` with the update's parameters `$1`-`$6` bound.
+    fn bind_update(&self, write: Write) -> Write {
+        write
+            .text(status_name(self.to))
+            .int(self.now)
+            .opt_text(self.changes.reservation_id.map(str::to_string))
+            .opt_text(self.changes.payment_id.map(str::to_string))
+            .opt_text(self.changes.cancel_reason.map(str::to_string))
+            .text(self.id)
+    }
+
+    /// Its Postgres writes for an event joined to them ([`Tx::write_and_emit`]): the update,
+    /// done only while the order's reservation id is still `reservation` (what the caller read
+    /// to build the event), returning what its history entry needs, and that entry, read from
+    /// the update's row (`w0`).
+    fn writes(&self, reservation: &str) -> [Write; 2] {
+        let update = self
+            .bind_update(Write::new(format!(
+                "{} AND reservation_id = $7",
+                transition_set(self.from)
+            )))
+            .text(reservation)
+            .returning("id, history_seq, status, updated_at_us");
+        let history = Write::new(format!("{} WHERE 1 = 1", history_from("w0", 1)))
+            .text(self.reason)
+            .text(self.event_id)
+            .gated();
+        [update, history]
     }
 
     /// Runs it; with `lines` on Postgres the order's lines come back too (`Some`), else `None`.

@@ -99,10 +99,13 @@ pub async fn reserved(tx: &mut Tx, id: &str, reservation: &str, event_id: &str) 
     store::set_reservation(tx, id, reservation).await
 }
 
-/// Confirms open order `id`, paid by `payment`, and emits `order.confirmed`: on Postgres two
-/// statements (the update returning the order, joined to its history entry and its lines for
-/// the event; the outbox row), elsewhere four. Returns the order with its lines (no history); `None` when the order is unknown or
-/// already final (nothing changes).
+/// Confirms open order `id`, paid by `payment`, and emits `order.confirmed`. On Postgres two
+/// statements without a transaction of their own ([`store::transition_emitting`]: the order with
+/// its lines read, then the update, its history entry and the outbox row in one), so in
+/// order's `payment.succeeded` step, alone in its batch, they are all it costs; when the order
+/// changed between the two (in a transaction) the general path follows: elsewhere always, the
+/// update returning the order with its lines, then the outbox row. Returns the order with its
+/// lines (no history); `None` when the order is unknown or already final (nothing changes).
 pub async fn confirm(
     tx: &mut Tx,
     id: &str,
@@ -114,6 +117,25 @@ pub async fn confirm(
         ..Changes::default()
     };
     let now = store::now_us();
+    if tx.backend_name() == "PostgreSQL" {
+        let emitted = store::transition_emitting(
+            tx,
+            id,
+            OPEN,
+            OrderStatus::Confirmed,
+            &changes,
+            "payment.succeeded",
+            event_id,
+            now,
+            confirmed,
+        )
+        .await?;
+        match emitted {
+            store::Emitted::Moved(order) => return Ok(Some(*order)),
+            store::Emitted::NotMoved => return Ok(None),
+            store::Emitted::Raced => {}
+        }
+    }
     let Some(order) = store::transition_with_lines(
         tx,
         id,
@@ -128,20 +150,22 @@ pub async fn confirm(
     else {
         return Ok(None);
     };
+    tx.emit(confirmed(&order)).await?;
+    Ok(Some(order))
+}
+
+/// `order.confirmed` of `order` as confirmed (with its lines).
+fn confirmed(order: &Order) -> Event {
     let payload = OrderConfirmed {
         order_id: order.id.clone(),
         customer_id: order.customer_id.clone(),
         payment_id: order.payment_id.clone(),
         reservation_id: order.reservation_id.clone(),
         total: order.total.clone(),
-        lines: snapshots(&order),
+        lines: snapshots(order),
         discount_total: order.discount_total.clone(),
     };
-    tx.emit(
-        Event::new("order.confirmed", &order.id, "OrderConfirmed", &payload).correlation(&order.id),
-    )
-    .await?;
-    Ok(Some(order))
+    Event::new("order.confirmed", &order.id, "OrderConfirmed", &payload).correlation(&order.id)
 }
 
 /// Cancels open order `id` for `reason` and emits `order.cancelled`: on Postgres two statements

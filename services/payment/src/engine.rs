@@ -21,13 +21,14 @@ use mesh_contracts::payment::v1::{
 };
 use mesh_runtime::outbox::{Event, Tx};
 use mesh_runtime::spans::TracedWork;
+use mesh_runtime::storage::Backend;
 use mesh_runtime::work_queue::{Leased, WorkHandle};
 use mesh_runtime::{CallContext, Database};
 
 use crate::error::{CommonErrors, PaymentError};
 use crate::provider::{CardData, ChargeCall, Outcome, PaymentProvider, ProviderError, RefundCall};
 use crate::settings::PaymentSettings;
-use crate::store::{self, CardRow, PaymentRow, RefundRow, SagaOrder, now_micros};
+use crate::store::{self, CardRow, PaymentRow, RefundRow, ReservedCharge, SagaOrder, now_micros};
 use crate::work::Work;
 
 type Result<T> = std::result::Result<T, PaymentError>;
@@ -68,6 +69,95 @@ fn current_traceparent() -> String {
     CallContext::current()
         .map(|c| c.trace.to_string())
         .unwrap_or_default()
+}
+
+/// What finishing a PENDING payment with a provider's outcome writes and emits.
+struct Finished {
+    status: PaymentStatus,
+    reason: DeclineReason,
+    message: String,
+    reference: String,
+    event: Event,
+}
+
+impl Finished {
+    /// The finish of `p` with `outcome` (`retryable`: the provider kept failing).
+    fn of(p: &PaymentRow, outcome: &Outcome, retryable: bool) -> Self {
+        let (status, reason, message, reference) = match outcome {
+            Outcome::Done { reference } => (
+                PaymentStatus::Succeeded,
+                DeclineReason::Unspecified,
+                String::new(),
+                reference.clone(),
+            ),
+            Outcome::Declined { reason, message } => (
+                PaymentStatus::Failed,
+                *reason,
+                message.clone(),
+                String::new(),
+            ),
+        };
+        let amount = Some(mesh_contracts::common::v1::Money {
+            currency_code: p.currency.clone(),
+            amount_minor: p.amount_minor,
+        });
+        let event = if status == PaymentStatus::Succeeded {
+            Event::new(
+                "payment.succeeded",
+                &p.id,
+                "PaymentSucceeded",
+                &PaymentSucceeded {
+                    payment_id: p.id.clone(),
+                    order_id: p.order_id.clone(),
+                    customer_id: p.customer_id.clone(),
+                    amount,
+                    card_brand: p.card_brand.clone(),
+                    card_last4: p.card_last4.clone(),
+                },
+            )
+        } else {
+            Event::new(
+                "payment.failed",
+                &p.id,
+                "PaymentFailed",
+                &PaymentFailed {
+                    payment_id: p.id.clone(),
+                    order_id: p.order_id.clone(),
+                    customer_id: p.customer_id.clone(),
+                    amount,
+                    reason: reason as i32,
+                    message: message.clone(),
+                    retryable,
+                },
+            )
+        };
+        Self {
+            status,
+            reason,
+            message,
+            reference,
+            event: event.correlation(p.order_id.clone()),
+        }
+    }
+
+    /// The charge's ledger entry (gated on the finish).
+    fn ledger_entry(&self, p: &PaymentRow, now: i64) -> mesh_runtime::sql_write::Write {
+        let status = if self.status == PaymentStatus::Succeeded {
+            TransactionStatus::Succeeded
+        } else {
+            TransactionStatus::Failed
+        };
+        store::transaction_write(
+            &new_id(),
+            p,
+            TransactionKind::Charge,
+            p.amount_minor,
+            status,
+            &self.message,
+            &self.reference,
+            now,
+        )
+    }
 }
 
 impl Engine {
@@ -157,10 +247,7 @@ impl Engine {
             };
             let lease_until = now + micros(self.settings.lease());
             if let Some(claimed) = store::insert_leased_payment(tx, &p, now, lease_until).await? {
-                let p = claimed.0.clone();
-                let work = Work::Leased(Leased::new(p.id.clone(), claimed));
-                self.work.push_after_commit(tx, work);
-                return Ok((p, true));
+                return Ok((self.hand_over(tx, claimed), true));
             }
         }
         let card = store::card(tx, &o.card_token).await?;
@@ -176,6 +263,35 @@ impl Engine {
             true,
         )
         .await
+    }
+
+    /// Hands the payment `claimed` (inserted leased to this process, with its card's provider
+    /// reference) to the worker once `tx` commits; returns the payment.
+    fn hand_over(&self, tx: &mut Tx, claimed: (PaymentRow, String)) -> PaymentRow {
+        let p = claimed.0.clone();
+        let work = Work::Leased(Leased::new(p.id.clone(), claimed));
+        self.work.push_after_commit(tx, work);
+        p
+    }
+
+    /// Payment's `inventory.reserved` for order `order_id` on Postgres as one statement
+    /// ([`store::reserved_and_charge`]): the `reserved` flag, and the charge inserted leased
+    /// (handed to the worker after the commit) when the order can be charged. `false` when the
+    /// step needs the general path (the flag upsert and [`Engine::request_saga_charge`]).
+    pub async fn reserved_and_charge(&self, tx: &mut Tx, order_id: &str) -> Result<bool> {
+        let now = now_micros();
+        let lease_until = now + micros(self.settings.lease());
+        let id = new_id();
+        let traceparent = current_traceparent();
+        match store::reserved_and_charge(tx, order_id, &id, &traceparent, now, lease_until).await? {
+            ReservedCharge::General => Ok(false),
+            ReservedCharge::Done(None) => Ok(true),
+            ReservedCharge::Done(Some(claimed)) => {
+                let p = self.hand_over(tx, *claimed);
+                tracing::info!(order = %order_id, payment = %p.id, status = ?p.status, "charge requested");
+                Ok(true)
+            }
+        }
     }
 
     /// Creates the payment of `order_id` in `tx` unless it has one: PENDING (due at once when
@@ -266,6 +382,47 @@ impl Engine {
         Ok((p, true))
     }
 
+    /// Finishes the PENDING payment `p` with `outcome` after the provider answered: on Postgres
+    /// first one statement without a transaction, the finish (done only while the order's saga
+    /// row, locked by it, says not cancelled: [`store::finish_saga_payment`]) with its ledger
+    /// entry and its event; when that changes nothing (the order was cancelled meanwhile, the
+    /// payment is a `Charge` call's or finished already) and elsewhere, [`Engine::finish_in`] in
+    /// a transaction. `false` if it was not PENDING.
+    async fn finish(
+        &self,
+        p: &PaymentRow,
+        outcome: &Outcome,
+        retryable: bool,
+        now: i64,
+    ) -> Result<bool> {
+        if matches!(self.db.backend(), Backend::Postgres { .. }) {
+            let finish = Finished::of(p, outcome, retryable);
+            let writes = [
+                store::finish_saga_payment(
+                    p,
+                    finish.status,
+                    finish.reason,
+                    &finish.message,
+                    &finish.reference,
+                    now,
+                ),
+                finish.ledger_entry(p, now),
+            ];
+            if self
+                .db
+                .write_and_emit(&writes, finish.event)
+                .await?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        let mut tx = self.db.begin().await?;
+        let finished = self.finish_in(&mut tx, p, outcome, retryable, now).await?;
+        tx.commit().await?;
+        Ok(finished)
+    }
+
     /// Finishes the PENDING payment `p` with `outcome` in `tx`: status, ledger entry, event; a
     /// capture of an order already cancelled is refunded at once. `false` if it was not PENDING.
     async fn finish_in(
@@ -276,80 +433,23 @@ impl Engine {
         retryable: bool,
         now: i64,
     ) -> Result<bool> {
-        let (status, reason, message, reference) = match outcome {
-            Outcome::Done { reference } => (
-                PaymentStatus::Succeeded,
-                DeclineReason::Unspecified,
-                String::new(),
-                reference.clone(),
-            ),
-            Outcome::Declined { reason, message } => (
-                PaymentStatus::Failed,
-                *reason,
-                message.clone(),
-                String::new(),
-            ),
-        };
         // Saga row first, then the payment: the same lock order as the saga handlers.
         let saga = store::lock_saga_order(tx, &p.order_id).await?;
-        let ledger_status = if status == PaymentStatus::Succeeded {
-            TransactionStatus::Succeeded
-        } else {
-            TransactionStatus::Failed
-        };
+        let finish = Finished::of(p, outcome, retryable);
         // The finish gates the ledger entry and the event: on Postgres one statement.
         let writes = [
-            store::finish_payment(&p.id, status, reason, &message, &reference, now),
-            store::transaction_write(
-                &new_id(),
-                p,
-                TransactionKind::Charge,
-                p.amount_minor,
-                ledger_status,
-                &message,
-                &reference,
+            store::finish_payment(
+                &p.id,
+                finish.status,
+                finish.reason,
+                &finish.message,
+                &finish.reference,
                 now,
             ),
+            finish.ledger_entry(p, now),
         ];
-        let amount = Some(mesh_contracts::common::v1::Money {
-            currency_code: p.currency.clone(),
-            amount_minor: p.amount_minor,
-        });
-        let event = if status == PaymentStatus::Succeeded {
-            Event::new(
-                "payment.succeeded",
-                &p.id,
-                "PaymentSucceeded",
-                &PaymentSucceeded {
-                    payment_id: p.id.clone(),
-                    order_id: p.order_id.clone(),
-                    customer_id: p.customer_id.clone(),
-                    amount,
-                    card_brand: p.card_brand.clone(),
-                    card_last4: p.card_last4.clone(),
-                },
-            )
-        } else {
-            Event::new(
-                "payment.failed",
-                &p.id,
-                "PaymentFailed",
-                &PaymentFailed {
-                    payment_id: p.id.clone(),
-                    order_id: p.order_id.clone(),
-                    customer_id: p.customer_id.clone(),
-                    amount,
-                    reason: reason as i32,
-                    message,
-                    retryable,
-                },
-            )
-        };
-        if tx
-            .write_and_emit(&writes, event.correlation(p.order_id.clone()))
-            .await?
-            .is_none()
-        {
+        let (status, reference) = (finish.status, finish.reference.clone());
+        if tx.write_and_emit(&writes, finish.event).await?.is_none() {
             return Ok(false);
         }
         if status == PaymentStatus::Succeeded
@@ -522,12 +622,10 @@ impl Engine {
                 return Ok(Attempt::Again { after, unknown });
             }
         };
-        let mut tx = self.db.begin().await?;
         let finished_at = now_micros();
         let finished = work
-            .run(self.finish_in(&mut tx, &p, &outcome, retryable, finished_at))
+            .run(self.finish(&p, &outcome, retryable, finished_at))
             .await?;
-        tx.commit().await?;
         if !finished {
             // Someone else finished it first: theirs is the answer.
             return Ok(Attempt::Final(self.payment(id).await?));

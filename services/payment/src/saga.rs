@@ -80,15 +80,28 @@ impl TypedHandler for OnOrderCreated {
 }
 
 /// `inventory.reserved`: marks the order's stock reserved (reference id = order id); charges if
-/// the order is known.
+/// the order is known. On Postgres usually one statement that records the event too (the flag,
+/// and the charge inserted leased when the order can be charged): a one-statement step, run
+/// without a transaction. When the charge needs more (a zero amount, an unknown token, a
+/// payment already there) the flag upsert and the charge's general path follow, in a transaction.
 #[derive(Debug, Clone)]
 pub struct OnInventoryReserved(pub Engine);
 
 impl TypedHandler for OnInventoryReserved {
     type Event = InventoryReserved;
+    const STEP: Step = Step::OneStatement;
 
     async fn handle(&self, e: InventoryReserved, _: &Envelope, tx: &mut Tx) -> Handled {
         let id = order_id("reference_id", &e.reference_id)?;
+        if tx.backend_name() == "PostgreSQL"
+            && self
+                .0
+                .reserved_and_charge(tx, &id)
+                .await
+                .map_err(handler_error)?
+        {
+            return Ok(());
+        }
         let now = store::saga_flag(tx, &id, true).await?;
         maybe_charge(&self.0, tx, &now).await.map_err(handler_error)
     }

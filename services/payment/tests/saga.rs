@@ -184,6 +184,13 @@ async fn flow(target: DatabaseTarget, redis: Option<&str>) {
     handled += 2;
     wait_status(&m, &u, "FAILED").await;
 
+    // Nothing to pay: succeeded without a provider call (the general path on Postgres too).
+    let z = unique("z");
+    publish_created(&m, &z, &ok, 0).await;
+    publish_reserved(&m, &z).await;
+    handled += 2;
+    wait_status(&m, &z, "SUCCEEDED").await;
+
     // Cancelled after the charge: refunded once, even when the cancel comes twice.
     let e = unique("e");
     publish_created(&m, &e, &ok, 2500).await;
@@ -253,6 +260,8 @@ async fn flow(target: DatabaseTarget, redis: Option<&str>) {
     );
     assert_eq!(m.processor_charges(&c).await, 0);
     assert_eq!(m.processor_charges(&d).await, 0);
+    assert_eq!(m.processor_charges(&z).await, 0, "nothing to capture");
+    assert_eq!(m.emitted("payment.succeeded", &z).await.len(), 1);
     assert_eq!(m.processor_charges(&e).await, 1);
     assert_eq!(
         m.ledger(&e).await,

@@ -1,8 +1,9 @@
 //! Payments: one per order, PENDING until the charge worker finishes it, then refund holds.
 
 use mesh_contracts::payment::v1::{DeclineReason, Payment, PaymentStatus};
+use mesh_runtime::outbox::Tx;
 use mesh_runtime::sql_write::Write;
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, FromRow as _, Row as _};
 
 use super::{Result, money, payment_status_name, payment_status_of, ts};
 
@@ -208,9 +209,8 @@ pub async fn insert_leased_payment(
     lease_until: i64,
 ) -> Result<Option<(PaymentRow, String)>> {
     let sql = format!(
-        "INSERT INTO payments (id, order_id, customer_id, currency, amount_minor, status, decline_reason, decline_message, card_token, card_brand, card_last4, provider_reference, description, traceparent, attempts, next_attempt_at, created_at, updated_at) \
-         SELECT $1, $2, $3, $4, $5, 'PENDING', 0, '', token, brand, last4, '', $6, $7, 1, $8, $9, $9 FROM cards WHERE token = $10 \
-         ON CONFLICT (order_id) DO NOTHING RETURNING {PAYMENT_COLUMNS}, COALESCE((SELECT provider_ref FROM cards WHERE cards.token = payments.card_token), '') AS card_ref"
+        "{LEASED_INSERT} SELECT $1, $2, $3, $4, $5, 'PENDING', 0, '', token, brand, last4, '', $6, $7, 1, $8, $9, $9 FROM cards WHERE token = $10 \
+         ON CONFLICT (order_id) DO NOTHING RETURNING {PAYMENT_COLUMNS}, {CARD_REF}"
     );
     let row: Option<Claimed> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(&p.id)
@@ -226,6 +226,71 @@ pub async fn insert_leased_payment(
         .fetch_optional(c)
         .await?;
     Ok(row.map(|r| (PaymentRow::from(r.payment), r.card_ref)))
+}
+
+/// The insert of a payment already leased (its columns; the values follow).
+const LEASED_INSERT: &str = "INSERT INTO payments (id, order_id, customer_id, currency, amount_minor, status, decline_reason, decline_message, card_token, card_brand, card_last4, provider_reference, description, traceparent, attempts, next_attempt_at, created_at, updated_at)";
+
+/// The card's provider reference of a returned payment row, as `card_ref`.
+const CARD_REF: &str = "COALESCE((SELECT provider_ref FROM cards WHERE cards.token = payments.card_token), '') AS card_ref";
+
+/// What [`reserved_and_charge`] did.
+#[derive(Debug)]
+pub enum ReservedCharge {
+    /// The flag is set and the step is complete: the charge was inserted leased (the payment
+    /// and its card's provider reference, for the worker), or there is none to make yet (the
+    /// order is not known yet, or it is cancelled).
+    Done(Option<Box<(PaymentRow, String)>>),
+    /// The order can be charged, but not by the leased insert (its amount is zero, its token
+    /// unknown, or it has a payment already): the general path decides (in a consumer's step
+    /// run without a transaction the call fails instead, and the step runs again in one).
+    General,
+}
+
+/// Payment's `inventory.reserved` on Postgres in one statement, which also records the
+/// handled event ([`Tx::fetch_recording`]): the saga row's `reserved` flag upserted, and, if the
+/// row then shows a known, uncancelled order with an amount to charge, its PENDING payment
+/// inserted leased from the upserted row and the card's row, as [`insert_leased_payment`] does
+/// (`id`, `traceparent`, lease until `lease_until`). The statement returns a row only when the
+/// step is complete; when it returns none it has set the flag, which the general path sets
+/// again.
+pub async fn reserved_and_charge(
+    tx: &mut Tx,
+    order_id: &str,
+    id: &str,
+    traceparent: &str,
+    now: i64,
+    lease_until: i64,
+) -> Result<ReservedCharge> {
+    let statement = Write::with(
+        format!(
+            "s AS (INSERT INTO saga_orders (order_id, reserved, updated_at) VALUES ($1, 1, $2) \
+             ON CONFLICT (order_id) DO UPDATE SET reserved = 1, updated_at = $2 \
+             RETURNING order_id, known, customer_id, currency, amount_minor, card_token, cancelled), \
+             p AS ({LEASED_INSERT} SELECT $3, s.order_id, s.customer_id, s.currency, s.amount_minor, 'PENDING', 0, '', \
+             c.token, c.brand, c.last4, '', '', $4, 1, $5, $2, $2 FROM s JOIN cards c ON c.token = s.card_token \
+             WHERE s.known = 1 AND s.cancelled = 0 AND s.amount_minor > 0 \
+             ON CONFLICT (order_id) DO NOTHING RETURNING {PAYMENT_COLUMNS}, {CARD_REF})"
+        ),
+        "SELECT p.* FROM s LEFT JOIN p ON TRUE WHERE p.id IS NOT NULL OR s.known = 0 OR s.cancelled = 1",
+    )
+    .text(order_id)
+    .int(now)
+    .text(id)
+    .text(traceparent)
+    .int(lease_until);
+    let rows = tx.fetch_recording(&statement).await?;
+    let Some(row) = rows.first() else {
+        return Ok(ReservedCharge::General);
+    };
+    if row.try_get::<Option<String>, _>("id")?.is_none() {
+        return Ok(ReservedCharge::Done(None));
+    }
+    let claimed = Claimed::from_row(row)?;
+    Ok(ReservedCharge::Done(Some(Box::new((
+        PaymentRow::from(claimed.payment),
+        claimed.card_ref,
+    )))))
 }
 
 /// Counts an attempt at the PENDING payment `id` and leases it until `lease_until`; with
@@ -247,7 +312,7 @@ pub async fn claim_payment(
     // attempt needs no second statement to read the card.
     let sql = format!(
         "UPDATE payments SET attempts = attempts + 1, next_attempt_at = $1, updated_at = $2 WHERE id = $3 AND status = 'PENDING'{due} \
-         RETURNING {PAYMENT_COLUMNS}, COALESCE((SELECT provider_ref FROM cards WHERE cards.token = payments.card_token), '') AS card_ref"
+         RETURNING {PAYMENT_COLUMNS}, {CARD_REF}"
     );
     let row: Option<Claimed> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(lease_until)
@@ -278,15 +343,67 @@ pub fn finish_payment(
     reference: &str,
     now: i64,
 ) -> Write {
-    Write::new(
-        "UPDATE payments SET status = $1, decline_reason = $2, decline_message = $3, provider_reference = $4, updated_at = $5 WHERE id = $6 AND status = 'PENDING'",
-    )
-    .text(payment_status_name(status))
-    .int(i64::from(reason as i32))
-    .text(message)
-    .text(reference)
-    .int(now)
-    .text(id)
+    let finish = Finish {
+        status,
+        reason,
+        message,
+        reference,
+        now,
+    };
+    finish.of(id, "")
+}
+
+/// [`finish_payment`] of a saga's charge `p`, on Postgres only: done only while its order's saga
+/// row says it is not cancelled, that row locked by the statement first (`FOR UPDATE`), so that
+/// a concurrent `order.cancelled` either ran before (and the finish changes nothing) or waits
+/// for it and finds the payment finished. Without a saga row (a `Charge` call's payment) it
+/// changes nothing either.
+pub fn finish_saga_payment(
+    p: &PaymentRow,
+    status: PaymentStatus,
+    reason: DeclineReason,
+    message: &str,
+    reference: &str,
+    now: i64,
+) -> Write {
+    let finish = Finish {
+        status,
+        reason,
+        message,
+        reference,
+        now,
+    };
+    finish
+        .of(
+            &p.id,
+            " AND EXISTS (SELECT 1 FROM saga_orders s WHERE s.order_id = $7 AND s.cancelled = 0 FOR UPDATE)",
+        )
+        .text(&p.order_id)
+}
+
+/// What a payment's finish sets.
+struct Finish<'a> {
+    status: PaymentStatus,
+    reason: DeclineReason,
+    message: &'a str,
+    reference: &'a str,
+    now: i64,
+}
+
+impl Finish<'_> {
+    /// The finish of the PENDING payment `id` under `condition` too (parameters from `$7`).
+    fn of(&self, id: &str, condition: &str) -> Write {
+        Write::new(format!(
+            "UPDATE payments SET status = $1, decline_reason = $2, decline_message = $3, provider_reference = $4, updated_at = $5 \
+             WHERE id = $6 AND status = 'PENDING'{condition}"
+        ))
+        .text(payment_status_name(self.status))
+        .int(i64::from(self.reason as i32))
+        .text(self.message)
+        .text(self.reference)
+        .int(self.now)
+        .text(id)
+    }
 }
 
 /// Deletes the PENDING payment `id` if no attempt at it was ever claimed (so the provider was
