@@ -331,39 +331,7 @@ pub async fn transition(
     step.run_recording(tx).await
 }
 
-/// [`transition`], returning the order with its lines too: on Postgres still one statement (the
-/// lines joined to the updated row), elsewhere one more.
-#[allow(clippy::too_many_arguments)]
-pub async fn transition_with_lines(
-    conn: &mut AnyConnection,
-    id: &str,
-    from: &[OrderStatus],
-    to: OrderStatus,
-    changes: &Changes<'_>,
-    reason: &str,
-    event_id: &str,
-    now: i64,
-) -> Result<Option<Order>> {
-    let step = Transition {
-        id,
-        from,
-        to,
-        changes,
-        reason,
-        event_id,
-        now,
-    };
-    let Some((mut order, lines)) = step.run(conn, true).await? else {
-        return Ok(None);
-    };
-    match lines {
-        Some(lines) => order.lines = lines,
-        None => fill_lines(conn, &mut order).await?,
-    }
-    Ok(Some(order))
-}
-
-/// What [`transition_emitting`] did.
+/// What [`Transition::emitting`] did.
 #[derive(Debug)]
 pub enum Emitted {
     /// The order moved, with its history entry and its event: the order as updated, with its
@@ -377,79 +345,86 @@ pub enum Emitted {
     Raced,
 }
 
-/// [`transition_with_lines`] and the event `event` builds from the order as the transition
-/// leaves it, on Postgres without a transaction of its own: a read of the order with its lines,
-/// then one statement for the update (done only if the order is as read), its history entry and
-/// the outbox row ([`Tx::write_and_emit`]; in a consumer's one-statement step run in
-/// autocommit, the handled record too). Only the reservation id of an open order changes
-/// under it (inventory's `inventory.reserved` may land between the read and the update), so the
-/// update is conditional on it as well as on the status.
-#[allow(clippy::too_many_arguments)]
-pub async fn transition_emitting(
-    tx: &mut Tx,
-    id: &str,
-    from: &[OrderStatus],
-    to: OrderStatus,
-    changes: &Changes<'_>,
-    reason: &str,
-    event_id: &str,
-    now: i64,
-    event: impl FnOnce(&Order) -> Event,
-) -> Result<Emitted> {
-    let step = Transition {
-        id,
-        from,
-        to,
-        changes,
-        reason,
-        event_id,
-        now,
-    };
-    let read = format!(
-        "SELECT u.*, {LINE_COLUMNS} FROM (SELECT {ORDER_COLUMNS}, history_seq FROM orders WHERE id = $1) u \
-         LEFT JOIN order_lines l ON l.order_id = u.id ORDER BY l.line_no"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(read))
-        .bind(id)
-        .fetch_all(&mut **tx)
-        .await?;
-    let Some((mut order, lines)) = step.read(&rows, true)? else {
-        return Ok(Emitted::NotMoved);
-    };
-    if !from.iter().any(|s| *s as i32 == order.status) {
-        return Ok(Emitted::NotMoved);
-    }
-    let reservation = order.reservation_id.clone();
-    order.lines = lines.unwrap_or_default();
-    order.status = to as i32;
-    order.update_time = Some(ts(now));
-    if let Some(r) = changes.reservation_id {
-        order.reservation_id = r.into();
-    }
-    if let Some(p) = changes.payment_id {
-        order.payment_id = p.into();
-    }
-    if let Some(c) = changes.cancel_reason {
-        order.cancel_reason = c.into();
-    }
-    let event = event(&order);
-    Ok(
-        match tx.write_and_emit(&step.writes(&reservation), event).await? {
-            Some(_) => Emitted::Moved(Box::new(order)),
-            None => Emitted::Raced,
-        },
-    )
+/// One conditional status change with its history entry ([`transition`] runs one).
+#[derive(Debug, Clone, Copy)]
+pub struct Transition<'a> {
+    /// The order.
+    pub id: &'a str,
+    /// The statuses it may move from.
+    pub from: &'a [OrderStatus],
+    /// The status it moves to.
+    pub to: OrderStatus,
+    /// What it sets besides the status.
+    pub changes: &'a Changes<'a>,
+    /// The history entry's reason.
+    pub reason: &'a str,
+    /// The history entry's event id.
+    pub event_id: &'a str,
+    /// When (µs).
+    pub now: i64,
 }
 
-/// One conditional status change with its history entry.
-struct Transition<'a> {
-    id: &'a str,
-    from: &'a [OrderStatus],
-    to: OrderStatus,
-    changes: &'a Changes<'a>,
-    reason: &'a str,
-    event_id: &'a str,
-    now: i64,
+impl Transition<'_> {
+    /// Runs it, returning the order with its lines too: on Postgres one statement (the lines
+    /// joined to the updated row), elsewhere one more. `None` when nothing changed.
+    pub async fn with_lines(&self, conn: &mut AnyConnection) -> Result<Option<Order>> {
+        let Some((mut order, lines)) = self.run(conn, true).await? else {
+            return Ok(None);
+        };
+        match lines {
+            Some(lines) => order.lines = lines,
+            None => fill_lines(conn, &mut order).await?,
+        }
+        Ok(Some(order))
+    }
+
+    /// Runs it with the event `event` builds from the order as the transition leaves it, on
+    /// Postgres only and without a transaction of its own: a read of the order with its lines,
+    /// then one statement for the update (done only if the order is as read), its history entry
+    /// and the outbox row ([`Tx::write_and_emit`]; in a consumer's one-statement step run in
+    /// autocommit, the handled record too). Only the reservation id of an open order changes
+    /// under it (inventory's `inventory.reserved` may land between the read and the update), so
+    /// the update is conditional on it as well as on the status.
+    pub async fn emitting(
+        &self,
+        tx: &mut Tx,
+        event: impl FnOnce(&Order) -> Event,
+    ) -> Result<Emitted> {
+        let read = format!(
+            "SELECT u.*, {LINE_COLUMNS} FROM (SELECT {ORDER_COLUMNS}, history_seq FROM orders WHERE id = $1) u \
+             LEFT JOIN order_lines l ON l.order_id = u.id ORDER BY l.line_no"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(read))
+            .bind(self.id)
+            .fetch_all(&mut **tx)
+            .await?;
+        let Some((mut order, lines)) = self.read(&rows, true)? else {
+            return Ok(Emitted::NotMoved);
+        };
+        if !self.from.iter().any(|s| *s as i32 == order.status) {
+            return Ok(Emitted::NotMoved);
+        }
+        let reservation = order.reservation_id.clone();
+        order.lines = lines.unwrap_or_default();
+        order.status = self.to as i32;
+        order.update_time = Some(ts(self.now));
+        if let Some(r) = self.changes.reservation_id {
+            order.reservation_id = r.into();
+        }
+        if let Some(p) = self.changes.payment_id {
+            order.payment_id = p.into();
+        }
+        if let Some(c) = self.changes.cancel_reason {
+            order.cancel_reason = c.into();
+        }
+        let event = event(&order);
+        Ok(
+            match tx.write_and_emit(&self.writes(&reservation), event).await? {
+                Some(_) => Emitted::Moved(Box::new(order)),
+                None => Emitted::Raced,
+            },
+        )
+    }
 }
 
 /// The row of a transition's update: the order, the number of its new history entry and, when

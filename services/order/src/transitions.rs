@@ -100,7 +100,7 @@ pub async fn reserved(tx: &mut Tx, id: &str, reservation: &str, event_id: &str) 
 }
 
 /// Confirms open order `id`, paid by `payment`, and emits `order.confirmed`. On Postgres two
-/// statements without a transaction of their own ([`store::transition_emitting`]: the order with
+/// statements without a transaction of their own ([`store::Transition::emitting`]: the order with
 /// its lines read, then the update, its history entry and the outbox row in one), so in
 /// order's `payment.succeeded` step, alone in its batch, they are all it costs; when the order
 /// changed between the two (in a transaction) the general path follows: elsewhere always, the
@@ -116,38 +116,23 @@ pub async fn confirm(
         payment_id: Some(payment),
         ..Changes::default()
     };
-    let now = store::now_us();
+    let step = store::Transition {
+        id,
+        from: OPEN,
+        to: OrderStatus::Confirmed,
+        changes: &changes,
+        reason: "payment.succeeded",
+        event_id,
+        now: store::now_us(),
+    };
     if tx.backend_name() == "PostgreSQL" {
-        let emitted = store::transition_emitting(
-            tx,
-            id,
-            OPEN,
-            OrderStatus::Confirmed,
-            &changes,
-            "payment.succeeded",
-            event_id,
-            now,
-            confirmed,
-        )
-        .await?;
-        match emitted {
+        match step.emitting(tx, confirmed).await? {
             store::Emitted::Moved(order) => return Ok(Some(*order)),
             store::Emitted::NotMoved => return Ok(None),
             store::Emitted::Raced => {}
         }
     }
-    let Some(order) = store::transition_with_lines(
-        tx,
-        id,
-        OPEN,
-        OrderStatus::Confirmed,
-        &changes,
-        "payment.succeeded",
-        event_id,
-        now,
-    )
-    .await?
-    else {
+    let Some(order) = step.with_lines(tx).await? else {
         return Ok(None);
     };
     tx.emit(confirmed(&order)).await?;

@@ -21,6 +21,7 @@ use mesh_contracts::payment::v1::{
 };
 use mesh_runtime::outbox::{Event, Tx};
 use mesh_runtime::spans::TracedWork;
+use mesh_runtime::sql_write::Write;
 use mesh_runtime::storage::Backend;
 use mesh_runtime::work_queue::{Leased, WorkHandle};
 use mesh_runtime::{CallContext, Database};
@@ -140,23 +141,36 @@ impl Finished {
         }
     }
 
-    /// The charge's ledger entry (gated on the finish).
-    fn ledger_entry(&self, p: &PaymentRow, now: i64) -> mesh_runtime::sql_write::Write {
+    /// Its writes: the finish of `p` (with `saga_open`, only while the order's saga row says
+    /// it is not cancelled: [`store::finish_payment`]), then the charge's ledger entry, gated
+    /// on the finish.
+    fn writes(&self, p: &PaymentRow, saga_open: bool, now: i64) -> [Write; 2] {
         let status = if self.status == PaymentStatus::Succeeded {
             TransactionStatus::Succeeded
         } else {
             TransactionStatus::Failed
         };
-        store::transaction_write(
-            &new_id(),
-            p,
-            TransactionKind::Charge,
-            p.amount_minor,
-            status,
-            &self.message,
-            &self.reference,
-            now,
-        )
+        [
+            store::finish_payment(
+                p,
+                saga_open,
+                self.status,
+                self.reason,
+                &self.message,
+                &self.reference,
+                now,
+            ),
+            store::transaction_write(
+                &new_id(),
+                p,
+                TransactionKind::Charge,
+                p.amount_minor,
+                status,
+                &self.message,
+                &self.reference,
+                now,
+            ),
+        ]
     }
 }
 
@@ -384,7 +398,7 @@ impl Engine {
 
     /// Finishes the PENDING payment `p` with `outcome` after the provider answered: on Postgres
     /// first one statement without a transaction, the finish (done only while the order's saga
-    /// row, locked by it, says not cancelled: [`store::finish_saga_payment`]) with its ledger
+    /// row, locked by it, says not cancelled: [`store::finish_payment`]) with its ledger
     /// entry and its event; when that changes nothing (the order was cancelled meanwhile, the
     /// payment is a `Charge` call's or finished already) and elsewhere, [`Engine::finish_in`] in
     /// a transaction. `false` if it was not PENDING.
@@ -397,17 +411,7 @@ impl Engine {
     ) -> Result<bool> {
         if matches!(self.db.backend(), Backend::Postgres { .. }) {
             let finish = Finished::of(p, outcome, retryable);
-            let writes = [
-                store::finish_saga_payment(
-                    p,
-                    finish.status,
-                    finish.reason,
-                    &finish.message,
-                    &finish.reference,
-                    now,
-                ),
-                finish.ledger_entry(p, now),
-            ];
+            let writes = finish.writes(p, true, now);
             if self
                 .db
                 .write_and_emit(&writes, finish.event)
@@ -437,17 +441,7 @@ impl Engine {
         let saga = store::lock_saga_order(tx, &p.order_id).await?;
         let finish = Finished::of(p, outcome, retryable);
         // The finish gates the ledger entry and the event: on Postgres one statement.
-        let writes = [
-            store::finish_payment(
-                &p.id,
-                finish.status,
-                finish.reason,
-                &finish.message,
-                &finish.reference,
-                now,
-            ),
-            finish.ledger_entry(p, now),
-        ];
+        let writes = finish.writes(p, false, now);
         let (status, reference) = (finish.status, finish.reference.clone());
         if tx.write_and_emit(&writes, finish.event).await?.is_none() {
             return Ok(false);

@@ -333,76 +333,41 @@ pub async fn defer_payment(c: &mut AnyConnection, id: &str, at: i64) -> Result<(
     Ok(())
 }
 
-/// The write that finishes the PENDING payment `id` (it changes no row if the payment is no
-/// longer PENDING), to be the gate of a [`mesh_runtime::outbox::Tx::write_and_emit`].
-pub fn finish_payment(
-    id: &str,
-    status: PaymentStatus,
-    reason: DeclineReason,
-    message: &str,
-    reference: &str,
-    now: i64,
-) -> Write {
-    let finish = Finish {
-        status,
-        reason,
-        message,
-        reference,
-        now,
-    };
-    finish.of(id, "")
-}
-
-/// [`finish_payment`] of a saga's charge `p`, on Postgres only: done only while its order's saga
+/// The write that finishes the PENDING payment `p` (it changes no row if the payment is no
+/// longer PENDING), to be the gate of a [`mesh_runtime::outbox::Tx::write_and_emit`]. With
+/// `saga_open` (a saga's charge, on Postgres only) it is also done only while the order's saga
 /// row says it is not cancelled, that row locked by the statement first (`FOR UPDATE`), so that
 /// a concurrent `order.cancelled` either ran before (and the finish changes nothing) or waits
-/// for it and finds the payment finished. Without a saga row (a `Charge` call's payment) it
+/// for it and finds the payment finished; without a saga row (a `Charge` call's payment) it
 /// changes nothing either.
-pub fn finish_saga_payment(
+pub fn finish_payment(
     p: &PaymentRow,
+    saga_open: bool,
     status: PaymentStatus,
     reason: DeclineReason,
     message: &str,
     reference: &str,
     now: i64,
 ) -> Write {
-    let finish = Finish {
-        status,
-        reason,
-        message,
-        reference,
-        now,
+    let open = if saga_open {
+        " AND EXISTS (SELECT 1 FROM saga_orders s WHERE s.order_id = $7 AND s.cancelled = 0 FOR UPDATE)"
+    } else {
+        ""
     };
-    finish
-        .of(
-            &p.id,
-            " AND EXISTS (SELECT 1 FROM saga_orders s WHERE s.order_id = $7 AND s.cancelled = 0 FOR UPDATE)",
-        )
-        .text(&p.order_id)
-}
-
-/// What a payment's finish sets.
-struct Finish<'a> {
-    status: PaymentStatus,
-    reason: DeclineReason,
-    message: &'a str,
-    reference: &'a str,
-    now: i64,
-}
-
-impl Finish<'_> {
-    /// The finish of the PENDING payment `id` under `condition` too (parameters from `$7`).
-    fn of(&self, id: &str, condition: &str) -> Write {
-        Write::new(format!(
-            "UPDATE payments SET status = $1, decline_reason = $2, decline_message = $3, provider_reference = $4, updated_at = $5 \
-             WHERE id = $6 AND status = 'PENDING'{condition}"
-        ))
-        .text(payment_status_name(self.status))
-        .int(i64::from(self.reason as i32))
-        .text(self.message)
-        .text(self.reference)
-        .int(self.now)
-        .text(id)
+    let finish = Write::new(format!(
+        "UPDATE payments SET status = $1, decline_reason = $2, decline_message = $3, provider_reference = $4, updated_at = $5 \
+         WHERE id = $6 AND status = 'PENDING'{open}"
+    ))
+    .text(payment_status_name(status))
+    .int(i64::from(reason as i32))
+    .text(message)
+    .text(reference)
+    .int(now)
+    .text(&p.id);
+    if saga_open {
+        finish.text(&p.order_id)
+    } else {
+        finish
     }
 }
 
