@@ -127,3 +127,94 @@ on_both_backends!(
     "saga timeout with payment",
     timeout
 );
+
+/// On Postgres order confirms a paid order with a read and one statement. When the order's
+/// reservation id changes between the two (inventory's `inventory.reserved` landing late), that
+/// statement writes nothing (no status, no history entry, no event) and reports the race; the
+/// confirmation run again then confirms the order as it is now, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmation_raced_by_a_new_reservation_id_writes_nothing_and_confirms_once_on_postgres()
+{
+    use mesh_contracts::events::v1::OrderConfirmed;
+    use mesh_order::{store, transitions};
+    use mesh_runtime::outbox::Event;
+
+    let Some(backend) = Backend::real("confirmation race") else {
+        return;
+    };
+    let m = start_with(&backend, Duration::from_secs(60), Payment::Fake).await;
+    let customer = m.auth.customer_token().await;
+    let apple = m.product(250, "EUR", 5).await;
+    let order = m.place(&customer, request(&[(&apple.id, 1)])).await;
+    m.until(&customer, &order.id, OrderStatus::Reserved).await;
+
+    let changes = store::Changes {
+        payment_id: Some("pay-race"),
+        ..Default::default()
+    };
+    let step = store::Transition {
+        id: &order.id,
+        from: store::OPEN,
+        to: OrderStatus::Confirmed,
+        changes: &changes,
+        reason: "payment.succeeded",
+        event_id: "ev-race",
+        now: store::now_us(),
+    };
+    let db = m.order_db.clone();
+    let mut tx = m.order_db.begin().await.expect("begin");
+    let emitted = step
+        .emitting(&mut tx, |o| {
+            // Between the read and the statement: a new reservation id, committed elsewhere.
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    sqlx::query("UPDATE orders SET reservation_id = 'res-late' WHERE id = $1")
+                        .bind(&o.id)
+                        .execute(db.pool())
+                        .await
+                        .expect("late reservation id");
+                })
+            });
+            let payload = OrderConfirmed {
+                order_id: o.id.clone(),
+                reservation_id: o.reservation_id.clone(),
+                ..Default::default()
+            };
+            Event::new("order.confirmed", &o.id, "OrderConfirmed", &payload)
+        })
+        .await
+        .expect("emitting");
+    assert!(matches!(emitted, store::Emitted::Raced), "{emitted:?}");
+    let confirmed = transitions::confirm(&mut tx, &order.id, "pay-race", "ev-race")
+        .await
+        .expect("confirm")
+        .expect("the order is open");
+    tx.commit().await.expect("commit");
+    assert_eq!(confirmed.reservation_id, "res-late");
+    assert_eq!(confirmed.payment_id, "pay-race");
+
+    let count = |sql: &'static str| {
+        let pool = m.order_db.pool().clone();
+        let id = order.id.clone();
+        async move {
+            sqlx::query(sql)
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+                .get::<i64, _>("n")
+        }
+    };
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM order_status_history WHERE order_id = $1 AND event_id = 'ev-race'").await,
+        1,
+        "one history entry for the confirmation"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM mesh_outbox WHERE subject = $1 AND event_type = 'order.confirmed'").await,
+        1,
+        "one order.confirmed"
+    );
+    let now = m.until(&customer, &order.id, OrderStatus::Confirmed).await;
+    assert_eq!(now.reservation_id, "res-late");
+}
