@@ -390,10 +390,9 @@ impl Transition<'_> {
         tx: &mut Tx,
         event: impl FnOnce(&Order) -> Event,
     ) -> Result<Emitted> {
-        let read = format!(
-            "SELECT u.*, {LINE_COLUMNS} FROM (SELECT {ORDER_COLUMNS}, history_seq FROM orders WHERE id = $1) u \
-             LEFT JOIN order_lines l ON l.order_id = u.id ORDER BY l.line_no"
-        );
+        let read = with_lines(&format!(
+            "(SELECT {ORDER_COLUMNS}, history_seq FROM orders WHERE id = $1)"
+        ));
         let rows = sqlx::query(sqlx::AssertSqlSafe(read))
             .bind(self.id)
             .fetch_all(&mut **tx)
@@ -481,6 +480,15 @@ fn history_from(source: &str, reason: usize) -> String {
     )
 }
 
+/// The rows of `orders` (a relation returning [`ORDER_COLUMNS`] and `history_seq`: a `WITH`'s
+/// name or a parenthesised `SELECT`), as `u`, each joined to its lines in order (one row per
+/// line, [`LINE_COLUMNS`]; one row of `NULL` lines for an order without any).
+fn with_lines(orders: &str) -> String {
+    format!(
+        "SELECT u.*, {LINE_COLUMNS} FROM {orders} u LEFT JOIN order_lines l ON l.order_id = u.id ORDER BY l.line_no"
+    )
+}
+
 /// The line columns a joined transition returns (all `NULL` for an order without lines).
 const LINE_COLUMNS: &str = "l.product_id AS line_product_id, l.sku AS line_sku, l.name AS line_name, \
     l.quantity AS line_quantity, l.unit_price_minor AS line_unit_price_minor, \
@@ -494,9 +502,7 @@ impl Transition<'_> {
     fn joined(&self, lines: bool) -> Write {
         let update = transition_update(self.from);
         let select = if lines {
-            format!(
-                "SELECT u.*, {LINE_COLUMNS} FROM u LEFT JOIN order_lines l ON l.order_id = u.id ORDER BY l.line_no"
-            )
+            with_lines("u")
         } else {
             "SELECT * FROM u".to_string()
         };
