@@ -513,6 +513,8 @@ impl Consumer {
     async fn try_group_joined(&self, work: &[Work]) -> Result<Option<Vec<bool>>, HandlerError> {
         let ids = distinct_ids(work);
         let mut tx = self.db.begin().await?;
+        // A handler's failure here runs the group again event by event (`handle_group`).
+        tx.reruns_failed_step = true;
         tx.handled = Some(HandledIds {
             consumer: self.group.clone(),
             ids: ids.clone(),

@@ -16,6 +16,7 @@ use crate::bus::OutgoingEvent;
 use crate::call_context::CallContext;
 use crate::publisher::{Row, Ticket};
 use crate::sql_write::Write;
+use crate::storage::error::UNMET_MARKER;
 use crate::storage::{Backend, Database, DatabaseError, now_micros};
 
 /// Number of relay partitions (rows of `mesh_outbox_partitions` on Postgres).
@@ -143,6 +144,9 @@ pub struct Tx {
     pub(crate) handled: Option<HandledIds>,
     /// Set when it runs a consumer's one-statement step in autocommit.
     pub(crate) autocommit: Option<Autocommit>,
+    /// Whether a failed statement makes the consumer run the step again in another `Tx`
+    /// ([`Tx::reruns_failed_step`]).
+    pub(crate) reruns_failed_step: bool,
     wake_on_commit: Vec<std::sync::Arc<tokio::sync::Notify>>,
     after_commit: Vec<AfterCommit>,
 }
@@ -266,6 +270,7 @@ impl Tx {
             cause: None,
             handled: None,
             autocommit: None,
+            reruns_failed_step: false,
             wake_on_commit: Vec::new(),
             after_commit: Vec::new(),
         }
@@ -282,6 +287,7 @@ impl Tx {
         let mut tx = Self::over(Conn::Autocommit(conn), db.clone());
         tx.handled = Some(handled);
         tx.autocommit = Some(Autocommit::default());
+        tx.reruns_failed_step = true;
         Ok(tx)
     }
 
@@ -295,6 +301,7 @@ impl Tx {
             repeatable: true,
             ..Autocommit::default()
         });
+        tx.reruns_failed_step = true;
         Ok(tx)
     }
 
@@ -338,12 +345,24 @@ impl Tx {
         self.autocommit.is_none()
     }
 
+    /// Whether a statement that fails here, having written nothing, makes the consumer run the
+    /// step again in another `Tx`, where this is `false`: `true` in a consumer's step run in
+    /// autocommit ([`crate::consumer::Step`]) and in a group's first transaction on Postgres
+    /// (whose failure runs the group again, each event in a savepoint of one transaction).
+    /// A handler may then try a statement that either completes the common case or fails
+    /// whole ([`crate::sql_write::Write::required`]), and take its general path where this is
+    /// `false` (a group run again, an RPC's transaction), where such a failure would only fail.
+    pub fn reruns_failed_step(&self) -> bool {
+        self.reruns_failed_step
+    }
+
     /// Asks for a transaction: `Ok` in one; in a step run in autocommit
-    /// ([`crate::consumer::Step::Repeatable`]) it fails with [`AutocommitRefusal::Incomplete`],
-    /// the handler returns that error, and the consumer runs the step again in a transaction
-    /// with the handled record. A repeatable step calls it before any write that must count
-    /// once (or must not be cut short by a crash), having run only statements that may run
-    /// again.
+    /// ([`crate::consumer::Step::Repeatable`] or [`crate::consumer::Step::OneStatement`]) it
+    /// fails with [`AutocommitRefusal::Incomplete`], the handler returns that error, and the
+    /// consumer runs the step again in a transaction with the handled record. A repeatable step
+    /// calls it before any write that must count once (or must not be cut short by a crash),
+    /// having run only statements that may run again; a one-statement step before its
+    /// statement, when it sees that this event needs more than that statement.
     pub fn need_transaction(&mut self) -> Result<(), sqlx::Error> {
         match self.autocommit.as_mut() {
             None => Ok(()),
@@ -398,12 +417,20 @@ impl Tx {
         }
         let mut changed = true;
         for (i, w) in writes.iter().enumerate() {
-            if w.is_gated() && !changed {
-                continue;
-            }
-            let rows = w.execute(&mut self.inner).await?;
+            let rows = if w.is_gated() && !changed {
+                0
+            } else {
+                w.execute(&mut self.inner).await?
+            };
             if i == 0 {
                 changed = rows > 0;
+            }
+            if let Some(required) = w.required_rows()
+                && usize::try_from(rows).ok() != Some(required)
+            {
+                return Err(DatabaseError::Unmet(format!(
+                    "write {i} changed {rows} rows, {required} required"
+                )));
             }
         }
         if changed {
@@ -429,7 +456,17 @@ impl Tx {
         writes: &[Write],
         event: Event,
     ) -> Result<Option<Envelope>, DatabaseError> {
-        let inserted = self.insert(writes, event, RecordGate::FirstWrite).await?;
+        let inserted = match self.insert(writes, event, RecordGate::FirstWrite).await {
+            Err(DatabaseError::Unmet(_)) => {
+                // A required write fell short: the statement wrote nothing.
+                if let Some(auto) = self.autocommit.as_mut() {
+                    auto.ran = true;
+                    auto.needs_transaction = true;
+                }
+                return Err(refused(AutocommitRefusal::Incomplete));
+            }
+            other => other?,
+        };
         let Some(auto) = self.autocommit.as_mut() else {
             return Ok(inserted);
         };
@@ -744,14 +781,15 @@ async fn insert_row(
         // Joined (Postgres): one row whether or not the gate let the outbox row in, so the
         // handled ids' count is known either way.
         format!(
-            "WITH {}, o AS ({insert}) SELECT o.seq, o.sequence, o.prev_sent_at_us, {} AS handled_new \
+            "WITH {}, o AS ({insert}) SELECT o.seq, o.sequence, o.prev_sent_at_us, {} AS handled_new{} \
              FROM (SELECT 1) AS one LEFT JOIN o ON TRUE",
             ctes.join(", "),
             if handled.is_some() {
                 "(SELECT CAST(COUNT(*) AS BIGINT) FROM handled)"
             } else {
                 "CAST(NULL AS BIGINT)"
-            }
+            },
+            required_check(writes),
         )
     };
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -789,6 +827,28 @@ async fn insert_row(
         }),
         handled_new,
     })
+}
+
+/// The column of a joined statement that fails it, so that it writes nothing, unless every
+/// [`Write::required`] write changed its number of rows: the one row's value is computed after
+/// every write ran, and a text that is not a number cast to one is an error Postgres raises
+/// only then (a constant would fail at planning). Empty when no write is required.
+fn required_check(writes: &[Write]) -> String {
+    let conditions: Vec<String> = writes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            w.required_rows()
+                .map(|rows| format!("(SELECT COUNT(*) FROM w{i}) = {rows}"))
+        })
+        .collect();
+    if conditions.is_empty() {
+        return String::new();
+    }
+    format!(
+        ", CAST(CASE WHEN {} THEN '1' ELSE '{UNMET_MARKER}' END AS INTEGER) AS required",
+        conditions.join(" AND ")
+    )
 }
 
 /// Registers the inserted row of `envelope` (its `sequence` set) with `db`'s direct publisher,

@@ -16,6 +16,12 @@
 //! after it can then read them from `w0` (`INSERT ... SELECT ... FROM w0`), e.g. a number the
 //! first write assigned, which a separate read in the same statement would see stale.
 //!
+//! A write may also be required to change an exact number of rows ([`Write::required`]): joined
+//! to an event on Postgres, the statement then fails as a whole, having written nothing, when it
+//! changed another number ([`crate::storage::DatabaseError::Unmet`]). That makes a set of
+//! conditional updates all-or-none in one statement (every line's stock held, or none), where
+//! otherwise a transaction would check the count and roll back.
+//!
 //! The writes of one list must not change the same row: on Postgres they are one statement,
 //! whose parts all see the snapshot it started with, and a row changed by two of them keeps one
 //! of the changes only.
@@ -46,6 +52,7 @@ pub struct Write {
     params: Vec<Param>,
     gated: bool,
     returning: Option<String>,
+    required: Option<usize>,
 }
 
 impl Write {
@@ -58,6 +65,7 @@ impl Write {
             params: Vec::new(),
             gated: false,
             returning: None,
+            required: None,
         }
     }
 
@@ -90,6 +98,22 @@ impl Write {
     pub fn returning(mut self, columns: impl Into<String>) -> Self {
         self.returning = Some(columns.into());
         self
+    }
+
+    /// Requires it to change exactly `rows` rows: joined to an event on Postgres, the whole
+    /// statement fails with [`crate::storage::DatabaseError::Unmet`] and writes nothing when it
+    /// changed another number (its condition failed for some row, or it was gated off); run
+    /// on its own, the call fails the same way after the write, in the caller's transaction,
+    /// which must then be rolled back. A one-statement step's statement
+    /// ([`crate::consumer::Step::OneStatement`]) failing so runs again in a transaction.
+    pub fn required(mut self, rows: usize) -> Self {
+        self.required = Some(rows);
+        self
+    }
+
+    /// The number of rows it must change ([`Write::required`]).
+    pub(crate) fn required_rows(&self) -> Option<usize> {
+        self.required
     }
 
     /// What it returns joined to an event ([`Write::returning`]; `1` unless set).

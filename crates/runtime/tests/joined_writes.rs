@@ -15,7 +15,7 @@ use mesh_runtime::consumer::{Consumer, ConsumerOptions, EventHandler, HandlerErr
 use mesh_runtime::outbox::{Event, Tx};
 use mesh_runtime::relay::{Relay, RelayOptions};
 use mesh_runtime::sql_write::Write;
-use mesh_runtime::{Database, Migrations};
+use mesh_runtime::{Database, DatabaseError, Migrations};
 use sqlx::Row as _;
 use tokio_util::sync::CancellationToken;
 
@@ -209,6 +209,70 @@ async fn a_gated_write_reads_what_the_first_write_returned() {
         .unwrap();
     assert!(none.is_none());
     assert_eq!(outbox(&db, "r").await, vec![1, 2, 3]);
+}
+
+/// A write required to change a number of rows (`Write::required`) makes the list all or
+/// nothing: when it changes another number, nothing is written, the first write and the event
+/// included (joined on Postgres, alone or in a transaction; on SQLite the call fails in the
+/// transaction, which the caller rolls back), and the error says so.
+#[tokio::test]
+async fn a_required_write_that_falls_short_writes_nothing() {
+    for (name, target) in mesh_testkit::databases("joined writes required") {
+        let db = open(&target).await;
+        db.write_and_emit(&[insert("q1", 8), insert("q2", 9)], event("q"))
+            .await
+            .unwrap()
+            .expect("inserted");
+        // Both rows below 10: bumped, with the first write and the event.
+        let both = || {
+            Write::new("UPDATE things SET n = n + 1 WHERE id IN ($1, $2) AND n < 10")
+                .text("q1")
+                .text("q2")
+                .gated()
+                .required(2)
+        };
+        db.write_and_emit(&[insert("q3", 0), both()], event("q"))
+            .await
+            .unwrap()
+            .expect("every required row changed");
+        assert_eq!(thing(&db, "q1").await, Some(("new".into(), 9)), "{name}");
+        assert_eq!(thing(&db, "q2").await, Some(("new".into(), 10)), "{name}");
+        assert_eq!(thing(&db, "q3").await, Some(("new".into(), 0)), "{name}");
+        assert_eq!(outbox(&db, "q").await, vec![1, 2], "{name}");
+
+        // q2 is at 10 now: one row of two, so nothing at all.
+        let short = db
+            .write_and_emit(&[insert("q4", 0), both()], event("q"))
+            .await;
+        match &short {
+            Err(DatabaseError::Unmet(_)) => {}
+            other => panic!("{name}: {other:?}"),
+        }
+        let mut tx = db.begin().await.unwrap();
+        let short = tx
+            .write_and_emit(&[insert("q5", 0), both()], event("q"))
+            .await;
+        assert!(
+            matches!(short, Err(DatabaseError::Unmet(_))),
+            "{name}: {short:?}"
+        );
+        tx.rollback().await.unwrap();
+        for id in ["q4", "q5"] {
+            assert_eq!(thing(&db, id).await, None, "{name}: {id}");
+        }
+        assert_eq!(thing(&db, "q1").await, Some(("new".into(), 9)), "{name}");
+        assert_eq!(outbox(&db, "q").await, vec![1, 2], "{name}: no event");
+
+        // Gated off (the first write changed nothing): no row changed, so it fails too.
+        let gated_off = db
+            .write_and_emit(&[set_state("q1", "gone", "x"), both()], event("q"))
+            .await;
+        assert!(
+            matches!(gated_off, Err(DatabaseError::Unmet(_))),
+            "{name}: {gated_off:?}"
+        );
+        assert_eq!(outbox(&db, "q").await, vec![1, 2], "{name}");
+    }
 }
 
 /// Records each event it handles by a write joined to an event that its gate lets through only

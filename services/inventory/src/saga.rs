@@ -93,18 +93,51 @@ pub struct Reserve(SagaOptions);
 
 impl TypedHandler for Reserve {
     type Event = OrderCreated;
+    // On Postgres, alone in its batch: the whole reservation in one statement (below).
+    const STEP: Step = Step::OneStatement;
 
     async fn handle(&self, created: OrderCreated, event: &Envelope, tx: &mut Tx) -> Handled {
         let order = order_id(&created.order_id, event)?;
         let now = self.0.clock.now_us();
+        let id = uuid::Uuid::now_v7().to_string();
+        let expires = now.saturating_add(duration_us(self.0.reservation_ttl));
+        let location = validate::location_id("location_id", &created.location_id, true);
+        let mut lines = Vec::with_capacity(created.lines.len());
+        let mut problems = Vec::new();
+        for (i, l) in created.lines.iter().enumerate() {
+            match (&location, validate::product_id("product_id", &l.product_id)) {
+                (Ok(loc), Ok(product_id)) if l.quantity > 0 => lines.push(Line {
+                    product_id,
+                    location_id: loc.clone(),
+                    quantity: l.quantity,
+                }),
+                _ => problems.push(format!("line {i} is malformed")),
+            }
+        }
+        // Rows in (product, location) order: every line held in one statement.
+        let merged = validate::merged(&lines);
+        if tx.reruns_failed_step() && !lines.is_empty() && problems.is_empty() {
+            // On Postgres, alone in its batch (a one-statement step) or in a batch's first
+            // transaction: the claims, the holds, the lines, `inventory.reserved` and the
+            // record in one statement that writes all or nothing. When it fails (a known order,
+            // a taken reference, a line short of stock) the consumer runs the step again, below.
+            tx.write_and_emit(
+                &store::reserve_writes(&order, &id, &lines, &merged, now, expires),
+                events::reserved(&id, &order, &lines, expires),
+            )
+            .await?;
+            return Ok(());
+        }
+        if !tx.in_transaction() {
+            // A malformed order: the general path, in a transaction.
+            tx.need_transaction()?;
+        }
         // Idempotent by order id: claim the order; a known order (reserved, rejected, or
         // cancelled before it arrived) gets nothing more. The claim already records the
         // outcome of the common case (reserved under `id`); the other outcomes overwrite it
         // in this transaction, so no one sees it. The reservation row, claimed with it, claims
         // the reference (unique): an order reserved through the RPC already keeps that
         // reservation, found without a read in the common case.
-        let id = uuid::Uuid::now_v7().to_string();
-        let expires = now.saturating_add(duration_us(self.0.reservation_ttl));
         let claim = store::claim_order(tx, &order, &id, now, expires)
             .await
             .map_err(db_err)?;
@@ -120,26 +153,11 @@ impl TypedHandler for Reserve {
                 .unwrap_or_default();
             return set_state(tx, &order, "RESERVED", &existing, now).await;
         }
-        let location = validate::location_id("location_id", &created.location_id, true);
-        let mut lines = Vec::with_capacity(created.lines.len());
-        let mut problems = Vec::new();
-        for (i, l) in created.lines.iter().enumerate() {
-            match (&location, validate::product_id("product_id", &l.product_id)) {
-                (Ok(loc), Ok(product_id)) if l.quantity > 0 => lines.push(Line {
-                    product_id,
-                    location_id: loc.clone(),
-                    quantity: l.quantity,
-                }),
-                _ => problems.push(format!("line {i} is malformed")),
-            }
-        }
         if lines.is_empty() || !problems.is_empty() {
             problems.push("the order has no valid line".into());
             store::unclaim_reservation(tx, &id).await.map_err(db_err)?;
             return reject(tx, &order, Vec::new(), &problems.join("; "), now).await;
         }
-        // Every line held in one statement, rows in (product, location) order.
-        let merged = validate::merged(&lines);
         let held = store::hold_all(tx, &merged, now).await.map_err(db_err)?;
         if held.len() < merged.len() {
             // All or nothing: give back what this order held a moment ago.

@@ -416,6 +416,18 @@ pub enum OrderClaim {
     Claimed,
 }
 
+/// The saga row of order `$1` inserted RESERVED under reservation `$2` at `$3`, unless the saga
+/// knows the order.
+const SAGA_ROW: &str = "INSERT INTO saga_orders (order_id, state, reservation_id, updated_us) VALUES ($1, 'RESERVED', $2, $3) \
+    ON CONFLICT (order_id) DO NOTHING";
+
+/// Postgres: the ACTIVE reservation `$2` of reference `$1` (created at `$3`, expiring at `$4`)
+/// inserted only if `claim` ([`SAGA_ROW`] `RETURNING 1`, a `WITH` of the same statement) did
+/// insert, and unless the reference has a reservation already.
+const RESERVATION_AFTER_CLAIM: &str = "INSERT INTO reservations (id, reference_id, status, created_us, expires_us, updated_us) \
+    SELECT $2, $1, 'ACTIVE', $3, $4, $3 WHERE EXISTS (SELECT 1 FROM claim) \
+    ON CONFLICT (reference_id) DO NOTHING";
+
 /// The saga's claim of order `order` on `order.created`: its saga row inserted RESERVED under
 /// reservation `id` unless the saga knows it, and then the reservation itself as
 /// [`claim_reservation`] inserts it. On Postgres one statement (the reservation a
@@ -427,15 +439,10 @@ pub async fn claim_order(
     now: i64,
     expires: i64,
 ) -> Result<OrderClaim> {
-    const SAGA_ROW: &str = "INSERT INTO saga_orders (order_id, state, reservation_id, updated_us) VALUES ($1, 'RESERVED', $2, $3) \
-        ON CONFLICT (order_id) DO NOTHING";
     if tx.backend_name() == "PostgreSQL" {
         let sql = format!(
-            "WITH c AS ({SAGA_ROW} RETURNING 1), \
-             r AS (INSERT INTO reservations (id, reference_id, status, created_us, expires_us, updated_us) \
-             SELECT $2, $1, 'ACTIVE', $3, $4, $3 WHERE EXISTS (SELECT 1 FROM c) \
-             ON CONFLICT (reference_id) DO NOTHING RETURNING 1) \
-             SELECT (SELECT CAST(COUNT(*) AS BIGINT) FROM c) AS claimed, (SELECT CAST(COUNT(*) AS BIGINT) FROM r) AS reserved"
+            "WITH claim AS ({SAGA_ROW} RETURNING 1), r AS ({RESERVATION_AFTER_CLAIM} RETURNING 1) \
+             SELECT (SELECT CAST(COUNT(*) AS BIGINT) FROM claim) AS claimed, (SELECT CAST(COUNT(*) AS BIGINT) FROM r) AS reserved"
         );
         let (claimed, reserved): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(order)
@@ -467,6 +474,38 @@ pub async fn claim_order(
     })
 }
 
+/// The saga's whole `order.created` for an order that reserves, as the writes of one statement
+/// joined to `inventory.reserved` (Postgres: [`Tx::write_and_emit`], a one-statement step's
+/// statement): the claim of the order and of its reservation `id` (the first write, which
+/// changes a row only when both are new, as [`claim_order`]'s `Claimed`), every line of
+/// `merged` held ([`hold_all`]), and the reservation's `lines`. Each hold is
+/// [`Write::required`] to change all its lines' rows, so a line short of stock, a known order or
+/// a taken reference make the statement write nothing at all, and the step runs in a
+/// transaction, which tells those apart.
+pub fn reserve_writes(
+    order: &str,
+    id: &str,
+    lines: &[Line],
+    merged: &[Line],
+    now: i64,
+    expires: i64,
+) -> Vec<Write> {
+    let claim = Write::with(
+        format!("claim AS ({SAGA_ROW} RETURNING 1)"),
+        RESERVATION_AFTER_CLAIM,
+    )
+    .text(order)
+    .text(id)
+    .int(now)
+    .int(expires);
+    let holds = change_writes(StockChange::Hold, merged, now)
+        .into_iter()
+        .zip(merged.chunks(LINES_PER_STATEMENT))
+        .map(|(w, chunk)| w.required(chunk.len()));
+    let lines = lines_writes(id, lines).into_iter().map(Write::gated);
+    std::iter::once(claim).chain(holds).chain(lines).collect()
+}
+
 /// Deletes the reservation `id` that [`claim_reservation`] inserted in this transaction, before
 /// it has lines (its order turned out short of stock).
 pub async fn unclaim_reservation(tx: &mut Tx, id: &str) -> Result<()> {
@@ -496,7 +535,7 @@ pub fn lines_writes(id: &str, lines: &[Line]) -> Vec<Write> {
                 .map(|i| {
                     let p = 5 * i;
                     format!(
-                        "(${}, ${}, ${}, ${}, ${})",
+                        "(${}, CAST(${} AS BIGINT), ${}, ${}, CAST(${} AS BIGINT))",
                         p + 1,
                         p + 2,
                         p + 3,
@@ -506,8 +545,10 @@ pub fn lines_writes(id: &str, lines: &[Line]) -> Vec<Write> {
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
+            // `SELECT ... WHERE`, not `VALUES` alone, so that it can be gated (`reserve_writes`).
             let mut w = Write::new(format!(
-                "INSERT INTO reservation_lines (reservation_id, line_no, product_id, location_id, quantity) VALUES {values}"
+                "INSERT INTO reservation_lines (reservation_id, line_no, product_id, location_id, quantity) \
+                 SELECT * FROM (VALUES {values}) AS v WHERE 1 = 1"
             ));
             for l in chunk {
                 w = w

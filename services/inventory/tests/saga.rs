@@ -344,3 +344,208 @@ async fn saga_events_reserve_commit_and_release_on_postgres_and_redis() {
     };
     saga(target, testing::bus("inv-saga", Some(&url))).await;
 }
+
+/// Rows of `table` whose `column` is `value`.
+async fn count(m: &Mesh, table: &str, column: &str, value: &str) -> i64 {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM {table} WHERE {column} = $1"
+    )))
+    .bind(value)
+    .fetch_one(m.db.pool())
+    .await
+    .expect("count")
+    .get("n")
+}
+
+/// On Postgres the whole reservation of `order.created` is one statement (the consumer runs it
+/// without a transaction): it writes everything, or nothing at all when a line is short, the
+/// order is known or its reference is taken, so that the step's run in a transaction (which
+/// tells those apart) starts from what was there. Without the holds' required row count the
+/// short order would keep its saga row, reservation and event, and the taken reference its saga
+/// row.
+#[tokio::test]
+async fn the_reservation_statement_writes_all_or_nothing_on_postgres() {
+    use mesh_inventory::{events, store, validate};
+    use mesh_runtime::DatabaseError;
+    let Some(target) = testing::postgres("inventory reservation statement") else {
+        return;
+    };
+    let m = start(target, testing::memory_bus()).await;
+    let apple = uuid::Uuid::now_v7().to_string();
+    let pear = uuid::Uuid::now_v7().to_string();
+    restock(&m, &apple, 5).await;
+    restock(&m, &pear, 1).await;
+    let line = |product: &str, quantity: i64| validate::Line {
+        product_id: product.into(),
+        location_id: "default".into(),
+        quantity,
+    };
+    let now = 1_000_000;
+    let expires = now + 3_600_000_000;
+    let reserve = |order: &str, lines: Vec<validate::Line>| {
+        let id = uuid::Uuid::now_v7().to_string();
+        let merged = validate::merged(&lines);
+        let writes = store::reserve_writes(order, &id, &lines, &merged, now, expires);
+        let event = events::reserved(&id, order, &lines, expires);
+        let db = m.db.clone();
+        async move { (id.clone(), db.write_and_emit(&writes, event).await) }
+    };
+
+    // Every line held: the saga row, the reservation, its lines, the holds and the event.
+    let o1 = uuid::Uuid::now_v7().to_string();
+    let (r1, done) = reserve(&o1, vec![line(&apple, 1), line(&pear, 1), line(&apple, 1)]).await;
+    done.expect("reserved").expect("the event");
+    assert_eq!(saga_state(&m, &o1).await.as_deref(), Some("RESERVED"));
+    assert_eq!(saga_reservation(&m, &o1).await, r1);
+    assert_eq!(
+        level(&m, &apple).await,
+        (5, 2),
+        "two lines of one product, merged"
+    );
+    assert_eq!(level(&m, &pear).await, (1, 1));
+    assert_eq!(
+        count(&m, "reservation_lines", "reservation_id", &r1).await,
+        3
+    );
+    assert_eq!(emitted(&m, "inventory.reserved").await.len(), 1);
+
+    // Short (no pear left), known, and a reference with a reservation of its own: nothing.
+    let o2 = uuid::Uuid::now_v7().to_string();
+    let o3 = uuid::Uuid::now_v7().to_string();
+    m.client
+        .clone()
+        .reserve(bearer(
+            &m.admin,
+            ReserveRequest {
+                reference_id: o3.clone(),
+                lines: vec![StockLine {
+                    product_id: apple.clone(),
+                    location_id: "default".into(),
+                    quantity: 1,
+                }],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("Reserve by RPC");
+    for (order, lines) in [
+        (&o2, vec![line(&apple, 1), line(&pear, 1)]),
+        (&o1, vec![line(&apple, 1)]),
+        (&o3, vec![line(&apple, 1)]),
+    ] {
+        let (id, done) = reserve(order, lines).await;
+        assert!(
+            matches!(done, Err(DatabaseError::Unmet(_))),
+            "{order}: {done:?}"
+        );
+        assert_eq!(count(&m, "reservations", "id", &id).await, 0, "{order}");
+    }
+    assert_eq!(
+        saga_state(&m, &o2).await,
+        None,
+        "the short order is not claimed"
+    );
+    assert_eq!(saga_state(&m, &o3).await, None, "nor the taken reference");
+    assert_eq!(
+        saga_reservation(&m, &o1).await,
+        r1,
+        "the known order keeps its own"
+    );
+    assert_eq!(
+        level(&m, &apple).await,
+        (5, 3),
+        "o1's two and the RPC's one"
+    );
+    assert_eq!(level(&m, &pear).await, (1, 1));
+    assert_eq!(
+        emitted(&m, "inventory.reserved").await.len(),
+        2,
+        "o1's and the RPC's"
+    );
+
+    // The consumer's step: the short order is rejected (in a transaction), and the known one
+    // changes nothing.
+    deliver(&m, &created(&o2, &[(&apple, 1), (&pear, 1)])).await;
+    assert_eq!(saga_state(&m, &o2).await.as_deref(), Some("REJECTED"));
+    deliver(&m, &created(&o3, &[(&apple, 1)])).await;
+    assert_eq!(saga_state(&m, &o3).await.as_deref(), Some("RESERVED"));
+    assert_eq!(level(&m, &apple).await, (5, 3));
+    assert_eq!(emitted(&m, "inventory.rejected").await.len(), 1);
+}
+
+/// A batch of `order.created` events handled in one transaction (what the consumer does under
+/// load; on Postgres each reservation is then its one statement in that transaction): a short
+/// order in the batch fails its statement, and the batch runs again event by event, so the
+/// good orders reserve once and the short one is rejected, holding nothing.
+async fn batch_with_a_short_order(target: DatabaseTarget) {
+    use mesh_runtime::consumer::{Consumer, Outcome};
+    let m = start(target, testing::memory_bus()).await;
+    let apple = uuid::Uuid::now_v7().to_string();
+    let pear = uuid::Uuid::now_v7().to_string();
+    restock(&m, &apple, 10).await;
+    restock(&m, &pear, 1).await;
+    let options = mesh_inventory::saga::SagaOptions {
+        clock: Arc::new(mesh_runtime::auth::SystemClock),
+        reservation_ttl: std::time::Duration::from_secs(900),
+    };
+    let consumer = mesh_inventory::saga::handlers(
+        Consumer::new(m.db.clone(), testing::memory_bus(), "inventory-batch").concurrency(1),
+        &options,
+    );
+    let orders: Vec<String> = (0..4).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let batch = |events: Vec<Envelope>| {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| testing::delivery(e, &format!("1-{i}"), 1))
+            .collect::<Vec<_>>()
+    };
+    // All good: one transaction, every order reserved.
+    let outcomes = consumer
+        .handle_batch(batch(vec![
+            created(&orders[0], &[(&apple, 1)]),
+            created(&orders[1], &[(&apple, 1), (&pear, 1)]),
+        ]))
+        .await;
+    assert!(
+        outcomes.iter().all(|(_, o)| matches!(o, Outcome::Handled)),
+        "{outcomes:?}"
+    );
+    // No pear left: the third order is short, the fourth is fine.
+    let outcomes = consumer
+        .handle_batch(batch(vec![
+            created(&orders[2], &[(&apple, 2), (&pear, 1)]),
+            created(&orders[3], &[(&apple, 3)]),
+        ]))
+        .await;
+    assert!(
+        outcomes.iter().all(|(_, o)| matches!(o, Outcome::Handled)),
+        "{outcomes:?}"
+    );
+    let states = futures::future::join_all(orders.iter().map(|o| saga_state(&m, o))).await;
+    assert_eq!(
+        states,
+        ["RESERVED", "RESERVED", "REJECTED", "RESERVED"].map(|s| Some(s.to_string()))
+    );
+    assert_eq!(
+        level(&m, &apple).await,
+        (10, 5),
+        "1 + 1 + 3 held, the short order's 2 not"
+    );
+    assert_eq!(level(&m, &pear).await, (1, 1));
+    assert_eq!(emitted(&m, "inventory.reserved").await.len(), 3);
+    assert_eq!(emitted(&m, "inventory.rejected").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_batch_with_a_short_order_reserves_the_others_once_on_sqlite() {
+    batch_with_a_short_order(testing::sqlite()).await;
+}
+
+#[tokio::test]
+async fn a_batch_with_a_short_order_reserves_the_others_once_on_postgres() {
+    let Some(target) = testing::postgres("inventory saga batch") else {
+        return;
+    };
+    batch_with_a_short_order(target).await;
+}

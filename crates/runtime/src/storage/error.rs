@@ -15,6 +15,11 @@ pub enum DatabaseError {
     /// Any other database error (a bug in a query, a constraint violation, ...).
     #[error("database error: {0}")]
     Query(#[source] sqlx::Error),
+    /// A statement whose writes must change an exact number of rows
+    /// ([`crate::sql_write::Write::required`]) changed another: it wrote nothing (joined to an
+    /// event), or the caller's transaction must be rolled back (run on its own).
+    #[error("a write changed another number of rows than its statement requires: {0}")]
+    Unmet(String),
     /// Applying the migrations failed.
     #[error("applying migrations: {0}")]
     Migrate(#[from] MigrateError),
@@ -30,6 +35,12 @@ pub enum DatabaseError {
         source: std::io::Error,
     },
 }
+
+/// The text a joined statement casts to an integer, failing, when a required write changed
+/// another number of rows ([`crate::sql_write::Write::required`]); Postgres names it in its
+/// error (`invalid input syntax for type integer: "..."`), by which the error is told apart.
+pub(crate) const UNMET_MARKER: &str =
+    "mesh: a write changed another number of rows than its statement requires; nothing was written";
 
 impl DatabaseError {
     /// Whether the failure is transient (the database could not be reached).
@@ -52,6 +63,8 @@ impl From<sqlx::Error> for DatabaseError {
                 let code = db.code().unwrap_or_default();
                 if db.is_unique_violation() {
                     Self::Conflict(e)
+                } else if code == "22P02" && db.message().contains(UNMET_MARKER) {
+                    Self::Unmet(db.message().to_string())
                 } else if code.starts_with("08")
                     || code.starts_with("57P")
                     || code == "53300"
@@ -76,9 +89,9 @@ impl From<DatabaseError> for tonic::Status {
             DatabaseError::Unavailable(_) => tonic::Status::unavailable(format!(
                 "the service's database is unavailable, retry later ({e})"
             )),
-            DatabaseError::Conflict(_) => tonic::Status::aborted(format!(
-                "a concurrent change conflicted with this one, retry ({e})"
-            )),
+            DatabaseError::Conflict(_) | DatabaseError::Unmet(_) => tonic::Status::aborted(
+                format!("a concurrent change conflicted with this one, retry ({e})"),
+            ),
             _ => {
                 tracing::error!(error = %e, "database error");
                 tonic::Status::internal("internal database error")
