@@ -208,14 +208,18 @@ async fn change_all(
 pub fn change_writes(change: StockChange, lines: &[Line], now: i64) -> Vec<Write> {
     lines
         .chunks(LINES_PER_STATEMENT)
-        .map(|chunk| {
-            let mut w = Write::new(change_sql(change, chunk.len())).int(now);
-            for l in chunk {
-                w = w.text(&l.product_id).text(&l.location_id).int(l.quantity);
-            }
-            w.gated()
-        })
+        .map(|chunk| change_write(change, chunk, now))
         .collect()
+}
+
+/// The [`Write::gated`] write of [`change_writes`] for one chunk of at most
+/// [`LINES_PER_STATEMENT`] lines.
+fn change_write(change: StockChange, chunk: &[Line], now: i64) -> Write {
+    let mut w = Write::new(change_sql(change, chunk.len())).int(now);
+    for l in chunk {
+        w = w.text(&l.product_id).text(&l.location_id).int(l.quantity);
+    }
+    w.gated()
 }
 
 /// [`hold`] for every line of `lines` (merged and sorted) in one statement; returns the product
@@ -498,10 +502,9 @@ pub fn reserve_writes(
     .text(id)
     .int(now)
     .int(expires);
-    let holds = change_writes(StockChange::Hold, merged, now)
-        .into_iter()
-        .zip(merged.chunks(LINES_PER_STATEMENT))
-        .map(|(w, chunk)| w.required(chunk.len()));
+    let holds = merged
+        .chunks(LINES_PER_STATEMENT)
+        .map(|chunk| change_write(StockChange::Hold, chunk, now).required(chunk.len()));
     let lines = lines_writes(id, lines).into_iter().map(Write::gated);
     std::iter::once(claim).chain(holds).chain(lines).collect()
 }
