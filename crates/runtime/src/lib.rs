@@ -45,7 +45,6 @@ pub mod domain;
 pub mod endpoint_slices;
 pub mod event_metrics;
 pub mod faults;
-pub mod group_commit;
 pub mod grpc_timeout;
 pub mod helper_task;
 pub mod json_log;

@@ -655,7 +655,7 @@ fn refused_sqlx(refusal: AutocommitRefusal) -> sqlx::Error {
 
 /// The envelope of `event` emitted by `db`'s service now, caused by `cause` (if any): its
 /// `sequence` is set by the insert.
-pub(crate) fn envelope_of(db: &Database, cause: Option<&Cause>, event: Event) -> Envelope {
+fn envelope_of(db: &Database, cause: Option<&Cause>, event: Event) -> Envelope {
     let micros = now_micros();
     let cause = cause.cloned().unwrap_or_default();
     Envelope {
@@ -701,13 +701,10 @@ enum RecordGate {
 }
 
 /// An outbox row as inserted.
-pub(crate) struct InsertedRow {
-    /// Its `seq` (the relay's order).
-    pub(crate) seq: i64,
-    /// Its subject's sequence number.
-    pub(crate) sequence: i64,
-    /// Whether the subject's previous row is on the bus already.
-    pub(crate) prev_sent: bool,
+struct InsertedRow {
+    seq: i64,
+    sequence: i64,
+    prev_sent: bool,
 }
 
 /// Inserts `envelope`'s outbox row, after `writes` and with `handled`'s record when given, in
@@ -723,8 +720,26 @@ async fn insert_row(
     handled: Option<&HandledIds>,
     record_gate: RecordGate,
 ) -> Result<Inserted, DatabaseError> {
+    let micros = envelope
+        .time
+        .as_ref()
+        .map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000);
+    let mut ctes = Vec::with_capacity(writes.len() + 1);
     let mut n = 0;
-    let mut ctes = write_ctes(writes, "", &mut n);
+    for (i, w) in writes.iter().enumerate() {
+        let gate = if i > 0 && w.is_gated() {
+            " AND EXISTS (SELECT 1 FROM w0)"
+        } else {
+            ""
+        };
+        ctes.push(format!(
+            "{}w{i} AS ({}{gate} RETURNING {})",
+            w.shifted_ctes(n),
+            w.shifted(n),
+            w.returned()
+        ));
+        n += w.param_count();
+    }
     let mut padded = Vec::new();
     if let Some(h) = handled {
         let (values, ids) = handled_values(&h.ids, n + 7, &format!("${}", n + 5));
@@ -739,7 +754,26 @@ async fn insert_row(
         ));
         padded = ids;
     }
-    let insert = outbox_insert(n, (!writes.is_empty()).then_some("w0"));
+    let gate = if writes.is_empty() {
+        ""
+    } else {
+        " HAVING EXISTS (SELECT 1 FROM w0)"
+    };
+    let p = |k: usize| format!("${}", n + k);
+    let insert = format!(
+        "INSERT INTO mesh_outbox (event_id, event_type, subject, sequence, part, occurred_at_us, envelope) \
+         SELECT {}, {}, {}, COALESCE(MAX(sequence), 0) + 1, {}, {}, {} \
+         FROM mesh_outbox WHERE subject = {}{gate} \
+         RETURNING seq, sequence, (SELECT p.sent_at_us FROM mesh_outbox p \
+           WHERE p.subject = mesh_outbox.subject AND p.sequence = mesh_outbox.sequence - 1) AS prev_sent_at_us",
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5),
+        p(6),
+        p(3),
+    );
     let sql = if ctes.is_empty() {
         // Alone (both databases): always one row, the aggregate's.
         format!("{insert}, CAST(NULL AS BIGINT) AS handled_new")
@@ -755,14 +789,20 @@ async fn insert_row(
             } else {
                 "CAST(NULL AS BIGINT)"
             },
-            required_check(&required_conditions(writes, "")),
+            required_check(writes),
         )
     };
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for w in writes {
         query = w.bind_to(query);
     }
-    query = bind_envelope(query, envelope);
+    query = query
+        .bind(envelope.id.clone())
+        .bind(envelope.r#type.clone())
+        .bind(envelope.subject.clone())
+        .bind(partition_of(&envelope.subject))
+        .bind(micros)
+        .bind(envelope.encode_to_vec());
     if let Some(h) = handled {
         query = query.bind(h.consumer.clone());
         for id in padded {
@@ -789,90 +829,19 @@ async fn insert_row(
     })
 }
 
-/// The data-modifying `WITH` parts that run `writes` joined to an outbox insert: write `i` is
-/// `{prefix}w{i}` (its own [`Write::with`] parts before it), its parameters numbered after the
-/// `*n` before it (`*n` is advanced past them); a [`Write::gated`] one runs only if `{prefix}w0`
-/// changed a row.
-pub(crate) fn write_ctes(writes: &[Write], prefix: &str, n: &mut usize) -> Vec<String> {
-    let mut ctes = Vec::with_capacity(writes.len() + 2);
-    for (i, w) in writes.iter().enumerate() {
-        let gate = if i > 0 && w.is_gated() {
-            format!(" AND EXISTS (SELECT 1 FROM {prefix}w0)")
-        } else {
-            String::new()
-        };
-        ctes.push(format!(
-            "{}{prefix}w{i} AS ({}{gate} RETURNING {})",
-            w.shifted_ctes(*n),
-            w.shifted(*n),
-            w.returned()
-        ));
-        *n += w.param_count();
-    }
-    ctes
-}
-
-/// The outbox insert of one envelope, its six parameters ([`bind_envelope`]) numbered after the
-/// `n` before them; with `gate`, written only if that write (a `WITH` part) changed a row. The
-/// subject's next sequence is computed by the insert itself, which also returns whether the
-/// subject's previous row is on the bus already.
-pub(crate) fn outbox_insert(n: usize, gate: Option<&str>) -> String {
-    let gate = gate.map_or(String::new(), |w| {
-        format!(" HAVING EXISTS (SELECT 1 FROM {w})")
-    });
-    let p = |k: usize| format!("${}", n + k);
-    format!(
-        "INSERT INTO mesh_outbox (event_id, event_type, subject, sequence, part, occurred_at_us, envelope) \
-         SELECT {}, {}, {}, COALESCE(MAX(sequence), 0) + 1, {}, {}, {} \
-         FROM mesh_outbox WHERE subject = {}{gate} \
-         RETURNING seq, sequence, (SELECT p.sent_at_us FROM mesh_outbox p \
-           WHERE p.subject = mesh_outbox.subject AND p.sequence = mesh_outbox.sequence - 1) AS prev_sent_at_us",
-        p(1),
-        p(2),
-        p(3),
-        p(4),
-        p(5),
-        p(6),
-        p(3),
-    )
-}
-
-/// Binds the six parameters of `envelope`'s [`outbox_insert`] to `query`.
-pub(crate) fn bind_envelope<'q>(
-    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
-    envelope: &Envelope,
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
-    let micros = envelope
-        .time
-        .as_ref()
-        .map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000);
-    query
-        .bind(envelope.id.clone())
-        .bind(envelope.r#type.clone())
-        .bind(envelope.subject.clone())
-        .bind(partition_of(&envelope.subject))
-        .bind(micros)
-        .bind(envelope.encode_to_vec())
-}
-
-/// The conditions that the [`Write::required`] writes among `writes` (named as by
-/// [`write_ctes`] with `prefix`) changed their numbers of rows.
-pub(crate) fn required_conditions(writes: &[Write], prefix: &str) -> Vec<String> {
-    writes
+/// The column of a joined statement that fails it, so that it writes nothing, unless every
+/// [`Write::required`] write changed its number of rows: the one row's value is computed after
+/// every write ran, and a text that is not a number cast to one is an error Postgres raises
+/// only then (a constant would fail at planning). Empty when no write is required.
+fn required_check(writes: &[Write]) -> String {
+    let conditions: Vec<String> = writes
         .iter()
         .enumerate()
         .filter_map(|(i, w)| {
             w.required_rows()
-                .map(|rows| format!("(SELECT COUNT(*) FROM {prefix}w{i}) = {rows}"))
+                .map(|rows| format!("(SELECT COUNT(*) FROM w{i}) = {rows}"))
         })
-        .collect()
-}
-
-/// The column of a joined statement that fails it, so that it writes nothing, unless every
-/// condition of [`required_conditions`] holds: the one row's value is computed after every
-/// write ran, and a text that is not a number cast to one is an error Postgres raises only then
-/// (a constant would fail at planning). Empty without conditions.
-pub(crate) fn required_check(conditions: &[String]) -> String {
+        .collect();
     if conditions.is_empty() {
         return String::new();
     }
@@ -884,11 +853,7 @@ pub(crate) fn required_check(conditions: &[String]) -> String {
 
 /// Registers the inserted row of `envelope` (its `sequence` set) with `db`'s direct publisher,
 /// when one runs; `None` when none runs or its queue is full (the row is then the sweeper's).
-pub(crate) fn register(
-    db: &Database,
-    envelope: &Envelope,
-    inserted: &InsertedRow,
-) -> Option<Ticket> {
+fn register(db: &Database, envelope: &Envelope, inserted: &InsertedRow) -> Option<Ticket> {
     let publisher = db.publisher();
     if !publisher.is_running() {
         return None;
@@ -913,9 +878,6 @@ impl Database {
     /// first write changed a row (`None` otherwise) and goes to the bus once the statement
     /// returned, committed. A later event of the same subject written before this one is
     /// registered with the direct publisher is left to the sweeper (it cannot overtake it).
-    ///
-    /// Calls made while earlier ones are being written are written together, one statement
-    /// for several calls, each still answered for its own writes ([`crate::group_commit`]).
     pub async fn write_and_emit(
         &self,
         writes: &[Write],
@@ -927,21 +889,23 @@ impl Database {
             tx.commit().await?;
             return Ok(envelope);
         }
-        let envelope = envelope_of(self, None, event);
-        crate::group_commit::GroupCommit::write_and_emit(self, writes, envelope).await
+        let mut envelope = envelope_of(self, None, event);
+        let mut conn = self.acquire().await?;
+        let Some(row) = insert_row(&mut conn, &envelope, writes, None, RecordGate::None)
+            .await?
+            .row
+        else {
+            return Ok(None);
+        };
+        drop(conn);
+        envelope.sequence = row.sequence;
+        // The statement committed when it returned.
+        if let Some(ticket) = register(self, &envelope, &row) {
+            crate::publisher::abort_after_commit_if_armed(self.service());
+            self.publisher().committed(std::slice::from_ref(&ticket));
+        }
+        Ok(Some(envelope))
     }
-}
-
-/// `envelope`'s outbox row after `writes` (Postgres, at least one write), as one statement on
-/// `conn`, outside any transaction; `None` when the first write changed nothing.
-pub(crate) async fn insert_joined(
-    conn: &mut AnyConnection,
-    envelope: &Envelope,
-    writes: &[Write],
-) -> Result<Option<InsertedRow>, DatabaseError> {
-    Ok(insert_row(conn, envelope, writes, None, RecordGate::None)
-        .await?
-        .row)
 }
 
 impl Deref for Tx {

@@ -111,14 +111,6 @@ impl Write {
         self
     }
 
-    /// Whether it names nothing outside itself joined to an event: no `WITH` parts of its own
-    /// ([`Write::with`]) and no columns returned ([`Write::returning`], which later writes read
-    /// by the name `w0`), so it can share a statement with other calls' writes
-    /// ([`crate::group_commit`]).
-    pub(crate) fn is_self_contained(&self) -> bool {
-        self.ctes.is_empty() && self.returning.is_none()
-    }
-
     /// The number of rows it must change ([`Write::required`]).
     pub(crate) fn required_rows(&self) -> Option<usize> {
         self.required

@@ -102,7 +102,6 @@ pub struct Database {
     backend: Backend,
     service: Arc<str>,
     publisher: Arc<crate::publisher::Publisher>,
-    group_commit: Arc<crate::group_commit::GroupCommit>,
 }
 
 impl Database {
@@ -192,7 +191,6 @@ impl Database {
             backend,
             service: service.into(),
             publisher: Arc::default(),
-            group_commit: Arc::default(),
         })
     }
 
@@ -260,17 +258,6 @@ impl Database {
     /// [`DatabaseError`], which services answer as `UNAVAILABLE`.
     pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, DatabaseError> {
         Ok(self.pool.acquire().await?)
-    }
-
-    /// The grouped writes of [`Database::write_and_emit`] ([`crate::group_commit`]).
-    pub(crate) fn group_commit(&self) -> &Arc<crate::group_commit::GroupCommit> {
-        &self.group_commit
-    }
-
-    /// How many statements [`Database::write_and_emit`] ran for how many calls so far (calls
-    /// that overlap share a statement: [`crate::group_commit`]).
-    pub fn group_commit_stats(&self) -> crate::group_commit::GroupCommitStats {
-        self.group_commit.stats()
     }
 
     /// The direct publisher of this database's outbox (run by its relay).
