@@ -107,7 +107,8 @@ def test_prometheus_rule_has_the_alerts_and_their_thresholds_follow_values():
                 assert re.fullmatch(r"\d+[smh]", r["for"])
             alerts[r["alert"]] = r["expr"]
     assert set(alerts) == {"MeshConsumerLagHigh", "MeshConsumerStalled", "MeshDeadLettersGrowing",
-                           "MeshOutboxStale", "MeshErrorRatioHigh", "MeshSagaTimeouts"}
+                           "MeshOutboxStale", "MeshErrorRatioHigh", "MeshSagaTimeouts",
+                           "MeshOrdersRefused"}
     assert alerts["MeshConsumerLagHigh"].endswith("> 1000")
     tuned = {"metrics": {"alerts": {"enabled": True, "consumerLagEvents": 50, "errorRatio": 0.2,
                                     "labels": {"release": "kube-prometheus-stack"}}}}

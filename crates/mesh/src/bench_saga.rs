@@ -394,6 +394,9 @@ pub(crate) struct Figures {
     mode: String,
     placed: usize,
     failed_calls: u64,
+    /// PlaceOrder calls refused because the saga was behind (`RESOURCE_EXHAUSTED`); the client
+    /// waited the `retry-after` they carried before its next order.
+    refused_calls: u64,
     confirmed: usize,
     cancelled: usize,
     not_final: usize,
@@ -592,6 +595,7 @@ async fn load(
         workers.push(tokio::spawn(async move {
             let mut placed: Vec<(String, i64, i64)> = Vec::new();
             let mut failed = 0u64;
+            let mut refused = 0u64;
             let mut n = w as u64 * 1_000_000;
             while Instant::now() < end {
                 // Latency counts from when the order was due, not when a busy client got to
@@ -612,18 +616,32 @@ async fn load(
                             placed.push((o.id, t0, sent.elapsed().as_micros() as i64));
                         }
                     }
+                    Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                        // Refused at the door (the saga is behind, or the server sheds): a
+                        // well-behaved client waits as told before its next order.
+                        refused += 1;
+                        let after = status
+                            .metadata()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                            .unwrap_or(1);
+                        let wake = (Instant::now() + Duration::from_secs(after)).min(end);
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
+                    }
                     Err(_) => failed += 1,
                 }
             }
-            (placed, failed)
+            (placed, failed, refused)
         }));
     }
     let mut placed = Vec::new();
     let mut failed_calls = 0;
+    let mut refused_calls = 0;
     for w in workers {
-        let (p, f) = w.await?;
+        let (p, f, r) = w.await?;
         placed.extend(p);
         failed_calls += f;
+        refused_calls += r;
     }
     let place_secs = start.elapsed().as_secs_f64();
 
@@ -678,6 +696,7 @@ async fn load(
         mode: mode.to_string(),
         placed: placed.len(),
         failed_calls,
+        refused_calls,
         confirmed,
         cancelled,
         not_final,
@@ -772,13 +791,14 @@ pub(crate) async fn run(args: &BenchSagaArgs) -> anyhow::Result<()> {
     for (mode, groups) in modes {
         let f = measure(mode, groups, args).await?;
         println!(
-            "{:<19} placed {:>6} ({:>7.1}/s, PlaceOrder p50 {:.1} ms p99 {:.1} ms, {} failed)  confirmed {:>6} cancelled {} open {}  => {:>7.1} confirmed orders/s, PlaceOrder-to-confirmed p50 {:.1} ms p99 {:.1} ms",
+            "{:<19} placed {:>6} ({:>7.1}/s, PlaceOrder p50 {:.1} ms p99 {:.1} ms, {} failed, {} refused)  confirmed {:>6} cancelled {} open {}  => {:>7.1} confirmed orders/s, PlaceOrder-to-confirmed p50 {:.1} ms p99 {:.1} ms",
             f.mode,
             f.placed,
             f.place_rps,
             f.place_rpc_ms_p50,
             f.place_rpc_ms_p99,
             f.failed_calls,
+            f.refused_calls,
             f.confirmed,
             f.cancelled,
             f.not_final,

@@ -5,7 +5,8 @@
 //! as PENDING and emits `order.created`; idempotent per (customer, idempotency key). From there
 //! the saga runs by events: inventory reserves or rejects, payment charges, and order's
 //! consumers ([`saga`]) confirm or cancel. A [`sweeper`] cancels orders with no outcome after
-//! the saga timeout. Every transition writes the status, a history entry and its event in one
+//! the saga timeout; while the saga is too far behind, PlaceOrder refuses new orders
+//! ([`admission`]). Every transition writes the status, a history entry and its event in one
 //! transaction.
 //!
 //! - [`api`]: the RPCs and who may act for whom; [`place`]: PlaceOrder; [`peers`]: product and
@@ -14,6 +15,7 @@
 //!   [`sweeper`]: the timeout; [`store`]: SQL; [`validate`]: input checks; [`error`]: errors to
 //!   statuses.
 
+pub mod admission;
 pub mod api;
 pub mod erasure;
 pub mod error;
@@ -70,16 +72,21 @@ pub struct OrderOptions {
     /// Longest wait for campaign's PriceCart; past it the order goes at list price
     /// (`MESH_ORDER_CAMPAIGN_TIMEOUT`).
     pub campaign_timeout: Duration,
+    /// PlaceOrder refuses new orders while the oldest open order is older than this
+    /// (`MESH_ORDER_MAX_SAGA_BACKLOG`; zero: never).
+    pub max_saga_backlog: Duration,
 }
 
 impl OrderOptions {
-    /// Options for `saga_timeout`, sweeping four times per timeout (at most every second).
+    /// Options for `saga_timeout`, sweeping four times per timeout (at most every second),
+    /// refusing new orders while the saga is behind by more than a third of it.
     pub fn with_timeout(saga_timeout: Duration) -> Self {
         Self {
             saga_timeout,
             sweep_every: (saga_timeout / 4)
                 .clamp(Duration::from_millis(50), Duration::from_secs(1)),
             campaign_timeout: DEFAULT_CAMPAIGN_TIMEOUT,
+            max_saga_backlog: saga_timeout / 3,
         }
     }
 
@@ -94,6 +101,21 @@ impl OrderOptions {
         let mut s = Settings::new(env);
         let mut options = Self::with_timeout(s.duration(&SAGA_TIMEOUT));
         options.campaign_timeout = s.duration(&CAMPAIGN_TIMEOUT);
+        if let Some(raw) = s.raw(&MAX_SAGA_BACKLOG) {
+            let backlog = s.duration(&MAX_SAGA_BACKLOG);
+            if !backlog.is_zero() && backlog >= options.saga_timeout {
+                s.refuse(
+                    &MAX_SAGA_BACKLOG,
+                    &raw,
+                    format!(
+                        "must be below MESH_ORDER_SAGA_TIMEOUT ({}): a backlog that old is already being cancelled by the timeout; 0 turns the check off",
+                        humantime::format_duration(options.saga_timeout)
+                    ),
+                );
+            } else {
+                options.max_saga_backlog = backlog;
+            }
+        }
         s.finish(options)
     }
 }
@@ -110,9 +132,15 @@ const CAMPAIGN_TIMEOUT: Setting = Setting::duration(
     "Longest wait for campaign's price of a cart; past it (or with campaign down) the order goes on at list price, marked discounts_unavailable.",
 );
 
+const MAX_SAGA_BACKLOG: Setting = Setting::duration_or_off(
+    "MESH_ORDER_MAX_SAGA_BACKLOG",
+    "10s",
+    "PlaceOrder refuses new orders (RESOURCE_EXHAUSTED, retry-after 1) while the oldest open order is older than this, so an overload cannot grow a backlog that the saga timeout then cancels; default a third of MESH_ORDER_SAGA_TIMEOUT, below it; 0 turns it off.",
+);
+
 /// The order module's settings, for its module row.
 pub const SETTINGS: ModuleSettings = ModuleSettings {
-    declared: &[SAGA_TIMEOUT, CAMPAIGN_TIMEOUT],
+    declared: &[SAGA_TIMEOUT, CAMPAIGN_TIMEOUT, MAX_SAGA_BACKLOG],
     check: |env| OrderOptions::from_lookup(env).map(drop),
 };
 
@@ -149,7 +177,27 @@ pub async fn build_with(
         "Orders cancelled by the saga timeout (no outcome within MESH_ORDER_SAGA_TIMEOUT)",
         timeouts.clone(),
     );
-    let sweeper = sweeper::Sweeper::new(db.clone(), options.saga_timeout).counted(timeouts);
+    let refusals = prometheus_client::metrics::counter::Counter::default();
+    ctx.metrics().register(
+        "order_admission_refusals",
+        "PlaceOrder calls refused because the saga was further behind than MESH_ORDER_MAX_SAGA_BACKLOG",
+        refusals.clone(),
+    );
+    let backlog =
+        prometheus_client::metrics::gauge::Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    ctx.metrics().register(
+        "order_saga_backlog_seconds",
+        "Age of the oldest open order (PENDING, RESERVED, PAID) at the sweeper's last scan",
+        backlog.clone(),
+    );
+    let admission = std::sync::Arc::new(admission::Admission::new(
+        options.max_saga_backlog,
+        refusals,
+        backlog,
+    ));
+    let sweeper = sweeper::Sweeper::new(db.clone(), options.saga_timeout)
+        .counted(timeouts)
+        .sampling(admission.clone());
     ctx.background_task(sweeper.queue(options.sweep_every).task());
     let fallbacks = prometheus_client::metrics::counter::Counter::default();
     ctx.metrics().register(
@@ -157,11 +205,49 @@ pub async fn build_with(
         "Orders placed at list price because campaign could not price them",
         fallbacks.clone(),
     );
-    let placer =
-        place::Placer::new(db.clone(), peers).with_campaign(options.campaign_timeout, fallbacks);
+    let placer = place::Placer::new(db.clone(), peers)
+        .with_campaign(options.campaign_timeout, fallbacks)
+        .with_admission(admission);
     let api = OrderApi::new(db, placer);
     let server = OrderServiceServer::new(api)
         .max_decoding_message_size(ctx.max_message_bytes())
         .max_encoding_message_size(ctx.max_message_bytes());
     Ok(ServiceRoutes::new().add_service(guard(&ctx, policy(), server)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_runtime::settings::lookup_in;
+
+    #[test]
+    fn the_saga_backlog_bound_defaults_to_a_third_of_the_timeout_and_stays_below_it() {
+        let o = OrderOptions::from_lookup(lookup_in(&[])).unwrap();
+        assert_eq!(o.max_saga_backlog, Duration::from_secs(10));
+        let o =
+            OrderOptions::from_lookup(lookup_in(&[("MESH_ORDER_SAGA_TIMEOUT", "90s")])).unwrap();
+        assert_eq!(o.max_saga_backlog, Duration::from_secs(30));
+        let o =
+            OrderOptions::from_lookup(lookup_in(&[("MESH_ORDER_MAX_SAGA_BACKLOG", "0")])).unwrap();
+        assert_eq!(o.max_saga_backlog, Duration::ZERO);
+        let o =
+            OrderOptions::from_lookup(lookup_in(&[("MESH_ORDER_MAX_SAGA_BACKLOG", "5s")])).unwrap();
+        assert_eq!(o.max_saga_backlog, Duration::from_secs(5));
+        let refused = OrderOptions::from_lookup(lookup_in(&[
+            ("MESH_ORDER_SAGA_TIMEOUT", "20s"),
+            ("MESH_ORDER_MAX_SAGA_BACKLOG", "20s"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.contains("MESH_ORDER_MAX_SAGA_BACKLOG")
+                && refused.contains("below MESH_ORDER_SAGA_TIMEOUT"),
+            "{refused}"
+        );
+        let refused =
+            OrderOptions::from_lookup(lookup_in(&[("MESH_ORDER_MAX_SAGA_BACKLOG", "soon")]))
+                .unwrap_err()
+                .to_string();
+        assert!(refused.contains("MESH_ORDER_MAX_SAGA_BACKLOG"), "{refused}");
+    }
 }

@@ -11,7 +11,12 @@
 //! answers nonsense, the order goes at list price with `discounts_unavailable` set and
 //! `order_campaign_fallbacks_total` counts it. A promo code that does not apply does not fail
 //! the order either, as the proto specifies.
+//!
+//! Before any of that, a valid request is refused (`RESOURCE_EXHAUSTED`) while the saga is further
+//! behind than `MESH_ORDER_MAX_SAGA_BACKLOG` ([`crate::admission`]); a retry of an order
+//! already placed is refused too, and answered with its order once the saga caught up.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_contracts::campaign::v1::{CartLine, PriceCartRequest, PriceCartResponse};
@@ -24,6 +29,7 @@ use mesh_runtime::{Database, DatabaseError};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 
+use crate::admission::Admission;
 use crate::error::OrderError;
 use crate::peers::{Card, Peers};
 use crate::store::{self, NewLine, NewOrder};
@@ -133,6 +139,7 @@ pub struct Placer {
     peers: Peers,
     campaign_timeout: Duration,
     fallbacks: prometheus_client::metrics::counter::Counter,
+    admission: Arc<Admission>,
 }
 
 impl Placer {
@@ -143,7 +150,14 @@ impl Placer {
             peers,
             campaign_timeout: crate::DEFAULT_CAMPAIGN_TIMEOUT,
             fallbacks: Default::default(),
+            admission: Arc::new(Admission::open()),
         }
+    }
+
+    /// Refuses new orders while `admission` says the saga is too far behind.
+    pub fn with_admission(mut self, admission: Arc<Admission>) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// Waits for campaign at most `timeout`; counts list-price fallbacks in `fallbacks`.
@@ -225,6 +239,7 @@ impl Placer {
     pub async fn place(&self, customer: &str, req: &PlaceOrderRequest) -> Result<Order> {
         let checked = validate::place(req)?;
         let pay = payment(req)?;
+        self.admission.admit(store::now_us())?;
         let hash = fingerprint(customer, req);
         if let Some(order) = self.existing(customer, &checked.key, &hash).await? {
             return Ok(order);

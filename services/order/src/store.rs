@@ -874,6 +874,26 @@ pub fn created_us(order: &Order) -> i64 {
         .unwrap_or(0)
 }
 
+/// When the oldest open order was created (`created_at_us`), or `None` when none is open: one
+/// probe of `orders_open_by_age` per open status.
+pub async fn oldest_open(conn: &mut AnyConnection) -> Result<Option<i64>> {
+    let per_status = OPEN
+        .iter()
+        .map(|s| {
+            format!(
+                "SELECT MIN(created_at_us) AS m FROM orders WHERE status = '{}'",
+                status_name(*s)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let sql = format!("SELECT MIN(m) FROM ({per_status}) AS open_orders");
+    let (oldest,): (Option<i64>,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(oldest)
+}
+
 /// Ids of up to `limit` open orders created at or before `cutoff_us`, oldest first.
 pub async fn overdue(conn: &mut AnyConnection, cutoff_us: i64, limit: i64) -> Result<Vec<String>> {
     let sql = format!(

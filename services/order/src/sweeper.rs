@@ -4,7 +4,11 @@
 //! orders every sweep interval. Every replica may run it: each cancellation is a conditional
 //! transition, so an order is cancelled once, and a confirmation that wins the race is never
 //! overwritten. Each cancellation counts in `order_saga_timeouts_total` (the chart's alert).
+//!
+//! Each scan first reads when the oldest open order was created and hands it to PlaceOrder's
+//! [`Admission`] (the saga's backlog); it looks for overdue orders only when that one is.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_contracts::events::v1::CancelReason;
@@ -12,6 +16,7 @@ use mesh_runtime::Database;
 use mesh_runtime::work_queue::{WorkHandle, WorkQueue, WorkQueueOptions, WorkSource};
 use prometheus_client::metrics::counter::Counter;
 
+use crate::admission::Admission;
 use crate::error::OrderError;
 use crate::{store, transitions};
 
@@ -21,6 +26,7 @@ pub struct Sweeper {
     db: Database,
     timeout: Duration,
     timeouts: Counter,
+    admission: Arc<Admission>,
 }
 
 impl Sweeper {
@@ -30,7 +36,14 @@ impl Sweeper {
             db,
             timeout,
             timeouts: Counter::default(),
+            admission: Arc::new(Admission::open()),
         }
+    }
+
+    /// Hands the backlog it samples to `admission`.
+    pub fn sampling(mut self, admission: Arc<Admission>) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// Counts the orders it cancels in `timeouts`.
@@ -72,8 +85,14 @@ impl WorkSource for Sweeper {
 
     async fn due(&self, limit: usize) -> Result<Vec<String>, OrderError> {
         let timeout_us = i64::try_from(self.timeout.as_micros()).unwrap_or(i64::MAX);
-        let cutoff = store::now_us().saturating_sub(timeout_us);
+        let now = store::now_us();
+        let cutoff = now.saturating_sub(timeout_us);
         let mut conn = self.db.acquire().await?;
+        let oldest = store::oldest_open(&mut conn).await?;
+        self.admission.observe(oldest, now);
+        if oldest.is_none_or(|created| created > cutoff) {
+            return Ok(Vec::new());
+        }
         store::overdue(&mut conn, cutoff, i64::try_from(limit).unwrap_or(i64::MAX)).await
     }
 

@@ -491,6 +491,119 @@ async fn timeout(backend: Backend) {
     m.until_stock(&apple.id, (4, 0)).await;
 }
 
+/// PlaceOrder refuses new orders while the oldest open order is older than the bound, and
+/// admits them again once the saga caught up. With the fake payment an order waits RESERVED
+/// until the test publishes its payment: that is the backlog.
+async fn admission(backend: Backend) {
+    let mut options = mesh_order::OrderOptions::with_timeout(Duration::from_secs(60));
+    options.sweep_every = Duration::from_millis(50);
+    options.max_saga_backlog = Duration::from_millis(300);
+    let m = common::start_options(
+        &backend,
+        options,
+        common::Payment::Fake,
+        common::CampaignPeer::Real,
+    )
+    .await;
+    let customer = m.auth.customer_token().await;
+    let apple = m.product(250, "EUR", 10).await;
+    let waiting = m.place(&customer, request(&[(&apple.id, 1)])).await;
+    let waiting = m.until(&customer, &waiting.id, OrderStatus::Reserved).await;
+
+    // One idempotency key for every probe: at most one more order (the first probe, if it
+    // comes before the backlog shows), then its order or a refusal.
+    let mut probe = request(&[(&apple.id, 1)]);
+    probe.idempotency_key = "admission-probe".into();
+    let place = |req: PlaceOrderRequest| {
+        let mut client = m.orders.clone();
+        let customer = customer.clone();
+        async move { client.place_order(bearer(&customer, req)).await }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        match place(probe.clone()).await {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "PlaceOrder never refused with an order open for seconds"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        refused
+            .metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert!(
+        refused.message().contains("MESH_ORDER_MAX_SAGA_BACKLOG")
+            && refused.message().contains("behind"),
+        "{}",
+        refused.message()
+    );
+    // A refusal writes nothing.
+    let before = count_rows(&m, "orders").await;
+    assert!(place(request(&[(&apple.id, 1)])).await.is_err());
+    assert_eq!(count_rows(&m, "orders").await, before);
+    let metrics = m.order_metrics.encode();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("order_admission_refusals_total ")
+                && l != "order_admission_refusals_total 0"),
+        "{metrics}"
+    );
+
+    // The saga catches up: every open order gets its payment, and the probe's key is answered.
+    m.payment_event(&waiting, true).await;
+    m.until(&customer, &waiting.id, OrderStatus::Confirmed)
+        .await;
+    let probed: Vec<Order> = m
+        .orders
+        .clone()
+        .list_orders(bearer(&customer, ListOrdersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .orders
+        .into_iter()
+        .filter(|o| o.id != waiting.id)
+        .collect();
+    for o in &probed {
+        let reserved = m.until(&customer, &o.id, OrderStatus::Reserved).await;
+        m.payment_event(&reserved, true).await;
+        m.until(&customer, &o.id, OrderStatus::Confirmed).await;
+    }
+    let admitted = loop {
+        match place(probe.clone()).await {
+            Ok(answer) => break answer.into_inner().order.expect("order"),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "PlaceOrder still refused after the saga caught up: {}",
+                    status.message()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(admitted.lines.len(), 1);
+    assert!(probed.len() <= 1, "{probed:?}");
+}
+
+on_both_backends!(
+    admission_refuses_while_the_saga_is_behind_on_sqlite,
+    admission_refuses_while_the_saga_is_behind_on_postgres_and_redis,
+    "admission",
+    admission
+);
+
 on_both_backends!(
     orders_on_sqlite,
     orders_on_postgres_and_redis,

@@ -275,6 +275,21 @@ pub async fn start_campaign_timeout(
     campaign: CampaignPeer,
     campaign_timeout: Duration,
 ) -> Mesh {
+    let mut options = OrderOptions::with_timeout(timeout);
+    options.campaign_timeout = campaign_timeout;
+    // Tests of the timeout keep orders open on purpose: no refusals from admission (a third of
+    // a 1-2 s timeout) in them; `admission` in tests/orders.rs tests it.
+    options.max_saga_backlog = Duration::ZERO;
+    start_options(backend, options, payment, campaign).await
+}
+
+/// Starts the mesh on `backend` with order's `options`, `payment` and `campaign`.
+pub async fn start_options(
+    backend: &Backend,
+    order_options: OrderOptions,
+    payment: Payment,
+    campaign: CampaignPeer,
+) -> Mesh {
     let auth = TestAuth::start(
         &backend.target(),
         testing::service_client("order", "order-secret"),
@@ -400,9 +415,7 @@ pub async fn start_campaign_timeout(
         channel(payment_addr),
         channel(campaign_addr),
     );
-    let mut options = OrderOptions::with_timeout(timeout);
-    options.campaign_timeout = campaign_timeout;
-    let routes = mesh_order::build_with(ctx, options, peers)
+    let routes = mesh_order::build_with(ctx, order_options, peers)
         .await
         .expect("build order");
     let order_addr = serve("order", routes, &order_db, &bus, &shutdown).await;
