@@ -1,6 +1,6 @@
 //! Admission of new orders: PlaceOrder refuses new orders while the saga is further behind
-//! than `MESH_ORDER_MAX_SAGA_BACKLOG`, measured as the age of the oldest open order (PENDING,
-//! RESERVED or PAID).
+//! than `MESH_ORDER_MAX_SAGA_BACKLOG`, measured as the age of the open orders (PENDING,
+//! RESERVED or PAID) behind the [`DEFAULT_STRAGGLERS`] oldest.
 //!
 //! Without it a mesh offered more orders than its saga steps can take accepts them all: the
 //! backlog grows for as long as the overload lasts, and once it is older than the saga timeout
@@ -12,10 +12,16 @@
 //! retries later (`RESOURCE_EXHAUSTED` with `retry-after: 1`, as the runtime's load shedder
 //! refuses; the idempotency key makes the retry safe).
 //!
-//! The sweeper ([`crate::sweeper`]) samples the oldest open order on each of its scans (at
-//! most every second) and hands it here; PlaceOrder compares its age with the bound before any
-//! other work, so a refusal costs no statement and no call to a peer. Each replica refuses on
-//! its own sample. The bound must be below the saga timeout (checked with the settings).
+//! The oldest orders are set aside because a backlog is many orders waiting, while a few
+//! orders can wait long on their own (an event dead-lettered, a card whose processor keeps
+//! failing: the saga timeout settles those); with them counted, one stuck order would close
+//! the door to every customer until the timeout cancelled it.
+//!
+//! The sweeper ([`crate::sweeper`]) samples the open orders on each of its scans (at most every
+//! second) and hands the backlog's head here; PlaceOrder compares its age with the bound
+//! before any other work, so a refusal costs no statement and no call to a peer. Each replica
+//! refuses on its own sample. The bound must be below the saga timeout (checked with the
+//! settings).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -25,23 +31,27 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::error::OrderError;
 
-/// No open order (or none sampled yet).
+/// No backlog (or none sampled yet).
 const NONE: i64 = i64::MAX;
+
+/// How many of the oldest open orders the backlog leaves out unless told otherwise.
+pub const DEFAULT_STRAGGLERS: u32 = 100;
 
 /// The admission check of one order service process.
 #[derive(Debug)]
 pub struct Admission {
     max_backlog: Duration,
-    /// `created_at_us` of the oldest open order at the last sample; [`NONE`] when none.
-    oldest_open_us: AtomicI64,
+    stragglers: u32,
+    /// `created_at_us` of the backlog's head at the last sample; [`NONE`] when none.
+    head_us: AtomicI64,
     refusals: Counter,
     backlog_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Admission {
-    /// Refuses new orders while the oldest open order is older than `max_backlog`
-    /// ([`Duration::ZERO`]: never); counts refusals in `refusals` and shows the sampled backlog
-    /// in `backlog_seconds`.
+    /// Refuses new orders while the backlog's head is older than `max_backlog`
+    /// ([`Duration::ZERO`]: never), leaving [`DEFAULT_STRAGGLERS`] out; counts refusals in
+    /// `refusals` and shows the sampled backlog in `backlog_seconds`.
     pub fn new(
         max_backlog: Duration,
         refusals: Counter,
@@ -49,10 +59,24 @@ impl Admission {
     ) -> Self {
         Self {
             max_backlog,
-            oldest_open_us: AtomicI64::new(NONE),
+            stragglers: DEFAULT_STRAGGLERS,
+            head_us: AtomicI64::new(NONE),
             refusals,
             backlog_seconds,
         }
+    }
+
+    /// Leaves the `n` oldest open orders out of the backlog (0: the oldest open order is its
+    /// head).
+    pub fn stragglers(mut self, n: u32) -> Self {
+        self.stragglers = n;
+        self
+    }
+
+    /// How many of the oldest open orders the backlog leaves out: what the sweeper's sample
+    /// skips.
+    pub fn skipped(&self) -> i64 {
+        i64::from(self.stragglers)
     }
 
     /// One that admits every order.
@@ -60,17 +84,17 @@ impl Admission {
         Self::new(Duration::ZERO, Counter::default(), Gauge::default())
     }
 
-    /// Records a sample taken at `now_us`: the oldest open order was created at
-    /// `oldest_open_us`, or there is none.
-    pub fn observe(&self, oldest_open_us: Option<i64>, now_us: i64) {
-        let oldest = oldest_open_us.unwrap_or(NONE);
-        self.oldest_open_us.store(oldest, Ordering::Relaxed);
-        self.backlog_seconds.set(age(oldest, now_us).as_secs_f64());
+    /// Records a sample taken at `now_us`: the backlog's head (the oldest open order once the
+    /// stragglers are left out) was created at `head_us`, or there is none.
+    pub fn observe(&self, head_us: Option<i64>, now_us: i64) {
+        let head = head_us.unwrap_or(NONE);
+        self.head_us.store(head, Ordering::Relaxed);
+        self.backlog_seconds.set(age(head, now_us).as_secs_f64());
     }
 
-    /// How far behind the saga is at `now_us`: the age of the oldest open order sampled.
+    /// How far behind the saga is at `now_us`: the age of the backlog's head sampled.
     pub fn backlog(&self, now_us: i64) -> Duration {
-        age(self.oldest_open_us.load(Ordering::Relaxed), now_us)
+        age(self.head_us.load(Ordering::Relaxed), now_us)
     }
 
     /// Admits a new order at `now_us`, or refuses it ([`OrderError::Overloaded`], saying how
@@ -85,7 +109,7 @@ impl Admission {
         }
         self.refusals.inc();
         Err(OrderError::Overloaded(format!(
-            "the order saga is {:.1}s behind (its oldest open order), more than \
+            "the order saga is {:.1}s behind (its open orders' age), more than \
              MESH_ORDER_MAX_SAGA_BACKLOG ({}): new orders are refused until it catches up; \
              retry later with the same idempotency_key",
             backlog.as_secs_f64(),
@@ -109,7 +133,7 @@ mod tests {
     const S: i64 = 1_000_000;
 
     #[test]
-    fn refuses_only_while_the_oldest_open_order_is_older_than_the_bound() {
+    fn refuses_only_while_the_backlog_is_older_than_the_bound() {
         let a = Admission::new(
             Duration::from_secs(10),
             Counter::default(),

@@ -72,9 +72,12 @@ pub struct OrderOptions {
     /// Longest wait for campaign's PriceCart; past it the order goes at list price
     /// (`MESH_ORDER_CAMPAIGN_TIMEOUT`).
     pub campaign_timeout: Duration,
-    /// PlaceOrder refuses new orders while the oldest open order is older than this
+    /// PlaceOrder refuses new orders while the saga's backlog is older than this
     /// (`MESH_ORDER_MAX_SAGA_BACKLOG`; zero: never).
     pub max_saga_backlog: Duration,
+    /// How many of the oldest open orders the backlog leaves out, so that a few stuck orders
+    /// never refuse everyone ([`admission::DEFAULT_STRAGGLERS`]).
+    pub saga_backlog_stragglers: u32,
 }
 
 impl OrderOptions {
@@ -87,6 +90,7 @@ impl OrderOptions {
                 .clamp(Duration::from_millis(50), Duration::from_secs(1)),
             campaign_timeout: DEFAULT_CAMPAIGN_TIMEOUT,
             max_saga_backlog: saga_timeout / 3,
+            saga_backlog_stragglers: admission::DEFAULT_STRAGGLERS,
         }
     }
 
@@ -135,7 +139,7 @@ const CAMPAIGN_TIMEOUT: Setting = Setting::duration(
 const MAX_SAGA_BACKLOG: Setting = Setting::duration_or_off(
     "MESH_ORDER_MAX_SAGA_BACKLOG",
     "10s",
-    "PlaceOrder refuses new orders (RESOURCE_EXHAUSTED, retry-after 1) while the oldest open order is older than this, so an overload cannot grow a backlog that the saga timeout then cancels; default a third of MESH_ORDER_SAGA_TIMEOUT, below it; 0 turns it off.",
+    "PlaceOrder refuses new orders (RESOURCE_EXHAUSTED, retry-after 1) while the open orders behind the 100 oldest are older than this, so an overload cannot grow a backlog that the saga timeout then cancels; default a third of MESH_ORDER_SAGA_TIMEOUT, below it; 0 turns it off.",
 );
 
 /// The order module's settings, for its module row.
@@ -187,14 +191,13 @@ pub async fn build_with(
         prometheus_client::metrics::gauge::Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     ctx.metrics().register(
         "order_saga_backlog_seconds",
-        "Age of the oldest open order (PENDING, RESERVED, PAID) at the sweeper's last scan",
+        "Age of the saga's backlog at the sweeper's last scan: the oldest open order (PENDING, RESERVED, PAID) once the 100 oldest are left out",
         backlog.clone(),
     );
-    let admission = std::sync::Arc::new(admission::Admission::new(
-        options.max_saga_backlog,
-        refusals,
-        backlog,
-    ));
+    let admission = std::sync::Arc::new(
+        admission::Admission::new(options.max_saga_backlog, refusals, backlog)
+            .stragglers(options.saga_backlog_stragglers),
+    );
     let sweeper = sweeper::Sweeper::new(db.clone(), options.saga_timeout)
         .counted(timeouts)
         .sampling(admission.clone());

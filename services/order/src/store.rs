@@ -874,9 +874,19 @@ pub fn created_us(order: &Order) -> i64 {
         .unwrap_or(0)
 }
 
-/// When the oldest open order was created (`created_at_us`), or `None` when none is open: one
-/// probe of `orders_open_by_age` per open status.
-pub async fn oldest_open(conn: &mut AnyConnection) -> Result<Option<i64>> {
+/// When the open orders were created, as the sweeper samples them on each scan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOrders {
+    /// `created_at_us` of the oldest open order; `None` when none is open.
+    pub oldest_us: Option<i64>,
+    /// `created_at_us` of the oldest open order once the `stragglers` oldest are set aside
+    /// (the head of the saga's backlog); `None` when no more than that many are open.
+    pub backlog_head_us: Option<i64>,
+}
+
+/// [`OpenOrders`] in one statement: the oldest by one probe of `orders_open_by_age` per open
+/// status, the backlog's head by the open orders sorted by age.
+pub async fn open_orders(conn: &mut AnyConnection, stragglers: i64) -> Result<OpenOrders> {
     let per_status = OPEN
         .iter()
         .map(|s| {
@@ -887,11 +897,21 @@ pub async fn oldest_open(conn: &mut AnyConnection) -> Result<Option<i64>> {
         })
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
-    let sql = format!("SELECT MIN(m) FROM ({per_status}) AS open_orders");
-    let (oldest,): (Option<i64>,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(oldest)
+    let sql = format!(
+        "SELECT (SELECT MIN(m) FROM ({per_status}) AS open_orders) AS oldest, \
+         (SELECT created_at_us FROM orders WHERE status IN ({}) \
+          ORDER BY created_at_us LIMIT 1 OFFSET $1) AS head",
+        in_list(OPEN)
+    );
+    let (oldest_us, backlog_head_us): (Option<i64>, Option<i64>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(stragglers)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(OpenOrders {
+        oldest_us,
+        backlog_head_us,
+    })
 }
 
 /// Ids of up to `limit` open orders created at or before `cutoff_us`, oldest first.

@@ -5,8 +5,9 @@
 //! transition, so an order is cancelled once, and a confirmation that wins the race is never
 //! overwritten. Each cancellation counts in `order_saga_timeouts_total` (the chart's alert).
 //!
-//! Each scan first reads when the oldest open order was created and hands it to PlaceOrder's
-//! [`Admission`] (the saga's backlog); it looks for overdue orders only when that one is.
+//! Each scan first reads, in one statement, when the oldest open order was created and where
+//! the saga's backlog begins, which it hands to PlaceOrder's [`Admission`]; it looks for
+//! overdue orders only when the oldest one is.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,9 +89,9 @@ impl WorkSource for Sweeper {
         let now = store::now_us();
         let cutoff = now.saturating_sub(timeout_us);
         let mut conn = self.db.acquire().await?;
-        let oldest = store::oldest_open(&mut conn).await?;
-        self.admission.observe(oldest, now);
-        if oldest.is_none_or(|created| created > cutoff) {
+        let open = store::open_orders(&mut conn, self.admission.skipped()).await?;
+        self.admission.observe(open.backlog_head_us, now);
+        if open.oldest_us.is_none_or(|created| created > cutoff) {
             return Ok(Vec::new());
         }
         store::overdue(&mut conn, cutoff, i64::try_from(limit).unwrap_or(i64::MAX)).await

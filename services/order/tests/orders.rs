@@ -498,6 +498,9 @@ async fn admission(backend: Backend) {
     let mut options = mesh_order::OrderOptions::with_timeout(Duration::from_secs(60));
     options.sweep_every = Duration::from_millis(50);
     options.max_saga_backlog = Duration::from_millis(300);
+    // One waiting order is the backlog here; `stragglers` tests leaving the oldest out (the
+    // default leaves the 100 oldest out).
+    options.saga_backlog_stragglers = 0;
     let m = common::start_options(
         &backend,
         options,
@@ -596,6 +599,61 @@ async fn admission(backend: Backend) {
     assert_eq!(admitted.lines.len(), 1);
     assert!(probed.len() <= 1, "{probed:?}");
 }
+
+/// The oldest open orders left out of the backlog (one here) do not refuse anyone however
+/// long they wait; the order behind them does once it is older than the bound.
+async fn stragglers(backend: Backend) {
+    let mut options = mesh_order::OrderOptions::with_timeout(Duration::from_secs(60));
+    options.sweep_every = Duration::from_millis(50);
+    options.max_saga_backlog = Duration::from_millis(300);
+    options.saga_backlog_stragglers = 1;
+    let m = common::start_options(
+        &backend,
+        options,
+        common::Payment::Fake,
+        common::CampaignPeer::Real,
+    )
+    .await;
+    let customer = m.auth.customer_token().await;
+    let apple = m.product(250, "EUR", 10).await;
+    let stuck = m.place(&customer, request(&[(&apple.id, 1)])).await;
+    m.until(&customer, &stuck.id, OrderStatus::Reserved).await;
+    // The stuck order is well past the bound, and the sweeper scanned meanwhile (every 50 ms):
+    // its age alone refuses nothing.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let behind = m.place(&customer, request(&[(&apple.id, 1)])).await;
+    m.until(&customer, &behind.id, OrderStatus::Reserved).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut client = m.orders.clone();
+        match client
+            .place_order(bearer(&customer, request(&[(&apple.id, 1)])))
+            .await
+        {
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                break;
+            }
+            Ok(placed) => {
+                // Each order placed here is newer than `behind`: it stays the backlog's head.
+                let placed = placed.into_inner().order.expect("order");
+                assert!(placed.id > behind.id);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the order behind the straggler never refused"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+on_both_backends!(
+    stragglers_do_not_refuse_everyone_on_sqlite,
+    stragglers_do_not_refuse_everyone_on_postgres_and_redis,
+    "admission stragglers",
+    stragglers
+);
 
 on_both_backends!(
     admission_refuses_while_the_saga_is_behind_on_sqlite,
