@@ -44,7 +44,8 @@ status=0
 # Left out: SendCommand to a machine with no live gateway session answers UNAVAILABLE (503) by
 # design: the device, not the request, is at fault, and vm's vend flow retries on that code.
 # Every machine id Schemathesis makes up is such a machine.
-schemathesis run "$base/openapi.json" \
+run() {
+  schemathesis run "$base/openapi.json" \
   --checks not_a_server_error \
   --exclude-path '/v1/machines/{machine_id}:sendCommand' \
   --header "Authorization: Bearer $token" \
@@ -55,7 +56,25 @@ schemathesis run "$base/openapi.json" \
   --generation-database none \
   --request-timeout 10 \
   --no-color \
-  "$@" || status=$?
+  "$@" 2>&1 | tee "$work/schemathesis.out"
+  return "${PIPESTATUS[0]}"
+}
+run "$@" || status=$?
+# Every generated case passed its check, and what failed the run is a "Runtime Error" inside
+# the tool (seen: CPython 3.11's "AST constructor recursion depth mismatch" in hypothesis's
+# lambda descriptions, one operation in some runs): that says nothing about the server, so the
+# run is made once more, saying so. A check that failed (a server error) is never run again.
+tool_errors_only() {
+  grep -Eq '^ *([0-9]+) generated, \1 passed$' "$work/schemathesis.out" || return 1
+  awk '/^Errors:/ { in_errors = 1; next } in_errors && /^ *$/ { in_errors = 0 } in_errors' \
+    "$work/schemathesis.out" | grep -v 'Runtime Error' | grep -q . && return 1
+  grep -q '^Errors:' "$work/schemathesis.out"
+}
+if [ "$status" -ne 0 ] && tool_errors_only; then
+  echo "schemathesis: every case passed, but the tool itself failed (Runtime Error above): running it once more" >&2
+  status=0
+  run "$@" || status=$?
+fi
 kill -0 "$pid" 2>/dev/null || fail "mesh died during the run"
 [ "$status" -eq 0 ] || fail "schemathesis found server errors (exit $status)"
 echo "schemathesis: no server error"
