@@ -29,6 +29,8 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
+use mesh_runtime::domain::ServiceError;
+
 use crate::error::OrderError;
 
 /// No backlog (or none sampled yet).
@@ -97,7 +99,7 @@ impl Admission {
         age(self.head_us.load(Ordering::Relaxed), now_us)
     }
 
-    /// Admits a new order at `now_us`, or refuses it ([`OrderError::Overloaded`], saying how
+    /// Admits a new order at `now_us`, or refuses it ([`ServiceError::Overloaded`], saying how
     /// far behind the saga is and what to do) while the backlog exceeds the bound.
     pub fn admit(&self, now_us: i64) -> Result<(), OrderError> {
         if self.max_backlog.is_zero() {
@@ -108,13 +110,14 @@ impl Admission {
             return Ok(());
         }
         self.refusals.inc();
-        Err(OrderError::Overloaded(format!(
+        Err(ServiceError::Overloaded(format!(
             "the order saga is {:.1}s behind (its open orders' age), more than \
              MESH_ORDER_MAX_SAGA_BACKLOG ({}): new orders are refused until it catches up; \
              retry later with the same idempotency_key",
             backlog.as_secs_f64(),
             humantime::format_duration(self.max_backlog)
-        )))
+        ))
+        .into())
     }
 }
 

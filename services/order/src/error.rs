@@ -1,7 +1,6 @@
 //! The order service's errors, turned into gRPC statuses in one place: the kit's common
-//! failures ([`ServiceError`]) and the order's own, a reused idempotency key and a refusal
-//! while the saga is behind (`RESOURCE_EXHAUSTED` with `retry-after: 1`, as the runtime's load
-//! shedder refuses; 429 with `Retry-After` through the edge). Every message
+//! failures ([`ServiceError`], a refusal while the saga is behind among them:
+//! [`ServiceError::Overloaded`]) and the order's own, a reused idempotency key. Every message
 //! that is about a request field starts with the field's path (e.g. `lines[2].quantity: ...`).
 
 use mesh_runtime::DatabaseError;
@@ -19,9 +18,6 @@ pub enum OrderError {
         "idempotency_key: `{0}` was already used by this customer for a different order request; use a new key for a new order"
     )]
     KeyReused(String),
-    /// The saga is too far behind to take a new order now ([`crate::admission`]).
-    #[error("{0}")]
-    Overloaded(String),
 }
 
 impl OrderError {
@@ -67,14 +63,6 @@ impl From<OrderError> for tonic::Status {
         match e {
             OrderError::Common(c) => c.into(),
             OrderError::KeyReused(_) => tonic::Status::already_exists(e.to_string()),
-            OrderError::Overloaded(message) => {
-                let mut status = tonic::Status::resource_exhausted(message);
-                status.metadata_mut().insert(
-                    "retry-after",
-                    tonic::metadata::MetadataValue::from_static("1"),
-                );
-                status
-            }
         }
     }
 }

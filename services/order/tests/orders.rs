@@ -491,18 +491,19 @@ async fn timeout(backend: Backend) {
     m.until_stock(&apple.id, (4, 0)).await;
 }
 
-/// PlaceOrder refuses new orders while the oldest open order is older than the bound, and
-/// admits them again once the saga caught up. With the fake payment an order waits RESERVED
-/// until the test publishes its payment: that is the backlog.
-async fn admission(backend: Backend) {
+/// The mesh with the fake payment (an order waits RESERVED until the test publishes its
+/// payment), the saga's backlog sampled every 50 ms against a 300 ms bound leaving the
+/// `stragglers` oldest open orders out; a customer's token and a product with 10 in stock.
+async fn start_admission(
+    backend: &Backend,
+    stragglers: u32,
+) -> (Mesh, String, mesh_contracts::product::v1::Product) {
     let mut options = mesh_order::OrderOptions::with_timeout(Duration::from_secs(60));
     options.sweep_every = Duration::from_millis(50);
     options.max_saga_backlog = Duration::from_millis(300);
-    // One waiting order is the backlog here; `stragglers` tests leaving the oldest out (the
-    // default leaves the 100 oldest out).
-    options.saga_backlog_stragglers = 0;
+    options.saga_backlog_stragglers = stragglers;
     let m = common::start_options(
-        &backend,
+        backend,
         options,
         common::Payment::Fake,
         common::CampaignPeer::Real,
@@ -510,6 +511,16 @@ async fn admission(backend: Backend) {
     .await;
     let customer = m.auth.customer_token().await;
     let apple = m.product(250, "EUR", 10).await;
+    (m, customer, apple)
+}
+
+/// PlaceOrder refuses new orders while the saga's backlog is older than the bound, and
+/// admits them again once the saga caught up. With the fake payment an order waits RESERVED
+/// until the test publishes its payment: that is the backlog.
+async fn admission(backend: Backend) {
+    // One waiting order is the backlog here; `stragglers` tests leaving the oldest out (the
+    // default leaves the 100 oldest out).
+    let (m, customer, apple) = start_admission(&backend, 0).await;
     let waiting = m.place(&customer, request(&[(&apple.id, 1)])).await;
     let waiting = m.until(&customer, &waiting.id, OrderStatus::Reserved).await;
 
@@ -603,19 +614,7 @@ async fn admission(backend: Backend) {
 /// The oldest open orders left out of the backlog (one here) do not refuse anyone however
 /// long they wait; the order behind them does once it is older than the bound.
 async fn stragglers(backend: Backend) {
-    let mut options = mesh_order::OrderOptions::with_timeout(Duration::from_secs(60));
-    options.sweep_every = Duration::from_millis(50);
-    options.max_saga_backlog = Duration::from_millis(300);
-    options.saga_backlog_stragglers = 1;
-    let m = common::start_options(
-        &backend,
-        options,
-        common::Payment::Fake,
-        common::CampaignPeer::Real,
-    )
-    .await;
-    let customer = m.auth.customer_token().await;
-    let apple = m.product(250, "EUR", 10).await;
+    let (m, customer, apple) = start_admission(&backend, 1).await;
     let stuck = m.place(&customer, request(&[(&apple.id, 1)])).await;
     m.until(&customer, &stuck.id, OrderStatus::Reserved).await;
     // The stuck order is well past the bound, and the sweeper scanned meanwhile (every 50 ms):

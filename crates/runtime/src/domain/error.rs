@@ -42,6 +42,11 @@ pub enum ServiceError {
     /// A peer or dependency cannot answer now; retrying later may work: `UNAVAILABLE`.
     #[error("{0}")]
     Unavailable(String),
+    /// Refused for load: more is asked than the service can take now (a saga too far behind),
+    /// so the caller should come back later: `RESOURCE_EXHAUSTED` with `retry-after: 1`, as the
+    /// runtime's load shedder ([`crate::shed`]) refuses; 429 with `Retry-After` through the edge.
+    #[error("{0}")]
+    Overloaded(String),
     /// The database failed (`UNAVAILABLE`, `ABORTED` or `INTERNAL`, see [`DatabaseError`]).
     #[error(transparent)]
     Database(#[from] DatabaseError),
@@ -78,6 +83,7 @@ impl ServiceError {
             Self::AlreadyExists(_) => tonic::Code::AlreadyExists,
             Self::PermissionDenied(_) => tonic::Code::PermissionDenied,
             Self::Unavailable(_) => tonic::Code::Unavailable,
+            Self::Overloaded(_) => tonic::Code::ResourceExhausted,
             Self::Database(DatabaseError::Unavailable(_)) => tonic::Code::Unavailable,
             Self::Database(DatabaseError::Conflict(_)) => tonic::Code::Aborted,
             Self::Database(_) => tonic::Code::Internal,
@@ -144,6 +150,14 @@ impl From<ServiceError> for tonic::Status {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::Database(d) => d.into(),
+            ServiceError::Overloaded(message) => {
+                let mut status = tonic::Status::resource_exhausted(message);
+                status.metadata_mut().insert(
+                    "retry-after",
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                status
+            }
             other => tonic::Status::new(other.code(), other.to_string()),
         }
     }
@@ -186,12 +200,26 @@ mod tests {
                 tonic::Code::Unavailable,
                 "product: unreachable",
             ),
+            (
+                ServiceError::Overloaded("the saga is behind".into()),
+                tonic::Code::ResourceExhausted,
+                "the saga is behind",
+            ),
         ];
         for (error, code, message) in cases {
             assert_eq!(error.code(), code);
             let status = tonic::Status::from(error);
             assert_eq!(status.code(), code);
             assert_eq!(status.message(), message);
+            // Only a refusal for load tells the caller when to come back.
+            let retry_after = status
+                .metadata()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap());
+            assert_eq!(
+                retry_after,
+                (code == tonic::Code::ResourceExhausted).then_some("1")
+            );
         }
     }
 
